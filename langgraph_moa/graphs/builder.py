@@ -1,0 +1,99 @@
+"""Compile a :class:`GraphSpec` into a LangGraph ``StateGraph``.
+
+Each layer ``n`` becomes a router node ``L{n}_router``, one node per agent
+``L{n}_{agent}`` reached through ``Send``, and a synthesizer node ``L{n}_synthesizer``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import HumanMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer, Overwrite
+
+from langgraph_moa.graphs.spec import GraphSpec
+from langgraph_moa.models import ModelResolver
+from langgraph_moa.nodes import (
+    NodeContext,
+    make_agent_node,
+    make_fan_out,
+    make_router_node,
+    make_synthesizer_node,
+)
+from langgraph_moa.state import AgentInput, MoAInput, MoAOutput, MoAState
+
+__all__ = ["TaskError", "build_graph", "compile_graph", "node_names", "prepare"]
+
+
+class TaskError(ValueError):
+    """The input carries no task."""
+
+
+def prepare(state: MoAState) -> dict[str, Any]:
+    """Read the task (or the last human message) and clear the previous run's work."""
+    task = state.get("task")
+    messages = state.get("messages") or []
+    update: dict[str, Any] = {}
+    if not task:
+        human = [m for m in messages if isinstance(m, HumanMessage)]
+        if not human:
+            raise TaskError(
+                "no task given: pass {'task': '...'} or {'messages': [...]} with a user message"
+            )
+        task = human[-1].text
+        update["task"] = task
+    elif not messages or messages[-1].type != "human" or messages[-1].text != task:
+        update["messages"] = [HumanMessage(task)]
+    update.update(
+        layer=0,
+        plans=Overwrite({}),
+        proposals=Overwrite({}),
+        usage=Overwrite({}),
+        notes=Overwrite([]),
+        syntheses=[],
+        answer="",
+    )
+    return update
+
+
+def node_names(spec: GraphSpec, layer_index: int) -> tuple[str, list[str], str]:
+    """Router, agent and synthesizer node names of layer ``layer_index`` (1-based)."""
+    prefix = f"L{layer_index}_"
+    agents = [prefix + a for a in spec.layers[layer_index - 1].agents]
+    return prefix + "router", agents, prefix + "synthesizer"
+
+
+def build_graph(spec: GraphSpec, *, models: ModelResolver | None = None) -> StateGraph:
+    """The uncompiled ``StateGraph`` of ``spec``; add nodes or compile it yourself."""
+    ctx = NodeContext(spec=spec, models=models or ModelResolver(spec.models, spec.defaults.model))
+    graph = StateGraph(MoAState, input_schema=MoAInput, output_schema=MoAOutput)
+    graph.add_node("prepare", prepare)
+    graph.add_edge(START, "prepare")
+    previous = "prepare"
+    for n in range(1, len(spec.layers) + 1):
+        router, agents, synthesizer = node_names(spec, n)
+        graph.add_node(router, make_router_node(ctx, n))
+        graph.add_edge(previous, router)
+        for agent_name, node in zip(spec.layers[n - 1].agents, agents, strict=True):
+            graph.add_node(node, make_agent_node(ctx, agent_name, n), input_schema=AgentInput)
+            graph.add_edge(node, synthesizer)
+        graph.add_conditional_edges(router, make_fan_out(ctx, n), agents)
+        graph.add_node(synthesizer, make_synthesizer_node(ctx, n))
+        previous = synthesizer
+    graph.add_edge(previous, END)
+    return graph
+
+
+def compile_graph(
+    spec: GraphSpec,
+    *,
+    checkpointer: Checkpointer = None,
+    models: ModelResolver | None = None,
+    **kwargs: Any,
+) -> CompiledStateGraph:
+    """Build and compile ``spec``; the graph is named after the spec."""
+    return build_graph(spec, models=models).compile(
+        checkpointer=checkpointer, name=spec.name, **kwargs
+    )

@@ -1,0 +1,60 @@
+"""A fluent Python builder for specs, for users who prefer code to a spec file."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from langgraph_moa.graphs.spec import GraphSpec, ModelSpec
+
+__all__ = ["SpecBuilder", "with_default_model"]
+
+
+class SpecBuilder:
+    """Build a :class:`GraphSpec` step by step.
+
+    >>> spec = (SpecBuilder("demo")
+    ...     .model("fast", model="gpt-4o-mini", base_url="http://127.0.0.1:8000/v1")
+    ...     .agent("a", role="You are terse.", model="fast")
+    ...     .agent("b", model="fast")
+    ...     .layer(["a", "b"])
+    ...     .build())
+    """
+
+    def __init__(self, name: str = "moa", **settings: Any) -> None:
+        self._data: dict[str, Any] = {
+            "name": name, "models": {}, "agents": [], "layers": [], **settings
+        }
+
+    def model(self, name: str, **fields: Any) -> Self:
+        """Add a named model (fields of :class:`ModelSpec`)."""
+        self._data["models"][name] = fields
+        return self
+
+    def agent(self, name: str, **fields: Any) -> Self:
+        """Add an agent (fields of :class:`AgentSpec`)."""
+        self._data["agents"].append({"name": name, **fields})
+        return self
+
+    def layer(self, agents: list[str], **fields: Any) -> Self:
+        """Add a layer over ``agents`` (fields of :class:`LayerSpec`)."""
+        self._data["layers"].append({"agents": agents, **fields})
+        return self
+
+    def defaults(self, **fields: Any) -> Self:
+        """Set defaults (fields of :class:`Defaults`)."""
+        self._data["defaults"] = fields
+        return self
+
+    def build(self) -> GraphSpec:
+        """Validate and return the spec; raises :class:`SpecError` naming each problem."""
+        from langgraph_moa.graphs.loader import load_spec
+
+        return load_spec(self._data)
+
+
+def with_default_model(spec: GraphSpec, model: ModelSpec) -> GraphSpec:
+    """A copy of ``spec`` whose default model is ``model`` (agents naming a model keep it)."""
+    data = spec.model_dump(exclude_unset=True)
+    data["models"] = {**data.get("models", {}), "default": model.model_dump(exclude_unset=True)}
+    data["defaults"] = {**data.get("defaults", {}), "model": "default"}
+    return GraphSpec.model_validate(data)

@@ -1,0 +1,268 @@
+"""The declarative graph spec: models, agents and layers, validated with pydantic."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "AgentSpec",
+    "Defaults",
+    "GraphSpec",
+    "LayerSpec",
+    "ModelSpec",
+    "RouterSpec",
+    "SpecReferenceError",
+    "SynthesizerSpec",
+]
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class SpecReferenceError(ValueError):
+    """Cross-field problems of a spec, each written as ``field.path: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """A named chat model: a ``provider:model`` string, or a model on an OpenAI-compatible URL."""
+
+    model: str | None = Field(
+        default=None,
+        description="'provider:model' for init_chat_model, or the model name at base_url. "
+        "None means the embedded local model.",
+    )
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint URL.")
+    api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the API key."
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0)
+    context_window: int | None = Field(
+        default=None, gt=0, description="Prompt budget in tokens; checked before each call."
+    )
+    timeout: float | None = Field(default=None, gt=0, description="Seconds per call.")
+    max_retries: int = Field(default=3, ge=0, le=20)
+    max_concurrency: int | None = Field(default=None, gt=0, description="Calls in flight.")
+    requests_per_second: float | None = Field(default=None, gt=0)
+    input_cost_per_mtok: float = Field(default=0.0, ge=0, description="Price per 1M input tokens.")
+    output_cost_per_mtok: float = Field(default=0.0, ge=0, description="Price per 1M output tokens.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra model arguments.")
+
+    @property
+    def is_local(self) -> bool:
+        """True when this spec means the embedded local model."""
+        return self.model is None and self.base_url is None
+
+
+class AgentSpec(_Strict):
+    """One agent: a name, a role (its system prompt) and a model."""
+
+    name: Name
+    role: str | None = Field(default=None, description="System prompt of the agent.")
+    description: str | None = Field(
+        default=None, description="What the agent is good at; shown to the router."
+    )
+    model: str | None = Field(default=None, description="Name of an entry of `models`.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0)
+    extends: str | None = Field(
+        default=None, description="Name of another agent whose settings this one inherits."
+    )
+
+
+class RouterSpec(_Strict):
+    """How a layer's work is split among its agents."""
+
+    mode: Literal["broadcast", "router", "function"] = "broadcast"
+    model: str | None = Field(default=None, description="Model of the router (mode 'router').")
+    function: str | None = Field(
+        default=None, description="'module:function' returning [{agent, subtask}] (mode 'function')."
+    )
+    prompt: str | None = Field(default=None, description="Replaces the router's system prompt.")
+    structured_output: bool = Field(
+        default=False, description="Use the model's structured output instead of JSON in text."
+    )
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> RouterSpec:
+        if self.mode == "function" and not self.function:
+            raise ValueError("routing mode 'function' needs `function: module:callable`")
+        if self.function and self.mode != "function":
+            raise ValueError("`function` is only used with routing mode 'function'")
+        if self.function and not re.match(r"^[\w.]+:[\w.]+$", self.function):
+            raise ValueError(f"`function` must look like 'package.module:callable', got {self.function!r}")
+        return self
+
+
+class SynthesizerSpec(_Strict):
+    """How a layer is closed: a model merges the proposals, or they are passed on as they are."""
+
+    mode: Literal["synthesize", "concat"] = "synthesize"
+    model: str | None = Field(default=None, description="Name of an entry of `models`.")
+    prompt: str | None = Field(default=None, description="Replaces the synthesizer system prompt.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0)
+    on_overflow: Literal["trim", "fail"] = Field(
+        default="trim", description="What to do when the proposals exceed the context window."
+    )
+
+
+class LayerSpec(_Strict):
+    """One layer: agents that work in parallel, then a synthesizer."""
+
+    name: Name | None = None
+    agents: list[str] = Field(min_length=1)
+    routing: RouterSpec = Field(default_factory=RouterSpec)
+    synthesizer: SynthesizerSpec = Field(default_factory=SynthesizerSpec)
+    interrupt_before_synthesis: bool = Field(
+        default=False, description="Pause for a person before the synthesizer runs."
+    )
+    min_proposals: int | None = Field(
+        default=None, gt=0, description="Quorum: proposals needed for the layer to succeed."
+    )
+    timeout: float | None = Field(default=None, gt=0, description="Seconds for the whole layer.")
+    grace_period: float | None = Field(
+        default=None, ge=0, description="Seconds to wait for stragglers once quorum is reached."
+    )
+
+    @field_validator("routing", mode="before")
+    @classmethod
+    def _routing_shorthand(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
+
+    @field_validator("synthesizer", mode="before")
+    @classmethod
+    def _synth_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"mode": value} if value in ("synthesize", "concat") else {"model": value}
+        return value
+
+
+class Defaults(_Strict):
+    """Settings every agent and synthesizer falls back on."""
+
+    model: str | None = Field(default=None, description="Name of an entry of `models`.")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    synthesizer_temperature: float = Field(default=0.2, ge=0, le=2)
+    max_tokens: int = Field(default=256, gt=0)
+
+
+class GraphSpec(_Strict):
+    """A whole Mixture-of-Agents graph."""
+
+    name: Name = "moa"
+    description: str | None = None
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    agents: list[AgentSpec] = Field(min_length=1)
+    layers: list[LayerSpec] = Field(min_length=1)
+    defaults: Defaults = Field(default_factory=Defaults)
+    max_total_tokens: int | None = Field(default=None, gt=0, description="Run budget in tokens.")
+    max_cost: float | None = Field(default=None, gt=0, description="Run budget in currency.")
+
+    @field_validator("agents", mode="before")
+    @classmethod
+    def _agents_mapping(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # allow `agents: {name: {...}}`
+            return [{"name": k, **(v or {})} for k, v in value.items()]
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> GraphSpec:
+        problems: list[str] = []
+        names = [a.name for a in self.agents]
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                problems.append(f"agents.{i}.name: duplicate agent name {name!r}; names must be unique")
+            seen.add(name)
+        agents = {a.name: a for a in self.agents}
+        for i, agent in enumerate(self.agents):
+            if agent.extends is not None and agent.extends not in agents:
+                problems.append(
+                    f"agents.{i}.extends: unknown agent {agent.extends!r}; known: {sorted(agents)}"
+                )
+        for cycle in _extends_cycles(agents):
+            problems.append(f"agents: `extends` forms a cycle: {' -> '.join(cycle)}")
+
+        def check_model(where: str, model: str | None) -> None:
+            if model is not None and model not in self.models:
+                known = sorted(self.models) or "none defined"
+                problems.append(f"{where}: unknown model {model!r}; add it under `models` (known: {known})")
+
+        check_model("defaults.model", self.defaults.model)
+        for i, agent in enumerate(self.agents):
+            check_model(f"agents.{i}.model", agent.model)
+        layer_names: set[str] = set()
+        for i, layer in enumerate(self.layers):
+            if layer.name is not None:
+                if layer.name in layer_names:
+                    problems.append(f"layers.{i}.name: duplicate layer name {layer.name!r}")
+                layer_names.add(layer.name)
+            for j, agent_name in enumerate(layer.agents):
+                if agent_name not in agents:
+                    problems.append(
+                        f"layers.{i}.agents.{j}: unknown agent {agent_name!r}; "
+                        f"define it under `agents` (known: {sorted(agents)})"
+                    )
+            if len(set(layer.agents)) != len(layer.agents):
+                problems.append(f"layers.{i}.agents: an agent is listed twice in one layer")
+            check_model(f"layers.{i}.routing.model", layer.routing.model)
+            check_model(f"layers.{i}.synthesizer.model", layer.synthesizer.model)
+            if layer.min_proposals is not None and layer.min_proposals > len(layer.agents):
+                problems.append(
+                    f"layers.{i}.min_proposals: {layer.min_proposals} is more than the "
+                    f"layer's {len(layer.agents)} agents"
+                )
+        if problems:
+            raise SpecReferenceError(problems)
+        return self
+
+    def agent(self, name: str) -> AgentSpec:
+        """The agent called ``name`` with ``extends`` resolved."""
+        agents = {a.name: a for a in self.agents}
+        chain = [agents[name]]
+        while chain[-1].extends is not None:
+            chain.append(agents[chain[-1].extends])
+        merged: dict[str, Any] = {}
+        for link in reversed(chain):
+            merged.update(link.model_dump(exclude_unset=True, exclude={"name", "extends"}))
+        return AgentSpec(name=name, **merged)
+
+    def model_spec(self, name: str | None) -> ModelSpec:
+        """The model called ``name``, the default one, or the local model."""
+        name = name or self.defaults.model
+        return self.models[name] if name is not None else ModelSpec()
+
+    def spec_hash(self) -> str:
+        """A stable hash of the spec, to detect drift between a crash and a resume."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _extends_cycles(agents: dict[str, AgentSpec]) -> list[list[str]]:
+    cycles: list[list[str]] = []
+    reported: set[str] = set()
+    for start in agents:
+        path: list[str] = []
+        node: str | None = start
+        while node is not None and node in agents and node not in path:
+            path.append(node)
+            node = agents[node].extends
+        if node is not None and node in path and node not in reported:
+            cycle = [*path[path.index(node) :], node]
+            reported.update(cycle)
+            cycles.append(cycle)
+    return cycles

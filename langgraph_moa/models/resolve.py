@@ -1,0 +1,154 @@
+"""Turn a :class:`ModelSpec` into a LangChain chat model.
+
+Resolution order for a spec entry:
+
+1. ``base_url`` set: ``ChatOpenAI`` against that OpenAI-compatible endpoint.
+2. ``model`` set: ``init_chat_model("provider:model")``.
+3. Neither: the environment's default (``MOA_BASE_URL`` + ``MOA_MODEL``, or
+   ``MOA_MODEL`` alone as a ``provider:model`` string), else the embedded local model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from langgraph_moa.graphs.spec import ModelSpec
+
+__all__ = [
+    "DEFAULT_CONTEXT_WINDOW",
+    "ModelConfigError",
+    "ModelResolver",
+    "describe_default",
+    "resolve_model",
+]
+
+DEFAULT_CONTEXT_WINDOW = 8192
+
+
+class ModelConfigError(ValueError):
+    """A model entry that cannot be turned into a chat model."""
+
+
+def _env_default() -> ModelSpec | None:
+    model = os.environ.get("MOA_MODEL")
+    base_url = os.environ.get("MOA_BASE_URL")
+    if not model and not base_url:
+        return None
+    return ModelSpec(
+        model=model or "default",
+        base_url=base_url,
+        api_key_env="MOA_API_KEY" if os.environ.get("MOA_API_KEY") else None,
+    )
+
+
+def describe_default() -> str:
+    """Say in one line which model a spec without models uses."""
+    env = _env_default()
+    if env is None:
+        return "the embedded local model (no MOA_MODEL / MOA_BASE_URL set)"
+    where = f" at {env.base_url}" if env.base_url else ""
+    return f"{env.model}{where} (from MOA_MODEL / MOA_BASE_URL)"
+
+
+def resolve_model(
+    spec: ModelSpec, *, temperature: float, max_tokens: int, name: str = "model"
+) -> BaseChatModel:
+    """Build the chat model for ``spec`` with the call's sampling settings."""
+    if spec.is_local:
+        env = _env_default()
+        if env is None:
+            from langgraph_moa.models.local import local_chat_model
+
+            return local_chat_model(temperature=temperature, max_tokens=max_tokens)
+        spec = env
+    temperature = spec.temperature if spec.temperature is not None else temperature
+    max_tokens = spec.max_tokens or max_tokens
+    api_key: str | None = None
+    if spec.api_key_env:
+        api_key = os.environ.get(spec.api_key_env)
+        if not api_key:
+            raise ModelConfigError(
+                f"model {name!r}: environment variable {spec.api_key_env} is not set; "
+                f"export {spec.api_key_env}=<your key> or remove `api_key_env`"
+            )
+    common: dict[str, Any] = {
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "timeout": spec.timeout,
+        "max_retries": spec.max_retries,
+        **spec.kwargs,
+    }
+    if spec.base_url:
+        from langchain_openai import ChatOpenAI
+
+        # Servers such as llama.cpp and vLLM read `max_tokens`, not `max_completion_tokens`.
+        extra_body = {"max_tokens": max_tokens, **common.pop("extra_body", {})}
+        return ChatOpenAI(
+            model=spec.model or "default",
+            base_url=spec.base_url,
+            api_key=api_key or "not-needed",  # type: ignore[arg-type]
+            extra_body=extra_body,
+            stream_usage=True,
+            **common,
+        )
+    assert spec.model is not None
+    if ":" not in spec.model:
+        raise ModelConfigError(
+            f"model {name!r}: {spec.model!r} needs a provider prefix such as 'openai:{spec.model}' "
+            "or a `base_url` for an OpenAI-compatible server"
+        )
+    from langchain.chat_models import init_chat_model
+
+    if api_key:
+        common["api_key"] = api_key
+    try:
+        return init_chat_model(spec.model, **common)
+    except ImportError as exc:
+        raise ModelConfigError(f"model {name!r}: {exc}") from None
+    except Exception as exc:  # provider packages raise on missing keys at construction time
+        raise ModelConfigError(f"model {name!r} ({spec.model}): {exc}") from None
+
+
+class ModelResolver:
+    """Caches one chat model per (model entry, temperature, max_tokens) for a graph."""
+
+    def __init__(self, models: dict[str, ModelSpec], default: str | None = None) -> None:
+        self._models = models
+        self._default = default
+        self._cache: dict[tuple[str | None, float, int], BaseChatModel] = {}
+
+    def spec(self, name: str | None) -> ModelSpec:
+        """The spec entry called ``name`` (or the default entry, or the local model)."""
+        name = name or self._default
+        return self._models[name] if name is not None else ModelSpec()
+
+    def label(self, name: str | None) -> str:
+        """A short human label for the model entry ``name``."""
+        spec = self.spec(name)
+        if spec.is_local:
+            env = _env_default()
+            return env.model or "default" if env else "local"
+        return spec.model or "default"
+
+    def get(self, name: str | None, *, temperature: float, max_tokens: int) -> BaseChatModel:
+        """The chat model for entry ``name`` with these sampling settings."""
+        key = (name or self._default, temperature, max_tokens)
+        if key not in self._cache:
+            self._cache[key] = resolve_model(
+                self.spec(name), temperature=temperature, max_tokens=max_tokens, name=str(key[0])
+            )
+        return self._cache[key]
+
+    def context_window(self, name: str | None) -> int:
+        """The prompt budget of entry ``name`` in tokens."""
+        spec = self.spec(name)
+        if spec.context_window:
+            return spec.context_window
+        if spec.is_local and _env_default() is None:
+            from langgraph_moa.models.local import LOCAL_CONTEXT_WINDOW
+
+            return LOCAL_CONTEXT_WINDOW
+        return DEFAULT_CONTEXT_WINDOW

@@ -1,0 +1,47 @@
+"""Prompts of the agent, router and synthesizer nodes."""
+
+from __future__ import annotations
+
+AGENT_SYSTEM = (
+    "You are {name}, one expert in a team of agents working on the same task. {description}"
+    "Answer the task you are given directly and concisely."
+)
+
+AGENT_REFERENCES = (
+    "Other agents answered in the previous round. Use their work critically: keep what is "
+    "right, fix what is wrong, and add what is missing.\n\n{references}"
+)
+
+ROUTER_SYSTEM = (
+    "You are the router of a team of agents. Split the user's task into subtasks and give "
+    "each subtask to the agent best suited to it. Use only these agents:\n{agents}\n\n"
+    "Reply with JSON only, no prose, in exactly this form:\n"
+    '{{"plan": [{{"agent": "<agent name>", "subtask": "<what this agent must do>"}}]}}'
+)
+
+ROUTER_REPAIR = (
+    "Your plan could not be used: {error}. Reply again with JSON only, using only the "
+    "agents listed, in the form "
+    '{{"plan": [{{"agent": "<agent name>", "subtask": "<what this agent must do>"}}]}}.'
+)
+
+# The aggregate-and-synthesize prompt of Wang et al. 2024 (Mixture-of-Agents), lightly edited.
+SYNTHESIZER_SYSTEM = (
+    "You have been given a set of responses from several agents to the user's task. "
+    "Synthesize them into a single, high-quality response. Critically evaluate the "
+    "information in them, recognizing that some of it may be biased or incorrect. Do not "
+    "simply copy one answer: give a refined, accurate and complete reply to the task. "
+    "Make it well structured and coherent.\n\nResponses from the agents:\n{proposals}"
+)
+
+SYNTHESIZER_GAPS = (
+    "\n\nNote: {gaps}. Say in your reply which parts of the task may be weaker for that."
+)
+
+
+def format_proposal(index: int, agent: str, subtask: str | None, content: str) -> str:
+    """One numbered proposal as it appears in a prompt."""
+    head = f"{index}. [{agent}]"
+    if subtask:
+        head += f" (subtask: {subtask})"
+    return f"{head}\n{content.strip()}"

@@ -1,0 +1,202 @@
+"""The router node: a plan of ``{agent, subtask}`` for a layer, fanned out with ``Send``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import Send
+from pydantic import BaseModel, Field
+
+from langgraph_moa.graphs.spec import LayerSpec
+from langgraph_moa.nodes import prompts
+from langgraph_moa.nodes._context import NodeContext, usage_of
+from langgraph_moa.state import AgentInput, MoAState, Proposal, Subtask
+
+__all__ = ["Plan", "PlanError", "make_fan_out", "make_router_node", "parse_plan"]
+
+log = logging.getLogger(__name__)
+
+
+class PlanStep(BaseModel):
+    """One assignment in a plan."""
+
+    agent: str = Field(description="Name of the agent")
+    subtask: str = Field(description="What this agent must do")
+
+
+class Plan(BaseModel):
+    """A router's plan for one layer."""
+
+    plan: list[PlanStep]
+
+
+class PlanError(ValueError):
+    """A plan that names unknown agents, is empty or is not valid JSON."""
+
+
+def parse_plan(raw: Any, agents: list[str]) -> list[Subtask]:
+    """Validate a plan (text with JSON, a dict, a list or a ``Plan``) against the layer's agents."""
+    if isinstance(raw, str):
+        raw = _json_in(raw)
+    if isinstance(raw, Plan):
+        raw = raw.model_dump()
+    if isinstance(raw, dict):
+        raw = raw.get("plan")
+    if not isinstance(raw, list):
+        raise PlanError('expected {"plan": [{"agent": ..., "subtask": ...}]}')
+    steps: list[Subtask] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("agent"), str):
+            raise PlanError(f"plan item {i} must be an object with string fields agent and subtask")
+        name, subtask = item["agent"].strip(), str(item.get("subtask") or "").strip()
+        if name not in agents:
+            raise PlanError(f"plan item {i} names unknown agent {name!r}; use one of {agents}")
+        if not subtask:
+            raise PlanError(f"plan item {i} for {name!r} has an empty subtask")
+        steps.append(Subtask(agent=name, subtask=subtask))
+    if not steps:
+        raise PlanError("the plan is empty")
+    if len({s["agent"] for s in steps}) != len(steps):
+        merged: dict[str, list[str]] = {}
+        for s in steps:  # one Send per agent: join the subtasks of an agent named twice
+            merged.setdefault(s["agent"], []).append(s["subtask"])
+        steps = [Subtask(agent=a, subtask="\n".join(parts)) for a, parts in merged.items()]
+    return steps
+
+
+def _json_in(text: str) -> Any:
+    text = text.strip()
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+    if fenced:
+        text = fenced.group(1).strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    end = max(text.rfind("}"), text.rfind("]"))
+    if start >= 0 and end > start:
+        try:
+            return json.loads(text[start : end + 1])
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"the reply is not valid JSON: {exc.msg}") from None
+    raise PlanError("the reply contains no JSON")
+
+
+def _load_function(path: str) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"routing function {path!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def make_router_node(ctx: NodeContext, layer_index: int) -> Any:
+    """An async node that writes the plan of layer ``layer_index`` (1-based)."""
+    layer: LayerSpec = ctx.spec.layers[layer_index - 1]
+    agents = list(layer.agents)
+    routing = layer.routing
+    function = _load_function(routing.function) if routing.function else None
+
+    async def router_node(state: MoAState, config: RunnableConfig) -> dict[str, Any]:
+        task = state["task"]
+        update: dict[str, Any] = {"layer": layer_index}
+        if routing.mode == "broadcast":
+            plan = [Subtask(agent=a, subtask=task) for a in agents]
+        elif function is not None:
+            result = function(task, agents)
+            if hasattr(result, "__await__"):
+                result = await result
+            plan = parse_plan(result, agents)
+        else:
+            plan, notes, usage = await _ask_model(ctx, layer, task, config)
+            update["notes"] = notes
+            if usage:
+                update["usage"] = {f"router_L{layer_index}": usage}
+        update["plans"] = {str(layer_index): plan}
+        return update
+
+    router_node.__name__ = f"router_L{layer_index}"
+    return router_node
+
+
+async def _ask_model(
+    ctx: NodeContext, layer: LayerSpec, task: str, config: RunnableConfig
+) -> tuple[list[Subtask], list[str], Any]:
+    from langgraph_moa.state import add_usage
+
+    agents = list(layer.agents)
+    roster = "\n".join(
+        f"- {name}: {ctx.spec.agent(name).description or ctx.spec.agent(name).role or name}"
+        for name in agents
+    )
+    system = (layer.routing.prompt or prompts.ROUTER_SYSTEM).format(agents=roster)
+    messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(task)]
+    model_spec = ctx.models.spec(layer.routing.model)
+    model = ctx.models.get(layer.routing.model, temperature=0.0, max_tokens=512)
+    usage: Any = None
+    errors: list[str] = []
+    for attempt in range(2):  # ask, then repair once with the error
+        try:
+            if layer.routing.structured_output:
+                raw: Any = await model.with_structured_output(Plan).ainvoke(messages, config)
+                reply_text = json.dumps(raw.model_dump() if isinstance(raw, Plan) else raw)
+            else:
+                reply = await model.ainvoke(messages, config)
+                assert isinstance(reply, AIMessage)
+                usage = add_usage(usage, usage_of(reply, model_spec))
+                raw = reply_text = reply.text
+            return parse_plan(raw, agents), _notes(errors), usage
+        except PlanError as exc:
+            errors.append(f"attempt {attempt + 1}: {exc}")
+            messages += [AIMessage(reply_text), HumanMessage(prompts.ROUTER_REPAIR.format(error=exc))]
+        except Exception as exc:
+            errors.append(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
+            break
+    log.warning("router fell back to broadcast: %s", "; ".join(errors))
+    fallback = [Subtask(agent=a, subtask=task) for a in agents]
+    notes = [*_notes(errors), "router fell back to broadcast: every agent got the whole task"]
+    return fallback, notes, usage
+
+
+def _notes(errors: list[str]) -> list[str]:
+    return [f"router plan rejected ({e})" for e in errors]
+
+
+def make_fan_out(ctx: NodeContext, layer_index: int) -> Callable[[MoAState], list[Send]]:
+    """The conditional edge after a router: one ``Send`` per planned agent."""
+    prefix = f"L{layer_index}_"
+    synth_mode = ctx.spec.layers[layer_index - 2].synthesizer.mode if layer_index > 1 else None
+
+    def fan_out(state: MoAState) -> list[Send]:
+        plan = state["plans"][str(layer_index)]
+        previous_synthesis: str | None = None
+        previous: list[Proposal] = []
+        if layer_index > 1:
+            previous = list((state.get("proposals") or {}).get(str(layer_index - 1), {}).values())
+            if synth_mode == "synthesize" and state.get("syntheses"):
+                previous_synthesis = state["syntheses"][-1]
+        return [
+            Send(
+                prefix + step["agent"],
+                AgentInput(
+                    task=state["task"],
+                    subtask=step["subtask"],
+                    layer=layer_index,
+                    previous_synthesis=previous_synthesis,
+                    previous_proposals=previous,
+                ),
+            )
+            for step in plan
+        ]
+
+    return fan_out

@@ -1,0 +1,173 @@
+"""The synthesizer node: closes a layer by merging its proposals into one answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages.utils import count_tokens_approximately
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import interrupt
+
+from langgraph_moa.graphs.spec import LayerSpec
+from langgraph_moa.nodes import prompts
+from langgraph_moa.nodes._context import NodeContext, usage_of
+from langgraph_moa.state import MoAState, Proposal
+
+__all__ = ["ContextWindowError", "QuorumError", "fit_proposals", "make_synthesizer_node"]
+
+# Tokens kept free besides the reply, for the chat template and counting error.
+PROMPT_MARGIN = 64
+MIN_PROPOSAL_TOKENS = 16
+
+
+class ContextWindowError(RuntimeError):
+    """The synthesizer's prompt cannot fit the model's context window."""
+
+
+class QuorumError(RuntimeError):
+    """Fewer proposals than the layer's ``min_proposals`` succeeded."""
+
+
+def _tokens(text: str) -> int:
+    return count_tokens_approximately([HumanMessage(text)])
+
+
+def fit_proposals(
+    texts: dict[str, str], budget: int, *, on_overflow: str = "trim"
+) -> tuple[dict[str, str], list[str]]:
+    """Trim the longest proposals until all fit ``budget`` tokens; say what was trimmed.
+
+    Raises :class:`ContextWindowError` when ``on_overflow`` is ``"fail"`` and they do not
+    fit, or when even a minimal share of each proposal cannot fit.
+    """
+    sizes = {name: _tokens(text) for name, text in texts.items()}
+    if sum(sizes.values()) <= budget:
+        return texts, []
+    if on_overflow == "fail":
+        raise ContextWindowError(
+            f"the proposals need about {sum(sizes.values())} tokens but only {budget} are left "
+            "in the synthesizer's context window; use a model with a larger `context_window`, "
+            "lower the agents' `max_tokens`, or set `on_overflow: trim`"
+        )
+    if budget < MIN_PROPOSAL_TOKENS * len(texts):
+        raise ContextWindowError(
+            f"only {budget} tokens are left for {len(texts)} proposals in the synthesizer's "
+            "context window; use a model with a larger `context_window` or a shorter task"
+        )
+    # Water-filling: every proposal gets at most `cap` tokens, the largest cap that fits.
+    lo, hi = MIN_PROPOSAL_TOKENS, max(sizes.values())
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(min(s, mid) for s in sizes.values()) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    fitted: dict[str, str] = {}
+    notes: list[str] = []
+    for name, text in texts.items():
+        if sizes[name] <= lo:
+            fitted[name] = text
+            continue
+        keep = max(1, len(text) * lo // sizes[name])
+        fitted[name] = text[:keep].rstrip() + " [...]"
+        notes.append(f"proposal of {name} trimmed from about {sizes[name]} to {lo} tokens to fit")
+    return fitted, notes
+
+
+def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
+    """An async node that closes layer ``layer_index`` (1-based)."""
+    layer: LayerSpec = ctx.spec.layers[layer_index - 1]
+    synth = layer.synthesizer
+    is_last = layer_index == len(ctx.spec.layers)
+    temperature = (
+        synth.temperature
+        if synth.temperature is not None
+        else ctx.spec.defaults.synthesizer_temperature
+    )
+    max_tokens = synth.max_tokens or ctx.spec.defaults.max_tokens
+    model_spec = ctx.models.spec(synth.model)
+    name = f"synthesizer_L{layer_index}"
+
+    async def synthesizer_node(state: MoAState, config: RunnableConfig) -> dict[str, Any]:
+        plan = state.get("plans", {}).get(str(layer_index), [])
+        written = state.get("proposals", {}).get(str(layer_index), {})
+        update: dict[str, Any] = {}
+        if layer.interrupt_before_synthesis:
+            decision = interrupt(
+                {
+                    "kind": "approve_synthesis",
+                    "layer": layer_index,
+                    "proposals": {a: p["content"] for a, p in written.items()},
+                }
+            )
+            edits = _edits(decision)
+            if edits:
+                written = {**written}
+                for agent, content in edits.items():
+                    base = written.get(agent) or Proposal(
+                        agent=agent, layer=layer_index, subtask=state["task"], content="",
+                        status="ok",
+                    )
+                    written[agent] = {**base, "content": content, "status": "ok"}
+                update["proposals"] = {str(layer_index): {a: written[a] for a in edits}}
+        ok = {a: p for a, p in written.items() if p["status"] == "ok"}
+        gaps = [f"{a} failed ({p.get('error') or 'no reason given'})"
+                for a, p in written.items() if p["status"] == "failed"]
+        gaps += [f"{s['agent']} did not answer" for s in plan if s["agent"] not in written]
+        gaps += [f"{a} did not answer in time" for a, p in written.items()
+                 if p["status"] == "missing"]
+        quorum = layer.min_proposals or 1
+        if len(ok) < quorum:
+            raise QuorumError(
+                f"layer {layer_index}: {len(ok)} of {len(plan) or len(layer.agents)} agents "
+                f"answered, {quorum} needed ({'; '.join(gaps) or 'no proposals'}); the run "
+                "can be resumed once the models answer again"
+            )
+        texts = {a: p["content"] for a, p in ok.items()}
+        if synth.mode == "concat":
+            body = "\n\n".join(
+                prompts.format_proposal(i, a, None, t) for i, (a, t) in enumerate(texts.items(), 1)
+            )
+            notes: list[str] = []
+        else:
+            body, notes, reply_usage = await _synthesize(state["task"], texts, gaps, config)
+            update["usage"] = {name: reply_usage}
+        syntheses = [*state.get("syntheses", [])[: layer_index - 1], body]
+        update.update(syntheses=syntheses, notes=notes + [f"layer {layer_index}: {g}" for g in gaps])
+        if is_last:
+            update.update(answer=body, messages=[AIMessage(body, name="moa")])
+        return update
+
+    async def _synthesize(
+        task: str, texts: dict[str, str], gaps: list[str], config: RunnableConfig
+    ) -> tuple[str, list[str], Any]:
+        window = ctx.models.context_window(synth.model)
+        template = synth.prompt or prompts.SYNTHESIZER_SYSTEM
+        fixed = _tokens(template) + _tokens(task) + 12 * len(texts) + PROMPT_MARGIN
+        budget = window - max_tokens - fixed
+        fitted, notes = fit_proposals(texts, budget, on_overflow=synth.on_overflow)
+        listing = "\n\n".join(
+            prompts.format_proposal(i, a, None, t) for i, (a, t) in enumerate(fitted.items(), 1)
+        )
+        system = template.format(proposals=listing) if "{proposals}" in template else (
+            f"{template}\n\n{listing}"
+        )
+        all_gaps = gaps + notes
+        if all_gaps:
+            system += prompts.SYNTHESIZER_GAPS.format(gaps="; ".join(all_gaps))
+        messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(task)]
+        model = ctx.models.get(synth.model, temperature=temperature, max_tokens=max_tokens)
+        reply = await model.ainvoke(messages, config)
+        assert isinstance(reply, AIMessage)
+        return reply.text, notes, usage_of(reply, model_spec)
+
+    synthesizer_node.__name__ = name
+    return synthesizer_node
+
+
+def _edits(decision: Any) -> dict[str, str]:
+    """Proposal replacements from a resume value: ``{"proposals": {agent: text}}``."""
+    if isinstance(decision, dict) and isinstance(decision.get("proposals"), dict):
+        return {str(k): str(v) for k, v in decision["proposals"].items()}
+    return {}

@@ -1,0 +1,138 @@
+"""Graph state of a Mixture-of-Agents run and the reducers that merge parallel writes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+
+__all__ = [
+    "AgentInput",
+    "MoAInput",
+    "MoAOutput",
+    "MoAState",
+    "Proposal",
+    "Subtask",
+    "Usage",
+    "add_usage",
+    "append_list",
+    "merge_dict",
+    "merge_proposals",
+    "merge_usage",
+]
+
+
+class Usage(TypedDict, total=False):
+    """Token counts and cost of one or more model calls."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    calls: int
+    cost: float
+
+
+class Subtask(TypedDict):
+    """One item of a router's plan: which agent does what."""
+
+    agent: str
+    subtask: str
+
+
+class Proposal(TypedDict):
+    """What one agent wrote in one layer."""
+
+    agent: str
+    layer: int
+    subtask: str
+    content: str
+    status: Literal["ok", "failed", "missing"]
+    error: NotRequired[str | None]
+    model: NotRequired[str | None]
+    usage: NotRequired[Usage]
+
+
+def add_usage(a: Usage | None, b: Usage | None) -> Usage:
+    """Sum two usage records field by field."""
+    out: Usage = dict(a or {})  # type: ignore[assignment]
+    for key, value in (b or {}).items():
+        out[key] = out.get(key, 0) + value  # type: ignore[literal-required,operator]
+    return out
+
+
+def merge_usage(
+    left: dict[str, Usage] | None, right: dict[str, Usage] | None
+) -> dict[str, Usage]:
+    """Reducer: per-agent usage, summed across parallel writes."""
+    merged = dict(left or {})
+    for name, usage in (right or {}).items():
+        merged[name] = add_usage(merged.get(name), usage)
+    return merged
+
+
+def merge_proposals(
+    left: dict[str, dict[str, Proposal]] | None,
+    right: dict[str, dict[str, Proposal]] | None,
+) -> dict[str, dict[str, Proposal]]:
+    """Reducer: proposals keyed by layer, then agent name.
+
+    Parallel writes of one layer merge by agent name, so a fan-out never loses a
+    proposal, and a repeated write of the same agent (a retried task) replaces
+    rather than duplicates it. Keys are strings so the state stays JSON-shaped.
+    """
+    merged = {layer: dict(by_agent) for layer, by_agent in (left or {}).items()}
+    for layer, by_agent in (right or {}).items():
+        merged.setdefault(str(layer), {}).update(by_agent)
+    return merged
+
+
+def merge_dict(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
+    """Reducer: shallow dict merge, right wins."""
+    return {**(left or {}), **(right or {})}
+
+
+def append_list(left: list[Any] | None, right: list[Any] | None) -> list[Any]:
+    """Reducer: concatenation that tolerates a missing side."""
+    return [*(left or []), *(right or [])]
+
+
+class MoAInput(TypedDict, total=False):
+    """What a caller passes in: a task, or chat messages whose last one is the task."""
+
+    task: str
+    messages: list[AnyMessage]
+
+
+class MoAOutput(TypedDict, total=False):
+    """What a run returns."""
+
+    answer: str
+    messages: list[AnyMessage]
+    syntheses: list[str]
+    proposals: dict[str, dict[str, Proposal]]
+    usage: dict[str, Usage]
+
+
+class MoAState(TypedDict, total=False):
+    """The whole state of a run."""
+
+    task: str
+    messages: Annotated[list[AnyMessage], add_messages]
+    layer: int
+    plans: Annotated[dict[str, list[Subtask]], merge_dict]
+    proposals: Annotated[dict[str, dict[str, Proposal]], merge_proposals]
+    syntheses: list[str]
+    answer: str
+    usage: Annotated[dict[str, Usage], merge_usage]
+    notes: Annotated[list[str], append_list]
+
+
+class AgentInput(TypedDict):
+    """The private payload a router sends to one agent node."""
+
+    task: str
+    subtask: str
+    layer: int
+    previous_synthesis: str | None
+    previous_proposals: list[Proposal]
