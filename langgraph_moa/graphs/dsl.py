@@ -22,7 +22,11 @@ class SpecBuilder:
 
     def __init__(self, name: str = "moa", **settings: Any) -> None:
         self._data: dict[str, Any] = {
-            "name": name, "models": {}, "agents": [], "layers": [], **settings
+            "name": name,
+            "models": {},
+            "agents": [],
+            "layers": [],
+            **settings,
         }
 
     def model(self, name: str, **fields: Any) -> Self:

@@ -79,7 +79,9 @@ def _read(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
             return tomllib.loads(text), {}
         except tomllib.TOMLDecodeError as exc:
             line = getattr(exc, "lineno", None)
-            raise SpecError([SpecProblem("", f"TOML syntax error: {exc}", line)], str(path)) from None
+            raise SpecError(
+                [SpecProblem("", f"TOML syntax error: {exc}", line)], str(path)
+            ) from None
     if suffix == ".json":
         try:
             json.loads(text)
@@ -94,7 +96,9 @@ def _read(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or str(exc)
-        raise SpecError([SpecProblem("", f"YAML syntax error: {problem}", line)], str(path)) from None
+        raise SpecError(
+            [SpecProblem("", f"YAML syntax error: {problem}", line)], str(path)
+        ) from None
     lines: dict[Loc, int] = {}
     if node is not None:
         _index(node, (), lines)

@@ -23,20 +23,26 @@ def layered(*, proposers: int = 3, layers: int = 2) -> GraphSpec:
         ("teacher", "Explain clearly and simply, with one example."),
         ("engineer", "Be practical: give concrete steps."),
     ]
-    names = [styles[i % len(styles)][0] + (str(i // len(styles) + 1) if i >= len(styles) else "")
-             for i in range(proposers)]
-    agents = [
-        {"name": n, "description": styles[i % len(styles)][1]}
-        for i, n in enumerate(names)
+    names = [
+        styles[i % len(styles)][0] + (str(i // len(styles) + 1) if i >= len(styles) else "")
+        for i in range(proposers)
     ]
+    agents = [{"name": n, "description": styles[i % len(styles)][1]} for i, n in enumerate(names)]
     spec_layers: list[dict[str, Any]] = [
-        {"agents": names, "routing": "broadcast",
-         "synthesizer": "synthesize" if i == layers - 1 else "concat"}
+        {
+            "agents": names,
+            "routing": "broadcast",
+            "synthesizer": "synthesize" if i == layers - 1 else "concat",
+        }
         for i in range(layers)
     ]
     return GraphSpec.model_validate(
-        {"name": "layered", "description": layered.__doc__.splitlines()[0] if layered.__doc__
-         else None, "agents": agents, "layers": spec_layers}
+        {
+            "name": "layered",
+            "description": layered.__doc__.splitlines()[0] if layered.__doc__ else None,
+            "agents": agents,
+            "layers": spec_layers,
+        }
     )
 
 
@@ -44,23 +50,31 @@ def team() -> GraphSpec:
     """A router splits the task among research, coding and analysis specialists; a
     verification layer then checks the synthesis."""
     agents = [
-        {"name": "research",
-         "description": "Finds and states the relevant facts, definitions and sources.",
-         "role": "You are a research specialist. State the relevant facts precisely; "
-                 "say when you are unsure."},
-        {"name": "coding",
-         "description": "Writes and explains correct, minimal code.",
-         "role": "You are a coding specialist. Write correct, minimal code with a short "
-                 "explanation."},
-        {"name": "analysis",
-         "description": "Reasons about trade-offs, numbers and consequences.",
-         "role": "You are an analysis specialist. Reason step by step about trade-offs "
-                 "and numbers."},
-        {"name": "verification",
-         "description": "Checks an answer for errors and fixes them.",
-         "role": "You are a verification specialist. Check the draft answer you are given "
-                 "for factual, logical and code errors; correct them and give the final "
-                 "answer."},
+        {
+            "name": "research",
+            "description": "Finds and states the relevant facts, definitions and sources.",
+            "role": "You are a research specialist. State the relevant facts precisely; "
+            "say when you are unsure.",
+        },
+        {
+            "name": "coding",
+            "description": "Writes and explains correct, minimal code.",
+            "role": "You are a coding specialist. Write correct, minimal code with a short "
+            "explanation.",
+        },
+        {
+            "name": "analysis",
+            "description": "Reasons about trade-offs, numbers and consequences.",
+            "role": "You are an analysis specialist. Reason step by step about trade-offs "
+            "and numbers.",
+        },
+        {
+            "name": "verification",
+            "description": "Checks an answer for errors and fixes them.",
+            "role": "You are a verification specialist. Check the draft answer you are given "
+            "for factual, logical and code errors; correct them and give the final "
+            "answer.",
+        },
     ]
     return GraphSpec.model_validate(
         {
@@ -68,8 +82,7 @@ def team() -> GraphSpec:
             "description": "Routed specialists, then a verification layer.",
             "agents": agents,
             "layers": [
-                {"name": "work", "agents": ["research", "coding", "analysis"],
-                 "routing": "router"},
+                {"name": "work", "agents": ["research", "coding", "analysis"], "routing": "router"},
                 {"name": "verify", "agents": ["verification"], "routing": "broadcast"},
             ],
         }

@@ -58,7 +58,9 @@ class ModelSpec(_Strict):
     max_concurrency: int | None = Field(default=None, gt=0, description="Calls in flight.")
     requests_per_second: float | None = Field(default=None, gt=0)
     input_cost_per_mtok: float = Field(default=0.0, ge=0, description="Price per 1M input tokens.")
-    output_cost_per_mtok: float = Field(default=0.0, ge=0, description="Price per 1M output tokens.")
+    output_cost_per_mtok: float = Field(
+        default=0.0, ge=0, description="Price per 1M output tokens."
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra model arguments.")
 
     @property
@@ -89,7 +91,8 @@ class RouterSpec(_Strict):
     mode: Literal["broadcast", "router", "function"] = "broadcast"
     model: str | None = Field(default=None, description="Model of the router (mode 'router').")
     function: str | None = Field(
-        default=None, description="'module:function' returning [{agent, subtask}] (mode 'function')."
+        default=None,
+        description="'module:function' returning [{agent, subtask}] (mode 'function').",
     )
     prompt: str | None = Field(default=None, description="Replaces the router's system prompt.")
     structured_output: bool = Field(
@@ -103,7 +106,9 @@ class RouterSpec(_Strict):
         if self.function and self.mode != "function":
             raise ValueError("`function` is only used with routing mode 'function'")
         if self.function and not re.match(r"^[\w.]+:[\w.]+$", self.function):
-            raise ValueError(f"`function` must look like 'package.module:callable', got {self.function!r}")
+            raise ValueError(
+                f"`function` must look like 'package.module:callable', got {self.function!r}"
+            )
         return self
 
 
@@ -186,7 +191,9 @@ class GraphSpec(_Strict):
         seen: set[str] = set()
         for i, name in enumerate(names):
             if name in seen:
-                problems.append(f"agents.{i}.name: duplicate agent name {name!r}; names must be unique")
+                problems.append(
+                    f"agents.{i}.name: duplicate agent name {name!r}; names must be unique"
+                )
             seen.add(name)
         agents = {a.name: a for a in self.agents}
         for i, agent in enumerate(self.agents):
@@ -200,7 +207,9 @@ class GraphSpec(_Strict):
         def check_model(where: str, model: str | None) -> None:
             if model is not None and model not in self.models:
                 known = sorted(self.models) or "none defined"
-                problems.append(f"{where}: unknown model {model!r}; add it under `models` (known: {known})")
+                problems.append(
+                    f"{where}: unknown model {model!r}; add it under `models` (known: {known})"
+                )
 
         check_model("defaults.model", self.defaults.model)
         for i, agent in enumerate(self.agents):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from langchain_core.messages import AIMessage
 
@@ -23,7 +24,7 @@ class NodeContext:
 
 def usage_of(message: AIMessage, model: ModelSpec) -> Usage:
     """Token usage and cost of one model reply."""
-    meta = message.usage_metadata or {}
+    meta: dict[str, Any] = dict(message.usage_metadata or {})
     tokens_in = int(meta.get("input_tokens", 0))
     tokens_out = int(meta.get("output_tokens", 0))
     cost = (tokens_in * model.input_cost_per_mtok + tokens_out * model.output_cost_per_mtok) / 1e6

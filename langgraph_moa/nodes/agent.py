@@ -44,7 +44,9 @@ def make_agent_node(ctx: NodeContext, agent_name: str, layer: int) -> Any:
     """An async node that writes ``agent_name``'s proposal for ``layer``."""
     agent = ctx.spec.agent(agent_name)
     model_spec = ctx.models.spec(agent.model)
-    temperature = agent.temperature if agent.temperature is not None else ctx.spec.defaults.temperature
+    temperature = (
+        agent.temperature if agent.temperature is not None else ctx.spec.defaults.temperature
+    )
     max_tokens = agent.max_tokens or ctx.spec.defaults.max_tokens
     label = ctx.models.label(agent.model)
 
@@ -62,11 +64,13 @@ def make_agent_node(ctx: NodeContext, agent_name: str, layer: int) -> Any:
             reply = await model.ainvoke(agent_messages(agent, payload), config)
         except Exception as exc:  # a failed agent is reported to the synthesizer, not hidden
             log.warning("agent %s (layer %d) failed: %s", agent_name, layer, exc)
-            proposal.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            proposal["status"] = "failed"
+            proposal["error"] = f"{type(exc).__name__}: {exc}"
             return {"proposals": {str(layer): {agent_name: proposal}}}
         assert isinstance(reply, AIMessage)
         usage = usage_of(reply, model_spec)
-        proposal.update(content=reply.text, usage=usage)
+        proposal["content"] = reply.text
+        proposal["usage"] = usage
         return {"proposals": {str(layer): {agent_name: proposal}}, "usage": {agent_name: usage}}
 
     agent_node.__name__ = f"agent_{agent_name}"

@@ -97,7 +97,7 @@ def _load_function(path: str) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"routing function {path!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def make_router_node(ctx: NodeContext, layer_index: int) -> Any:
@@ -158,7 +158,10 @@ async def _ask_model(
             return parse_plan(raw, agents), _notes(errors), usage
         except PlanError as exc:
             errors.append(f"attempt {attempt + 1}: {exc}")
-            messages += [AIMessage(reply_text), HumanMessage(prompts.ROUTER_REPAIR.format(error=exc))]
+            messages += [
+                AIMessage(reply_text),
+                HumanMessage(prompts.ROUTER_REPAIR.format(error=exc)),
+            ]
         except Exception as exc:
             errors.append(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
             break

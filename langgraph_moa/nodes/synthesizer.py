@@ -106,17 +106,24 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
                 written = {**written}
                 for agent, content in edits.items():
                     base = written.get(agent) or Proposal(
-                        agent=agent, layer=layer_index, subtask=state["task"], content="",
+                        agent=agent,
+                        layer=layer_index,
+                        subtask=state["task"],
+                        content="",
                         status="ok",
                     )
                     written[agent] = {**base, "content": content, "status": "ok"}
                 update["proposals"] = {str(layer_index): {a: written[a] for a in edits}}
         ok = {a: p for a, p in written.items() if p["status"] == "ok"}
-        gaps = [f"{a} failed ({p.get('error') or 'no reason given'})"
-                for a, p in written.items() if p["status"] == "failed"]
+        gaps = [
+            f"{a} failed ({p.get('error') or 'no reason given'})"
+            for a, p in written.items()
+            if p["status"] == "failed"
+        ]
         gaps += [f"{s['agent']} did not answer" for s in plan if s["agent"] not in written]
-        gaps += [f"{a} did not answer in time" for a, p in written.items()
-                 if p["status"] == "missing"]
+        gaps += [
+            f"{a} did not answer in time" for a, p in written.items() if p["status"] == "missing"
+        ]
         quorum = layer.min_proposals or 1
         if len(ok) < quorum:
             raise QuorumError(
@@ -134,7 +141,9 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
             body, notes, reply_usage = await _synthesize(state["task"], texts, gaps, config)
             update["usage"] = {name: reply_usage}
         syntheses = [*state.get("syntheses", [])[: layer_index - 1], body]
-        update.update(syntheses=syntheses, notes=notes + [f"layer {layer_index}: {g}" for g in gaps])
+        update.update(
+            syntheses=syntheses, notes=notes + [f"layer {layer_index}: {g}" for g in gaps]
+        )
         if is_last:
             update.update(answer=body, messages=[AIMessage(body, name="moa")])
         return update
@@ -150,8 +159,10 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         listing = "\n\n".join(
             prompts.format_proposal(i, a, None, t) for i, (a, t) in enumerate(fitted.items(), 1)
         )
-        system = template.format(proposals=listing) if "{proposals}" in template else (
-            f"{template}\n\n{listing}"
+        system = (
+            template.format(proposals=listing)
+            if "{proposals}" in template
+            else (f"{template}\n\n{listing}")
         )
         all_gaps = gaps + notes
         if all_gaps:

@@ -61,9 +61,7 @@ def add_usage(a: Usage | None, b: Usage | None) -> Usage:
     return out
 
 
-def merge_usage(
-    left: dict[str, Usage] | None, right: dict[str, Usage] | None
-) -> dict[str, Usage]:
+def merge_usage(left: dict[str, Usage] | None, right: dict[str, Usage] | None) -> dict[str, Usage]:
     """Reducer: per-agent usage, summed across parallel writes."""
     merged = dict(left or {})
     for name, usage in (right or {}).items():

@@ -1,0 +1,246 @@
+"""The ``moa`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from langgraph_moa.graphs import GraphSpec, ModelSpec, SpecError, load_spec, preset
+from langgraph_moa.graphs.dsl import with_default_model
+from langgraph_moa.models import ModelConfigError, describe_default
+
+app = typer.Typer(
+    name="moa",
+    help="Mixture-of-Agents on LangGraph, checkpointed to SQL.\n\n"
+    "The store is --db or MOA_DB_URL (a SQLAlchemy URL such as sqlite:///moa.sqlite or "
+    "postgresql://user@host/db); the default is a SQLite file in your user data directory "
+    "(on Linux ~/.local/share/langgraph-moa/moa.sqlite).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+spec_app = typer.Typer(help="Work with spec files.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+SpecOpt = Annotated[
+    Path | None, typer.Option("--spec", "-s", help="Spec file (YAML, TOML or JSON).")
+]
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", "-p", help="Built-in spec: layered or team.")
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", envvar="MOA_DB_URL", help="SQLAlchemy URL of the store [env MOA_DB_URL]."),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Default model: 'provider:model', or a model name with "
+        "--base-url. Agents that name a model keep theirs.",
+    ),
+]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint for --model.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a view.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error (no traceback) and exit."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def resolve_spec(
+    spec: Path | None,
+    preset_name: str | None,
+    model: str | None = None,
+    base_url: str | None = None,
+) -> GraphSpec:
+    """The spec from a file or a preset (``layered`` by default), with an optional model."""
+    if spec is not None and preset_name is not None:
+        fail("give --spec or --preset, not both", 2)
+    try:
+        graph_spec = load_spec(spec) if spec is not None else preset(preset_name or "layered")
+    except SpecError as exc:
+        fail(str(exc), 2)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if model or base_url:
+        graph_spec = with_default_model(graph_spec, ModelSpec(model=model, base_url=base_url))
+    return graph_spec
+
+
+def uses_local_model(spec: GraphSpec) -> bool:
+    """True when some node of ``spec`` falls back to the embedded local model."""
+    if os.environ.get("MOA_MODEL") or os.environ.get("MOA_BASE_URL"):
+        return False
+    names: list[str | None] = [a.model for a in spec.agents]
+    names += [layer.synthesizer.model for layer in spec.layers]
+    return any(spec.model_spec(n).is_local for n in names)
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Argument(help="The task for the agents.")],
+    spec: SpecOpt = None,
+    preset_name: PresetOpt = None,
+    db: DbOpt = None,
+    thread: Annotated[str | None, typer.Option("--thread", "-t", help="Thread id to use.")] = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run TASK through a mixture of agents and print the answer."""
+    graph_spec = resolve_spec(spec, preset_name, model, base_url)
+    if uses_local_model(graph_spec) and not as_json:
+        err.print(
+            "[dim]Using the embedded local model (SmolLM2-135M): fine for trying things out, "
+            "weak at real work. Point at a real model with --model/--base-url or MOA_MODEL "
+            "(see `moa models`).[/]"
+        )
+    result = asyncio.run(_run(graph_spec, task, db, thread, as_json))
+    _print_result(result, as_json)
+
+
+async def _run(
+    graph_spec: GraphSpec,
+    task: str | None,
+    db: str | None,
+    thread: str | None,
+    quiet: bool,
+    **kwargs: Any,
+) -> Any:
+    from langgraph_moa.runtime import MoA
+    from langgraph_moa.runtime.progress import RunProgress
+
+    progress = RunProgress([list(layer.agents) for layer in graph_spec.layers])
+    try:
+        async with MoA(graph_spec, db_url=db) as moa:
+            if quiet:
+                return await moa.ainvoke(task, thread_id=thread, **kwargs)
+            with Live(progress.render(), console=err, refresh_per_second=8) as live:
+
+                def on_event(mode: str, chunk: Any) -> None:
+                    progress.feed(mode, chunk)
+                    live.update(progress.render())
+
+                return await moa.ainvoke(task, thread_id=thread, on_event=on_event, **kwargs)
+    except (SpecError, ModelConfigError) as exc:
+        fail(str(exc), 2)
+    except Exception as exc:
+        hint = f"; resume it with `moa resume {thread}`" if thread else ""
+        fail(f"{type(exc).__name__}: {exc}{hint}")
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+        return
+    if result.status == "interrupted":
+        err.print(f"[magenta]run paused[/] (thread {result.thread_id}): {result.interrupts}")
+    else:
+        out.print(result.answer or "", markup=False, highlight=False)
+    tokens = result.usage.get("total_tokens", 0)
+    err.print(
+        f"[dim]thread {result.thread_id} · run {result.run_id} · {result.status} · "
+        f"{tokens} tokens[/]"
+    )
+
+
+@spec_app.command("validate")
+def spec_validate(file: Annotated[Path, typer.Argument(help="Spec file to check.")]) -> None:
+    """Check a spec file and say what is wrong, with file, line and field."""
+    try:
+        graph_spec = load_spec(file)
+    except SpecError as exc:
+        fail(str(exc), 2)
+    layers = " -> ".join(f"[{', '.join(layer.agents)}]" for layer in graph_spec.layers)
+    out.print(
+        f"{file}: ok · {graph_spec.name}: {len(graph_spec.agents)} agents, "
+        f"{len(graph_spec.layers)} layers {layers}",
+        markup=False,
+    )
+
+
+@app.command()
+def graph(
+    file: Annotated[Path | None, typer.Argument(help="Spec file (default: --preset).")] = None,
+    preset_name: PresetOpt = None,
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Write a PNG here (needs pygraphviz).")
+    ] = None,
+) -> None:
+    """Draw a spec's graph: Mermaid text, or a PNG with --png."""
+    from langgraph_moa.graphs import build_graph
+
+    graph_spec = resolve_spec(file, preset_name)
+    drawable = build_graph(graph_spec).compile(name=graph_spec.name).get_graph()
+    if png is None:
+        out.print(drawable.draw_mermaid(), markup=False, highlight=False)
+        return
+    try:
+        drawable.draw_png(str(png))
+    except ImportError:
+        fail(
+            "drawing a PNG needs pygraphviz (apt-get install graphviz libgraphviz-dev && "
+            "pip install pygraphviz); or paste the Mermaid text of `moa graph` into "
+            "https://mermaid.live",
+            2,
+        )
+    err.print(f"wrote {png}")
+
+
+@app.command()
+def models(
+    spec: SpecOpt = None,
+    preset_name: PresetOpt = None,
+) -> None:
+    """List the models a spec uses, the embedded model, and how to use a real endpoint."""
+    graph_spec = resolve_spec(spec, preset_name)
+    out.print(f"[bold]{graph_spec.name}[/]: models without an entry use {describe_default()}")
+    for name, model_spec in graph_spec.models.items():
+        where = model_spec.base_url or "init_chat_model"
+        out.print(f"  {name}: {model_spec.model or 'local'} ({where})", markup=False)
+    try:
+        from langgraph_moa.models.local import describe_local
+
+        info = describe_local()
+    except ImportError:
+        info = {"installed": False}
+    out.print(f"embedded model: {json.dumps(info, default=str)}", markup=False)
+    out.print(
+        "Use a real model:\n"
+        "  OpenAI:            export OPENAI_API_KEY=...; moa run TASK --model openai:gpt-4o-mini\n"
+        "  any OpenAI-compatible server (vLLM, Ollama, llama.cpp):\n"
+        "                     moa run TASK --base-url http://127.0.0.1:11434/v1 --model llama3\n"
+        "  for every run:     export MOA_MODEL=... [MOA_BASE_URL=... MOA_API_KEY=...]\n"
+        "  per agent:         name models under `models:` in a spec file (moa spec validate)",
+        markup=False,
+    )
+
+
+def main() -> None:
+    """Entry point of the ``moa`` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

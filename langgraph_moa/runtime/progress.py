@@ -1,0 +1,104 @@
+"""Live progress of a run, built from LangGraph's ``tasks`` and ``updates`` stream modes."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["AgentRow", "RunProgress"]
+
+Status = Literal["waiting", "running", "done", "failed", "paused"]
+_NODE = re.compile(r"^L(\d+)_(.+)$")
+_STYLE = {
+    "waiting": "dim",
+    "running": "yellow",
+    "done": "green",
+    "failed": "red",
+    "paused": "magenta",
+}
+
+
+@dataclass
+class AgentRow:
+    """One node of a layer as the view shows it."""
+
+    layer: int
+    name: str
+    status: Status = "waiting"
+    tokens: int = 0
+    started: float | None = None
+    seconds: float | None = None
+    note: str = ""
+
+
+@dataclass
+class RunProgress:
+    """Folds stream chunks into per-layer, per-agent rows."""
+
+    layers: list[list[str]]
+    rows: dict[str, AgentRow] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for n, agents in enumerate(self.layers, start=1):
+            for name in ["router", *agents, "synthesizer"]:
+                self.rows[f"L{n}_{name}"] = AgentRow(layer=n, name=name)
+
+    def feed(self, mode: str, chunk: Any) -> None:
+        """Take one ``(mode, chunk)`` item of ``astream(stream_mode=[...])``."""
+        if mode == "tasks" and isinstance(chunk, dict):
+            row = self.rows.get(str(chunk.get("name")))
+            if row is None:
+                return
+            if "triggers" in chunk:
+                row.status, row.started = "running", time.monotonic()
+                return
+            if row.started is not None:
+                row.seconds = time.monotonic() - row.started
+            if chunk.get("error"):
+                row.status, row.note = "failed", str(chunk["error"])[:80]
+            elif chunk.get("interrupts"):
+                row.status, row.note = "paused", "waiting for approval"
+            else:
+                row.status = "done"
+                self._result(row, chunk.get("result"))
+
+    def _result(self, row: AgentRow, result: Any) -> None:
+        if not isinstance(result, dict):
+            return
+        for usage in (result.get("usage") or {}).values():
+            row.tokens += int(usage.get("total_tokens", 0))
+        for by_agent in (result.get("proposals") or {}).values():
+            for proposal in by_agent.values():
+                if proposal.get("status") == "failed":
+                    row.status, row.note = "failed", str(proposal.get("error", ""))[:80]
+        self.notes.extend(result.get("notes") or [])
+
+    def render(self) -> RenderableType:
+        """A rich table of every layer."""
+        table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+        for col in ("layer", "node", "status", "tokens", "time", ""):
+            table.add_column(col)
+        for row in self.rows.values():
+            if row.name == "router" and row.status == "waiting":
+                continue
+            secs = (
+                f"{row.seconds:.1f}s"
+                if row.seconds is not None
+                else (f"{time.monotonic() - row.started:.1f}s" if row.started else "")
+            )
+            table.add_row(
+                str(row.layer),
+                row.name,
+                Text(row.status, style=_STYLE[row.status]),
+                str(row.tokens or ""),
+                secs,
+                Text(row.note, style="dim"),
+            )
+        return Group(table, *(Text(f"note: {n}", style="dim") for n in self.notes[-3:]))
