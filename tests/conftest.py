@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["langgraph_moa.testing.pytest_plugin"]
+
 PG_ADMIN = os.environ.get("MOA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_ADMIN = os.environ.get("MOA_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
 REQUIRE_SERVICES = os.environ.get("MOA_REQUIRE_SERVICES") == "1"
@@ -38,7 +40,7 @@ def pg_url() -> Iterator[str]:
         import psycopg
 
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _unavailable("PostgreSQL", exc)
     name = f"moa_{uuid.uuid4().hex[:12]}"
     with admin:
@@ -58,7 +60,7 @@ def mysql_url() -> Iterator[str]:
         import pymysql
 
         admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", connect_timeout=5)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _unavailable("MariaDB/MySQL", exc)
     name = f"moa_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cur:

@@ -24,7 +24,7 @@ from langgraph_moa.nodes import (
 )
 from langgraph_moa.state import AgentInput, MoAInput, MoAOutput, MoAState
 
-__all__ = ["TaskError", "build_graph", "compile_graph", "node_names", "prepare"]
+__all__ = ["TaskError", "add_moa_layers", "build_graph", "compile_graph", "node_names", "prepare"]
 
 
 class TaskError(ValueError):
@@ -65,13 +65,17 @@ def node_names(spec: GraphSpec, layer_index: int) -> tuple[str, list[str], str]:
     return prefix + "router", agents, prefix + "synthesizer"
 
 
-def build_graph(spec: GraphSpec, *, models: ModelResolver | None = None) -> StateGraph:
-    """The uncompiled ``StateGraph`` of ``spec``; add nodes or compile it yourself."""
+def add_moa_layers(
+    graph: StateGraph, spec: GraphSpec, *, after: str, models: ModelResolver | None = None
+) -> str:
+    """Add every layer of ``spec`` to ``graph`` after node ``after``; return the last node.
+
+    The graph's state must include :class:`MoAState`'s keys (``task``, ``plans``,
+    ``proposals``, ``syntheses``, ``usage``...), so users can embed a mixture in a
+    ``StateGraph`` of their own.
+    """
     ctx = NodeContext(spec=spec, models=models or ModelResolver(spec.models, spec.defaults.model))
-    graph = StateGraph(MoAState, input_schema=MoAInput, output_schema=MoAOutput)
-    graph.add_node("prepare", prepare)
-    graph.add_edge(START, "prepare")
-    previous = "prepare"
+    previous = after
     for n in range(1, len(spec.layers) + 1):
         router, agents, synthesizer = node_names(spec, n)
         graph.add_node(router, make_router_node(ctx, n))
@@ -82,7 +86,16 @@ def build_graph(spec: GraphSpec, *, models: ModelResolver | None = None) -> Stat
         graph.add_conditional_edges(router, make_fan_out(ctx, n), agents)
         graph.add_node(synthesizer, make_synthesizer_node(ctx, n))
         previous = synthesizer
-    graph.add_edge(previous, END)
+    return previous
+
+
+def build_graph(spec: GraphSpec, *, models: ModelResolver | None = None) -> StateGraph:
+    """The uncompiled ``StateGraph`` of ``spec``; add nodes or compile it yourself."""
+    graph = StateGraph(MoAState, input_schema=MoAInput, output_schema=MoAOutput)
+    graph.add_node("prepare", prepare)
+    graph.add_edge(START, "prepare")
+    last = add_moa_layers(graph, spec, after="prepare", models=models)
+    graph.add_edge(last, END)
     return graph
 
 
