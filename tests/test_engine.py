@@ -232,3 +232,19 @@ def test_bad_spec_gets_one_clear_message(case: str, tmp_path: Path) -> None:
         done.stderr
     )
     assert str(spec_file) in done.stderr
+
+
+@pytest.mark.parametrize(("name", "calls"), [("layered", 7), ("team", 2 + 4 + 1 + 1 + 1)])
+async def test_presets_run_over_http(
+    name: str, calls: int, model_server: ModelServer, sqlite_url: str
+) -> None:
+    from langgraph_moa.graphs import ModelSpec, preset, with_default_model
+
+    spec = with_default_model(preset(name), ModelSpec(model="m", base_url=model_server.base_url))
+    async with MoA(spec, db_url=sqlite_url) as moa:
+        result = await moa.ainvoke("Explain idempotency keys.")
+    assert result.status == "success" and result.answer
+    # team: the router's default reply is no plan, so it is repaired once, then broadcast
+    assert model_server.calls("m") == calls
+    if name == "team":
+        assert any("fell back to broadcast" in n for n in result.notes)

@@ -47,8 +47,8 @@ def layered(*, proposers: int = 3, layers: int = 2) -> GraphSpec:
 
 
 def team() -> GraphSpec:
-    """A router splits the task among research, coding and analysis specialists; a
-    verification layer then checks the synthesis."""
+    """A router splits the task among research, coding, analysis and verification
+    specialists; a verification layer then checks the synthesis."""
     agents = [
         {
             "name": "research",
@@ -82,7 +82,11 @@ def team() -> GraphSpec:
             "description": "Routed specialists, then a verification layer.",
             "agents": agents,
             "layers": [
-                {"name": "work", "agents": ["research", "coding", "analysis"], "routing": "router"},
+                {
+                    "name": "work",
+                    "agents": ["research", "coding", "analysis", "verification"],
+                    "routing": "router",
+                },
                 {"name": "verify", "agents": ["verification"], "routing": "broadcast"},
             ],
         }
