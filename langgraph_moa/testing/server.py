@@ -345,6 +345,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # TCP_NODELAY: no 40 ms delayed-ACK stall per reply
     server: _HTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:
