@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import string
+import sys
 import threading
 import time
 from collections import Counter
@@ -152,7 +153,7 @@ class Rule:
     ``reply`` fixed text, a :class:`Reply` or a callable taking the :class:`ChatRequest`;
     ``template`` a ``str.format`` string over :data:`TEMPLATE_FIELDS`; ``json`` a value sent
     as JSON content. ``delay`` seconds before answering (overrides the model latency).
-    ``fail``: an HTTP status (429 sends ``Retry-After: retry_after`` if set), ``"stall"``
+    ``fail``: an HTTP status (with ``Retry-After: retry_after`` if set), ``"stall"``
     (no response for ``stall`` seconds, then the connection is closed), ``"bad_json"``
     (invalid JSON body or SSE event) or ``"truncated"`` (the body is cut off mid-way).
     ``times``: the rule applies to its first N matching calls only, then stops matching.
@@ -182,6 +183,17 @@ class Rule:
                 self._patterns[name] = re.compile(pattern, re.DOTALL)
             except re.error as exc:
                 raise ValueError(f"rule {name}={pattern!r} is not a valid regex: {exc}") from None
+        if isinstance(self.reply, Mapping):
+            try:
+                self.reply = Reply.of(self.reply)
+            except TypeError as exc:
+                raise ValueError(f"rule reply mapping: {exc}; use content/tool_calls") from None
+        if not (self.reply is None or isinstance(self.reply, str | Reply) or callable(self.reply)):
+            raise ValueError(f"rule reply={self.reply!r}: give text, a Reply or a callable")
+        for key in ("delay", "retry_after", "stall"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int | float) or value < 0):
+                raise ValueError(f"rule {key}={value!r}: must be a number of seconds >= 0")
         answers = [k for k in ("reply", "template", "json") if getattr(self, k) is not None]
         if len(answers) > 1:
             raise ValueError(f"a rule gives {' and '.join(answers)}; give at most one of them")
@@ -192,10 +204,10 @@ class Rule:
         if isinstance(self.fail, str) and self.fail not in FAILURES:
             raise ValueError(f"rule fail={self.fail!r}: use an HTTP status or one of {FAILURES}")
         if self.template is not None:
-            for _, key, _, _ in string.Formatter().parse(self.template):
-                if key is not None and re.split(r"[.\[]", key)[0] not in TEMPLATE_FIELDS:
+            for _, fname, _, _ in string.Formatter().parse(self.template):
+                if fname is not None and re.split(r"[.\[]", fname)[0] not in TEMPLATE_FIELDS:
                     raise ValueError(
-                        f"rule template {self.template!r} uses unknown field {{{key}}}; "
+                        f"rule template {self.template!r} uses unknown field {{{fname}}}; "
                         f"available: {', '.join(TEMPLATE_FIELDS)} (double braces for literal ones)"
                     )
         if self.times is not None and self.times < 1:
@@ -342,11 +354,17 @@ class _HTTPServer(ThreadingHTTPServer):
         self.owner = owner
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Ignore clients that drop their connection; report anything else."""
+        if not isinstance(sys.exc_info()[1], ConnectionError) or self.owner.log:
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # TCP_NODELAY: no 40 ms delayed-ACK stall per reply
     server: _HTTPServer
+    _req: ChatRequest | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.owner.log:
@@ -360,7 +378,13 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
+        self._record(status)
         self.wfile.write(body)
+
+    def _record(self, status: int) -> None:
+        """Close the current call's record before its last bytes go out (clients may look)."""
+        if self._req is not None:
+            self.server.owner._end(self._req, status)
 
     def _json(self, status: int, obj: Any, headers: Mapping[str, str] = {}) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json", headers)
@@ -418,15 +442,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, body: Any) -> None:
         owner = self.server.owner
         req, rule = owner._begin(body)  # raises ValueError on a bad request
+        self._req = req
         try:
-            req.status = self._answer(req, rule)
+            self._answer(req, rule)
         except (ConnectionError, TimeoutError) as exc:
             req.failure = req.failure or f"client went away: {exc!r}"
             self.close_connection = True
         finally:
-            owner._end(req)
+            self._req = None
+            owner._end(req, None)
 
-    def _answer(self, req: ChatRequest, rule: Rule | None) -> int | None:
+    def _answer(self, req: ChatRequest, rule: Rule | None) -> None:
         owner = self.server.owner
         delay = rule.delay if rule is not None and rule.delay is not None else None
         delay = owner.latency_for(req.model) if delay is None else delay
@@ -439,19 +465,19 @@ class _Handler(BaseHTTPRequestHandler):
             if rule is not None and rule.retry_after is not None:
                 headers["Retry-After"] = f"{rule.retry_after:g}"
             self._error(fail, f"scripted failure {fail} (rule #{req.rule})", headers)
-            return fail
+            return
         if fail == "stall":
             req.failure = "stall"
             owner._stopping.wait(rule.stall if rule is not None else 0)
             self.close_connection = True
-            return None
+            return
         try:
             reply = rule.answer(req) if rule is not None else default_reply(req)
             content, calls, reason = _finish(req, reply)
         except Exception as exc:
             req.failure = f"reply error: {exc!r}"
             self._error(500, f"rule #{req.rule} raised {exc!r}")
-            return 500
+            return
         req.usage = _usage(req, content, calls)
         base = {
             "id": f"chatcmpl-{req.digest}{req.call}",
@@ -461,7 +487,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if req.stream:
             self._stream(req, base, content, calls, reason, fail)
-            return 200
+            return
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         if calls:
             message["tool_calls"] = calls
@@ -478,11 +504,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
+            self._record(200)
             self.wfile.write(data[: len(data) // 2])
             self.close_connection = True
         else:
             self._send(200, data, "application/json")
-        return 200
 
     def _stream(
         self,
@@ -534,9 +560,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for event in events:
+        for i, event in enumerate(events):
+            if i == len(events) - 1:
+                self._record(200)
             self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
-            self.wfile.flush()
         if fail == "truncated":
             self.close_connection = True  # no terminating chunk: the client sees a cut stream
         else:
@@ -569,6 +596,7 @@ class ModelServer:
         self.latency = latency
         self.model_latency: dict[str, float] = dict(model_latency or {})
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._rules: list[Rule] = []
         self._hits: list[int] = []
@@ -610,6 +638,8 @@ class ModelServer:
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join()
+        with self._idle:  # let released calls record their end (bounded)
+            self._idle.wait_for(lambda: not +self._in_flight, timeout=5)
         self._httpd = self._thread = None
 
     def __enter__(self) -> ModelServer:
@@ -745,8 +775,8 @@ class ModelServer:
                 "in_flight": {k: v for k, v in self._in_flight.items() if v},
                 "max_in_flight": dict(self._peak),
                 "max_in_flight_total": self._peak_total,
-                "usage": {
-                    key: sum((r.usage or {}).get(key, 0) for r in self._requests)
+                "usage": {  # of the calls answered in full
+                    key: sum((r.usage or {}).get(key, 0) for r in self._requests if not r.failure)
                     for key in ("prompt_tokens", "completion_tokens", "total_tokens")
                 },
             }
@@ -787,7 +817,10 @@ class ModelServer:
                     return req, rule
         return req, None
 
-    def _end(self, req: ChatRequest) -> None:
+    def _end(self, req: ChatRequest, status: int | None) -> None:
         with self._lock:
-            req.finished = time.time()
+            if req.finished is not None:
+                return
+            req.finished, req.status = time.time(), status
             self._in_flight[req.model] -= 1
+            self._idle.notify_all()
