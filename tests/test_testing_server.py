@@ -20,8 +20,6 @@ from pydantic import BaseModel
 
 from langgraph_moa.testing import ChatRequest, ModelServer, Reply, Rule, count_tokens
 
-pytest_plugins = ["langgraph_moa.testing.pytest_plugin"]
-
 
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
