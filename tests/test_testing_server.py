@@ -18,7 +18,14 @@ from langchain_core.tools import tool
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
-from langgraph_moa.testing import ChatRequest, ModelServer, Reply, Rule, count_tokens
+from langgraph_moa.testing import (
+    ChatRequest,
+    ModelServer,
+    ModelServerClient,
+    Reply,
+    Rule,
+    count_tokens,
+)
 
 
 def digest(text: str) -> str:
@@ -363,8 +370,17 @@ def test_standalone_cli(tmp_path: Path) -> None:
         srv = ModelServer()  # not started: only used to build a client for base_url
         llm = srv.chat_model("cli", base_url=base_url)
         assert llm.invoke("x").content == "from the cli"
-        calls = httpx.get(base_url.removesuffix("/v1") + "/_test/calls").json()
-        assert calls["calls"] == {"cli": 1}
+        remote = ModelServerClient(base_url)
+        assert remote.calls("cli") == 1 and remote.calls() == 1 and remote.max_in_flight() == 1
+        assert remote.requests()[0]["status"] == 200
+        assert remote.configure([{"model": "cli", "reply": "rescripted"}]) == 2
+        remote.reset_counts()
+        assert llm.invoke("x").content == "from the cli"  # earlier rules still win
+        remote.reset()
+        assert remote.configure({"rules": [{"model": "cli", "fail": 503}]}) == 1
+        with pytest.raises(openai.InternalServerError):
+            llm.invoke("x")
+        assert remote.calls("cli") == 1 and remote.stats()["usage"]["total_tokens"] == 0
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0

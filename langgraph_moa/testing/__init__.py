@@ -32,7 +32,8 @@ Behaviour:
 HTTP endpoints besides ``POST /v1/chat/completions`` and ``GET /v1/models``:
 ``GET /_test/calls`` (counts, in-flight, peaks, usage sums), ``GET /_test/requests``,
 ``POST /_test/rules`` (a rule list or a script mapping, see :meth:`ModelServer.configure`),
-``POST /_test/reset`` and ``POST /_test/reset_counts``.
+``POST /_test/reset`` and ``POST /_test/reset_counts``; :class:`ModelServerClient` wraps them
+for a server run by another process.
 
 Standalone: ``python -m langgraph_moa.testing --port 8765 --script rules.yaml --latency 0.3``
 prints the base URL and serves until interrupted. Script file (JSON or YAML)::
@@ -54,6 +55,7 @@ from langgraph_moa.testing.server import (
     TEMPLATE_FIELDS,
     ChatRequest,
     ModelServer,
+    ModelServerClient,
     Reply,
     Rule,
     count_tokens,
@@ -65,6 +67,7 @@ __all__ = [
     "TEMPLATE_FIELDS",
     "ChatRequest",
     "ModelServer",
+    "ModelServerClient",
     "Reply",
     "Rule",
     "count_tokens",

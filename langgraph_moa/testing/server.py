@@ -27,6 +27,7 @@ __all__ = [
     "TEMPLATE_FIELDS",
     "ChatRequest",
     "ModelServer",
+    "ModelServerClient",
     "Reply",
     "Rule",
     "count_tokens",
@@ -824,3 +825,53 @@ class ModelServer:
             req.finished, req.status = time.time(), status
             self._in_flight[req.model] -= 1
             self._idle.notify_all()
+
+
+class ModelServerClient:
+    """Reads and scripts a :class:`ModelServer` run by another process, over its HTTP API.
+
+    ``url`` is the server's root or base URL (``http://127.0.0.1:PORT[/v1]``).
+    """
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/").removesuffix("/v1")
+        self.timeout = timeout
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        import httpx
+
+        resp = httpx.request(method, self.url + path, json=body, timeout=self.timeout)
+        if resp.status_code != 200:
+            raise ValueError(f"{method} {path}: HTTP {resp.status_code}: {resp.text}")
+        return resp.json()
+
+    def stats(self) -> dict[str, Any]:
+        """What :meth:`ModelServer.stats` gives, from ``GET /_test/calls``."""
+        return dict(self._call("GET", "/_test/calls"))
+
+    def calls(self, model: str | None = None) -> int:
+        stats = self.stats()
+        return int(stats["total"] if model is None else stats["calls"].get(model, 0))
+
+    def max_in_flight(self, model: str | None = None) -> int:
+        stats = self.stats()
+        peaks = stats["max_in_flight"]
+        return int(stats["max_in_flight_total"] if model is None else peaks.get(model, 0))
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The recorded calls as :meth:`ChatRequest.to_dict` summaries."""
+        return list(self._call("GET", "/_test/requests"))
+
+    def configure(self, script: Any) -> int:
+        """Send a script (rules list or mapping, see :meth:`ModelServer.configure`)."""
+        return int(self._call("POST", "/_test/rules", script)["rules"])
+
+    def reset(self) -> None:
+        self._call("POST", "/_test/reset")
+
+    def reset_counts(self) -> None:
+        self._call("POST", "/_test/reset_counts")
