@@ -1,0 +1,219 @@
+"""The body of a queued run in a worker: run (or continue) one registry run of a thread.
+
+A run queued by ``moa run --submit`` or :class:`~langgraph_moa.runtime.workers.RunQueue`
+is a row of ``moa_runs`` (spec, input, options) plus a procrastinate job naming it.
+:class:`MoARunHandler` executes it: claims the run in the registry (a fenced owner, with a
+heartbeat), starts it, or continues it from the thread's last checkpoint when an earlier
+attempt of the same run got that far, appends its stream chunks to ``moa_run_events``, and
+records the outcome. Continuing never repeats the nodes whose writes were checkpointed:
+finished layers, and the agents of the interrupted layer that had already answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any, cast
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from langgraph_moa.graphs import load_spec
+from langgraph_moa.persistence.registry import (
+    Owner,
+    OwnershipLostError,
+    RunOwnedError,
+    RunRegistry,
+)
+from langgraph_moa.runtime.api import MoA
+from langgraph_moa.runtime.worker_events import EventStore
+
+__all__ = ["DEFAULT_STREAM_MODE", "MoARunHandler", "RunBusy", "RunHandedBack"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STREAM_MODE = ("updates", "tasks")
+FINAL = ("success", "error", "cancelled", "interrupted")
+
+
+class RunHandedBack(Exception):
+    """The worker is shutting down: the run stopped at a checkpoint and goes back to the
+    queue."""
+
+
+class RunBusy(Exception):
+    """Another live process still owns the run in the registry; try again shortly."""
+
+
+class MoARunHandler:
+    """Executes registry runs with a shared checkpointer (one per worker process)."""
+
+    def __init__(
+        self,
+        registry: RunRegistry,
+        checkpointer: BaseCheckpointSaver[Any],
+        events: EventStore,
+        *,
+        heartbeat_interval: float = 10.0,
+        stale_after: float = 60.0,
+        draining: Callable[[], bool] = lambda: False,
+        worker_name: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.checkpointer = checkpointer
+        self.events = events
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self.draining = draining
+        self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        self._graphs: OrderedDict[str, MoA] = OrderedDict()
+
+    async def moa_for(self, spec_data: Mapping[str, Any]) -> MoA:
+        """The compiled MoA of a spec (cached per process by spec hash)."""
+        spec = load_spec(dict(spec_data))
+        key = spec.spec_hash()
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+            return self._graphs[key]
+        moa = await MoA(spec, checkpointer=self.checkpointer).__aenter__()
+        self._graphs[key] = moa
+        while len(self._graphs) > 32:
+            self._graphs.popitem(last=False)
+        return moa
+
+    async def dequeued(self, run_id: str) -> None:
+        """The run was cancelled before a worker took it."""
+        await self.registry.update_run(run_id, status="cancelled", release=True)
+        await self.events.append(run_id, "end", None)
+
+    async def execute(self, run_id: str, *, resume: bool = False, attempt: int = 1) -> None:
+        """Run ``run_id`` to its end, an interrupt, or an error, and record that.
+
+        Raises :class:`RunHandedBack` when the worker drains, :class:`RunBusy` when the
+        registry says a live process owns the run, and ``CancelledError`` when cancelled
+        (the caller records a cancellation; a shutdown leaves the run resumable).
+        """
+        run = await self.registry.get_run(run_id)
+        if run is None:
+            log.error("queued run %s is not in the registry; dropping it", run_id)
+            return
+        if run.status in FINAL and not resume:
+            log.info("run %s is already %s; nothing to do", run_id, run.status)
+            return
+        if run.spec is None:
+            await self._fail(run_id, None, ValueError("the run has no spec in the registry"))
+            return
+        owner = Owner.new()
+        try:
+            await self.registry.claim_run(run_id, owner, stale_after=self.stale_after)
+        except RunOwnedError as exc:
+            raise RunBusy(str(exc)) from None
+        current = asyncio.current_task()
+        assert current is not None
+        lost = asyncio.Event()
+        beat = asyncio.create_task(self._heartbeat(run_id, owner, current, lost))
+        try:
+            try:
+                await self._run(run_id, run.thread_id, run.spec, run.input, run.options, attempt)
+            finally:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
+        except OwnershipLostError as exc:
+            log.warning("run %s: %s", run_id, exc)
+        except asyncio.CancelledError:
+            if lost.is_set():  # fenced out: another worker has the run now
+                log.warning("run %s was taken over by another worker; stopped", run_id)
+                return
+            raise
+        except RunHandedBack:
+            await self.registry.update_run(run_id, owner=owner, release=True, status="pending")
+            raise
+        except Exception as exc:
+            await self._fail(run_id, owner, exc)
+        else:
+            result = await (await self.moa_for(run.spec)).aresult(run.thread_id, run_id)
+            with contextlib.suppress(OwnershipLostError):
+                await self.registry.release_run(
+                    run_id,
+                    owner,
+                    status=result.status if result.status in FINAL else "success",
+                    answer=result.answer,
+                    usage=dict(result.usage),
+                    waiting_for=result.interrupts or None,
+                )
+            await self.events.append(run_id, "end", None)
+
+    async def _run(
+        self,
+        run_id: str,
+        thread_id: str,
+        spec: Mapping[str, Any],
+        run_input: Any,
+        options: Mapping[str, Any],
+        attempt: int,
+    ) -> None:
+        if self.draining():
+            raise RunHandedBack("the worker is shutting down")
+        moa = await self.moa_for(spec)
+        snapshot = await moa.graph.aget_state(MoA.config(thread_id))
+        ours = (snapshot.metadata or {}).get("run_id") == run_id
+        if ours and (not snapshot.next or snapshot.interrupts):
+            return  # an earlier attempt finished the run; only its outcome is missing
+        graph_input = None if ours else MoA.input_of(run_input, options.get("resume"))
+        modes = list(options.get("stream_mode") or DEFAULT_STREAM_MODE)
+        await self.events.append(
+            run_id,
+            "metadata",
+            {
+                "run_id": run_id,
+                "thread_id": thread_id,
+                "attempt": attempt,
+                "resumed": ours,
+                "worker": self.worker_name,
+            },
+        )
+        config = MoA.config(thread_id, run_id)
+        config["metadata"] = {"run_id": run_id}
+        stream = cast(
+            AsyncGenerator[tuple[str, Any], None],
+            moa.graph.astream(
+                graph_input, config, stream_mode=[*modes, "checkpoints"], durability="sync"
+            ),
+        )
+        async with contextlib.aclosing(stream):
+            async for mode, chunk in stream:
+                if mode in modes:
+                    await self.events.append(run_id, mode, chunk)
+                if mode == "checkpoints" and self.draining():
+                    raise RunHandedBack("the worker is shutting down")
+
+    async def _fail(self, run_id: str, owner: Owner | None, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("run %s failed: %s", run_id, message)
+        await self.events.append(
+            run_id, "error", {"error": type(exc).__name__, "message": str(exc)}
+        )
+        with contextlib.suppress(OwnershipLostError):
+            await self.registry.update_run(
+                run_id, owner=owner, release=owner is not None, status="error", error=message
+            )
+        await self.events.append(run_id, "end", None)
+
+    async def _heartbeat(
+        self, run_id: str, owner: Owner, run_task: asyncio.Task[Any], lost: asyncio.Event
+    ) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                alive = await self.registry.heartbeat(run_id, owner)
+            except Exception as exc:  # the database may be back on the next beat
+                log.warning("run %s: registry heartbeat failed: %s", run_id, exc)
+                continue
+            if not alive:
+                lost.set()
+                run_task.cancel()
+                return

@@ -1,0 +1,602 @@
+"""Scale-out: runs execute as procrastinate jobs in worker processes on PostgreSQL.
+
+A run is a row of the run registry (``moa_runs``: spec, input, options, status) plus a
+procrastinate job ``{run_id, thread_id}``, deferred with ``lock=<thread_id>`` so a thread
+never has two active runs and ``queueing_lock=<run_id>`` so a run is never queued twice.
+Queue, locks and worker heartbeats live in the PostgreSQL database that holds the
+checkpoints and the registry: a deployment has one stateful service.
+
+* ``moa worker`` (:func:`serve`) runs a procrastinate worker. Its job body claims the run
+  in the registry (a fenced owner with a heartbeat) and executes it with
+  :class:`~langgraph_moa.runtime.worker_runs.MoARunHandler`, or with the HTTP server's run
+  handler for runs the server queued (``handler="server"``, see :class:`ProcrastinateExecutor`).
+  Stream chunks go to ``moa_run_events`` (:mod:`~langgraph_moa.runtime.worker_events`), which
+  any process follows with LISTEN/NOTIFY and replays from an event id.
+* Crash recovery: every worker runs a :class:`Reaper`. A job still ``doing`` on a worker
+  whose procrastinate heartbeat is older than ``stalled_after`` seconds is put back in the
+  queue with procrastinate's own ``get_stalled_jobs`` + ``retry_job``, and its registry
+  owner is released (fencing out the old worker, should it be alive after all). The next
+  worker continues the run from its last checkpoint. Liveness is judged by heartbeats, never
+  by how long a run has taken, so a long run on a live worker is not handed out again. A
+  PostgreSQL advisory lock lets one reaper act at a time.
+* SIGTERM drains: the worker takes no new job; each of its runs stops at its next
+  checkpoint and goes back to the queue for another worker. After ``shutdown_grace``
+  seconds, runs still going are cancelled (the agents that finished keep their
+  checkpointed writes) and handed back too. SIGKILL is a crash (see above).
+
+>>> async with RunQueue("postgresql+psycopg://localhost/moa") as queue:
+...     run = await queue.submit(spec, "Compare B-trees and LSM-trees")
+...     async for event in queue.follow(run.run_id):
+...         print(event.event, event.data)
+...     print((await queue.get(run.run_id)).answer)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import procrastinate
+import psycopg
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from procrastinate import exceptions as pc_exceptions
+from procrastinate.job_context import AbortReason
+from procrastinate.jobs import Status
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from langgraph_moa.graphs import GraphSpec, load_spec
+from langgraph_moa.persistence.registry import RunRecord, RunRegistry
+from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
+from langgraph_moa.runtime.worker_events import EventStore, RunEvent
+from langgraph_moa.runtime.worker_runs import (
+    DEFAULT_STREAM_MODE,
+    MoARunHandler,
+    RunBusy,
+    RunHandedBack,
+)
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "TASK_NAME",
+    "ProcrastinateExecutor",
+    "Reaper",
+    "RunQueue",
+    "Submission",
+    "WorkerConfigError",
+    "WorkerRuntime",
+    "WorkerSettings",
+    "conninfo_of",
+    "make_app",
+    "serve",
+    "setup_schema",
+]
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "moa.run"
+DEFAULT_QUEUE = "moa"
+SERVER_HANDLER = "langgraph_moa.server.worker:open_run_handler"
+"""``module:function`` the workers call for runs the HTTP server queued: an async context
+manager factory ``open_run_handler(db_url) -> RunHandler`` (see :class:`RunHandler`)."""
+_SCHEMA_LOCK = 0x6D6F_6173  # advisory lock keys ("moas", "moar")
+_REAPER_LOCK = 0x6D6F_6172
+
+CheckpointerFactory = Callable[[str], AbstractAsyncContextManager[BaseCheckpointSaver[Any]]]
+
+
+class RunHandler(Protocol):
+    """What executes a queued run in a worker (the HTTP server's handler has this shape)."""
+
+    async def execute(self, run_id: str, *, resume: bool) -> None: ...
+
+    async def dequeued(self, run_id: str) -> None: ...
+
+
+class WorkerConfigError(ValueError):
+    """The worker backend cannot be used as configured."""
+
+
+def conninfo_of(db_url: str | None) -> str:
+    """The libpq connection string of a PostgreSQL SQLAlchemy URL (``--db`` / MOA_DB_URL)."""
+    url_text = resolve_db_url(db_url)
+    try:
+        url = make_url(url_text)
+    except ArgumentError as exc:
+        raise WorkerConfigError(f"--db / MOA_DB_URL: cannot parse {url_text!r}: {exc}") from None
+    if url.get_backend_name() != "postgresql":
+        raise WorkerConfigError(
+            f"--db / MOA_DB_URL: workers need PostgreSQL (procrastinate keeps its queue "
+            f"there), got a {url.get_backend_name()} URL {url.render_as_string()!r}; use e.g. "
+            "postgresql+psycopg://user@host/db, or run without workers"
+        )
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker process runs; the timings are seconds."""
+
+    db_url: str | None = None
+    concurrency: int = 4
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,)
+    name: str | None = None
+    heartbeat_interval: float = 10.0
+    stalled_after: float = 60.0
+    """A worker silent this long is dead: its runs are re-queued."""
+    reap_interval: float = 10.0
+    shutdown_grace: float = 30.0
+    max_attempts: int = 5
+    """A run queued this many times (dead workers, shutdowns) is failed, not re-queued."""
+    poll_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise WorkerConfigError(f"--concurrency must be 1 or more, got {self.concurrency}")
+        if not self.queues or any(not q for q in self.queues):
+            raise WorkerConfigError("--queues: give one or more non-empty queue names")
+        for name in ("heartbeat_interval", "reap_interval", "poll_interval"):
+            if getattr(self, name) <= 0:
+                raise WorkerConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.stalled_after < 2 * self.heartbeat_interval:
+            raise WorkerConfigError(
+                f"--stalled-after ({self.stalled_after:g}s) must be at least twice the "
+                f"heartbeat interval ({self.heartbeat_interval:g}s), or live workers would be "
+                "taken for dead and their runs executed twice"
+            )
+        if self.shutdown_grace < 0:
+            raise WorkerConfigError(f"--grace must be 0 or more, got {self.shutdown_grace}")
+        if self.max_attempts < 1:
+            raise WorkerConfigError(f"--max-attempts must be 1 or more, got {self.max_attempts}")
+
+    @property
+    def worker_name(self) -> str:
+        return self.name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A queued run."""
+
+    run_id: str
+    thread_id: str
+    job_id: int
+    queue: str
+
+
+class _RetrySoon(procrastinate.BaseRetryStrategy):
+    """Hand-backs are queued again at once, busy runs after a short wait; errors never."""
+
+    def __init__(self, busy_wait: int = 2) -> None:
+        self.busy_wait = busy_wait
+
+    def get_retry_decision(
+        self, *, exception: BaseException, job: Any
+    ) -> procrastinate.RetryDecision | None:
+        if isinstance(exception, RunHandedBack):
+            return procrastinate.RetryDecision(retry_in={"seconds": 0})
+        if isinstance(exception, RunBusy):
+            return procrastinate.RetryDecision(retry_in={"seconds": self.busy_wait})
+        return None
+
+
+def make_app(db_url: str | None, *, max_pool: int = 8) -> procrastinate.App:
+    """A procrastinate app on ``db_url`` with the ``moa.run`` task registered."""
+    connector = procrastinate.PsycopgConnector(
+        conninfo=conninfo_of(db_url), min_size=1, max_size=max_pool
+    )
+    app = procrastinate.App(connector=connector)
+    app.task(name=TASK_NAME, pass_context=True, queue=DEFAULT_QUEUE, retry=_RetrySoon())(_run_job)
+    return app
+
+
+async def setup_schema(
+    app: procrastinate.App, events: EventStore, registry: RunRegistry | None = None
+) -> None:
+    """Apply procrastinate's schema when missing, the events table and the registry.
+
+    Idempotent and safe when several processes start at once (an advisory lock orders them).
+    """
+    async with await psycopg.AsyncConnection.connect(events.conninfo, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+        try:
+            if not await app.check_connection_async():
+                await app.schema_manager.apply_schema_async()
+                log.info("applied the procrastinate schema")
+            await events.setup()
+            if registry is not None:
+                await registry.setup()
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+async def _run_job(context: procrastinate.JobContext, **job: Any) -> str:
+    runtime = context.additional_context.get("moa")
+    if not isinstance(runtime, WorkerRuntime):
+        raise RuntimeError("moa.run jobs run in `moa worker` processes (no WorkerRuntime here)")
+    return await runtime.execute(context, job)
+
+
+@dataclass
+class WorkerRuntime:
+    """What the jobs of one worker process share: registry, checkpointer, events, handlers."""
+
+    settings: WorkerSettings
+    events: EventStore
+    registry: RunRegistry
+    checkpointer_factory: CheckpointerFactory = open_checkpointer
+    draining: bool = False
+    _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    _handlers: dict[str, RunHandler] = field(default_factory=dict)
+
+    async def __aenter__(self) -> WorkerRuntime:
+        db_url = resolve_db_url(self.settings.db_url)
+        saver = await self._stack.enter_async_context(self.checkpointer_factory(db_url))
+        self._handlers["moa"] = MoARunHandler(
+            self.registry,
+            saver,
+            self.events,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            stale_after=self.settings.stalled_after,
+            draining=lambda: self.draining,
+            worker_name=self.settings.worker_name,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def handler(self, kind: str) -> RunHandler:
+        """The handler of ``kind`` (``moa``, or ``server`` opened on first use)."""
+        if kind not in self._handlers:
+            if kind != "server":
+                raise ValueError(f"unknown run handler {kind!r}; this worker knows moa, server")
+            module_name, _, func_name = SERVER_HANDLER.partition(":")
+            try:
+                factory = getattr(importlib.import_module(module_name), func_name)
+            except (ImportError, AttributeError) as exc:
+                raise RuntimeError(
+                    f"runs queued by the HTTP server need {SERVER_HANDLER} (install "
+                    f"langgraph-moa[server] on the workers): {exc}"
+                ) from exc
+            db_url = resolve_db_url(self.settings.db_url)
+            self._handlers[kind] = await self._stack.enter_async_context(factory(db_url))
+        return self._handlers[kind]
+
+    async def execute(self, context: procrastinate.JobContext, job: Mapping[str, Any]) -> str:
+        """Run one job; returns the run's registry status."""
+        run_id = str(job["run_id"])
+        attempt = context.job.attempts + 1
+        if self.draining:
+            raise RunHandedBack("the worker is shutting down")
+        handler = await self.handler(str(job.get("handler", "moa")))
+        resume = bool(job.get("resume")) or attempt > 1
+        try:
+            if isinstance(handler, MoARunHandler):
+                await handler.execute(run_id, resume=resume, attempt=attempt)
+            else:
+                await handler.execute(run_id, resume=resume)
+        except asyncio.CancelledError:
+            if context.abort_reason() == AbortReason.USER_REQUEST:
+                await self.registry.update_run(run_id, status="cancelled", release=True)
+                await self.events.append(run_id, "end", None)
+                raise
+            await self.registry.update_run(run_id, status="pending", release=True)
+            raise RunHandedBack("cancelled by the worker's shutdown") from None
+        run = await self.registry.get_run(run_id)
+        return run.status if run is not None else "unknown"
+
+
+class Reaper:
+    """Re-queues the runs of dead workers with procrastinate's stalled-job API."""
+
+    def __init__(
+        self,
+        app: procrastinate.App,
+        events: EventStore,
+        registry: RunRegistry,
+        settings: WorkerSettings,
+    ) -> None:
+        self.app, self.events, self.registry, self.settings = app, events, registry, settings
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reap_interval)
+            try:
+                await self.reap_once()
+            except Exception:  # a database hiccup must not stop the worker
+                log.exception("reaper pass failed; retrying in %ss", self.settings.reap_interval)
+
+    async def reap_once(self) -> list[int]:
+        """One pass: the ids of the jobs put back in the queue (or failed for good)."""
+        async with await psycopg.AsyncConnection.connect(
+            self.events.conninfo, autocommit=True
+        ) as conn:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_REAPER_LOCK,))
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return []  # another worker's reaper is at it
+            try:
+                return await self._reap()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_REAPER_LOCK,))
+
+    async def _reap(self) -> list[int]:
+        manager = self.app.job_manager
+        stalled = await manager.get_stalled_jobs(
+            task_name=TASK_NAME, seconds_since_heartbeat=self.settings.stalled_after
+        )
+        done: list[int] = []
+        for job in stalled:
+            assert job.id is not None
+            run_id = str(job.task_kwargs.get("run_id"))
+            try:
+                if job.attempts + 1 >= self.settings.max_attempts:
+                    await manager.finish_job_by_id_async(job.id, Status.FAILED, delete_job=False)
+                    message = (
+                        f"the run was queued {job.attempts + 1} times and its worker died; "
+                        "giving up (see the worker logs)"
+                    )
+                    await self.registry.update_run(
+                        run_id, status="error", error=message, release=True
+                    )
+                    await self.events.append(
+                        run_id, "error", {"error": "WorkerLost", "message": message}
+                    )
+                    await self.events.append(run_id, "end", None)
+                    log.error("run %s (job %s): %s", run_id, job.id, message)
+                else:
+                    await manager.retry_job(job)
+                    await self.registry.update_run(run_id, status="pending", release=True)
+                    log.warning(
+                        "run %s (job %s) lost worker %s; re-queued", run_id, job.id, job.worker_id
+                    )
+            except pc_exceptions.ConnectorException as exc:  # it finished meanwhile
+                log.info("job %s changed while being re-queued: %s", job.id, exc)
+                continue
+            done.append(job.id)
+        await manager.prune_stalled_workers(self.settings.stalled_after)
+        return done
+
+
+async def serve(
+    settings: WorkerSettings,
+    *,
+    checkpointer_factory: CheckpointerFactory = open_checkpointer,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run one worker process until SIGTERM/SIGINT, then drain (see the module docstring)."""
+    db_url = resolve_db_url(settings.db_url)
+    app = make_app(db_url, max_pool=settings.concurrency + 4)
+    async with (
+        app.open_async(),
+        EventStore(conninfo_of(db_url), max_size=settings.concurrency + 2) as events,
+        RunRegistry.from_url(db_url) as registry,
+    ):
+        await setup_schema(app, events, registry)
+        runtime = WorkerRuntime(settings, events, registry, checkpointer_factory)
+        async with runtime:
+            worker = asyncio.create_task(
+                app.run_worker_async(
+                    queues=list(settings.queues),
+                    name=settings.worker_name,
+                    concurrency=settings.concurrency,
+                    additional_context={"moa": runtime},
+                    install_signal_handlers=False,
+                    update_heartbeat_interval=settings.heartbeat_interval,
+                    stalled_worker_timeout=settings.stalled_after,
+                    shutdown_graceful_timeout=settings.shutdown_grace,
+                    fetch_job_polling_interval=settings.poll_interval,
+                    abort_job_polling_interval=settings.poll_interval,
+                    delete_jobs="successful",
+                ),
+                name="procrastinate-worker",
+            )
+            reaper = asyncio.create_task(Reaper(app, events, registry, settings).run_forever())
+            loop = asyncio.get_running_loop()
+
+            def drain() -> None:
+                if runtime.draining:
+                    log.warning("already draining; SIGKILL stops the worker at once")
+                    return
+                log.info("draining: runs go back to the queue at their next checkpoint")
+                runtime.draining = True
+                worker.cancel()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, drain)
+            if ready is not None:
+                ready()
+            try:
+                await worker
+            except asyncio.CancelledError:
+                if not runtime.draining:
+                    raise
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+                reaper.cancel()
+                await asyncio.gather(reaper, return_exceptions=True)
+
+
+class _Queue:
+    """Deferring and cancelling ``moa.run`` jobs (shared by the client and the executor)."""
+
+    def __init__(self, db_url: str | None, queue: str) -> None:
+        self.db_url = resolve_db_url(db_url)
+        self.queue = queue
+        self.app = make_app(self.db_url, max_pool=4)
+        self.events = EventStore(conninfo_of(self.db_url))
+        self.registry = RunRegistry.from_url(self.db_url)
+        self._stack = AsyncExitStack()
+
+    async def _open(self) -> None:
+        await self._stack.enter_async_context(self.app.open_async())
+        await self._stack.enter_async_context(self.events)
+        self._stack.push_async_callback(self.registry.aclose)
+        await setup_schema(self.app, self.events, self.registry)
+
+    async def _close(self) -> None:
+        await self._stack.aclose()
+
+    async def _defer(
+        self,
+        run_id: str,
+        thread_id: str,
+        *,
+        handler: str,
+        resume: bool = False,
+        queue: str | None = None,
+        priority: int = 0,
+    ) -> int | None:
+        """Queue a job for the run; None when it is queued already."""
+        deferrer = self.app.configure_task(
+            TASK_NAME,
+            lock=thread_id,
+            queueing_lock=run_id,
+            queue=queue or self.queue,
+            priority=priority,
+        )
+        try:
+            return await deferrer.defer_async(
+                run_id=run_id, thread_id=thread_id, handler=handler, resume=resume
+            )
+        except pc_exceptions.AlreadyEnqueued:
+            return None
+
+    async def _cancel_job(self, run_id: str) -> str | None:
+        """Cancel a queued job or ask its worker to abort it: the job's status before."""
+        for job in await self.app.job_manager.list_jobs_async(queueing_lock=run_id):
+            if job.status in (Status.TODO.value, Status.DOING.value):
+                assert job.id is not None
+                if await self.app.job_manager.cancel_job_by_id_async(job.id, abort=True):
+                    return job.status
+        return None
+
+
+class RunQueue(_Queue):
+    """Submit runs to the workers and follow them, from any process that reaches the database."""
+
+    def __init__(self, db_url: str | None = None, *, queue: str = DEFAULT_QUEUE) -> None:
+        super().__init__(db_url, queue)
+
+    async def __aenter__(self) -> RunQueue:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    async def submit(
+        self,
+        spec: GraphSpec | Mapping[str, Any] | str,
+        task: str | Mapping[str, Any] | None = None,
+        *,
+        thread_id: str | None = None,
+        run_id: str | None = None,
+        resume: Any = None,
+        stream_mode: Sequence[str] = DEFAULT_STREAM_MODE,
+        metadata: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+    ) -> Submission:
+        """Record a ``pending`` run of ``spec`` on ``thread_id`` (new by default) and queue it.
+
+        ``task=None`` continues the thread from its last checkpoint; ``resume=value``
+        answers a pending interrupt. Runs of one thread execute one at a time, in order.
+        """
+        graph_spec = load_spec(spec)
+        thread_id = thread_id or uuid.uuid4().hex
+        run_id = run_id or str(uuid.uuid4())
+        try:
+            uuid.UUID(run_id)
+        except ValueError:
+            raise ValueError(f"run_id must be a UUID, got {run_id!r}") from None
+        run_input = {"task": task} if isinstance(task, str) else task
+        await self.registry.create_run(
+            thread_id,
+            run_id=run_id,
+            spec=graph_spec.model_dump(mode="json"),
+            spec_name=graph_spec.name,
+            spec_hash=graph_spec.spec_hash(),
+            input=dict(run_input) if run_input is not None else None,
+            metadata=metadata,
+            options={"stream_mode": list(stream_mode), "resume": resume, "queue": queue},
+        )
+        job_id = await self._defer(run_id, thread_id, handler="moa", queue=queue, priority=priority)
+        assert job_id is not None  # the run id is new, so is its queueing lock
+        return Submission(run_id, thread_id, job_id, queue or self.queue)
+
+    def follow(self, run_id: str, after: int = 0) -> AsyncIterator[RunEvent]:
+        """The run's events after event id ``after``, live, until its ``end``."""
+        return self.events.follow(run_id, after)
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        """The run's registry record (status, answer, usage, error, owner...)."""
+        return await self.registry.get_run(run_id)
+
+    async def wait(self, run_id: str) -> RunRecord:
+        """Wait for the run's ``end`` event and return its record."""
+        async for _ in self.follow(run_id):
+            pass
+        run = await self.get(run_id)
+        assert run is not None
+        return run
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a queued run, or ask its worker to stop it; False when it is over."""
+        before = await self._cancel_job(run_id)
+        if before == Status.TODO.value:
+            await self.registry.update_run(run_id, status="cancelled", release=True)
+            await self.events.append(run_id, "end", None)
+        return before is not None
+
+
+class ProcrastinateExecutor(_Queue):
+    """The HTTP server's ``RunExecutor`` backed by workers (``moa serve --workers``).
+
+    ``submit`` queues a job that a ``moa worker`` executes with the server's own run handler
+    (``SERVER_HANDLER``), ``cancel`` aborts it; events reach the server through
+    ``moa_run_events``. Stopping the server leaves the runs to the workers.
+    """
+
+    def __init__(
+        self, db_url: str | None = None, *, queue: str = DEFAULT_QUEUE, poll: float = 0.5
+    ) -> None:
+        super().__init__(db_url, queue)
+        self.poll = poll
+        self._handler: RunHandler | None = None
+
+    async def start(self, handler: RunHandler) -> None:
+        self._handler = handler
+        await self._open()
+
+    async def submit(self, run_id: str, thread_id: str, *, resume: bool = False) -> None:
+        await self._defer(run_id, thread_id, handler="server", resume=resume)
+
+    async def cancel(self, run_id: str) -> bool:
+        before = await self._cancel_job(run_id)
+        if before == Status.TODO.value and self._handler is not None:
+            await self._handler.dequeued(run_id)
+        return before is not None
+
+    async def wait(self, run_id: str) -> None:
+        while True:
+            jobs = await self.app.job_manager.list_jobs_async(queueing_lock=run_id)
+            if not any(j.status in (Status.TODO.value, Status.DOING.value) for j in jobs):
+                return
+            await asyncio.sleep(self.poll)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._close()
