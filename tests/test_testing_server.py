@@ -189,9 +189,10 @@ async def test_ainvoke_and_astream(model_server: ModelServer) -> None:
 async def test_concurrent_calls_overlap(model_server: ModelServer) -> None:
     model_server.set_latency("slow", 0.5)
     llm = model_server.chat_model("slow")
-    answers = await asyncio.gather(*(llm.ainvoke(f"question {i}") for i in range(4)))
-    assert len({a.content for a in answers}) == 4
-    assert model_server.max_in_flight("slow") == 4
+    # a burst of connections (more than a small listen backlog would take)
+    answers = await asyncio.gather(*(llm.ainvoke(f"question {i}") for i in range(24)))
+    assert len({a.content for a in answers}) == 24
+    assert model_server.max_in_flight("slow") == 24
     assert model_server.in_flight("slow") == 0
     model_server.reset_counts()
     assert model_server.max_in_flight("slow") == 0

@@ -350,6 +350,7 @@ def _usage(req: ChatRequest, content: str | None, calls: list[dict[str, Any]]) -
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # listen backlog; the default 5 resets bursts of connections
 
     def __init__(self, address: tuple[str, int], owner: ModelServer) -> None:
         self.owner = owner
