@@ -103,9 +103,28 @@ def run(
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     as_json: JsonOpt = False,
+    submit: Annotated[
+        bool,
+        typer.Option(
+            "--submit",
+            help="Queue the run for `moa worker` processes instead of running it here "
+            "(needs a PostgreSQL --db); prints its ids.",
+        ),
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="With --submit: follow the run and print the answer.")
+    ] = False,
+    queue: Annotated[
+        str, typer.Option("--queue", help="With --submit: the worker queue to use.")
+    ] = "moa",
 ) -> None:
     """Run TASK through a mixture of agents and print the answer."""
     graph_spec = resolve_spec(spec, preset_name, model, base_url)
+    if submit or wait:
+        if not submit:
+            fail("--wait goes with --submit", 2)
+        asyncio.run(_submit(graph_spec, task, db, thread, queue, wait, as_json))
+        return
     if uses_local_model(graph_spec) and not as_json:
         err.print(
             "[dim]Using the embedded local model (SmolLM2-135M): fine for trying things out, "
@@ -144,6 +163,49 @@ async def _run(
     except Exception as exc:
         hint = f"; resume it with `moa resume {thread}`" if thread else ""
         fail(f"{type(exc).__name__}: {exc}{hint}")
+
+
+async def _submit(
+    graph_spec: GraphSpec,
+    task: str,
+    db: str | None,
+    thread: str | None,
+    queue: str,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    from langgraph_moa.runtime.progress import RunProgress
+    from langgraph_moa.runtime.workers import RunQueue, WorkerConfigError, result_of
+
+    try:
+        async with RunQueue(db, queue=queue) as runs:
+            sub = await runs.submit(graph_spec, task, thread_id=thread)
+            if not wait:
+                if as_json:
+                    out.print_json(json.dumps({**vars(sub), "status": "pending"}))
+                else:
+                    err.print(
+                        f"queued run {sub.run_id} on thread {sub.thread_id} (queue {sub.queue}); "
+                        "a `moa worker` on this database will run it"
+                    )
+                return
+            if as_json:
+                record = await runs.wait(sub.run_id)
+            else:
+                progress = RunProgress([list(layer.agents) for layer in graph_spec.layers])
+                with Live(progress.render(), console=err, refresh_per_second=8) as live:
+                    async for event in runs.follow(sub.run_id):
+                        progress.feed(event.event, event.data)
+                        live.update(progress.render())
+                record = await runs.wait(sub.run_id)
+    except (WorkerConfigError, SpecError) as exc:
+        fail(str(exc), 2)
+    except Exception as exc:
+        fail(f"{type(exc).__name__}: {exc}")
+    assert record is not None
+    if record.status == "error":
+        fail(f"run {record.run_id} failed: {record.error}")
+    _print_result(result_of(record), as_json)
 
 
 def _print_result(result: Any, as_json: bool) -> None:
@@ -231,6 +293,76 @@ def models(
         "  per agent:         name models under `models:` in a spec file (moa spec validate)",
         markup=False,
     )
+
+
+@app.command()
+def worker(
+    db: DbOpt = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", help="Runs at a time in this process.")
+    ] = 4,
+    queues: Annotated[
+        str, typer.Option("--queues", "-q", help="Comma-separated queues to take runs from.")
+    ] = "moa",
+    name: Annotated[str | None, typer.Option("--name", help="Worker name in logs.")] = None,
+    heartbeat: Annotated[
+        float, typer.Option("--heartbeat", help="Seconds between worker heartbeats.")
+    ] = 10.0,
+    stalled_after: Annotated[
+        float,
+        typer.Option(
+            "--stalled-after",
+            help="Seconds without a heartbeat after which a worker is dead and its runs "
+            "are re-queued (at least twice --heartbeat).",
+        ),
+    ] = 60.0,
+    reap_interval: Annotated[
+        float, typer.Option("--reap-interval", help="Seconds between dead-worker checks.")
+    ] = 10.0,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            help="On SIGTERM, seconds runs get to reach a checkpoint before they are "
+            "cancelled; either way they go back to the queue.",
+        ),
+    ] = 30.0,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", help="Queue a run at most this many times.")
+    ] = 5,
+    setup: Annotated[
+        bool, typer.Option("--setup", help="Create the queue and run tables, then exit.")
+    ] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "INFO",
+) -> None:
+    """Execute queued runs (procrastinate on the PostgreSQL --db); SIGTERM drains."""
+    import logging
+
+    from langgraph_moa.runtime import workers
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if setup:
+            asyncio.run(workers.setup(db))
+            err.print("worker tables are ready")
+            return
+        settings = workers.WorkerSettings(
+            db_url=db,
+            concurrency=concurrency,
+            queues=tuple(q.strip() for q in queues.split(",")),
+            name=name,
+            heartbeat_interval=heartbeat,
+            stalled_after=stalled_after,
+            reap_interval=reap_interval,
+            shutdown_grace=grace,
+            max_attempts=max_attempts,
+        )
+        workers.conninfo_of(db)
+    except workers.WorkerConfigError as exc:
+        fail(str(exc), 2)
+    asyncio.run(workers.serve(settings))
 
 
 def main() -> None:

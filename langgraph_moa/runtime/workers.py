@@ -57,6 +57,7 @@ from sqlalchemy.exc import ArgumentError
 
 from langgraph_moa.graphs import GraphSpec, load_spec
 from langgraph_moa.persistence.registry import RunRecord, RunRegistry
+from langgraph_moa.runtime.api import RunResult
 from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
 from langgraph_moa.runtime.worker_events import EventStore, RunEvent
 from langgraph_moa.runtime.worker_runs import (
@@ -78,7 +79,9 @@ __all__ = [
     "WorkerSettings",
     "conninfo_of",
     "make_app",
+    "result_of",
     "serve",
+    "setup",
     "setup_schema",
 ]
 
@@ -218,6 +221,31 @@ async def setup_schema(
                 await registry.setup()
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+async def setup(db_url: str | None) -> None:
+    """Create everything the workers need in ``db_url`` (``moa worker --setup``)."""
+    db_url = resolve_db_url(db_url)
+    app = make_app(db_url, max_pool=2)
+    async with (
+        app.open_async(),
+        EventStore(conninfo_of(db_url), max_size=2) as events,
+        RunRegistry.from_url(db_url) as registry,
+    ):
+        await setup_schema(app, events, registry)
+
+
+def result_of(run: RunRecord) -> RunResult:
+    """A :class:`RunResult` from a run's registry record (after its ``end`` event)."""
+    return RunResult(
+        thread_id=run.thread_id,
+        run_id=run.run_id,
+        status=run.status,
+        answer=run.answer,
+        usage=run.usage,  # type: ignore[arg-type]
+        interrupts=list(run.waiting_for or []),
+        notes=[run.error] if run.error else [],
+    )
 
 
 async def _run_job(context: procrastinate.JobContext, **job: Any) -> str:
