@@ -6,6 +6,14 @@ Resolution order for a spec entry:
 2. ``model`` set: ``init_chat_model("provider:model")``.
 3. Neither: the environment's default (``MOA_BASE_URL`` + ``MOA_MODEL``, or
    ``MOA_MODEL`` alone as a ``provider:model`` string), else the embedded local model.
+
+Faults are the client's job: the entry's ``max_retries`` and ``timeout`` (per attempt,
+default :data:`DEFAULT_TIMEOUT` seconds) go to the provider client, which retries 408, 409,
+429, 5xx, timeouts and connection errors with exponential backoff and jitter, honours
+``Retry-After`` (the OpenAI client up to two minutes), and does not retry other 4xx.
+``requests_per_second`` becomes the model's ``rate_limiter`` and ``max_concurrency`` a
+:class:`~langgraph_moa.models.limits.CallLimiter` (:meth:`ModelResolver.limiter`), both
+shared process-wide per endpoint.
 """
 
 from __future__ import annotations
@@ -15,11 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
 
+from langgraph_moa.models.limits import CallLimiter, call_limiter, rate_limiter
+
 if TYPE_CHECKING:  # imported lazily: langgraph_moa.graphs imports this package
     from langgraph_moa.graphs.spec import ModelSpec
 
 __all__ = [
     "DEFAULT_CONTEXT_WINDOW",
+    "DEFAULT_TIMEOUT",
     "ModelConfigError",
     "ModelResolver",
     "describe_default",
@@ -27,6 +38,8 @@ __all__ = [
 ]
 
 DEFAULT_CONTEXT_WINDOW = 8192
+DEFAULT_TIMEOUT = 120.0
+"""Seconds per call attempt when a model entry sets no ``timeout``."""
 
 
 class ModelConfigError(ValueError):
@@ -80,10 +93,13 @@ def resolve_model(
     common: dict[str, Any] = {
         "temperature": temperature,
         "max_tokens": max_tokens,
-        "timeout": spec.timeout,
+        "timeout": spec.timeout or DEFAULT_TIMEOUT,
         "max_retries": spec.max_retries,
         **spec.kwargs,
     }
+    limiter = rate_limiter(spec)
+    if limiter is not None:
+        common["rate_limiter"] = limiter
     if spec.base_url:
         from langchain_openai import ChatOpenAI
 
@@ -146,6 +162,10 @@ class ModelResolver:
                 self.spec(name), temperature=temperature, max_tokens=max_tokens, name=str(key[0])
             )
         return self._cache[key]
+
+    def limiter(self, name: str | None) -> CallLimiter | None:
+        """The shared in-flight limit of entry ``name``'s endpoint (None: unlimited)."""
+        return call_limiter(self.spec(name))
 
     def context_window(self, name: str | None) -> int:
         """The prompt budget of entry ``name`` in tokens."""

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.types import interrupt
 
 from langgraph_moa.graphs.spec import AgentSpec
 from langgraph_moa.nodes import prompts
-from langgraph_moa.nodes._context import NodeContext, usage_of
+from langgraph_moa.nodes._calls import call_model, checkpoint_id, invocation_id, spec_budget
+from langgraph_moa.nodes._context import NodeContext
+from langgraph_moa.nodes._quorum import Cut, LayerGate, layer_gate
+from langgraph_moa.nodes.budget import Budget, BudgetExceeded, Ledger, budget_of
 from langgraph_moa.state import AgentInput, Proposal
 
-__all__ = ["agent_messages", "make_agent_node"]
+__all__ = ["agent_messages", "approved_budget", "make_agent_node", "make_agent_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +45,24 @@ def agent_messages(agent: AgentSpec, payload: AgentInput) -> list[BaseMessage]:
     return [SystemMessage(system), HumanMessage(text)]
 
 
-def make_agent_node(ctx: NodeContext, agent_name: str, layer: int) -> Any:
-    """An async node that writes ``agent_name``'s proposal for ``layer``."""
+AgentRunner = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def make_agent_runner(ctx: NodeContext, agent_name: str, layer: int) -> AgentRunner:
+    """``run(payload, config, gate, budget=None)``: one attempt of ``agent_name`` in ``layer``,
+    as the state update it makes. A failed call gives a ``failed`` proposal, a call the
+    gate cut a ``missing`` one; a call over budget raises ``BudgetExceeded``."""
     agent = ctx.spec.agent(agent_name)
-    model_spec = ctx.models.spec(agent.model)
     temperature = (
         agent.temperature if agent.temperature is not None else ctx.spec.defaults.temperature
     )
     max_tokens = agent.max_tokens or ctx.spec.defaults.max_tokens
     label = ctx.models.label(agent.model)
+    node = f"L{layer}_{agent_name}"
 
-    async def agent_node(payload: AgentInput, config: RunnableConfig) -> dict[str, Any]:
-        model = ctx.models.get(agent.model, temperature=temperature, max_tokens=max_tokens)
+    async def run(
+        payload: AgentInput, config: RunnableConfig, gate: LayerGate, budget: Budget | None = None
+    ) -> dict[str, Any]:
         proposal = Proposal(
             agent=agent_name,
             layer=layer,
@@ -59,19 +70,75 @@ def make_agent_node(ctx: NodeContext, agent_name: str, layer: int) -> Any:
             content="",
             status="ok",
             model=label,
+            run_id=gate.run_id,
+        )
+        update: dict[str, Any] = {"proposals": {str(layer): {agent_name: proposal}}}
+        call = call_model(
+            ctx,
+            agent.model,
+            agent_messages(agent, payload),
+            config,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            ledger=gate.ledger,
+            node=node,
+            budget=budget,
         )
         try:
-            reply = await model.ainvoke(agent_messages(agent, payload), config)
+            reply = await gate.guard(call)
+        except Cut as cut:
+            log.warning("agent %s (layer %d) cut: %s", agent_name, layer, cut)
+            proposal["status"], proposal["error"] = "missing", str(cut)
+            return update
+        except BudgetExceeded:
+            raise
         except Exception as exc:  # a failed agent is reported to the synthesizer, not hidden
             log.warning("agent %s (layer %d) failed: %s", agent_name, layer, exc)
-            proposal["status"] = "failed"
-            proposal["error"] = f"{type(exc).__name__}: {exc}"
-            return {"proposals": {str(layer): {agent_name: proposal}}}
-        assert isinstance(reply, AIMessage)
-        usage = usage_of(reply, model_spec)
-        proposal["content"] = reply.text
-        proposal["usage"] = usage
-        return {"proposals": {str(layer): {agent_name: proposal}}, "usage": {agent_name: usage}}
+            proposal["status"], proposal["error"] = "failed", f"{type(exc).__name__}: {exc}"
+            gate.report(False)
+            return update
+        gate.report(True)
+        proposal["content"], proposal["usage"] = reply.message.text, reply.usage
+        update["usage"] = {agent_name: reply.usage}
+        return update
+
+    return run
+
+
+def make_agent_node(ctx: NodeContext, agent_name: str, layer: int) -> Any:
+    """An async node that writes ``agent_name``'s proposal for ``layer``.
+
+    The agents of a layer share a gate (quorum, grace period, layer timeout, budget);
+    a call that would pass the run's budget pauses the run with an interrupt.
+    """
+    spec = ctx.spec.layers[layer - 1]
+    run = make_agent_runner(ctx, agent_name, layer)
+
+    async def agent_node(payload: AgentInput, config: RunnableConfig) -> dict[str, Any]:
+        peers = payload.get("peers") or list(spec.agents)
+        run_id = invocation_id(config)
+        gate_args = {
+            "layer": layer,
+            "needed": min(spec.min_proposals or 1, len(peers)),
+            "grace": spec.grace_period,
+            "timeout": spec.timeout,
+            "ledger": Ledger(budget_of(config, spec_budget(ctx)), payload.get("spent")),
+            "run_id": run_id,
+        }
+        with layer_gate(("agents", run_id, checkpoint_id(), layer), **gate_args) as gate:
+            try:
+                return await run(payload, config, gate)
+            except BudgetExceeded as exc:
+                decision = interrupt(exc.info)
+                return await run(payload, config, gate, approved_budget(decision, gate.ledger))
 
     agent_node.__name__ = f"agent_{agent_name}"
     return agent_node
+
+
+def approved_budget(decision: Any, ledger: Ledger) -> Budget:
+    """The budget a resume value gives a paused call: a mapping of limits replaces them,
+    any other value lets this one call go ahead."""
+    if isinstance(decision, Mapping):
+        return ledger.budget.replaced(decision.get("budget", decision))
+    return Budget()

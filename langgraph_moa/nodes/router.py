@@ -11,15 +11,25 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
-from langgraph.types import Send
+from langgraph.types import Send, interrupt
 from pydantic import BaseModel, Field
 
 from langgraph_moa.graphs.spec import LayerSpec
 from langgraph_moa.nodes import prompts
-from langgraph_moa.nodes._context import NodeContext, usage_of
-from langgraph_moa.state import AgentInput, MoAState, Proposal, Subtask
+from langgraph_moa.nodes._calls import Reply, call_model, spec_budget
+from langgraph_moa.nodes._context import NodeContext
+from langgraph_moa.nodes.agent import approved_budget
+from langgraph_moa.nodes.budget import BudgetExceeded, Ledger, budget_of, total_usage
+from langgraph_moa.state import AgentInput, MoAState, Proposal, Subtask, Usage, add_usage
 
-__all__ = ["Plan", "PlanError", "make_fan_out", "make_router_node", "parse_plan"]
+__all__ = [
+    "Plan",
+    "PlanError",
+    "agent_inputs",
+    "make_fan_out",
+    "make_router_node",
+    "parse_plan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +128,7 @@ def make_router_node(ctx: NodeContext, layer_index: int) -> Any:
                 result = await result
             plan = parse_plan(result, agents)
         else:
-            plan, notes, usage = await _ask_model(ctx, layer, task, config)
+            plan, notes, usage = await _ask_model(ctx, layer, layer_index, state, config)
             update["notes"] = notes
             if usage:
                 update["usage"] = {f"router_L{layer_index}": usage}
@@ -130,10 +140,10 @@ def make_router_node(ctx: NodeContext, layer_index: int) -> Any:
 
 
 async def _ask_model(
-    ctx: NodeContext, layer: LayerSpec, task: str, config: RunnableConfig
-) -> tuple[list[Subtask], list[str], Any]:
-    from langgraph_moa.state import add_usage
-
+    ctx: NodeContext, layer: LayerSpec, layer_index: int, state: MoAState, config: RunnableConfig
+) -> tuple[list[Subtask], list[str], Usage | None]:
+    """Ask the router model for a plan; repair once with the error; else broadcast."""
+    task = state["task"]
     agents = list(layer.agents)
     roster = "\n".join(
         f"- {name}: {ctx.spec.agent(name).description or ctx.spec.agent(name).role or name}"
@@ -141,65 +151,95 @@ async def _ask_model(
     )
     system = (layer.routing.prompt or prompts.ROUTER_SYSTEM).format(agents=roster)
     messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(task)]
-    model_spec = ctx.models.spec(layer.routing.model)
-    model = ctx.models.get(layer.routing.model, temperature=0.0, max_tokens=512)
-    usage: Any = None
+    ledger = Ledger(budget_of(config, spec_budget(ctx)), total_usage(state.get("usage")))
+    schema = Plan if layer.routing.structured_output else None
+    node = f"L{layer_index}_router"
+    usage: Usage | None = None
     errors: list[str] = []
-    for attempt in range(2):  # ask, then repair once with the error
+    for attempt in range(1, 3):  # ask, then repair once with the error
         try:
-            if layer.routing.structured_output:
-                raw: Any = await model.with_structured_output(Plan).ainvoke(messages, config)
-                reply_text = json.dumps(raw.model_dump() if isinstance(raw, Plan) else raw)
-            else:
-                reply = await model.ainvoke(messages, config)
-                assert isinstance(reply, AIMessage)
-                usage = add_usage(usage, usage_of(reply, model_spec))
-                raw = reply_text = reply.text
-            return parse_plan(raw, agents), _notes(errors), usage
-        except PlanError as exc:
-            errors.append(f"attempt {attempt + 1}: {exc}")
-            messages += [
-                AIMessage(reply_text),
-                HumanMessage(prompts.ROUTER_REPAIR.format(error=exc)),
-            ]
-        except Exception as exc:
-            errors.append(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
+            reply = await _call_router(ctx, layer, messages, config, ledger, node, schema)
+        except Exception as exc:  # the endpoint failed after its retries: no repair
+            errors.append(f"attempt {attempt}: {type(exc).__name__}: {exc}")
             break
-    log.warning("router fell back to broadcast: %s", "; ".join(errors))
+        usage = add_usage(usage, reply.usage)
+        text = reply.message.text
+        try:
+            if reply.parsing_error is not None:
+                raise PlanError(f"the reply does not match the plan schema: {reply.parsing_error}")
+            return (
+                parse_plan(text if schema is None else reply.parsed, agents),
+                _notes(errors),
+                usage,
+            )
+        except PlanError as exc:
+            errors.append(f"attempt {attempt}: {exc}")
+            messages += [AIMessage(text), HumanMessage(prompts.ROUTER_REPAIR.format(error=exc))]
+    log.warning("router of layer %d fell back to broadcast: %s", layer_index, "; ".join(errors))
     fallback = [Subtask(agent=a, subtask=task) for a in agents]
-    notes = [*_notes(errors), "router fell back to broadcast: every agent got the whole task"]
+    notes = [
+        *_notes(errors),
+        f"layer {layer_index}: router fell back to broadcast: every agent got the whole task",
+    ]
     return fallback, notes, usage
+
+
+async def _call_router(
+    ctx: NodeContext,
+    layer: LayerSpec,
+    messages: list[BaseMessage],
+    config: RunnableConfig,
+    ledger: Ledger,
+    node: str,
+    schema: type[Plan] | None,
+) -> Reply:
+    kwargs: dict[str, Any] = {"temperature": 0.0, "max_tokens": 512, "ledger": ledger, "node": node}
+    try:
+        return await call_model(ctx, layer.routing.model, messages, config, schema=schema, **kwargs)
+    except BudgetExceeded as exc:  # pause the run; a resume value may raise the budget
+        decision = interrupt(exc.info)
+        budget = approved_budget(decision, ledger)
+        return await call_model(
+            ctx, layer.routing.model, messages, config, schema=schema, budget=budget, **kwargs
+        )
 
 
 def _notes(errors: list[str]) -> list[str]:
     return [f"router plan rejected ({e})" for e in errors]
 
 
+def agent_inputs(ctx: NodeContext, state: MoAState, layer_index: int) -> dict[str, AgentInput]:
+    """The payload of each planned agent of layer ``layer_index``, by agent name."""
+    plan = state["plans"][str(layer_index)]
+    previous_synthesis: str | None = None
+    previous: list[Proposal] = []
+    if layer_index > 1:
+        previous = list((state.get("proposals") or {}).get(str(layer_index - 1), {}).values())
+        synth_mode = ctx.spec.layers[layer_index - 2].synthesizer.mode
+        if synth_mode == "synthesize" and state.get("syntheses"):
+            previous_synthesis = state["syntheses"][-1]
+    peers = [step["agent"] for step in plan]
+    spent = total_usage(state.get("usage"))
+    return {
+        step["agent"]: AgentInput(
+            task=state["task"],
+            subtask=step["subtask"],
+            layer=layer_index,
+            previous_synthesis=previous_synthesis,
+            previous_proposals=previous,
+            peers=peers,
+            spent=spent,
+        )
+        for step in plan
+    }
+
+
 def make_fan_out(ctx: NodeContext, layer_index: int) -> Callable[[MoAState], list[Send]]:
     """The conditional edge after a router: one ``Send`` per planned agent."""
     prefix = f"L{layer_index}_"
-    synth_mode = ctx.spec.layers[layer_index - 2].synthesizer.mode if layer_index > 1 else None
 
     def fan_out(state: MoAState) -> list[Send]:
-        plan = state["plans"][str(layer_index)]
-        previous_synthesis: str | None = None
-        previous: list[Proposal] = []
-        if layer_index > 1:
-            previous = list((state.get("proposals") or {}).get(str(layer_index - 1), {}).values())
-            if synth_mode == "synthesize" and state.get("syntheses"):
-                previous_synthesis = state["syntheses"][-1]
-        return [
-            Send(
-                prefix + step["agent"],
-                AgentInput(
-                    task=state["task"],
-                    subtask=step["subtask"],
-                    layer=layer_index,
-                    previous_synthesis=previous_synthesis,
-                    previous_proposals=previous,
-                ),
-            )
-            for step in plan
-        ]
+        inputs = agent_inputs(ctx, state, layer_index)
+        return [Send(prefix + agent, payload) for agent, payload in inputs.items()]
 
     return fan_out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -11,8 +12,13 @@ from langgraph.types import interrupt
 
 from langgraph_moa.graphs.spec import LayerSpec
 from langgraph_moa.nodes import prompts
-from langgraph_moa.nodes._context import NodeContext, usage_of
-from langgraph_moa.state import MoAState, Proposal
+from langgraph_moa.nodes._calls import call_model, invocation_id, spec_budget
+from langgraph_moa.nodes._context import NodeContext
+from langgraph_moa.nodes._quorum import LayerGate
+from langgraph_moa.nodes.agent import approved_budget, make_agent_runner
+from langgraph_moa.nodes.budget import BudgetExceeded, Ledger, budget_of, total_usage
+from langgraph_moa.nodes.router import agent_inputs
+from langgraph_moa.state import MoAState, Proposal, add_usage
 
 __all__ = ["ContextWindowError", "QuorumError", "fit_proposals", "make_synthesizer_node"]
 
@@ -86,8 +92,9 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         else ctx.spec.defaults.synthesizer_temperature
     )
     max_tokens = synth.max_tokens or ctx.spec.defaults.max_tokens
-    model_spec = ctx.models.spec(synth.model)
     name = f"synthesizer_L{layer_index}"
+    node = f"L{layer_index}_synthesizer"
+    runners = {a: make_agent_runner(ctx, a, layer_index) for a in layer.agents}
 
     async def synthesizer_node(state: MoAState, config: RunnableConfig) -> dict[str, Any]:
         plan = state.get("plans", {}).get(str(layer_index), [])
@@ -114,7 +121,22 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
                     )
                     written[agent] = {**base, "content": content, "status": "ok"}
                 update["proposals"] = {str(layer_index): {a: written[a] for a in edits}}
+        quorum = min(layer.min_proposals or 1, len(plan) or len(layer.agents))
+        spent = total_usage(state.get("usage"))
         ok = {a: p for a, p in written.items() if p["status"] == "ok"}
+        if len(ok) < quorum:  # a resume retries what failed in an earlier invocation
+            retried = await _retry_stale(state, written, quorum - len(ok), config)
+            if retried:
+                written = {**written, **retried["proposals"]}
+                update["proposals"] = {
+                    str(layer_index): {
+                        **update.get("proposals", {}).get(str(layer_index), {}),
+                        **retried["proposals"],
+                    }
+                }
+                update["usage"] = retried["usage"]
+                spent = add_usage(spent, total_usage(retried["usage"]))
+                ok = {a: p for a, p in written.items() if p["status"] == "ok"}
         gaps = [
             f"{a} failed ({p.get('error') or 'no reason given'})"
             for a, p in written.items()
@@ -124,12 +146,11 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         gaps += [
             f"{a} did not answer in time" for a, p in written.items() if p["status"] == "missing"
         ]
-        quorum = layer.min_proposals or 1
         if len(ok) < quorum:
             raise QuorumError(
                 f"layer {layer_index}: {len(ok)} of {len(plan) or len(layer.agents)} agents "
-                f"answered, {quorum} needed ({'; '.join(gaps) or 'no proposals'}); the run "
-                "can be resumed once the models answer again"
+                f"answered, {quorum} needed ({'; '.join(gaps) or 'no proposals'}); resume the "
+                "run once the models answer again: it retries the agents that did not answer"
             )
         texts = {a: p["content"] for a, p in ok.items()}
         if synth.mode == "concat":
@@ -138,8 +159,9 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
             )
             notes: list[str] = []
         else:
-            body, notes, reply_usage = await _synthesize(state["task"], texts, gaps, config)
-            update["usage"] = {name: reply_usage}
+            ledger = Ledger(budget_of(config, spec_budget(ctx)), spent)
+            body, notes, reply_usage = await _synthesize(state["task"], texts, gaps, config, ledger)
+            update["usage"] = {**update.get("usage", {}), name: reply_usage}
         syntheses = [*state.get("syntheses", [])[: layer_index - 1], body]
         update.update(
             syntheses=syntheses, notes=notes + [f"layer {layer_index}: {g}" for g in gaps]
@@ -148,8 +170,62 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
             update.update(answer=body, messages=[AIMessage(body, name="moa")])
         return update
 
+    async def _retry_stale(
+        state: MoAState, written: dict[str, Proposal], needed: int, config: RunnableConfig
+    ) -> dict[str, Any]:
+        """Run again, under the layer's gate, the planned agents whose proposal failed or
+        went missing in an earlier invocation (the run is being resumed)."""
+        run_id = invocation_id(config)
+        planned = [s["agent"] for s in state.get("plans", {}).get(str(layer_index), [])]
+        stale = [
+            a
+            for a in planned
+            if (p := written.get(a)) is None or (p["status"] != "ok" and p.get("run_id") != run_id)
+        ]
+        if not stale:
+            return {}
+        inputs = agent_inputs(ctx, state, layer_index)
+        ledger = Ledger(budget_of(config, spec_budget(ctx)), total_usage(state.get("usage")))
+        gate = LayerGate(
+            layer=layer_index,
+            needed=needed,
+            grace=layer.grace_period,
+            timeout=layer.timeout,
+            ledger=ledger,
+            run_id=run_id,
+        )
+        try:
+            results = await asyncio.gather(
+                *(runners[a](inputs[a], config, gate) for a in stale), return_exceptions=True
+            )
+            over = [a for a, r in zip(stale, results, strict=True) if isinstance(r, BudgetExceeded)]
+            if over:
+                first = next(r for r in results if isinstance(r, BudgetExceeded))
+                budget = approved_budget(interrupt(first.info), ledger)
+                again = await asyncio.gather(
+                    *(runners[a](inputs[a], config, gate, budget) for a in over)
+                )
+                results = [
+                    again[over.index(a)] if a in over else r
+                    for a, r in zip(stale, results, strict=True)
+                ]
+        finally:
+            gate.close()
+        merged: dict[str, Any] = {"proposals": {}, "usage": {}}
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            merged["proposals"].update(result["proposals"][str(layer_index)])
+            for agent, usage in (result.get("usage") or {}).items():
+                merged["usage"][agent] = add_usage(merged["usage"].get(agent), usage)
+        return merged
+
     async def _synthesize(
-        task: str, texts: dict[str, str], gaps: list[str], config: RunnableConfig
+        task: str,
+        texts: dict[str, str],
+        gaps: list[str],
+        config: RunnableConfig,
+        ledger: Ledger,
     ) -> tuple[str, list[str], Any]:
         window = ctx.models.context_window(synth.model)
         template = synth.prompt or prompts.SYNTHESIZER_SYSTEM
@@ -168,10 +244,24 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         if all_gaps:
             system += prompts.SYNTHESIZER_GAPS.format(gaps="; ".join(all_gaps))
         messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(task)]
-        model = ctx.models.get(synth.model, temperature=temperature, max_tokens=max_tokens)
-        reply = await model.ainvoke(messages, config)
-        assert isinstance(reply, AIMessage)
-        return reply.text, notes, usage_of(reply, model_spec)
+        kwargs: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
+        try:
+            reply = await call_model(
+                ctx, synth.model, messages, config, ledger=ledger, node=node, **kwargs
+            )
+        except BudgetExceeded as exc:  # pause the run; a resume value may raise the budget
+            approved = approved_budget(interrupt(exc.info), ledger)
+            reply = await call_model(
+                ctx,
+                synth.model,
+                messages,
+                config,
+                ledger=ledger,
+                node=node,
+                budget=approved,
+                **kwargs,
+            )
+        return reply.message.text, notes, reply.usage
 
     synthesizer_node.__name__ = name
     return synthesizer_node

@@ -51,6 +51,8 @@ class Proposal(TypedDict):
     error: NotRequired[str | None]
     model: NotRequired[str | None]
     usage: NotRequired[Usage]
+    run_id: NotRequired[str]
+    """The graph invocation that wrote it: a resume retries failures of earlier ones."""
 
 
 def add_usage(a: Usage | None, b: Usage | None) -> Usage:
@@ -134,3 +136,7 @@ class AgentInput(TypedDict):
     layer: int
     previous_synthesis: str | None
     previous_proposals: list[Proposal]
+    peers: NotRequired[list[str]]
+    """The agents the layer's plan sent work to (for the layer's quorum)."""
+    spent: NotRequired[Usage]
+    """The run's usage when the layer started (for its budget)."""

@@ -1,0 +1,133 @@
+"""Per-endpoint call limits shared by every run in the process.
+
+A model entry with ``max_concurrency`` gets a :class:`CallLimiter` (calls in flight), one
+with ``requests_per_second`` an ``InMemoryRateLimiter``. Both are keyed by the endpoint
+(``base_url`` or provider, model name) and the limit, so every graph and every run of the
+process that uses the same endpoint with the same limit shares them, whatever event loop
+or thread it runs in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from langchain_core.rate_limiters import InMemoryRateLimiter
+
+if TYPE_CHECKING:  # langgraph_moa.graphs imports this package
+    from langgraph_moa.graphs.spec import ModelSpec
+
+__all__ = ["CallLimiter", "call_limiter", "endpoint_key", "rate_limiter"]
+
+
+class CallLimiter:
+    """A semaphore for coroutines of any event loop and thread.
+
+    ``asyncio.Semaphore`` belongs to one loop; this one keeps its count under a thread
+    lock and wakes a waiter on the waiter's own loop, first come first served.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a call limit must be at least 1, got {limit}")
+        self.limit = limit
+        self._free = limit
+        self._lock = threading.Lock()
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+
+    @property
+    def in_use(self) -> int:
+        """Slots taken now."""
+        with self._lock:
+            return self.limit - self._free
+
+    async def acquire(self) -> None:
+        """Wait for a free slot (cancellable)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] = (
+                loop,
+                loop.create_future(),
+            )
+            self._waiters.append(waiter)
+        try:
+            await waiter[1]
+        except asyncio.CancelledError:
+            with self._lock:
+                queued = waiter in self._waiters
+                if queued:
+                    self._waiters.remove(waiter)
+            if not queued and waiter[1].done() and not waiter[1].cancelled():
+                self.release()  # the slot was handed over as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        """Free a slot: hand it to the oldest waiter, or put it back."""
+        with self._lock:
+            if not self._waiters:
+                self._free += 1
+                return
+            loop, future = self._waiters.popleft()
+        try:
+            loop.call_soon_threadsafe(self._hand_over, future)
+        except RuntimeError:  # the waiter's loop is closed: give the slot to the next one
+            self.release()
+
+    def _hand_over(self, future: asyncio.Future[None]) -> None:
+        if future.cancelled():  # the waiter gave up after it was dequeued
+            self.release()
+        else:
+            future.set_result(None)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """``async with limiter.slot():`` holds one slot for the block."""
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+_lock = threading.Lock()
+_call_limiters: dict[tuple[str, str, int], CallLimiter] = {}
+_rate_limiters: dict[tuple[str, str, float], InMemoryRateLimiter] = {}
+
+
+def endpoint_key(spec: ModelSpec) -> tuple[str, str]:
+    """What identifies an endpoint: its URL (or ``provider``) and the model name."""
+    return (spec.base_url or "provider", spec.model or "local")
+
+
+def call_limiter(spec: ModelSpec) -> CallLimiter | None:
+    """The process-wide limiter of ``spec``'s endpoint, or None without ``max_concurrency``."""
+    if spec.max_concurrency is None:
+        return None
+    key = (*endpoint_key(spec), spec.max_concurrency)
+    with _lock:
+        if key not in _call_limiters:
+            _call_limiters[key] = CallLimiter(spec.max_concurrency)
+        return _call_limiters[key]
+
+
+def rate_limiter(spec: ModelSpec) -> InMemoryRateLimiter | None:
+    """The process-wide rate limiter of ``spec``'s endpoint, or None without a rate."""
+    rate = spec.requests_per_second
+    if rate is None:
+        return None
+    key = (*endpoint_key(spec), rate)
+    with _lock:
+        if key not in _rate_limiters:
+            _rate_limiters[key] = InMemoryRateLimiter(
+                requests_per_second=rate,
+                check_every_n_seconds=min(0.1, 0.5 / rate),
+                max_bucket_size=1,
+            )
+        return _rate_limiters[key]

@@ -1,0 +1,101 @@
+"""One model call as every node makes it: in-flight limit, budget reservation, usage."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.utils import count_tokens_approximately
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel
+
+from langgraph_moa.nodes._context import NodeContext, usage_of
+from langgraph_moa.nodes.budget import Budget, Ledger
+from langgraph_moa.state import Usage
+
+__all__ = ["Reply", "call_model", "invocation_id", "spec_budget"]
+
+
+@dataclass
+class Reply:
+    """A model's reply, its usage, and the parsed object when a schema was asked for."""
+
+    message: AIMessage
+    usage: Usage
+    parsed: Any = None
+    parsing_error: BaseException | None = None
+
+
+def spec_budget(ctx: NodeContext) -> Budget:
+    """The budget the spec sets."""
+    return Budget(ctx.spec.max_total_tokens, ctx.spec.max_cost)
+
+
+async def call_model(
+    ctx: NodeContext,
+    model_name: str | None,
+    messages: list[BaseMessage],
+    config: RunnableConfig,
+    *,
+    temperature: float,
+    max_tokens: int,
+    ledger: Ledger,
+    node: str,
+    schema: type[BaseModel] | None = None,
+    budget: Budget | None = None,
+) -> Reply:
+    """Call model entry ``model_name`` within its endpoint's in-flight limit, after
+    reserving the call's worst case in ``ledger`` (raises ``BudgetExceeded``)."""
+    spec = ctx.models.spec(model_name)
+    model = ctx.models.get(model_name, temperature=temperature, max_tokens=max_tokens)
+    limiter = ctx.models.limiter(model_name)
+    slot: AbstractAsyncContextManager[Any] = limiter.slot() if limiter else nullcontext()
+    async with slot:
+        prompt = count_tokens_approximately(messages)
+        reply_max = spec.max_tokens or max_tokens
+        cost = (prompt * spec.input_cost_per_mtok + reply_max * spec.output_cost_per_mtok) / 1e6
+        reservation = await ledger.reserve(prompt + reply_max, cost, node, budget=budget)
+        usage: Usage | None = None
+        try:
+            if schema is None:
+                message = await model.ainvoke(messages, config)
+                assert isinstance(message, AIMessage)
+                usage = usage_of(message, spec)
+                return Reply(message, usage)
+            out = await model.with_structured_output(schema, include_raw=True).ainvoke(
+                messages, config
+            )
+            assert isinstance(out, dict) and isinstance(out["raw"], AIMessage)
+            usage = usage_of(out["raw"], spec)
+            return Reply(out["raw"], usage, out.get("parsed"), out.get("parsing_error"))
+        finally:
+            ledger.settle(reservation, usage)
+
+
+def invocation_id(config: RunnableConfig) -> str:
+    """An id of the current graph invocation: the run id when the caller gave one, else
+    the id LangGraph's callbacks gave the root run. A resume is a new invocation."""
+    from langgraph.runtime import get_runtime
+
+    try:
+        info = get_runtime().execution_info
+    except Exception:  # outside a graph
+        info = None
+    run_id = info.run_id if info is not None else None
+    if run_id:
+        return str(run_id)
+    parent = getattr(config.get("callbacks"), "parent_run_id", None)
+    return str(parent) if parent else ""
+
+
+def checkpoint_id() -> str:
+    """The checkpoint the current superstep runs on ("" outside a graph)."""
+    from langgraph.runtime import get_runtime
+
+    try:
+        info = get_runtime().execution_info
+    except Exception:  # outside a graph
+        info = None
+    return info.checkpoint_id if info is not None else ""
