@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import socket
 import string
 import sys
 import threading
@@ -295,7 +297,8 @@ def default_reply(req: ChatRequest) -> Reply:
     choice = req.body.get("tool_choice")
     forced = None
     if isinstance(choice, dict):
-        forced = next((t for t in tools if t["name"] == choice["function"]["name"]), None)
+        name = (choice.get("function") or {}).get("name")
+        forced = next((t for t in tools if t["name"] == name), None)
     elif choice == "required" and tools:
         forced = tools[0]
     if forced is not None:
@@ -354,7 +357,27 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], owner: ModelServer) -> None:
         self.owner = owner
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut the connections still open (idle keep-alive ones), ending their threads."""
+        with self._open_lock:
+            conns = list(self._open)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Ignore clients that drop their connection; report anything else."""
@@ -642,6 +665,7 @@ class ModelServer:
             self._thread.join()
         with self._idle:  # let released calls record their end (bounded)
             self._idle.wait_for(lambda: not +self._in_flight, timeout=5)
+        self._httpd.close_connections()
         self._httpd = self._thread = None
 
     def __enter__(self) -> ModelServer:
