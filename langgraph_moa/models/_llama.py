@@ -57,6 +57,7 @@ class LocalSettings:
     n_threads: int
     port: int = 0
     startup_timeout: float = 60.0
+    adaptive_threads: bool = True  # in-process only: fall back to 1 thread when CPUs are busy
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,64 @@ class _LlamaLog:
 _LOG = _LlamaLog()
 
 
+class ThreadTuner:
+    """Chooses how many threads llama.cpp decodes with, from measured decode speed.
+
+    ggml's worker threads spin at every barrier, so when another process takes one of the
+    cores, two threads decode ~10x slower than one (measured on 2 busy cores: 3-9 tok/s with
+    2 threads, 50-62 tok/s with 1; on 2 idle cores 2 threads are ~1.8x faster than 1).
+    Speeds are measured over 16-token windows. The first request tries one window with 1
+    thread. With all threads, a window slower than half the best seen with all threads, or
+    slower than 1 thread's best, falls back to 1 thread; all threads are tried again after a
+    back-off (20 s, doubling up to 5 min while the slowdown lasts).
+    """
+
+    WINDOW = 16
+
+    def __init__(self, full: int) -> None:
+        self.full = full
+        self.current = full
+        self.best: dict[int, float] = {}
+        self.fallback_at = 0.0
+        self.backoff = 20.0
+        self.probing = False
+        self.exploring = False
+
+    def start(self) -> int:
+        """The thread count for the next request."""
+        if self.current == 1 < self.full and time.monotonic() - self.fallback_at > self.backoff:
+            self.current, self.probing = self.full, True
+        return self.current
+
+    def observe(self, tokens_per_s: float) -> int:
+        """Record one window's decode speed; returns the thread count to continue with."""
+        n = self.current
+        self.best[n] = max(tokens_per_s, self.best.get(n, 0.0))
+        if n == 1:
+            if self.exploring:
+                self.exploring = False
+                if tokens_per_s < 0.9 * self.best[self.full]:
+                    self.current = self.full
+                else:
+                    self._fall_back(self.best[self.full])
+        elif 1 not in self.best:
+            self.current, self.exploring = 1, True
+        elif tokens_per_s < 0.5 * self.best[n] or tokens_per_s < 0.9 * self.best[1]:
+            self._fall_back(tokens_per_s)
+        else:
+            self.probing = False
+        return self.current
+
+    def _fall_back(self, tokens_per_s: float) -> None:
+        self.backoff = min(self.backoff * 2, 300.0) if self.probing else 20.0
+        self.current, self.fallback_at, self.probing = 1, time.monotonic(), False
+        logger.info(
+            "local model: %.0f tok/s with %d threads, %.0f with 1; the CPUs look busy, "
+            "decoding with 1 thread for %.0f s",
+            tokens_per_s, self.full, self.best.get(1, 0.0), self.backoff,
+        )  # fmt: skip
+
+
 class LlamaWorker:
     """One ``llama_cpp.Llama`` on its own thread, serving requests one at a time."""
 
@@ -205,6 +264,8 @@ class LlamaWorker:
         self._llm: Any = None
         self._formatter: Any = None
         self._eog: Any = None
+        self._set_threads: Any = None
+        self.threads = ThreadTuner(settings.n_threads)
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._current: Job | None = None
         self._closed = False
@@ -302,6 +363,7 @@ class LlamaWorker:
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._eog = lambda token: llama_cpp.llama_vocab_is_eog(vocab, token)
+        self._set_threads = lambda n: llama_cpp.llama_set_n_threads(llm.ctx, n, n)
         self.load_seconds = time.perf_counter() - start
         logger.info("loaded %s in %.2f s", path, self.load_seconds)
         self._llm = llm
@@ -342,6 +404,10 @@ class LlamaWorker:
         request = job.request
         tokens, dropped = self._prompt(llm, request)
         llm.set_seed(request.seed if request.seed is not None else random.getrandbits(31))
+        adaptive = self.settings.adaptive_threads and self.settings.n_threads > 1
+        threads = self.threads.start() if adaptive else self.settings.n_threads
+        self._set_threads(threads)
+        window_start = 0.0
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = [s for s in request.stop if s]
         hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop
@@ -358,6 +424,14 @@ class LlamaWorker:
                 finish = "stop"
                 break
             n += 1
+            if adaptive and n % ThreadTuner.WINDOW == 1:  # windows start after the 1st token
+                now = time.perf_counter()
+                if n > 1:
+                    rate = ThreadTuner.WINDOW / (now - window_start)
+                    if (new := self.threads.observe(rate)) != threads:
+                        threads = new
+                        self._set_threads(threads)
+                window_start = now
             text += decoder.decode(llm.detokenize([token]))
             cut = min(
                 (i for s in stops if (i := text.find(s, max(0, sent - hold))) >= 0), default=-1

@@ -13,8 +13,9 @@ order, and agents differ by prompt and temperature. Two runtimes are available
 * ``server``: ``python -m llama_cpp.server`` on 127.0.0.1, reached through ``ChatOpenAI``.
 
 Environment: ``MOA_LOCAL_MODEL`` (another GGUF chat model file), ``MOA_LOCAL_RUNTIME``,
-``MOA_LOCAL_THREADS`` (default: the CPUs this process may use, at most 8), ``MOA_LOCAL_PORT``
-(server runtime; default: a free port).
+``MOA_LOCAL_THREADS`` (a fixed thread count; default: the CPUs this process may use, at most 8,
+and in-process 1 thread while other processes keep the CPUs busy), ``MOA_LOCAL_PORT`` (server
+runtime; default: a free port).
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def _settings() -> LocalSettings:
         n_ctx=LOCAL_CONTEXT_WINDOW,
         n_threads=_env_int("MOA_LOCAL_THREADS", min(8, cpus or 1), 1, 256),
         port=_env_int("MOA_LOCAL_PORT", 0, 0, 65535),
+        adaptive_threads=not os.environ.get("MOA_LOCAL_THREADS"),
     )
 
 
@@ -482,10 +484,10 @@ def local_chat_model(*, temperature: float = 0.7, max_tokens: int = 256) -> Base
 # -- description for `moa models` -----------------------------------------------------------
 
 ENDPOINT_HINT = (
-    "To use a real model instead, name one in the spec's `models` section: a provider model "
-    "such as `openai:gpt-4o-mini` (key in OPENAI_API_KEY), or any OpenAI-compatible server "
-    "with `model` + `base_url` (+ `api_key_env`), e.g. vLLM, Ollama "
-    "(http://127.0.0.1:11434/v1) or llama.cpp's server."
+    "To use a real model instead: set MOA_MODEL (a provider model such as openai:gpt-4o-mini, "
+    "key in OPENAI_API_KEY), or MOA_BASE_URL + MOA_MODEL (+ MOA_API_KEY) for any "
+    "OpenAI-compatible server (vLLM, Ollama at http://127.0.0.1:11434/v1, llama.cpp's server); "
+    "or name models per agent in the spec's `models` section (model, base_url, api_key_env)."
 )
 
 
