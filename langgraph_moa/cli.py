@@ -365,6 +365,121 @@ def worker(
     asyncio.run(workers.serve(settings))
 
 
+# ------------------------------------------------------------------ server ---
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    spec: Annotated[
+        list[Path] | None,
+        typer.Option("--spec", "-s", help="Spec file to serve; repeat for several assistants."),
+    ] = None,
+    preset_name: Annotated[
+        list[str] | None,
+        typer.Option("--preset", "-p", help="Built-in spec to serve (layered, team); repeatable."),
+    ] = None,
+    db: DbOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8123,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="Serve without API keys (only with --host 127.0.0.1)."),
+    ] = False,
+    api_keys_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--api-keys-file",
+            envvar="MOA_API_KEYS_FILE",
+            help="File of API keys, one per line [env MOA_API_KEYS_FILE; also MOA_API_KEYS, "
+            "comma-separated].",
+        ),
+    ] = None,
+    max_concurrency: Annotated[
+        int, typer.Option("--max-concurrency", help="Runs executing at once in this process.")
+    ] = 8,
+    use_workers: Annotated[
+        bool,
+        typer.Option(
+            "--workers",
+            help="Queue runs to `moa worker` processes (PostgreSQL --db) instead of running "
+            "them in this process.",
+        ),
+    ] = False,
+    heartbeat: Annotated[
+        float, typer.Option("--heartbeat", help="Seconds between SSE heartbeats.")
+    ] = 5.0,
+    max_body: Annotated[
+        int, typer.Option("--max-body", help="Largest request body in bytes.")
+    ] = 1024 * 1024,
+    log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "info",
+) -> None:
+    """Serve specs over HTTP with the LangGraph Server API (langgraph-sdk, Agent Chat UI,
+    LangGraph Studio). Every spec is an assistant addressed by its name."""
+    try:
+        import uvicorn
+
+        from langgraph_moa.server import ServerOptions, create_app, load_api_keys
+    except ImportError as exc:
+        fail(f"the server needs the `server` extra: pip install 'langgraph-moa[server]' ({exc})")
+    specs: list[GraphSpec] = []
+    try:
+        specs += [load_spec(p) for p in spec or []]
+        specs += [preset(name) for name in preset_name or []]
+    except (SpecError, ValueError) as exc:
+        fail(str(exc), 2)
+    if not specs:
+        specs = [preset("layered")]
+    keys: list[str] = []
+    if no_auth:
+        if host not in LOOPBACK:
+            fail(
+                f"--no-auth is only allowed with --host 127.0.0.1, not {host!r}: anyone who "
+                "can reach the port could run and read every thread. Configure API keys "
+                "(MOA_API_KEYS or --api-keys-file) instead",
+                2,
+            )
+    else:
+        try:
+            keys = load_api_keys(keys_file=api_keys_file)
+        except ValueError as exc:
+            fail(str(exc), 2)
+        if not keys:
+            fail(
+                "no API keys: set MOA_API_KEYS (comma-separated) or --api-keys-file, or serve "
+                "on 127.0.0.1 with --no-auth",
+                2,
+            )
+    executor: Any = None
+    if use_workers:
+        from langgraph_moa.runtime import workers
+
+        try:
+            workers.conninfo_of(db)
+        except workers.WorkerConfigError as exc:
+            fail(str(exc), 2)
+        executor = workers.ProcrastinateExecutor(db)
+    options = ServerOptions(max_concurrency=max_concurrency, heartbeat=heartbeat)
+    try:
+        application = create_app(
+            specs,
+            db_url=db,
+            api_keys=keys,
+            auth=not no_auth,
+            executor=executor,
+            options=options,
+            max_body=max_body,
+        )
+    except ValueError as exc:
+        fail(str(exc), 2)
+    err.print(
+        f"serving {', '.join(s.name for s in specs)} on http://{host}:{port} "
+        f"({'no auth' if no_auth else f'{len(keys)} API key(s)'}; docs at /docs)"
+    )
+    uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
+
+
 def main() -> None:
     """Entry point of the ``moa`` script."""
     try:

@@ -1,0 +1,111 @@
+"""The FastAPI application: :func:`create_app` for ``moa serve`` and for embedding.
+
+>>> app = create_app(["team.yaml"], db_url="postgresql+psycopg://localhost/moa",
+...                  api_keys=["a-long-random-key-1", "a-long-random-key-2"])
+>>> # uvicorn.run(app, host="0.0.0.0", port=8123)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from langgraph_moa.graphs import GraphSpec, load_spec
+from langgraph_moa.runtime.store import resolve_db_url
+from langgraph_moa.server.auth import Authenticator, KeyAuth, NoAuth, load_api_keys
+from langgraph_moa.server.executor import RunExecutor
+from langgraph_moa.server.routes import DEFAULT_MAX_BODY, create_router
+from langgraph_moa.server.service import MoAServer, ServerOptions
+
+__all__ = ["create_app", "create_server"]
+
+SpecSource = GraphSpec | str | Path | Mapping[str, Any]
+
+
+def create_server(
+    specs: Sequence[SpecSource],
+    *,
+    db_url: str | None = None,
+    checkpointer: BaseCheckpointSaver[Any] | None = None,
+    executor: RunExecutor | None = None,
+    options: ServerOptions | None = None,
+) -> MoAServer:
+    """A :class:`MoAServer` of ``specs`` (files, dicts or :class:`GraphSpec`) on the store
+    ``db_url`` (else ``MOA_DB_URL``, else the default SQLite file)."""
+    return MoAServer(
+        [load_spec(s) for s in specs],
+        db_url=resolve_db_url(db_url),
+        checkpointer=checkpointer,
+        executor=executor,
+        options=options,
+    )
+
+
+def _authenticator(
+    auth: bool, api_keys: Sequence[str] | None, authenticate: Authenticator | None
+) -> Authenticator:
+    if authenticate is not None:
+        return authenticate
+    if not auth:
+        return NoAuth()
+    return KeyAuth(api_keys if api_keys is not None else load_api_keys())
+
+
+def create_app(
+    specs: Sequence[SpecSource] | MoAServer,
+    *,
+    db_url: str | None = None,
+    api_keys: Sequence[str] | None = None,
+    auth: bool = True,
+    authenticate: Authenticator | None = None,
+    checkpointer: BaseCheckpointSaver[Any] | None = None,
+    executor: RunExecutor | None = None,
+    options: ServerOptions | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    title: str = "langgraph-moa",
+) -> FastAPI:
+    """The FastAPI app serving ``specs`` with the LangGraph Server API.
+
+    Authentication: ``api_keys`` (else ``MOA_API_KEYS``/``MOA_API_KEYS_FILE``); each key
+    is a tenant. ``authenticate`` replaces key checking with your own (an async callable
+    from the request to a tenant id). ``auth=False`` serves everyone as one tenant; only
+    do that on 127.0.0.1. ``specs`` may also be a ready :class:`MoAServer`.
+    """
+    server = (
+        specs
+        if isinstance(specs, MoAServer)
+        else create_server(
+            specs, db_url=db_url, checkpointer=checkpointer, executor=executor, options=options
+        )
+    )
+    authenticator = _authenticator(auth, api_keys, authenticate)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with server:
+            yield
+
+    app = FastAPI(
+        title=title,
+        version=_version(),
+        description="Mixture-of-Agents graphs served with the LangGraph Server API "
+        "(langgraph-sdk, Agent Chat UI, LangGraph Studio).",
+        lifespan=lifespan,
+    )
+    app.state.moa = server
+    app.include_router(create_router(server, authenticate=authenticator, max_body=max_body))
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("langgraph-moa")
+    except PackageNotFoundError:  # pragma: no cover
+        return "0"
