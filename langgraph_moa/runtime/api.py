@@ -1,13 +1,23 @@
-"""The Python API: run, stream and resume a spec against a SQL store.
+"""The Python API: run, stream, pause and resume a spec against a SQL store.
 
 >>> async with MoA("team.yaml", db_url="sqlite:///moa.sqlite") as moa:
 ...     result = await moa.ainvoke("Compare B-trees and LSM-trees")
 ...     print(result.answer, result.thread_id)
+
+Runs are durable: with a store (``db_url``, or ``registry=``) every run has a row in the
+run registry (status, spec, owner process with a heartbeat, attempts, usage), its
+checkpoints are written with durability ``sync``, and a run that died at any moment
+is continued with ``ainvoke(None, thread_id=...)`` or :func:`aresume`: agents that
+finished keep their proposals and are not called again. A paused run (a layer with
+``interrupt_before_synthesis``, or ``interrupt_after=`` nodes) goes on with
+``ainvoke(resume=...)`` / :func:`aresume` with a :class:`Decision`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -15,16 +25,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlalchemy as sa
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Command, Durability, StreamMode
 
 from langgraph_moa.graphs import GraphSpec, compile_graph, load_spec
 from langgraph_moa.models import ModelResolver
-from langgraph_moa.runtime.store import open_checkpointer
+from langgraph_moa.persistence.registry import (
+    DEFAULT_STALE_AFTER,
+    Owner,
+    OwnershipLostError,
+    RunOwnedError,
+    RunRecord,
+    RunRegistry,
+)
+from langgraph_moa.runtime.runs import (
+    Decision,
+    Heartbeat,
+    HumanInputNeededError,
+    RunError,
+    RunFinishedError,
+    SpecDriftError,
+    StoreError,
+    UnknownThreadError,
+    copy_checkpoint,
+    describe_waiting,
+    spec_changes,
+    spec_data,
+)
+from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
 from langgraph_moa.state import Usage, add_usage
 
-__all__ = ["MoA", "RunResult", "arun", "run"]
+__all__ = ["MoA", "RunResult", "afork", "ahistory", "aresume", "arun", "run"]
 
 RunStatus = Literal["pending", "running", "interrupted", "success", "error", "cancelled"]
 SpecSource = GraphSpec | str | Path | Mapping[str, Any]
@@ -43,6 +76,8 @@ class RunResult:
     interrupts: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
+    next: list[str] = field(default_factory=list)
+    """Nodes that run next when the run is paused (empty when it finished)."""
 
     def to_json(self) -> dict[str, Any]:
         """The object ``moa run --json`` prints."""
@@ -53,12 +88,39 @@ class RunResult:
             "answer": self.answer,
             "usage": {"total": self.usage, "by_agent": self.usage_by_agent},
             "interrupts": self.interrupts,
+            "next": self.next,
             "notes": self.notes,
         }
 
+    @property
+    def waiting_for(self) -> list[dict[str, Any]]:
+        """What a paused run waits for: the interrupts, or the nodes after a pause."""
+        if self.interrupts:
+            return [i if isinstance(i, dict) else {"value": i} for i in self.interrupts]
+        if self.next:
+            return [{"kind": "paused", "next": self.next}]
+        return []
+
+
+_NODE = re.compile(r"^L(\d+)_(.+)$")
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<the store URL>"
+
 
 class MoA:
-    """A spec compiled into a graph and bound to a checkpointer."""
+    """A spec compiled into a graph and bound to a checkpointer and a run registry.
+
+    ``registry``: a :class:`RunRegistry`, ``False`` for none, or ``None`` (default) for
+    one on the same store when MoA opens the store itself (``db_url``); with an injected
+    ``checkpointer`` and no ``registry`` runs are not recorded. ``interrupt_after``:
+    node names (``L1_router``), agent names (every layer's node of that agent) or
+    ``router``/``synthesizer`` (every layer's), after which the run pauses.
+    """
 
     def __init__(
         self,
@@ -67,13 +129,48 @@ class MoA:
         db_url: str | None = None,
         checkpointer: Checkpointer = None,
         models: ModelResolver | None = None,
+        registry: RunRegistry | bool | None = None,
+        spec_source: str | Path | None = None,
+        interrupt_after: Sequence[str] = (),
+        owner: Owner | None = None,
+        heartbeat_interval: float = 5.0,
+        stale_after: float = DEFAULT_STALE_AFTER,
     ) -> None:
+        if spec_source is None and isinstance(spec, (str, Path)):
+            spec_source = Path(spec).resolve()
         self.spec = load_spec(spec)
+        self.spec_source = str(spec_source) if spec_source is not None else None
         self.db_url = db_url
+        self.owner = owner or Owner.current()
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self.interrupt_after = self._pause_nodes(interrupt_after)
         self._checkpointer = checkpointer
+        self._registry_arg = registry
+        self.registry: RunRegistry | None = registry if isinstance(registry, RunRegistry) else None
+        self.checkpointer: Any = checkpointer
         self._models = models
         self._stack: AsyncExitStack | None = None
         self._graph: CompiledStateGraph | None = None
+
+    def _pause_nodes(self, names: Sequence[str]) -> list[str]:
+        layers = range(1, len(self.spec.layers) + 1)
+        nodes: list[str] = []
+        valid = {
+            f"L{n}_{a}" for n in layers for a in [*self.spec.layers[n - 1].agents, "router"]
+        } | {f"L{n}_synthesizer" for n in layers}
+        for name in names:
+            if name in valid:
+                found = [name]
+            else:
+                found = [f"L{n}_{name}" for n in layers if f"L{n}_{name}" in valid]
+            if not found:
+                raise ValueError(
+                    f"cannot pause after {name!r}: not a node or agent of spec "
+                    f"{self.spec.name!r}; use one of {sorted(valid)} or an agent name"
+                )
+            nodes += [f for f in found if f not in nodes]
+        return nodes
 
     @property
     def graph(self) -> CompiledStateGraph:
@@ -84,10 +181,40 @@ class MoA:
 
     async def __aenter__(self) -> MoA:
         self._stack = AsyncExitStack()
-        checkpointer = self._checkpointer
-        if checkpointer is None:
-            checkpointer = await self._stack.enter_async_context(open_checkpointer(self.db_url))
-        self._graph = compile_graph(self.spec, checkpointer=checkpointer, models=self._models)
+        try:
+            checkpointer = self._checkpointer
+            if checkpointer is None:
+                url = resolve_db_url(self.db_url)
+                try:
+                    checkpointer = await self._stack.enter_async_context(open_checkpointer(url))
+                except (ImportError, ValueError):
+                    raise
+                except Exception as exc:
+                    raise StoreError(
+                        f"cannot open the store {_safe_url(url)}: {type(exc).__name__}: {exc}; "
+                        "check that the database is running and the URL (--db / MOA_DB_URL) "
+                        "is right; nothing was changed"
+                    ) from exc
+                if self._registry_arg is None:
+                    self._registry_arg = True
+            self.checkpointer = checkpointer
+            if self.registry is None and self._registry_arg is True:
+                engine = getattr(checkpointer, "engine", None)
+                if engine is not None:
+                    self.registry = RunRegistry.from_engine(engine)
+                else:
+                    self.registry = RunRegistry.from_url(resolve_db_url(self.db_url))
+                self._stack.push_async_callback(self.registry.aclose)
+                await self.registry.setup()
+            self._graph = compile_graph(
+                self.spec,
+                checkpointer=checkpointer,
+                models=self._models,
+                interrupt_after=self.interrupt_after or None,
+            )
+        except BaseException:
+            await self._stack.aclose()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -107,7 +234,7 @@ class MoA:
     def input_of(task: str | Mapping[str, Any] | None, resume: Any = None) -> Any:
         """Graph input for a new task, a resume value, or ``None`` to continue."""
         if resume is not None:
-            return Command(resume=resume)
+            return resume if isinstance(resume, Command) else Command(resume=resume)
         if isinstance(task, str):
             return {"task": task}
         return dict(task) if task is not None else None
@@ -123,7 +250,11 @@ class MoA:
         durability: Durability = "sync",
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
-        """Stream a run with LangGraph's stream modes (``updates``, ``values``, ``messages``...)."""
+        """Stream a run with LangGraph's stream modes (``updates``, ``values``, ``messages``...).
+
+        This is the bare graph stream: it does not touch the run registry (use
+        :meth:`ainvoke` with ``on_event`` for a recorded, resumable run).
+        """
         config = self.config(thread_id or uuid.uuid4().hex, run_id)
         async for chunk in self.graph.astream(
             self.input_of(task, resume),
@@ -143,25 +274,180 @@ class MoA:
         resume: Any = None,
         durability: Durability = "sync",
         on_event: Callable[[str, Any], None] | None = None,
+        force: bool = False,
+        metadata: Mapping[str, Any] | None = None,
     ) -> RunResult:
-        """Run to the end (or to an interrupt) and return the result.
+        """Run to the end (or to a pause) and return the result.
 
-        ``task=None`` continues the thread from its last checkpoint (resume after a
-        crash); ``resume=value`` answers a pending interrupt.
+        ``task=None`` continues the thread's latest run from its last checkpoint (after
+        a crash, a cancel or a pause); ``resume=value`` answers a pending interrupt
+        (``Command(resume=value)``). With a registry the run is claimed for this process
+        (:class:`RunOwnedError` if a live process has it), its spec must match the one
+        it started with (:class:`SpecDriftError` unless ``force``), and a finished run
+        raises :class:`RunFinishedError`. Cancelling the call (Ctrl-C) leaves the run
+        ``interrupted`` and resumable.
         """
         thread_id = thread_id or uuid.uuid4().hex
-        run_id = run_id or str(uuid.uuid4())
-        async for mode, chunk in self.astream(
-            task,
-            thread_id=thread_id,
-            run_id=run_id,
-            resume=resume,
-            stream_mode=["tasks", "updates"],
-            durability=durability,
-        ):
-            if on_event is not None:
-                on_event(mode, chunk)
-        return await self.aresult(thread_id, run_id)
+        record = await self._begin(task, thread_id, run_id, resume, force, metadata)
+        run_id = record.run_id if record is not None else (run_id or str(uuid.uuid4()))
+        heartbeat = (
+            Heartbeat(self.registry, run_id, self.owner, self.heartbeat_interval)
+            if record is not None and self.registry is not None
+            else None
+        )
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if heartbeat is not None:
+                    await stack.enter_async_context(heartbeat.running())
+                async for mode, chunk in self.astream(
+                    task,
+                    thread_id=thread_id,
+                    run_id=run_id,
+                    resume=resume,
+                    stream_mode=["tasks", "updates"],
+                    durability=durability,
+                ):
+                    if on_event is not None:
+                        on_event(mode, chunk)
+        except asyncio.CancelledError:
+            if heartbeat is not None and heartbeat.lost:
+                raise OwnershipLostError(
+                    f"run {run_id} was taken over by another process; this one stopped"
+                ) from None
+            await self._record_stop(record, thread_id, "interrupted", "stopped before the end")
+            raise
+        except BaseException as exc:
+            await self._record_stop(record, thread_id, "error", f"{type(exc).__name__}: {exc}")
+            raise
+        result = await self.aresult(thread_id, run_id)
+        await self._record(record, result)
+        return result
+
+    async def _begin(
+        self,
+        task: Any,
+        thread_id: str,
+        run_id: str | None,
+        resume: Any,
+        force: bool,
+        metadata: Mapping[str, Any] | None,
+    ) -> RunRecord | None:
+        """Create (new input) or claim (continue) the run's registry row."""
+        registry = self.registry
+        if registry is None:
+            return None
+        if task is not None and resume is None:
+            latest = await registry.latest_run(thread_id)
+            if latest is not None and latest.status in ("pending", "running"):
+                if latest.owner_token not in (None, self.owner.token) and not latest.owner_gone(
+                    stale_after=self.stale_after
+                ):
+                    raise RunOwnedError(
+                        latest,
+                        f"thread {thread_id} is busy: run {latest.run_id} is being run by "
+                        f"{latest.describe_owner()}; wait for it or use another thread",
+                    )
+                with contextlib.suppress(OwnershipLostError):
+                    await registry.update_run(
+                        latest.run_id,
+                        status="cancelled",
+                        error="superseded by a new run on the thread",
+                        release=True,
+                    )
+            return await registry.create_run(
+                thread_id,
+                run_id=run_id,
+                spec=spec_data(self.spec),
+                spec_name=self.spec.name,
+                spec_hash=self.spec.spec_hash(),
+                spec_source=self.spec_source,
+                input={"task": task} if isinstance(task, str) else task,
+                metadata=metadata,
+                options={"interrupt_after": self.interrupt_after},
+                owner=self.owner,
+            )
+        record = await registry.get_run(run_id) if run_id else await registry.latest_run(thread_id)
+        if record is None:
+            snapshot = await self.graph.aget_state(self.config(thread_id))
+            if snapshot.created_at is None:
+                raise UnknownThreadError(
+                    f"no run and no checkpoint for thread {thread_id!r}; `moa runs` lists "
+                    "the runs of this store (is --db / MOA_DB_URL the same as for the run?)"
+                )
+            return await registry.create_run(  # a thread run before the registry existed
+                thread_id,
+                run_id=run_id,
+                spec=spec_data(self.spec),
+                spec_name=self.spec.name,
+                spec_hash=self.spec.spec_hash(),
+                spec_source=self.spec_source,
+                metadata={"adopted": True, **(metadata or {})},
+                owner=self.owner,
+            )
+        if record.status == "success":
+            raise RunFinishedError(
+                f"run {record.run_id} of thread {record.thread_id} already finished "
+                "(success); nothing to resume. Start a new run on the thread with "
+                f"`moa run --thread {record.thread_id} TASK`, or `moa fork` it"
+            )
+        if record.spec_hash and record.spec_hash != self.spec.spec_hash() and not force:
+            changes = spec_changes(record.spec or {}, spec_data(self.spec))
+            raise SpecDriftError(
+                f"the spec of run {record.run_id} changed since it started "
+                f"({record.spec_hash} -> {self.spec.spec_hash()}):\n  "
+                + "\n  ".join(changes or ["(no field-level difference found)"])
+                + "\nresume with the stored spec (leave out --spec), or pass --force to "
+                "continue with the changed one",
+                changes,
+            )
+        claimed = await registry.claim_run(record.run_id, self.owner, stale_after=self.stale_after)
+        if record.spec_hash and record.spec_hash != self.spec.spec_hash():
+            previous = list(record.metadata.get("previous_specs") or [])
+            previous.append({"spec_hash": record.spec_hash, "spec": record.spec})
+            claimed = await registry.update_run(
+                record.run_id,
+                owner=self.owner,
+                spec=spec_data(self.spec),
+                spec_hash=self.spec.spec_hash(),
+                metadata={**record.metadata, "previous_specs": previous},
+            )
+        return claimed
+
+    async def _record(self, record: RunRecord | None, result: RunResult) -> None:
+        if record is None or self.registry is None:
+            return
+        await self.registry.update_run(
+            record.run_id,
+            owner=self.owner,
+            release=True,
+            status=result.status,
+            answer=result.answer,
+            error=None,
+            waiting_for=result.waiting_for or None,
+            usage=dict(result.usage),
+        )
+
+    async def _record_stop(
+        self, record: RunRecord | None, thread_id: str, status: RunStatus, error: str
+    ) -> None:
+        """Mark a run stopped (cancelled or failed), keeping the usage so far."""
+        if record is None or self.registry is None:
+            return
+        try:
+            usage: dict[str, Any] = {}
+            with contextlib.suppress(Exception):
+                usage = dict((await self.aresult(thread_id, record.run_id)).usage)
+            await self.registry.update_run(
+                record.run_id,
+                owner=self.owner,
+                release=True,
+                status=status,
+                error=error,
+                waiting_for=None,
+                usage=usage,
+            )
+        except OwnershipLostError:
+            pass
 
     async def aresult(self, thread_id: str, run_id: str = "") -> RunResult:
         """The result as the thread's last checkpoint has it."""
@@ -172,11 +458,7 @@ class MoA:
         for usage in by_agent.values():
             total = add_usage(total, usage)
         interrupts = [i.value for i in snapshot.interrupts]
-        status: RunStatus
-        if interrupts or snapshot.next:
-            status = "interrupted"
-        else:
-            status = "success" if values.get("answer") else "pending"
+        status: RunStatus = "interrupted" if interrupts or snapshot.next else "success"
         return RunResult(
             thread_id=thread_id,
             run_id=run_id or str((snapshot.metadata or {}).get("run_id", "")),
@@ -187,7 +469,62 @@ class MoA:
             interrupts=interrupts,
             notes=list(values.get("notes") or []),
             values=values,
+            next=list(snapshot.next),
         )
+
+    async def aedit(
+        self, thread_id: str, *, proposals: Mapping[str, str] | None = None, plan: Any = None
+    ) -> None:
+        """Replace proposals and/or the next layer's plan of a run paused by
+        ``interrupt_after`` (a new checkpoint; the old ones stay). For a layer paused by
+        ``interrupt_before_synthesis`` pass ``resume={"proposals": {...}}`` instead."""
+        config = self.config(thread_id)
+        snapshot = await self.graph.aget_state(config)
+        if not snapshot.next:
+            raise RunError(f"thread {thread_id} is not paused; there is nothing to edit")
+        at = [m.groups() for m in map(_NODE.match, snapshot.next) if m is not None]
+        layers = sorted({int(n) for n, _ in at})
+        kinds = {kind for _, kind in at}
+        if plan is not None:
+            if len(layers) != 1 or kinds & {"router", "synthesizer"}:
+                raise RunError(
+                    "the plan can only be edited while the run is paused after a router "
+                    "(interrupt_after=['L1_router'] or `--pause-after router`); it waits "
+                    f"before {list(snapshot.next)}"
+                )
+            from langgraph_moa.nodes.router import PlanError, parse_plan
+
+            layer = layers[0]
+            try:
+                steps = parse_plan(list(plan), list(self.spec.layers[layer - 1].agents))
+            except PlanError as exc:
+                raise RunError(f"edited plan of layer {layer}: {exc}") from None
+            await self.graph.aupdate_state(
+                config, {"plans": {str(layer): steps}}, as_node=f"L{layer}_router"
+            )
+        if proposals:
+            if "synthesizer" not in kinds:
+                raise RunError(
+                    "proposals can only be replaced while the run waits before a synthesizer "
+                    "(pause after the agents, or interrupt_before_synthesis); it waits before "
+                    f"{list(snapshot.next)}"
+                )
+            layer = min(int(n) for n, kind in at if kind == "synthesizer")
+            written = (snapshot.values.get("proposals") or {}).get(str(layer), {})
+            unknown = sorted(set(proposals) - set(written))
+            if unknown:
+                raise RunError(
+                    f"layer {layer} has no proposal of {unknown}; it has {sorted(written)}"
+                )
+            update = {
+                a: {**written[a], "content": text, "status": "ok", "error": None}
+                for a, text in proposals.items()
+            }
+            await self.graph.aupdate_state(
+                config,
+                {"proposals": {str(layer): update}},
+                as_node=f"L{layer}_{next(iter(proposals))}",
+            )
 
     def invoke(self, task: str | Mapping[str, Any] | None = None, **kwargs: Any) -> RunResult:
         """Synchronous :meth:`ainvoke`: opens the store, runs, closes it."""
@@ -214,3 +551,235 @@ async def arun(
 def run(spec: SpecSource, task: str | Mapping[str, Any] | None, **kwargs: Any) -> RunResult:
     """Synchronous :func:`arun`."""
     return asyncio.run(arun(spec, task, **kwargs))
+
+
+# ------------------------------------------------------------------ resume/fork ---
+
+
+@contextlib.asynccontextmanager
+async def open_store(db_url: str | None) -> AsyncIterator[tuple[Any, RunRegistry]]:
+    """The checkpointer and the registry of a store; :class:`StoreError` if unreachable."""
+    url = resolve_db_url(db_url)
+    async with AsyncExitStack() as stack:
+        try:
+            saver = await stack.enter_async_context(open_checkpointer(url))
+            engine = getattr(saver, "engine", None)
+            registry = (
+                RunRegistry.from_engine(engine) if engine is not None else RunRegistry.from_url(url)
+            )
+            stack.push_async_callback(registry.aclose)
+            await registry.setup()
+        except (ImportError, ValueError):
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"cannot open the store {_safe_url(url)}: {type(exc).__name__}: {exc}; "
+                "check that the database is running and the URL (--db / MOA_DB_URL) is "
+                "right; nothing was changed"
+            ) from exc
+        yield saver, registry
+
+
+def _current_spec(run: RunRecord, spec: SpecSource | None) -> tuple[GraphSpec | None, str]:
+    """The spec a resume would use instead of the stored one, if any, and where it is from."""
+    if spec is not None:
+        source = str(spec) if isinstance(spec, (str, Path)) else "the given spec"
+        return load_spec(spec), source
+    if run.spec_source and Path(run.spec_source).is_file():
+        return load_spec(run.spec_source), run.spec_source
+    return None, "the stored spec"
+
+
+async def aresume(
+    thread_id: str,
+    *,
+    db_url: str | None = None,
+    spec: SpecSource | None = None,
+    force: bool = False,
+    decision: Decision | None = None,
+    resume: Any = None,
+    models: ModelResolver | None = None,
+    on_event: Callable[[str, Any], None] | None = None,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    on_start: Callable[[RunRecord, MoA], None] | None = None,
+) -> RunResult:
+    """Continue the latest run of ``thread_id`` from its last checkpoint, with its spec.
+
+    The spec is the one stored with the run; when ``spec`` is given, or the file the
+    run was started from has changed, a different hash raises :class:`SpecDriftError`
+    listing the changes, unless ``force`` (then the new spec is used and the old one
+    kept in the run's metadata). A run waiting for a person needs a ``decision``
+    (approve, or replace proposals / the plan) or a raw ``resume`` value.
+    """
+    async with open_store(db_url) as (saver, registry):
+        record = await registry.latest_run(thread_id)
+        if record is None:
+            if spec is None:
+                raise UnknownThreadError(
+                    f"no run recorded for thread {thread_id!r} in this store; `moa runs` "
+                    "lists the runs (is --db / MOA_DB_URL the same as for the run?)"
+                )
+            use = load_spec(spec)
+        else:
+            if record.status == "success":
+                raise RunFinishedError(
+                    f"run {record.run_id} of thread {thread_id} already finished (success); "
+                    f"nothing to resume. Start a new run on the thread with `moa run --thread "
+                    f"{thread_id} TASK`, or `moa fork` it"
+                )
+            if record.owner_token not in (None, Owner.current().token) and not (
+                record.owner_gone(stale_after=stale_after)
+            ):
+                raise RunOwnedError(
+                    record,
+                    f"run {record.run_id} of thread {thread_id} is being run by "
+                    f"{record.describe_owner()}; wait for it or stop that process first",
+                )
+            current, where = _current_spec(record, spec)
+            if current is None:
+                if record.spec is None:
+                    raise RunError(
+                        f"run {record.run_id} has no stored spec; pass the spec it ran with"
+                    )
+                use = load_spec(record.spec)
+            elif current.spec_hash() != record.spec_hash and not force:
+                changes = spec_changes(record.spec or {}, spec_data(current))
+                raise SpecDriftError(
+                    f"the spec changed since run {record.run_id} started ({where}: "
+                    f"{record.spec_hash} -> {current.spec_hash()}):\n  "
+                    + "\n  ".join(changes or ["(no field-level difference found)"])
+                    + "\npass --force to resume with the changed spec, or restore it",
+                    changes,
+                )
+            else:
+                use = current
+            waiting = record.status == "interrupted" and bool(record.waiting_for)
+            if waiting and resume is None and (decision is None or decision.empty):
+                raise HumanInputNeededError(
+                    f"run {record.run_id} of thread {thread_id} waits for "
+                    f"{describe_waiting(record)}; go on with `moa resume {thread_id} "
+                    "--approve`, or replace a proposal with --edit AGENT=TEXT / --edit-file"
+                )
+            if not waiting and decision is not None and not decision.empty:
+                raise RunError(
+                    f"run {record.run_id} of thread {thread_id} is not waiting for a "
+                    "decision (it was stopped, not paused); resume it without "
+                    "--approve/--edit"
+                )
+        options = record.options if record is not None else {}
+        async with MoA(
+            use,
+            checkpointer=saver,
+            registry=registry,
+            models=models,
+            spec_source=record.spec_source if record is not None else None,
+            interrupt_after=list(options.get("interrupt_after") or []),
+            stale_after=stale_after,
+        ) as moa:
+            if record is not None and on_start is not None:
+                on_start(record, moa)
+            if decision is not None and not decision.empty and resume is None:
+                asked = list(record.waiting_for or []) if record is not None else []
+                interrupts = [w for w in asked if w.get("kind") != "paused"]
+                if interrupts:
+                    if decision.plan is not None:
+                        raise RunError(
+                            "this pause is before a synthesizer: the plan is already carried "
+                            "out; only proposals can be replaced"
+                        )
+                    resume = {"proposals": decision.proposals, "approved": True}
+                else:
+                    await moa.aedit(thread_id, proposals=decision.proposals, plan=decision.plan)
+            return await moa.ainvoke(
+                None,
+                thread_id=thread_id,
+                run_id=record.run_id if record is not None else None,
+                resume=resume,
+                force=force,
+                on_event=on_event,
+            )
+
+
+async def ahistory(thread_id: str, *, db_url: str | None = None) -> list[dict[str, Any]]:
+    """The checkpoints of a thread, oldest first: id, step, source, the nodes that wrote
+    it (``after``), the nodes that run next, and when it was written."""
+    async with open_store(db_url) as (saver, registry):
+        record = await registry.latest_run(thread_id)
+        if record is None or record.spec is None:
+            raise UnknownThreadError(
+                f"no run recorded for thread {thread_id!r} in this store; `moa runs` lists them"
+            )
+        async with MoA(record.spec, checkpointer=saver, registry=False) as moa:
+            snapshots = [s async for s in moa.graph.aget_state_history(moa.config(thread_id))]
+    snapshots.reverse()
+    rows: list[dict[str, Any]] = []
+    previous_next: list[str] = []
+    for snap in snapshots:
+        meta = dict(snap.metadata or {})
+        rows.append(
+            {
+                "checkpoint_id": snap.config["configurable"]["checkpoint_id"],
+                "step": meta.get("step"),
+                "source": meta.get("source"),
+                "after": previous_next if meta.get("source") == "loop" else [],
+                "next": list(snap.next),
+                "created_at": snap.created_at,
+                "parent_id": (snap.parent_config or {})
+                .get("configurable", {})
+                .get("checkpoint_id"),
+            }
+        )
+        previous_next = list(snap.next)
+    return rows
+
+
+async def afork(
+    thread_id: str,
+    checkpoint_id: str,
+    *,
+    db_url: str | None = None,
+    new_thread_id: str | None = None,
+    spec: SpecSource | None = None,
+    models: ModelResolver | None = None,
+    on_event: Callable[[str, Any], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Start a new thread from checkpoint ``checkpoint_id`` of ``thread_id`` (time travel)
+    and run it to the end; ``spec`` replaces the stored spec (same layers and agents,
+    e.g. other models). The source thread is not changed."""
+    async with open_store(db_url) as (saver, registry):
+        source = await registry.latest_run(thread_id)
+        if source is None and spec is None:
+            raise UnknownThreadError(
+                f"no run recorded for thread {thread_id!r} in this store; `moa runs` lists them"
+            )
+        use = load_spec(spec) if spec is not None else load_spec(source.spec)  # type: ignore[union-attr,arg-type]
+        new_thread_id = new_thread_id or uuid.uuid4().hex
+        if await registry.get_thread(new_thread_id) is not None:
+            raise RunError(f"thread {new_thread_id!r} already exists; pick a new thread id")
+        await copy_checkpoint(saver, thread_id, checkpoint_id, new_thread_id)
+        options = source.options if source is not None else {}
+        async with MoA(
+            use,
+            checkpointer=saver,
+            registry=registry,
+            models=models,
+            interrupt_after=list(options.get("interrupt_after") or []),
+        ) as moa:
+            record = await registry.create_run(
+                new_thread_id,
+                spec=spec_data(use),
+                spec_name=use.name,
+                spec_hash=use.spec_hash(),
+                spec_source=source.spec_source if source is not None and spec is None else None,
+                input=source.input if source is not None else None,
+                options={"interrupt_after": moa.interrupt_after},
+                parent_run_id=source.run_id if source is not None else None,
+                checkpoint_id=checkpoint_id,
+                metadata={"forked_from": {"thread_id": thread_id, "checkpoint_id": checkpoint_id}},
+            )
+            if on_start is not None:
+                on_start(new_thread_id)
+            return await moa.ainvoke(
+                None, thread_id=new_thread_id, run_id=record.run_id, on_event=on_event
+            )
