@@ -18,7 +18,9 @@ shared process-wide per endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
@@ -100,6 +102,13 @@ def resolve_model(
     limiter = rate_limiter(spec)
     if limiter is not None:
         common["rate_limiter"] = limiter
+    if spec.base_url or (spec.model and spec.model.startswith("openai:")):
+        # langchain-openai shares one cached async HTTP client per URL across the process,
+        # and its pooled connections die with the event loop that opened them; each model
+        # gets its own client (ModelResolver keeps models per event loop).
+        import openai
+
+        common.setdefault("http_async_client", openai.DefaultAsyncHttpxClient())
     if spec.base_url:
         from langchain_openai import ChatOpenAI
 
@@ -132,12 +141,16 @@ def resolve_model(
 
 
 class ModelResolver:
-    """Caches one chat model per (model entry, temperature, max_tokens) for a graph."""
+    """Caches one chat model per (model entry, temperature, max_tokens) and event loop
+    for a graph (HTTP clients cannot outlive or cross event loops)."""
 
     def __init__(self, models: dict[str, ModelSpec], default: str | None = None) -> None:
         self._models = models
         self._default = default
         self._cache: dict[tuple[str | None, float, int], BaseChatModel] = {}
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str | None, float, int], BaseChatModel]
+        ] = weakref.WeakKeyDictionary()
 
     def spec(self, name: str | None) -> ModelSpec:
         """The spec entry called ``name`` (or the default entry, or the local model)."""
@@ -157,11 +170,15 @@ class ModelResolver:
     def get(self, name: str | None, *, temperature: float, max_tokens: int) -> BaseChatModel:
         """The chat model for entry ``name`` with these sampling settings."""
         key = (name or self._default, temperature, max_tokens)
-        if key not in self._cache:
-            self._cache[key] = resolve_model(
+        try:
+            cache = self._by_loop.setdefault(asyncio.get_running_loop(), {})
+        except RuntimeError:  # no running loop: a synchronous caller
+            cache = self._cache
+        if key not in cache:
+            cache[key] = resolve_model(
                 self.spec(name), temperature=temperature, max_tokens=max_tokens, name=str(key[0])
             )
-        return self._cache[key]
+        return cache[key]
 
     def limiter(self, name: str | None) -> CallLimiter | None:
         """The shared in-flight limit of entry ``name``'s endpoint (None: unlimited)."""

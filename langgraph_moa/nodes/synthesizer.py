@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import interrupt
 
-from langgraph_moa.graphs.spec import LayerSpec
 from langgraph_moa.nodes import prompts
 from langgraph_moa.nodes._calls import call_model, invocation_id, spec_budget
 from langgraph_moa.nodes._context import NodeContext
@@ -19,6 +18,9 @@ from langgraph_moa.nodes.agent import approved_budget, make_agent_runner
 from langgraph_moa.nodes.budget import BudgetExceeded, Ledger, budget_of, total_usage
 from langgraph_moa.nodes.router import agent_inputs
 from langgraph_moa.state import MoAState, Proposal, add_usage
+
+if TYPE_CHECKING:  # langgraph_moa.graphs imports this package
+    from langgraph_moa.graphs.spec import LayerSpec
 
 __all__ = ["ContextWindowError", "QuorumError", "fit_proposals", "make_synthesizer_node"]
 
