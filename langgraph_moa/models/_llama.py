@@ -178,8 +178,9 @@ class _LlamaLog:
 
         @llama_cpp.llama_log_callback
         def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            # ggml levels: 2 warn, 3 error, 5 continuation of the previous line
-            if level in (2, 3) or (level == 5 and self._partial):
+            # ggml.h levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the last line
+            # (llama-cpp-python's _logger.py still lists the older numbering)
+            if level in (3, 4) or (level == 5 and self._partial):
                 self._partial += text.decode("utf-8", errors="replace")
                 if self._partial.endswith("\n"):
                     line = self._partial.strip()

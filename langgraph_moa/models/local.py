@@ -147,11 +147,13 @@ def _settings() -> LocalSettings:
     from langgraph_moa.models._llama import LocalSettings
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = _env_int("MOA_LOCAL_THREADS", min(8, cpus or 1), 1, 256)
+    port = _env_int("MOA_LOCAL_PORT", 0, 0, 65535)
     return LocalSettings(
         model_path=local_model_path(),
         n_ctx=LOCAL_CONTEXT_WINDOW,
-        n_threads=_env_int("MOA_LOCAL_THREADS", min(8, cpus or 1), 1, 256),
-        port=_env_int("MOA_LOCAL_PORT", 0, 0, 65535),
+        n_threads=threads,
+        port=port,
         adaptive_threads=not os.environ.get("MOA_LOCAL_THREADS"),
     )
 
@@ -408,10 +410,13 @@ class ChatLocalServer(BaseChatModel):
     def _translate(exc: Exception) -> Exception:
         import openai
 
-        if isinstance(exc, openai.BadRequestError) and "context window" in str(exc):
+        text = str(exc)
+        if isinstance(exc, openai.BadRequestError) and (
+            "context length" in text or "context window" in text
+        ):
             return LocalPromptTooLong(
                 f"the prompt does not fit the local model's context window of "
-                f"{LOCAL_CONTEXT_WINDOW} tokens: {exc}"
+                f"{LOCAL_CONTEXT_WINDOW} tokens ({text}); shorten the input or lower max_tokens"
             )
         return exc
 

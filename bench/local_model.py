@@ -1,0 +1,218 @@
+"""The embedded model's two runtimes on a MoA-shaped workload: which one serves a layer faster?
+
+* ``inprocess``: ``llama_cpp.Llama`` on a worker thread of this process (``ChatLocalLlama``).
+* ``server``: ``python -m llama_cpp.server`` on 127.0.0.1 through ``ChatOpenAI``
+  (``ChatLocalServer``).
+
+For each runtime: start-up (model load / server ready), prompt and generation speed of one
+streamed call with a ~500-token prompt, and MoA rounds: 3 proposers called concurrently (roles
+and temperatures differ, fixed seeds), then 1 aggregator that reads the 3 answers. Rounds
+alternate between the runtimes so that load from other processes hits both alike. Prints a
+table and writes bench/results/local_model.json.
+
+    python bench/local_model.py [--rounds 5] [--max-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from langgraph_moa.models import local
+from langgraph_moa.models.local import ChatLocalLlama, ChatLocalServer
+
+RESULTS = Path(__file__).parent / "results" / "local_model.json"
+TASKS = [
+    "What are two advantages of using version control such as git?",
+    "Explain in a few sentences why unit tests are useful.",
+    "Give three tips for writing readable Python code.",
+    "What is the difference between a list and a tuple in Python?",
+    "Why do databases use indexes?",
+]
+ROLES = [
+    ("You are a careful engineer. Answer precisely.", 0.7),
+    ("You are a teacher. Explain simply, with an example.", 0.8),
+    ("You are a critic. Point out pitfalls and trade-offs.", 0.9),
+]
+AGGREGATE = (
+    "You have been provided with a set of responses from various assistants to the user's "
+    "question. Synthesize them into a single, high-quality answer. Critically evaluate the "
+    "information; some of it may be biased or incorrect.\n\nResponses:\n"
+)
+LONG_PROMPT = AGGREGATE + "\n".join(
+    f"{i}. " + "Version control records every change to a project, so you can go back, "
+    "compare versions, work on branches in parallel and merge them, and see who changed what "
+    "and why. " * 4
+    for i in range(1, 4)
+)
+
+
+def make(runtime: str, temperature: float, max_tokens: int, seed: int) -> BaseChatModel:
+    if runtime == "inprocess":
+        return ChatLocalLlama(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    model = ChatLocalServer(temperature=temperature, max_tokens=max_tokens)
+    return model.bind(seed=seed)  # type: ignore[return-value]
+
+
+def tokens_of(message: Any) -> int:
+    usage = getattr(message, "usage_metadata", None) or {}
+    return int(usage.get("output_tokens", 0))
+
+
+async def startup(runtime: str) -> dict[str, float]:
+    """Cold start: time until the first (1-token) answer, and the load/ready part of it."""
+    t0 = time.perf_counter()
+    await make(runtime, 0.0, 1, 0).ainvoke("hi")
+    first = time.perf_counter() - t0
+    holder = local._Shared.worker if runtime == "inprocess" else local._Shared.server
+    assert holder is not None and holder.load_seconds is not None
+    return {"load_s": holder.load_seconds, "first_answer_s": first}
+
+
+async def speed(runtime: str, max_tokens: int) -> dict[str, float]:
+    """Prompt and generation speed of one streamed call (greedy, long prompt)."""
+    messages = [SystemMessage(LONG_PROMPT), HumanMessage("Write the combined answer.")]
+    prompt_tokens = (await make("inprocess", 0.0, 1, 0).ainvoke(messages)).usage_metadata
+    assert prompt_tokens is not None
+    n_prompt = prompt_tokens["input_tokens"]
+    model = make(runtime, 0.0, max_tokens, 0)
+    await model.ainvoke("warm up")  # the prompt must not be in the KV cache from a prior call
+    t0 = time.perf_counter()
+    first = None
+    pieces = []
+    async for chunk in model.astream(messages):
+        if chunk.content and first is None:
+            first = time.perf_counter() - t0
+        pieces.append(chunk)
+    total = time.perf_counter() - t0
+    assert first is not None
+    n_out = len(await asyncio.to_thread(_count, "".join(str(c.content) for c in pieces)))
+    return {
+        "prompt_tokens": n_prompt,
+        "completion_tokens": n_out,
+        "prompt_tok_s": n_prompt / first,
+        "gen_tok_s": (n_out - 1) / (total - first),
+        "time_to_first_token_s": first,
+    }
+
+
+def _count(text: str) -> list[int]:
+    worker = local._shared_worker()
+    llm = worker._llm
+    assert llm is not None
+    return list(llm.tokenize(text.encode(), add_bos=False, special=False))
+
+
+async def moa_round(runtime: str, task: str, max_tokens: int, seed: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    answers = await asyncio.gather(
+        *(
+            make(runtime, temp, max_tokens, seed + i).ainvoke(
+                [SystemMessage(role), HumanMessage(task)]
+            )
+            for i, (role, temp) in enumerate(ROLES)
+        )
+    )
+    t1 = time.perf_counter()
+    refs = "\n".join(f"{i}. {a.content}" for i, a in enumerate(answers, 1))
+    final = await make(runtime, 0.2, max_tokens, seed).ainvoke(
+        [SystemMessage(AGGREGATE + refs), HumanMessage(task)]
+    )
+    t2 = time.perf_counter()
+    generated = sum(tokens_of(a) for a in answers) + tokens_of(final)
+    return {
+        "round_s": t2 - t0,
+        "proposers_s": t1 - t0,
+        "aggregator_s": t2 - t1,
+        "generated_tokens": generated,
+        "aggregator_prompt_tokens": (final.usage_metadata or {}).get("input_tokens", 0),
+        "round_tok_s": generated / (t2 - t0),
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    args = ap.parse_args()
+    runtimes = ["inprocess", "server"]
+    load_before = os.getloadavg()[0]
+    result: dict[str, Any] = {
+        rt: {"startup": await startup(rt), "speed": await speed(rt, args.max_tokens), "rounds": []}
+        for rt in runtimes
+    }
+    for r in range(args.rounds):
+        for rt in runtimes if r % 2 == 0 else runtimes[::-1]:
+            task = TASKS[r % len(TASKS)]
+            result[rt]["rounds"].append(await moa_round(rt, task, args.max_tokens, 1000 * r))
+    local.shutdown_local()
+
+    rows = []
+    for rt in runtimes:
+        rounds = result[rt]["rounds"]
+        med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
+        result[rt]["median"] = med
+        s, sp = result[rt]["startup"], result[rt]["speed"]
+        rows.append(
+            (rt, s["load_s"], s["first_answer_s"], sp["prompt_tok_s"], sp["gen_tok_s"],
+             med["round_s"], med["proposers_s"], med["aggregator_s"], med["generated_tokens"],
+             med["round_tok_s"])
+        )  # fmt: skip
+    header = (
+        f"{'runtime':<10} {'load s':>7} {'1st ans s':>9} {'prompt t/s':>10} {'gen t/s':>8} "
+        f"{'round s':>8} {'propose s':>9} {'aggr s':>7} {'tokens':>7} {'round t/s':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row[0]:<10} {row[1]:>7.2f} {row[2]:>9.2f} {row[3]:>10.0f} {row[4]:>8.1f} "
+            f"{row[5]:>8.2f} {row[6]:>9.2f} {row[7]:>7.2f} {row[8]:>7.0f} {row[9]:>9.1f}"
+        )
+    fast = max(runtimes, key=lambda rt: result[rt]["median"]["round_tok_s"])
+    slow = next(rt for rt in runtimes if rt != fast)
+    gain = result[fast]["median"]["round_tok_s"] / result[slow]["median"]["round_tok_s"] - 1
+    verdict = (
+        f"{fast} is faster for a MoA layer: {gain:.0%} more generated tokens per second of "
+        f"round wall time (median of {args.rounds} rounds; MoA rounds generate different "
+        "lengths, so tokens/s is compared, not seconds)"
+    )
+    print(f"\n{verdict}; default runtime: {local.DEFAULT_RUNTIME}")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "local_model",
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "load_avg_before": load_before,
+                    "load_avg_after": os.getloadavg()[0],
+                },
+                "model": local.LOCAL_MODEL_NAME,
+                "context_window": local.LOCAL_CONTEXT_WINDOW,
+                "max_tokens": args.max_tokens,
+                "rounds": args.rounds,
+                "results": result,
+                "faster": fast,
+                "verdict": verdict,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
