@@ -1,0 +1,170 @@
+"""What ``moa eval`` does once its options are parsed (the options live in ``cli.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from langgraph_moa.eval.dataset import EvalItem, dataset_digest
+from langgraph_moa.eval.judge import PairwiseJudge
+from langgraph_moa.eval.report import markdown_table, rich_table, write_chart
+from langgraph_moa.eval.runner import EvalReport, run_evaluation
+from langgraph_moa.eval.store import EvalStore
+from langgraph_moa.eval.variants import EvalSpec, derive_specs
+from langgraph_moa.graphs import GraphSpec, ModelSpec
+
+__all__ = ["EvalOptions", "build_specs", "default_eval_id", "execute", "judge_model"]
+
+
+def build_specs(
+    main: GraphSpec,
+    extra: Sequence[GraphSpec] = (),
+    *,
+    baselines: bool = True,
+    best: str | None = None,
+    samples: int | None = None,
+    temperature: float = 0.7,
+) -> list[EvalSpec]:
+    """Single, Self-MoA and MoA of ``main`` (or ``main`` alone), then the ``extra`` specs."""
+    specs = (
+        derive_specs(main, best=best, samples=samples, temperature=temperature)
+        if baselines
+        else [EvalSpec(main.name, main, "spec")]
+    )
+    for spec in extra:
+        label = spec.name
+        while label in {s.label for s in specs}:
+            label += "'"
+        specs.append(EvalSpec(label, spec, "spec"))
+    return specs
+
+
+def judge_model(main: GraphSpec, judge: str | None, base_url: str | None) -> tuple[ModelSpec, str]:
+    """The judge's model and label: a model entry of ``main``, a ``provider:model``, a
+    model at ``base_url``, or by default the model of ``main``'s final synthesizer."""
+    if judge is not None and base_url is not None:
+        return ModelSpec(model=judge, base_url=base_url, max_retries=3), f"{judge} at {base_url}"
+    if judge is not None and judge in main.models:
+        return main.models[judge], judge
+    if judge is not None:
+        return ModelSpec(model=judge), judge
+    name = main.layers[-1].synthesizer.model or main.defaults.model
+    spec = main.model_spec(name)
+    return spec, name or spec.model or "default model"
+
+
+def default_eval_id(dataset: str, items: Sequence[EvalItem]) -> str:
+    """``<dataset stem>-<hash of its items>``: the same command resumes the same evaluation."""
+    return f"{Path(dataset).stem[:60]}-{dataset_digest(list(items))}"
+
+
+@dataclass
+class EvalOptions:
+    """Everything ``moa eval`` was asked to do."""
+
+    items: list[EvalItem]
+    specs: list[EvalSpec]
+    eval_id: str
+    db: str | None = None
+    judge: tuple[ModelSpec, str] | None = None
+    concurrency: int = 4
+    fresh: bool = False
+    json_path: Path | None = None
+    chart: Path | None = None
+    markdown: bool = False
+    quiet: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+async def execute(options: EvalOptions, out: Console, err: Console) -> EvalReport:
+    """Run the evaluation with a progress view, print the table, write JSON and chart."""
+    from langgraph_moa.models import resolve_model
+
+    judge = None
+    if options.judge is not None and any(i.scorer == "judge" for i in options.items):
+        model_spec, label = options.judge
+        judge = PairwiseJudge(
+            resolve_model(model_spec, temperature=0.0, max_tokens=512, name="judge"), label
+        )
+    baseline = options.specs[0] if judge is not None else None
+    async with EvalStore.from_url(options.db) as store:
+        if options.fresh:
+            removed = await store.clear(options.eval_id)
+            if removed and not options.quiet:
+                err.print(
+                    f"[dim]--fresh: dropped {removed} earlier results of {options.eval_id}[/]"
+                )
+        n = len(options.items)
+        judged = sum(i.scorer == "judge" for i in options.items)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=options.quiet,
+            transient=False,
+        ) as bar:
+            tasks = {s.label: bar.add_task(s.label, total=n) for s in options.specs}
+            judge_task = (
+                bar.add_task(f"judge ({judge.label})", total=judged * (len(options.specs) - 1))
+                if judge is not None
+                else None
+            )
+            # results recorded by an earlier, interrupted run count as done at once
+            for row in await store.results(options.eval_id):
+                spec = next((s for s in options.specs if s.key == row.spec), None)
+                if spec is None or row.item_id not in {i.id for i in options.items}:
+                    continue
+                if row.kind == "answer":
+                    bar.advance(tasks[spec.label])
+                elif judge_task is not None:
+                    bar.advance(judge_task)
+
+            def advance(kind: str, label: str) -> None:
+                bar.advance(tasks[label] if kind == "answer" or judge_task is None else judge_task)
+
+            report = await run_evaluation(
+                options.items,
+                options.specs,
+                store,
+                eval_id=options.eval_id,
+                judge=judge,
+                baseline=baseline,
+                concurrency=options.concurrency,
+                progress=advance,
+            )
+    if options.markdown:
+        out.print(markdown_table(report), markup=False, highlight=False)
+    else:
+        out.print(rich_table(report), width=None if out.is_terminal else 160)
+    if not options.quiet:
+        err.print(
+            f"[dim]{report.ran} results computed, {report.resumed} taken from the store "
+            f"(evaluation {report.eval_id}; rerun the same command to resume)[/]"
+        )
+        if report.judge_usage:
+            err.print(
+                f"[dim]judge {report.judge}: {report.judge_usage.get('calls', 0)} calls, "
+                f"{report.judge_usage.get('total_tokens', 0)} tokens[/]"
+            )
+    if options.json_path is not None:
+        data = report.to_json() | {
+            "dataset_items": len(options.items),
+            "specs_used": {
+                s.label: s.spec.model_dump(mode="json", exclude_unset=True) for s in options.specs
+            },
+            "notes": options.notes,
+        }
+        options.json_path.parent.mkdir(parents=True, exist_ok=True)
+        options.json_path.write_text(json.dumps(data, indent=1, default=str))
+    if options.chart is not None:
+        write_chart(report, options.chart)
+        if not options.quiet:
+            err.print(f"[dim]wrote {options.chart}[/]")
+    return report

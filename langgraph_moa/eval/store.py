@@ -1,0 +1,188 @@
+"""Evaluation results in the run store: one row per (evaluation, kind, spec, item).
+
+Tables (created on the store's database by :meth:`EvalStore.setup`):
+
+* ``moa_eval_results``: ``kind`` is ``answer`` (a spec's answer to an item, its score,
+  tokens, cost and latency) or ``judge`` (a pairwise judgment of a spec's answer against
+  the baseline's). An interrupted evaluation resumes by skipping the rows it finds.
+* ``moa_eval_migrations``: applied schema versions; a database written by a newer
+  version of this code is refused instead of misread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["SCHEMA_VERSION", "EvalSchemaError", "EvalStore", "ResultRow"]
+
+Kind = Literal["answer", "judge"]
+
+_metadata = sa.MetaData()
+_Text = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+_Time = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+migrations_table = sa.Table(
+    "moa_eval_migrations",
+    _metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("applied_at", _Time, nullable=False),
+)
+
+results_table = sa.Table(
+    "moa_eval_results",
+    _metadata,
+    sa.Column("eval_id", sa.String(100), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("spec", sa.String(150), primary_key=True),
+    sa.Column("item_id", sa.String(100), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("answer", _Text, nullable=True),
+    sa.Column("details", sa.JSON, nullable=True),
+    sa.Column("input_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("output_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("calls", sa.Integer, nullable=False, default=0),
+    sa.Column("cost", sa.Float, nullable=False, default=0.0),
+    sa.Column("latency_s", sa.Float, nullable=True),
+    sa.Column("created_at", _Time, nullable=False),
+)
+
+
+def _migration_1(conn: sa.Connection) -> None:
+    results_table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[tuple[str, Any]] = [("create moa_eval_results", _migration_1)]
+"""Ordered schema changes; a new one is appended, never edited."""
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class EvalSchemaError(RuntimeError):
+    """The database holds evaluation tables of a newer, unknown schema version."""
+
+
+@dataclass
+class ResultRow:
+    """One recorded result."""
+
+    eval_id: str
+    kind: Kind
+    spec: str
+    item_id: str
+    status: str
+    score: float | None = None
+    answer: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0
+    cost: float = 0.0
+    latency_s: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+_FIELDS = [c.name for c in results_table.columns if c.name != "created_at"]
+
+
+class EvalStore:
+    """Reads and writes ``moa_eval_results`` through a SQLAlchemy async engine."""
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
+        self.engine = engine
+        self._owns_engine = owns_engine
+
+    @classmethod
+    def from_url(cls, url: str | None) -> EvalStore:
+        """A store on ``url`` (else ``MOA_DB_URL``, else the default SQLite file)."""
+        from langgraph_moa.persistence.urls import create_async_engine
+        from langgraph_moa.runtime.store import resolve_db_url
+
+        return cls(create_async_engine(resolve_db_url(url)), owns_engine=True)
+
+    async def __aenter__(self) -> EvalStore:
+        await self.setup()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    async def setup(self) -> int:
+        """Create or upgrade the tables (idempotent, safe to race); return the version.
+
+        Raises :class:`EvalSchemaError` if the database was written by a newer version.
+        """
+        for attempt in range(10):  # processes racing on DDL: the losers retry
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(lambda c: migrations_table.create(c, checkfirst=True))
+                found = await self.schema_version()
+                if found > SCHEMA_VERSION:
+                    raise EvalSchemaError(
+                        f"the evaluation tables of this database are at schema version {found}, "
+                        f"newer than this langgraph-moa understands ({SCHEMA_VERSION}); upgrade "
+                        "langgraph-moa or use another --db"
+                    )
+                for version, (name, step) in enumerate(MIGRATIONS, start=1):
+                    if version <= found:
+                        continue
+                    async with self.engine.begin() as conn:
+                        await conn.run_sync(step)
+                        await conn.execute(
+                            migrations_table.insert().values(
+                                version=version, name=name, applied_at=datetime.now(UTC)
+                            )
+                        )
+                break
+            except sa.exc.DBAPIError:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        return await self.schema_version()
+
+    async def schema_version(self) -> int:
+        """The highest applied migration (0 before :meth:`setup`)."""
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(sa.select(sa.func.max(migrations_table.c.version)))
+        return int(value or 0)
+
+    async def record(self, row: ResultRow) -> bool:
+        """Insert ``row``; False if that (eval, kind, spec, item) was already recorded."""
+        values = {name: getattr(row, name) for name in _FIELDS}
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    results_table.insert().values(**values, created_at=datetime.now(UTC))
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    async def results(self, eval_id: str, kind: Kind | None = None) -> list[ResultRow]:
+        """The recorded rows of ``eval_id`` (of one ``kind``), oldest first."""
+        t = results_table
+        query = sa.select(*(t.c[name] for name in _FIELDS)).where(t.c.eval_id == eval_id)
+        if kind is not None:
+            query = query.where(t.c.kind == kind)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(t.c.created_at))).mappings().all()
+        return [ResultRow(**{**row, "details": row["details"] or {}}) for row in rows]
+
+    async def clear(self, eval_id: str) -> int:
+        """Delete every row of ``eval_id``; return how many."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                results_table.delete().where(results_table.c.eval_id == eval_id)
+            )
+        return int(done.rowcount or 0)

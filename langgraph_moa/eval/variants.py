@@ -1,0 +1,132 @@
+"""The built-in comparison: a MoA spec, its best single model, and Self-MoA of that model.
+
+MoA is no free lunch: with small models a mixture can score below its best member, and
+Self-MoA (one model sampled several times, then synthesized; Li et al. 2025) can beat
+mixing models. So an evaluation of a MoA spec runs, by default, side by side:
+
+* ``single-<agent>``: one agent with the chosen agent's model, role and settings, no
+  synthesis call (the layer concatenates one proposal, which is the answer);
+* ``self-moa-<agent>``: N copies of that agent sampled at temperature > 0, then a
+  synthesizer on the same model (N = the MoA's first-layer width, at least 2);
+* the MoA spec itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langgraph_moa.graphs.spec import GraphSpec
+
+__all__ = ["EvalSpec", "derive_specs", "self_moa_spec", "single_spec"]
+
+Role = Literal["single", "self-moa", "moa", "spec"]
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """A spec under evaluation: its display label, role and stable key."""
+
+    label: str
+    spec: GraphSpec
+    role: Role = "spec"
+
+    @property
+    def key(self) -> str:
+        """``label@hash``: results of a changed spec are not mixed with the old ones."""
+        return f"{self.label}@{self.spec.spec_hash()}"
+
+
+def _best_agent(spec: GraphSpec, best: str | None) -> str:
+    names = [a.name for a in spec.agents]
+    if best is None:
+        return spec.layers[0].agents[0]
+    if best not in names:
+        raise ValueError(f"--best {best!r} is not an agent of spec {spec.name!r}; agents: {names}")
+    return best
+
+
+def _agent_fields(spec: GraphSpec, name: str) -> dict[str, Any]:
+    return spec.agent(name).model_dump(exclude_unset=True, exclude={"name", "extends"})
+
+
+def _base(spec: GraphSpec) -> dict[str, Any]:
+    data = spec.model_dump(exclude_unset=True, include={"models", "defaults"})
+    data.setdefault("models", {})
+    return data
+
+
+def single_spec(spec: GraphSpec, best: str | None = None) -> GraphSpec:
+    """One agent (``best``, default the first agent of the first layer), no synthesis call."""
+    name = _best_agent(spec, best)
+    data = _base(spec) | {
+        "name": f"single-{name}"[:64],
+        "description": f"{name} of {spec.name} alone",
+        "agents": [{"name": name, **_agent_fields(spec, name)}],
+        "layers": [{"agents": [name], "synthesizer": "concat"}],
+    }
+    return GraphSpec.model_validate(data)
+
+
+def self_moa_spec(
+    spec: GraphSpec,
+    best: str | None = None,
+    *,
+    samples: int | None = None,
+    temperature: float = 0.7,
+) -> GraphSpec:
+    """``samples`` draws of ``best``'s model at ``temperature`` > 0, synthesized by it."""
+    name = _best_agent(spec, best)
+    n = samples if samples is not None else max(2, len(spec.layers[0].agents))
+    if n < 2:
+        raise ValueError(f"Self-MoA needs at least 2 samples, got {n}")
+    if temperature <= 0:
+        raise ValueError("Self-MoA samples need a temperature above 0")
+    fields = _agent_fields(spec, name)
+    agent_temperature = fields.get("temperature")
+    fields["temperature"] = agent_temperature if agent_temperature else temperature
+    data = _base(spec)
+    model_name = fields.get("model") or spec.defaults.model
+    model = spec.model_spec(model_name)
+    if model.temperature is not None and model.temperature <= 0:
+        # the model entry pins greedy decoding, which would make every sample the same
+        sampled = "self_moa_sampled"
+        data["models"][sampled] = model.model_dump(exclude_unset=True) | {
+            "temperature": fields["temperature"]
+        }
+        fields["model"] = sampled
+    last = spec.layers[-1].synthesizer.model_dump(exclude_unset=True, exclude={"model"})
+    copies = [f"{name}_{i}" for i in range(1, n + 1)]
+    data |= {
+        "name": f"self-moa-{name}"[:64],
+        "description": f"{n} samples of {name} of {spec.name}, synthesized by the same model",
+        "agents": [{"name": c, **fields} for c in copies],
+        "layers": [
+            {
+                "agents": copies,
+                "synthesizer": last | {"mode": "synthesize", "model": model_name},
+            }
+        ],
+    }
+    return GraphSpec.model_validate(data)
+
+
+def derive_specs(
+    spec: GraphSpec,
+    *,
+    best: str | None = None,
+    samples: int | None = None,
+    temperature: float = 0.7,
+) -> list[EvalSpec]:
+    """The single-model, Self-MoA and MoA specs of the built-in comparison, in that order."""
+    name = _best_agent(spec, best)
+    n = samples if samples is not None else max(2, len(spec.layers[0].agents))
+    return [
+        EvalSpec(f"single ({name})", single_spec(spec, name), "single"),
+        EvalSpec(
+            f"self-MoA ({name} x{n})",
+            self_moa_spec(spec, name, samples=n, temperature=temperature),
+            "self-moa",
+        ),
+        EvalSpec(f"MoA ({spec.name})", spec, "moa"),
+    ]
