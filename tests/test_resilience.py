@@ -6,25 +6,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from langgraph_moa.models.limits import CallLimiter
 from langgraph_moa.nodes import QuorumError
 from langgraph_moa.nodes.budget import BUDGET_KEY, usage_report
 from langgraph_moa.runtime import MoA
 from langgraph_moa.testing import ChatRequest, ModelServer
-
-
-@pytest.fixture
-async def saver(tmp_path: Path) -> AsyncIterator[AsyncSqliteSaver]:
-    """A real SQLite checkpointer (file in tmp_path)."""
-    async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "moa.sqlite")) as s:
-        yield s
 
 
 def spec_of(
@@ -69,11 +60,11 @@ def assert_usage_matches(usage: dict[str, Any], served: dict[str, int]) -> None:
 
 
 async def test_429_with_retry_after_is_honoured_then_succeeds(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     model_server.add_rule(model="a", fail=429, retry_after=1.0, times=1)
     spec = spec_of(model_server, ["a"], model={"max_retries": 2})
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("task")
 
     assert result.status == "success"
@@ -85,12 +76,12 @@ async def test_429_with_retry_after_is_honoured_then_succeeds(
 
 
 async def test_500_burst_is_retried_with_growing_backoff(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     model_server.add_rule(model="a", fail=500, times=3)
     model_server.add_rule(model="b", fail=503)  # never recovers: retries run out
     spec = spec_of(model_server, ["a", "b"], model={"max_retries": 3})
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("task")
 
     proposals = result.values["proposals"]["1"]
@@ -108,11 +99,11 @@ async def test_500_burst_is_retried_with_growing_backoff(
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
 async def test_4xx_that_cannot_succeed_is_not_retried(
-    model_server: ModelServer, saver: AsyncSqliteSaver, status: int
+    model_server: ModelServer, sqlite_url: str, status: int
 ) -> None:
     model_server.add_rule(model="bad", fail=status)
     spec = spec_of(model_server, ["bad", "good"], model={"max_retries": 5})
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("task")
 
     assert model_server.calls("bad") == 1
@@ -121,12 +112,10 @@ async def test_4xx_that_cannot_succeed_is_not_retried(
     assert result.status == "success"  # quorum 1: the good agent carries the layer
 
 
-async def test_dropped_connection_is_retried(
-    model_server: ModelServer, saver: AsyncSqliteSaver
-) -> None:
+async def test_dropped_connection_is_retried(model_server: ModelServer, sqlite_url: str) -> None:
     model_server.add_rule(model="a", fail="stall", stall=0.2, times=1)  # closes, no response
     spec = spec_of(model_server, ["a"], model={"max_retries": 1, "timeout": 10})
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("task")
 
     assert result.values["proposals"]["1"]["a"]["status"] == "ok"
@@ -137,12 +126,12 @@ async def test_dropped_connection_is_retried(
 
 
 async def test_stalled_call_is_cut_by_its_timeout_then_retried(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     model_server.add_rule(model="a", fail="stall", stall=60, times=1)
     model_server.add_rule(model="b", fail="stall", stall=60)
     spec = spec_of(model_server, ["a", "b"], model={"max_retries": 1, "timeout": 0.5})
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("task")
 
     proposals = result.values["proposals"]["1"]
@@ -154,12 +143,10 @@ async def test_stalled_call_is_cut_by_its_timeout_then_retried(
     assert model_server.in_flight("a") == 1 and model_server.in_flight("b") == 2
 
 
-async def test_layer_timeout_cuts_stragglers(
-    model_server: ModelServer, saver: AsyncSqliteSaver
-) -> None:
+async def test_layer_timeout_cuts_stragglers(model_server: ModelServer, sqlite_url: str) -> None:
     model_server.add_rule(model="slow", fail="stall", stall=60)
     spec = spec_of(model_server, ["fast", "slow"], timeout=0.5)
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("task")
 
     assert result.status == "success"
@@ -174,11 +161,11 @@ async def test_layer_timeout_cuts_stragglers(
 
 
 async def test_quorum_two_of_three_cuts_the_hanging_agent_after_grace(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     model_server.add_rule(model="p3", fail="stall", stall=120)
     spec = spec_of(model_server, ["p1", "p2", "p3"], min_proposals=2, grace_period=0.3)
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("Name two uses of a B-tree.")
 
     assert result.status == "success"
@@ -194,12 +181,12 @@ async def test_quorum_two_of_three_cuts_the_hanging_agent_after_grace(
 
 
 async def test_below_quorum_fails_and_resume_retries_only_the_failed_agents(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     model_server.add_rule(model="p2", fail=500, times=2)
     model_server.add_rule(model="p3", fail=500, times=1)
     spec = spec_of(model_server, ["p1", "p2", "p3"], min_proposals=2)
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         with pytest.raises(QuorumError, match=r"layer 1: 1 of 3 agents answered, 2 needed"):
             await moa.ainvoke("task", thread_id="t")
         assert [model_server.calls(m) for m in ("p1", "p2", "p3", "synth")] == [1, 1, 1, 0]
@@ -216,11 +203,11 @@ async def test_below_quorum_fails_and_resume_retries_only_the_failed_agents(
 
 
 async def test_quorum_failure_persists_until_the_models_recover(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     model_server.add_rule(model="p2", fail=503, times=2)
     spec = spec_of(model_server, ["p1", "p2"], min_proposals=2)
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         for _ in range(2):  # the first run and one resume both fail on p2
             with pytest.raises(QuorumError, match="p2 failed"):
                 await moa.ainvoke("task" if _ == 0 else None, thread_id="t")
@@ -233,7 +220,7 @@ async def test_quorum_failure_persists_until_the_models_recover(
 
 
 async def test_fifty_agents_on_one_endpoint_never_exceed_its_concurrency(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     model_server.set_latency("w", 0.1)
     names = [f"a{i}" for i in range(1, 51)]
@@ -242,7 +229,7 @@ async def test_fifty_agents_on_one_endpoint_never_exceed_its_concurrency(
         "agents": [{"name": n, "model": "w"} for n in names],
         "layers": [{"agents": names, "synthesizer": "concat"}],
     }
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("task")
 
     assert model_server.calls("w") == 50
@@ -262,10 +249,7 @@ async def test_concurrency_cap_is_shared_by_runs_and_event_loops(
     }
 
     async def one_run(db: str, thread: str) -> str:
-        async with (
-            AsyncSqliteSaver.from_conn_string(str(tmp_path / db)) as s,
-            MoA(spec, checkpointer=s) as moa,
-        ):
+        async with MoA(spec, db_url=f"sqlite:///{tmp_path / db}") as moa:
             return (await moa.ainvoke(f"task {thread}", thread_id=thread)).status
 
     other_loop: list[str] = []
@@ -288,7 +272,7 @@ async def test_concurrency_cap_is_shared_by_runs_and_event_loops(
 
 
 async def test_requests_per_second_spaces_the_calls(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     names = [f"a{i}" for i in range(1, 7)]
     spec = {
@@ -298,7 +282,7 @@ async def test_requests_per_second_spaces_the_calls(
         "agents": [{"name": n, "model": "w"} for n in names],
         "layers": [{"agents": names, "synthesizer": "concat"}],
     }
-    async with MoA(spec, checkpointer=saver) as moa:
+    async with MoA(spec, db_url=sqlite_url) as moa:
         await moa.ainvoke("task")
 
     starts = [r.started for r in of(model_server, "w")]
@@ -332,13 +316,16 @@ async def test_call_limiter_survives_cancelled_waiters() -> None:
 
 
 async def test_usage_per_agent_layer_and_run_matches_the_server(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     prices = {"input_cost_per_mtok": 2.0, "output_cost_per_mtok": 10.0}
     spec = spec_of(model_server, ["p1", "p2", "p3"], layers=2, model=prices)
-    async with MoA(spec, checkpointer=saver) as moa:
-        result = await moa.ainvoke("Compare B-trees and LSM-trees.")
+    async with MoA(spec, db_url=sqlite_url) as moa:
+        result = await moa.ainvoke("Compare B-trees and LSM-trees.", thread_id="t")
+        assert moa.registry is not None
+        record = await moa.registry.latest_run("t")
 
+    assert record is not None and record.usage == result.usage  # the run registry has it
     report = usage_report(result.values)
     assert_usage_matches(report["total"], served_usage(model_server))
     assert report["total"] == result.usage
@@ -358,8 +345,8 @@ async def test_usage_per_agent_layer_and_run_matches_the_server(
 # -- budgets ---------------------------------------------------------------------------------
 
 
-async def _full_run_usage(srv: ModelServer, spec: dict[str, Any], saver: Any) -> tuple[int, int]:
-    async with MoA(spec, checkpointer=saver) as moa:
+async def _full_run_usage(srv: ModelServer, spec: dict[str, Any], db: str) -> tuple[int, int]:
+    async with MoA(spec, db_url=db) as moa:
         full = await moa.ainvoke("task", thread_id="full")
     assert full.status == "success"
     calls, tokens = srv.calls(), full.usage["total_tokens"]
@@ -368,14 +355,14 @@ async def _full_run_usage(srv: ModelServer, spec: dict[str, Any], saver: Any) ->
 
 
 async def test_token_budget_stops_before_the_next_call_and_resumes_with_more(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     spec = spec_of(model_server, ["p1", "p2", "p3"], layers=2)
     spec["defaults"] = {"max_tokens": 8}
-    full_calls, full_tokens = await _full_run_usage(model_server, spec, saver)
+    full_calls, full_tokens = await _full_run_usage(model_server, spec, sqlite_url)
 
     budget = full_tokens // 2
-    async with MoA({**spec, "max_total_tokens": budget}, checkpointer=saver) as moa:
+    async with MoA({**spec, "max_total_tokens": budget}, db_url=sqlite_url) as moa:
         stopped = await moa.ainvoke("task", thread_id="t")
         assert stopped.status == "interrupted"
         (info,) = stopped.interrupts[:1]
@@ -385,6 +372,11 @@ async def test_token_budget_stops_before_the_next_call_and_resumes_with_more(
         assert served_usage(model_server)["total_tokens"] == stopped.usage["total_tokens"]
         calls_before = model_server.calls()
         assert 0 < calls_before < full_calls
+        assert moa.registry is not None
+        record = await moa.registry.latest_run("t")
+        assert record is not None and record.status == "interrupted"
+        assert record.usage == stopped.usage
+        assert "token budget" in record.waiting_for[0]["reason"]
 
         # resuming with the same budget makes no call and stays paused
         again = await moa.ainvoke(None, thread_id="t")
@@ -400,14 +392,12 @@ async def test_token_budget_stops_before_the_next_call_and_resumes_with_more(
     assert_usage_matches(done.usage, served_usage(model_server))
 
 
-async def test_cost_budget_stops_and_resumes(
-    model_server: ModelServer, saver: AsyncSqliteSaver
-) -> None:
+async def test_cost_budget_stops_and_resumes(model_server: ModelServer, sqlite_url: str) -> None:
     prices = {"input_cost_per_mtok": 1000.0, "output_cost_per_mtok": 4000.0}
     spec = spec_of(model_server, ["p1", "p2"], layers=2, model=prices)
     spec["defaults"] = {"max_tokens": 8}
-    full_calls, _ = await _full_run_usage(model_server, spec, saver)
-    async with MoA({**spec, "max_cost": 0.1}, checkpointer=saver) as moa:
+    full_calls, _ = await _full_run_usage(model_server, spec, sqlite_url)
+    async with MoA({**spec, "max_cost": 0.1}, db_url=sqlite_url) as moa:
         stopped = await moa.ainvoke("task", thread_id="t")
         assert stopped.status == "interrupted"
         assert "cost budget" in stopped.interrupts[0]["reason"]

@@ -4,12 +4,9 @@ the layer falls back to broadcast, and the run records it."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from langgraph_moa.nodes import Plan, PlanError, parse_plan
 from langgraph_moa.runtime import MoA, RunResult
@@ -17,12 +14,6 @@ from langgraph_moa.testing import ChatRequest, ModelServer
 
 AGENTS = ["research", "coding", "review"]
 GOOD = {"plan": [{"agent": "coding", "subtask": "write it"}]}
-
-
-@pytest.fixture
-async def saver(tmp_path: Path) -> AsyncIterator[AsyncSqliteSaver]:
-    async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "moa.sqlite")) as s:
-        yield s
 
 
 def router_spec(srv: ModelServer, **routing: Any) -> dict[str, Any]:
@@ -40,8 +31,8 @@ def router_spec(srv: ModelServer, **routing: Any) -> dict[str, Any]:
     }
 
 
-async def run(srv: ModelServer, saver: AsyncSqliteSaver, **routing: Any) -> RunResult:
-    async with MoA(router_spec(srv, **routing), checkpointer=saver) as moa:
+async def run(srv: ModelServer, sqlite_url: str, **routing: Any) -> RunResult:
+    async with MoA(router_spec(srv, **routing), db_url=sqlite_url) as moa:
         return await moa.ainvoke("Write is_prime(n) and test it.")
 
 
@@ -65,11 +56,11 @@ def called_agents(srv: ModelServer) -> list[str]:
     ],
 )
 async def test_malformed_plan_is_repaired_once_with_the_error(
-    model_server: ModelServer, saver: AsyncSqliteSaver, bad: str, error: str
+    model_server: ModelServer, sqlite_url: str, bad: str, error: str
 ) -> None:
     model_server.add_rule(model="router", reply=bad, times=1)
     model_server.add_rule(model="router", json=GOOD)
-    result = await run(model_server, saver)
+    result = await run(model_server, sqlite_url)
 
     assert result.status == "success"
     _, repair = router_calls(model_server)
@@ -83,10 +74,10 @@ async def test_malformed_plan_is_repaired_once_with_the_error(
 
 
 async def test_plan_still_bad_after_repair_falls_back_to_broadcast_and_says_so(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     model_server.add_rule(model="router", json={"plan": [{"agent": "ghost", "subtask": "x"}]})
-    result = await run(model_server, saver)
+    result = await run(model_server, sqlite_url)
 
     assert result.status == "success"
     assert len(router_calls(model_server)) == 2  # asked, repaired once, no more
@@ -104,10 +95,10 @@ async def test_plan_still_bad_after_repair_falls_back_to_broadcast_and_says_so(
 
 
 async def test_router_endpoint_failure_falls_back_without_a_repair(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     model_server.add_rule(model="router", fail=500)
-    result = await run(model_server, saver)
+    result = await run(model_server, sqlite_url)
 
     assert result.status == "success"
     assert len(router_calls(model_server)) == 1  # a failed endpoint is not "repaired"
@@ -118,7 +109,7 @@ async def test_router_endpoint_failure_falls_back_without_a_repair(
 
 
 async def test_plan_in_prose_and_fences_is_used_without_repair(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     plan = {
         "plan": [
@@ -128,7 +119,7 @@ async def test_plan_in_prose_and_fences_is_used_without_repair(
         ]
     }
     model_server.add_rule(model="router", reply=f"Plan:\n```json\n{json.dumps(plan)}\n```\nDone.")
-    result = await run(model_server, saver)
+    result = await run(model_server, sqlite_url)
 
     assert len(router_calls(model_server)) == 1 and not result.notes
     assert called_agents(model_server) == ["coding", "review"]
@@ -137,10 +128,10 @@ async def test_plan_in_prose_and_fences_is_used_without_repair(
 
 
 async def test_structured_output_plan_is_used_and_counted(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     model_server.add_rule(model="router", json=GOOD)
-    result = await run(model_server, saver, structured_output=True)
+    result = await run(model_server, sqlite_url, structured_output=True)
 
     (call,) = router_calls(model_server)
     assert "response_format" in call.body or "tools" in call.body
@@ -149,10 +140,10 @@ async def test_structured_output_plan_is_used_and_counted(
 
 
 async def test_structured_output_with_unknown_agents_is_repaired_then_falls_back(
-    model_server: ModelServer, saver: AsyncSqliteSaver
+    model_server: ModelServer, sqlite_url: str
 ) -> None:
     # no rule: the server fills the schema with its own text, which names no real agent
-    result = await run(model_server, saver, structured_output=True)
+    result = await run(model_server, sqlite_url, structured_output=True)
 
     assert len(router_calls(model_server)) == 2
     assert "unknown agent" in router_calls(model_server)[1].prompt

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
+from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -74,20 +77,33 @@ async def call_model(
             ledger.settle(reservation, usage)
 
 
+_invocations: OrderedDict[object, str] = OrderedDict()
+_invocations_lock = threading.Lock()
+_MAX_INVOCATIONS = 4096
+
+
 def invocation_id(config: RunnableConfig) -> str:
-    """An id of the current graph invocation: the run id when the caller gave one, else
-    the id LangGraph's callbacks gave the root run. A resume is a new invocation."""
+    """An id of the current graph invocation; a resume is a new invocation (even when it
+    keeps the run id, as a registry run does across its resumes).
+
+    LangGraph gives every invocation a fresh run-scoped ``Runtime.control``; the id is a
+    token kept for that object (strong references to the newest few thousand, so an
+    object's address cannot be reused while its token lives)."""
     from langgraph.runtime import get_runtime
 
     try:
-        info = get_runtime().execution_info
+        control: object | None = get_runtime().control
     except Exception:  # outside a graph
-        info = None
-    run_id = info.run_id if info is not None else None
-    if run_id:
-        return str(run_id)
-    parent = getattr(config.get("callbacks"), "parent_run_id", None)
-    return str(parent) if parent else ""
+        control = None
+    if control is None:
+        return uuid.uuid4().hex
+    with _invocations_lock:
+        token = _invocations.get(control)
+        if token is None:
+            token = _invocations[control] = uuid.uuid4().hex
+            if len(_invocations) > _MAX_INVOCATIONS:
+                _invocations.popitem(last=False)
+        return token
 
 
 def checkpoint_id() -> str:
