@@ -408,3 +408,39 @@ async def test_cost_budget_stops_and_resumes(model_server: ModelServer, sqlite_u
     assert done.status == "success"
     assert model_server.calls() == full_calls
     assert_usage_matches(done.usage, served_usage(model_server))
+
+
+# -- the CLI's live view -----------------------------------------------------------------------
+
+
+async def test_live_view_shows_missing_agents_usage_cost_and_budget_pause(
+    model_server: ModelServer, sqlite_url: str
+) -> None:
+    from rich.console import Console
+
+    from langgraph_moa.runtime.progress import RunProgress
+
+    model_server.add_rule(model="p3", fail="stall", stall=120)
+    prices = {"input_cost_per_mtok": 3.0, "output_cost_per_mtok": 15.0}
+    spec = spec_of(
+        model_server, ["p1", "p2", "p3"], layers=2, model=prices, min_proposals=2, grace_period=0.2
+    )
+    spec["defaults"] = {"max_tokens": 8}
+    view = RunProgress([["p1", "p2", "p3"]] * 2)
+    async with MoA(spec, db_url=sqlite_url) as moa:
+        result = await moa.ainvoke("task", on_event=view.feed)
+
+    assert view.rows["L1_p3"].status == "missing" and "grace period" in view.rows["L1_p3"].note
+    assert view.rows["L1_p1"].status == view.rows["L2_synthesizer"].status == "done"
+    assert view.usage["total_tokens"] == result.usage["total_tokens"]
+    assert view.usage["cost"] == pytest.approx(result.usage["cost"])
+    console = Console(width=160, record=True)
+    console.print(view.render())
+    text = console.export_text()
+    assert f"total: {result.usage['total_tokens']} tokens" in text and "cost" in text
+
+    paused = RunProgress([["p1", "p2", "p3"]] * 2)
+    async with MoA({**spec, "max_total_tokens": 200}, db_url=sqlite_url) as moa:
+        stopped = await moa.ainvoke("task", thread_id="b", on_event=paused.feed)
+    assert stopped.status == "interrupted"
+    assert any(r.status == "paused" and "token budget" in r.note for r in paused.rows.values())

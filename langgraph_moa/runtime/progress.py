@@ -13,13 +13,14 @@ from rich.text import Text
 
 __all__ = ["AgentRow", "RunProgress"]
 
-Status = Literal["waiting", "running", "done", "failed", "paused"]
+Status = Literal["waiting", "running", "done", "failed", "missing", "paused"]
 _NODE = re.compile(r"^L(\d+)_(.+)$")
 _STYLE = {
     "waiting": "dim",
     "running": "yellow",
     "done": "green",
     "failed": "red",
+    "missing": "red",
     "paused": "magenta",
 }
 
@@ -32,6 +33,7 @@ class AgentRow:
     name: str
     status: Status = "waiting"
     tokens: int = 0
+    cost: float = 0.0
     started: float | None = None
     seconds: float | None = None
     note: str = ""
@@ -44,6 +46,8 @@ class RunProgress:
     layers: list[list[str]]
     rows: dict[str, AgentRow] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    usage: dict[str, float] = field(default_factory=dict)
+    """Run totals so far: input_tokens, output_tokens, total_tokens, cost."""
 
     def __post_init__(self) -> None:
         for n, agents in enumerate(self.layers, start=1):
@@ -64,7 +68,11 @@ class RunProgress:
             if chunk.get("error"):
                 row.status, row.note = "failed", str(chunk["error"])[:80]
             elif chunk.get("interrupts"):
+                first = chunk["interrupts"][0]  # a dict in the tasks stream, else an Interrupt
+                value = first.get("value") if isinstance(first, dict) else first.value
                 row.status, row.note = "paused", "waiting for approval"
+                if isinstance(value, dict) and value.get("kind") == "budget":
+                    row.note = str(value.get("reason", "budget"))[:80]
             else:
                 row.status = "done"
                 self._result(row, chunk.get("result"))
@@ -74,16 +82,21 @@ class RunProgress:
             return
         for usage in (result.get("usage") or {}).values():
             row.tokens += int(usage.get("total_tokens", 0))
+            row.cost += float(usage.get("cost", 0.0))
+            for key in ("input_tokens", "output_tokens", "total_tokens", "cost"):
+                self.usage[key] = self.usage.get(key, 0) + usage.get(key, 0)
         for by_agent in (result.get("proposals") or {}).values():
             for proposal in by_agent.values():
-                if proposal.get("status") == "failed":
-                    row.status, row.note = "failed", str(proposal.get("error", ""))[:80]
+                status = proposal.get("status")
+                if status in ("failed", "missing") and row.name == proposal.get("agent"):
+                    row.status, row.note = status, str(proposal.get("error", ""))[:80]
         self.notes.extend(result.get("notes") or [])
 
     def render(self) -> RenderableType:
         """A rich table of every layer."""
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
-        for col in ("layer", "node", "status", "tokens", "time", ""):
+        priced = bool(self.usage.get("cost"))
+        for col in ("layer", "node", "status", "tokens", *(["cost"] if priced else []), "time", ""):
             table.add_column(col)
         for row in self.rows.values():
             if row.name == "router" and row.status == "waiting":
@@ -98,7 +111,16 @@ class RunProgress:
                 row.name,
                 Text(row.status, style=_STYLE[row.status]),
                 str(row.tokens or ""),
+                *([f"{row.cost:.4g}" if row.cost else ""] if priced else []),
                 secs,
                 Text(row.note, style="dim"),
             )
-        return Group(table, *(Text(f"note: {n}", style="dim") for n in self.notes[-3:]))
+        lines = [Text(f"note: {n}", style="dim") for n in self.notes[-3:]]
+        if self.usage:
+            u = self.usage
+            total = (
+                f"total: {int(u.get('total_tokens', 0))} tokens "
+                f"(in {int(u.get('input_tokens', 0))}, out {int(u.get('output_tokens', 0))})"
+            )
+            lines.append(Text(total + (f" · cost {u['cost']:.4g}" if priced else ""), style="bold"))
+        return Group(table, *lines)
