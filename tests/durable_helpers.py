@@ -20,7 +20,7 @@ MODELS = {"a1": "m1", "a2": "m2", "a3": "m3", "a4": "m4"}
 
 
 def durable_spec(srv: ModelServer, **layer: Any) -> dict[str, Any]:
-    """2 layers of the 4 agents a1..a4 (model mK each, ``max_retries: 0``), synthesizer ``synth``."""
+    """2 layers of the agents a1..a4 (model mK each, no retries), synthesizer ``synth``."""
     models = {
         name: {"model": name, "base_url": srv.base_url, "max_retries": 0, "timeout": 120}
         for name in [*MODELS.values(), "synth"]

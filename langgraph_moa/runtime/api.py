@@ -50,6 +50,7 @@ from langgraph_moa.runtime.runs import (
     StoreError,
     UnknownThreadError,
     copy_checkpoint,
+    describe_interrupt,
     describe_waiting,
     spec_changes,
     spec_data,
@@ -78,6 +79,8 @@ class RunResult:
     values: dict[str, Any] = field(default_factory=dict)
     next: list[str] = field(default_factory=list)
     """Nodes that run next when the run is paused (empty when it finished)."""
+    interrupt_ids: list[str] = field(default_factory=list)
+    """Ids of :attr:`interrupts`, for ``Command(resume={id: value})`` when there are several."""
 
     def to_json(self) -> dict[str, Any]:
         """The object ``moa run --json`` prints."""
@@ -96,7 +99,11 @@ class RunResult:
     def waiting_for(self) -> list[dict[str, Any]]:
         """What a paused run waits for: the interrupts, or the nodes after a pause."""
         if self.interrupts:
-            return [i if isinstance(i, dict) else {"value": i} for i in self.interrupts]
+            ids = self.interrupt_ids or [""] * len(self.interrupts)
+            return [
+                {**(i if isinstance(i, dict) else {"value": i}), "interrupt_id": n}
+                for i, n in zip(self.interrupts, ids, strict=False)
+            ]
         if self.next:
             return [{"kind": "paused", "next": self.next}]
         return []
@@ -470,6 +477,7 @@ class MoA:
             notes=list(values.get("notes") or []),
             values=values,
             next=list(snapshot.next),
+            interrupt_ids=[i.id for i in snapshot.interrupts],
         )
 
     async def aedit(
@@ -682,12 +690,7 @@ async def aresume(
                 asked = list(record.waiting_for or []) if record is not None else []
                 interrupts = [w for w in asked if w.get("kind") != "paused"]
                 if interrupts:
-                    if decision.plan is not None:
-                        raise RunError(
-                            "this pause is before a synthesizer: the plan is already carried "
-                            "out; only proposals can be replaced"
-                        )
-                    resume = {"proposals": decision.proposals, "approved": True}
+                    resume = _answer(interrupts, decision, use)
                 else:
                     await moa.aedit(thread_id, proposals=decision.proposals, plan=decision.plan)
             return await moa.ainvoke(
@@ -698,6 +701,35 @@ async def aresume(
                 force=force,
                 on_event=on_event,
             )
+
+
+def _answer(interrupts: list[dict[str, Any]], decision: Decision, spec: GraphSpec) -> Any:
+    """The resume value of a decision: for a layer waiting before its synthesizer
+    ``{"proposals": edits}``, for any other interrupt (e.g. a budget) ``True`` (go on)."""
+    if decision.plan is not None:
+        raise RunError(
+            "the run waits before a synthesizer: its plan is already carried out, only "
+            "proposals can be replaced (pause after the router to edit a plan)"
+        )
+    values: dict[str, Any] = {}
+    placed: set[str] = set()
+    for item in interrupts:
+        if item.get("kind") == "approve_synthesis":
+            agents = spec.layers[int(item["layer"]) - 1].agents
+            edits = {a: t for a, t in decision.proposals.items() if a in agents}
+            placed.update(edits)
+            values[str(item.get("interrupt_id") or "")] = {"proposals": edits}
+        else:
+            values[str(item.get("interrupt_id") or "")] = True
+    unplaced = sorted(set(decision.proposals) - placed)
+    if unplaced:
+        raise RunError(
+            f"--edit names {unplaced}, but no layer waiting for approval has such an agent "
+            f"(waiting: {', '.join(describe_interrupt(i) for i in interrupts)})"
+        )
+    if len(values) == 1:
+        return Command(resume=next(iter(values.values())))
+    return Command(resume=values)
 
 
 async def ahistory(thread_id: str, *, db_url: str | None = None) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ __all__ = [
     "StoreError",
     "UnknownThreadError",
     "copy_checkpoint",
+    "describe_interrupt",
     "describe_waiting",
     "load_decision_file",
     "parse_edits",
@@ -161,20 +162,23 @@ def load_decision_file(path: Path) -> Decision:
     )
 
 
+def describe_interrupt(item: Any) -> str:
+    """One thing a paused run waits for, in words."""
+    if not isinstance(item, dict):
+        return str(item)
+    if item.get("kind") == "approve_synthesis":
+        agents = ", ".join(sorted(item.get("proposals") or {}))
+        return f"approval of layer {item.get('layer')}'s proposals ({agents})"
+    if item.get("kind") == "paused":
+        return f"a go-ahead before {', '.join(item.get('next') or [])}"
+    shown = {k: v for k, v in item.items() if k != "interrupt_id"}
+    return json.dumps(shown, default=str)
+
+
 def describe_waiting(run: RunRecord) -> str:
     """What a paused run waits for, in a sentence."""
     items = run.waiting_for or []
-    parts: list[str] = []
-    for item in items if isinstance(items, list) else [items]:
-        if not isinstance(item, dict):
-            parts.append(str(item))
-        elif item.get("kind") == "approve_synthesis":
-            agents = ", ".join(sorted(item.get("proposals") or {}))
-            parts.append(f"approval of layer {item.get('layer')}'s proposals ({agents})")
-        elif item.get("kind") == "paused":
-            parts.append(f"a go-ahead before {', '.join(item.get('next') or [])}")
-        else:
-            parts.append(json.dumps(item, default=str))
+    parts = [describe_interrupt(i) for i in (items if isinstance(items, list) else [items])]
     return "; ".join(parts) or "nothing (it was stopped)"
 
 
