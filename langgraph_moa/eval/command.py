@@ -142,7 +142,8 @@ async def execute(options: EvalOptions, out: Console, err: Console) -> EvalRepor
     if options.markdown:
         out.print(markdown_table(report), markup=False, highlight=False)
     else:
-        out.print(rich_table(report), width=None if out.is_terminal else 160)
+        wide = out if out.is_terminal else Console(file=out.file, width=160)
+        wide.print(rich_table(report))
     if not options.quiet:
         err.print(
             f"[dim]{report.ran} results computed, {report.resumed} taken from the store "

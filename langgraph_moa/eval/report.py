@@ -110,8 +110,8 @@ def write_chart(report: EvalReport, path: Path) -> None:
     for ax, (title, bars) in zip(axes[0], panels, strict=True):
         labels = [b[0] for b in bars]
         values = [b[1] or 0.0 for b in bars]
-        low = [v - (b[2] or (v, v))[0] for v, b in zip(values, bars, strict=True)]
-        high = [(b[2] or (v, v))[1] - v for v, b in zip(values, bars, strict=True)]
+        low = [max(0.0, v - (b[2] or (v, v))[0]) for v, b in zip(values, bars, strict=True)]
+        high = [max(0.0, (b[2] or (v, v))[1] - v) for v, b in zip(values, bars, strict=True)]
         ax.bar(range(len(bars)), values, yerr=[low, high], capsize=4, color="#4c72b0")
         ax.set_xticks(range(len(bars)), labels, rotation=15, ha="right", fontsize=8)
         ax.set_ylim(0, 1)

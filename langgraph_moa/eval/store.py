@@ -111,7 +111,11 @@ class EvalStore:
         return cls(create_async_engine(resolve_db_url(url)), owns_engine=True)
 
     async def __aenter__(self) -> EvalStore:
-        await self.setup()
+        try:
+            await self.setup()
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

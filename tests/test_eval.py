@@ -1,0 +1,528 @@
+"""`moa eval`: scorers, datasets, derived specs, the results store, and whole evaluations over
+the test model server with scripted answers (so the expected scores are known)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from typer.testing import CliRunner
+
+from langgraph_moa.eval import (
+    ChartUnavailable,
+    DatasetError,
+    EvalItem,
+    EvalSchemaError,
+    EvalSpec,
+    EvalStore,
+    PairwiseJudge,
+    ResultRow,
+    derive_specs,
+    exact_match,
+    load_dataset,
+    normalize,
+    parse_verdict,
+    regex_match,
+    run_evaluation,
+    wilson_interval,
+    write_chart,
+)
+from langgraph_moa.eval.command import build_specs
+from langgraph_moa.eval.runner import EvalReport, SpecSummary
+from langgraph_moa.graphs import load_spec, preset
+from langgraph_moa.testing import ChatRequest, ModelServer
+from tests.helpers import served_models
+
+# -- scorers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "references", "matched"),
+    [
+        ("48", ["48"], True),
+        ("The answer is 48.", ["48"], True),
+        ("12 x 4 = 48", ["48"], True),  # last number (GSM8K rule)
+        ("It costs $1,024.00 in total", ["1024"], True),
+        ("Seven.", ["7"], True),
+        ("  PARIS \n", ["paris"], True),
+        ("**Au**\n\nGold comes from Latin aurum.", ["AU"], True),
+        ("The output is [0, 2, 4, 6]", ["[0, 2, 4, 6]"], True),
+        ("The capital of France is Paris.", ["Paris"], False),  # exact: use a regex for this
+        ("48 muffins, no: 49", ["48"], False),
+        ("[0, 2, 4]", ["[0, 2, 4, 6]"], False),
+        ("3.50", ["3.5"], True),
+        ("-2", ["2"], False),
+    ],
+)
+def test_exact_match_normalizes_numbers_case_and_whitespace(
+    answer: str, references: list[str], matched: bool
+) -> None:
+    assert (exact_match(answer, references) is not None) is matched
+
+
+def test_normalize() -> None:
+    assert normalize("  The ANSWER is 1,000.50!\n") == "answer is 1000.5"
+    assert normalize("Twelve") == normalize("12.0") == "12"
+
+
+def test_regex_match_is_case_sensitive_unless_asked() -> None:
+    assert regex_match("It prints True", r"\bTrue\b") == "True"
+    assert regex_match("it prints true", r"\bTrue\b") is None
+    assert regex_match("PARIS", r"(?i)\bparis\b") == "PARIS"
+
+
+def test_wilson_interval_known_values() -> None:
+    low, high = wilson_interval(8, 10)
+    assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
+    assert wilson_interval(0, 10)[0] == 0.0 and round(wilson_interval(0, 10)[1], 4) == 0.2775
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("Both are fine but A is more precise.\nWinner: A", "A"),
+        ("Winner: **B**", "B"),
+        ("winner: Tie", "tie"),
+        ("B", "B"),
+        ("Response A is longer. Winner: Response B", "B"),
+        ("I cannot tell.", "invalid"),
+    ],
+)
+def test_parse_verdict(reply: str, verdict: str) -> None:
+    assert parse_verdict(reply) == verdict
+
+
+# -- datasets --------------------------------------------------------------------------------
+
+BAD_DATASETS = {
+    "bad_json": ('{"input": "a", "reference": "1"}\n{"input": "b", \n', ":2: not valid JSON"),
+    "no_input": ('{"reference": "1"}\n', ":1: input: Field required"),
+    "nothing_to_score": ('{"input": "a"}\n', ":1: item 'line-1' has nothing to score against"),
+    "bad_regex": ('{"input": "a", "regex": "("}\n', ":1: regex: Value error, regex '('"),
+    "duplicate_id": (
+        '{"id": "x", "input": "a", "reference": 1}\n{"id": "x", "input": "b", "reference": 2}\n',
+        ":2: duplicate id 'x' (first on line 1)",
+    ),
+    "unknown_field": ('{"input": "a", "answer": "1"}\n', ":1: answer: unknown field"),
+    "not_object": ('["a"]\n', ":1: each line must be a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATASETS))
+def test_bad_dataset_names_file_line_and_field(case: str, tmp_path: Path) -> None:
+    text, expected = BAD_DATASETS[case]
+    path = tmp_path / f"{case}.jsonl"
+    path.write_text(text)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(path)
+    assert f"{path}{expected}" in str(info.value)
+
+
+def test_builtin_dataset_is_well_formed_and_its_code_answers_are_right() -> None:
+    items = load_dataset("basic")
+    assert 45 <= len(items) <= 60
+    assert {i.category for i in items} == {"arithmetic", "facts", "code"}
+    assert all(i.scorer in ("exact", "regex") for i in items)
+    code = [i for i in items if i.category == "code"]
+    for item in code:  # the reference is what Python really prints
+        source = item.input.split("\n\n")[1]
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            exec(source, {})
+        output = printed.getvalue().strip()
+        assert item.reference == [output]
+        if item.regex:
+            assert regex_match(output, item.regex)
+        else:
+            assert exact_match(output, item.reference)
+
+
+def test_builtin_dataset_ships_in_the_wheel(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            tmp_path,
+            root,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    import zipfile
+
+    (wheel,) = tmp_path.glob("langgraph_moa-*.whl")
+    assert "langgraph_moa/eval/data/basic.jsonl" in zipfile.ZipFile(wheel).namelist()
+
+
+# -- derived specs ---------------------------------------------------------------------------
+
+
+def trio(srv: ModelServer) -> dict[str, Any]:
+    """One layer of p1, p2, p3 synthesized by 'synth'; a 'judge' model entry."""
+    names = ["p1", "p2", "p3"]
+    return {
+        "name": "trio",
+        "models": served_models(srv, *names, "synth", "judge"),
+        "agents": [{"name": n, "model": n} for n in names],
+        "layers": [{"agents": names, "synthesizer": {"model": "synth"}}],
+    }
+
+
+def test_derived_specs_single_self_moa_moa() -> None:
+    moa = preset("layered", proposers=3, layers=2)
+    single, self_moa, same = derive_specs(moa, samples=4, temperature=0.9)
+    assert same.spec is moa and same.role == "moa"
+    assert [a.name for a in single.spec.agents] == ["analyst"]
+    assert len(single.spec.layers) == 1 and single.spec.layers[0].synthesizer.mode == "concat"
+    assert [a.name for a in self_moa.spec.agents] == [f"analyst_{i}" for i in range(1, 5)]
+    assert {a.temperature for a in self_moa.spec.agents} == {0.9}
+    assert {a.description for a in self_moa.spec.agents} == {moa.agent("analyst").description}
+    (layer,) = self_moa.spec.layers
+    assert layer.synthesizer.mode == "synthesize"
+    assert layer.synthesizer.model == moa.agent("analyst").model
+    assert len({single.key, self_moa.key, same.key}) == 3
+    with pytest.raises(ValueError, match="not an agent"):
+        derive_specs(moa, best="ghost")
+
+
+def test_self_moa_samples_a_model_pinned_to_greedy(model_server: ModelServer) -> None:
+    data = trio(model_server)
+    data["models"]["p2"]["temperature"] = 0.0
+    single, self_moa, _ = derive_specs(load_spec(data), best="p2")
+    assert single.spec.agents[0].model == "p2"
+    sampled = self_moa.spec.agents[0].model
+    assert sampled != "p2" and self_moa.spec.models[sampled or ""].temperature == 0.7
+    assert self_moa.spec.layers[0].synthesizer.model == "p2"
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+async def test_store_records_once_and_guards_its_schema_version(db_url: str) -> None:
+    row = ResultRow("e1", "answer", "spec@1", "item-1", "ok", 1.0, "48", {"matched": "48"}, 3, 2, 1)
+    async with EvalStore.from_url(db_url) as store:
+        assert await store.setup() == 1  # idempotent
+        assert await store.record(row) is True
+        assert await store.record(row) is False  # (eval, kind, spec, item) is recorded once
+        (back,) = await store.results("e1")
+        assert (back.answer, back.details, back.total_tokens) == ("48", {"matched": "48"}, 5)
+        assert await store.results("other") == []
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO moa_eval_migrations (version, name, applied_at) "
+                    "VALUES (99, 'from the future', CURRENT_TIMESTAMP)"
+                )
+            )
+    with pytest.raises(EvalSchemaError, match="schema version 99"):
+        async with EvalStore.from_url(db_url):
+            pass
+
+
+# -- whole evaluations over the test model server ---------------------------------------------
+
+ITEMS = [
+    {"id": "a", "input": "Q-a: 4 trays of 12 muffins?", "reference": "48"},
+    {
+        "id": "b",
+        "input": "Q-b: capital of France?",
+        "reference": "Paris",
+        "regex": "(?i)\\bparis\\b",
+    },
+    {"id": "c", "input": "Q-c: 17 x 23?", "reference": "391"},
+    {"id": "d", "input": "Q-d: continents?", "reference": ["seven", "7"]},
+    {"id": "e", "input": "Q-e: [x*2 for x in range(4)]?", "reference": "[0, 2, 4, 6]"},
+    {"id": "f", "input": "Q-f: 3 == 3.0?", "reference": "True", "regex": "\\bTrue\\b"},
+]
+# (single p1, self-MoA synthesis by p1, MoA synthesis by synth): scripted answers
+ANSWERS = {
+    "a": ("The answer is 48.", "48", "Final answer: 48"),
+    "b": ("It is Paris.", "paris", "Paris"),
+    "c": ("17 x 23 = 391", "**391**", "391"),
+    "d": ("I think 6", "Seven.", "7"),
+    "e": ("[0, 2, 4]", "0 2 4 6 8", "The output is [0, 2, 4, 6]"),
+    "f": ("true", "TRUE", "It prints True"),
+}
+EXPECTED_CORRECT = {"single": 3, "self-MoA": 4, "MoA": 6}
+CALLS_PER_ITEM = {"single": 1, "self-MoA": 4, "MoA": 4}
+
+
+def by_item(column: int) -> Callable[[ChatRequest], str]:
+    def reply(req: ChatRequest) -> str:
+        item_id = req.last_user.split(":")[0].removeprefix("Q-")
+        return ANSWERS[item_id][column]
+
+    return reply
+
+
+def script_answers(srv: ModelServer) -> None:
+    srv.add_rule(model="p1", system="set of responses", reply=by_item(1))  # self-MoA synthesis
+    srv.add_rule(model="p1", reply=by_item(0))
+    srv.add_rule(model="synth", reply=by_item(2))
+
+
+def write_items(path: Path, items: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return path
+
+
+def role_of(spec_key: str) -> str:
+    return spec_key.split(" ")[0]
+
+
+async def test_scores_tokens_and_calls_match_the_scripted_answers(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    script_answers(model_server)
+    items = load_dataset(write_items(tmp_path / "d.jsonl", ITEMS))
+    specs = derive_specs(load_spec(trio(model_server)))
+    async with EvalStore.from_url(sqlite_url) as store:
+        report = await run_evaluation(items, specs, store, eval_id="t1", concurrency=3)
+        rows = await store.results("t1", "answer")
+
+    assert [s.label for s in report.specs] == ["single (p1)", "self-MoA (p1 x3)", "MoA (trio)"]
+    for summary in report.specs:
+        role = role_of(summary.label)
+        n = len(ITEMS)
+        assert (summary.answered, summary.errors, summary.closed) == (n, 0, n)
+        assert summary.correct == EXPECTED_CORRECT[role]
+        assert summary.accuracy == EXPECTED_CORRECT[role] / n
+        assert summary.accuracy_ci == wilson_interval(EXPECTED_CORRECT[role], n)
+        assert summary.calls == CALLS_PER_ITEM[role] * n
+        assert summary.win_rate is None
+    answers = {(role_of(r.spec), r.item_id): r.answer for r in rows}
+    assert answers[("single", "a")] == "The answer is 48."  # the lone proposal, no header
+    assert answers[("MoA", "e")] == "The output is [0, 2, 4, 6]"
+    assert model_server.calls() == sum(CALLS_PER_ITEM.values()) * len(ITEMS)
+    served = model_server.stats()["usage"]["total_tokens"]
+    assert sum(s.tokens for s in report.specs) == served
+    assert report.ran == 18 and report.resumed == 0
+
+    model_server.reset_counts()  # a rerun finds everything done and calls nothing
+    async with EvalStore.from_url(sqlite_url) as store:
+        again = await run_evaluation(items, specs, store, eval_id="t1")
+    assert model_server.calls() == 0
+    assert (again.ran, again.resumed) == (0, 18)
+    assert [s.correct for s in again.specs] == [s.correct for s in report.specs]
+
+
+RUBRIC_ITEMS = [
+    {"id": f"open-{i}", "input": f"Open question {i}: explain WAL.", "rubric": "Correct, clear."}
+    for i in range(3)
+]
+
+
+def _responses(req: ChatRequest) -> tuple[str, str]:
+    text = req.last_user
+    a = text.split("Response A:\n", 1)[1].split("\n\nResponse B:", 1)[0]
+    b = text.split("Response B:\n", 1)[1].split("\n\nWhich response", 1)[0]
+    return a, b
+
+
+async def test_judge_is_asked_in_both_orders_so_position_bias_cancels(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    model_server.add_rule(model="judge", reply="Looks fine to me.\nWinner: A")  # always A
+    items = load_dataset(write_items(tmp_path / "open.jsonl", RUBRIC_ITEMS))
+    specs = derive_specs(load_spec(trio(model_server)))
+    judge = PairwiseJudge(model_server.chat_model("judge"), "judge")
+    async with EvalStore.from_url(sqlite_url) as store:
+        report = await run_evaluation(
+            items, specs, store, eval_id="biased", judge=judge, baseline=specs[0]
+        )
+        judged = await store.results("biased", "judge")
+
+    single, self_moa, moa = report.specs
+    assert single.is_baseline and single.judged == 0
+    for summary in (self_moa, moa):
+        assert summary.judged == 3 and summary.win_rate == 0.5
+        assert summary.closed == 0 and summary.accuracy is None
+    assert {tuple(r.details["verdicts"]) for r in judged} == {("A", "A")}
+    assert model_server.calls("judge") == 2 * 3 * 2  # two orders x items x candidates
+    assert report.judge_usage["calls"] == 12
+
+
+async def test_judge_prefers_the_better_answer_in_either_position(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    model_server.add_rule(model="p1", system="set of responses", reply="plain synthesis")
+    model_server.add_rule(model="p1", reply="plain answer")
+    model_server.add_rule(model="synth", reply="GOOD synthesis")
+
+    def judge_reply(req: ChatRequest) -> str:
+        a, b = _responses(req)
+        if ("GOOD" in a) == ("GOOD" in b):
+            return "Both are alike.\nWinner: tie"
+        return "Winner: A" if "GOOD" in a else "Winner: B"
+
+    model_server.add_rule(model="judge", reply=judge_reply)
+    items = load_dataset(write_items(tmp_path / "open.jsonl", RUBRIC_ITEMS))
+    specs = derive_specs(load_spec(trio(model_server)))
+    judge = PairwiseJudge(model_server.chat_model("judge"), "judge")
+    async with EvalStore.from_url(sqlite_url) as store:
+        report = await run_evaluation(
+            items, specs, store, eval_id="fair", judge=judge, baseline=specs[0]
+        )
+        judged = {(role_of(r.spec), r.item_id): r for r in await store.results("fair", "judge")}
+
+    _, self_moa, moa = report.specs
+    assert moa.win_rate == 1.0 and self_moa.win_rate == 0.5
+    assert moa.win_ci == wilson_interval(3, 3)
+    for item in RUBRIC_ITEMS:  # MoA's answer was shown once as A and once as B
+        assert judged[("MoA", item["id"])].details["verdicts"] == ["A", "B"]
+        assert judged[("self-MoA", item["id"])].details["verdicts"] == ["tie", "tie"]
+        positions = [
+            _responses(r).index("GOOD synthesis")
+            for r in model_server.requests
+            if r.model == "judge" and item["input"] in r.last_user and "GOOD" in r.last_user
+        ]
+        assert sorted(positions) == [0, 1]
+
+
+async def test_a_failed_run_is_a_wrong_answer_with_its_reason(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    model_server.add_rule(model="p1", fail=400)  # the single model always fails
+    items = load_dataset(write_items(tmp_path / "d.jsonl", ITEMS[:2]))
+    specs = derive_specs(load_spec(trio(model_server)))[:1]
+    async with EvalStore.from_url(sqlite_url) as store:
+        report = await run_evaluation(items, specs, store, eval_id="fail")
+        rows = await store.results("fail")
+    (single,) = report.specs
+    assert (single.answered, single.errors, single.correct, single.closed) == (2, 2, 0, 2)
+    assert all(r.status == "error" and "QuorumError" in r.details["error"] for r in rows)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def _spec_file(srv: ModelServer, tmp_path: Path) -> Path:
+    path = tmp_path / "trio.yaml"
+    path.write_text(yaml.safe_dump(trio(srv)))
+    return path
+
+
+def _answer_rows(db_url: str) -> list[tuple[str, str]]:
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT spec, item_id FROM moa_eval_results WHERE kind = 'answer'")
+            ).all()
+    except sa.exc.OperationalError:  # the table is not created yet
+        return []
+    finally:
+        engine.dispose()
+    return [(str(s), str(i)) for s, i in rows]
+
+
+@pytest.mark.slow
+def test_cli_eval_resumes_after_sigkill_and_skips_done_items(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    script_answers(model_server)
+    model_server.set_latency(None, 0.15)
+    dataset = write_items(tmp_path / "d.jsonl", ITEMS)
+    args = [
+        sys.executable, "-m", "langgraph_moa.cli", "eval", str(dataset),
+        "--spec", str(_spec_file(model_server, tmp_path)), "--db", sqlite_url,
+        "--concurrency", "1",
+    ]  # fmt: skip
+    first = subprocess.Popen([*args, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(_answer_rows(sqlite_url)) < 5 and first.poll() is None:
+        assert time.monotonic() < deadline, "the evaluation made no progress"
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while model_server.in_flight():  # calls the killed process had sent
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    done = _answer_rows(sqlite_url)
+    total = len(ITEMS) * 3
+    assert 5 <= len(done) < total
+    model_server.reset_counts()
+
+    second = subprocess.run(
+        [*args, "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=240
+    )
+    assert second.returncode == 0, second.stderr
+    expected_calls = sum(CALLS_PER_ITEM.values()) * len(ITEMS) - sum(
+        CALLS_PER_ITEM[role_of(spec)] for spec, _ in done
+    )
+    assert model_server.calls() == expected_calls  # the done items were not asked again
+    assert f"{total - len(done)} results computed, {len(done)} taken from the store" in (
+        second.stderr.replace("\n", " ")
+    )
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [(s["correct"], s["answered"]) for s in result["specs"]] == [(3, 6), (4, 6), (6, 6)]
+    assert "single (p1)" in second.stdout and "66.7% [30%, 90%]" in second.stdout
+
+
+def test_cli_eval_markdown_and_chart(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    script_answers(model_server)
+    dataset = write_items(tmp_path / "d.jsonl", ITEMS)
+    chart = tmp_path / "eval.png"
+    from langgraph_moa.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval", str(dataset), "--spec", str(_spec_file(model_server, tmp_path)),
+            "--db", sqlite_url, "--markdown", "--chart", str(chart), "--quiet",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "| MoA (trio) | 6/6 | 6/6 | 100.0% [61%, 100%] |" in result.stdout
+    assert "| single (p1) | 6/6 | 3/6 | 50.0% [19%, 81%] |" in result.stdout
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chart_without_matplotlib_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises
+    report = EvalReport("x", 1, [SpecSummary("s", "s@1", "spec", 1, answered=1, closed=1)])
+    with pytest.raises(ChartUnavailable, match="pip install matplotlib"):
+        write_chart(report, tmp_path / "x.png")
+    from langgraph_moa.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "basic", "--chart", str(tmp_path / "x.png")])
+    assert result.exit_code == 2
+    assert "--chart needs matplotlib" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_build_specs_adds_compared_specs_after_the_derived_ones(model_server: ModelServer) -> None:
+    main = load_spec(trio(model_server))
+    other = preset("team")
+    specs = build_specs(main, [other, other])
+    assert [s.role for s in specs] == ["single", "self-moa", "moa", "spec", "spec"]
+    assert [s.label for s in specs[3:]] == ["team", "team'"]
+    assert [s.label for s in build_specs(main, baselines=False)] == ["trio"]
+    assert isinstance(specs[0], EvalSpec) and isinstance(load_dataset("basic")[0], EvalItem)
