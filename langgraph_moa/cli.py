@@ -42,7 +42,12 @@ PresetOpt = Annotated[
 ]
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", envvar="MOA_DB_URL", help="SQLAlchemy URL of the store [env MOA_DB_URL]."),
+    typer.Option(
+        "--db",
+        envvar="MOA_DB_URL",
+        help="SQLAlchemy URL of the store; default: a SQLite file in your user data directory "
+        "(~/.local/share/langgraph-moa/moa.sqlite on Linux).",
+    ),
 ]
 ModelOpt = Annotated[
     str | None,
@@ -764,8 +769,7 @@ def serve(
         typer.Option(
             "--api-keys-file",
             envvar="MOA_API_KEYS_FILE",
-            help="File of API keys, one per line [env MOA_API_KEYS_FILE; also MOA_API_KEYS, "
-            "comma-separated].",
+            help="File of API keys, one per line (or MOA_API_KEYS, comma-separated).",
         ),
     ] = None,
     max_concurrency: Annotated[
