@@ -17,6 +17,7 @@ from sqlalchemy import (
     ClauseElement,
     ColumnElement,
     Integer,
+    LargeBinary,
     String,
     and_,
     bindparam,
@@ -305,12 +306,13 @@ class Statements:
         ck = checkpoints
         values: dict[str, Any] = {}
         filter_key: Hashable = None
+        parts: list[str] = []
         filter_clauses: list[Any] = []
         if filter:
-            for key in filter:
-                if not isinstance(key, str) or not _FILTER_KEY.match(key):
+            for name in filter:
+                if not isinstance(name, str) or not _FILTER_KEY.match(name):
                     raise ValueError(
-                        f"invalid metadata filter key {key!r}: use letters, digits, '_', '.' "
+                        f"invalid metadata filter key {name!r}: use letters, digits, '_', '.' "
                         "and '-' only"
                     )
             if self.backend == "postgresql":
@@ -324,7 +326,6 @@ class Statements:
                     func.json_contains(ck.c.metadata, _b("f")) == literal_column("1")
                 )
             else:
-                parts = []
                 for i, (key, value) in enumerate(filter.items()):
                     values[f"fk{i}"] = f'$."{key}"'
                     extracted = func.json_extract(ck.c.metadata, _b(f"fk{i}"))
@@ -373,3 +374,129 @@ class Statements:
             return q
 
         return self.get(key, build), values
+
+    # -- PostgreSQL: one statement per write -------------------------------------------
+
+    def pg_put(self, mode: str, n_blobs: int) -> Prepared:
+        """``put`` as one statement (data-modifying CTEs), atomic in autocommit mode.
+
+        ``fenced``: move the head from ``parent`` to ``new`` and, only if that matched,
+        insert the blobs and the checkpoint; returns one row if it did. ``root``/``fork``:
+        create or advance (``fork``: set) the head and insert; returns one row.
+        One round trip instead of five (BEGIN, head, blobs, checkpoint, COMMIT).
+        """
+
+        def build() -> Any:
+            pg = postgresql
+            if mode == "fenced":
+                head = (
+                    update(heads)
+                    .where(self._head_where(), heads.c.checkpoint_id == _b("parent"))
+                    .values(checkpoint_id=_b("new"), updated_at=_b("now", heads.c.updated_at.type))
+                    .returning(heads.c.checkpoint_id)
+                    .cte("head")
+                )
+            else:
+                ins = pg.insert(heads).values(
+                    thread_id=_b("t"),
+                    checkpoint_ns=_b("ns"),
+                    checkpoint_id=_b("new"),
+                    updated_at=_b("now", heads.c.updated_at.type),
+                )
+                head = (
+                    ins.on_conflict_do_update(
+                        index_elements=["thread_id", "checkpoint_ns"],
+                        set_={
+                            "checkpoint_id": ins.excluded.checkpoint_id,
+                            "updated_at": ins.excluded.updated_at,
+                        },
+                        where=None
+                        if mode == "fork"
+                        else heads.c.checkpoint_id < ins.excluded.checkpoint_id,
+                    )
+                    .returning(heads.c.checkpoint_id)
+                    .cte("head")
+                )
+            matched = select(literal_column("1")).select_from(head).exists()
+            stmt: Any = select(literal_column("1"))
+            if mode == "fenced":
+                stmt = stmt.select_from(head)
+            if n_blobs:
+                rows = union_all(
+                    *[
+                        select(
+                            _b("t").label("thread_id"),
+                            _b("ns").label("checkpoint_ns"),
+                            _b(f"bc{i}").label("channel"),
+                            _b(f"bv{i}").label("version"),
+                            _b(f"bt{i}").label("type"),
+                            bindparam(f"bb{i}", type_=LargeBinary()).label("blob"),
+                        )
+                        for i in range(n_blobs)
+                    ]
+                ).subquery("b")
+                src = select(*rows.c)
+                if mode == "fenced":
+                    src = src.where(matched)
+                blob_cte = (
+                    pg.insert(blobs)
+                    .from_select([c.name for c in rows.c], src)
+                    .on_conflict_do_nothing()
+                    .cte("blobs")
+                )
+                stmt = stmt.add_cte(blob_cte)
+            ck_src = select(
+                _b("t"),
+                _b("ns"),
+                _b("new"),
+                _b("parent"),
+                _b("type"),
+                bindparam("checkpoint", type_=LargeBinary()),
+                cast(_b("metadata"), postgresql.JSONB),
+            )
+            if mode == "fenced":
+                ck_src = ck_src.where(matched)
+            ck_ins = pg.insert(checkpoints).from_select(
+                [
+                    "thread_id",
+                    "checkpoint_ns",
+                    "checkpoint_id",
+                    "parent_checkpoint_id",
+                    "type",
+                    "checkpoint",
+                    "metadata",
+                ],
+                ck_src,
+            )
+            ck_cte = ck_ins.on_conflict_do_update(
+                index_elements=["thread_id", "checkpoint_ns", "checkpoint_id"],
+                set_={
+                    c: ck_ins.excluded[c]
+                    for c in ("parent_checkpoint_id", "type", "checkpoint", "metadata")
+                },
+            ).cte("ck")
+            stmt = stmt.add_cte(ck_cte)
+            if mode != "fenced":
+                stmt = stmt.add_cte(head)
+            return stmt
+
+        return self.get(("pg_put", mode, n_blobs), build)
+
+    def multi_insert(self, n: int, upsert: bool) -> Prepared:
+        """``n`` pending writes in one INSERT statement (bind names ``<column><i>``)."""
+
+        def build() -> Any:
+            rows = [{c.name: _typed(f"{c.name}{i}", c) for c in writes.c} for i in range(n)]
+            if upsert:
+                return self.upsert(writes, ["task_path", "channel", "type", "blob"]).values(rows)
+            return self.insert_ignore(writes).values(rows)
+
+        return self.get(("writes_multi", n, upsert), build)
+
+
+def _typed(name: str, column: Any) -> Any:
+    if isinstance(column.type, Integer):
+        return bindparam(name, type_=Integer())
+    if column.name == "blob":
+        return bindparam(name, type_=LargeBinary())
+    return bindparam(name, type_=String())

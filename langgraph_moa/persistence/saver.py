@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import timedelta
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -109,6 +110,7 @@ _BLOBS_KEY = "__moa_blobs__"  # document key: the channels whose values are in t
 _FORK_SOURCES = frozenset({"fork", "update"})
 _REPLAY_KEY = "__pregel_replay_state"  # langgraph replays a subgraph from an older checkpoint
 _LIST_CHUNK = 100
+_PG_ONE_STATEMENT_MAX = 32  # rows written by one statement on PostgreSQL
 _ADMIN_BATCH = 500
 _RETRIES = 6
 _CACHE_MAX = 20_000
@@ -203,6 +205,14 @@ class _SaverBase(BaseCheckpointSaver[str]):
         )
         self._stmts: Statements | None = None
         self._ready = False
+        self._begin_sql = "BEGIN IMMEDIATE" if self.backend == "sqlite" else "BEGIN"
+        self._snapshot_sql = {
+            "sqlite": "BEGIN",
+            "postgresql": "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            "mysql": "START TRANSACTION WITH CONSISTENT SNAPSHOT",
+        }[self.backend]
+        self._cached: PoolProxiedConnection | None = None
+        self._cached_lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, str, str, str], bool] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -230,11 +240,57 @@ class _SaverBase(BaseCheckpointSaver[str]):
             )
         return DatabaseUnavailableError(f"cannot connect to {url}: {orig}; {hint}")
 
-    def _connect(self) -> PoolProxiedConnection:
+    def _open(self) -> PoolProxiedConnection:
+        """A pooled DBAPI connection in autocommit mode (transactions begin explicitly)."""
         try:
-            return self._sync_engine.raw_connection()
+            raw = self._sync_engine.raw_connection()
         except (DBAPIError, OSError) as exc:
             raise self._unavailable(exc) from exc
+        self._set_autocommit(raw, True)
+        return raw
+
+    def _set_autocommit(self, raw: PoolProxiedConnection, on: bool) -> None:
+        dbc: Any = raw.dbapi_connection
+        if self.backend == "postgresql":
+            dbc.autocommit = on
+        elif self.backend == "mysql":
+            dbc.autocommit(on)
+
+    def _release(self, raw: PoolProxiedConnection) -> None:
+        if raw.is_valid:
+            try:
+                self._set_autocommit(raw, False)
+            except Exception:
+                raw.invalidate()
+        raw.close()
+
+    @contextmanager
+    def _checkout(self) -> Iterator[PoolProxiedConnection]:
+        """The saver's own connection if free, else one from the pool.
+
+        The saver keeps one connection checked out between operations, which saves the
+        pool's checkout and reset on every call; concurrent callers use the pool.
+        """
+        if self._cached_lock.acquire(blocking=False):
+            try:
+                raw = self._cached
+                if raw is None or not raw.is_valid:
+                    raw = self._cached = self._open()
+                yield raw
+            finally:
+                self._cached_lock.release()
+        else:
+            raw = self._open()
+            try:
+                yield raw
+            finally:
+                self._release(raw)
+
+    def _close_cached(self) -> None:
+        with self._cached_lock:
+            raw, self._cached = self._cached, None
+            if raw is not None:
+                self._release(raw)
 
     def _connection(self) -> Any:
         """A SQLAlchemy connection in a transaction (context manager)."""
@@ -243,59 +299,73 @@ class _SaverBase(BaseCheckpointSaver[str]):
         except (DBAPIError, OSError) as exc:
             raise self._unavailable(exc) from exc
 
-    @staticmethod
-    def _rollback(raw: PoolProxiedConnection) -> None:
+    def _abort(self, raw: PoolProxiedConnection, exc: BaseException, cur: Any) -> bool:
+        """Roll back after ``exc``; whether the connection was lost (then dropped)."""
+        lost = False
         try:
-            raw.rollback()
+            lost = bool(
+                self._sync_engine.dialect.is_disconnect(exc, raw.dbapi_connection, cur)  # type: ignore[arg-type]
+            )
         except Exception:
-            raw.invalidate()
+            lost = False
+        if not lost:
+            try:
+                raw.rollback()
+                return False
+            except Exception:
+                lost = True
+        raw.invalidate()
+        return True
 
-    def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(cursor, *args)`` in one write transaction, retrying lock conflicts."""
+    def _attempt(
+        self, fn: Callable[..., T], args: tuple[Any, ...], *, begin: str | None, read: bool
+    ) -> T:
+        """Run ``fn(cursor, *args)``, retrying lock conflicts and a lost connection.
+
+        Retrying a write is safe: ``put`` and ``put_writes`` are idempotent.
+        """
         self._ensure_ready()
         attempt = 0
         while True:
-            raw = self._connect()
-            try:
+            with self._checkout() as raw:
                 cur = raw.cursor()
                 try:
-                    if self.backend == "sqlite":
-                        cur.execute("BEGIN IMMEDIATE")
+                    if begin:
+                        cur.execute(begin)
                     result = fn(cur, *args)
-                    raw.commit()
+                    if begin or not read:
+                        raw.commit()
                     return result
                 except BaseException as exc:
-                    self._rollback(raw)
+                    lost = self._abort(raw, exc, cur)
                     attempt += 1
-                    if attempt >= _RETRIES or not _retryable(exc):
+                    if attempt >= _RETRIES or not (lost or _retryable(exc)):
+                        if lost and isinstance(exc, DBAPIError | OSError):
+                            raise self._unavailable(exc) from exc
                         raise
                 finally:
-                    cur.close()
-            finally:
-                raw.close()
+                    with suppress(Exception):  # a cursor of a dead connection may not close
+                        cur.close()
             self._sleep(0.02 * attempt * (1 + random.random()))
 
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(cursor, *args)`` in one write transaction."""
+        return self._attempt(fn, args, begin=self._begin_sql, read=False)
+
+    def _write_one(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(cursor, *args)``, which executes one statement (atomic by itself)."""
+        if self.backend == "postgresql":
+            return self._attempt(fn, args, begin=None, read=True)
+        return self._write(fn, *args)
+
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(cursor, *args)`` on a consistent read (one snapshot on SQLite)."""
-        self._ensure_ready()
-        raw = self._connect()
-        try:
-            dbc = raw.dbapi_connection
-            if self.backend == "postgresql":
-                dbc.autocommit = True  # type: ignore[union-attr]
-            cur = raw.cursor()
-            try:
-                if self.backend == "sqlite":
-                    cur.execute("BEGIN")
-                return fn(cur, *args)
-            finally:
-                cur.close()
-                if self.backend == "sqlite":
-                    self._rollback(raw)
-                elif self.backend == "postgresql":
-                    dbc.autocommit = False  # type: ignore[union-attr]
-        finally:
-            raw.close()
+        """Run ``fn(cursor, *args)``, which only reads (outside a transaction except on
+        MySQL, whose snapshot ends with a rollback)."""
+        return self._attempt(fn, args, begin=None, read=True)
+
+    def _read_snapshot(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(cursor, *args)`` in a read transaction (one snapshot)."""
+        return self._attempt(fn, args, begin=self._snapshot_sql, read=True)
 
     def _admin(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` in one SQLAlchemy transaction, retrying lock conflicts."""
@@ -612,6 +682,26 @@ class _SaverBase(BaseCheckpointSaver[str]):
                 cur.executemany(p.sql, [p.args(r) for r in plan.blob_rows])
         self._run(cur, s.checkpoint_upsert, plan.checkpoint_row)
 
+    def _put_pg_tx(self, cur: Any, plan: _PutPlan) -> bool:
+        """``put`` in one statement; False if the head was not at the parent."""
+        values: dict[str, Any] = {
+            "t": plan.thread_id,
+            "ns": plan.checkpoint_ns,
+            "new": plan.checkpoint_id,
+            "parent": plan.parent_id,
+            "now": plan.now,
+            "type": plan.checkpoint_row["type"],
+            "checkpoint": plan.checkpoint_row["checkpoint"],
+            "metadata": plan.checkpoint_row["metadata"],
+        }
+        for i, row in enumerate(plan.blob_rows):
+            values[f"bc{i}"] = row["channel"]
+            values[f"bv{i}"] = row["version"]
+            values[f"bt{i}"] = row["type"]
+            values[f"bb{i}"] = row["blob"]
+        p = self._s.pg_put(plan.mode, len(plan.blob_rows))
+        return self._run(cur, p, values).fetchone() is not None
+
     def _resolve_conflict(self, cur: Any, plan: _PutPlan, values: dict[str, Any]) -> None:
         s = self._s
         row = self._run(cur, s.head_get, values).fetchone()
@@ -643,7 +733,12 @@ class _SaverBase(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         plan = self._plan_put(config, checkpoint, metadata, new_versions)
-        self._write(self._put_tx, plan)
+        if not (
+            self.backend == "postgresql"
+            and len(plan.blob_rows) <= _PG_ONE_STATEMENT_MAX
+            and self._write_one(self._put_pg_tx, plan)
+        ):
+            self._write(self._put_tx, plan)
         self._cache_put(plan.cache)
         return {
             "configurable": {
@@ -685,6 +780,15 @@ class _SaverBase(BaseCheckpointSaver[str]):
                 }
             )
         upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes_)
+        if self.backend == "postgresql" and len(rows) <= _PG_ONE_STATEMENT_MAX:
+
+            def one(cur: Any) -> None:
+                p = self._s.multi_insert(len(rows), upsert)
+                values = {f"{k}{i}": v for i, row in enumerate(rows) for k, v in row.items()}
+                cur.execute(p.sql, p.args(values))
+
+            self._write_one(one)
+            return
 
         def tx(cur: Any) -> None:
             p = self._s.writes_upsert if upsert else self._s.writes_insert
@@ -843,7 +947,7 @@ class _SaverBase(BaseCheckpointSaver[str]):
                     "delete it first (delete_thread) or copy to a new thread id"
                 )
             for table in (checkpoints, blobs, writes, heads):
-                cols = []
+                cols: list[Any] = []
                 for c in table.c:
                     if c.name == "thread_id":
                         cols.append(literal(dst, c.type).label(c.name))
@@ -945,7 +1049,7 @@ class _SaverBase(BaseCheckpointSaver[str]):
     def _keep_last_tx(self, conn: Connection, thread_id: str, keep: int) -> int:
         """Keep the newest ``keep`` checkpoints (and the head) of each namespace of a thread."""
         self._refuse_delta(conn, thread_id)
-        head_of = dict(
+        head_of: dict[str, str] = dict(
             conn.execute(
                 select(heads.c.checkpoint_ns, heads.c.checkpoint_id).where(
                     heads.c.thread_id == thread_id
@@ -1118,8 +1222,9 @@ class SQLAlchemySaver(_SaverBase):
     ) -> Iterator[SQLAlchemySaver]:
         """A saver on a new engine for ``url`` (any driver spelling); disposes it on exit."""
         engine = create_engine(url, **engine_kwargs)
+        saver = None
         try:
-            yield cls(
+            saver = cls(
                 engine,
                 serde=serde,
                 serde_allowlist=serde_allowlist,
@@ -1127,7 +1232,10 @@ class SQLAlchemySaver(_SaverBase):
                 fencing=fencing,
                 auto_setup=auto_setup,
             )
+            yield saver
         finally:
+            if saver is not None:
+                saver.close()
             engine.dispose()
 
     def _ensure_ready(self) -> None:
@@ -1136,17 +1244,19 @@ class SQLAlchemySaver(_SaverBase):
                 if not self._ready:
                     self._check_ready()
 
-    def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._lock is None:
-            return super()._write(fn, *args)
+    def _attempt(
+        self, fn: Callable[..., T], args: tuple[Any, ...], *, begin: str | None, read: bool
+    ) -> T:
+        # SQLite: writers of this process queue on a lock (cheaper than busy-waiting in
+        # SQLite); an in-memory database has one connection, so everything queues.
+        if self._lock is None or (read and not self._memory):
+            return super()._attempt(fn, args, begin=begin, read=read)
         with self._lock:
-            return super()._write(fn, *args)
+            return super()._attempt(fn, args, begin=begin, read=read)
 
-    def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        if not self._memory or self._lock is None:
-            return super()._read(fn, *args)
-        with self._lock:
-            return super()._read(fn, *args)
+    def close(self) -> None:
+        """Return the saver's connection to the pool (``from_url`` does this on exit)."""
+        self._close_cached()
 
     def _admin(self, fn: Callable[[Connection], T]) -> T:
         if self._lock is None:
@@ -1320,12 +1430,65 @@ class AsyncSQLAlchemySaver(_SaverBase):
         try:
             yield saver
         finally:
-            if saver._twin is not None:
-                saver._twin.engine.dispose()
+            await saver.aclose()
             await engine.dispose()
 
     def _sleep(self, seconds: float) -> None:
         await_only(asyncio.sleep(seconds))
+
+    def _attempt(
+        self, fn: Callable[..., T], args: tuple[Any, ...], *, begin: str | None, read: bool
+    ) -> T:
+        # aiosqlite runs each call of the driver on its own thread; running the whole
+        # operation there as one call saves a thread hop per statement (several per put).
+        if self.backend != "sqlite" or not hasattr(self._aiosqlite_conn_cls(), "_execute"):
+            return super()._attempt(fn, args, begin=begin, read=read)
+        self._ensure_ready()
+        with self._checkout() as raw:
+            drv: Any = raw.driver_connection
+            return cast(
+                T, await_only(drv._execute(self._in_sqlite_thread, drv, fn, args, begin, read))
+            )
+
+    @staticmethod
+    def _aiosqlite_conn_cls() -> type:
+        import aiosqlite
+
+        return aiosqlite.Connection
+
+    @staticmethod
+    def _in_sqlite_thread(
+        drv: Any, fn: Callable[..., T], args: tuple[Any, ...], begin: str | None, read: bool
+    ) -> T:
+        conn: sqlite3.Connection = drv._conn
+        attempt = 0
+        while True:
+            cur = conn.cursor()
+            try:
+                if begin:
+                    cur.execute(begin)
+                result = fn(cur, *args)
+                if conn.in_transaction:
+                    conn.commit()
+                return result
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.rollback()
+                attempt += 1
+                if attempt >= _RETRIES or not _retryable(exc):
+                    raise
+            finally:
+                cur.close()
+            time.sleep(0.02 * attempt * (1 + random.random()))
+
+    async def aclose(self) -> None:
+        """Return the saver's connection to the pool and dispose of the sync engine made
+        for the sync methods (``from_url`` does this on exit)."""
+        await greenlet_spawn(self._close_cached)
+        if self._twin is not None:
+            self._twin.close()
+            self._twin.engine.dispose()
+            self._twin = None
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run the sync storage logic over the async engine."""

@@ -21,6 +21,7 @@ of calling ``setup()``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -79,19 +80,21 @@ def _blob() -> TypeEngine[bytes]:
     return LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
 
-def _json() -> TypeEngine[object]:
+def _json() -> TypeEngine[Any]:
     return JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 metadata = MetaData()
 
-_TABLE_ARGS = {
-    "sqlite_with_rowid": False,  # rows clustered by primary key: no second copy of the key
+_TABLE_ARGS: dict[str, Any] = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
     "mariadb_engine": "InnoDB",
     "mariadb_charset": "utf8mb4",
 }
+# Small rows: clustered by primary key on SQLite, with no second copy of the key. Tables
+# of large rows stay rowid tables, which pack them densely in insertion order.
+_SMALL_ROWS: dict[str, Any] = {**_TABLE_ARGS, "sqlite_with_rowid": False}
 
 migrations = Table(
     "moa_checkpoint_migrations",
@@ -138,7 +141,7 @@ writes = Table(
     Column("channel", _text_key(CHANNEL_MAX), nullable=False),
     Column("type", String(32), nullable=False),
     Column("blob", _blob()),
-    **_TABLE_ARGS,
+    **_SMALL_ROWS,
 )
 
 heads = Table(
@@ -147,8 +150,8 @@ heads = Table(
     Column("thread_id", _text_key(THREAD_ID_MAX), primary_key=True),
     Column("checkpoint_ns", _text_key(THREAD_ID_MAX), primary_key=True, server_default=""),
     Column("checkpoint_id", _ascii_key(), nullable=False),
-    Column("updated_at", Float, nullable=False, index=True),
-    **_TABLE_ARGS,
+    Column("updated_at", Float, nullable=False),  # unindexed: updates stay HOT on PG
+    **_SMALL_ROWS,
 )
 
 

@@ -16,12 +16,14 @@ MariaDB    ``mariadb+pymysql``      ``mariadb+aiomysql``
 :func:`create_engine` and :func:`create_async_engine` make engines set up for the
 checkpointer: SQLite in WAL mode with a busy timeout and ``BEGIN IMMEDIATE``
 transactions (several processes can write one file), pre-pinged pooled connections
-for the servers.
+for the servers (the saver
+reconnects itself when a pooled connection has died, so there is no ping per checkout).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from contextlib import suppress
 from typing import Any
 
 import sqlalchemy as sa
@@ -149,7 +151,6 @@ def _engine_kwargs(u: URL, engine_kwargs: dict[str, Any], *, is_async: bool) -> 
         else:
             kw.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
     else:
-        kw.setdefault("pool_pre_ping", True)
         kw.setdefault("pool_recycle", 1800)
     return kw
 
@@ -208,10 +209,9 @@ def install_sqlite_events(engine: Engine) -> None:
         try:
             cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             if not memory:
-                try:
+                # a read-only file, or a lock held elsewhere: keep the current mode
+                with suppress(sqlite3.Error):
                     cur.execute("PRAGMA journal_mode = WAL")
-                except sqlite3.Error:
-                    pass  # read-only file, or another connection holds a lock: keep its mode
                 cur.execute("PRAGMA synchronous = NORMAL")
         finally:
             cur.close()

@@ -1,0 +1,416 @@
+"""Our SQLAlchemy checkpointer against LangGraph's official savers, on the same work.
+
+SQLite: ``SQLAlchemySaver`` vs ``SqliteSaver`` and ``AsyncSQLAlchemySaver`` vs
+``AsyncSqliteSaver``. PostgreSQL: vs ``PostgresSaver`` / ``AsyncPostgresSaver``
+(skipped if the server is unreachable). Each saver gets a fresh database per scenario.
+
+Measured, in one process: ``put`` (a chain of checkpoints on one thread, three channels of
+which one changes every tenth step), ``put_writes``, ``get_tuple`` of the latest checkpoint
+on a thread of 10, 1,000 and 10,000 checkpoints, ``get_tuple`` by id, ``list(limit=10)``,
+and whole runs of a 10-node graph (sync ``invoke`` / async ``ainvoke``), plus the bytes the
+database grows by per checkpoint of those runs. Ratios are ours/official for speeds (> 1
+is faster) and theirs/ours for bytes (> 1 is smaller). Each measurement alternates
+between the two savers over five rounds and keeps the median, so both see the same
+background load. Prints a table; writes bench/results/checkpointer.json.
+
+    python bench/checkpointer.py [--ops 1000] [--big 10000] [--runs 100]
+                                 [--pg postgresql://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import operator
+import os
+import platform
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+from langgraph.checkpoint.base import BaseCheckpointSaver, Checkpoint
+from langgraph.graph import END, START, StateGraph
+
+from langgraph_moa.persistence import AsyncSQLAlchemySaver, SQLAlchemySaver
+
+RESULTS = Path(__file__).parent / "results" / "checkpointer.json"
+PG_ADMIN = os.environ.get("MOA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class State(TypedDict):
+    value: int
+    trace: Annotated[list[str], operator.add]
+
+
+def build_graph(n_nodes: int) -> Any:
+    g = StateGraph(State)
+    prev = START
+    for i in range(n_nodes):
+        name = f"n{i}"
+        g.add_node(name, lambda s, _n=name: {"value": s["value"] + 1, "trace": [_n]})
+        g.add_edge(prev, name)
+        prev = name
+    g.add_edge(prev, END)
+    return g
+
+
+# -- databases and savers -------------------------------------------------------------
+
+
+class Db:
+    """A throw-away database: its SQLAlchemy URL, psycopg DSN or file, and its size."""
+
+    def __init__(self, backend: str, tmpdir: str, pg_admin: str | None) -> None:
+        self.backend = backend
+        self.pg_admin = pg_admin
+        if backend == "sqlite":
+            self.path = os.path.join(tmpdir, f"{uuid.uuid4().hex}.sqlite")
+            self.url = f"sqlite:///{self.path}"
+        else:
+            import psycopg
+
+            assert pg_admin
+            self.name = f"bench_{uuid.uuid4().hex[:10]}"
+            with psycopg.connect(pg_admin, autocommit=True) as c:
+                c.execute(f'CREATE DATABASE "{self.name}"')
+            self.dsn = pg_admin.rsplit("/", 1)[0] + "/" + self.name
+            self.url = self.dsn
+
+    def size(self, tables: list[str]) -> int:
+        """Bytes used by the saver's tables (SQLite: used pages of the whole file)."""
+        if self.backend == "sqlite":
+            with sqlite3.connect(self.path) as c:
+                c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                pages = c.execute("PRAGMA page_count").fetchone()[0]
+                free = c.execute("PRAGMA freelist_count").fetchone()[0]
+                page = c.execute("PRAGMA page_size").fetchone()[0]
+                return int((pages - free) * page)
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute("VACUUM")
+            total = 0
+            for t in tables:
+                row = c.execute("SELECT pg_total_relation_size(to_regclass(%s))", (t,)).fetchone()
+                total += int(row[0] or 0) if row else 0
+            return total
+
+    def drop(self) -> None:
+        if self.backend == "sqlite":
+            for suffix in ("", "-wal", "-shm"):
+                Path(self.path + suffix).unlink(missing_ok=True)
+            return
+        import psycopg
+
+        assert self.pg_admin
+        with psycopg.connect(self.pg_admin, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+OURS_TABLES = ["moa_checkpoints", "moa_checkpoint_blobs", "moa_checkpoint_writes"]
+OURS_TABLES += ["moa_checkpoint_heads", "moa_checkpoint_migrations"]
+PG_TABLES = ["checkpoints", "checkpoint_blobs", "checkpoint_writes", "checkpoint_migrations"]
+
+
+@asynccontextmanager
+async def open_saver(kind: str, db: Db) -> AsyncIterator[tuple[BaseCheckpointSaver[Any], bool]]:
+    """(saver, is_async) for ``kind`` on ``db``."""
+    if kind == "ours":
+        with SQLAlchemySaver.from_url(db.url) as s:
+            s.setup()
+            yield s, False
+    elif kind == "ours-async":
+        async with AsyncSQLAlchemySaver.from_url(db.url) as a:
+            await a.setup()
+            yield a, True
+    elif kind == "sqlite":
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        conn = sqlite3.connect(db.path, check_same_thread=False)
+        try:
+            yield SqliteSaver(conn), False
+        finally:
+            conn.close()
+    elif kind == "sqlite-async":
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        async with AsyncSqliteSaver.from_conn_string(db.path) as s2:
+            yield s2, True
+    elif kind == "postgres":
+        from langgraph.checkpoint.postgres import PostgresSaver
+
+        with PostgresSaver.from_conn_string(db.dsn) as p:
+            p.setup()
+            yield p, False
+    elif kind == "postgres-async":
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        async with AsyncPostgresSaver.from_conn_string(db.dsn) as ap:
+            await ap.setup()
+            yield ap, True
+    else:
+        raise ValueError(kind)
+
+
+def tables_of(kind: str) -> list[str]:
+    return OURS_TABLES if kind.startswith("ours") else PG_TABLES
+
+
+# -- scenarios ------------------------------------------------------------------------
+
+
+def make_checkpoint(
+    saver: BaseCheckpointSaver[Any], i: int, prev: Checkpoint | None
+) -> tuple[Checkpoint, dict[str, Any]]:
+    """Checkpoint ``i`` of a thread: ``value`` and ``trace`` change every step, the
+    200-character ``messages`` every tenth; returns it with its new versions."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    c = empty_checkpoint()
+    old = prev["channel_versions"] if prev else {}
+    versions = dict(old)
+    new: dict[str, Any] = {}
+    for ch in ("value", "trace") + (("messages",) if i % 10 == 0 else ()):
+        versions[ch] = new[ch] = saver.get_next_version(old.get(ch), None)
+    c["channel_versions"] = versions
+    c["channel_values"] = {
+        "value": i,
+        "trace": [f"node-{j}" for j in range(10)],
+        "messages": [{"role": "user", "content": f"{i // 10:04d}" + "x" * 196}],
+    }
+    c["versions_seen"] = {"agent": {"value": versions["value"]}}
+    return c, new
+
+
+async def call(saver: Any, is_async: bool, name: str, *args: Any, **kw: Any) -> Any:
+    if is_async:
+        return await getattr(saver, "a" + name)(*args, **kw)
+    return getattr(saver, name)(*args, **kw)
+
+
+class Side:
+    """One saver under test, with the thread it grows."""
+
+    def __init__(self, saver: BaseCheckpointSaver[Any], is_async: bool) -> None:
+        self.saver, self.is_async = saver, is_async
+        self.tid = "ops-" + uuid.uuid4().hex
+        self.parent: str | None = None
+        self.prev: Checkpoint | None = None
+        self.configs: list[Any] = []
+        self.latest = {"configurable": {"thread_id": self.tid, "checkpoint_ns": ""}}
+
+    async def put(self, i: int) -> None:
+        cfg: dict[str, Any] = {"configurable": {"thread_id": self.tid, "checkpoint_ns": ""}}
+        if self.parent:
+            cfg["configurable"]["checkpoint_id"] = self.parent
+        c, new = make_checkpoint(self.saver, len(self.configs), self.prev)
+        md = {"source": "loop", "step": len(self.configs), "parents": {}}
+        stored = await call(self.saver, self.is_async, "put", cfg, c, md, new)
+        self.parent, self.prev = stored["configurable"]["checkpoint_id"], c
+        self.configs.append(stored)
+
+    async def get_latest(self, _: int) -> None:
+        assert await call(self.saver, self.is_async, "get_tuple", self.latest) is not None
+
+    async def get_by_id(self, i: int) -> None:
+        cfg = self.configs[(i * 7919) % len(self.configs)]
+        assert await call(self.saver, self.is_async, "get_tuple", cfg) is not None
+
+    async def list10(self, _: int) -> None:
+        if self.is_async:
+            got = [x async for x in self.saver.alist(self.latest, limit=10)]
+        else:
+            got = list(self.saver.list(self.latest, limit=10))
+        assert len(got) == 10
+
+    async def put_writes(self, i: int) -> None:
+        cfg = self.configs[i % len(self.configs)]
+        writes = [("value", i), ("trace", ["w"])]
+        await call(self.saver, self.is_async, "put_writes", cfg, writes, str(uuid.uuid4()))
+
+
+async def rounds(
+    sides: dict[str, Side], op: str, total: int, n_rounds: int = 5
+) -> dict[str, float]:
+    """Median ops/s of ``op`` per side, alternating sides over ``n_rounds`` rounds so both
+    see the same background load."""
+    per = max(total // n_rounds, 1)
+    rates: dict[str, list[float]] = {k: [] for k in sides}
+    order = list(sides)
+    for r in range(n_rounds):
+        for k in order if r % 2 == 0 else order[::-1]:
+            fn = getattr(sides[k], op)
+            t0 = time.perf_counter()
+            for i in range(per):
+                await fn(r * per + i)
+            rates[k].append(per / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+async def bench_ops(
+    kinds: tuple[str, str], dbs: tuple[Db, Db], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {k: {} for k in kinds}
+
+    def record(metric: str, rates: dict[str, float]) -> None:
+        for k, v in rates.items():
+            out[k][metric] = v
+
+    async with open_saver(kinds[0], dbs[0]) as a, open_saver(kinds[1], dbs[1]) as b:
+        sides = {kinds[0]: Side(*a), kinds[1]: Side(*b)}
+        grown = 0
+        for size in (10, 1000, args.big):
+            if size == 1000:
+                record("put", await rounds(sides, "put", size - grown))
+            else:
+                for side in sides.values():
+                    for i in range(size - grown):
+                        await side.put(i)
+            grown = size
+            record(f"get_tuple_latest@{size}", await rounds(sides, "get_latest", args.gets))
+        record("get_tuple_by_id", await rounds(sides, "get_by_id", args.gets))
+        record(f"list_limit10@{args.big}", await rounds(sides, "list10", max(args.gets // 5, 20)))
+        record("put_writes", await rounds(sides, "put_writes", args.ops))
+    return out
+
+
+async def bench_graph(
+    kinds: tuple[str, str], dbs: tuple[Db, Db], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    async with open_saver(kinds[0], dbs[0]) as a, open_saver(kinds[1], dbs[1]) as b:
+        opened = {kinds[0]: a, kinds[1]: b}
+        graphs = {k: build_graph(10).compile(checkpointer=s) for k, (s, _) in opened.items()}
+        start = {k: db.size(tables_of(k)) for k, db in zip(kinds, dbs, strict=True)}
+
+        class Runner:
+            def __init__(self, kind: str) -> None:
+                self.kind = kind
+
+            async def run(self, i: int) -> None:
+                cfg = {"configurable": {"thread_id": f"run-{i}"}}
+                inp = {"value": 0, "trace": []}
+                g, is_async = graphs[self.kind], opened[self.kind][1]
+                res = await g.ainvoke(inp, cfg) if is_async else g.invoke(inp, cfg)
+                assert res["value"] == 10
+
+        runners = {k: Runner(k) for k in kinds}
+        for r in runners.values():
+            await r.run(-1)  # warm up
+        rates = await rounds(runners, "run", args.runs)  # type: ignore[arg-type]
+        for k, db in zip(kinds, dbs, strict=True):
+            saver, is_async = opened[k]
+            cfg = {"configurable": {"thread_id": "run-0"}}
+            if is_async:
+                steps = len([c async for c in saver.alist(cfg)])
+            else:
+                steps = len(list(saver.list(cfg)))
+            grown = db.size(tables_of(k)) - start[k]
+            out[k] = {
+                "graph_runs": rates[k],
+                "bytes_per_step": grown / ((args.runs + 1) * steps),
+                "checkpoints_per_run": steps,
+            }
+    return out
+
+
+PAIRS = [
+    ("sqlite", "ours", "sqlite"),
+    ("sqlite", "ours-async", "sqlite-async"),
+    ("postgresql", "ours", "postgres"),
+    ("postgresql", "ours-async", "postgres-async"),
+]
+
+
+def pg_available(dsn: str | None) -> bool:
+    if not dsn:
+        return False
+    try:
+        import psycopg
+
+        with psycopg.connect(dsn, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ops", type=int, default=1000, help="put_writes calls")
+    ap.add_argument("--gets", type=int, default=1000, help="get_tuple calls per size")
+    ap.add_argument("--big", type=int, default=10_000, help="largest thread, checkpoints")
+    ap.add_argument("--runs", type=int, default=100, help="10-node graph runs")
+    ap.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin DSN ('' to skip)")
+    args = ap.parse_args()
+    pg = args.pg if pg_available(args.pg) else None
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "env": {
+            "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+            **{
+                p: version(p)
+                for p in (
+                    "langgraph",
+                    "langgraph-checkpoint",
+                    "langgraph-checkpoint-sqlite",
+                    "langgraph-checkpoint-postgres",
+                    "sqlalchemy",
+                    "aiosqlite",
+                    "psycopg",
+                )
+            },
+        },
+        "args": {k: v for k, v in vars(args).items() if k != "pg"},
+        "pairs": [],
+    }
+    rows: list[tuple[str, str, float, float]] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for backend, ours, official in PAIRS:
+            if backend == "postgresql" and pg is None:
+                print(f"skipping PostgreSQL: {args.pg} unreachable", flush=True)
+                continue
+            measured: dict[str, dict[str, float]] = {ours: {}, official: {}}
+            t0 = time.perf_counter()
+            for scenario in (bench_ops, bench_graph):
+                dbs = (Db(backend, tmpdir, pg), Db(backend, tmpdir, pg))
+                try:
+                    for k, r in (await scenario((ours, official), dbs, args)).items():
+                        measured[k].update(r)
+                finally:
+                    for db in dbs:
+                        db.drop()
+            print(f"  {backend:10} {ours} vs {official}: {time.perf_counter() - t0:6.1f} s")
+            label = f"{backend} {'async' if 'async' in ours else 'sync'}"
+            pair = {"label": label, "ours": ours, "official": official, "metrics": {}}
+            for metric, theirs in measured[official].items():
+                if metric == "checkpoints_per_run":
+                    continue
+                mine = measured[ours][metric]
+                ratio = theirs / mine if metric == "bytes_per_step" else mine / theirs
+                pair["metrics"][metric] = {"ours": mine, "official": theirs, "ratio": ratio}
+                rows.append((label, metric, mine, theirs))
+            results["pairs"].append(pair)
+    print()
+    print(f"{'saver pair':18} {'metric':24} {'ours':>12} {'official':>12} {'ratio':>7}")
+    for label, metric, mine, theirs in rows:
+        unit_ratio = theirs / mine if metric == "bytes_per_step" else mine / theirs
+        print(f"{label:18} {metric:24} {mine:12.1f} {theirs:12.1f} {unit_ratio:7.2f}")
+    print("\nspeeds in operations (or runs) per second; ratio = ours/official speed, and")
+    print("official/ours bytes for bytes_per_step: >= 1.00 means ours is as fast / as small")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
