@@ -995,6 +995,37 @@ def eval_command(
         fail(str(exc), 2)
 
 
+@app.command()
+def prune(
+    db: DbOpt = None,
+    keep_last: Annotated[
+        int | None,
+        typer.Option("--keep-last", help="Keep this many newest checkpoints of each thread."),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option("--older-than", help="Delete threads idle this long: 30d, 12h, 90m, 2w."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply retention to the checkpoint store: delete idle threads, trim long ones."""
+    from langgraph_moa.persistence.errors import PersistenceError
+    from langgraph_moa.persistence.retention import prune_command
+    from langgraph_moa.runtime.store import resolve_db_url
+
+    try:
+        report = prune_command(resolve_db_url(db), keep_last=keep_last, older_than=older_than)
+    except (ValueError, PersistenceError) as exc:
+        fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    else:
+        out.print(
+            f"deleted {report.threads_deleted} idle thread(s) and "
+            f"{report.checkpoints_deleted} old checkpoint(s)"
+        )
+
+
 def main() -> None:
     """Entry point of the ``moa`` script."""
     try:

@@ -326,8 +326,8 @@ class Statements:
                     func.json_contains(ck.c.metadata, _b("f")) == literal_column("1")
                 )
             else:
-                for i, (key, value) in enumerate(filter.items()):
-                    values[f"fk{i}"] = f'$."{key}"'
+                for i, (fkey, value) in enumerate(filter.items()):
+                    values[f"fk{i}"] = f'$."{fkey}"'
                     extracted = func.json_extract(ck.c.metadata, _b(f"fk{i}"))
                     if value is None:
                         parts.append("null")

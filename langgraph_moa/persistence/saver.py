@@ -1098,15 +1098,21 @@ class _SaverBase(BaseCheckpointSaver[str]):
     def _prune_to_last_sync(self, thread_ids: Sequence[str] | None, keep: int) -> int:
         if keep < 1:
             raise ValueError(f"keep={keep}: keep at least the latest checkpoint (keep >= 1)")
+        every = thread_ids is None
         if thread_ids is None:
             thread_ids = self._admin(
                 lambda conn: [r[0] for r in conn.execute(select(heads.c.thread_id).distinct())]
             )
         deleted = 0
         for thread_id in thread_ids:
-            deleted += self._admin(
-                lambda conn, t=str(thread_id): self._keep_last_tx(conn, t, keep)  # type: ignore[misc]
-            )
+            try:
+                deleted += self._admin(
+                    lambda conn, t=str(thread_id): self._keep_last_tx(conn, t, keep)  # type: ignore[misc]
+                )
+            except NotImplementedError:
+                if not every:
+                    raise
+                # pruning every thread skips those using a DeltaChannel
         return deleted
 
     def _delete_older_than_sync(self, age: timedelta) -> int:
@@ -1326,8 +1332,9 @@ class SQLAlchemySaver(_SaverBase):
         self._prune_sync(thread_ids, strategy=strategy)
 
     def prune_to_last(self, thread_ids: Sequence[str] | None = None, *, keep: int) -> int:
-        """Keep the newest ``keep`` checkpoints per namespace of the threads (all threads
-        if ``None``); returns how many checkpoints were deleted."""
+        """Keep the newest ``keep`` checkpoints per namespace of the threads (of every
+        thread if ``None``, skipping threads that use a ``DeltaChannel``); returns how many
+        checkpoints were deleted."""
         return self._prune_to_last_sync(thread_ids, keep)
 
     def delete_older_than(self, age: timedelta) -> int:
