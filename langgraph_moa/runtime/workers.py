@@ -80,6 +80,7 @@ __all__ = [
     "conninfo_of",
     "make_app",
     "result_of",
+    "schema_lock",
     "serve",
     "setup",
     "setup_schema",
@@ -203,24 +204,38 @@ def make_app(db_url: str | None, *, max_pool: int = 8) -> procrastinate.App:
     return app
 
 
+@contextlib.asynccontextmanager
+async def schema_lock(conninfo: str) -> AsyncIterator[None]:
+    """Hold a PostgreSQL advisory lock while creating tables, so that processes starting
+    together do not race on DDL. Waiters poll (no statement stays open while waiting,
+    which ``CREATE INDEX CONCURRENTLY`` in a checkpointer's setup would wait for)."""
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        while True:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_SCHEMA_LOCK,))
+            row = await cur.fetchone()
+            if row and row[0]:
+                break
+            await asyncio.sleep(0.1)
+        try:
+            yield
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
 async def setup_schema(
     app: procrastinate.App, events: EventStore, registry: RunRegistry | None = None
 ) -> None:
     """Apply procrastinate's schema when missing, the events table and the registry.
 
-    Idempotent and safe when several processes start at once (an advisory lock orders them).
+    Idempotent and safe when several processes start at once (see :func:`schema_lock`).
     """
-    async with await psycopg.AsyncConnection.connect(events.conninfo, autocommit=True) as conn:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
-        try:
-            if not await app.check_connection_async():
-                await app.schema_manager.apply_schema_async()
-                log.info("applied the procrastinate schema")
-            await events.setup()
-            if registry is not None:
-                await registry.setup()
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+    async with schema_lock(events.conninfo):
+        if not await app.check_connection_async():
+            await app.schema_manager.apply_schema_async()
+            log.info("applied the procrastinate schema")
+        await events.setup()
+        if registry is not None:
+            await registry.setup()
 
 
 async def setup(db_url: str | None) -> None:
@@ -248,6 +263,14 @@ def result_of(run: RunRecord) -> RunResult:
     )
 
 
+def _warm_up() -> None:
+    """Import the model clients before taking jobs: a first import inside a run blocks the
+    event loop for a second or more, and with it the worker's heartbeats."""
+    from langchain_openai import ChatOpenAI
+
+    ChatOpenAI(model="warm-up", api_key="unused", base_url="http://127.0.0.1:9/v1")  # type: ignore[arg-type]
+
+
 async def _run_job(context: procrastinate.JobContext, **job: Any) -> str:
     runtime = context.additional_context.get("moa")
     if not isinstance(runtime, WorkerRuntime):
@@ -268,6 +291,7 @@ class WorkerRuntime:
     _handlers: dict[str, RunHandler] = field(default_factory=dict)
 
     async def __aenter__(self) -> WorkerRuntime:
+        await asyncio.to_thread(_warm_up)
         db_url = resolve_db_url(self.settings.db_url)
         saver = await self._stack.enter_async_context(self.checkpointer_factory(db_url))
         self._handlers["moa"] = MoARunHandler(
@@ -393,7 +417,6 @@ class Reaper:
                 log.info("job %s changed while being re-queued: %s", job.id, exc)
                 continue
             done.append(job.id)
-        await manager.prune_stalled_workers(self.settings.stalled_after)
         return done
 
 
@@ -413,7 +436,9 @@ async def serve(
     ):
         await setup_schema(app, events, registry)
         runtime = WorkerRuntime(settings, events, registry, checkpointer_factory)
-        async with runtime:
+        async with schema_lock(events.conninfo):  # the checkpointer creates its tables
+            await runtime.__aenter__()
+        try:
             worker = asyncio.create_task(
                 app.run_worker_async(
                     queues=list(settings.queues),
@@ -455,6 +480,8 @@ async def serve(
                     loop.remove_signal_handler(sig)
                 reaper.cancel()
                 await asyncio.gather(reaper, return_exceptions=True)
+        finally:
+            await runtime.__aexit__(None, None, None)
 
 
 class _Queue:

@@ -1,0 +1,328 @@
+"""Scale-out with procrastinate: real `moa worker` processes on the machine's PostgreSQL.
+
+The model server lives in the test process; workers reach it over HTTP (the spec's
+base_url). Worker timings are shortened for tests (heartbeat 0.5 s, dead after 2 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from langgraph_moa.graphs import compile_graph, load_spec
+from langgraph_moa.runtime.store import open_checkpointer
+from langgraph_moa.runtime.workers import (
+    RunQueue,
+    WorkerConfigError,
+    WorkerSettings,
+    conninfo_of,
+)
+from langgraph_moa.testing import ModelServer
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+WAIT = 120.0  # bound on waits, so a broken run fails the test instead of hanging it
+
+
+def spec_for(srv: ModelServer) -> dict[str, Any]:
+    """Two layers; each agent and the final synthesizer has a model of its own, so the
+    server's per-model counts tell which nodes ran."""
+    names = ["a1", "a2", "b1", "b2", "b3", "s"]
+    return {
+        "name": "scale",
+        "models": {n: {"model": n, "base_url": srv.base_url, "max_retries": 0} for n in names},
+        "agents": [{"name": n, "model": n} for n in names[:5]],
+        "layers": [
+            {"agents": ["a1", "a2"], "synthesizer": "concat"},
+            {"agents": ["b1", "b2", "b3"], "synthesizer": {"model": "s"}},
+        ],
+    }
+
+
+def calls(srv: ModelServer, marker: str) -> dict[str, int]:
+    """Calls per model whose prompt carries ``marker`` (one run's calls)."""
+    counts: dict[str, int] = {}
+    for req in srv.requests:
+        if marker in req.prompt:
+            counts[req.model] = counts.get(req.model, 0) + 1
+    return counts
+
+
+class Workers:
+    """`moa worker` subprocesses on one database, stopped by pid at the end."""
+
+    def __init__(self, db_url: str, tmp: Path) -> None:
+        self.db_url, self.tmp = db_url, tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *extra: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"worker{len(self.procs)}.log", "wb")  # noqa: SIM115
+        args = ["--heartbeat", "0.5", "--stalled-after", "2", "--reap-interval", "0.5", *extra]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "langgraph_moa.cli", "worker", "--db", self.db_url, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- worker{i} ---\n" + (self.tmp / f"worker{i}.log").read_text(errors="replace")
+            for i in range(len(self.procs))
+        )
+
+    async def ready(self, count: int) -> None:
+        """Wait until ``count`` workers are registered with procrastinate."""
+        async with await psycopg.AsyncConnection.connect(
+            conninfo_of(self.db_url), autocommit=True
+        ) as conn:
+            for _ in range(int(WAIT * 10)):
+                try:
+                    cur = await conn.execute("SELECT count(*) FROM procrastinate_workers")
+                    row = await cur.fetchone()
+                    if row and row[0] >= count:
+                        return
+                except psycopg.errors.UndefinedTable:
+                    pass
+                for proc in self.procs:
+                    assert proc.poll() is None, f"a worker exited early:\n{self.logs()}"
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"{count} workers did not start:\n{self.logs()}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def workers(pg_url: str, tmp_path: Path) -> Iterator[Workers]:
+    group = Workers(pg_url, tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+async def queue(pg_url: str) -> AsyncIterator[RunQueue]:
+    async with RunQueue(pg_url) as runs:
+        yield runs
+
+
+async def until(check: Callable[[], Any], what: str, workers: Workers | None = None) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy."""
+    for _ in range(int(WAIT * 20)):
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(
+        f"timed out waiting for {what}" + (f"\n{workers.logs()}" if workers else "")
+    )
+
+
+async def finished(queue: RunQueue, run_id: str, workers: Workers) -> Any:
+    try:
+        return await asyncio.wait_for(queue.wait(run_id), WAIT)
+    except TimeoutError:
+        raise AssertionError(f"run {run_id} did not end:\n{workers.logs()}") from None
+
+
+async def test_killed_worker_run_is_finished_by_the_other_worker(
+    pg_url: str, model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """SIGKILL the worker holding a run in the middle of layer 2 (b1 and b2 answered,
+    b3 still thinking): the other worker finishes it, and only b3 is asked again."""
+    model_server.add_rule(model="b3", prompt="victim", delay=600, times=1)
+    spec = spec_for(model_server)
+    first = workers.start("--concurrency", "2")
+    second = workers.start("--concurrency", "2")
+    await workers.ready(2)
+
+    victim = await queue.submit(spec, "the victim task")
+    others = [await queue.submit(spec, f"other task {i}") for i in range(3)]
+
+    async with open_checkpointer(pg_url) as saver:
+        graph = compile_graph(load_spec(spec), checkpointer=saver)
+        config = {"configurable": {"thread_id": victim.thread_id}}
+
+        async def b1_b2_saved() -> bool:
+            state = await graph.aget_state(config)  # type: ignore[arg-type]
+            saved = {t.name for t in state.tasks if t.result is not None}
+            return {"L2_b1", "L2_b2"} <= saved and "L2_b3" not in saved
+
+        await until(b1_b2_saved, "b1 and b2 of layer 2 to be checkpointed", workers)
+    await until(lambda: model_server.in_flight("b3") >= 1, "b3 to be called", workers)
+    run = await queue.get(victim.run_id)
+    assert run is not None and run.status == "running" and run.owner_pid is not None
+    holder = next(p for p in (first, second) if p.pid == run.owner_pid)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+
+    record = await finished(queue, victim.run_id, workers)
+    assert record.status == "success", workers.logs()
+    assert record.answer and record.answer.startswith("s answer")
+    assert calls(model_server, "victim") == {"a1": 1, "a2": 1, "b1": 1, "b2": 1, "b3": 2, "s": 1}
+
+    events = await queue.events.read(victim.run_id)
+    starts = [e.data for e in events if e.event == "metadata"]
+    assert [s["resumed"] for s in starts] == [False, True]
+    assert starts[0]["worker"].endswith(f":{holder.pid}")
+    survivor = first if holder is second else second
+    assert starts[1]["worker"].endswith(f":{survivor.pid}")
+    assert record.attempts == 2
+    for other in others:
+        done = await finished(queue, other.run_id, workers)
+        assert done.status == "success"
+
+
+async def test_run_longer_than_the_dead_worker_threshold_runs_once(
+    model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """Agents that take 3 s, workers declared dead after 2 s of silence: the live workers
+    keep their runs (heartbeats), so every agent is called once and no run is re-queued."""
+    model_server.set_latency(None, 3.0)
+    spec = spec_for(model_server)
+    spec["layers"] = spec["layers"][:1]
+    spec["layers"][0]["synthesizer"] = "concat"
+    workers.start("--concurrency", "1")
+    workers.start("--concurrency", "1")
+    await workers.ready(2)
+    runs = [await queue.submit(spec, f"long task {i}") for i in range(2)]
+    for i, sub in enumerate(runs):
+        record = await finished(queue, sub.run_id, workers)
+        assert record.status == "success", workers.logs()
+        assert record.attempts == 1
+        assert calls(model_server, f"long task {i}") == {"a1": 1, "a2": 1}
+        events = await queue.events.read(sub.run_id)
+        assert [e.event for e in events].count("metadata") == 1
+    assert "re-queued" not in workers.logs()
+
+
+async def test_sigterm_hands_the_run_back_at_a_checkpoint(
+    model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """SIGTERM while layer 1 is running: the worker lets the layer finish, stops at the
+    checkpoint, exits, and the other worker does layer 2; nothing is asked twice."""
+    gate = threading.Event()
+    model_server.add_rule(
+        model="a[12]", reply=lambda req: f"{req.model} answer" if gate.wait(WAIT) else "late"
+    )
+    spec = spec_for(model_server)
+    leaving = workers.start("--grace", "60")
+    await workers.ready(1)
+    sub = await queue.submit(spec, "the drained task")
+    await until(lambda: model_server.in_flight() >= 2, "layer 1 to start", workers)
+    staying = workers.start()
+    await workers.ready(2)
+    leaving.send_signal(signal.SIGTERM)
+    await until(lambda: "draining" in workers.logs(), "the worker to drain", workers)
+    gate.set()
+    record = await finished(queue, sub.run_id, workers)
+    assert leaving.wait(timeout=WAIT) == 0, workers.logs()
+    assert record.status == "success", workers.logs()
+    assert calls(model_server, "drained") == {"a1": 1, "a2": 1, "b1": 1, "b2": 1, "b3": 1, "s": 1}
+    starts = [e.data for e in await queue.events.read(sub.run_id) if e.event == "metadata"]
+    assert [s["worker"].rsplit(":", 1)[1] for s in starts] == [str(leaving.pid), str(staying.pid)]
+    assert [s["resumed"] for s in starts] == [False, True]
+
+
+async def test_runs_of_one_thread_never_overlap(
+    model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """Two runs queued on one thread with two idle workers: procrastinate's lock on the
+    thread id makes the second wait for the first, and it sees the first's messages."""
+    model_server.set_latency(None, 0.3)
+    spec = spec_for(model_server)
+    workers.start()
+    workers.start()
+    await workers.ready(2)
+    one = await queue.submit(spec, "first question", thread_id="shared-thread")
+    two = await queue.submit(spec, "second question", thread_id="shared-thread")
+    first = await finished(queue, one.run_id, workers)
+    second = await finished(queue, two.run_id, workers)
+    assert first.status == second.status == "success"
+    assert first.finished_at is not None and second.started_at is not None
+    assert second.started_at >= first.finished_at
+    assert model_server.max_in_flight("s") == 1
+
+
+async def test_follow_replays_from_an_event_id(
+    model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    spec = spec_for(model_server)
+    workers.start()
+    await workers.ready(1)
+    sub = await queue.submit(spec, "stream me", stream_mode=["updates"])
+    live = [e async for e in queue.follow(sub.run_id)]
+    assert live[0].event == "metadata" and live[-1].event == "end"
+    nodes = [next(iter(e.data)) for e in live if e.event == "updates"]
+    assert nodes[0] == "prepare" and nodes[-1] == "L2_synthesizer"
+    middle = live[len(live) // 2]
+    replay = [e async for e in queue.follow(sub.run_id, after=middle.id)]
+    assert replay == live[live.index(middle) + 1 :]
+
+
+async def test_cancel_a_queued_run(pg_url: str, model_server: ModelServer, queue: RunQueue) -> None:
+    sub = await queue.submit(spec_for(model_server), "never runs", queue="nobody-listens")
+    assert await queue.cancel(sub.run_id)
+    record = await queue.wait(sub.run_id)
+    assert record.status == "cancelled"
+    assert not await queue.cancel(sub.run_id)
+
+
+def test_cli_submit_and_wait(pg_url: str, model_server: ModelServer, workers: Workers) -> None:
+    spec_file = workers.tmp / "spec.json"
+    spec_file.write_text(json.dumps(spec_for(model_server)))
+    asyncio.run(_start_one(workers))
+    cli = [sys.executable, "-m", "langgraph_moa.cli", "run", "--db", pg_url, "-s", str(spec_file)]
+    queued = subprocess.run([*cli, "cli task", "--submit", "--json"], capture_output=True)
+    assert queued.returncode == 0, queued.stderr.decode()
+    ids = json.loads(queued.stdout)
+    assert ids["status"] == "pending" and ids["queue"] == "moa"
+    waited = subprocess.run(
+        [*cli, "cli task 2", "--submit", "--wait", "--json"], capture_output=True
+    )
+    assert waited.returncode == 0, waited.stderr.decode() + workers.logs()
+    result = json.loads(waited.stdout)
+    assert result["status"] == "success" and result["answer"].startswith("s answer")
+    assert result["usage"]["total"]["total_tokens"] > 0
+
+
+async def _start_one(workers: Workers) -> None:
+    workers.start()
+    await workers.ready(1)
+
+
+def test_worker_configuration_errors(tmp_path: Path) -> None:
+    with pytest.raises(WorkerConfigError, match="need PostgreSQL"):
+        conninfo_of(f"sqlite:///{tmp_path}/x.db")
+    with pytest.raises(WorkerConfigError, match="at least twice the heartbeat"):
+        WorkerSettings(heartbeat_interval=5, stalled_after=6)
+    with pytest.raises(WorkerConfigError, match="--concurrency"):
+        WorkerSettings(concurrency=0)
+    done = subprocess.run(
+        [sys.executable, "-m", "langgraph_moa.cli", "worker", "--db", f"sqlite:///{tmp_path}/x"],
+        capture_output=True,
+    )
+    assert done.returncode == 2 and b"need PostgreSQL" in done.stderr
+    assert conninfo_of("postgresql+psycopg://u:p@h:5433/db?sslmode=require") == (
+        "postgresql://u:p@h:5433/db?sslmode=require"
+    )
