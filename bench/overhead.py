@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -124,6 +124,10 @@ async def checkpointer(store: str, tmp: str, pg_admin: str) -> AsyncIterator[Any
             yield saver
     else:
         raise SystemExit(f"unknown store {store!r}; use memory, sqlite or postgres")
+
+
+class StoreUnavailable(RuntimeError):
+    """A checkpointer that cannot be opened on this machine (driver or server missing)."""
 
 
 STORE_LABELS = {
@@ -251,49 +255,68 @@ def raw_graph(spec: GraphSpec, base_url: str, saver: BaseCheckpointSaver[Any]) -
 
 
 # -- measuring --------------------------------------------------------------------------------
-async def timed_runs(run: Callable[[str], Awaitable[Any]], repeat: int) -> list[float]:
-    await run("warm up")
-    times = []
-    for i in range(repeat):
-        t0 = time.perf_counter()
-        await run(f"task {i}: explain idempotency keys")
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 async def measure(
-    impl: str, graph_name: str, store: str, srv: Server, args: argparse.Namespace, tmp: str
-) -> dict[str, Any]:
+    graph_name: str, store: str, impls: list[str], srv: Server, args: argparse.Namespace, tmp: str
+) -> list[dict[str, Any]]:
+    """Time ``repeat`` runs of each implementation on one store, alternating between them
+    run by run so that both see the same background load."""
     spec = bench_spec(graph_name, srv.base_url)
-    async with checkpointer(store, tmp, args.pg_admin) as saver:
-        graph: CompiledStateGraph = (
-            compile_graph(spec, checkpointer=saver)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            saver = await stack.enter_async_context(checkpointer(store, tmp, args.pg_admin))
+        except Exception as exc:  # the store is not available here: say so, go on
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        graphs: dict[str, CompiledStateGraph] = {
+            impl: compile_graph(spec, checkpointer=saver)
             if impl == "langgraph-moa"
             else raw_graph(spec, srv.base_url, saver)
-        )
+            for impl in impls
+        }
 
-        async def run(task: str) -> Any:
+        async def run(impl: str, task: str) -> float:
             config = {"configurable": {"thread_id": uuid.uuid4().hex}}
-            return await graph.ainvoke({"task": task}, config, durability="sync")
+            t0 = time.perf_counter()
+            out = await graphs[impl].ainvoke({"task": task}, config, durability="sync")
+            if not out.get("answer"):
+                raise RuntimeError(f"{impl} run ended without an answer: {out}")
+            return time.perf_counter() - t0
 
-        before = srv.calls()
-        times = await timed_runs(run, args.repeat)
-        calls = (srv.calls() - before) / (args.repeat + 1)
+        calls: dict[str, float] = {}
+        for impl in impls:  # warm up, and count the model calls of one run
+            before = srv.calls()
+            await run(impl, "warm up")
+            calls[impl] = srv.calls() - before
+        times: dict[str, list[float]] = {impl: [] for impl in impls}
+        for i in range(args.repeat):
+            order = impls if i % 2 == 0 else impls[::-1]
+            for impl in order:
+                times[impl].append(await run(impl, f"task {i}: explain idempotency keys"))
     ideal = critical_calls(spec) * args.latency
-    median = statistics.median(times)
-    return {
-        "graph": graph_name,
-        "impl": impl,
-        "store": STORE_LABELS[store],
-        "calls_per_run": calls,
-        "ideal_s": round(ideal, 3),
-        "median_s": round(median, 4),
-        "p90_s": round(statistics.quantiles(times, n=10)[-1], 4)
-        if len(times) > 1
-        else round(median, 4),
-        "overhead_ms": round((median - ideal) * 1000, 1),
-        "overhead_pct": round((median - ideal) / ideal * 100, 1) if ideal else "",
-    }
+    rows = []
+    for impl in impls:
+        median = statistics.median(times[impl])
+        p90 = statistics.quantiles(times[impl], n=10)[-1] if args.repeat > 1 else median
+        rows.append(
+            {
+                "graph": graph_name,
+                "impl": impl,
+                "store": STORE_LABELS[store],
+                "calls_per_run": calls[impl],
+                "ideal_s": round(ideal, 3),
+                "median_s": round(median, 4),
+                "p90_s": round(p90, 4),
+                "overhead_ms": round((median - ideal) * 1000, 1),
+                "overhead_pct": round((median - ideal) / ideal * 100, 1) if ideal else "",
+            }
+        )
+    return rows
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def machine() -> dict[str, Any]:
@@ -336,16 +359,18 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg-admin", default=os.environ.get("MOA_TEST_PG", PG_ADMIN))
     ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     args = ap.parse_args(argv)
-    rows, skipped = [], []
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    impls = args.impls.split(",")
+    load_before = load_average()
     started = time.perf_counter()
     with model_server(args.latency) as srv, tempfile.TemporaryDirectory() as tmp:
         for graph_name in args.graphs.split(","):
             for store in args.stores.split(","):
-                for impl in args.impls.split(","):
-                    try:
-                        rows.append(await measure(impl, graph_name, store, srv, args, tmp))
-                    except (ImportError, OSError) as exc:  # a store that is not available here
-                        skipped.append(f"{graph_name}/{store}/{impl}: {type(exc).__name__}: {exc}")
+                try:
+                    rows += await measure(graph_name, store, impls, srv, args, tmp)
+                except StoreUnavailable as exc:
+                    skipped.append(f"{graph_name}/{store}: {exc}")
     print(
         f"engine overhead, {args.latency * 1000:.0f} ms per model call, {args.repeat} runs per row"
     )
@@ -365,9 +390,11 @@ async def main(argv: list[str] | None = None) -> int:
     )
     for line in skipped:
         print(f"skipped {line}")
+    print(f"load average (1/5/15 min) before: {load_before}, after: {load_average()}")
     report = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "machine": machine(),
+        "load_average_before_after": [load_before, load_average()],
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
         "skipped": skipped,

@@ -1,0 +1,58 @@
+"""The bench scripts still run: each with tiny arguments, checking its table and JSON, not
+its timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=BENCH.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_overhead_bench_runs(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    done = _bench(
+        "overhead.py", "--repeat", "2", "--latency", "0.01", "--stores", "memory,sqlite",
+        "--out", str(out),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    rows = {(r["graph"], r["impl"], r["store"]) for r in report["rows"]}
+    assert len(rows) == 2 * 2 * 2 and not report["skipped"]
+    # both implementations make the same model calls
+    assert {r["calls_per_run"] for r in report["rows"]} == {7}
+    assert {r["ideal_s"] for r in report["rows"] if r["graph"] == "team"} == {0.05}
+    assert "raw-langgraph" in done.stdout and "SQLite (ours)" in done.stdout
+
+
+@pytest.mark.slow
+def test_concurrency_bench_runs(tmp_path: Path) -> None:
+    out = tmp_path / "concurrency.json"
+    done = _bench(
+        "concurrency.py", "--levels", "1,5", "--db-levels", "3", "--latency", "0.01",
+        "--stores", "memory,sqlite", "--out", str(out),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert [(r["store"], r["runs"]) for r in report["rows"]] == [
+        ("InMemorySaver", 1),
+        ("InMemorySaver", 5),
+        ("SQLite (ours)", 3),
+    ]
+    assert all(r["peak_rss_mb"] >= r["rss_before_mb"] > 0 for r in report["rows"])
+    assert "runs/s" in done.stdout
