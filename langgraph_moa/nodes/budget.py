@@ -52,7 +52,7 @@ class Budget:
         return self.max_total_tokens is not None or self.max_cost is not None
 
     def to_config(self) -> dict[str, Any]:
-        """The ``configurable["budget"]`` mapping of this budget."""
+        """The ``configurable["budget"]`` mapping of this budget (None lifts a limit)."""
         return {"max_total_tokens": self.max_total_tokens, "max_cost": self.max_cost}
 
     def replaced(self, value: Mapping[str, Any] | Budget | None) -> Budget:
@@ -88,42 +88,37 @@ def budget_of(config: RunnableConfig | None, spec_budget: Budget) -> Budget:
     return spec_budget.replaced(override)
 
 
-def parse_budget(text: str) -> Budget:
-    """A budget from the command line: ``20000``, ``tokens=20000``, ``cost=0.5``, ``$0.5``,
-    or several joined by commas (``tokens=20000,cost=0.5``); ``none`` lifts a limit."""
-    tokens: int | None = None
-    cost: float | None = None
-    seen: set[str] = set()
+def parse_budget(text: str) -> dict[str, int | float | None]:
+    """The ``configurable["budget"]`` mapping of a command-line budget: ``20000``,
+    ``tokens=20000``, ``cost=0.5``, ``$0.5``, or both joined by a comma; ``none`` lifts a
+    limit. Limits not named keep the spec's value."""
+    out: dict[str, int | float | None] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.rpartition("=")
-        key = key.strip().lower()
-        value = value.strip()
+        key, value = key.strip().lower(), value.strip()
         if not key:
             key = "cost" if value.startswith("$") else "tokens"
-        value = value.removeprefix("$")
-        if key not in ("tokens", "cost") or key in seen:
+        field = {"tokens": "max_total_tokens", "cost": "max_cost"}.get(key)
+        if field is None or field in out:
             raise ValueError(
                 f"budget {text!r}: {part!r} is not understood; write tokens=N, cost=X or both, "
                 "e.g. --budget tokens=20000,cost=0.50"
             )
-        seen.add(key)
+        value = value.removeprefix("$").replace("_", "")
         if value.lower() == "none":
+            out[field] = None
             continue
         try:
-            if key == "tokens":
-                tokens = int(re.sub(r"[_\s]", "", value))
-                ok = tokens > 0
-            else:
-                cost = float(value)
-                ok = cost > 0
+            number: int | float = int(value) if key == "tokens" else float(value)
         except ValueError:
-            ok = False
-        if not ok:
+            number = 0
+        if number <= 0:
             kind = "integer" if key == "tokens" else "number"
             raise ValueError(f"budget {text!r}: {key} must be a positive {kind}, got {value!r}")
-    if not seen:
+        out[field] = number
+    if not out:
         raise ValueError(f"budget {text!r} is empty; write tokens=N, cost=X or both")
-    return Budget(tokens, cost)
+    return out
 
 
 class BudgetExceeded(Exception):
