@@ -61,8 +61,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, InterfaceError
-from sqlalchemy.exc import OperationalError as SAOperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 from sqlalchemy.util import await_only, greenlet_spawn
@@ -292,12 +291,18 @@ class _SaverBase(BaseCheckpointSaver[str]):
             if raw is not None:
                 self._release(raw)
 
-    def _connection(self) -> Any:
-        """A SQLAlchemy connection in a transaction (context manager)."""
+    def _sa_connect(self) -> Connection:
+        """A SQLAlchemy connection; a clear error if the database cannot be reached."""
         try:
-            return self._sync_engine.begin()
+            return self._sync_engine.connect()
         except (DBAPIError, OSError) as exc:
             raise self._unavailable(exc) from exc
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """A SQLAlchemy connection in a transaction."""
+        with self._sa_connect() as conn, conn.begin():
+            yield conn
 
     def _abort(self, raw: PoolProxiedConnection, exc: BaseException, cur: Any) -> bool:
         """Roll back after ``exc``; whether the connection was lost (then dropped)."""
@@ -413,42 +418,32 @@ class _SaverBase(BaseCheckpointSaver[str]):
 
     def _setup_sync(self) -> None:
         """Create or upgrade the tables, holding a database-wide lock."""
-        try:
-            if self.backend == "mysql":
-                with self._sync_engine.connect() as conn:
-                    got = conn.exec_driver_sql(
-                        f"SELECT GET_LOCK('{_MIGRATION_LOCK}', 120)"
-                    ).scalar()
-                    if got != 1:
-                        raise PersistenceError(
-                            "timed out after 120 s waiting for another process to finish "
-                            "migrating the checkpoint tables; retry setup()"
-                        )
-                    try:
-                        self._migrate(conn)
-                        conn.commit()
-                    finally:
-                        conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_MIGRATION_LOCK}')")
-                        conn.commit()
-            else:
-                with self._sync_engine.begin() as conn:
-                    if self.backend == "postgresql":
-                        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_ID})")
+        if self.backend == "mysql":
+            with self._sa_connect() as conn:
+                got = conn.exec_driver_sql(f"SELECT GET_LOCK('{_MIGRATION_LOCK}', 120)").scalar()
+                if got != 1:
+                    raise PersistenceError(
+                        "timed out after 120 s waiting for another process to finish "
+                        "migrating the checkpoint tables; retry setup()"
+                    )
+                try:
                     self._migrate(conn)
-        except (SAOperationalError, InterfaceError) as exc:
-            if getattr(exc, "connection_invalidated", False) or "connect" in str(exc).lower():
-                raise self._unavailable(exc) from exc
-            raise
+                    conn.commit()
+                finally:
+                    conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_MIGRATION_LOCK}')")
+                    conn.commit()
+        else:
+            with self._connection() as conn:
+                if self.backend == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_ID})")
+                self._migrate(conn)
         self._stmts = None
         self._ready = False
 
     def _check_ready(self) -> None:
         """Check the schema version once; set up or migrate if allowed."""
-        try:
-            with self._sync_engine.connect() as conn:
-                found = self._schema_version(conn)
-        except (DBAPIError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        with self._sa_connect() as conn:
+            found = self._schema_version(conn)
         if found is not None and found > SCHEMA_VERSION:
             raise self._too_new(found)
         if found != SCHEMA_VERSION:
