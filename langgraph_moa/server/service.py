@@ -686,8 +686,9 @@ class MoAServer:
 
     async def dequeued(self, run_id: str) -> None:
         """A queued run was cancelled before it started."""
-        with contextlib.suppress(OwnershipLostError):
-            await self.registry.update_run(run_id, status="cancelled")
+        run = await self.registry.get_run(run_id)
+        if run is not None and run.status in ACTIVE:
+            await self.registry.update_run(run_id, status="cancelled", release=True)
         await self._finish(run_id)
 
     async def _finish(self, run_id: str) -> None:
@@ -699,25 +700,17 @@ class MoAServer:
     async def execute(self, run_id: str, *, resume: bool) -> None:
         """Execute one run to its end; record its status before its stream closes."""
         live = self._live.setdefault(run_id, _Live())
-        queued = await self.registry.get_run(run_id)
-        if queued is None or queued.status not in ACTIVE:
-            await self._finish(run_id)  # cancelled or deleted while it waited
-            return
-        if not self.streams.is_open(run_id):
-            self.streams.open(run_id, persist=self._persist(queued))
         try:
-            run = await self.registry.claim_run(
-                run_id, self.owner, stale_after=self.options.stale_after
-            )
-        except RunOwnedError:
-            log.info("run %s is owned by another process; not running it here", run_id)
-            await self._finish(run_id)
+            run = await self._claim(run_id)
+        except asyncio.CancelledError:
+            if self.role == "worker":
+                raise
+            if self._stopping and live.cancel_action is None:
+                await asyncio.shield(self._hand_back(run_id))
+            else:
+                await asyncio.shield(self.dequeued(run_id))
             return
-        except Exception:
-            log.exception("cannot claim run %s", run_id)
-            await self._finish(run_id)
-            return
-        if run.status != "running":
+        if run is None:
             await self._finish(run_id)
             return
         beat = asyncio.create_task(self._heartbeat(run_id))
@@ -729,7 +722,7 @@ class MoAServer:
                 final = None  # the worker decides: a user's abort, or a drain (re-queue)
                 raise
             if self._stopping and live.cancel_action is None:
-                final = {"status": None}  # shutdown: left running and free, resumed at start
+                final = None  # shutdown: left running and free, resumed at the next start
             else:
                 final = {"status": "cancelled"}
         except Exception as exc:
@@ -740,12 +733,35 @@ class MoAServer:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
             if final is None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.registry.release_run(run_id, self.owner))
-                self.streams.forget(run_id)
-                self._live.pop(run_id, None)
+                await asyncio.shield(self._hand_back(run_id))
             else:
                 await asyncio.shield(self._record_end(run, final))
+
+    async def _claim(self, run_id: str) -> RunRecord | None:
+        """Take the run for this process; None when it is not to be run here."""
+        queued = await self.registry.get_run(run_id)
+        if queued is None or queued.status not in ACTIVE:
+            return None  # cancelled or deleted while it waited
+        if not self.streams.is_open(run_id):
+            self.streams.open(run_id, persist=self._persist(queued))
+        try:
+            run = await self.registry.claim_run(
+                run_id, self.owner, stale_after=self.options.stale_after
+            )
+        except RunOwnedError:
+            log.info("run %s is owned by another process; not running it here", run_id)
+            return None
+        return run if run.status == "running" else None
+
+    async def _hand_back(self, run_id: str) -> None:
+        """Stop without a final status: the run stays active and free, for another process
+        or the next start to continue."""
+        with contextlib.suppress(Exception):
+            await self.registry.release_run(run_id, self.owner)
+        self.streams.forget(run_id)
+        live = self._live.pop(run_id, None)
+        if live is not None:
+            live.done.set()
 
     async def _record_end(self, run: RunRecord, final: dict[str, Any]) -> None:
         run_id = run.run_id
