@@ -32,6 +32,7 @@ from overhead import (
     bench_spec,
     checkpointer,
     critical_calls,
+    load_average,
     machine,
     model_server,
     print_table,
@@ -50,7 +51,7 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 async def child(args: argparse.Namespace) -> dict[str, Any]:
     """One level: N runs at once against ``args.base_url``; returns the row."""
-    spec = bench_spec(args.graph, args.base_url)
+    spec = bench_spec(args.graph, args.base_url, max_concurrency=args.max_in_flight)
     with tempfile.TemporaryDirectory() as tmp:
         async with checkpointer(args.store, tmp, args.pg_admin) as saver:
             graph = compile_graph(spec, checkpointer=saver)
@@ -94,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         "--db-levels", default="1,10,100", help="levels for the SQL stores (1,000 takes minutes)"
     )
     ap.add_argument("--pg-admin", default=PG_ADMIN)
+    ap.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="cap model calls in flight (the model entry's max_concurrency); default: none",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "concurrency.json")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
+    load_before = load_average()
     started = time.perf_counter()
     with model_server(args.latency) as srv:
         for store in args.stores.split(","):
@@ -126,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                         str(args.latency),
                         "--pg-admin",
                         args.pg_admin,
+                        *(
+                            ["--max-in-flight", str(args.max_in_flight)]
+                            if args.max_in_flight
+                            else []
+                        ),
                     ],
                     capture_output=True,
                     text=True,
@@ -138,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                         break  # the store is not available here; skip its other levels
                     continue
                 rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    cap = f", at most {args.max_in_flight} calls in flight" if args.max_in_flight else ""
     print(
-        f"concurrent runs of '{args.graph}' in one process, {args.latency * 1000:.0f} ms per call"
+        f"concurrent runs of '{args.graph}' in one process, {args.latency * 1000:.0f} ms per "
+        f"call{cap}"
     )
     print_table(
         rows,
@@ -157,9 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in skipped:
         print(f"skipped {line}")
+    print(f"load average (1/5/15 min) before: {load_before}, after: {load_average()}")
     report = {
         "args": {k: str(v) for k, v in vars(args).items() if k not in ("child", "base_url")},
         "machine": machine(),
+        "max_in_flight": args.max_in_flight,
+        "load_average_before_after": [load_before, load_average()],
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
         "skipped": skipped,

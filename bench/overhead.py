@@ -138,8 +138,9 @@ STORE_LABELS = {
 
 
 # -- the specs and their ideal critical path -------------------------------------------------
-def bench_spec(name: str, base_url: str) -> GraphSpec:
-    return with_default_model(preset(name), ModelSpec(model=MODEL, base_url=base_url))
+def bench_spec(name: str, base_url: str, **model: Any) -> GraphSpec:
+    """Preset ``name`` with every node on the test server's model ``m``."""
+    return with_default_model(preset(name), ModelSpec(model=MODEL, base_url=base_url, **model))
 
 
 def critical_calls(spec: GraphSpec) -> int:
