@@ -24,7 +24,6 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import EmptyInputError, GraphRecursionError, InvalidUpdateError
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Send
-from sqlalchemy.engine import make_url as sa_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from langgraph_moa.graphs import GraphSpec, SpecError, TaskError
@@ -41,6 +40,7 @@ from langgraph_moa.persistence.registry import (
     async_url,
 )
 from langgraph_moa.runtime.api import MoA
+from langgraph_moa.runtime.store import open_checkpointer
 from langgraph_moa.server import serde
 from langgraph_moa.server.events import RunStreams, StreamEvent
 from langgraph_moa.server.executor import InProcessExecutor, RunExecutor
@@ -213,7 +213,7 @@ class MoAServer:
         try:
             checkpointer = self._checkpointer
             if checkpointer is None:
-                checkpointer = await stack.enter_async_context(_open_checkpointer(self.db_url))
+                checkpointer = await stack.enter_async_context(open_checkpointer(self.db_url))
             self.registry = RunRegistry.from_url(self.db_url)
             stack.push_async_callback(self.registry.aclose)
             await self.registry.setup()
@@ -899,38 +899,6 @@ class MoAServer:
                     )
             return _command(CommandModel.model_validate(command))
         return run.input
-
-
-@contextlib.asynccontextmanager
-async def _open_checkpointer(db_url: str) -> AsyncIterator[BaseCheckpointSaver[Any]]:
-    """Our SQL checkpointer; until it is installed, LangGraph's SQLite/PostgreSQL savers."""
-    try:
-        from langgraph_moa.persistence import (  # type: ignore[attr-defined]  # noqa: F401
-            AsyncSQLAlchemySaver,
-        )
-    except ImportError:
-        pass
-    else:
-        from langgraph_moa.runtime.store import open_checkpointer
-
-        async with open_checkpointer(db_url) as saver:
-            yield saver
-        return
-    url = sa_url(db_url)
-    if url.get_backend_name() == "sqlite":
-        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-        async with AsyncSqliteSaver.from_conn_string(url.database or ":memory:") as sqlite_saver:
-            yield sqlite_saver
-    elif url.get_backend_name() == "postgresql":
-        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
-        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        async with AsyncPostgresSaver.from_conn_string(conninfo) as pg_saver:
-            await pg_saver.setup()
-            yield pg_saver
-    else:
-        raise RuntimeError(f"no checkpointer for {url.get_backend_name()} is installed yet")
 
 
 def _command(model: CommandModel) -> Command[Any]:
