@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +59,24 @@ def judge_model(main: GraphSpec, judge: str | None, base_url: str | None) -> tup
     name = main.layers[-1].synthesizer.model or main.defaults.model
     spec = main.model_spec(name)
     return spec, name or spec.model or "default model"
+
+
+def machine() -> dict[str, str | int | None]:
+    """Where the numbers came from: CPU, cores, Python, OS."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
 
 
 def default_eval_id(dataset: str, items: Sequence[EvalItem]) -> str:
@@ -156,6 +177,8 @@ async def execute(options: EvalOptions, out: Console, err: Console) -> EvalRepor
             )
     if options.json_path is not None:
         data = report.to_json() | {
+            "command": ["moa", *sys.argv[1:]],
+            "machine": machine(),
             "dataset_items": len(options.items),
             "specs_used": {
                 s.label: s.spec.model_dump(mode="json", exclude_unset=True) for s in options.specs
