@@ -221,3 +221,22 @@ def test_worker_configuration_errors(tmp_path: Path) -> None:
     assert conninfo_of("postgresql+psycopg://u:p@h:5433/db?sslmode=require") == (
         "postgresql://u:p@h:5433/db?sslmode=require"
     )
+
+
+async def test_paused_run_is_continued_by_a_new_queued_run(
+    model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """A run queued with a pause after layer 1's agents ends ``interrupted``; a run queued
+    with no task on the same thread continues it, without asking layer 1 again."""
+    spec = spec_for(model_server)
+    workers.start()
+    await workers.ready(1)
+    paused = await queue.submit(spec, "pause me", interrupt_after=["a1", "a2"])
+    record = await finished(queue, paused.run_id, workers)
+    assert record.status == "interrupted", workers.logs()
+    assert record.waiting_for == [{"kind": "paused", "next": ["L1_synthesizer"]}]
+    assert calls(model_server, "pause me") == {"a1": 1, "a2": 1}
+    going_on = await queue.submit(spec, None, thread_id=paused.thread_id)
+    record = await finished(queue, going_on.run_id, workers)
+    assert record.status == "success" and record.answer
+    assert calls(model_server, "pause me") == {"a1": 1, "a2": 1, "b1": 1, "b2": 1, "b3": 1, "s": 1}

@@ -72,14 +72,15 @@ class MoARunHandler:
         self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
         self._graphs: OrderedDict[str, MoA] = OrderedDict()
 
-    async def moa_for(self, spec_data: Mapping[str, Any]) -> MoA:
-        """The compiled MoA of a spec (cached per process by spec hash)."""
+    async def moa_for(self, spec_data: Mapping[str, Any], interrupt_after: Any = ()) -> MoA:
+        """The compiled MoA of a spec (cached per process by spec hash and pauses)."""
         spec = load_spec(dict(spec_data))
-        key = spec.spec_hash()
+        pauses = tuple(interrupt_after or ())
+        key = f"{spec.spec_hash()}:{','.join(pauses)}"
         if key in self._graphs:
             self._graphs.move_to_end(key)
             return self._graphs[key]
-        moa = await MoA(spec, checkpointer=self.checkpointer).__aenter__()
+        moa = await MoA(spec, checkpointer=self.checkpointer, interrupt_after=pauses).__aenter__()
         self._graphs[key] = moa
         while len(self._graphs) > 32:
             self._graphs.popitem(last=False)
@@ -135,7 +136,8 @@ class MoARunHandler:
         except Exception as exc:
             await self._fail(run_id, owner, exc)
         else:
-            result = await (await self.moa_for(run.spec)).aresult(run.thread_id, run_id)
+            moa = await self.moa_for(run.spec, run.options.get("interrupt_after"))
+            result = await moa.aresult(run.thread_id, run_id)
             with contextlib.suppress(OwnershipLostError):
                 await self.registry.release_run(
                     run_id,
@@ -143,7 +145,7 @@ class MoARunHandler:
                     status=result.status if result.status in FINAL else "success",
                     answer=result.answer,
                     usage=dict(result.usage),
-                    waiting_for=result.interrupts or None,
+                    waiting_for=result.waiting_for or None,
                 )
             await self.events.append(run_id, "end", None)
 
@@ -158,7 +160,7 @@ class MoARunHandler:
     ) -> None:
         if self.draining():
             raise RunHandedBack("the worker is shutting down")
-        moa = await self.moa_for(spec)
+        moa = await self.moa_for(spec, options.get("interrupt_after"))
         snapshot = await moa.graph.aget_state(MoA.config(thread_id))
         ours = (snapshot.metadata or {}).get("run_id") == run_id
         if ours and (not snapshot.next or snapshot.interrupts):

@@ -57,7 +57,7 @@ from sqlalchemy.exc import ArgumentError
 
 from langgraph_moa.graphs import GraphSpec, load_spec
 from langgraph_moa.persistence.registry import RunRecord, RunRegistry
-from langgraph_moa.runtime.api import RunResult
+from langgraph_moa.runtime.api import MoA, RunResult
 from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
 from langgraph_moa.runtime.worker_events import EventStore, RunEvent
 from langgraph_moa.runtime.worker_runs import (
@@ -561,6 +561,7 @@ class RunQueue(_Queue):
         run_id: str | None = None,
         resume: Any = None,
         stream_mode: Sequence[str] = DEFAULT_STREAM_MODE,
+        interrupt_after: Sequence[str] = (),
         metadata: Mapping[str, Any] | None = None,
         queue: str | None = None,
         priority: int = 0,
@@ -568,7 +569,9 @@ class RunQueue(_Queue):
         """Record a ``pending`` run of ``spec`` on ``thread_id`` (new by default) and queue it.
 
         ``task=None`` continues the thread from its last checkpoint; ``resume=value``
-        answers a pending interrupt. Runs of one thread execute one at a time, in order.
+        answers a pending interrupt; ``interrupt_after`` names nodes or agents to pause
+        after (as :class:`~langgraph_moa.runtime.api.MoA`). Runs of one thread execute one
+        at a time, in the order they were queued.
         """
         graph_spec = load_spec(spec)
         thread_id = thread_id or uuid.uuid4().hex
@@ -586,7 +589,12 @@ class RunQueue(_Queue):
             spec_hash=graph_spec.spec_hash(),
             input=dict(run_input) if run_input is not None else None,
             metadata=metadata,
-            options={"stream_mode": list(stream_mode), "resume": resume, "queue": queue},
+            options={
+                "stream_mode": list(stream_mode),
+                "resume": resume,
+                "interrupt_after": MoA(graph_spec, interrupt_after=interrupt_after).interrupt_after,
+                "queue": queue or self.queue,
+            },
         )
         job_id = await self._defer(run_id, thread_id, handler="moa", queue=queue, priority=priority)
         assert job_id is not None  # the run id is new, so is its queueing lock
