@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -447,3 +448,37 @@ async def test_graceful_restart_resumes(served: Served, srv: ModelServer) -> Non
     served.restart()
     values = await get_client(url=served.url).runs.join(thread["thread_id"], run["run_id"])
     assert values["answer"]
+
+
+@pytest.mark.parametrize("database", ["postgres", "mysql"])
+async def test_on_server_databases(
+    database: str, request: pytest.FixtureRequest, tmp_path: Path, srv: ModelServer
+) -> None:
+    """The same service on PostgreSQL and MariaDB: runs, resumable streams, cancel, state."""
+    srv.reset()
+    db_url = str(request.getfixturevalue({"postgres": "pg_url", "mysql": "mysql_url"}[database]))
+    for served in serve(tmp_path, [moa_spec(srv)], db_url):
+        client = get_client(url=served.url)
+        thread = await client.threads.create(metadata={"db": database})
+        tid = thread["thread_id"]
+        assert (await client.runs.wait(tid, "moa", input={"task": "one"}))["answer"]
+        srv.add_rule(model="synth", delay=1.0)
+        stream = client.runs.stream(
+            tid, "moa", input={"task": "two"}, stream_mode="updates", stream_resumable=True
+        )
+        first = [await anext(stream), await anext(stream)]
+        await stream.aclose()  # type: ignore[attr-defined]
+        run_id = first[0].data["run_id"]
+        rest = [p async for p in client.runs.join_stream(tid, run_id, last_event_id=first[-1].id)]
+        assert any(p.event == "updates" and "L1_synthesizer" in p.data for p in rest)
+        ids = [int(p.id) for p in first + rest]
+        assert ids == sorted(set(ids))
+        arrived = stall_synth(srv)
+        run = await client.runs.create(tid, "moa", input={"task": "three"})
+        arrived()
+        await client.runs.cancel(tid, run["run_id"], wait=True)
+        assert (await client.runs.get(tid, run["run_id"]))["status"] == "interrupted"
+        history = await client.threads.get_history(tid, limit=100)
+        assert len(history) > 8
+        found = await client.threads.search(metadata={"db": database})
+        assert [t["thread_id"] for t in found] == [tid]
