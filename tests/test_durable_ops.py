@@ -100,7 +100,12 @@ def test_cancel_marks_interrupted_and_resumes(
     done = json.loads(moa("resume", "c1", "--db", sqlite_url, "--json").stdout)
     assert done["status"] == "success"
     assert counts(srv) == {"m1": 2, "m2": 2, "m3": 3, "m4": 3, "synth": 2}
-    assert latest(sqlite_url, "c1").attempts == 2
+    run = latest(sqlite_url, "c1")
+    assert run.attempts == 2 and run.status == "success" and run.error is None
+    # What the stopped attempt left is kept, not overwritten.
+    [log] = run.metadata["attempts_log"]
+    assert log["attempt"] == 1 and log["status"] == "interrupted"
+    assert log["error"] == "stopped before the end"
 
 
 def test_second_ctrl_c_exits_at_once_and_the_run_stays_resumable(

@@ -32,6 +32,7 @@ from langgraph.types import Checkpointer, Command, Durability, StreamMode
 
 from langgraph_moa.graphs import GraphSpec, compile_graph, load_spec
 from langgraph_moa.models import ModelResolver
+from langgraph_moa.nodes.budget import BUDGET_KEY, usage_report
 from langgraph_moa.persistence.registry import (
     DEFAULT_STALE_AFTER,
     Owner,
@@ -89,7 +90,11 @@ class RunResult:
             "run_id": self.run_id,
             "status": self.status,
             "answer": self.answer,
-            "usage": {"total": self.usage, "by_agent": self.usage_by_agent},
+            "usage": {
+                "total": self.usage,
+                "by_layer": usage_report(self.values)["by_layer"],
+                "by_agent": self.usage_by_agent,
+            },
             "interrupts": self.interrupts,
             "next": self.next,
             "notes": self.notes,
@@ -255,6 +260,7 @@ class MoA:
         resume: Any = None,
         stream_mode: StreamMode | Sequence[StreamMode] = ("updates",),
         durability: Durability = "sync",
+        budget: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
         """Stream a run with LangGraph's stream modes (``updates``, ``values``, ``messages``...).
@@ -262,7 +268,8 @@ class MoA:
         This is the bare graph stream: it does not touch the run registry (use
         :meth:`ainvoke` with ``on_event`` for a recorded, resumable run).
         """
-        config = self.config(thread_id or uuid.uuid4().hex, run_id)
+        extra = {BUDGET_KEY: dict(budget)} if budget is not None else {}
+        config = self.config(thread_id or uuid.uuid4().hex, run_id, **extra)
         async for chunk in self.graph.astream(
             self.input_of(task, resume),
             config,
@@ -283,8 +290,13 @@ class MoA:
         on_event: Callable[[str, Any], None] | None = None,
         force: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        budget: Mapping[str, Any] | None = None,
     ) -> RunResult:
         """Run to the end (or to a pause) and return the result.
+
+        ``budget`` (``{"max_total_tokens": N, "max_cost": X}``, a key set to None lifts
+        that limit) replaces the spec's limits for this invocation: resuming a run that
+        stopped on its budget with a larger one goes on from where it stopped.
 
         ``task=None`` continues the thread's latest run from its last checkpoint (after
         a crash, a cancel or a pause); ``resume=value`` answers a pending interrupt
@@ -313,6 +325,7 @@ class MoA:
                     resume=resume,
                     stream_mode=["tasks", "updates"],
                     durability=durability,
+                    budget=budget,
                 ):
                     if on_event is not None:
                         on_event(mode, chunk)
@@ -407,18 +420,28 @@ class MoA:
                 "continue with the changed one",
                 changes,
             )
-        claimed = await registry.claim_run(record.run_id, self.owner, stale_after=self.stale_after)
+        await registry.claim_run(record.run_id, self.owner, stale_after=self.stale_after)
+        # Keep what the earlier attempt left (its outcome, a replaced spec) in the metadata.
+        metadata = dict(record.metadata)
+        metadata["attempts_log"] = [
+            *(metadata.get("attempts_log") or []),
+            {
+                "attempt": record.attempts,
+                "status": record.status,
+                "error": record.error,
+                "owner": record.describe_owner() if record.owner_token else None,
+                "until": record.to_json()["updated_at"],
+            },
+        ]
+        replaced: dict[str, Any] = {}
         if record.spec_hash and record.spec_hash != self.spec.spec_hash():
-            previous = list(record.metadata.get("previous_specs") or [])
+            previous = list(metadata.get("previous_specs") or [])
             previous.append({"spec_hash": record.spec_hash, "spec": record.spec})
-            claimed = await registry.update_run(
-                record.run_id,
-                owner=self.owner,
-                spec=spec_data(self.spec),
-                spec_hash=self.spec.spec_hash(),
-                metadata={**record.metadata, "previous_specs": previous},
-            )
-        return claimed
+            metadata["previous_specs"] = previous
+            replaced = {"spec": spec_data(self.spec), "spec_hash": self.spec.spec_hash()}
+        return await registry.update_run(
+            record.run_id, owner=self.owner, metadata=metadata, **replaced
+        )
 
     async def _record(self, record: RunRecord | None, result: RunResult) -> None:
         if record is None or self.registry is None:
@@ -610,8 +633,13 @@ async def aresume(
     on_event: Callable[[str, Any], None] | None = None,
     stale_after: float = DEFAULT_STALE_AFTER,
     on_start: Callable[[RunRecord, MoA], None] | None = None,
+    budget: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Continue the latest run of ``thread_id`` from its last checkpoint, with its spec.
+
+    ``budget`` (``{"max_total_tokens": N, "max_cost": X}``, e.g. from
+    :func:`~langgraph_moa.nodes.budget.parse_budget`) raises the limits of a run that
+    stopped on its budget; it is kept in the run's options for later resumes.
 
     The spec is the one stored with the run; when ``spec`` is given, or the file the
     run was started from has changed, a different hash raises :class:`SpecDriftError`
@@ -662,7 +690,21 @@ async def aresume(
             else:
                 use = current
             waiting = record.status == "interrupted" and bool(record.waiting_for)
-            if waiting and resume is None and (decision is None or decision.empty):
+            on_budget = waiting and all(w.get("kind") == "budget" for w in record.waiting_for or [])
+            if (
+                on_budget
+                and budget is None
+                and resume is None
+                and (decision is None or decision.empty)
+            ):
+                raise HumanInputNeededError(
+                    f"run {record.run_id} of thread {thread_id} stopped on its budget "
+                    f"({describe_waiting(record)}); resume it with a larger one: `moa resume "
+                    f"{thread_id} --budget tokens=N,cost=X` (or --approve to let the next "
+                    "call go ahead)"
+                )
+            answered = on_budget and budget is not None  # a larger budget is the answer
+            if waiting and not answered and resume is None and (decision is None or decision.empty):
                 raise HumanInputNeededError(
                     f"run {record.run_id} of thread {thread_id} waits for "
                     f"{describe_waiting(record)}; go on with `moa resume {thread_id} "
@@ -674,7 +716,14 @@ async def aresume(
                     "decision (it was stopped, not paused); resume it without "
                     "--approve/--edit"
                 )
-        options = record.options if record is not None else {}
+        options = dict(record.options) if record is not None else {}
+        if budget is not None:
+            budget = {**(options.get("budget") or {}), **budget}
+            if record is not None:
+                options["budget"] = budget
+                await registry.update_run(record.run_id, options=options)
+        elif options.get("budget"):
+            budget = options["budget"]
         async with MoA(
             use,
             checkpointer=saver,
@@ -700,6 +749,7 @@ async def aresume(
                 resume=resume,
                 force=force,
                 on_event=on_event,
+                budget=budget,
             )
 
 
