@@ -472,6 +472,14 @@ def resume(
     ] = None,
     stale_after: StaleAfterOpt = 30.0,
     as_json: JsonOpt = False,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Raise the run's budget and go on: tokens=N, cost=X or both "
+            "(tokens=50000,cost=0.5); 'none' lifts a limit. Kept for later resumes.",
+        ),
+    ] = None,
 ) -> None:
     """Continue a run from its last checkpoint with the spec it started with.
 
@@ -488,9 +496,20 @@ def resume(
     except ValueError as exc:
         fail(str(exc), 2)
     decision.approve = approve
+    limits = None
+    if budget is not None:
+        from langgraph_moa.nodes.budget import parse_budget
+
+        try:
+            limits = parse_budget(budget)
+        except ValueError as exc:
+            fail(str(exc), 2)
     if stale:
-        if not decision.empty or spec is not None:
-            fail("--stale resumes runs as they are; --approve/--edit/--spec need a THREAD", 2)
+        if not decision.empty or spec is not None or limits is not None:
+            fail(
+                "--stale resumes runs as they are; --approve/--edit/--spec/--budget need a THREAD",
+                2,
+            )
         _resume_stale(db, stale_after, force, as_json)
         return
     assert thread is not None
@@ -498,7 +517,7 @@ def resume(
         _stored_spec_for_view(db, thread),
         thread,
         as_json,
-        _resumer(thread, db, spec, force, decision, stale_after, as_json),
+        _resumer(thread, db, spec, force, decision, stale_after, as_json, limits),
     )
     _print_result(result, as_json)
 
@@ -511,6 +530,7 @@ def _resumer(
     decision: Any,
     stale_after: float,
     quiet: bool,
+    budget: dict[str, Any] | None = None,
 ) -> Any:
     from langgraph_moa.runtime.api import aresume
 
@@ -531,6 +551,7 @@ def _resumer(
             on_event=on_event,
             stale_after=stale_after,
             on_start=started,
+            budget=budget,
         )
 
     return start

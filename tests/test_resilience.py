@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from langgraph_moa.models.limits import CallLimiter
 from langgraph_moa.nodes import QuorumError
-from langgraph_moa.nodes.budget import BUDGET_KEY, usage_report
+from langgraph_moa.nodes.budget import usage_report
 from langgraph_moa.runtime import MoA
 from langgraph_moa.testing import ChatRequest, ModelServer
 
@@ -382,9 +386,10 @@ async def test_token_budget_stops_before_the_next_call_and_resumes_with_more(
         again = await moa.ainvoke(None, thread_id="t")
         assert again.status == "interrupted" and model_server.calls() == calls_before
 
-        config = moa.config("t", **{BUDGET_KEY: {"max_total_tokens": budget * 4}})
-        await moa.graph.ainvoke(None, config)
-        done = await moa.aresult("t")
+        done = await moa.ainvoke(None, thread_id="t", budget={"max_total_tokens": budget * 4})
+        record = await moa.registry.latest_run("t")
+        assert record is not None and record.status == "success"
+        assert record.usage == done.usage
 
     assert done.status == "success" and done.answer
     assert model_server.calls() == full_calls  # nothing done before the stop was redone
@@ -402,9 +407,7 @@ async def test_cost_budget_stops_and_resumes(model_server: ModelServer, sqlite_u
         assert stopped.status == "interrupted"
         assert "cost budget" in stopped.interrupts[0]["reason"]
         assert stopped.usage["cost"] <= 0.1
-        config = moa.config("t", **{BUDGET_KEY: {"max_cost": None}})  # lift the limit
-        await moa.graph.ainvoke(None, config)
-        done = await moa.aresult("t")
+        done = await moa.ainvoke(None, thread_id="t", budget={"max_cost": None})  # no limit
     assert done.status == "success"
     assert model_server.calls() == full_calls
     assert_usage_matches(done.usage, served_usage(model_server))
@@ -444,3 +447,51 @@ async def test_live_view_shows_missing_agents_usage_cost_and_budget_pause(
         stopped = await moa.ainvoke("task", thread_id="b", on_event=paused.feed)
     assert stopped.status == "interrupted"
     assert any(r.status == "paused" and "token budget" in r.note for r in paused.rows.values())
+
+
+# -- the command line: --json and `moa resume --budget` ----------------------------------------
+
+
+def _moa(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "langgraph_moa.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_budget_stop_then_resume_with_a_larger_budget(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    spec = spec_of(model_server, ["p1", "p2", "p3"], layers=2)
+    spec["defaults"] = {"max_tokens": 8}
+    spec["max_total_tokens"] = 150
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+
+    run = _moa("run", "task", "--spec", str(spec_file), "--db", sqlite_url, "-t", "b", "--json")
+    assert run.returncode == 0, run.stderr
+    stopped = json.loads(run.stdout)
+    assert stopped["status"] == "interrupted"
+    assert stopped["interrupts"][0]["kind"] == "budget"
+    assert "max_total_tokens 150" in stopped["interrupts"][0]["reason"]
+    assert stopped["usage"]["total"]["total_tokens"] <= 150
+    assert stopped["usage"]["by_layer"]["1"]["calls"] >= 1
+    calls_at_stop = model_server.calls()
+
+    bare = _moa("resume", "b", "--db", sqlite_url)
+    assert bare.returncode != 0 and "--budget tokens=N" in bare.stderr.replace("\n", "")
+    assert model_server.calls() == calls_at_stop
+
+    bad = _moa("resume", "b", "--db", sqlite_url, "--budget", "tokens=lots")
+    assert bad.returncode == 2 and "tokens must be a positive integer" in bad.stderr
+
+    done = _moa("resume", "b", "--db", sqlite_url, "--budget", "tokens=100000", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "success" and result["answer"]
+    assert model_server.calls() == 8  # 3 agents + synthesizer, twice; nothing redone
+    assert_usage_matches(result["usage"]["total"], served_usage(model_server))
+    by_layer = result["usage"]["by_layer"]
+    assert by_layer["1"]["calls"] == by_layer["2"]["calls"] == 4
