@@ -310,6 +310,10 @@ async def measure(
                 "overhead_pct": round((median - ideal) / ideal * 100, 1) if ideal else "",
             }
         )
+    if "raw-langgraph" in times:  # the engine's cost over the same graph written by hand
+        raw = statistics.median(times["raw-langgraph"])
+        for row in rows:
+            row["vs_raw_ms"] = round((row["median_s"] - raw) * 1000, 1) or 0.0
     return rows
 
 
@@ -387,6 +391,7 @@ async def main(argv: list[str] | None = None) -> int:
             ("p90_s", "p90 s", 7),
             ("overhead_ms", "over ms", 7),
             ("overhead_pct", "over %", 6),
+            ("vs_raw_ms", "vs raw ms", 9),
         ],
     )
     for line in skipped:
