@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +80,22 @@ async def test_ledger_waits_for_calls_in_flight_before_refusing() -> None:
         await ledger.reserve(10, 0.0, "c")
     assert stop.value.info["node"] == "c" and stop.value.info["used"]["total_tokens"] == 95
     assert "max_total_tokens 100" in stop.value.info["reason"]
+
+
+@pytest.mark.slow
+def test_resilience_bench_runs(tmp_path: Path) -> None:
+    """bench/resilience.py still runs (tiny arguments; its table and JSON, not timings)."""
+    out = tmp_path / "resilience.json"
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    done = subprocess.run(
+        [sys.executable, str(bench / "resilience.py"), "--repeat", "1", "--latency", "0.01",
+         "--straggle", "0.5", "--grace", "0.05", "--retry-after", "0.1", "--agents", "8",
+         "--rps", "50", "--rps-agents", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=bench.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["scenario"]: r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 6 and "scenario" in done.stdout
+    assert rows["quorum 2/3 + grace"]["missing"] == 1 and rows["straggler"]["missing"] == 0
+    assert rows["429 + Retry-After"]["calls"] == 5
+    assert rows["max_concurrency 4, 8 agents"]["peak"] <= 4
