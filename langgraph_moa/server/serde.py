@@ -22,8 +22,6 @@ __all__ = [
 
 
 def _default(obj: Any) -> Any:
-    if isinstance(obj, Interrupt):
-        return interrupt_json(obj)
     if isinstance(obj, Send):
         return {"node": obj.node, "arg": obj.arg}
     if hasattr(obj, "model_dump") and not isinstance(obj, type):
@@ -58,8 +56,12 @@ def jsonable(obj: Any) -> Any:
 
 
 def interrupt_json(interrupt: Interrupt) -> dict[str, Any]:
-    """An interrupt as the SDK's ``Interrupt`` TypedDict: ``{value, id}``."""
-    return {"value": interrupt.value, "id": interrupt.id}
+    """An interrupt as the SDK's ``Interrupt`` TypedDict: ``{value, id[, response_schema]}``."""
+    out = {"value": interrupt.value, "id": interrupt.id}
+    schema = getattr(interrupt, "response_schema", None)
+    if schema is not None:
+        out["response_schema"] = schema
+    return out
 
 
 def checkpoint_of(config: RunnableConfig | Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -67,12 +69,14 @@ def checkpoint_of(config: RunnableConfig | Mapping[str, Any] | None) -> dict[str
     configurable = (config or {}).get("configurable") or {}
     if not configurable.get("thread_id") or not configurable.get("checkpoint_id"):
         return None
-    return {
+    checkpoint = {
         "thread_id": str(configurable["thread_id"]),
         "checkpoint_ns": configurable.get("checkpoint_ns") or "",
         "checkpoint_id": configurable["checkpoint_id"],
-        "checkpoint_map": configurable.get("checkpoint_map"),
     }
+    if configurable.get("checkpoint_map") is not None:
+        checkpoint["checkpoint_map"] = configurable["checkpoint_map"]
+    return checkpoint
 
 
 def snapshot_json(snapshot: StateSnapshot) -> dict[str, Any]:

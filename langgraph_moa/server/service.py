@@ -328,17 +328,41 @@ class MoAServer:
             "status": record.status,
             "config": {},
         }
-        if select is None or "values" in select or "interrupts" in select:
+        if select is None or {"values", "interrupts", "error", "config"} & set(select):
             snapshot = await self._graph_of(record).aget_state(MoA.config(record.thread_id))
-            interrupts: dict[str, list[Any]] = {}
-            for task in snapshot.tasks:
-                if task.interrupts:
-                    interrupts[task.id] = [serde.interrupt_json(i) for i in task.interrupts]
-            out["values"] = serde.jsonable(snapshot.values or {})
-            out["interrupts"] = serde.jsonable(interrupts)
+            if serde.checkpoint_of(snapshot.config) is None:  # no run yet
+                out["values"] = None
+            else:
+                interrupts: dict[str, list[Any]] = {}
+                for task in snapshot.tasks:
+                    if task.interrupts:
+                        interrupts[task.id] = [serde.interrupt_json(i) for i in task.interrupts]
+                out["values"] = serde.jsonable(snapshot.values or {})
+                out["interrupts"] = serde.jsonable(interrupts)
+                out["error"] = await self._thread_error(record)
+                assistant = self.assistants.get(record.spec_name or "")
+                out["config"] = {
+                    "configurable": {
+                        "thread_id": record.thread_id,
+                        **(
+                            {"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id}
+                            if assistant is not None
+                            else {}
+                        ),
+                    }
+                }
         if select is not None:
             out = {k: v for k, v in out.items() if k in select}
         return out
+
+    async def _thread_error(self, record: ThreadRecord) -> Any:
+        if record.status != "error":
+            return None
+        run = await self.registry.latest_run(record.thread_id)
+        if run is None or not run.error:
+            return None
+        name, _, message = run.error.partition(": ")
+        return {"error": name, "message": message}
 
     async def create_thread(self, tenant: str | None, body: ThreadCreate) -> ThreadRecord:
         thread_id = body.thread_id or str(uuid.uuid4())
@@ -437,7 +461,12 @@ class MoAServer:
             await self.registry.update_thread(
                 thread_id, status="interrupted" if snapshot.next else "idle"
             )
-        return {"checkpoint": serde.checkpoint_of(config)}
+        written = serde.checkpoint_of(config)
+        return {
+            "checkpoint": written,
+            "checkpoint_id": (written or {}).get("checkpoint_id"),
+            "configurable": written,
+        }
 
     async def history(
         self, tenant: str | None, thread_id: str, body: HistoryRequest
@@ -491,6 +520,7 @@ class MoAServer:
                 "subgraphs": bool(options.get("stream_subgraphs")),
                 "resumable": bool(options.get("stream_resumable")),
                 "durability": options.get("durability", "async"),
+                "checkpoint_during": options.get("durability", "async") != "exit",
             },
         }
 
@@ -583,11 +613,20 @@ class MoAServer:
             if existing is None:
                 if body.if_not_exists != "create":
                     raise _not_found(thread_id)
-                await self.registry.create_thread(
+                existing = await self.registry.create_thread(
                     thread_id, owner=tenant, spec_name=assistant.graph_id, if_exists="do_nothing"
                 )
             elif tenant is not None and existing.owner != tenant:
                 raise _not_found(thread_id)
+            ids = {"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id}
+            if any(k not in existing.metadata for k in ids):  # how clients find their threads
+                await self.registry.update_thread(thread_id, metadata={**ids, **existing.metadata})
+            run_metadata = {
+                "created_by": "system",
+                **existing.metadata,
+                **ids,
+                **(body.metadata or {}),
+            }
             active = await self.registry.list_runs(
                 thread_id=thread_id, status=list(ACTIVE), limit=1000
             )
@@ -608,7 +647,7 @@ class MoAServer:
                 spec_name=assistant.graph_id,
                 spec_hash=assistant.spec.spec_hash(),
                 input=body.input,
-                metadata=body.metadata or {},
+                metadata=run_metadata,
                 options=options,
                 checkpoint_id=checkpoint_id,
                 tenant=tenant,
@@ -863,6 +902,7 @@ class MoAServer:
             **(requested.pop("metadata", None) or {}),
             **(run.metadata or {}),
             "run_id": run.run_id,
+            "thread_id": run.thread_id,
             "assistant_id": options.get("assistant_id"),
             "graph_id": options.get("graph_id"),
             "run_attempt": run.attempts,

@@ -8,6 +8,7 @@ The event name is the stream mode (``values``, ``updates``, ``custom``, ``debug`
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +53,8 @@ class StreamMapper:
             if "messages" in self.requested:
                 yield from self._messages_v1(namespace, chunk)
             return
+        if mode == "updates" and isinstance(chunk, dict):
+            _name_messages(chunk)
         if mode == "debug" and isinstance(chunk, dict) and chunk.get("type") == "checkpoint":
             chunk = {**chunk, "payload": _debug_checkpoint(chunk.get("payload"))}
         if mode in self.requested:
@@ -82,6 +85,18 @@ class StreamMapper:
                 message_chunk_to_message(merged) if isinstance(merged, BaseMessageChunk) else merged
             )
             yield self._name("messages/complete", namespace), [complete]
+
+
+def _name_messages(update: dict[str, Any]) -> None:
+    """Give messages a node returned without an id the id ``add_messages`` would give them
+    (it keeps an id that is set), so ``updates`` events and the state agree."""
+    for writes in update.values():
+        if not isinstance(writes, dict):
+            continue
+        for value in writes.values():
+            for message in value if isinstance(value, list) else [value]:
+                if isinstance(message, BaseMessage) and message.id is None:
+                    message.id = str(uuid.uuid4())
 
 
 def _debug_checkpoint(payload: Any) -> Any:
