@@ -1,0 +1,84 @@
+"""``moa serve --workers``: runs execute in ``moa worker`` processes (procrastinate on
+PostgreSQL) through the ``RunExecutor`` seam, and stream back through ``moa_run_events``."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from langgraph_sdk import get_client
+
+from langgraph_moa.testing import ModelServer
+from tests.test_server_support import MOA, Served, moa_spec, serve, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+
+@pytest.fixture
+def worker(pg_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    subprocess.run([MOA, "worker", "--db", pg_url, "--setup"], check=True, capture_output=True)
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [MOA, "worker", "--db", pg_url, "--heartbeat", "1", "--stalled-after", "5"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, pg_url: str, model_server: ModelServer, worker: subprocess.Popen[bytes]
+) -> Iterator[Served]:
+    yield from serve(tmp_path, [moa_spec(model_server)], pg_url, extra=["--workers"])
+
+
+async def test_runs_execute_in_workers(served: Served, model_server: ModelServer) -> None:
+    client = get_client(url=served.url)
+    thread = await client.threads.create()
+    tid = thread["thread_id"]
+    values = await client.runs.wait(tid, "moa", input={"task": "in a worker"})
+    assert values["answer"].startswith("synth answer")
+    parts = [
+        p
+        async for p in client.runs.stream(
+            tid, "moa", input={"task": "streamed"}, stream_mode=["updates", "values"]
+        )
+    ]
+    assert parts[0].event == "metadata"
+    assert any(p.event == "updates" and "L1_synthesizer" in p.data for p in parts)
+    run_id = parts[0].data["run_id"]
+    assert (await client.runs.get(tid, run_id))["status"] == "success"
+
+    model_server.add_rule(model="synth", delay=1.5)
+    stream = client.runs.stream(
+        tid, "moa", input={"task": "resumable"}, stream_mode="updates", stream_resumable=True
+    )
+    first = [await anext(stream), await anext(stream)]
+    await stream.aclose()  # type: ignore[attr-defined]
+    rest = [
+        p
+        async for p in client.runs.join_stream(
+            tid, first[0].data["run_id"], last_event_id=first[-1].id
+        )
+    ]
+    assert any(p.event == "updates" and "L1_synthesizer" in p.data for p in rest)
+    ids = [int(p.id) for p in first + rest]
+    assert ids == sorted(set(ids))
+
+    model_server.reset()
+    model_server.add_rule(model="synth", fail="stall", stall=60, times=1)
+    run = await client.runs.create(tid, "moa", input={"task": "cancel me"})
+    wait_until(lambda: model_server.calls("synth") == 1, "the synthesizer call")
+    await client.runs.cancel(tid, run["run_id"])
+    await client.runs.join(tid, run["run_id"])
+    assert (await client.runs.get(tid, run["run_id"]))["status"] == "interrupted"
+    runs = await client.runs.list(tid)
+    assert [r["status"] for r in runs] == ["interrupted", "success", "success", "success"]
