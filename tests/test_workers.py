@@ -240,3 +240,33 @@ async def test_paused_run_is_continued_by_a_new_queued_run(
     record = await finished(queue, going_on.run_id, workers)
     assert record.status == "success" and record.answer
     assert calls(model_server, "pause me") == {"a1": 1, "a2": 1, "b1": 1, "b2": 1, "b3": 1, "s": 1}
+
+
+def test_workers_bench_runs(tmp_path: Path) -> None:
+    """bench/workers.py still works (tiny arguments; its timings are not checked)."""
+    out = tmp_path / "workers.json"
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "workers.py",
+            "--levels",
+            "1",
+            "--concurrency",
+            "2",
+            "--rounds",
+            "1",
+            "--latency",
+            "0.01",
+            "--out",
+            str(out),
+        ],
+        cwd=bench,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["workers"] == 1 and row["runs"] == 2 and row["max_attempts"] == 1
+    assert "runs/s" in done.stdout

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -123,6 +123,52 @@ class EventStore:
             await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))
         assert row is not None
         return int(row[0])
+
+    async def extend(self, run_id: str, events: list[tuple[str, Any]]) -> None:
+        """Store several events of a run in one transaction, with one notification."""
+        if not events:
+            return
+        rows = [(run_id, event, Jsonb(data, dumps=dumps)) for event, data in events]
+        async with self._pool.connection() as conn, conn.transaction():
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO moa_run_events (run_id, event, data) VALUES (%s, %s, %s)", rows
+                )
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))
+
+    @contextlib.asynccontextmanager
+    async def writer(self, run_id: str) -> AsyncIterator[Callable[[str, Any], None]]:
+        """A non-blocking ``emit(event, data)`` for a run: a background task writes what
+        has accumulated in one transaction at a time, in order, so a run never waits for
+        the database between two chunks. Everything is written when the block exits."""
+        pending: list[tuple[str, Any]] = []
+        wake = asyncio.Event()
+        closing = False
+
+        async def flush() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while pending:
+                    batch = pending[:]
+                    del pending[: len(batch)]
+                    await self.extend(run_id, batch)
+                if closing:
+                    return
+
+        def emit(event: str, data: Any) -> None:
+            pending.append((event, data))
+            wake.set()
+
+        task = asyncio.create_task(flush(), name=f"moa-events-{run_id}")
+        try:
+            yield emit
+        finally:
+            closing = True
+            wake.set()
+            if task.done():  # a failed write: report it rather than hide it
+                task.result()
+            await asyncio.shield(task)
 
     async def read(self, run_id: str, after: int = 0) -> list[RunEvent]:
         """The events of ``run_id`` with an id above ``after``, in order."""

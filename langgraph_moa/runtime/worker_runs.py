@@ -186,10 +186,10 @@ class MoARunHandler:
                 graph_input, config, stream_mode=[*modes, "checkpoints"], durability="sync"
             ),
         )
-        async with contextlib.aclosing(stream):
+        async with contextlib.aclosing(stream), self.events.writer(run_id) as emit:
             async for mode, chunk in stream:
                 if mode in modes:
-                    await self.events.append(run_id, mode, chunk)
+                    emit(mode, chunk)
                 if mode == "checkpoints" and self.draining():
                     raise RunHandedBack("the worker is shutting down")
 

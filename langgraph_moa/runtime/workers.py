@@ -13,12 +13,13 @@ checkpoints and the registry: a deployment has one stateful service.
   Stream chunks go to ``moa_run_events`` (:mod:`~langgraph_moa.runtime.worker_events`), which
   any process follows with LISTEN/NOTIFY and replays from an event id.
 * Crash recovery: every worker runs a :class:`Reaper`. A job still ``doing`` on a worker
-  whose procrastinate heartbeat is older than ``stalled_after`` seconds is put back in the
-  queue with procrastinate's own ``get_stalled_jobs`` + ``retry_job``, and its registry
-  owner is released (fencing out the old worker, should it be alive after all). The next
-  worker continues the run from its last checkpoint. Liveness is judged by heartbeats, never
-  by how long a run has taken, so a long run on a live worker is not handed out again. A
-  PostgreSQL advisory lock lets one reaper act at a time.
+  whose procrastinate heartbeat (sent from the event loop and from a thread, so a busy
+  loop does not pass for a dead process) is older than ``stalled_after`` seconds is put
+  back in the queue with procrastinate's own ``get_stalled_jobs`` + ``retry_job``, and its
+  registry owner is released (fencing out the old worker, should it be alive after all).
+  The next worker continues the run from its last checkpoint. Liveness is judged by
+  heartbeats, never by how long a run has taken, so a long run on a live worker is not
+  handed out again. A PostgreSQL advisory lock lets one reaper act at a time.
 * SIGTERM drains: the worker takes no new job; each of its runs stops at its next
   checkpoint and goes back to the queue for another worker. After ``shutdown_grace``
   seconds, runs still going are cancelled (the agents that finished keep their
@@ -40,6 +41,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -420,6 +422,35 @@ class Reaper:
         return done
 
 
+class _Heartbeat(threading.Thread):
+    """The worker's procrastinate heartbeat, also sent from a thread of its own.
+
+    procrastinate beats from the event loop; a loop held up by a slow synchronous step
+    (creating model clients loads TLS certificates, for one) would make a live worker look
+    dead and its runs be executed twice. This thread keeps telling the database the
+    process is alive, through procrastinate's own ``procrastinate_update_heartbeat_v1``.
+    """
+
+    def __init__(self, conninfo: str, interval: float, worker_id: Callable[[], int | None]):
+        super().__init__(name="moa-worker-heartbeat", daemon=True)
+        self.conninfo, self.interval, self.worker_id = conninfo, interval, worker_id
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10) as conn:
+                    while not self.stopped.wait(self.interval):
+                        worker_id = self.worker_id()
+                        if worker_id is not None:
+                            conn.execute(
+                                "SELECT procrastinate_update_heartbeat_v1(%s)", (worker_id,)
+                            )
+            except psycopg.Error as exc:
+                log.warning("heartbeat thread: %s; reconnecting", exc)
+                self.stopped.wait(self.interval)
+
+
 async def serve(
     settings: WorkerSettings,
     *,
@@ -427,34 +458,38 @@ async def serve(
     ready: Callable[[], None] | None = None,
 ) -> None:
     """Run one worker process until SIGTERM/SIGINT, then drain (see the module docstring)."""
+    from procrastinate.worker import Worker
+
     db_url = resolve_db_url(settings.db_url)
+    conninfo = conninfo_of(db_url)
     app = make_app(db_url, max_pool=settings.concurrency + 4)
     async with (
         app.open_async(),
-        EventStore(conninfo_of(db_url), max_size=settings.concurrency + 2) as events,
+        EventStore(conninfo, max_size=settings.concurrency + 2) as events,
         RunRegistry.from_url(db_url) as registry,
     ):
         await setup_schema(app, events, registry)
         runtime = WorkerRuntime(settings, events, registry, checkpointer_factory)
-        async with schema_lock(events.conninfo):  # the checkpointer creates its tables
+        async with schema_lock(conninfo):  # the checkpointer creates its tables
             await runtime.__aenter__()
+        worker = Worker(
+            app=app,
+            queues=list(settings.queues),
+            name=settings.worker_name,
+            concurrency=settings.concurrency,
+            additional_context={"moa": runtime},
+            install_signal_handlers=False,
+            update_heartbeat_interval=settings.heartbeat_interval,
+            stalled_worker_timeout=settings.stalled_after,
+            shutdown_graceful_timeout=settings.shutdown_grace,
+            fetch_job_polling_interval=settings.poll_interval,
+            abort_job_polling_interval=settings.poll_interval,
+            delete_jobs="successful",
+        )
+        beat = _Heartbeat(conninfo, settings.heartbeat_interval, lambda: worker.worker_id)
+        beat.start()
         try:
-            worker = asyncio.create_task(
-                app.run_worker_async(
-                    queues=list(settings.queues),
-                    name=settings.worker_name,
-                    concurrency=settings.concurrency,
-                    additional_context={"moa": runtime},
-                    install_signal_handlers=False,
-                    update_heartbeat_interval=settings.heartbeat_interval,
-                    stalled_worker_timeout=settings.stalled_after,
-                    shutdown_graceful_timeout=settings.shutdown_grace,
-                    fetch_job_polling_interval=settings.poll_interval,
-                    abort_job_polling_interval=settings.poll_interval,
-                    delete_jobs="successful",
-                ),
-                name="procrastinate-worker",
-            )
+            running = asyncio.create_task(worker.run(), name="procrastinate-worker")
             reaper = asyncio.create_task(Reaper(app, events, registry, settings).run_forever())
             loop = asyncio.get_running_loop()
 
@@ -464,14 +499,14 @@ async def serve(
                     return
                 log.info("draining: runs go back to the queue at their next checkpoint")
                 runtime.draining = True
-                worker.cancel()
+                running.cancel()
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, drain)
             if ready is not None:
                 ready()
             try:
-                await worker
+                await running
             except asyncio.CancelledError:
                 if not runtime.draining:
                     raise
@@ -481,6 +516,8 @@ async def serve(
                 reaper.cancel()
                 await asyncio.gather(reaper, return_exceptions=True)
         finally:
+            beat.stopped.set()
+            await asyncio.to_thread(beat.join)
             await runtime.__aexit__(None, None, None)
 
 
