@@ -482,3 +482,29 @@ async def test_on_server_databases(
         assert len(history) > 8
         found = await client.threads.search(metadata={"db": database})
         assert [t["thread_id"] for t in found] == [tid]
+
+
+async def test_disconnect_cancels_when_asked_and_strict_resume(
+    served: Served, srv: ModelServer
+) -> None:
+    client = get_client(url=served.url)
+    tid = (await client.threads.create())["thread_id"]
+    arrived = stall_synth(srv)
+    stream = client.runs.stream(
+        tid, "moa", input={"task": "bye"}, stream_mode="updates", on_disconnect="cancel"
+    )
+    first = await anext(stream)
+    arrived()
+    await stream.aclose()  # type: ignore[attr-defined]
+    run_id = first.data["run_id"]
+    wait_until(lambda: run_status(served, tid, run_id) == "interrupted", "the run to stop")
+    # continue (the default): the run outlives its stream
+    stream = client.runs.stream(tid, "moa", input={"task": "stay"}, stream_mode="updates")
+    first = await anext(stream)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert (await client.runs.join(tid, first.data["run_id"]))["answer"]
+    # strict_resume: answering an interrupt nobody waits on fails the run
+    result = await client.runs.wait(
+        tid, "moa", command={"resume": "yes"}, strict_resume=True, raise_error=False
+    )
+    assert result["__error__"]["error"] == "UnknownInterruptError"

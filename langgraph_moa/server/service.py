@@ -78,6 +78,10 @@ SHOWN_ERRORS: tuple[type[BaseException], ...] = (
 occurred" (the traceback goes to the server log)."""
 
 
+class UnknownInterruptError(ValueError):
+    """A ``strict_resume`` run answers an interrupt that is not waiting."""
+
+
 class ApiError(Exception):
     """An HTTP error: status code and a ``detail`` for the client."""
 
@@ -933,9 +937,9 @@ class MoAServer:
             if options.get("strict_resume") and command.get("resume") is not None:
                 snapshot = await graph.aget_state(config)
                 if not snapshot.interrupts:
-                    raise ValueError(
-                        "UnknownInterruptError: the thread is not waiting on an interrupt, so "
-                        "there is nothing to resume"
+                    raise UnknownInterruptError(
+                        "the thread is not waiting on an interrupt, so there is nothing to "
+                        "resume (strict_resume)"
                     )
             return _command(CommandModel.model_validate(command))
         return run.input
