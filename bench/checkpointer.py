@@ -13,8 +13,9 @@ is faster) and theirs/ours for bytes (> 1 is smaller). Each measurement alternat
 between the two savers over five rounds and keeps the median, so both see the same
 background load. Prints a table; writes bench/results/checkpointer.json.
 
-    python bench/checkpointer.py [--ops 1000] [--big 10000] [--runs 100]
+    python bench/checkpointer.py [--big 10000] [--runs 100] [--budget 0.5]
                                  [--pg postgresql://postgres@127.0.0.1:5432/test]
+                                 [--backends sqlite,postgresql] [--out FILE]
 """
 
 from __future__ import annotations
@@ -239,20 +240,31 @@ class Side:
 
 
 async def rounds(
-    sides: dict[str, Side], op: str, total: int, n_rounds: int = 5
+    sides: dict[str, Any], op: str, total: int | None = None, budget: float = 0.0
 ) -> dict[str, float]:
-    """Median ops/s of ``op`` per side, alternating sides over ``n_rounds`` rounds so both
-    see the same background load."""
-    per = max(total // n_rounds, 1)
+    """Median ops/s of ``op`` per side over five rounds, alternating the sides so both see
+    the same background load. Each round runs ``total / 5`` operations, or if ``total`` is
+    None as many as fit in ``budget`` seconds (at least three)."""
+    n_rounds = 5
     rates: dict[str, list[float]] = {k: [] for k in sides}
     order = list(sides)
+    counter = dict.fromkeys(sides, 0)
     for r in range(n_rounds):
         for k in order if r % 2 == 0 else order[::-1]:
             fn = getattr(sides[k], op)
             t0 = time.perf_counter()
-            for i in range(per):
-                await fn(r * per + i)
-            rates[k].append(per / (time.perf_counter() - t0))
+            done = 0
+            while True:
+                await fn(counter[k])
+                counter[k] += 1
+                done += 1
+                elapsed = time.perf_counter() - t0
+                if total is not None:
+                    if done >= max(total // n_rounds, 1):
+                        break
+                elif done >= 3 and elapsed >= budget:
+                    break
+            rates[k].append(done / elapsed)
     return {k: statistics.median(v) for k, v in rates.items()}
 
 
@@ -268,18 +280,21 @@ async def bench_ops(
     async with open_saver(kinds[0], dbs[0]) as a, open_saver(kinds[1], dbs[1]) as b:
         sides = {kinds[0]: Side(*a), kinds[1]: Side(*b)}
         grown = 0
-        for size in (10, 1000, args.big):
-            if size == 1000:
-                record("put", await rounds(sides, "put", size - grown))
+        sizes = sorted({10, min(1000, args.big), args.big})
+        for size in sizes:
+            if size == sizes[1]:
+                record("put", await rounds(sides, "put", total=size - grown))
             else:
                 for side in sides.values():
                     for i in range(size - grown):
                         await side.put(i)
             grown = size
-            record(f"get_tuple_latest@{size}", await rounds(sides, "get_latest", args.gets))
-        record("get_tuple_by_id", await rounds(sides, "get_by_id", args.gets))
-        record(f"list_limit10@{args.big}", await rounds(sides, "list10", max(args.gets // 5, 20)))
-        record("put_writes", await rounds(sides, "put_writes", args.ops))
+            record(
+                f"get_tuple_latest@{size}", await rounds(sides, "get_latest", budget=args.budget)
+            )
+        record("get_tuple_by_id", await rounds(sides, "get_by_id", budget=args.budget))
+        record(f"list_limit10@{args.big}", await rounds(sides, "list10", budget=args.budget))
+        record("put_writes", await rounds(sides, "put_writes", budget=args.budget))
     return out
 
 
@@ -306,7 +321,7 @@ async def bench_graph(
         runners = {k: Runner(k) for k in kinds}
         for r in runners.values():
             await r.run(-1)  # warm up
-        rates = await rounds(runners, "run", args.runs)  # type: ignore[arg-type]
+        rates = await rounds(runners, "run", total=args.runs)
         for k, db in zip(kinds, dbs, strict=True):
             saver, is_async = opened[k]
             cfg = {"configurable": {"thread_id": "run-0"}}
@@ -345,11 +360,12 @@ def pg_available(dsn: str | None) -> bool:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ops", type=int, default=1000, help="put_writes calls")
-    ap.add_argument("--gets", type=int, default=1000, help="get_tuple calls per size")
+    ap.add_argument("--budget", type=float, default=0.5, help="seconds per round of an op")
     ap.add_argument("--big", type=int, default=10_000, help="largest thread, checkpoints")
     ap.add_argument("--runs", type=int, default=100, help="10-node graph runs")
     ap.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin DSN ('' to skip)")
+    ap.add_argument("--backends", default="sqlite,postgresql", help="sqlite,postgresql")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     args = ap.parse_args()
     pg = args.pg if pg_available(args.pg) else None
     results: dict[str, Any] = {
@@ -370,12 +386,15 @@ async def main() -> None:
                 )
             },
         },
-        "args": {k: v for k, v in vars(args).items() if k != "pg"},
+        "load_average": os.getloadavg(),
+        "args": {k: v for k, v in vars(args).items() if k not in ("pg", "out")},
         "pairs": [],
     }
     rows: list[tuple[str, str, float, float]] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         for backend, ours, official in PAIRS:
+            if backend not in args.backends.split(","):
+                continue
             if backend == "postgresql" and pg is None:
                 print(f"skipping PostgreSQL: {args.pg} unreachable", flush=True)
                 continue
@@ -407,9 +426,10 @@ async def main() -> None:
         print(f"{label:18} {metric:24} {mine:12.1f} {theirs:12.1f} {unit_ratio:7.2f}")
     print("\nspeeds in operations (or runs) per second; ratio = ours/official speed, and")
     print("official/ours bytes for bytes_per_step: >= 1.00 means ours is as fast / as small")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"load average before: {results['load_average']}, after: {os.getloadavg()}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

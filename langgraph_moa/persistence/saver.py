@@ -211,7 +211,9 @@ class _SaverBase(BaseCheckpointSaver[str]):
             "mysql": "START TRANSACTION WITH CONSISTENT SNAPSHOT",
         }[self.backend]
         self._cached: PoolProxiedConnection | None = None
+        self._cached_cursor: Any = None
         self._cached_lock = threading.Lock()
+        self._closing = False
         self._cache: OrderedDict[tuple[str, str, str, str], bool] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -275,8 +277,13 @@ class _SaverBase(BaseCheckpointSaver[str]):
                 raw = self._cached
                 if raw is None or not raw.is_valid:
                     raw = self._cached = self._open()
+                    self._cached_cursor = raw.cursor()
                 yield raw
             finally:
+                if self._closing and self._cached is not None:
+                    raw, self._cached = self._cached, None
+                    self._cached_cursor = None
+                    self._release(raw)
                 self._cached_lock.release()
         else:
             raw = self._open()
@@ -286,10 +293,16 @@ class _SaverBase(BaseCheckpointSaver[str]):
                 self._release(raw)
 
     def _close_cached(self) -> None:
-        with self._cached_lock:
-            raw, self._cached = self._cached, None
-            if raw is not None:
-                self._release(raw)
+        """Give the saver's connection back to the pool (now, or when its user is done)."""
+        self._closing = True
+        if self._cached_lock.acquire(blocking=False):
+            try:
+                raw, self._cached = self._cached, None
+                self._cached_cursor = None
+                if raw is not None:
+                    self._release(raw)
+            finally:
+                self._cached_lock.release()
 
     def _sa_connect(self) -> Connection:
         """A SQLAlchemy connection; a clear error if the database cannot be reached."""
@@ -327,13 +340,27 @@ class _SaverBase(BaseCheckpointSaver[str]):
     ) -> T:
         """Run ``fn(cursor, *args)``, retrying lock conflicts and a lost connection.
 
-        Retrying a write is safe: ``put`` and ``put_writes`` are idempotent.
+        Retrying a write is safe: ``put`` and ``put_writes`` are idempotent. The saver's
+        own connection and cursor are reused when free (the common, uncontended case).
         """
-        self._ensure_ready()
+        if not self._ready:
+            self._ensure_ready()
+        lock = self._cached_lock
         attempt = 0
         while True:
-            with self._checkout() as raw:
-                cur = raw.cursor()
+            mine = lock.acquire(blocking=False)
+            raw: PoolProxiedConnection | None = None
+            cur: Any = None
+            try:
+                if mine:
+                    raw = self._cached
+                    if raw is None or not raw.is_valid:
+                        raw = self._cached = self._open()
+                        self._cached_cursor = raw.cursor()
+                    cur = self._cached_cursor
+                else:
+                    raw = self._open()
+                    cur = raw.cursor()
                 try:
                     if begin:
                         cur.execute(begin)
@@ -343,14 +370,25 @@ class _SaverBase(BaseCheckpointSaver[str]):
                     return result
                 except BaseException as exc:
                     lost = self._abort(raw, exc, cur)
+                    if lost and mine:
+                        self._cached = self._cached_cursor = None
                     attempt += 1
                     if attempt >= _RETRIES or not (lost or _retryable(exc)):
                         if lost and isinstance(exc, DBAPIError | OSError):
                             raise self._unavailable(exc) from exc
                         raise
-                finally:
-                    with suppress(Exception):  # a cursor of a dead connection may not close
-                        cur.close()
+            finally:
+                if not mine:
+                    if cur is not None:
+                        with suppress(Exception):  # a cursor of a dead connection may not close
+                            cur.close()
+                    if raw is not None:
+                        self._release(raw)
+                else:
+                    if self._closing and self._cached is not None:
+                        self._release(self._cached)
+                        self._cached = self._cached_cursor = None
+                    lock.release()
             self._sleep(0.02 * attempt * (1 + random.random()))
 
     def _write(self, fn: Callable[..., T], *args: Any) -> T:
@@ -1403,6 +1441,7 @@ class AsyncSQLAlchemySaver(_SaverBase):
         self._alock: asyncio.Lock | None = None
         self._setup_alock: asyncio.Lock | None = None
         self._twin: SQLAlchemySaver | None = None
+        self._twins: list[SQLAlchemySaver] = []
         self._twin_lock = threading.Lock()
 
     @classmethod
@@ -1487,10 +1526,11 @@ class AsyncSQLAlchemySaver(_SaverBase):
         """Return the saver's connection to the pool and dispose of the sync engine made
         for the sync methods (``from_url`` does this on exit)."""
         await greenlet_spawn(self._close_cached)
-        if self._twin is not None:
-            self._twin.close()
-            self._twin.engine.dispose()
-            self._twin = None
+        while self._twins:  # shared with clones made by with_allowlist
+            twin = self._twins.pop()
+            twin.close()
+            twin.engine.dispose()
+        self._twin = None
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run the sync storage logic over the async engine."""
@@ -1581,6 +1621,14 @@ class AsyncSQLAlchemySaver(_SaverBase):
         """Async :meth:`SQLAlchemySaver.delete_older_than`."""
         return await self._call(self._delete_older_than_sync, age)
 
+    def with_allowlist(self, extra_allowlist: Any) -> AsyncSQLAlchemySaver:
+        """A shallow clone whose serde also deserializes ``extra_allowlist``."""
+        clone = cast(AsyncSQLAlchemySaver, super().with_allowlist(extra_allowlist))
+        if clone is not self:
+            clone._twin = None  # the sync methods need a twin with the new serde
+            clone._twin_lock = threading.Lock()
+        return clone
+
     # sync API, on a sync engine of the same database
 
     def _sync_twin(self) -> SQLAlchemySaver:
@@ -1599,6 +1647,7 @@ class AsyncSQLAlchemySaver(_SaverBase):
                         auto_setup=self.auto_setup,
                     )
                     self._twin = twin
+                    self._twins.append(twin)
         return self._twin
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
