@@ -1,16 +1,18 @@
 """The embedded model's two runtimes on a MoA-shaped workload: which one serves a layer faster?
 
-* ``inprocess``: ``llama_cpp.Llama`` on a worker thread of this process (``ChatLocalLlama``).
+* ``inprocess``: ``llama_cpp.Llama`` on a worker thread of this process (``ChatLocalLlama``),
+  with the default adaptive thread count and with a fixed one (``MOA_LOCAL_THREADS``).
 * ``server``: ``python -m llama_cpp.server`` on 127.0.0.1 through ``ChatOpenAI``
-  (``ChatLocalServer``).
+  (``ChatLocalServer``), fixed thread count (a server cannot adapt it per request).
 
-For each runtime: start-up (model load / server ready), prompt and generation speed of one
-streamed call with a ~500-token prompt, and MoA rounds: 3 proposers called concurrently (roles
-and temperatures differ, fixed seeds), then 1 aggregator that reads the 3 answers. Rounds
-alternate between the runtimes so that load from other processes hits both alike. Prints a
-table and writes bench/results/local_model.json.
+Fixed thread counts are the CPUs of the machine (``--threads``). For each configuration:
+start-up (model load / server ready), prompt and generation speed of one streamed call with a
+~500-token prompt, and MoA rounds: 3 proposers called concurrently (roles and temperatures
+differ, fixed seeds), then 1 aggregator that reads the 3 answers. Rounds alternate between the
+configurations so that load from other processes hits all alike. Prints a table and writes
+bench/results/local_model.json.
 
-    python bench/local_model.py [--rounds 5] [--max-tokens 128]
+    python bench/local_model.py [--rounds 5] [--max-tokens 128] [--threads N]
 """
 
 from __future__ import annotations
@@ -57,6 +59,23 @@ LONG_PROMPT = AGGREGATE + "\n".join(
 )
 
 
+CONFIGS = {
+    "inprocess-adaptive": ("inprocess", None),
+    "inprocess-fixed": ("inprocess", "threads"),
+    "server-fixed": ("server", "threads"),
+}
+
+
+def use(config: str, threads: int) -> str:
+    """Set the environment for ``config``; returns its runtime."""
+    runtime, fixed = CONFIGS[config]
+    if fixed:
+        os.environ["MOA_LOCAL_THREADS"] = str(threads)
+    else:
+        os.environ.pop("MOA_LOCAL_THREADS", None)
+    return runtime
+
+
 def make(runtime: str, temperature: float, max_tokens: int, seed: int) -> BaseChatModel:
     if runtime == "inprocess":
         return ChatLocalLlama(temperature=temperature, max_tokens=max_tokens, seed=seed)
@@ -71,6 +90,7 @@ def tokens_of(message: Any) -> int:
 
 async def startup(runtime: str) -> dict[str, float]:
     """Cold start: time until the first (1-token) answer, and the load/ready part of it."""
+    local.shutdown_local()
     t0 = time.perf_counter()
     await make(runtime, 0.0, 1, 0).ainvoke("hi")
     first = time.perf_counter() - t0
@@ -144,50 +164,64 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
-    runtimes = ["inprocess", "server"]
+    configs = list(CONFIGS)
     load_before = os.getloadavg()[0]
-    result: dict[str, Any] = {
-        rt: {"startup": await startup(rt), "speed": await speed(rt, args.max_tokens), "rounds": []}
-        for rt in runtimes
-    }
+    result: dict[str, Any] = {}
+    for config in configs:
+        runtime = use(config, args.threads)
+        result[config] = {
+            "runtime": runtime,
+            "threads": "adaptive" if CONFIGS[config][1] is None else args.threads,
+            "startup": await startup(runtime),
+            "speed": await speed(runtime, args.max_tokens),
+            "rounds": [],
+        }
     for r in range(args.rounds):
-        for rt in runtimes if r % 2 == 0 else runtimes[::-1]:
+        for config in configs if r % 2 == 0 else configs[::-1]:
+            runtime = use(config, args.threads)
+            await make(runtime, 0.0, 1, 0).ainvoke("warm up")  # (re)load outside the timing
             task = TASKS[r % len(TASKS)]
-            result[rt]["rounds"].append(await moa_round(rt, task, args.max_tokens, 1000 * r))
+            row = await moa_round(runtime, task, args.max_tokens, r)
+            result[config]["rounds"].append(row)
+            print(
+                f"round {r + 1}/{args.rounds} {config:<19} {row['round_s']:6.2f} s "
+                f"{row['round_tok_s']:5.1f} tok/s  (load average {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
     local.shutdown_local()
 
-    rows = []
-    for rt in runtimes:
-        rounds = result[rt]["rounds"]
-        med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
-        result[rt]["median"] = med
-        s, sp = result[rt]["startup"], result[rt]["speed"]
-        rows.append(
-            (rt, s["load_s"], s["first_answer_s"], sp["prompt_tok_s"], sp["gen_tok_s"],
-             med["round_s"], med["proposers_s"], med["aggregator_s"], med["generated_tokens"],
-             med["round_tok_s"])
-        )  # fmt: skip
     header = (
-        f"{'runtime':<10} {'load s':>7} {'1st ans s':>9} {'prompt t/s':>10} {'gen t/s':>8} "
-        f"{'round s':>8} {'propose s':>9} {'aggr s':>7} {'tokens':>7} {'round t/s':>9}"
+        f"{'configuration':<19} {'load s':>6} {'1st ans s':>9} {'prompt t/s':>10} {'gen t/s':>7} "
+        f"{'round s':>7} {'propose s':>9} {'aggr s':>6} {'tokens':>6} {'round t/s':>9}"
     )
     print(header)
     print("-" * len(header))
-    for row in rows:
+    for config in configs:
+        rounds = result[config]["rounds"]
+        med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
+        result[config]["median"] = med
+        s, sp = result[config]["startup"], result[config]["speed"]
         print(
-            f"{row[0]:<10} {row[1]:>7.2f} {row[2]:>9.2f} {row[3]:>10.0f} {row[4]:>8.1f} "
-            f"{row[5]:>8.2f} {row[6]:>9.2f} {row[7]:>7.2f} {row[8]:>7.0f} {row[9]:>9.1f}"
+            f"{config:<19} {s['load_s']:>6.2f} {s['first_answer_s']:>9.2f} "
+            f"{sp['prompt_tok_s']:>10.0f} {sp['gen_tok_s']:>7.1f} {med['round_s']:>7.2f} "
+            f"{med['proposers_s']:>9.2f} {med['aggregator_s']:>6.2f} "
+            f"{med['generated_tokens']:>6.0f} {med['round_tok_s']:>9.1f}"
         )
-    fast = max(runtimes, key=lambda rt: result[rt]["median"]["round_tok_s"])
-    slow = next(rt for rt in runtimes if rt != fast)
-    gain = result[fast]["median"]["round_tok_s"] / result[slow]["median"]["round_tok_s"] - 1
+
+    def rate(config: str) -> float:
+        return float(result[config]["median"]["round_tok_s"])
+
+    same = rate("inprocess-fixed") / rate("server-fixed") - 1
+    default = rate("inprocess-adaptive") / rate("server-fixed") - 1
     verdict = (
-        f"{fast} is faster for a MoA layer: {gain:.0%} more generated tokens per second of "
-        f"round wall time (median of {args.rounds} rounds; MoA rounds generate different "
-        "lengths, so tokens/s is compared, not seconds)"
+        f"with the same {args.threads} threads, in-process serves a MoA round at "
+        f"{same:+.0%} generated tokens per second of round wall time vs the server; with its "
+        f"default adaptive threads {default:+.0%} (medians of {args.rounds} rounds; rounds "
+        "generate different lengths, so tokens/s is compared, not seconds)"
     )
-    print(f"\n{verdict}; default runtime: {local.DEFAULT_RUNTIME}")
+    print(f"\n{verdict}; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -204,7 +238,7 @@ async def main() -> None:
                 "max_tokens": args.max_tokens,
                 "rounds": args.rounds,
                 "results": result,
-                "faster": fast,
+                "default_runtime": local.DEFAULT_RUNTIME,
                 "verdict": verdict,
             },
             indent=2,

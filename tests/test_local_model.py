@@ -168,7 +168,9 @@ def test_local_chat_model_is_lazy(model_installed: None) -> None:
     assert local._Shared.worker is None
 
 
-def test_thread_tuner_falls_back_and_probes() -> None:
+def test_thread_tuner_falls_back_and_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    load = [0.5]
+    monkeypatch.setattr(os, "getloadavg", lambda: (load[0], 0.0, 0.0))
     tuner = _llama.ThreadTuner(2)
     assert tuner.start() == 2
     assert tuner.observe(100.0) == 1  # first: one window with 1 thread, to compare
@@ -180,6 +182,10 @@ def test_thread_tuner_falls_back_and_probes() -> None:
     assert tuner.start() == 2  # probe again after the back-off
     assert tuner.observe(9.0) == 1
     assert tuner.backoff == 40.0  # the failed probe doubles the back-off
+    load[0] = 3.0  # the load average says the CPUs are taken: no probe, wait again
+    tuner.fallback_at -= tuner.backoff + 1
+    assert tuner.start() == 1
+    assert _llama.ThreadTuner(2).current == 1  # busy from the start: begin with 1 thread
     assert _llama.ThreadTuner(1).start() == 1
 
 

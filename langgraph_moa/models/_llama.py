@@ -201,30 +201,37 @@ _LOG = _LlamaLog()
 class ThreadTuner:
     """Chooses how many threads llama.cpp decodes with, from measured decode speed.
 
-    ggml's worker threads spin at every barrier, so when another process takes one of the
-    cores, two threads decode ~10x slower than one (measured on 2 busy cores: 3-9 tok/s with
-    2 threads, 50-62 tok/s with 1; on 2 idle cores 2 threads are ~1.8x faster than 1).
-    Speeds are measured over 16-token windows. The first request tries one window with 1
-    thread. With all threads, a window slower than half the best seen with all threads, or
-    slower than 1 thread's best, falls back to 1 thread; all threads are tried again after a
-    back-off (20 s, doubling up to 5 min while the slowdown lasts).
+    ggml's worker threads spin at every barrier, so when other processes take the cores, two
+    threads decode ~10x slower than one (measured on 2 busy cores: 3-9 tok/s with 2 threads,
+    50-62 tok/s with 1; on 2 idle cores 2 threads are ~1.8x faster than 1). Speeds are measured
+    over 16-token windows. The first request tries one window with 1 thread. With all threads, a
+    window slower than half the best seen with all threads, or slower than 1 thread's best,
+    falls back to 1 thread; all threads are tried again after a back-off (20 s, doubling up to
+    5 min while the slowdown lasts), and only when the load average leaves room for them.
     """
 
     WINDOW = 16
 
     def __init__(self, full: int) -> None:
         self.full = full
-        self.current = full
         self.best: dict[int, float] = {}
         self.fallback_at = 0.0
         self.backoff = 20.0
         self.probing = False
         self.exploring = False
+        self.current = 1 if self.busy() else full
+
+    def busy(self) -> bool:
+        """True when the 1-minute load average leaves no core for a second thread of ours."""
+        return self.full > 1 and os.getloadavg()[0] >= self.full
 
     def start(self) -> int:
         """The thread count for the next request."""
         if self.current == 1 < self.full and time.monotonic() - self.fallback_at > self.backoff:
-            self.current, self.probing = self.full, True
+            if self.busy():
+                self.fallback_at = time.monotonic()
+            else:
+                self.current, self.probing = self.full, True
         return self.current
 
     def observe(self, tokens_per_s: float) -> int:
