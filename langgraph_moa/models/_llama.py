@@ -19,6 +19,7 @@ import codecs
 import collections
 import contextlib
 import ctypes
+import io
 import logging
 import os
 import queue
@@ -342,13 +343,19 @@ class LlamaWorker:
         _LOG.lines.clear()
         start = time.perf_counter()
         try:
-            llm = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=self.settings.n_ctx,
-                n_threads=self.settings.n_threads,
-                n_threads_batch=self.settings.n_threads,
-                verbose=False,
-            )
+            # verbose=False would point the process's stdout and stderr file descriptors at
+            # /dev/null during the load, under every other thread's feet; instead keep them,
+            # silence llama-cpp-python's own prints (all to sys.stderr) and take llama.cpp's
+            # log through the callback above.
+            with contextlib.redirect_stderr(io.StringIO()):
+                llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=self.settings.n_ctx,
+                    n_threads=self.settings.n_threads,
+                    n_threads_batch=self.settings.n_threads,
+                    verbose=True,
+                )
+            llm.verbose = False
         except Exception as exc:
             detail = _LOG.tail() or str(exc)
             raise LocalModelUnavailable(

@@ -39,7 +39,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PrivateAttr
 
 if TYPE_CHECKING:
     from langchain_openai import ChatOpenAI
@@ -381,6 +381,7 @@ class ChatLocalServer(BaseChatModel):
     max_tokens: int = Field(default=256, gt=0, lt=LOCAL_CONTEXT_WINDOW)
     top_p: float = Field(default=0.95, gt=0, le=1)
     timeout: float | None = 600.0
+    _openai: ChatOpenAI | None = PrivateAttr(default=None)
 
     @property
     def _llm_type(self) -> str:
@@ -394,8 +395,11 @@ class ChatLocalServer(BaseChatModel):
     def _client(self) -> ChatOpenAI:
         from langchain_openai import ChatOpenAI
 
-        return ChatOpenAI(
-            base_url=_shared_server().base_url,
+        base_url = _shared_server().base_url
+        if self._openai is not None and self._openai.openai_api_base == base_url:
+            return self._openai
+        self._openai = ChatOpenAI(
+            base_url=base_url,
             api_key="not-needed",  # type: ignore[arg-type]
             model=LOCAL_MODEL_NAME,
             temperature=self.temperature,
@@ -405,6 +409,7 @@ class ChatLocalServer(BaseChatModel):
             # the server ignores max_completion_tokens, which langchain-openai sends
             extra_body={"max_tokens": self.max_tokens},
         )
+        return self._openai
 
     @staticmethod
     def _translate(exc: Exception) -> Exception:
