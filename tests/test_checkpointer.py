@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
@@ -501,6 +502,7 @@ def test_a_failed_put_leaves_the_previous_checkpoint(sqlite_url: str) -> None:
 KILL_SCRIPT = """
 import sys
 from langgraph_moa.persistence import SQLAlchemySaver
+from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import empty_checkpoint
 with SQLAlchemySaver.from_url(sys.argv[1]) as saver:
     parent = None
@@ -717,3 +719,35 @@ def test_copy_thread_refuses_an_existing_target(sqlite_url: str) -> None:
 def test_overlong_thread_id_is_refused(sqlite_url: str) -> None:
     with SQLAlchemySaver.from_url(sqlite_url) as saver, pytest.raises(ValueError, match="255"):
         _put(saver, "t" * 300, None)
+
+
+def extend(state: list[str] | None, batches: list[list[str]]) -> list[str]:
+    out = list(state or [])
+    for batch in batches:
+        out.extend(batch)
+    return out
+
+
+class Log(TypedDict):
+    log: Annotated[list[str], DeltaChannel(extend, snapshot_frequency=3)]
+    n: int
+
+
+def test_delta_channel_state_survives_and_blocks_keep_latest(db_url: str) -> None:
+    g = StateGraph(Log)
+    for i in range(7):
+        g.add_node(f"s{i}", lambda s, i=i: {"log": [f"x{i}"], "n": s["n"] + 1})
+    g.add_edge(START, "s0")
+    for i in range(6):
+        g.add_edge(f"s{i}", f"s{i + 1}")
+    g.add_edge("s6", END)
+    with SQLAlchemySaver.from_url(db_url) as saver:
+        app = g.compile(checkpointer=saver)
+        app.invoke({"log": ["start"], "n": 0}, cfg("d"))
+    with SQLAlchemySaver.from_url(db_url) as saver:  # rebuilt from the store alone
+        app = g.compile(checkpointer=saver)
+        assert app.get_state(cfg("d")).values["log"] == ["start"] + [f"x{i}" for i in range(7)]
+        with pytest.raises(NotImplementedError, match="DeltaChannel"):
+            saver.prune(["d"])
+        saver.prune(["d"], strategy="delete")
+        assert saver.get_tuple(cfg("d")) is None

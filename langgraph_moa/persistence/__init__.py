@@ -1,4 +1,29 @@
-"""Checkpoint persistence: LangGraph savers on SQLAlchemy (SQLite, PostgreSQL, MySQL/MariaDB)."""
+"""Checkpoint persistence: LangGraph savers on SQLAlchemy (SQLite, PostgreSQL, MySQL/MariaDB).
+
+```python
+from langgraph_moa.persistence import AsyncSQLAlchemySaver, SQLAlchemySaver
+
+with SQLAlchemySaver.from_url("sqlite:///moa.sqlite") as saver:        # or your Engine
+    graph = builder.compile(checkpointer=saver)
+    graph.invoke(inputs, {"configurable": {"thread_id": "t1"}})
+
+async with AsyncSQLAlchemySaver.from_url("postgresql://user@host/db") as saver:
+    await saver.setup()          # optional: tables are created/migrated on first use
+    graph = builder.compile(checkpointer=saver)
+    await graph.ainvoke(inputs, {"configurable": {"thread_id": "t1"}})
+```
+
+- URLs: any driver spelling; the async saver switches to the async driver itself
+  (:mod:`.urls`). Tables are prefixed ``moa_`` and versioned (:mod:`.schema`).
+- Fencing: a ``put`` whose parent is no longer the thread's latest checkpoint raises
+  :class:`CheckpointConflictError` (LangGraph's ``update_state`` and time-travel forks are
+  allowed; for new input on an old checkpoint pass ``configurable["moa_fork"] = True``).
+- Types: deserialization is strict; register your state's classes with
+  ``serde_allowlist=[MyModel, ...]`` or ``serde_allowlist=schema_allowlist(State)``.
+  ``encrypt=True`` encrypts stored values with ``$LANGGRAPH_AES_KEY``.
+- Retention: ``saver.prune_to_last(keep=N)``, ``saver.delete_older_than(timedelta)``,
+  ``moa prune``.
+"""
 
 from langgraph_moa.persistence.errors import (
     CheckpointConflictError,
