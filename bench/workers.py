@@ -4,8 +4,10 @@ For each level, N worker processes (``moa worker --concurrency C``) take runs of
 ``layered`` preset (3 proposers x 2 layers, 7 model calls, 3 on the critical path) from the
 procrastinate queue of a throw-away PostgreSQL database; the test model server answers
 every call after a fixed latency. After a warm-up batch (one run per worker slot), a batch
-of N x C x ROUNDS runs is queued at once with :class:`RunQueue` and timed until the last one
-ends. The ideal is every slot busy all the time: N x C / (critical calls x latency) runs/s.
+of N x C x ROUNDS runs is queued at once with :class:`RunQueue` (``queue s``: how long that
+took) and timed from the first run's start to the last run's end as the workers recorded
+them in the run registry (``wall s``). The ideal is every slot busy all the time:
+N x C / (critical calls x latency) runs/s.
 ``cpu ms/run`` is the workers' CPU time (user + system) during the timed batch per run.
 Prints a table and writes bench/results/workers.json.
 
@@ -93,9 +95,11 @@ async def wait_ready(conn: psycopg.AsyncConnection[Any], count: int, procs: list
 async def batch(
     queue: RunQueue, conn: psycopg.AsyncConnection[Any], spec: GraphSpec, runs: int, tag: str
 ) -> tuple[float, list[str]]:
-    """Queue ``runs`` runs at once; the seconds until the last one ended, and their ids."""
+    """Queue ``runs`` runs at once and wait for them; the seconds queueing took, and the
+    run ids."""
     t0 = time.perf_counter()
-    subs = [await queue.submit(spec, f"{tag} task {i}") for i in range(runs)]
+    subs = await asyncio.gather(*(queue.submit(spec, f"{tag} task {i}") for i in range(runs)))
+    queued = time.perf_counter() - t0
     ids = [s.run_id for s in subs]
     while True:
         cur = await conn.execute(
@@ -104,7 +108,7 @@ async def batch(
         )
         row = await cur.fetchone()
         if row and row[0] == runs:
-            return time.perf_counter() - t0, ids
+            return queued, ids
         await asyncio.sleep(0.02)
 
 
@@ -122,7 +126,7 @@ async def level(
             await batch(queue, conn, spec, slots, f"warm-up {workers}")
             load = load_average()
             cpu = cpu_seconds(procs)
-            wall, ids = await batch(queue, conn, spec, slots * args.rounds, f"level {workers}")
+            queued, ids = await batch(queue, conn, spec, slots * args.rounds, f"level {workers}")
             cpu = cpu_seconds(procs) - cpu
             cur = await conn.execute(
                 "SELECT status, extract(epoch from finished_at - started_at), attempts "
@@ -130,6 +134,14 @@ async def level(
                 (ids,),
             )
             rows = await cur.fetchall()
+            cur = await conn.execute(  # first start to last end, as the workers recorded them
+                "SELECT extract(epoch from max(finished_at) - min(started_at)) "
+                "FROM moa_runs WHERE run_id = ANY(%s)",
+                (ids,),
+            )
+            span = await cur.fetchone()
+            assert span is not None
+            wall = float(span[0])
     finally:
         stop_workers(procs)
     failed = [r for r in rows if r[0] != "success"]
@@ -142,6 +154,7 @@ async def level(
         "workers": workers,
         "concurrency": args.concurrency,
         "runs": runs,
+        "queue_s": round(queued, 2),
         "wall_s": round(wall, 2),
         "runs_per_s": round(runs / wall, 2),
         "ideal_runs_per_s": round(ideal, 2),
@@ -186,6 +199,7 @@ async def main(argv: list[str] | None = None) -> int:
             ("workers", "workers", 7),
             ("concurrency", "conc", 4),
             ("runs", "runs", 4),
+            ("queue_s", "queue s", 7),
             ("wall_s", "wall s", 7),
             ("runs_per_s", "runs/s", 7),
             ("ideal_runs_per_s", "ideal/s", 7),
