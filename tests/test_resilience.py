@@ -134,7 +134,8 @@ async def test_stalled_call_is_cut_by_its_timeout_then_retried(
 ) -> None:
     model_server.add_rule(model="a", fail="stall", stall=60, times=1)
     model_server.add_rule(model="b", fail="stall", stall=60)
-    spec = spec_of(model_server, ["a", "b"], model={"max_retries": 1, "timeout": 0.5})
+    spec = spec_of(model_server, ["a", "b"], model={"max_retries": 1, "timeout": 3})
+    spec["models"]["b"]["max_retries"] = 0
     async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("task")
 
@@ -144,18 +145,18 @@ async def test_stalled_call_is_cut_by_its_timeout_then_retried(
     assert proposals["b"]["status"] == "failed"
     assert "Timeout" in proposals["b"]["error"] or "timed out" in proposals["b"]["error"]
     # the stalled calls still hang on the server (60 s): the client cut them, not the server
-    assert model_server.in_flight("a") == 1 and model_server.in_flight("b") == 2
+    assert model_server.in_flight("a") == 1 and model_server.in_flight("b") == 1
 
 
 async def test_layer_timeout_cuts_stragglers(model_server: ModelServer, sqlite_url: str) -> None:
     model_server.add_rule(model="slow", fail="stall", stall=60)
-    spec = spec_of(model_server, ["fast", "slow"], timeout=0.5)
+    spec = spec_of(model_server, ["fast", "slow"], timeout=4)
     async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("task")
 
     assert result.status == "success"
     slow = result.values["proposals"]["1"]["slow"]
-    assert slow["status"] == "missing" and "layer timeout of 0.5s" in slow["error"]
+    assert slow["status"] == "missing" and "layer timeout of 4s" in slow["error"]
     assert model_server.in_flight("slow") == 1  # cut by the layer, still hanging upstream
     assert "slow did not answer in time" in of(model_server, "synth")[0].system
     assert any("slow did not answer in time" in n for n in result.notes)
@@ -226,7 +227,7 @@ async def test_quorum_failure_persists_until_the_models_recover(
 async def test_fifty_agents_on_one_endpoint_never_exceed_its_concurrency(
     model_server: ModelServer, sqlite_url: str
 ) -> None:
-    model_server.set_latency("w", 0.1)
+    model_server.set_latency("w", 0.25)
     names = [f"a{i}" for i in range(1, 51)]
     spec = {
         "models": {"w": {"model": "w", "base_url": model_server.base_url, "max_concurrency": 4}},
@@ -244,7 +245,7 @@ async def test_fifty_agents_on_one_endpoint_never_exceed_its_concurrency(
 async def test_concurrency_cap_is_shared_by_runs_and_event_loops(
     model_server: ModelServer, tmp_path: Path
 ) -> None:
-    model_server.set_latency("w", 0.2)
+    model_server.set_latency("w", 0.3)
     names = [f"a{i}" for i in range(1, 9)]
     spec = {
         "models": {"w": {"model": "w", "base_url": model_server.base_url, "max_concurrency": 3}},
