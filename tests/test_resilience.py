@@ -101,6 +101,27 @@ async def test_500_burst_is_retried_with_growing_backoff(
     assert "b failed" in of(model_server, "synth")[0].system
 
 
+async def test_defaults_retry_three_times_with_a_call_timeout(
+    model_server: ModelServer, sqlite_url: str
+) -> None:
+    from langgraph_moa.graphs import ModelSpec
+    from langgraph_moa.models import DEFAULT_TIMEOUT, ModelResolver
+
+    model_server.add_rule(model="a", fail=502, times=3)
+    spec = {  # no max_retries, no timeout: the defaults
+        "models": {"a": {"model": "a", "base_url": model_server.base_url}},
+        "agents": [{"name": "a", "model": "a"}],
+        "layers": [{"agents": ["a"], "synthesizer": "concat"}],
+    }
+    async with MoA(spec, db_url=sqlite_url) as moa:
+        result = await moa.ainvoke("task")
+    assert result.values["proposals"]["1"]["a"]["status"] == "ok"
+    assert [r.status for r in of(model_server, "a")] == [502, 502, 502, 200]
+    resolver = ModelResolver({"a": ModelSpec(model="a", base_url=model_server.base_url)})
+    model: Any = resolver.get("a", temperature=0, max_tokens=8)
+    assert (model.max_retries, model.request_timeout) == (3, DEFAULT_TIMEOUT)
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
 async def test_4xx_that_cannot_succeed_is_not_retried(
     model_server: ModelServer, sqlite_url: str, status: int

@@ -2,6 +2,7 @@
 
 from langgraph_moa.models.resolve import (
     DEFAULT_CONTEXT_WINDOW,
+    DEFAULT_TIMEOUT,
     ModelConfigError,
     ModelResolver,
     describe_default,
@@ -10,6 +11,7 @@ from langgraph_moa.models.resolve import (
 
 __all__ = [
     "DEFAULT_CONTEXT_WINDOW",
+    "DEFAULT_TIMEOUT",
     "ModelConfigError",
     "ModelResolver",
     "describe_default",
