@@ -202,6 +202,9 @@ async def test_assistants(served: Served) -> None:
     assert {n["id"] for n in graph["nodes"]} >= {"prepare", "L1_a1", "L1_synthesizer"}
     schemas = await client.assistants.get_schemas("moa")
     assert schemas["graph_id"] == "moa" and "config_schema" in schemas
+    assert {"task", "messages"} <= set(schemas["input_schema"]["properties"])
+    assert "answer" in schemas["output_schema"]["properties"]
+    assert "proposals" in schemas["state_schema"]["properties"]
     with pytest.raises(NotFoundError):
         await client.assistants.get("nope")
     async with httpx.AsyncClient(base_url=served.url) as http:
