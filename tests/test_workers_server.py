@@ -15,8 +15,10 @@ import httpx
 import pytest
 from langgraph_sdk import get_client
 
+from langgraph_moa.graphs import compile_graph, load_spec
+from langgraph_moa.runtime.store import open_checkpointer
 from langgraph_moa.testing import ModelServer
-from tests.test_workers_support import WAIT, Workers, calls, spec_for, workers
+from tests.test_workers_support import WAIT, Workers, calls, spec_for, until, workers
 
 __all__ = ["workers"]  # fixture
 
@@ -118,3 +120,45 @@ async def test_server_cancels_a_run_queued_to_workers(server: str, workers: Work
     await client.runs.cancel(thread["thread_id"], run["run_id"])
     run = await client.runs.get(thread["thread_id"], run["run_id"])
     assert run["status"] in ("cancelled", "interrupted")
+
+
+async def test_server_run_survives_its_worker_being_killed(
+    pg_url: str, server: str, model_server: ModelServer, workers: Workers
+) -> None:
+    """A run the server queued loses its worker in layer 2; a second worker continues it
+    with the server's handler, and a client following the run sees it end."""
+    model_server.add_rule(model="b3", prompt="server victim", delay=600, times=1)
+    second = workers.start()
+    await workers.ready(2)
+    client = get_client(url=server)
+    thread = await client.threads.create()
+    run = await client.runs.create(
+        thread["thread_id"], "scale", input={"task": "server victim"}, stream_resumable=True
+    )
+    async with open_checkpointer(pg_url) as saver:
+        graph = compile_graph(load_spec(spec_for(model_server)), checkpointer=saver)
+        config = {"configurable": {"thread_id": thread["thread_id"]}}
+
+        async def b1_b2_saved() -> bool:
+            state = await graph.aget_state(config)  # type: ignore[arg-type]
+            return {"L2_b1", "L2_b2"} <= {t.name for t in state.tasks if t.result is not None}
+
+        await until(b1_b2_saved, "b1 and b2 of layer 2 to be checkpointed", workers)
+    await until(lambda: model_server.in_flight("b3") >= 1, "b3 to be called", workers)
+    holder = next(p for p in workers.procs if f"run_id='{run['run_id']}'" in workers.log_of(p))
+    holder.kill()
+    holder.wait()
+    events = [p async for p in client.runs.join_stream(thread["thread_id"], run["run_id"])]
+    done = await client.runs.get(thread["thread_id"], run["run_id"])
+    assert done["status"] == "success", workers.logs()
+    assert events, "the stream of the resumed run"
+    assert calls(model_server, "server victim") == {
+        "a1": 1,
+        "a2": 1,
+        "b1": 1,
+        "b2": 1,
+        "b3": 2,
+        "s": 1,
+    }
+    survivor = second if holder is not second else workers.procs[0]
+    assert f"run_id='{run['run_id']}'" in workers.log_of(survivor)

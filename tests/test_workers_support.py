@@ -64,6 +64,10 @@ class Workers:
         self.procs.append(proc)
         return proc
 
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
+        index = self.procs.index(proc)
+        return (self.tmp / f"worker{index}.log").read_text(errors="replace")
+
     def logs(self) -> str:
         return "\n".join(
             f"--- worker{i} ---\n" + (self.tmp / f"worker{i}.log").read_text(errors="replace")
