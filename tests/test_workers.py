@@ -270,3 +270,21 @@ def test_workers_bench_runs(tmp_path: Path) -> None:
     (row,) = json.loads(out.read_text())["rows"]
     assert row["workers"] == 1 and row["runs"] == 2 and row["max_attempts"] == 1
     assert "runs/s" in done.stdout
+
+
+async def test_cancel_a_running_run(
+    model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """Cancelling a run a worker is executing aborts it there (procrastinate's abort); the
+    worker goes on with the next run."""
+    model_server.add_rule(model="a1", prompt="stop me", delay=600)
+    spec = spec_for(model_server)
+    workers.start("--concurrency", "1")
+    await workers.ready(1)
+    doomed = await queue.submit(spec, "stop me")
+    await until(lambda: model_server.in_flight("a1") >= 1, "the run to start", workers)
+    assert await queue.cancel(doomed.run_id)
+    record = await finished(queue, doomed.run_id, workers)
+    assert record.status == "cancelled", workers.logs()
+    after = await queue.submit(spec, "next one")
+    assert (await finished(queue, after.run_id, workers)).status == "success"

@@ -503,6 +503,14 @@ async def serve(
 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, drain)
+            log.info(
+                "worker %s: queues %s, %d runs at a time, heartbeat %gs, dead after %gs",
+                settings.worker_name,
+                ",".join(settings.queues),
+                settings.concurrency,
+                settings.heartbeat_interval,
+                settings.stalled_after,
+            )
             if ready is not None:
                 ready()
             try:
