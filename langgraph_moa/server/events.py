@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,7 +25,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["END", "RunStreams", "StreamEvent", "events_table", "migrate"]
+__all__ = [
+    "END",
+    "RunStreams",
+    "StreamEvent",
+    "engine_json_options",
+    "events_table",
+    "migrate",
+]
 
 metadata = sa.MetaData()
 
@@ -56,6 +64,21 @@ migrations_table = sa.Table(
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     lambda conn: events_table.create(conn, checkfirst=True),
 ]
+
+
+def _json_loads(value: Any) -> Any:
+    # SQLite gives a JSON column NUMERIC affinity: a bare number comes back as a number
+    return value if isinstance(value, int | float) else orjson.loads(value)
+
+
+def engine_json_options() -> dict[str, Any]:
+    """``create_async_engine`` arguments that make JSON columns use orjson, so event
+    bodies (already JSON bytes) are stored as they are."""
+    return {
+        "json_serializer": lambda obj: orjson.dumps(obj).decode(),
+        "json_deserializer": _json_loads,
+    }
+
 
 INTERNAL_EVENTS = frozenset({"end"})
 """Logged (they tell followers a run is over) but never sent to clients."""
@@ -187,6 +210,17 @@ class RunStreams:
         if run_ids:
             async with self.engine.begin() as conn:
                 await conn.execute(events_table.delete().where(events_table.c.run_id.in_(run_ids)))
+
+    async def prune(self, older_than: float) -> int:
+        """Delete logged events older than ``older_than`` seconds; how many went."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        if self.engine.dialect.name != "postgresql":
+            cutoff = cutoff.replace(tzinfo=None)  # stored as naive UTC there
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                events_table.delete().where(events_table.c.created_at < cutoff)
+            )
+            return int(result.rowcount or 0)
 
     def subscribe(
         self,

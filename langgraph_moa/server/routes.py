@@ -300,8 +300,7 @@ def create_router(
     async def create_run(thread_id: str, body: RunCreate, tenant: Tenant) -> JSONResponse:
         """Start a run in the background (queued behind the thread's active run with
         ``multitask_strategy="enqueue"``, the default)."""
-        run, events = await server.create_run(tenant, thread_id, body)
-        await events.aclose()  # type: ignore[attr-defined]
+        run, _ = await server.create_run(tenant, thread_id, body, subscribe=False)
         headers = {"Content-Location": f"/threads/{thread_id}/runs/{run.run_id}"}
         return JSONResponse(server.run_json(run), headers=headers)
 
@@ -458,12 +457,14 @@ def create_router(
 
     def sse(
         run_id: str,
-        events: AsyncIterator[StreamEvent],
+        events: AsyncIterator[StreamEvent] | None,
         resumable: bool,
         on_disconnect: str,
         headers: dict[str, str],
         modes: set[str] | None = None,
     ) -> EventSourceResponse:
+        assert events is not None
+
         async def body() -> AsyncIterator[ServerSentEvent]:
             finished = False
             try:

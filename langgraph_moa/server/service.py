@@ -42,7 +42,7 @@ from langgraph_moa.persistence.registry import (
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.runtime.store import open_checkpointer
 from langgraph_moa.server import serde
-from langgraph_moa.server.events import RunStreams, StreamEvent
+from langgraph_moa.server.events import RunStreams, StreamEvent, engine_json_options
 from langgraph_moa.server.executor import InProcessExecutor, RunExecutor
 from langgraph_moa.server.schemas import (
     CommandModel,
@@ -113,6 +113,8 @@ class ServerOptions:
     """Seconds between run-ownership heartbeats in the registry."""
     stale_after: float = 30.0
     """A run whose owner's heartbeat is older than this is resumed at startup."""
+    stream_ttl: float = 24 * 3600.0
+    """Seconds logged stream events are kept for replay (pruned hourly)."""
 
 
 @dataclass
@@ -222,10 +224,7 @@ class MoAServer:
             stack.push_async_callback(self.registry.aclose)
             await self.registry.setup()
             target = async_url(self.db_url)
-            kwargs: dict[str, Any] = {
-                "json_serializer": lambda o: serde.dumps(o).decode(),
-                "json_deserializer": serde.loads,
-            }
+            kwargs: dict[str, Any] = engine_json_options()
             if target.get_backend_name() == "sqlite":
                 kwargs["connect_args"] = {"timeout": 30}
             else:
@@ -248,6 +247,9 @@ class MoAServer:
             await stack.aclose()
             raise
         self._stack = stack
+        if self.role == "server":
+            pruner = asyncio.create_task(self._prune_events(), name="moa-prune-events")
+            stack.push_async_callback(_cancel_task, pruner)
         if self.role == "server" and self.in_process:
             await self._resume_left_runs()
 
@@ -560,9 +562,10 @@ class MoAServer:
         body: RunCreate | StatelessRunCreate,
         *,
         stream_modes: list[str] | None = None,
-    ) -> tuple[RunRecord, AsyncIterator[StreamEvent]]:
+        subscribe: bool = True,
+    ) -> tuple[RunRecord, AsyncIterator[StreamEvent] | None]:
         """Validate, record and submit a run; returns it with a subscription to its events
-        (taken before the run starts, so nothing is missed)."""
+        (taken before the run starts, so nothing is missed) when ``subscribe``."""
         assistant = self.assistant(body.assistant_id, for_run=True)
         graph = assistant.graph
         modes = stream_modes or body.stream_modes
@@ -659,8 +662,12 @@ class MoAServer:
             if self.in_process:
                 self.streams.open(run_id, persist=self._persist(run))
                 self._live[run_id] = _Live()
-            subscription = self.streams.subscribe(
-                run_id, last_event_id=0, is_active=lambda: self.is_active(run_id)
+            subscription = (
+                self.streams.subscribe(
+                    run_id, last_event_id=0, is_active=lambda: self.is_active(run_id)
+                )
+                if subscribe
+                else None
             )
             await self.executor.submit(run_id, thread_id)
         return run, subscription
@@ -829,6 +836,14 @@ class MoAServer:
             if isinstance(checkpointer, BaseCheckpointSaver):
                 await checkpointer.adelete_thread(thread_id)
 
+    async def _prune_events(self) -> None:
+        while True:
+            try:
+                await self.streams.prune(self.options.stream_ttl)
+            except Exception:
+                log.warning("cannot prune old stream events", exc_info=True)
+            await asyncio.sleep(min(3600.0, self.options.stream_ttl))
+
     async def _heartbeat(self, run_id: str) -> None:
         while True:
             await asyncio.sleep(self.options.owner_heartbeat)
@@ -943,6 +958,11 @@ class MoAServer:
                     )
             return _command(CommandModel.model_validate(command))
         return run.input
+
+
+async def _cancel_task(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _command(model: CommandModel) -> Command[Any]:
