@@ -87,6 +87,11 @@ async def test_sdk_flow(served: Served, srv: ModelServer) -> None:
         thread["thread_id"], limit=2, before=history[0]["checkpoint"]
     )
     assert older[0]["checkpoint"] == history[1]["checkpoint"]
+    past = history[3]["checkpoint"]
+    at_id = await client.threads.get_state(thread["thread_id"], checkpoint_id=past["checkpoint_id"])
+    at_checkpoint = await client.threads.get_state(thread["thread_id"], checkpoint=past)
+    assert at_id["checkpoint"] == at_checkpoint["checkpoint"] == past
+    assert at_id["values"] == history[3]["values"]
 
     run = await client.runs.create(thread["thread_id"], "moa", input={"task": "Hash indexes?"})
     assert run["status"] in ("pending", "running") and run["assistant_id"]
