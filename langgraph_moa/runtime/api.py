@@ -214,8 +214,13 @@ class MoA:
                 engine = getattr(checkpointer, "engine", None)
                 if engine is not None:
                     self.registry = RunRegistry.from_engine(engine)
-                else:
+                elif self._checkpointer is None or self.db_url:
                     self.registry = RunRegistry.from_url(resolve_db_url(self.db_url))
+                else:
+                    raise ValueError(
+                        "registry=True with a checkpointer that has no `engine`: pass "
+                        "registry=RunRegistry.from_url(url) or db_url= of the same database"
+                    )
                 self._stack.push_async_callback(self.registry.aclose)
                 await self.registry.setup()
             self._graph = compile_graph(
