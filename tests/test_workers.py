@@ -288,3 +288,40 @@ async def test_cancel_a_running_run(
     assert record.status == "cancelled", workers.logs()
     after = await queue.submit(spec, "next one")
     assert (await finished(queue, after.run_id, workers)).status == "success"
+
+
+async def test_frozen_worker_is_fenced_out_when_it_wakes(
+    pg_url: str, model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """SIGSTOP the worker holding a run (no heartbeat at all, as a paused VM): the other
+    worker takes the run over. When the first one wakes up it stops, writes nothing, and
+    leaves the job (and the thread's lock) to the worker that has it now."""
+    gate = threading.Event()
+    model_server.add_rule(model="b3", prompt="frozen", delay=600, times=1)
+    model_server.add_rule(
+        model="b3", prompt="frozen", reply=lambda r: "b3 late" if gate.wait(WAIT) else "timed out"
+    )
+    spec = spec_for(model_server)
+    first = workers.start()
+    second = workers.start()
+    await workers.ready(2)
+    sub = await queue.submit(spec, "the frozen task")
+    await until(lambda: model_server.in_flight("b3") >= 1, "b3 to be called", workers)
+    run = await queue.get(sub.run_id)
+    assert run is not None and run.owner_pid is not None
+    frozen = first if first.pid == run.owner_pid else second
+    other = second if frozen is first else first
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        await until(lambda: model_server.in_flight("b3") >= 2, "b3 asked again", workers)
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    await until(lambda: "taken over" in workers.log_of(frozen), "the fence", workers)
+    jobs = await queue.app.job_manager.list_jobs_async(queueing_lock=sub.run_id)
+    assert [j.status for j in jobs] == ["doing"]  # still the other worker's
+    gate.set()
+    record = await finished(queue, sub.run_id, workers)
+    assert record.status == "success" and record.answer, workers.logs()
+    starts = [e.data for e in await queue.events.read(sub.run_id) if e.event == "metadata"]
+    assert [s["worker"].rsplit(":", 1)[1] for s in starts] == [str(frozen.pid), str(other.pid)]
+    assert frozen.poll() is None and other.poll() is None

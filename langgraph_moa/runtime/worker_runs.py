@@ -32,7 +32,7 @@ from langgraph_moa.persistence.registry import (
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.runtime.worker_events import EventStore
 
-__all__ = ["DEFAULT_STREAM_MODE", "MoARunHandler", "RunBusy", "RunHandedBack"]
+__all__ = ["DEFAULT_STREAM_MODE", "MoARunHandler", "RunBusy", "RunHandedBack", "RunTakenOver"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ class RunHandedBack(Exception):
 
 class RunBusy(Exception):
     """Another live process still owns the run in the registry; try again shortly."""
+
+
+class RunTakenOver(Exception):
+    """This worker was taken for dead (frozen longer than the dead-worker threshold) and
+    the run went to another worker; this one stopped without recording anything."""
 
 
 class MoARunHandler:
@@ -95,8 +100,9 @@ class MoARunHandler:
         """Run ``run_id`` to its end, an interrupt, or an error, and record that.
 
         Raises :class:`RunHandedBack` when the worker drains, :class:`RunBusy` when the
-        registry says a live process owns the run, and ``CancelledError`` when cancelled
-        (the caller records a cancellation; a shutdown leaves the run resumable).
+        registry says a live process owns the run, :class:`RunTakenOver` when another
+        worker took the run meanwhile, and ``CancelledError`` when cancelled (the caller
+        records a cancellation; a shutdown leaves the run resumable).
         """
         run = await self.registry.get_run(run_id)
         if run is None:
@@ -124,11 +130,10 @@ class MoARunHandler:
                 beat.cancel()
                 await asyncio.gather(beat, return_exceptions=True)
         except OwnershipLostError as exc:
-            log.warning("run %s: %s", run_id, exc)
+            raise RunTakenOver(str(exc)) from None
         except asyncio.CancelledError:
             if lost.is_set():  # fenced out: another worker has the run now
-                log.warning("run %s was taken over by another worker; stopped", run_id)
-                return
+                raise RunTakenOver(f"run {run_id} was taken over by another worker") from None
             raise
         except RunHandedBack:
             await self.registry.update_run(run_id, owner=owner, release=True, status="pending")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import os
 import signal
@@ -67,6 +68,7 @@ from langgraph_moa.runtime.worker_runs import (
     MoARunHandler,
     RunBusy,
     RunHandedBack,
+    RunTakenOver,
 )
 
 __all__ = [
@@ -144,7 +146,9 @@ class WorkerSettings:
     shutdown_grace: float = 30.0
     max_attempts: int = 5
     """A run queued this many times (dead workers, shutdowns) is failed, not re-queued."""
-    poll_interval: float = 5.0
+    poll_interval: float = 2.0
+    """Seconds between polls for jobs when no notification came (runs handed back at a
+    shutdown are found this way)."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -340,6 +344,13 @@ class WorkerRuntime:
                 await handler.execute(run_id, resume=resume, attempt=attempt)
             else:
                 await handler.execute(run_id, resume=resume)
+        except RunTakenOver as exc:
+            # The reaper gave this job to another worker while this process was frozen. Do
+            # not let procrastinate finish the job under the other worker's feet (that
+            # would release the thread's lock early): wait until the other worker is done.
+            log.warning("%s; waiting for that worker before letting the job go", exc)
+            await self._wait_job_elsewhere(context)
+            raise
         except asyncio.CancelledError:
             if context.abort_reason() == AbortReason.USER_REQUEST:
                 await self.registry.update_run(run_id, status="cancelled", release=True)
@@ -349,6 +360,17 @@ class WorkerRuntime:
             raise RunHandedBack("cancelled by the worker's shutdown") from None
         run = await self.registry.get_run(run_id)
         return run.status if run is not None else "unknown"
+
+    async def _wait_job_elsewhere(self, context: procrastinate.JobContext) -> None:
+        assert context.job.id is not None
+        active = (Status.TODO.value, Status.DOING.value)
+        while True:
+            jobs = await context.app.job_manager.list_jobs_async(id=context.job.id)
+            if not any(job.status in active for job in jobs):
+                return  # the other execution ended
+            if all(job.attempts == context.job.attempts for job in jobs):
+                return  # not queued again: the job is still this execution's
+            await asyncio.sleep(self.settings.poll_interval)
 
 
 class Reaper:
@@ -381,11 +403,11 @@ class Reaper:
             if not row or not row[0]:
                 return []  # another worker's reaper is at it
             try:
-                return await self._reap()
+                return await self._reap(conn)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (_REAPER_LOCK,))
 
-    async def _reap(self) -> list[int]:
+    async def _reap(self, conn: psycopg.AsyncConnection[Any]) -> list[int]:
         manager = self.app.job_manager
         stalled = await manager.get_stalled_jobs(
             task_name=TASK_NAME, seconds_since_heartbeat=self.settings.stalled_after
@@ -412,6 +434,7 @@ class Reaper:
                 else:
                     await manager.retry_job(job)
                     await self.registry.update_run(run_id, status="pending", release=True)
+                    await self._wake_workers(conn, job.queue, job.id)
                     log.warning(
                         "run %s (job %s) lost worker %s; re-queued", run_id, job.id, job.worker_id
                     )
@@ -420,6 +443,14 @@ class Reaper:
                 continue
             done.append(job.id)
         return done
+
+    @staticmethod
+    async def _wake_workers(conn: psycopg.AsyncConnection[Any], queue: str, job_id: int) -> None:
+        """Tell idle workers a job is ready, as procrastinate's insert trigger does (a retried
+        job would otherwise wait for their next poll)."""
+        payload = json.dumps({"type": "job_inserted", "job_id": job_id})
+        for channel in (f"procrastinate_queue_v1#{queue}", "procrastinate_any_queue_v1"):
+            await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
 
 class _Heartbeat(threading.Thread):
