@@ -19,7 +19,7 @@ from langgraph_moa.graphs import GraphSpec, load_spec
 from langgraph_moa.runtime.store import resolve_db_url
 from langgraph_moa.server.auth import Authenticator, KeyAuth, NoAuth, load_api_keys
 from langgraph_moa.server.executor import RunExecutor
-from langgraph_moa.server.routes import DEFAULT_MAX_BODY, create_router
+from langgraph_moa.server.routes import DEFAULT_MAX_BODY, _version, create_router
 from langgraph_moa.server.service import MoAServer, ServerOptions
 
 __all__ = ["create_app", "create_server"]
@@ -100,12 +100,3 @@ def create_app(
     app.state.moa = server
     app.include_router(create_router(server, authenticate=authenticator, max_body=max_body))
     return app
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("langgraph-moa")
-    except PackageNotFoundError:  # pragma: no cover
-        return "0"

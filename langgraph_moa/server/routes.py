@@ -446,12 +446,7 @@ def create_router(
     # -------------------------------------------------------------- helpers ---
 
     def on_disconnect_cancel(run_id: str) -> None:
-        async def cancel() -> None:
-            run = await server.registry.get_run(run_id)
-            if run is not None and run.status in ACTIVE:
-                await server._cancel(run, "interrupt")
-
-        task = asyncio.get_running_loop().create_task(cancel())
+        task = asyncio.get_running_loop().create_task(server.cancel_if_active(run_id))
         _background.add(task)
         task.add_done_callback(_background.discard)
 

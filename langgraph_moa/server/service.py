@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -187,7 +188,7 @@ class MoAServer:
         self.specs = list(specs)
         self.db_url = db_url
         self.role = role
-        self.options = options or ServerOptions()
+        self.options = dataclasses.replace(options) if options else ServerOptions()
         self.executor: RunExecutor = executor or InProcessExecutor(self.options.max_concurrency)
         self.in_process = bool(getattr(self.executor, "in_process", False))
         if not self.in_process or role == "worker":  # events cross processes via the log
@@ -202,6 +203,7 @@ class MoAServer:
         self._thread_locks: dict[str, asyncio.Lock] = {}
         self._stopping = False
         self._spec_graphs: dict[str, Assistant] = {}
+        self._run_graphs_stack = AsyncExitStack()
         self.checkpointer: BaseCheckpointSaver[Any] | None = None
 
     # ------------------------------------------------------------- lifecycle ---
@@ -685,6 +687,12 @@ class MoAServer:
         if run.status in ACTIVE:
             await self._cancel(run, action)
         return run
+
+    async def cancel_if_active(self, run_id: str) -> None:
+        """Cancel ``run_id`` if it is still pending or running (a client went away)."""
+        run = await self.registry.get_run(run_id)
+        if run is not None and run.status in ACTIVE:
+            await self._cancel(run, "interrupt")
 
     async def _cancel(self, run: RunRecord, action: str) -> None:
         live = self._live.get(run.run_id)
