@@ -751,3 +751,21 @@ def test_delta_channel_state_survives_and_blocks_keep_latest(db_url: str) -> Non
             saver.prune(["d"])
         saver.prune(["d"], strategy="delete")
         assert saver.get_tuple(cfg("d")) is None
+
+
+def test_get_tuple_reads_again_when_blobs_vanish_midway(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SQLAlchemySaver.from_url(sqlite_url) as saver:
+        _thread(saver, "t", 2)
+        real = saver._fetch_blobs
+        calls: list[int] = []
+
+        def torn(*args: Any) -> Any:  # the first read sees a concurrent prune's effect
+            calls.append(1)
+            return {} if len(calls) == 1 else real(*args)
+
+        monkeypatch.setattr(saver, "_fetch_blobs", torn)
+        got = saver.get_tuple(cfg("t"))
+        assert got is not None and got.checkpoint["channel_values"]["big"] == "1" * 500
+        assert len(calls) == 2

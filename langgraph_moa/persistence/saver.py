@@ -118,6 +118,10 @@ _PG_LOCK_ID = 0x6D6F615F636B7074 & 0x7FFFFFFFFFFFFFFF  # "moa_ckpt"
 _SQLITE_FILE_LOCKS: dict[str, threading.Lock] = {}
 
 
+class _Torn(Exception):
+    """A read saw a checkpoint but not all of its blobs (deleted meanwhile)."""
+
+
 class _PutPlan(NamedTuple):
     """Everything ``put`` writes, serialized before the transaction starts."""
 
@@ -833,7 +837,7 @@ class _SaverBase(BaseCheckpointSaver[str]):
         self._write(tx)
 
     def _get_tuple_tx(
-        self, cur: Any, thread_id: str, ns: str, checkpoint_id: str | None
+        self, cur: Any, thread_id: str, ns: str, checkpoint_id: str | None, snapshot: bool = False
     ) -> CheckpointTuple | None:
         values = {"t": thread_id, "ns": ns, "cid": checkpoint_id}
         p = self._s.get_by_id if checkpoint_id else self._s.get_latest
@@ -848,18 +852,19 @@ class _SaverBase(BaseCheckpointSaver[str]):
             return None
         doc, pairs = self._decode(ck_row[3], ck_row[4])
         blob_values = self._fetch_blobs(cur, thread_id, ns, pairs) if pairs else {}
+        if len(blob_values) < len(set(pairs)) and not snapshot:
+            raise _Torn  # read while a prune or delete removed its blobs: read again
         return self._tuple(
             thread_id, ns, ck_row[1], ck_row[2], doc, ck_row[5], blob_values, pairs, write_rows
         )
 
     def _get_tuple_sync(self, config: RunnableConfig) -> CheckpointTuple | None:
         conf = config["configurable"]
-        return self._read(
-            self._get_tuple_tx,
-            str(conf["thread_id"]),
-            conf.get("checkpoint_ns") or "",
-            get_checkpoint_id(config),
-        )
+        args = (str(conf["thread_id"]), conf.get("checkpoint_ns") or "", get_checkpoint_id(config))
+        try:
+            return self._read(self._get_tuple_tx, *args)
+        except _Torn:
+            return self._read_snapshot(self._get_tuple_tx, *args, True)
 
     def _list_args(
         self,
