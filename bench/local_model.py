@@ -12,7 +12,7 @@ differ, fixed seeds), then 1 aggregator that reads the 3 answers. Rounds alterna
 configurations so that load from other processes hits all alike. Prints a table and writes
 bench/results/local_model.json.
 
-    python bench/local_model.py [--rounds 5] [--max-tokens 128] [--threads N]
+    python bench/local_model.py [--rounds 5] [--max-tokens 128] [--threads N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -165,6 +165,7 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     configs = list(CONFIGS)
     load_before = os.getloadavg()[0]
@@ -222,8 +223,8 @@ async def main() -> None:
         "generate different lengths, so tokens/s is compared, not seconds)"
     )
     print(f"\n{verdict}; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(
         json.dumps(
             {
                 "benchmark": "local_model",
@@ -245,7 +246,7 @@ async def main() -> None:
         )
         + "\n"
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
