@@ -144,7 +144,12 @@ def _small(value: Any) -> bool:
     return (kind is str or kind is bytes) and len(value) <= INLINE_MAX_BYTES // 4
 
 
+_json_decode = json.JSONDecoder().decode
+
+
 def _load_json(value: Any) -> dict[str, Any]:
+    if type(value) is str:
+        return cast(dict[str, Any], _json_decode(value))
     if value is None:
         return {}
     if isinstance(value, dict):
@@ -617,15 +622,19 @@ class _SaverBase(BaseCheckpointSaver[str]):
 
     def _decode(self, type_: str, data: bytes) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         """A stored checkpoint document and the (channel, version) of its blob values."""
-        doc = self.serde.loads_typed((type_, bytes(data)))
-        blob_channels = doc.pop(_BLOBS_KEY, None) or ()
+        doc = self.serde.loads_typed((type_, data))
+        blob_channels = doc.pop(_BLOBS_KEY, None)
+        if not blob_channels:
+            return doc, []
         versions = doc["channel_versions"]
         return doc, [(ch, str(versions[ch])) for ch in blob_channels if ch in versions]
 
-    def _load_writes(self, rows: Iterable[Sequence[Any]]) -> list[PendingWrite]:
+    def _load_writes(self, rows: Sequence[Sequence[Any]]) -> list[PendingWrite]:
         """Pending writes from (task_id, task_path, idx, channel, type, blob) rows."""
+        if not rows:
+            return []
         ordered = sorted(rows, key=lambda r: writes_sort_key(r[1] or "", r[0], r[2]))
-        return [(r[0], r[3], self.serde.loads_typed((r[4], bytes(r[5])))) for r in ordered]
+        return [(r[0], r[3], self.serde.loads_typed((r[4], r[5]))) for r in ordered]
 
     def _tuple(
         self,
@@ -639,11 +648,23 @@ class _SaverBase(BaseCheckpointSaver[str]):
         blob_pairs: list[tuple[str, str]],
         write_rows: list[Sequence[Any]],
     ) -> CheckpointTuple:
-        values = doc["channel_values"]
-        for pair in blob_pairs:
-            found = blob_values.get(pair)
-            if found is not None and found[0] != "empty":
-                values[pair[0]] = self.serde.loads_typed((found[0], bytes(found[1] or b"")))
+        if blob_pairs:
+            values = doc["channel_values"]
+            for pair in blob_pairs:
+                found = blob_values.get(pair)
+                if found is not None and found[0] != "empty":
+                    values[pair[0]] = self.serde.loads_typed((found[0], found[1] or b""))
+        parent = (
+            {
+                "configurable": {
+                    "thread_id": thread_id,
+                    "checkpoint_ns": ns,
+                    "checkpoint_id": parent_id,
+                }
+            }
+            if parent_id
+            else None
+        )
         return CheckpointTuple(
             {
                 "configurable": {
@@ -652,19 +673,9 @@ class _SaverBase(BaseCheckpointSaver[str]):
                     "checkpoint_id": checkpoint_id,
                 }
             },
-            cast(Checkpoint, doc),
-            cast(CheckpointMetadata, _load_json(metadata)),
-            (
-                {
-                    "configurable": {
-                        "thread_id": thread_id,
-                        "checkpoint_ns": ns,
-                        "checkpoint_id": parent_id,
-                    }
-                }
-                if parent_id
-                else None
-            ),
+            doc,  # type: ignore[arg-type]
+            _load_json(metadata),  # type: ignore[arg-type]
+            parent,  # type: ignore[arg-type]
             self._load_writes(write_rows),
         )
 
