@@ -769,3 +769,24 @@ def test_get_tuple_reads_again_when_blobs_vanish_midway(
         got = saver.get_tuple(cfg("t"))
         assert got is not None and got.checkpoint["channel_values"]["big"] == "1" * 500
         assert len(calls) == 2
+
+
+async def test_savers_on_engines_of_your_own(sqlite_url: str) -> None:
+    from langgraph_moa.persistence import create_async_engine, create_engine
+
+    engine = create_engine(sqlite_url)
+    try:
+        with SQLAlchemySaver(engine) as saver:
+            assert saver.engine is engine
+            linear_graph(2).compile(checkpointer=saver).invoke({"value": 0, "trace": []}, cfg("e"))
+        with engine.connect() as conn:  # the engine outlives the saver
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        engine.dispose()
+    aengine = create_async_engine(sqlite_url)
+    try:
+        async with AsyncSQLAlchemySaver(aengine) as asaver:
+            app = linear_graph(2).compile(checkpointer=asaver)
+            assert (await app.aget_state(cfg("e"))).values["value"] == 2
+    finally:
+        await aengine.dispose()

@@ -1310,8 +1310,15 @@ class SQLAlchemySaver(_SaverBase):
             return super()._attempt(fn, args, begin=begin, read=read)
 
     def close(self) -> None:
-        """Return the saver's connection to the pool (``from_url`` does this on exit)."""
+        """Return the saver's connection to the pool (``from_url`` does this on exit;
+        ``with SQLAlchemySaver(engine) as saver:`` too). The engine stays open."""
         self._close_cached()
+
+    def __enter__(self) -> SQLAlchemySaver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _admin(self, fn: Callable[[Connection], T]) -> T:
         if self._lock is None:
@@ -1537,6 +1544,12 @@ class AsyncSQLAlchemySaver(_SaverBase):
             finally:
                 cur.close()
             time.sleep(0.02 * attempt * (1 + random.random()))
+
+    async def __aenter__(self) -> AsyncSQLAlchemySaver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Return the saver's connection to the pool and dispose of the sync engine made
