@@ -117,7 +117,7 @@ def write_chart(report: EvalReport, path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.set_title(title, fontsize=10)
         for x, v in enumerate(values):
-            ax.text(x, min(v + 0.03, 0.95), f"{v:.0%}", ha="center", fontsize=8)
+            ax.text(x, 0.02, f"{v:.0%}", ha="center", fontsize=8, color="white")
     fig.suptitle(f"{report.eval_id} ({report.items} items, 95% Wilson intervals)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
