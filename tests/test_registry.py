@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from langgraph_moa.persistence.registry import (
     MIGRATIONS,
+    LeaseHeldError,
     Owner,
     OwnershipLostError,
     RunNotFoundError,
@@ -219,3 +220,92 @@ async def test_from_sync_engine(sqlite_url: str) -> None:
     finally:
         await reg.aclose()
         engine.dispose()
+
+
+async def test_thread_lease_is_exclusive_and_fenced_by_epoch(registry: RunRegistry) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = Owner(Owner.current().host, holder.pid, "unused")
+        first = await registry.acquire_lease("t", "tok-a", owner=live, run_id="r1")
+        assert first == 1
+        thread = await registry.get_thread("t")
+        assert thread is not None and thread.lease_token == "tok-a"
+        assert (thread.lease_pid, thread.lease_run_id) == (holder.pid, "r1")
+        assert "lease" not in str(thread.to_json())
+        # The holder again: same epoch, no error. Another token: refused, naming the holder.
+        assert await registry.acquire_lease("t", "tok-a", owner=live) == 1
+        with pytest.raises(LeaseHeldError, match=rf"run r1 holds its lease \(pid {holder.pid}"):
+            await registry.acquire_lease("t", "tok-b")
+        assert await registry.renew_lease("t", "tok-a") is True
+        assert await registry.renew_lease("t", "tok-b") is False
+        assert await registry.release_lease("t", "tok-b") is False
+        assert await registry.release_lease("t", "tok-a") is True
+        assert await registry.acquire_lease("t", "tok-b") == 2  # free again: a new epoch
+        # Expired by heartbeat age: taken over, and the old holder is fenced out.
+        assert await registry.acquire_lease("t", "tok-c", stale_after=0) == 3
+        assert await registry.renew_lease("t", "tok-b") is False
+        await registry.release_lease("t", "tok-c")
+        await registry.acquire_lease("t", "tok-d", owner=live)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holding process died on this host: the lease is free at once.
+    assert await registry.acquire_lease("t", "tok-e") == 5
+
+
+async def test_lease_race_has_one_winner(registry: RunRegistry) -> None:
+    gone = Owner(Owner.current().host, dead_pid(), "x")
+    await registry.acquire_lease("t", "tok-dead", owner=gone)
+    results = await asyncio.gather(
+        *(registry.acquire_lease("t", f"tok-{i}") for i in range(4)), return_exceptions=True
+    )
+    wins = [r for r in results if not isinstance(r, BaseException)]
+    assert wins == [2], results
+    assert all(isinstance(r, LeaseHeldError) for r in results if r not in wins)
+    thread = await registry.get_thread("t")
+    assert thread is not None and thread.lease_epoch == 2
+
+
+async def test_cancel_request(registry: RunRegistry) -> None:
+    queued = await registry.create_run("t", status="pending")
+    cancelled = await registry.request_cancel(queued.run_id)  # nobody holds it: marked now
+    assert (cancelled.status, cancelled.error) == ("cancelled", "cancelled before it started")
+    me = Owner.new()
+    running = await registry.create_run("t", owner=me)
+    assert await registry.cancel_requested([running.run_id]) == set()
+    asked = await registry.request_cancel(running.run_id)
+    assert asked.status == "running" and asked.cancel_requested_at is not None  # its owner stops it
+    assert await registry.cancel_requested([running.run_id, queued.run_id]) == {running.run_id}
+    with pytest.raises(RunNotFoundError):
+        await registry.request_cancel("missing")
+
+
+async def test_migration_2_adds_the_lease_to_a_version_1_store(db_url: str) -> None:
+    from langgraph_moa.persistence import registry as module
+
+    async with RunRegistry.from_url(db_url) as old:
+        module.MIGRATIONS, saved = module.MIGRATIONS[:1], module.MIGRATIONS
+        try:
+            async with old.engine.begin() as conn:  # the tables as version 1 made them
+                await conn.run_sync(lambda c: module.migrations_table.create(c))
+                for table in (module.threads_table, module.runs_table):
+                    legacy = sa.Table(
+                        table.name,
+                        sa.MetaData(),
+                        *(
+                            c.copy()
+                            for c in table.columns
+                            if c.name not in module._V1_COLUMNS[table.name]
+                        ),
+                    )
+                    await conn.run_sync(legacy.create)
+                await conn.execute(
+                    module.migrations_table.insert().values(
+                        version=1, name="v1", applied_at=sa.func.now()
+                    )
+                )
+        finally:
+            module.MIGRATIONS = saved
+        assert await old.schema_version() == 1
+        assert await old.setup() == len(MIGRATIONS)
+        assert await old.acquire_lease("t", "tok") == 1

@@ -65,8 +65,10 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 __all__ = [
+    "CANCEL_CHANNEL",
     "RUN_STATUSES",
     "THREAD_STATUSES",
+    "LeaseHeldError",
     "Owner",
     "OwnershipLostError",
     "RegistryError",
@@ -91,6 +93,8 @@ THREAD_STATUSES: tuple[str, ...] = get_args(ThreadStatus)
 ACTIVE_STATUSES = ("pending", "running")
 DEFAULT_STALE_AFTER = 30.0
 """Seconds without a heartbeat after which a run's owner counts as gone."""
+CANCEL_CHANNEL = "moa_run_cancel"
+"""PostgreSQL NOTIFY channel of cancel requests (payload: the run id)."""
 
 MIGRATIONS_TABLE = "moa_registry_migrations"
 _KEY = 255  # thread ids: fits a MySQL utf8mb4 index key
@@ -131,6 +135,25 @@ class RunOwnedError(RegistryError):
 
 class OwnershipLostError(RegistryError):
     """Another process took the run over; this process must stop writing to it."""
+
+
+class LeaseHeldError(RegistryError):
+    """The thread's lease is held by another live process (it runs a run of the thread)."""
+
+    def __init__(self, thread: ThreadRecord, message: str) -> None:
+        super().__init__(message)
+        self.thread = thread
+
+
+def _describe_lease(thread: ThreadRecord, now: datetime) -> str:
+    beat = ""
+    if thread.lease_heartbeat_at is not None:
+        beat = f", heartbeat {(now - thread.lease_heartbeat_at).total_seconds():.0f}s ago"
+    run = f"run {thread.lease_run_id} " if thread.lease_run_id else "a run "
+    return (
+        f"thread {thread.thread_id} is busy: {run}holds its lease (pid {thread.lease_pid} on "
+        f"{thread.lease_host}{beat})"
+    )
 
 
 # ----------------------------------------------------------------------- owners ---
@@ -204,12 +227,46 @@ class ThreadRecord:
     status: ThreadStatus = "idle"
     owner: str | None = None
     spec_name: str | None = None
+    lease_token: str | None = None
+    lease_epoch: int = 0
+    lease_heartbeat_at: datetime | None = None
+    lease_host: str | None = None
+    lease_pid: int | None = None
+    lease_run_id: str | None = None
+
+    def lease_gone(
+        self, *, stale_after: float = DEFAULT_STALE_AFTER, now: datetime | None = None
+    ) -> bool:
+        """True when the thread's lease is held by a process that is no longer alive:
+        no heartbeat for ``stale_after`` seconds, or a dead process id on this host."""
+        if self.lease_token is None:
+            return False
+        now = now or _now()
+        beat = self.lease_heartbeat_at
+        if beat is None or now - beat > timedelta(seconds=stale_after):
+            return True
+        return (
+            self.lease_host == socket.gethostname()
+            and self.lease_pid is not None
+            and not pid_alive(self.lease_pid)
+        )
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (times in ISO 8601 UTC)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        """JSON-ready dict (times in ISO 8601 UTC), without the lease."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name in _THREAD_PUBLIC}
         out["created_at"], out["updated_at"] = _iso(self.created_at), _iso(self.updated_at)
         return out
+
+
+_THREAD_PUBLIC = (
+    "thread_id",
+    "created_at",
+    "updated_at",
+    "metadata",
+    "status",
+    "owner",
+    "spec_name",
+)
 
 
 @dataclass
@@ -241,6 +298,7 @@ class RunRecord:
     options: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str | None = None
     checkpoint_id: str | None = None
+    cancel_requested_at: datetime | None = None
 
     @property
     def owner(self) -> Owner | None:
@@ -276,7 +334,14 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (times in ISO 8601 UTC)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("created_at", "updated_at", "heartbeat_at", "started_at", "finished_at"):
+        for name in (
+            "created_at",
+            "updated_at",
+            "heartbeat_at",
+            "started_at",
+            "finished_at",
+            "cancel_requested_at",
+        ):
             out[name] = _iso(out[name])
         return out
 
@@ -305,6 +370,12 @@ threads_table = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("owner", sa.String(_KEY), nullable=True),
     sa.Column("spec_name", sa.String(100), nullable=True),
+    sa.Column("lease_token", sa.String(64), nullable=True),
+    sa.Column("lease_epoch", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("lease_heartbeat_at", _Time, nullable=True),
+    sa.Column("lease_host", sa.String(255), nullable=True),
+    sa.Column("lease_pid", sa.Integer, nullable=True),
+    sa.Column("lease_run_id", sa.String(64), nullable=True),
     sa.Index("moa_threads_updated_idx", "updated_at"),
     sa.Index("moa_threads_owner_idx", "owner"),
     sa.Index("moa_threads_status_idx", "status"),
@@ -338,9 +409,18 @@ runs_table = sa.Table(
     sa.Column("options", sa.JSON, nullable=True),
     sa.Column("parent_run_id", sa.String(64), nullable=True),
     sa.Column("checkpoint_id", sa.String(64), nullable=True),
+    sa.Column("cancel_requested_at", _Time, nullable=True),
     sa.Index("moa_runs_thread_idx", "thread_id", "created_at"),
     sa.Index("moa_runs_status_idx", "status", "created_at"),
 )
+
+
+_V1_COLUMNS = {
+    "moa_threads": {"lease_token", "lease_epoch", "lease_heartbeat_at", "lease_host", "lease_pid"}
+    | {"lease_run_id"},
+    "moa_runs": {"cancel_requested_at"},
+}
+"""Columns added by migration 2 (a fresh database gets them from migration 1 already)."""
 
 
 def _migration_1(conn: sa.Connection) -> None:
@@ -348,7 +428,22 @@ def _migration_1(conn: sa.Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[tuple[str, Any]] = [("create moa_threads and moa_runs", _migration_1)]
+def _migration_2(conn: sa.Connection) -> None:
+    """The thread lease (token, epoch, heartbeat, holder) and cancel requests."""
+    inspector = sa.inspect(conn)
+    for table in (threads_table, runs_table):
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for name in sorted(_V1_COLUMNS[table.name] - present):
+            column = table.c[name]
+            ddl = column.type.compile(dialect=conn.dialect)
+            extra = " NOT NULL DEFAULT 0" if name == "lease_epoch" else ""
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {ddl}{extra}"))
+
+
+MIGRATIONS: list[tuple[str, Any]] = [
+    ("create moa_threads and moa_runs", _migration_1),
+    ("thread lease and cancel requests", _migration_2),
+]
 """Ordered schema changes; a new one is appended, never edited."""
 
 _RUN_COLUMNS = {c.name for c in runs_table.columns}
@@ -917,6 +1012,180 @@ class RunRegistry:
             rows = (await conn.execute(query)).mappings().all()
         runs = [self._run_record(r) for r in rows]
         return [r for r in runs if r.owner_token is None or r.owner_gone(stale_after=stale_after)]
+
+    # ------------------------------------------------------------ thread lease ---
+
+    async def acquire_lease(
+        self,
+        thread_id: str,
+        token: str,
+        *,
+        owner: Owner | None = None,
+        run_id: str | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+    ) -> int:
+        """Take the lease of ``thread_id`` for ``token`` atomically; return its epoch.
+
+        A compare-and-swap on ``(lease_token, lease_epoch)``: it succeeds when the lease
+        is free, already ``token``'s (same epoch), or its holder is gone (heartbeat older
+        than ``stale_after``, or a dead process on this host); every new acquisition
+        increments the epoch. Raises :class:`LeaseHeldError` naming the live holder. The
+        thread is created when missing. This is the database lock that keeps one active
+        run per thread across processes; the checkpointer rejects writes carrying a token
+        that no longer holds it.
+        """
+        owner = owner or Owner.current()
+        await self.create_thread(thread_id, if_exists="do_nothing")
+        thread: ThreadRecord | None = None
+        for _ in range(20):
+            async with self.engine.connect() as conn:
+                thread = await self._thread(conn, thread_id)
+            if thread is None:  # pragma: no cover - deleted in between
+                raise ThreadNotFoundError(f"no thread {thread_id!r}")
+            now = _now()
+            if thread.lease_token == token:
+                await self.renew_lease(thread_id, token)
+                return thread.lease_epoch
+            if thread.lease_token is not None and not thread.lease_gone(
+                stale_after=stale_after, now=now
+            ):
+                raise LeaseHeldError(thread, _describe_lease(thread, now))
+            t = threads_table.c
+            seen = (
+                t.lease_token.is_(None)
+                if thread.lease_token is None
+                else t.lease_token == thread.lease_token
+            )
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    threads_table.update()
+                    .where(t.thread_id == thread_id, t.lease_epoch == thread.lease_epoch, seen)
+                    .values(
+                        lease_token=token,
+                        lease_epoch=thread.lease_epoch + 1,
+                        lease_heartbeat_at=now,
+                        lease_host=owner.host,
+                        lease_pid=owner.pid,
+                        lease_run_id=run_id,
+                    )
+                )
+            if result.rowcount:
+                return thread.lease_epoch + 1
+            # someone changed the lease meanwhile: look again
+        assert thread is not None
+        raise LeaseHeldError(thread, f"the lease of thread {thread_id} keeps changing hands")
+
+    async def renew_lease(self, thread_id: str, token: str) -> bool:
+        """Refresh the lease's heartbeat; False when ``token`` no longer holds it."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                threads_table.update()
+                .where(
+                    threads_table.c.thread_id == thread_id,
+                    threads_table.c.lease_token == token,
+                )
+                .values(lease_heartbeat_at=_now())
+            )
+            return bool(result.rowcount)
+
+    async def release_lease(self, thread_id: str, token: str) -> bool:
+        """Give the lease up (only ``token``'s); False when it was not held by it."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                threads_table.update()
+                .where(
+                    threads_table.c.thread_id == thread_id,
+                    threads_table.c.lease_token == token,
+                )
+                .values(
+                    lease_token=None,
+                    lease_heartbeat_at=None,
+                    lease_host=None,
+                    lease_pid=None,
+                    lease_run_id=None,
+                )
+            )
+            return bool(result.rowcount)
+
+    # ---------------------------------------------------------------- cancels ---
+
+    async def request_cancel(self, run_id: str) -> RunRecord:
+        """Ask whoever runs (or queued) ``run_id`` to stop it: sets ``cancel_requested_at``.
+
+        The process that holds the run sees it at its next heartbeat (and on PostgreSQL
+        at once through ``NOTIFY moa_run_cancel``). A run that is ``pending`` with no live
+        owner is marked ``cancelled`` right here. Returns the run as it is now.
+        """
+        now = _now()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                runs_table.update()
+                .where(
+                    runs_table.c.run_id == run_id,
+                    runs_table.c.status.in_(ACTIVE_STATUSES),
+                    runs_table.c.cancel_requested_at.is_(None),
+                )
+                .values(cancel_requested_at=now)
+            )
+            if self.dialect == "postgresql":
+                await conn.execute(
+                    sa.text("SELECT pg_notify(:channel, :run_id)"),
+                    {"channel": CANCEL_CHANNEL, "run_id": run_id},
+                )
+            run = await self._run(conn, run_id)
+        if run is None:
+            raise RunNotFoundError(f"no run {run_id!r}")
+        if run.status == "pending" and (run.owner_token is None or run.owner_gone()):
+            token = runs_table.c.owner_token
+            seen = token.is_(None) if run.owner_token is None else token == run.owner_token
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    runs_table.update()
+                    .where(runs_table.c.run_id == run_id, runs_table.c.status == "pending", seen)
+                    .values(
+                        status="cancelled",
+                        error="cancelled before it started",
+                        finished_at=now,
+                        updated_at=now,
+                        owner_host=None,
+                        owner_pid=None,
+                        owner_token=None,
+                        heartbeat_at=None,
+                    )
+                )
+                if result.rowcount:
+                    await self._touch_thread(conn, run.thread_id, "cancelled", None)
+                run = await self._run(conn, run_id)
+            assert run is not None
+        return run
+
+    async def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of ``run_ids`` are still active and someone asked to cancel."""
+        if not run_ids:
+            return set()
+        query = sa.select(runs_table.c.run_id).where(
+            runs_table.c.run_id.in_(list(run_ids)),
+            runs_table.c.status.in_(ACTIVE_STATUSES),
+            runs_table.c.cancel_requested_at.is_not(None),
+        )
+        async with self.engine.connect() as conn:
+            return {str(r) for r in (await conn.scalars(query)).all()}
+
+    async def beat_owned(self, owner: Owner, run_ids: Sequence[str]) -> None:
+        """Refresh the heartbeat of ``owner``'s active runs among ``run_ids`` (queued runs
+        of a live process are not taken for orphans)."""
+        if not run_ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                runs_table.update()
+                .where(
+                    runs_table.c.run_id.in_(list(run_ids)),
+                    runs_table.c.owner_token == owner.token,
+                    runs_table.c.status.in_(ACTIVE_STATUSES),
+                )
+                .values(heartbeat_at=_now())
+            )
 
     # ---------------------------------------------------------------- helpers ---
 
