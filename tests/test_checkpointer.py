@@ -461,7 +461,7 @@ def test_a_later_migration_upgrades_the_store_in_place(
     def v2(conn: Any) -> None:
         conn.execute(text("CREATE TABLE moa_checkpoint_v2_probe (id INTEGER PRIMARY KEY)"))
 
-    from langgraph_moa.persistence import saver as saver_module
+    from langgraph_moa.persistence.saver import _setup as saver_module
 
     monkeypatch.setattr(saver_module, "MIGRATIONS", [*moa_schema.MIGRATIONS, v2])
     monkeypatch.setattr(saver_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)

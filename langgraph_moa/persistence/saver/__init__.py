@@ -1,0 +1,31 @@
+"""LangGraph checkpointers on SQLAlchemy: SQLite, PostgreSQL, MySQL/MariaDB, sync and async.
+
+``SQLAlchemySaver`` takes a sync ``Engine``, ``AsyncSQLAlchemySaver`` an ``AsyncEngine``;
+both implement every method of ``BaseCheckpointSaver`` in both flavours (the async
+methods of the sync saver run in a worker thread; the sync methods of the async saver
+use a sync engine of their own on the same database).
+
+Storage (see :mod:`..schema`): a checkpoint row holds the checkpoint document with the
+small channel values inline; larger values are written once per (thread, namespace,
+channel, version) to the blobs table, so a channel that did not change is not written
+again. ``get_tuple`` is one indexed query, plus one primary-key lookup of blobs when
+the checkpoint has large values.
+
+Fencing: ``put`` moves the thread/namespace head from the parent to the new checkpoint
+in the same transaction; if another writer moved it first, the put fails with
+:class:`CheckpointConflictError` instead of silently forking the chain. LangGraph's own
+forks (``update_state``, time travel: metadata ``source`` ``"update"``/``"fork"``, or
+``configurable["moa_fork"] = True``) move the head unconditionally.
+
+Modules, each a layer of one class chain (bottom first): ``_connections`` (pooled
+connections, transactions, retries), ``_setup`` (ENGINE CREATION and schema set-up:
+the one place), ``_codec`` (rows <-> checkpoints), ``_hot`` (put, put_writes,
+get_tuple, list), ``_admin`` (delete, copy, prune, retention), ``_api`` (the public
+sync/async pairs, written once over two adapters), ``sync`` and ``aio`` (the savers).
+"""
+
+from langgraph_moa.persistence.saver._codec import FORK_CONFIG_KEY, INLINE_MAX_BYTES
+from langgraph_moa.persistence.saver.aio import AsyncSQLAlchemySaver
+from langgraph_moa.persistence.saver.sync import SQLAlchemySaver
+
+__all__ = ["FORK_CONFIG_KEY", "INLINE_MAX_BYTES", "AsyncSQLAlchemySaver", "SQLAlchemySaver"]

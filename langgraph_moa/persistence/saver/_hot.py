@@ -1,0 +1,330 @@
+"""The hot path of the savers: put, put_writes, get_tuple, list (one transaction each)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+)
+
+from langgraph_moa.persistence._sql import BUCKETS, Prepared, bucket
+from langgraph_moa.persistence.errors import CheckpointConflictError
+from langgraph_moa.persistence.saver._codec import Codec, PutPlan
+from langgraph_moa.persistence.schema import ID_MAX
+
+LIST_CHUNK = 100
+_PG_ONE_STATEMENT_MAX = 32  # rows written by one statement on PostgreSQL
+
+
+class Torn(Exception):
+    """A read saw a checkpoint but not all of its blobs (deleted meanwhile)."""
+
+
+class HotPath(Codec):
+    """The operations LangGraph calls while a graph runs."""
+
+    def _fetch_blobs(
+        self, cur: Any, thread_id: str, ns: str, pairs: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, bytes | None]]:
+        unique = list(dict.fromkeys(pairs))
+        out: dict[tuple[str, str], tuple[str, bytes | None]] = {}
+        step = BUCKETS[-1]
+        for start in range(0, len(unique), step):
+            part = unique[start : start + step]
+            n = bucket(len(part))
+            part = part + [part[-1]] * (n - len(part))
+            values: dict[str, Any] = {"t": thread_id, "ns": ns}
+            for i, (channel, version) in enumerate(part):
+                values[f"c{i}"] = channel
+                values[f"v{i}"] = version
+            for channel, version, type_, blob in self._run(
+                cur, self._s.blobs_get(n), values
+            ).fetchall():
+                out[(channel, version)] = (type_, blob)
+        return out
+
+    def _put_tx(self, cur: Any, plan: PutPlan) -> None:
+        s = self._s
+        values = {
+            "t": plan.thread_id,
+            "ns": plan.checkpoint_ns,
+            "new": plan.checkpoint_id,
+            "parent": plan.parent_id,
+            "now": plan.now,
+        }
+        if plan.mode == "fenced":
+            if self._run(cur, s.head_cas, values).rowcount != 1:
+                self._resolve_conflict(cur, plan, values)
+        else:
+            head_row = {
+                "thread_id": plan.thread_id,
+                "checkpoint_ns": plan.checkpoint_ns,
+                "checkpoint_id": plan.checkpoint_id,
+                "updated_at": plan.now,
+            }
+            if self._run(cur, s.head_insert, head_row).rowcount != 1:
+                self._run(cur, s.head_set if plan.mode == "fork" else s.head_advance, values)
+        if plan.blob_rows:
+            p = s.blob_insert
+            if len(plan.blob_rows) == 1:
+                cur.execute(p.sql, p.args(plan.blob_rows[0]))
+            else:
+                cur.executemany(p.sql, [p.args(r) for r in plan.blob_rows])
+        self._run(cur, s.checkpoint_upsert, plan.checkpoint_row)
+
+    def _put_pg_tx(self, cur: Any, plan: PutPlan) -> bool:
+        """``put`` in one statement; False if the head was not at the parent."""
+        values: dict[str, Any] = {
+            "t": plan.thread_id,
+            "ns": plan.checkpoint_ns,
+            "new": plan.checkpoint_id,
+            "parent": plan.parent_id,
+            "now": plan.now,
+            "type": plan.checkpoint_row["type"],
+            "checkpoint": plan.checkpoint_row["checkpoint"],
+            "metadata": plan.checkpoint_row["metadata"],
+        }
+        for i, row in enumerate(plan.blob_rows):
+            values[f"bc{i}"] = row["channel"]
+            values[f"bv{i}"] = row["version"]
+            values[f"bt{i}"] = row["type"]
+            values[f"bb{i}"] = row["blob"]
+        p = self._s.pg_put(plan.mode, len(plan.blob_rows))
+        return self._run(cur, p, values).fetchone() is not None
+
+    def _resolve_conflict(self, cur: Any, plan: PutPlan, values: dict[str, Any]) -> None:
+        s = self._s
+        row = self._run(cur, s.head_get, values).fetchone()
+        if row is None:
+            head_row = {
+                "thread_id": plan.thread_id,
+                "checkpoint_ns": plan.checkpoint_ns,
+                "checkpoint_id": plan.checkpoint_id,
+                "updated_at": plan.now,
+            }
+            if self._run(cur, s.head_insert, head_row).rowcount == 1:
+                return  # the namespace had no head (older store, or deleted meanwhile)
+            row = self._run(cur, s.head_get, values).fetchone()
+        latest = row[0] if row else None
+        if latest == plan.checkpoint_id:
+            return  # the same checkpoint again: an idempotent retry
+        raise CheckpointConflictError(
+            thread_id=plan.thread_id,
+            checkpoint_ns=plan.checkpoint_ns,
+            parent_id=cast(str, plan.parent_id),
+            latest_id=latest,
+        )
+
+    def _put_sync(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        plan = self._plan_put(config, checkpoint, metadata, new_versions)
+        if not (
+            self.backend == "postgresql"
+            and len(plan.blob_rows) <= _PG_ONE_STATEMENT_MAX
+            and self._write_one(self._put_pg_tx, plan)
+        ):
+            self._write(self._put_tx, plan)
+        self._cache_put(plan.cache)
+        return {
+            "configurable": {
+                "thread_id": plan.thread_id,
+                "checkpoint_ns": plan.checkpoint_ns,
+                "checkpoint_id": plan.checkpoint_id,
+            }
+        }
+
+    def _put_writes_sync(
+        self,
+        config: RunnableConfig,
+        writes_: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        if not writes_:
+            return
+        conf = config["configurable"]
+        thread_id = str(conf["thread_id"])
+        ns = conf.get("checkpoint_ns") or ""
+        self._check_keys(thread_id, ns)
+        if len(task_id) > ID_MAX:
+            raise ValueError(f"task_id {task_id[:80]!r} is longer than {ID_MAX} characters")
+        rows = []
+        for idx, (channel, value) in enumerate(writes_):
+            type_, data = self.serde.dumps_typed(value)
+            rows.append(
+                {
+                    "thread_id": thread_id,
+                    "checkpoint_ns": ns,
+                    "checkpoint_id": conf["checkpoint_id"],
+                    "task_id": task_id,
+                    "idx": WRITES_IDX_MAP.get(channel, idx),
+                    "task_path": task_path,
+                    "channel": channel,
+                    "type": type_,
+                    "blob": data,
+                }
+            )
+        upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes_)
+        if self.backend == "postgresql" and len(rows) <= _PG_ONE_STATEMENT_MAX:
+
+            def one(cur: Any) -> None:
+                p = self._s.multi_insert(len(rows), upsert)
+                values = {f"{k}{i}": v for i, row in enumerate(rows) for k, v in row.items()}
+                cur.execute(p.sql, p.args(values))
+
+            self._write_one(one)
+            return
+
+        def tx(cur: Any) -> None:
+            p = self._s.writes_upsert if upsert else self._s.writes_insert
+            if len(rows) == 1:
+                cur.execute(p.sql, p.args(rows[0]))
+            else:
+                cur.executemany(p.sql, [p.args(r) for r in rows])
+
+        self._write(tx)
+
+    def _get_tuple_tx(
+        self, cur: Any, thread_id: str, ns: str, checkpoint_id: str | None, snapshot: bool = False
+    ) -> CheckpointTuple | None:
+        values = {"t": thread_id, "ns": ns, "cid": checkpoint_id}
+        p = self._s.get_by_id if checkpoint_id else self._s.get_latest
+        ck_row = None
+        write_rows = []
+        for row in self._run(cur, p, values).fetchall():
+            if row[0] == 0:
+                ck_row = row
+            else:
+                write_rows.append(row[6:10] + row[3:5])
+        if ck_row is None:
+            return None
+        doc, pairs = self._decode(ck_row[3], ck_row[4])
+        blob_values = self._fetch_blobs(cur, thread_id, ns, pairs) if pairs else {}
+        if len(blob_values) < len(set(pairs)) and not snapshot:
+            raise Torn  # read while a prune or delete removed its blobs: read again
+        return self._tuple(
+            thread_id, ns, ck_row[1], ck_row[2], doc, ck_row[5], blob_values, pairs, write_rows
+        )
+
+    def _get_tuple_sync(self, config: RunnableConfig) -> CheckpointTuple | None:
+        conf = config["configurable"]
+        args = (str(conf["thread_id"]), conf.get("checkpoint_ns") or "", get_checkpoint_id(config))
+        try:
+            return self._read(self._get_tuple_tx, *args)
+        except Torn:
+            return self._read_snapshot(self._get_tuple_tx, *args, True)
+
+    def _list_args(
+        self,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+        limit: int | None,
+    ) -> tuple[Prepared, dict[str, Any]] | None:
+        conf = dict((config or {}).get("configurable") or {})
+        before_id = get_checkpoint_id(before) if before else None
+        if limit is not None and int(limit) <= 0:
+            return None
+        p, values = self._s.list_query(
+            thread="thread_id" in conf,
+            ns="checkpoint_ns" in conf,
+            cid=bool(conf.get("checkpoint_id")),
+            before=bool(before_id),
+            limit=limit is not None,
+            filter=filter,
+        )
+        values.update(
+            t=str(conf.get("thread_id")),
+            ns=conf.get("checkpoint_ns") or "",
+            cid=conf.get("checkpoint_id"),
+            before=before_id,
+            limit=int(limit) if limit is not None else None,
+        )
+        return p, values
+
+    def _list_first_tx(
+        self, cur: Any, p: Prepared, values: dict[str, Any]
+    ) -> tuple[list[Sequence[Any]], list[CheckpointTuple]]:
+        rows = list(self._run(cur, p, values).fetchall())
+        return rows, self._load_chunk_tx(cur, rows[:LIST_CHUNK])
+
+    def _load_chunk_tx(self, cur: Any, rows: Sequence[Sequence[Any]]) -> list[CheckpointTuple]:
+        """Tuples of list rows (thread, ns, id, parent, type, doc, metadata), with their
+        writes and blobs fetched in one query each per (thread, namespace)."""
+        decoded = []
+        groups: dict[tuple[str, str], tuple[list[str], list[tuple[str, str]]]] = {}
+        for row in rows:
+            doc, pairs = self._decode(row[4], row[5])
+            decoded.append((row, doc, pairs))
+            ids, all_pairs = groups.setdefault((row[0], row[1]), ([], []))
+            ids.append(row[2])
+            all_pairs.extend(pairs)
+        writes_by: dict[tuple[str, str, str], list[Sequence[Any]]] = {}
+        blobs_by: dict[tuple[str, str], dict[tuple[str, str], tuple[str, bytes | None]]] = {}
+        step = BUCKETS[-1]
+        for (thread_id, ns), (ids, pairs) in groups.items():
+            for start in range(0, len(ids), step):
+                part = ids[start : start + step]
+                n = bucket(len(part))
+                values: dict[str, Any] = {"t": thread_id, "ns": ns}
+                for i, cid in enumerate(part + [part[-1]] * (n - len(part))):
+                    values[f"id{i}"] = cid
+                for w in self._run(cur, self._s.writes_get(n), values).fetchall():
+                    writes_by.setdefault((thread_id, ns, w[0]), []).append(w[1:])
+            if pairs:
+                blobs_by[(thread_id, ns)] = self._fetch_blobs(cur, thread_id, ns, pairs)
+        return [
+            self._tuple(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                doc,
+                row[6],
+                blobs_by.get((row[0], row[1]), {}),
+                pairs,
+                writes_by.get((row[0], row[1], row[2]), []),
+            )
+            for row, doc, pairs in decoded
+        ]
+
+    def _list_sync(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        self._ensure_ready()
+        args = self._list_args(config, filter, before, limit)
+        if args is None:
+            return
+        rows, first = self._read(self._list_first_tx, *args)
+        yield from first
+        for start in range(LIST_CHUNK, len(rows), LIST_CHUNK):
+            yield from self._read(self._load_chunk_tx, rows[start : start + LIST_CHUNK])
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """``<counter:012>.<random:012x>``: string-ordered, unique per fork, 25 characters."""
+        if current is None:
+            n = 0
+        elif isinstance(current, int | float):
+            n = int(current)
+        else:
+            n = int(str(current).split(".", 1)[0])
+        return f"{n + 1:012d}.{random.getrandbits(48):012x}"
