@@ -38,7 +38,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
 
-from langgraph_moa.graphs import GraphSpec, ModelSpec, compile_graph, preset, with_default_model
+from langgraph_moa.graphs import compile_graph, preset, with_default_model
+from langgraph_moa.spec import GraphSpec, ModelSpec
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = "m"

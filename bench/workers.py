@@ -40,8 +40,8 @@ from overhead import (
     print_table,
 )
 
-from langgraph_moa.graphs import GraphSpec
 from langgraph_moa.runtime.workers import RunQueue, conninfo_of
+from langgraph_moa.spec import GraphSpec
 
 FINAL = ("success", "error", "cancelled", "interrupted")
 

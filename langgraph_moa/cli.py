@@ -14,9 +14,10 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from langgraph_moa.graphs import GraphSpec, ModelSpec, SpecError, load_spec, preset
+from langgraph_moa.graphs import preset
 from langgraph_moa.graphs.dsl import with_default_model
 from langgraph_moa.models import ModelConfigError, describe_default
+from langgraph_moa.spec import GraphSpec, ModelSpec, SpecError, load_spec
 
 app = typer.Typer(
     name="moa",

@@ -238,7 +238,8 @@ def test_bad_spec_gets_one_clear_message(case: str, tmp_path: Path) -> None:
 async def test_presets_run_over_http(
     name: str, calls: int, model_server: ModelServer, sqlite_url: str
 ) -> None:
-    from langgraph_moa.graphs import ModelSpec, preset, with_default_model
+    from langgraph_moa.graphs import preset, with_default_model
+    from langgraph_moa.spec import ModelSpec
 
     spec = with_default_model(preset(name), ModelSpec(model="m", base_url=model_server.base_url))
     async with MoA(spec, db_url=sqlite_url) as moa:

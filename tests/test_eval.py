@@ -41,7 +41,8 @@ from langgraph_moa.eval import (
 )
 from langgraph_moa.eval.command import build_specs
 from langgraph_moa.eval.runner import EvalReport, SpecSummary
-from langgraph_moa.graphs import load_spec, preset
+from langgraph_moa.graphs import preset
+from langgraph_moa.spec import load_spec
 from langgraph_moa.testing import ChatRequest, ModelServer
 from tests.helpers import served_models
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from langgraph_moa.graphs import load_spec
+from langgraph_moa.spec import load_spec
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -104,8 +104,8 @@ async def test_500_burst_is_retried_with_growing_backoff(
 async def test_defaults_retry_three_times_with_a_call_timeout(
     model_server: ModelServer, sqlite_url: str
 ) -> None:
-    from langgraph_moa.graphs import ModelSpec
     from langgraph_moa.models import DEFAULT_TIMEOUT, ModelResolver
+    from langgraph_moa.spec import ModelSpec
 
     model_server.add_rule(model="a", fail=502, times=3)
     spec = {  # no max_retries, no timeout: the defaults

@@ -42,7 +42,8 @@ host's (the reference puts its host and version into checkpoint metadata)."""
 
 GRAPH_PY = """
 from pathlib import Path
-from langgraph_moa.graphs import compile_graph, load_spec
+from langgraph_moa.graphs import compile_graph
+from langgraph_moa.spec import load_spec
 here = Path(__file__).parent
 moa = compile_graph(load_spec(here / "moa.yaml"))
 approve = compile_graph(load_spec(here / "approve.yaml"))

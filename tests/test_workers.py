@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from langgraph_moa.graphs import compile_graph, load_spec
+from langgraph_moa.graphs import compile_graph
 from langgraph_moa.runtime.store import open_checkpointer
 from langgraph_moa.runtime.workers import (
     RunQueue,
@@ -24,6 +24,7 @@ from langgraph_moa.runtime.workers import (
     WorkerSettings,
     conninfo_of,
 )
+from langgraph_moa.spec import load_spec
 from langgraph_moa.testing import ModelServer
 from tests.test_workers_support import (
     WAIT,

@@ -15,8 +15,9 @@ import httpx
 import pytest
 from langgraph_sdk import get_client
 
-from langgraph_moa.graphs import compile_graph, load_spec
+from langgraph_moa.graphs import compile_graph
 from langgraph_moa.runtime.store import open_checkpointer
+from langgraph_moa.spec import load_spec
 from langgraph_moa.testing import ModelServer
 from tests.test_workers_support import WAIT, Workers, calls, spec_for, until, workers
 

@@ -19,7 +19,7 @@ from langgraph_moa.eval.report import markdown_table, rich_table, write_chart
 from langgraph_moa.eval.runner import EvalReport, run_evaluation
 from langgraph_moa.eval.store import EvalStore
 from langgraph_moa.eval.variants import EvalSpec, derive_specs
-from langgraph_moa.graphs import GraphSpec, ModelSpec
+from langgraph_moa.spec import GraphSpec, ModelSpec
 
 __all__ = ["EvalOptions", "build_specs", "default_eval_id", "execute", "judge_model"]
 

@@ -23,7 +23,8 @@ from langgraph_moa.eval.judge import PairwiseJudge
 from langgraph_moa.eval.scoring import exact_match, regex_match, wilson_interval
 from langgraph_moa.eval.store import EvalStore, ResultRow
 from langgraph_moa.eval.variants import EvalSpec
-from langgraph_moa.graphs import GraphSpec, compile_graph
+from langgraph_moa.graphs import compile_graph
+from langgraph_moa.spec import GraphSpec
 from langgraph_moa.state import Usage, add_usage
 
 __all__ = [

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from langgraph_moa.graphs.spec import GraphSpec
+from langgraph_moa.spec import GraphSpec
 
 __all__ = ["EvalSpec", "derive_specs", "self_moa_spec", "single_spec"]
 

@@ -9,16 +9,21 @@ from langgraph_moa.graphs.builder import (
     prepare,
 )
 from langgraph_moa.graphs.dsl import SpecBuilder, with_default_model
-from langgraph_moa.graphs.loader import SpecError, SpecProblem, load_spec
 from langgraph_moa.graphs.presets import PRESETS, layered, preset, team
-from langgraph_moa.graphs.spec import (
+
+# Re-exported for user code written against ``langgraph_moa.graphs``; the package itself imports
+# them from ``langgraph_moa.spec`` (the bottom floor).
+from langgraph_moa.spec import (
     AgentSpec,
     Defaults,
     GraphSpec,
     LayerSpec,
     ModelSpec,
     RouterSpec,
+    SpecError,
+    SpecProblem,
     SynthesizerSpec,
+    load_spec,
 )
 
 __all__ = [

@@ -13,7 +13,6 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Overwrite
 
-from langgraph_moa.graphs.spec import GraphSpec
 from langgraph_moa.models import ModelResolver
 from langgraph_moa.nodes import (
     NodeContext,
@@ -22,6 +21,7 @@ from langgraph_moa.nodes import (
     make_router_node,
     make_synthesizer_node,
 )
+from langgraph_moa.spec import GraphSpec
 from langgraph_moa.state import AgentInput, MoAInput, MoAOutput, MoAState
 
 __all__ = ["TaskError", "add_moa_layers", "build_graph", "compile_graph", "node_names", "prepare"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from langgraph_moa.graphs.spec import GraphSpec, ModelSpec
+from langgraph_moa.spec import GraphSpec, ModelSpec
 
 __all__ = ["SpecBuilder", "with_default_model"]
 
@@ -51,7 +51,7 @@ class SpecBuilder:
 
     def build(self) -> GraphSpec:
         """Validate and return the spec; raises :class:`SpecError` naming each problem."""
-        from langgraph_moa.graphs.loader import load_spec
+        from langgraph_moa.spec import load_spec
 
         return load_spec(self._data)
 

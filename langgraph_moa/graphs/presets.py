@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph_moa.graphs.spec import GraphSpec
+from langgraph_moa.spec import GraphSpec
 
 __all__ = ["PRESETS", "layered", "preset", "team"]
 

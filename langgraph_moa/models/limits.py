@@ -14,12 +14,10 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
 
-if TYPE_CHECKING:  # langgraph_moa.graphs imports this package
-    from langgraph_moa.graphs.spec import ModelSpec
+from langgraph_moa.spec import ModelSpec
 
 __all__ = ["CallLimiter", "call_limiter", "endpoint_key", "rate_limiter"]
 

@@ -21,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
 from langgraph_moa.models.limits import CallLimiter, call_limiter, rate_limiter
-
-if TYPE_CHECKING:  # imported lazily: langgraph_moa.graphs imports this package
-    from langgraph_moa.graphs.spec import ModelSpec
+from langgraph_moa.spec import ModelSpec
 
 __all__ = [
     "DEFAULT_CONTEXT_WINDOW",
@@ -49,8 +47,6 @@ class ModelConfigError(ValueError):
 
 
 def _env_default() -> ModelSpec | None:
-    from langgraph_moa.graphs.spec import ModelSpec
-
     model = os.environ.get("MOA_MODEL")
     base_url = os.environ.get("MOA_BASE_URL")
     if not model and not base_url:
@@ -154,8 +150,6 @@ class ModelResolver:
 
     def spec(self, name: str | None) -> ModelSpec:
         """The spec entry called ``name`` (or the default entry, or the local model)."""
-        from langgraph_moa.graphs.spec import ModelSpec
-
         name = name or self._default
         return self._models[name] if name is not None else ModelSpec()
 

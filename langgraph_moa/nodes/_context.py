@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.messages import AIMessage
 
+from langgraph_moa.models import ModelResolver
+from langgraph_moa.spec import GraphSpec, ModelSpec
 from langgraph_moa.state import Usage
-
-if TYPE_CHECKING:  # langgraph_moa.graphs imports this package
-    from langgraph_moa.graphs.spec import GraphSpec, ModelSpec
-    from langgraph_moa.models import ModelResolver
 
 __all__ = ["NodeContext", "usage_of"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
@@ -15,10 +15,8 @@ from langgraph_moa.nodes._calls import call_model, checkpoint_id, invocation_id,
 from langgraph_moa.nodes._context import NodeContext
 from langgraph_moa.nodes._quorum import Cut, LayerGate, layer_gate
 from langgraph_moa.nodes.budget import Budget, BudgetExceeded, Ledger, budget_of
+from langgraph_moa.spec import AgentSpec
 from langgraph_moa.state import AgentInput, Proposal
-
-if TYPE_CHECKING:  # langgraph_moa.graphs imports this package
-    from langgraph_moa.graphs.spec import AgentSpec
 
 __all__ = ["agent_messages", "approved_budget", "make_agent_node", "make_agent_runner"]
 

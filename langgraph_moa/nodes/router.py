@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
@@ -19,10 +19,8 @@ from langgraph_moa.nodes._calls import Reply, call_model, spec_budget
 from langgraph_moa.nodes._context import NodeContext
 from langgraph_moa.nodes.agent import approved_budget
 from langgraph_moa.nodes.budget import BudgetExceeded, Ledger, budget_of, total_usage
+from langgraph_moa.spec import LayerSpec
 from langgraph_moa.state import AgentInput, MoAState, Proposal, Subtask, Usage, add_usage
-
-if TYPE_CHECKING:  # langgraph_moa.graphs imports this package
-    from langgraph_moa.graphs.spec import LayerSpec
 
 __all__ = [
     "Plan",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.messages.utils import count_tokens_approximately
@@ -17,10 +17,8 @@ from langgraph_moa.nodes._quorum import LayerGate
 from langgraph_moa.nodes.agent import approved_budget, make_agent_runner
 from langgraph_moa.nodes.budget import BudgetExceeded, Ledger, budget_of, total_usage
 from langgraph_moa.nodes.router import agent_inputs
+from langgraph_moa.spec import LayerSpec
 from langgraph_moa.state import MoAState, Proposal, add_usage
-
-if TYPE_CHECKING:  # langgraph_moa.graphs imports this package
-    from langgraph_moa.graphs.spec import LayerSpec
 
 __all__ = ["ContextWindowError", "QuorumError", "fit_proposals", "make_synthesizer_node"]
 

@@ -30,7 +30,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Command, Durability, StreamMode
 
-from langgraph_moa.graphs import GraphSpec, compile_graph, load_spec
+from langgraph_moa.graphs import compile_graph
 from langgraph_moa.models import ModelResolver
 from langgraph_moa.nodes.budget import BUDGET_KEY, usage_report
 from langgraph_moa.persistence.registry import (
@@ -57,6 +57,7 @@ from langgraph_moa.runtime.runs import (
     spec_data,
 )
 from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
+from langgraph_moa.spec import GraphSpec, load_spec
 from langgraph_moa.state import Usage, add_usage
 
 __all__ = ["MoA", "RunResult", "afork", "ahistory", "aresume", "arun", "run"]

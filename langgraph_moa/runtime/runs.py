@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
-from langgraph_moa.graphs.spec import GraphSpec
 from langgraph_moa.persistence.registry import Owner, RegistryError, RunRecord, RunRegistry
+from langgraph_moa.spec import GraphSpec
 
 __all__ = [
     "Decision",

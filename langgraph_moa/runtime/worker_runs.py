@@ -22,7 +22,6 @@ from typing import Any, cast
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
-from langgraph_moa.graphs import load_spec
 from langgraph_moa.persistence.registry import (
     Owner,
     OwnershipLostError,
@@ -31,6 +30,7 @@ from langgraph_moa.persistence.registry import (
 )
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.runtime.worker_events import EventStore
+from langgraph_moa.spec import load_spec
 
 __all__ = ["DEFAULT_STREAM_MODE", "MoARunHandler", "RunBusy", "RunHandedBack", "RunTakenOver"]
 

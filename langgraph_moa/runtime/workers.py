@@ -58,7 +58,6 @@ from procrastinate.jobs import Status
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from langgraph_moa.graphs import GraphSpec, load_spec
 from langgraph_moa.persistence.registry import RunRecord, RunRegistry
 from langgraph_moa.runtime.api import MoA, RunResult
 from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
@@ -70,6 +69,7 @@ from langgraph_moa.runtime.worker_runs import (
     RunHandedBack,
     RunTakenOver,
 )
+from langgraph_moa.spec import GraphSpec, load_spec
 
 __all__ = [
     "DEFAULT_QUEUE",

@@ -27,7 +27,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, Send
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from langgraph_moa.graphs import GraphSpec, SpecError, TaskError
+from langgraph_moa.graphs import TaskError
 from langgraph_moa.nodes.synthesizer import ContextWindowError, QuorumError
 from langgraph_moa.persistence.registry import (
     Owner,
@@ -55,6 +55,7 @@ from langgraph_moa.server.schemas import (
     ThreadSearch,
 )
 from langgraph_moa.server.streaming import StreamMapper, graph_stream_modes
+from langgraph_moa.spec import GraphSpec, SpecError
 
 __all__ = ["NAMESPACE_GRAPH", "ApiError", "Assistant", "MoAServer", "ServerOptions"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from langgraph_moa.graphs.spec import GraphSpec, SpecReferenceError
+from langgraph_moa.spec.model import GraphSpec, SpecReferenceError
 
 __all__ = ["SpecError", "SpecProblem", "load_spec", "parse_spec"]
 
