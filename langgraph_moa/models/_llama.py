@@ -37,7 +37,7 @@ from typing import IO, Any
 
 import httpx
 
-from langgraph_moa.models.local import (
+from langgraph_moa.models._local_base import (
     INSTALL_COMMAND,
     LOCAL_MODEL_NAME,
     LocalModelUnavailable,

