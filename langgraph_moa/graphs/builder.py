@@ -6,9 +6,10 @@ Each layer ``n`` becomes a router node ``L{n}_router``, one node per agent
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Overwrite
@@ -32,21 +33,36 @@ class TaskError(ValueError):
 
 
 def prepare(state: MoAState) -> dict[str, Any]:
-    """Read the task (or the last human message) and clear the previous run's work."""
-    task = state.get("task")
-    messages = state.get("messages") or []
+    """Start a turn: find its question and clear the previous turn's work.
+
+    A thread is a conversation. The question of this turn is a ``task`` given with this
+    input (appended to ``messages`` as a human message), else the last human message that
+    arrived since the previous turn's question; asking the same ``task`` again asks again.
+    Plans, proposals, syntheses, usage and notes of earlier turns are dropped; their
+    questions and answers stay in ``messages``.
+    """
+    messages = list(state.get("messages") or [])
+    task = (state.get("task") or "").strip()
+    previous = _previous_question(messages, state.get("asked"))
+    start = messages.index(previous) + 1 if previous is not None else 0
+    new = [m for m in messages[start:] if isinstance(m, HumanMessage) and m.text.strip()]
     update: dict[str, Any] = {}
-    if not task:
-        human = [m for m in messages if isinstance(m, HumanMessage)]
-        if not human:
-            raise TaskError(
-                "no task given: pass {'task': '...'} or {'messages': [...]} with a user message"
-            )
-        task = human[-1].text
-        update["task"] = task
-    elif not messages or messages[-1].type != "human" or messages[-1].text != task:
-        update["messages"] = [HumanMessage(task)]
+    given = bool(task) and (previous is None or task != previous.text.strip())
+    if given and not (new and new[-1].text.strip() == task):
+        question: HumanMessage = HumanMessage(task, id=str(uuid.uuid4()))
+        update["messages"] = [question]
+    elif new:
+        question = new[-1]
+    elif task:  # the same question as the previous turn, asked again
+        question = HumanMessage(task, id=str(uuid.uuid4()))
+        update["messages"] = [question]
+    else:
+        raise TaskError(
+            "no task given: pass {'task': '...'} or {'messages': [...]} with a user message"
+        )
     update.update(
+        task=question.text,
+        asked=question.id,
         layer=0,
         plans=Overwrite({}),
         proposals=Overwrite({}),
@@ -56,6 +72,18 @@ def prepare(state: MoAState) -> dict[str, Any]:
         answer="",
     )
     return update
+
+
+def _previous_question(messages: list[AnyMessage], asked: str | None) -> AnyMessage | None:
+    """The human message the previous turn answered: ``asked``, or (threads from before
+    ``asked`` existed) the last human message followed by an answer."""
+    if asked:
+        found = next((m for m in messages if m.id == asked), None)
+        if found is not None:
+            return found
+    last_ai = max((i for i, m in enumerate(messages) if isinstance(m, AIMessage)), default=0)
+    humans = [m for m in messages[:last_ai] if isinstance(m, HumanMessage)]
+    return humans[-1] if humans else None
 
 
 def node_names(spec: GraphSpec, layer_index: int) -> tuple[str, list[str], str]:

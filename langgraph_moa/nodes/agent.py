@@ -15,6 +15,7 @@ from langgraph_moa.nodes._calls import call_model, checkpoint_id, invocation_id,
 from langgraph_moa.nodes._context import NodeContext
 from langgraph_moa.nodes._quorum import Cut, LayerGate, layer_gate
 from langgraph_moa.nodes.budget import Budget, BudgetExceeded, Ledger, budget_of
+from langgraph_moa.nodes.conversation import with_history
 from langgraph_moa.spec import AgentSpec
 from langgraph_moa.state import AgentInput, Proposal
 
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def agent_messages(agent: AgentSpec, payload: AgentInput) -> list[BaseMessage]:
-    """The prompt an agent sees: its role, the task, and the previous layer's work."""
+    """The prompt an agent sees: its role, the previous layer's work, the earlier turns of
+    the conversation, and the task."""
     description = f"{agent.description.strip()} " if agent.description else ""
     system = agent.role or prompts.AGENT_SYSTEM.format(name=agent.name, description=description)
     previous = payload.get("previous_synthesis")
@@ -42,7 +44,11 @@ def agent_messages(agent: AgentSpec, payload: AgentInput) -> list[BaseMessage]:
     task = payload["task"]
     subtask = payload.get("subtask")
     text = task if not subtask or subtask == task else f"Task: {task}\n\nYour part: {subtask}"
-    return [SystemMessage(system), HumanMessage(text)]
+    return with_history(
+        [SystemMessage(system), HumanMessage(text)],
+        payload.get("history") or [],
+        payload.get("history_dropped") or 0,
+    )
 
 
 AgentRunner = Callable[..., Awaitable[dict[str, Any]]]
@@ -100,6 +106,11 @@ def make_agent_runner(ctx: NodeContext, agent_name: str, layer: int) -> AgentRun
         gate.report(True)
         proposal["content"], proposal["usage"] = reply.message.text, reply.usage
         update["usage"] = {agent_name: reply.usage}
+        if dropped := payload.get("history_dropped"):
+            update["notes"] = [
+                f"layer {layer}: {agent_name} saw {len(payload.get('history') or [])} of "
+                f"{dropped + len(payload.get('history') or [])} earlier turns (context window)"
+            ]
         return update
 
     return run

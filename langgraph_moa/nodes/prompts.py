@@ -34,6 +34,11 @@ SYNTHESIZER_SYSTEM = (
     "Make it well structured and coherent.\n\nResponses from the agents:\n{proposals}"
 )
 
+HISTORY_TRIMMED = (
+    "This task is the latest turn of a conversation. The {dropped} oldest of its {total} "
+    "earlier turns were left out to fit the context window; the most recent ones follow."
+)
+
 SYNTHESIZER_GAPS = (
     "\n\nNote: {gaps}. Say in your reply which parts of the task may be weaker for that."
 )

@@ -17,8 +17,9 @@ from pydantic import BaseModel, Field
 from langgraph_moa.nodes import prompts
 from langgraph_moa.nodes._calls import Reply, call_model, spec_budget
 from langgraph_moa.nodes._context import NodeContext
-from langgraph_moa.nodes.agent import approved_budget
+from langgraph_moa.nodes.agent import agent_messages, approved_budget
 from langgraph_moa.nodes.budget import BudgetExceeded, Ledger, budget_of, total_usage
+from langgraph_moa.nodes.conversation import fitted_history, with_history
 from langgraph_moa.spec import LayerSpec
 from langgraph_moa.state import AgentInput, MoAState, Proposal, Subtask, Usage, add_usage
 
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ROUTER_MAX_TOKENS = 512
 
 
 class PlanStep(BaseModel):
@@ -150,7 +153,18 @@ async def _ask_model(
         for name in agents
     )
     system = (layer.routing.prompt or prompts.ROUTER_SYSTEM).format(agents=roster)
-    messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(task)]
+    base: list[BaseMessage] = [SystemMessage(system), HumanMessage(task)]
+    window = ctx.models.context_window(layer.routing.model)
+    history, dropped = fitted_history(state, base, window, ROUTER_MAX_TOKENS)
+    messages = with_history(base, history, dropped)
+    history_notes = (
+        [
+            f"layer {layer_index}: the router saw {len(history)} of {len(history) + dropped} "
+            "earlier turns (context window)"
+        ]
+        if dropped
+        else []
+    )
     ledger = Ledger(budget_of(config, spec_budget(ctx)), total_usage(state.get("usage")))
     schema = Plan if layer.routing.structured_output else None
     node = f"L{layer_index}_router"
@@ -169,7 +183,7 @@ async def _ask_model(
                 raise PlanError(f"the reply does not match the plan schema: {reply.parsing_error}")
             return (
                 parse_plan(text if schema is None else reply.parsed, agents),
-                _notes(errors),
+                history_notes + _notes(errors),
                 usage,
             )
         except PlanError as exc:
@@ -178,6 +192,7 @@ async def _ask_model(
     log.warning("router of layer %d fell back to broadcast: %s", layer_index, "; ".join(errors))
     fallback = [Subtask(agent=a, subtask=task) for a in agents]
     notes = [
+        *history_notes,
         *_notes(errors),
         f"layer {layer_index}: router fell back to broadcast: every agent got the whole task",
     ]
@@ -193,7 +208,12 @@ async def _call_router(
     node: str,
     schema: type[Plan] | None,
 ) -> Reply:
-    kwargs: dict[str, Any] = {"temperature": 0.0, "max_tokens": 512, "ledger": ledger, "node": node}
+    kwargs: dict[str, Any] = {
+        "temperature": 0.0,
+        "max_tokens": ROUTER_MAX_TOKENS,
+        "ledger": ledger,
+        "node": node,
+    }
     try:
         return await call_model(ctx, layer.routing.model, messages, config, schema=schema, **kwargs)
     except BudgetExceeded as exc:  # pause the run; a resume value may raise the budget
@@ -220,8 +240,9 @@ def agent_inputs(ctx: NodeContext, state: MoAState, layer_index: int) -> dict[st
             previous_synthesis = state["syntheses"][-1]
     peers = [step["agent"] for step in plan]
     spent = total_usage(state.get("usage"))
-    return {
-        step["agent"]: AgentInput(
+    inputs: dict[str, AgentInput] = {}
+    for step in plan:
+        payload = AgentInput(
             task=state["task"],
             subtask=step["subtask"],
             layer=layer_index,
@@ -230,8 +251,14 @@ def agent_inputs(ctx: NodeContext, state: MoAState, layer_index: int) -> dict[st
             peers=peers,
             spent=spent,
         )
-        for step in plan
-    }
+        agent = ctx.spec.agent(step["agent"])
+        window = ctx.models.context_window(agent.model)
+        reply = agent.max_tokens or ctx.spec.defaults.max_tokens
+        history, dropped = fitted_history(state, agent_messages(agent, payload), window, reply)
+        if history or dropped:
+            payload["history"], payload["history_dropped"] = history, dropped
+        inputs[step["agent"]] = payload
+    return inputs
 
 
 def make_fan_out(ctx: NodeContext, layer_index: int) -> Callable[[MoAState], list[Send]]:

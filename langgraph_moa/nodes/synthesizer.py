@@ -16,6 +16,7 @@ from langgraph_moa.nodes._context import NodeContext
 from langgraph_moa.nodes._quorum import LayerGate
 from langgraph_moa.nodes.agent import approved_budget, make_agent_runner
 from langgraph_moa.nodes.budget import BudgetExceeded, Ledger, budget_of, total_usage
+from langgraph_moa.nodes.conversation import fitted_history, with_history
 from langgraph_moa.nodes.router import agent_inputs
 from langgraph_moa.spec import LayerSpec
 from langgraph_moa.state import MoAState, Proposal, add_usage
@@ -160,7 +161,7 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
             notes: list[str] = []
         else:
             ledger = Ledger(budget_of(config, spec_budget(ctx)), spent)
-            body, notes, reply_usage = await _synthesize(state["task"], texts, gaps, config, ledger)
+            body, notes, reply_usage = await _synthesize(state, texts, gaps, config, ledger)
             update["usage"] = {**update.get("usage", {}), name: reply_usage}
         syntheses = [*state.get("syntheses", [])[: layer_index - 1], body]
         update.update(
@@ -221,12 +222,13 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         return merged
 
     async def _synthesize(
-        task: str,
+        state: MoAState,
         texts: dict[str, str],
         gaps: list[str],
         config: RunnableConfig,
         ledger: Ledger,
     ) -> tuple[str, list[str], Any]:
+        task = state["task"]
         window = ctx.models.context_window(synth.model)
         template = synth.prompt or prompts.SYNTHESIZER_SYSTEM
         fixed = _tokens(template) + _tokens(task) + 12 * len(texts) + PROMPT_MARGIN
@@ -243,7 +245,14 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         all_gaps = gaps + notes
         if all_gaps:
             system += prompts.SYNTHESIZER_GAPS.format(gaps="; ".join(all_gaps))
-        messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(task)]
+        base: list[BaseMessage] = [SystemMessage(system), HumanMessage(task)]
+        history, dropped = fitted_history(state, base, window, max_tokens)
+        messages = with_history(base, history, dropped)
+        if dropped:
+            notes.append(
+                f"layer {layer_index}: the synthesizer saw {len(history)} of "
+                f"{len(history) + dropped} earlier turns (context window)"
+            )
         kwargs: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
         try:
             reply = await call_model(

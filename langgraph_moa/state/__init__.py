@@ -15,6 +15,7 @@ __all__ = [
     "MoAState",
     "Proposal",
     "Subtask",
+    "Turn",
     "Usage",
     "add_usage",
     "append_list",
@@ -98,6 +99,13 @@ def append_list(left: list[Any] | None, right: list[Any] | None) -> list[Any]:
     return [*(left or []), *(right or [])]
 
 
+class Turn(TypedDict):
+    """An earlier turn of a conversation: the question and its final answer ("" if none)."""
+
+    question: str
+    answer: str
+
+
 class MoAInput(TypedDict, total=False):
     """What a caller passes in: a task, or chat messages whose last one is the task."""
 
@@ -119,7 +127,11 @@ class MoAState(TypedDict, total=False):
     """The whole state of a run."""
 
     task: str
+    """The question of the current turn."""
     messages: Annotated[list[AnyMessage], add_messages]
+    """The conversation: one human message per turn, then its final answer."""
+    asked: str
+    """Id of the human message the current turn answers."""
     layer: int
     plans: Annotated[dict[str, list[Subtask]], merge_dict]
     proposals: Annotated[dict[str, dict[str, Proposal]], merge_proposals]
@@ -141,3 +153,7 @@ class AgentInput(TypedDict):
     """The agents the layer's plan sent work to (for the layer's quorum)."""
     spent: NotRequired[Usage]
     """The run's usage when the layer started (for its budget)."""
+    history: NotRequired[list[Turn]]
+    """Earlier turns of the conversation that fit the agent's context window."""
+    history_dropped: NotRequired[int]
+    """How many older turns were left out to fit."""
