@@ -18,7 +18,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph_moa.runtime.store import resolve_db_url
 from langgraph_moa.server.auth import Authenticator, KeyAuth, NoAuth, load_api_keys
 from langgraph_moa.server.executor import RunExecutor
-from langgraph_moa.server.routes import DEFAULT_MAX_BODY, _version, create_router
+from langgraph_moa.server.routes.router import DEFAULT_MAX_BODY, _version, create_router
 from langgraph_moa.server.service import MoAServer, ServerOptions
 from langgraph_moa.spec import GraphSpec, load_spec
 

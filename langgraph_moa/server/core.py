@@ -1,0 +1,223 @@
+"""What every part of the server shares: options, assistants, errors, and the state of a
+:class:`ServerCore` (registry, streams, executor, per-thread locks) with its lookups.
+
+:class:`~langgraph_moa.server.service.MoAServer` is assembled from :class:`ServerCore` and the
+per-resource parts in ``threads.py``, ``runs.py`` and ``execution.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph.state import CompiledStateGraph
+
+from langgraph_moa.persistence.registry import (
+    Owner,
+    OwnershipLostError,
+    RunRecord,
+    RunRegistry,
+    RunStatus,
+    ThreadRecord,
+)
+from langgraph_moa.runtime.api import MoA
+from langgraph_moa.server.events import RunStreams
+from langgraph_moa.server.executor import InProcessExecutor, RunExecutor
+from langgraph_moa.spec import GraphSpec
+
+__all__ = [
+    "ACTIVE",
+    "NAMESPACE_GRAPH",
+    "ApiError",
+    "Assistant",
+    "LiveRun",
+    "ServerCore",
+    "ServerOptions",
+    "iso",
+    "not_found",
+]
+
+NAMESPACE_GRAPH = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
+"""Assistant ids are ``uuid5(NAMESPACE_GRAPH, graph_id)``, as in LangGraph Server."""
+
+ACTIVE: tuple[RunStatus, ...] = ("pending", "running")
+
+
+class ApiError(Exception):
+    """An HTTP error: status code and a ``detail`` for the client."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def not_found(thread_id: str) -> ApiError:
+    return ApiError(404, f"Thread with ID {thread_id} not found")
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.replace(tzinfo=UTC).isoformat() if value is not None else None
+
+
+@dataclass
+class ServerOptions:
+    """Tunables of a :class:`MoAServer`."""
+
+    max_concurrency: int = 8
+    """Runs executing at once in this process (the in-process executor)."""
+    heartbeat: float = 5.0
+    """Seconds between SSE heartbeats and between keep-alive newlines of ``/wait``."""
+    persist_streams: bool = False
+    """Log every run's events (not only resumable ones), e.g. for workers."""
+    owner_heartbeat: float = 10.0
+    """Seconds between run-ownership heartbeats in the registry."""
+    stale_after: float = 30.0
+    """A run whose owner's heartbeat is older than this is resumed at startup."""
+    stream_ttl: float = 24 * 3600.0
+    """Seconds logged stream events are kept for replay (pruned hourly)."""
+
+
+@dataclass
+class Assistant:
+    """A configured spec served as an assistant."""
+
+    spec: GraphSpec
+    moa: MoA
+    created_at: str
+
+    @property
+    def graph_id(self) -> str:
+        return self.spec.name
+
+    @property
+    def assistant_id(self) -> str:
+        return str(uuid.uuid5(NAMESPACE_GRAPH, self.graph_id))
+
+    @property
+    def graph(self) -> CompiledStateGraph:
+        return self.moa.graph
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "assistant_id": self.assistant_id,
+            "graph_id": self.graph_id,
+            "config": {},
+            "context": {},
+            "metadata": {"created_by": "system"},
+            "version": 1,
+            "name": self.graph_id,
+            "description": self.spec.description,
+            "created_at": self.created_at,
+            "updated_at": self.created_at,
+        }
+
+
+@dataclass
+class LiveRun:
+    """What this process knows about a run it executes."""
+
+    cancel_action: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ServerCore:
+    """The state the server's parts share, and the lookups they all use."""
+
+    def __init__(
+        self,
+        specs: Sequence[GraphSpec],
+        *,
+        db_url: str,
+        checkpointer: BaseCheckpointSaver[Any] | None = None,
+        executor: RunExecutor | None = None,
+        options: ServerOptions | None = None,
+        role: Literal["server", "worker"] = "server",
+    ) -> None:
+        if not specs and role == "server":
+            raise ValueError("give at least one spec to serve")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two specs share a name (graph id): {names}; rename one")
+        self.specs = list(specs)
+        self.db_url = db_url
+        self.role = role
+        self.options = dataclasses.replace(options) if options else ServerOptions()
+        self.executor: RunExecutor = executor or InProcessExecutor(self.options.max_concurrency)
+        self.in_process = bool(getattr(self.executor, "in_process", False))
+        if not self.in_process or role == "worker":  # events cross processes via the log
+            self.options.persist_streams = True
+        self._checkpointer = checkpointer
+        self._stack: AsyncExitStack | None = None
+        self.assistants: dict[str, Assistant] = {}
+        self.registry: RunRegistry
+        self.streams: RunStreams
+        self.owner = Owner.current()
+        self._live: dict[str, LiveRun] = {}
+        self._thread_locks: dict[str, asyncio.Lock] = {}
+        self._stopping = False
+        self._spec_graphs: dict[str, Assistant] = {}
+        self._run_graphs_stack = AsyncExitStack()
+        self.checkpointer: BaseCheckpointSaver[Any] | None = None
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, thread_id: str) -> AsyncIterator[None]:
+        """Serialize run creation and state updates of one thread in this process."""
+        lock = self._thread_locks.setdefault(thread_id, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._thread_locks.pop(thread_id, None)
+
+    def _persist(self, run: RunRecord) -> bool:
+        return bool(run.options.get("stream_resumable")) or self.options.persist_streams
+
+    def assistant(self, ref: str, *, for_run: bool = False) -> Assistant:
+        """The assistant called ``ref`` (graph name or assistant id)."""
+        found = self.assistants.get(ref)
+        if found is None:
+            found = next((a for a in self.assistants.values() if a.assistant_id == ref), None)
+        if found is None:
+            if for_run:
+                raise ApiError(
+                    422,
+                    f"Invalid assistant: '{ref}'. Must be either:\n"
+                    "- A valid assistant UUID, or\n"
+                    f"- One of the registered graphs: {', '.join(self.assistants)}",
+                )
+            raise ApiError(404, f"Assistant {ref} not found")
+        return found
+
+    async def thread(self, tenant: str | None, thread_id: str) -> ThreadRecord:
+        """The tenant's thread (404 for a missing one and for another tenant's)."""
+        if not thread_id or len(thread_id) > 255:
+            raise not_found(thread_id)
+        record = await self.registry.get_thread(thread_id)
+        if record is None or (tenant is not None and record.owner != tenant):
+            raise not_found(thread_id)
+        return record
+
+    def _graph_of(self, record: ThreadRecord) -> CompiledStateGraph:
+        assistant = self.assistants.get(record.spec_name or "")
+        if assistant is None:  # a new thread: any graph reads the same checkpoints
+            assistant = next(iter(self.assistants.values()))
+        return assistant.graph
+
+    async def _cancel(self, run: RunRecord, action: str) -> None:
+        live = self._live.get(run.run_id)
+        if live is not None:
+            live.cancel_action = action
+        if not await self.executor.cancel(run.run_id):
+            # not in this process's executor: mark it so whoever runs it stops
+            with contextlib.suppress(OwnershipLostError):
+                await self.registry.update_run(run.run_id, status="cancelled")

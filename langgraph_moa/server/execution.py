@@ -1,0 +1,285 @@
+"""Executing one run: claim it, stream the graph into the run's events, record its end
+(the :class:`~langgraph_moa.server.executor.RunHandler` side of the server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.errors import EmptyInputError, GraphRecursionError, InvalidUpdateError
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, Send
+
+from langgraph_moa.graphs import TaskError
+from langgraph_moa.nodes.synthesizer import ContextWindowError, QuorumError
+from langgraph_moa.persistence.registry import OwnershipLostError, RunOwnedError, RunRecord
+from langgraph_moa.runtime.api import MoA
+from langgraph_moa.server import serde
+from langgraph_moa.server.core import ACTIVE, Assistant, LiveRun, ServerCore
+from langgraph_moa.server.schemas import CommandModel
+from langgraph_moa.server.streaming import StreamMapper, graph_stream_modes
+from langgraph_moa.spec import GraphSpec, SpecError
+
+__all__ = ["SHOWN_ERRORS", "RunExecution", "UnknownInterruptError"]
+
+log = logging.getLogger("langgraph_moa.server")
+
+SHOWN_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    QuorumError,
+    ContextWindowError,
+    GraphRecursionError,
+    InvalidUpdateError,
+    EmptyInputError,
+    TaskError,
+    SpecError,
+)
+"""Errors whose message reaches the client; any other says only "An internal error
+occurred" (the traceback goes to the server log)."""
+
+
+class UnknownInterruptError(ValueError):
+    """A ``strict_resume`` run answers an interrupt that is not waiting."""
+
+
+class RunExecution(ServerCore):
+    """Runs one run to its end; called by the executor."""
+
+    async def dequeued(self, run_id: str) -> None:
+        """A queued run was cancelled before it started."""
+        run = await self.registry.get_run(run_id)
+        if run is not None and run.status in ACTIVE:
+            await self.registry.update_run(run_id, status="cancelled", release=True)
+        await self._finish(run_id)
+
+    async def _finish(self, run_id: str) -> None:
+        await self.streams.close(run_id)
+        live = self._live.pop(run_id, None)
+        if live is not None:
+            live.done.set()
+
+    async def execute(self, run_id: str, *, resume: bool) -> None:
+        """Execute one run to its end; record its status before its stream closes."""
+        live = self._live.setdefault(run_id, LiveRun())
+        try:
+            run = await self._claim(run_id)
+        except asyncio.CancelledError:
+            if self.role == "worker":
+                raise
+            if self._stopping and live.cancel_action is None:
+                await asyncio.shield(self._hand_back(run_id))
+            else:
+                await asyncio.shield(self.dequeued(run_id))
+            return
+        if run is None:
+            await self._finish(run_id)
+            return
+        beat = asyncio.create_task(self._heartbeat(run_id))
+        final: dict[str, Any] | None = {}
+        try:
+            final = await self._stream_run(run, resume=resume)
+        except asyncio.CancelledError:
+            if self.role == "worker":
+                final = None  # the worker decides: a user's abort, or a drain (re-queue)
+                raise
+            if self._stopping and live.cancel_action is None:
+                final = None  # shutdown: left running and free, resumed at the next start
+            else:
+                final = {"status": "cancelled"}
+        except Exception as exc:
+            error = self._error_of(exc, run_id)
+            await self._publish(run_id, "error", error)
+            final = {"status": "error", "error": f"{error['error']}: {error['message']}"}
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            if final is None:
+                await asyncio.shield(self._hand_back(run_id))
+            else:
+                await asyncio.shield(self._record_end(run, final))
+
+    async def _claim(self, run_id: str) -> RunRecord | None:
+        """Take the run for this process; None when it is not to be run here."""
+        queued = await self.registry.get_run(run_id)
+        if queued is None or queued.status not in ACTIVE:
+            return None  # cancelled or deleted while it waited
+        if not self.streams.is_open(run_id):
+            self.streams.open(run_id, persist=self._persist(queued))
+        try:
+            run = await self.registry.claim_run(
+                run_id, self.owner, stale_after=self.options.stale_after
+            )
+        except RunOwnedError:
+            log.info("run %s is owned by another process; not running it here", run_id)
+            return None
+        return run if run.status == "running" else None
+
+    async def _hand_back(self, run_id: str) -> None:
+        """Stop without a final status: the run stays active and free, for another process
+        or the next start to continue."""
+        with contextlib.suppress(Exception):
+            await self.registry.release_run(run_id, self.owner)
+        self.streams.forget(run_id)
+        live = self._live.pop(run_id, None)
+        if live is not None:
+            live.done.set()
+
+    async def _record_end(self, run: RunRecord, final: dict[str, Any]) -> None:
+        run_id = run.run_id
+        try:
+            status = final.pop("status", None)
+            values = {"status": status, **final} if status is not None else {}
+            with contextlib.suppress(OwnershipLostError):
+                await self.registry.release_run(run_id, self.owner, **values)
+            if status is not None and run.options.get("temporary"):
+                await self._drop_thread(run.thread_id, run_id)
+        except Exception:
+            log.exception("cannot record the end of run %s", run_id)
+        finally:
+            await self._finish(run_id)
+
+    async def _drop_thread(self, thread_id: str, run_id: str) -> None:
+        record = await self.registry.get_thread(thread_id)
+        await self.registry.delete_thread(thread_id)
+        await self.streams.delete([run_id])
+        if record is not None:
+            checkpointer = self._graph_of(record).checkpointer
+            if isinstance(checkpointer, BaseCheckpointSaver):
+                await checkpointer.adelete_thread(thread_id)
+
+    async def _heartbeat(self, run_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.options.owner_heartbeat)
+            with contextlib.suppress(Exception):
+                await self.registry.heartbeat(run_id, self.owner)
+
+    async def _publish(self, run_id: str, event: str, data: Any) -> None:
+        await self.streams.publish(run_id, event, serde.dumps(data))
+
+    @staticmethod
+    def _error_of(exc: BaseException, run_id: str) -> dict[str, str]:
+        if isinstance(exc, SHOWN_ERRORS):
+            return {"error": type(exc).__name__, "message": str(exc)}
+        log.error("run %s failed", run_id, exc_info=exc)
+        return {"error": type(exc).__name__, "message": "An internal error occurred"}
+
+    async def _stream_run(self, run: RunRecord, *, resume: bool) -> dict[str, Any]:
+        options = run.options
+        assistant = await self._assistant_of_run(run)
+        graph = assistant.graph
+        run_id, thread_id = run.run_id, run.thread_id
+        await self._publish(run_id, "metadata", {"run_id": run_id, "attempt": run.attempts})
+        config = self._run_config(run)
+        graph_input = await self._input_of(run, graph, config, resume=resume)
+        modes: list[str] = list(options.get("stream_mode") or ["values"])
+        mapper = StreamMapper(modes, subgraphs=bool(options.get("stream_subgraphs")))
+        stream = graph.astream(
+            graph_input,
+            config,
+            stream_mode=cast(Any, graph_stream_modes(modes)),
+            subgraphs=True,
+            output_keys=graph.output_channels,
+            durability=options.get("durability") or "async",
+            interrupt_before=options.get("interrupt_before"),
+            interrupt_after=options.get("interrupt_after"),
+        )
+        async for item in stream:
+            namespace, mode, chunk = cast(tuple[tuple[str, ...], str, Any], item)
+            for event, payload in mapper.map(namespace, mode, chunk):
+                await self._publish(run_id, event, payload)
+        result = await assistant.moa.aresult(thread_id, run_id)
+        final: dict[str, Any] = {
+            "status": "interrupted" if result.status == "interrupted" else "success",
+            "answer": result.answer,
+            "usage": {"total": result.usage, "by_agent": result.usage_by_agent},
+            "waiting_for": serde.jsonable(result.interrupts) or None,
+        }
+        return final
+
+    async def _assistant_of_run(self, run: RunRecord) -> Assistant:
+        """The graph a run was created for: the served spec, or (in a worker, or after the
+        spec file changed) the spec recorded with the run."""
+        served = self.assistants.get(str(run.options.get("graph_id")))
+        if served is not None and (
+            run.spec_hash is None or served.spec.spec_hash() == run.spec_hash
+        ):
+            return served
+        if run.spec is None:
+            raise ValueError(f"run {run.run_id} has no recorded spec and its graph is not served")
+        key = run.spec_hash or run.run_id
+        if key not in self._spec_graphs:
+            spec = GraphSpec.model_validate(run.spec)
+            moa = MoA(spec, checkpointer=self.checkpointer)
+            await self._run_graphs_stack.enter_async_context(moa)
+            self._spec_graphs[key] = Assistant(spec, moa, datetime.now(UTC).isoformat())
+        return self._spec_graphs[key]
+
+    def _run_config(self, run: RunRecord) -> RunnableConfig:
+        options = run.options
+        requested: dict[str, Any] = dict(options.get("config") or {})
+        configurable = {**(requested.pop("configurable", None) or {}), "thread_id": run.thread_id}
+        if run.checkpoint_id:
+            configurable["checkpoint_id"] = run.checkpoint_id
+        metadata = {
+            **(requested.pop("metadata", None) or {}),
+            **(run.metadata or {}),
+            "run_id": run.run_id,
+            "thread_id": run.thread_id,
+            "assistant_id": options.get("assistant_id"),
+            "graph_id": options.get("graph_id"),
+            "run_attempt": run.attempts,
+        }
+        config: dict[str, Any] = {
+            **requested,
+            "configurable": configurable,
+            "metadata": metadata,
+            "run_id": uuid.UUID(run.run_id),
+        }
+        return cast(RunnableConfig, config)
+
+    async def _input_of(
+        self,
+        run: RunRecord,
+        graph: CompiledStateGraph,
+        config: RunnableConfig,
+        *,
+        resume: bool,
+    ) -> Any:
+        options = run.options
+        if resume:
+            snapshot = await graph.aget_state(config)
+            if snapshot.next and (snapshot.metadata or {}).get("run_id") == run.run_id:
+                return None  # continue from this run's last checkpoint
+        command = options.get("command")
+        if command:
+            if options.get("strict_resume") and command.get("resume") is not None:
+                snapshot = await graph.aget_state(config)
+                if not snapshot.interrupts:
+                    raise UnknownInterruptError(
+                        "the thread is not waiting on an interrupt, so there is nothing to "
+                        "resume (strict_resume)"
+                    )
+            return _command(CommandModel.model_validate(command))
+        return run.input
+
+
+def _command(model: CommandModel) -> Command[Any]:
+    goto: Any = model.goto
+    if isinstance(goto, dict):
+        goto = Send(goto["node"], goto.get("input"))
+    elif isinstance(goto, list):
+        goto = [Send(g["node"], g.get("input")) if isinstance(g, dict) else g for g in goto]
+    kwargs: dict[str, Any] = {}
+    if model.resume is not None:
+        kwargs["resume"] = model.resume
+    if model.update is not None:
+        kwargs["update"] = model.update
+    if goto is not None:
+        kwargs["goto"] = goto
+    return Command(**kwargs)

@@ -1,0 +1,198 @@
+"""Threads and their state: create, search, patch, delete; read, update and page through
+checkpoints (the ``/threads`` paths)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.errors import InvalidUpdateError
+
+from langgraph_moa.persistence.registry import ThreadExistsError, ThreadRecord
+from langgraph_moa.runtime.api import MoA
+from langgraph_moa.server import serde
+from langgraph_moa.server.core import ACTIVE, ApiError, ServerCore, iso
+from langgraph_moa.server.schemas import HistoryRequest, StateUpdate, ThreadCreate, ThreadSearch
+
+__all__ = ["ThreadService"]
+
+
+class ThreadService(ServerCore):
+    """Threads of a tenant and their checkpointed state."""
+
+    async def thread_json(
+        self, record: ThreadRecord, select: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """A thread as the API shapes it, with its current values and interrupts."""
+        out: dict[str, Any] = {
+            "thread_id": record.thread_id,
+            "created_at": iso(record.created_at),
+            "updated_at": iso(record.updated_at),
+            "state_updated_at": iso(record.updated_at),
+            "metadata": record.metadata,
+            "status": record.status,
+            "config": {},
+        }
+        if select is None or {"values", "interrupts", "error", "config"} & set(select):
+            snapshot = await self._graph_of(record).aget_state(MoA.config(record.thread_id))
+            if serde.checkpoint_of(snapshot.config) is None:  # no run yet
+                out["values"] = None
+            else:
+                interrupts: dict[str, list[Any]] = {}
+                for task in snapshot.tasks:
+                    if task.interrupts:
+                        interrupts[task.id] = [serde.interrupt_json(i) for i in task.interrupts]
+                out["values"] = serde.jsonable(snapshot.values or {})
+                out["interrupts"] = serde.jsonable(interrupts)
+                out["error"] = await self._thread_error(record)
+                assistant = self.assistants.get(record.spec_name or "")
+                out["config"] = {
+                    "configurable": {
+                        "thread_id": record.thread_id,
+                        **(
+                            {"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id}
+                            if assistant is not None
+                            else {}
+                        ),
+                    }
+                }
+        if select is not None:
+            out = {k: v for k, v in out.items() if k in select}
+        return out
+
+    async def _thread_error(self, record: ThreadRecord) -> Any:
+        if record.status != "error":
+            return None
+        run = await self.registry.latest_run(record.thread_id)
+        if run is None or not run.error:
+            return None
+        name, _, message = run.error.partition(": ")
+        return {"error": name, "message": message}
+
+    async def create_thread(self, tenant: str | None, body: ThreadCreate) -> ThreadRecord:
+        thread_id = body.thread_id or str(uuid.uuid4())
+        existing = await self.registry.get_thread(thread_id)
+        if existing is not None:
+            if body.if_exists == "do_nothing" and (tenant is None or existing.owner == tenant):
+                return existing
+            raise ApiError(409, f"Thread with ID {thread_id} already exists")
+        try:
+            return await self.registry.create_thread(
+                thread_id, metadata=body.metadata or {}, owner=tenant
+            )
+        except ThreadExistsError:
+            raise ApiError(409, f"Thread with ID {thread_id} already exists") from None
+
+    async def search_threads(self, tenant: str | None, body: ThreadSearch) -> list[dict[str, Any]]:
+        records = await self.registry.search_threads(
+            metadata=body.metadata,
+            status=body.status,
+            owner=tenant,
+            thread_ids=body.ids,
+            limit=body.limit,
+            offset=body.offset,
+            sort_by=body.sort_by or "created_at",
+            sort_order=body.sort_order or "desc",
+        )
+        return [await self.thread_json(r, body.select) for r in records]
+
+    async def patch_thread(
+        self, tenant: str | None, thread_id: str, metadata: Mapping[str, Any] | None
+    ) -> ThreadRecord:
+        await self.thread(tenant, thread_id)
+        return await self.registry.update_thread(thread_id, metadata=metadata or {})
+
+    async def delete_thread(self, tenant: str | None, thread_id: str) -> None:
+        record = await self.thread(tenant, thread_id)
+        runs = await self.registry.list_runs(thread_id=thread_id, limit=10_000)
+        for run in runs:
+            if run.status in ACTIVE:
+                await self._cancel(run, "interrupt")
+                await self.executor.wait(run.run_id)
+        await self.registry.delete_thread(thread_id)
+        await self.streams.delete([r.run_id for r in runs])
+        checkpointer = self._graph_of(record).checkpointer
+        if isinstance(checkpointer, BaseCheckpointSaver):
+            await checkpointer.adelete_thread(thread_id)
+
+    async def get_state(
+        self,
+        tenant: str | None,
+        thread_id: str,
+        checkpoint: Mapping[str, Any] | None = None,
+        *,
+        subgraphs: bool = False,
+    ) -> dict[str, Any]:
+        record = await self.thread(tenant, thread_id)
+        config = self._checkpoint_config(thread_id, checkpoint)
+        snapshot = await self._graph_of(record).aget_state(config, subgraphs=subgraphs)
+        return serde.snapshot_json(snapshot)
+
+    @staticmethod
+    def _checkpoint_config(thread_id: str, checkpoint: Mapping[str, Any] | None) -> RunnableConfig:
+        configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
+        if checkpoint and checkpoint.get("checkpoint_id"):
+            configurable["checkpoint_id"] = checkpoint["checkpoint_id"]
+        return {"configurable": configurable}
+
+    async def update_state(
+        self, tenant: str | None, thread_id: str, body: StateUpdate
+    ) -> dict[str, Any]:
+        record = await self.thread(tenant, thread_id)
+        async with self._locked(thread_id):
+            if await self.registry.list_runs(thread_id=thread_id, status=list(ACTIVE), limit=1):
+                raise ApiError(409, "Thread is busy with a run; update its state once it ends")
+            checkpoint = body.checkpoint.model_dump() if body.checkpoint else {}
+            if body.checkpoint_id:
+                checkpoint["checkpoint_id"] = body.checkpoint_id
+            graph = self._graph_of(record)
+            if body.as_node is not None and body.as_node not in graph.nodes:
+                raise ApiError(
+                    422,
+                    f"as_node: unknown node {body.as_node!r}; nodes: "
+                    f"{', '.join(n for n in graph.nodes if n != '__start__')}",
+                )
+            try:
+                config = await graph.aupdate_state(
+                    self._checkpoint_config(thread_id, checkpoint),
+                    body.values,
+                    as_node=body.as_node,
+                )
+            except (InvalidUpdateError, ValueError) as exc:
+                raise ApiError(422, f"cannot update the state: {exc}") from None
+            snapshot = await graph.aget_state(MoA.config(thread_id))
+            await self.registry.update_thread(
+                thread_id, status="interrupted" if snapshot.next else "idle"
+            )
+        written = serde.checkpoint_of(config)
+        return {
+            "checkpoint": written,
+            "checkpoint_id": (written or {}).get("checkpoint_id"),
+            "configurable": written,
+        }
+
+    async def history(
+        self, tenant: str | None, thread_id: str, body: HistoryRequest
+    ) -> list[dict[str, Any]]:
+        record = await self.thread(tenant, thread_id)
+        before = body.before
+        before_config = None
+        if before is not None:
+            before_id = before if isinstance(before, str) else before.checkpoint_id
+            before_config = self._checkpoint_config(thread_id, {"checkpoint_id": before_id})
+        checkpoint = body.checkpoint.model_dump() if body.checkpoint else None
+        states = []
+        async for snapshot in self._graph_of(record).aget_state_history(
+            self._checkpoint_config(thread_id, checkpoint),
+            filter=body.metadata or None,
+            before=before_config,
+            limit=body.limit,
+        ):
+            state = serde.snapshot_json(snapshot)
+            if body.select:
+                state = {k: v for k, v in state.items() if k in body.select}
+            states.append(state)
+        return states
