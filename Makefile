@@ -28,3 +28,4 @@ lint: install
 	$(VENV)/bin/ruff check langgraph_moa tests bench examples
 	$(VENV)/bin/ruff format --check langgraph_moa tests bench examples
 	$(VENV)/bin/mypy langgraph_moa
+	$(VENV)/bin/lint-imports  # the import floors in pyproject.toml [tool.importlinter]
