@@ -50,17 +50,16 @@ Pytest: ``pytest_plugins = ["langgraph_moa.testing.pytest_plugin"]`` gives a ``m
 fixture (a started :class:`ModelServer`, fresh for every test).
 """
 
-from langgraph_moa.testing.server import (
+from langgraph_moa.testing.rules import (
     FAILURES,
     TEMPLATE_FIELDS,
     ChatRequest,
-    ModelServer,
-    ModelServerClient,
     Reply,
     Rule,
     count_tokens,
     sample_json,
 )
+from langgraph_moa.testing.server import ModelServer, ModelServerClient
 
 __all__ = [
     "FAILURES",
