@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,13 @@ import yaml
 from pydantic import ValidationError
 
 from langgraph_moa.spec.model import GraphSpec, SpecReferenceError
+from langgraph_moa.spec.reading import (
+    SpecFileError,
+    compose_yaml,
+    parse_json,
+    parse_toml,
+    read_text,
+)
 
 __all__ = ["SpecError", "SpecProblem", "load_spec", "parse_spec"]
 
@@ -42,20 +47,28 @@ class SpecError(ValueError):
         self.problems = problems
         self.source = source
         lines = [p.render(source) for p in problems]
-        super().__init__("invalid spec:\n  " + "\n  ".join(lines))
+        if len(lines) == 1:
+            super().__init__(f"invalid spec: {lines[0]}")
+        else:
+            super().__init__("invalid spec:\n  " + "\n  ".join(lines))
 
 
 def load_spec(source: str | Path | Mapping[str, Any] | GraphSpec) -> GraphSpec:
-    """Read and validate a spec from a file path, a mapping or an existing ``GraphSpec``."""
+    """Read and validate a spec from a file path, a mapping or an existing ``GraphSpec``.
+
+    Files are read within limits (:mod:`langgraph_moa.spec.reading`): at most 1 MiB of
+    UTF-8 text, nested at most 48 levels, YAML aliases expanding to at most 20,000 values.
+    """
     if isinstance(source, GraphSpec):
         return source
     if isinstance(source, Mapping):
         return parse_spec(dict(source), lines={}, source=None)
     path = Path(source)
-    if not path.is_file():
-        raise SpecError([SpecProblem("", "no such file; check the path")], str(path))
-    text = path.read_text(encoding="utf-8")
-    data, lines = _read(text, path)
+    try:
+        text = read_text(path)
+        data, lines = _read(text, path)
+    except SpecFileError as exc:
+        raise SpecError([SpecProblem("", exc.message, exc.line)], str(path)) from None
     return parse_spec(data, lines=lines, source=str(path))
 
 
@@ -75,30 +88,15 @@ def parse_spec(data: Any, *, lines: dict[Loc, int], source: str | None) -> Graph
 def _read(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
     suffix = path.suffix.lower()
     if suffix == ".toml":
-        try:
-            return tomllib.loads(text), {}
-        except tomllib.TOMLDecodeError as exc:
-            line = getattr(exc, "lineno", None)
-            raise SpecError(
-                [SpecProblem("", f"TOML syntax error: {exc}", line)], str(path)
-            ) from None
+        return parse_toml(text), {}
     if suffix == ".json":
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as exc:
-            msg = f"JSON syntax error: {exc.msg} (column {exc.colno})"
-            raise SpecError([SpecProblem("", msg, exc.lineno)], str(path)) from None
-    # YAML (JSON is YAML too, which gives us line numbers for it as well).
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or str(exc)
-        raise SpecError(
-            [SpecProblem("", f"YAML syntax error: {problem}", line)], str(path)
-        ) from None
+        data = parse_json(text)
+        try:  # JSON is (nearly always) YAML too, which gives us line numbers for it
+            _, node = compose_yaml(text)
+        except SpecFileError:
+            node = None
+    else:
+        data, node = compose_yaml(text)
     lines: dict[Loc, int] = {}
     if node is not None:
         _index(node, (), lines)
@@ -147,5 +145,17 @@ def _message(err: Any) -> str:
         return "required field is missing"
     if kind == "extra_forbidden":
         return "unknown field; check its spelling against the spec reference"
-    msg = str(err["msg"])
-    return msg.removeprefix("Value error, ")
+    value = err.get("input")
+    if kind in ("literal_error", "enum"):
+        expected = (err.get("ctx") or {}).get("expected", "")
+        return f"{_shown(value)} is not allowed; use one of {expected}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if kind != "value_error" and isinstance(value, str | int | float | bool):
+        msg += f", got {_shown(value)}"
+    return msg
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened to about ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -62,6 +63,24 @@ class ModelSpec(_Strict):
         default=0.0, ge=0, description="Price per 1M output tokens."
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra model arguments.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+        except ValueError:
+            valid = False
+        if not valid or any(c.isspace() for c in value):
+            shown = value if len(value) <= 60 else value[:57] + "..."
+            raise ValueError(
+                f"{shown!r} is not an http(s) URL; write it like http://127.0.0.1:8080/v1"
+            )
+        return value
 
     @property
     def is_local(self) -> bool:
@@ -181,6 +200,12 @@ class GraphSpec(_Strict):
     @classmethod
     def _agents_mapping(cls, value: Any) -> Any:
         if isinstance(value, dict):  # allow `agents: {name: {...}}`
+            for name, settings in value.items():
+                if settings is not None and not isinstance(settings, dict):
+                    raise ValueError(
+                        f"agent {name!r}: its settings must be a mapping (role, model, ...), "
+                        f"not {type(settings).__name__}"
+                    )
             return [{"name": k, **(v or {})} for k, v in value.items()]
         return value
 
