@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF
 TASK ?= What are two advantages of using version control such as git?
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench langgraph-suite
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -23,6 +23,10 @@ run: install
 
 test: install
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# LangGraph's own tests on our four savers and the official ones (tests/langgraph_suite/)
+langgraph-suite: install
+	$(PY) tests/langgraph_suite/run.py --failures .cache/langgraph-suite/failures.txt
 
 lint: install
 	$(VENV)/bin/ruff check langgraph_moa tests bench examples
