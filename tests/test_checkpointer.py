@@ -34,6 +34,7 @@ from langgraph_moa.persistence import (
     SchemaVersionError,
     SQLAlchemySaver,
     async_url,
+    make_serde,
     schema_allowlist,
     sync_url,
 )
@@ -384,7 +385,8 @@ def test_registered_types_come_back_as_themselves(db_url: str) -> None:
         assert state["note"] == value["note"] and isinstance(state["note"], Note)
         assert state["point"] == Point(2, 2)
         assert state["color"] is Color.RED
-    with SQLAlchemySaver.from_url(db_url) as strict:  # unregistered: plain data, no import
+    strict_serde = make_serde(trust_imported_types=False)
+    with SQLAlchemySaver.from_url(db_url, serde=strict_serde) as strict:  # unregistered: data
         state = typed_graph(strict).get_state(cfg("typed")).values
         assert not isinstance(state["note"], Note)
 
