@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -90,6 +91,7 @@ def make_agent_runner(ctx: NodeContext, agent_name: str, layer: int) -> AgentRun
             node=node,
             budget=budget,
         )
+        started = time.monotonic()
         try:
             reply = await gate.guard(call)
         except Cut as cut:
@@ -101,10 +103,12 @@ def make_agent_runner(ctx: NodeContext, agent_name: str, layer: int) -> AgentRun
         except Exception as exc:  # a failed agent is reported to the synthesizer, not hidden
             log.warning("agent %s (layer %d) failed: %s", agent_name, layer, exc)
             proposal["status"], proposal["error"] = "failed", f"{type(exc).__name__}: {exc}"
+            proposal["seconds"] = round(time.monotonic() - started, 3)
             gate.report(False)
             return update
         gate.report(True)
         proposal["content"], proposal["usage"] = reply.message.text, reply.usage
+        proposal["seconds"] = round(time.monotonic() - started, 3)
         update["usage"] = {agent_name: reply.usage}
         if dropped := payload.get("history_dropped"):
             update["notes"] = [

@@ -17,6 +17,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from langgraph_moa.runtime.store import resolve_db_url
 from langgraph_moa.server.auth import Authenticator, KeyAuth, NoAuth, load_api_keys
+from langgraph_moa.server.browser import add_browser_support, cors_origins
 from langgraph_moa.server.executor import RunExecutor
 from langgraph_moa.server.routes.router import DEFAULT_MAX_BODY, _version, create_router
 from langgraph_moa.server.service import MoAServer, ServerOptions
@@ -68,6 +69,8 @@ def create_app(
     options: ServerOptions | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     title: str = "langgraph-moa",
+    cors: Sequence[str] | None = None,
+    ui: bool = True,
 ) -> FastAPI:
     """The FastAPI app serving ``specs`` with the LangGraph Server API.
 
@@ -75,6 +78,11 @@ def create_app(
     is a tenant. ``authenticate`` replaces key checking with your own (an async callable
     from the request to a tenant id). ``auth=False`` serves everyone as one tenant; only
     do that on 127.0.0.1. ``specs`` may also be a ready :class:`MoAServer`.
+
+    ``cors``: origins whose pages may call the API (``["*"]`` for any; default
+    ``MOA_CORS_ORIGINS``, else none). Request bodies are parsed as JSON whatever their
+    content-type, as the reference server does. ``ui``: serve the run dashboard at
+    ``/ui`` (same keys, as a login form and a cookie).
     """
     server = (
         specs
@@ -99,4 +107,9 @@ def create_app(
     )
     app.state.moa = server
     app.include_router(create_router(server, authenticate=authenticator, max_body=max_body))
+    if ui:
+        from langgraph_moa.server.ui import mount_ui
+
+        mount_ui(app, server, authenticate=authenticator)
+    add_browser_support(app, cors_origins(cors))
     return app

@@ -55,6 +55,8 @@ class Proposal(TypedDict):
     usage: NotRequired[Usage]
     run_id: NotRequired[str]
     """The graph invocation that wrote it: a resume retries failures of earlier ones."""
+    seconds: NotRequired[float]
+    """How long the agent's call took."""
 
 
 def add_usage(a: Usage | None, b: Usage | None) -> Usage:
