@@ -1,0 +1,126 @@
+"""What browsers get from ``moa serve`` over real HTTP: CORS only for the named origins,
+JSON bodies sent as text/plain (Agent Chat UI's passthrough), and the dashboard's login,
+tenant scoping and same-origin forms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from langgraph_moa.testing import ModelServer
+from tests.test_server_support import KEY_A, KEY_B, Served, moa_spec, serve
+
+PAGE = "http://127.0.0.1:5173"
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Served]:
+    monkeypatch.setenv("MOA_CORS_ORIGINS", f"{PAGE}, http://other.example/")
+    yield from serve(
+        tmp_path,
+        [moa_spec(model_server)],
+        f"sqlite:///{tmp_path / 'm.sqlite'}",
+        keys=[KEY_A, KEY_B],
+    )
+
+
+def test_cors_preflight_and_exposed_headers(served: Served) -> None:
+    asked = "x-api-key,content-type,last-event-id,authorization"
+    preflight = httpx.options(
+        f"{served.url}/threads/search",
+        headers={
+            "Origin": PAGE,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": asked,
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == PAGE
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert all(h in allowed for h in asked.split(","))
+
+    refused = httpx.options(
+        f"{served.url}/threads",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+
+    created = httpx.post(
+        f"{served.url}/threads/{'0' * 8}-0000-4000-8000-{'0' * 12}/runs",
+        json={"assistant_id": "moa", "input": {"task": "x"}, "if_not_exists": "create"},
+        headers={"Origin": PAGE, "x-api-key": KEY_A},
+    )
+    assert created.status_code == 200, created.text
+    assert created.headers["access-control-allow-origin"] == PAGE
+    exposed = created.headers["access-control-expose-headers"].lower()
+    assert "content-location" in exposed and "location" in exposed.split(", ")
+    assert created.headers["content-location"].startswith("/threads/")
+
+
+def test_cors_is_off_unless_origins_are_named(tmp_path: Path, model_server: ModelServer) -> None:
+    for served in serve(tmp_path, [moa_spec(model_server)], f"sqlite:///{tmp_path / 'm.sqlite'}"):
+        preflight = httpx.options(
+            f"{served.url}/threads",
+            headers={"Origin": PAGE, "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.status_code == 405
+        assert "access-control-allow-origin" not in preflight.headers
+        plain = httpx.get(f"{served.url}/info", headers={"Origin": PAGE})
+        assert "access-control-allow-origin" not in plain.headers
+
+
+def test_json_body_sent_as_text_plain(served: Served) -> None:
+    headers = {"x-api-key": KEY_A, "content-type": "text/plain;charset=UTF-8"}
+    thread = httpx.post(
+        f"{served.url}/threads", content=b'{"metadata": {"via": "proxy"}}', headers=headers
+    )
+    assert thread.status_code == 200, thread.text
+    assert thread.json()["metadata"] == {"via": "proxy"}
+    tid = thread.json()["thread_id"]
+    body = b'{"assistant_id": "moa", "input": {"messages": [{"type": "human", "content": "hi"}]}}'
+    done = httpx.post(
+        f"{served.url}/threads/{tid}/runs/wait", content=body, headers=headers, timeout=60
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["answer"].startswith("synth answer")
+    bad = httpx.post(f"{served.url}/threads", content=b"not json", headers=headers)
+    assert bad.status_code == 422
+
+
+def _login(served: Served, key: str) -> httpx.Client:
+    client = httpx.Client(base_url=served.url, timeout=60)
+    r = client.post("/ui/login", data={"key": key})
+    assert r.status_code == 303 and r.headers["location"] == "/ui"
+    return client
+
+
+def test_dashboard_login_and_tenants(served: Served) -> None:
+    anonymous = httpx.get(f"{served.url}/ui")
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/ui/login"
+    wrong = httpx.post(f"{served.url}/ui/login", data={"key": "x" * 20})
+    assert wrong.status_code == 401 and "not valid" in wrong.text
+
+    a, b = _login(served, KEY_A), _login(served, KEY_B)
+    started = a.post("/ui/new", data={"assistant": "moa", "task": "tenant A's question"})
+    assert started.status_code == 303
+    run_page = started.headers["location"]
+    live = a.get(run_page + "/live")  # follows the run to its end
+    assert "event: end" in live.text and "success" in live.text
+
+    page = a.get(run_page)
+    assert "tenant A&#39;s question" in page.text and 'data-state="done"' in page.text
+    assert "tenant A&#39;s question" in a.get("/ui").text
+    assert "tenant A" not in b.get("/ui").text  # B sees only B's runs
+    assert b.get(run_page).status_code == 404
+    assert b.post(run_page + "/cancel").status_code == 404
+
+    forged = a.post(
+        "/ui/new", data={"assistant": "moa", "task": "x"}, headers={"Origin": "http://evil.example"}
+    )
+    assert forged.status_code == 403
