@@ -56,3 +56,15 @@ def test_concurrency_bench_runs(tmp_path: Path) -> None:
     ]
     assert all(r["peak_rss_mb"] >= r["rss_before_mb"] > 0 for r in report["rows"])
     assert "runs/s" in done.stdout
+
+
+def test_startup_bench_runs(tmp_path: Path) -> None:
+    out = tmp_path / "startup.json"
+    done = _bench(
+        "startup.py", "--rounds", "1", "--only", "moa --help,moa spec validate,moa runs",
+        "--out", str(out),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert [r["command"] for r in report["rows"]] == ["moa --help", "moa runs", "moa spec validate"]
+    assert all(r["median_s"] > 0 and r["peak_rss_mb"] > 0 for r in report["rows"])
+    assert "moa spec validate" in done.stdout and report["load_average"]["before"]

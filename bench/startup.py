@@ -1,0 +1,148 @@
+"""Start-up: wall time and peak memory of `moa` commands, next to `langgraph --help`.
+
+Each command runs as a fresh subprocess, N rounds, the commands alternating within a round so
+that they all see the same background load; the table gives the median wall time and the
+median peak RSS (``ru_maxrss`` of the child). `moa runs` lists an (empty) SQLite store that a
+warm-up call created. Prints a table and writes bench/results/startup.json.
+
+    python bench/startup.py [--rounds 9] [--only moa-help,moa-runs]
+    python bench/startup.py --importtime "spec validate examples/specs/team.yaml"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from overhead import RESULTS, load_average, machine, print_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = "examples/specs/team.yaml"
+GOALS = {"moa --help": 0.3, "moa runs": 0.5, "moa spec validate": 0.5}
+
+
+def moa() -> list[str]:
+    """How to start `moa`: the venv's console script, else ``python -m langgraph_moa.cli``."""
+    script = Path(sys.executable).parent / "moa"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "langgraph_moa.cli"]
+
+
+def commands(db: str) -> dict[str, list[str]]:
+    """Label -> argv of every command measured."""
+    cmds = {
+        "moa --help": [*moa(), "--help"],
+        "moa runs": [*moa(), "runs", "--db", db],
+        "moa spec validate": [*moa(), "spec", "validate", SPEC],
+        "moa models": [*moa(), "models"],
+        "moa graph": [*moa(), "graph", "--preset", "layered"],
+    }
+    langgraph = shutil.which("langgraph") or str(Path(sys.executable).parent / "langgraph")
+    if Path(langgraph).exists():
+        cmds["langgraph --help"] = [langgraph, "--help"]
+    return cmds
+
+
+def measure(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one run of ``argv``; raises if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {stderr[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def importtime(args: str) -> int:
+    """Print the slowest imports (cumulative) of ``moa ARGS``."""
+    argv = [sys.executable, "-X", "importtime", "-m", "langgraph_moa.cli", *args.split()]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    rows = []
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line and "cumulative" not in line:
+            _, cumulative, name = (p.strip() for p in line[len("import time:") :].split("|"))
+            rows.append((int(cumulative), name))
+    top = [r for r in sorted(rows, reverse=True) if not r[1].startswith(" " * 8)][:25]
+    print(f"{len(rows)} modules imported by `moa {args}`; slowest (cumulative us):")
+    for us, name in top:
+        print(f"{us:>9}  {name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=9, help="timed runs per command")
+    ap.add_argument("--only", help="comma-separated labels, e.g. 'moa --help,moa runs'")
+    ap.add_argument("--importtime", metavar="ARGS", help="show what `moa ARGS` imports")
+    ap.add_argument("--out", type=Path, default=RESULTS / "startup.json")
+    args = ap.parse_args(argv)
+    if args.importtime:
+        return importtime(args.importtime)
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds = commands(f"sqlite:///{tmp}/moa.sqlite")
+        if args.only:
+            wanted = {w.strip() for w in args.only.split(",")}
+            cmds = {k: v for k, v in cmds.items() if k in wanted}
+        for argv_ in cmds.values():
+            measure(argv_)  # warm-up: page cache, .pyc files, the store's tables
+        samples: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
+        for _ in range(args.rounds):
+            for label, argv_ in cmds.items():
+                samples[label].append(measure(argv_))
+    base = samples.get("langgraph --help")
+    base_wall = statistics.median(w for w, _ in base) if base else None
+    rows: list[dict[str, Any]] = []
+    for label, runs in samples.items():
+        wall = statistics.median(w for w, _ in runs)
+        row: dict[str, Any] = {
+            "command": label,
+            "median_s": round(wall, 3),
+            "min_s": round(min(w for w, _ in runs), 3),
+            "peak_rss_mb": round(statistics.median(m for _, m in runs), 1),
+            "vs_langgraph": f"{wall / base_wall:.2f}x" if base_wall else "",
+            "goal_s": GOALS.get(label, ""),
+        }
+        if label in GOALS:
+            row["met"] = "yes" if wall <= GOALS[label] else "no"
+        rows.append(row)
+    print_table(
+        rows,
+        [
+            ("command", "command", 18),
+            ("median_s", "median s", 9),
+            ("min_s", "min s", 7),
+            ("peak_rss_mb", "peak MiB", 9),
+            ("vs_langgraph", "vs langgraph", 12),
+            ("goal_s", "goal s", 7),
+            ("met", "met", 4),
+        ],
+    )
+    load_after = load_average()
+    print(f"\n{args.rounds} rounds; load average before {load_before}, after {load_after}")
+    report = {
+        "machine": machine(),
+        "load_average": {"before": load_before, "after": load_after},
+        "rounds": args.rounds,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

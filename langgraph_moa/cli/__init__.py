@@ -1,0 +1,38 @@
+"""The ``moa`` command line.
+
+The typer app lives in :mod:`langgraph_moa.cli.common`; the modules here hold the commands
+and are registered below, in the order ``moa --help`` lists them. Start-up is kept short:
+modules import only typer and rich at the top, and every command imports what it uses
+(LangGraph, SQLAlchemy, the server) inside its function.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from langgraph_moa.cli import evaluate, running, runs, serving, specs
+from langgraph_moa.cli.common import app, err, spec_app
+
+__all__ = ["app", "main"]
+
+app.command()(running.run)
+spec_app.command("validate")(specs.spec_validate)
+app.command()(specs.graph)
+app.command()(specs.models)
+app.command()(serving.worker)
+app.command()(runs.resume)
+app.command("runs")(runs.runs_command)
+app.command()(runs.history)
+app.command()(runs.fork)
+app.command()(serving.serve)
+app.command("eval")(evaluate.eval_command)
+app.command()(runs.prune)
+
+
+def main() -> None:
+    """Entry point of the ``moa`` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,191 @@
+"""What the ``moa`` commands share: the typer app, consoles, options and helpers.
+
+Importing this module must stay cheap (``moa --help`` imports it): LangGraph, LangChain,
+SQLAlchemy and the spec models are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from langgraph_moa.spec import GraphSpec
+
+app = typer.Typer(
+    name="moa",
+    help="Mixture-of-Agents on LangGraph, checkpointed to SQL.\n\n"
+    "The store is --db or MOA_DB_URL (a SQLAlchemy URL such as sqlite:///moa.sqlite or "
+    "postgresql://user@host/db); the default is a SQLite file in your user data directory "
+    "(on Linux ~/.local/share/langgraph-moa/moa.sqlite).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+spec_app = typer.Typer(help="Work with spec files.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+SpecOpt = Annotated[
+    Path | None, typer.Option("--spec", "-s", help="Spec file (YAML, TOML or JSON).")
+]
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", "-p", help="Built-in spec: layered or team.")
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="MOA_DB_URL",
+        help="SQLAlchemy URL of the store; default: a SQLite file in your user data directory "
+        "(~/.local/share/langgraph-moa/moa.sqlite on Linux).",
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Default model: 'provider:model', or a model name with "
+        "--base-url. Agents that name a model keep theirs.",
+    ),
+]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint for --model.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a view.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error (no traceback) and exit."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def resolve_spec(
+    spec: Path | None,
+    preset_name: str | None,
+    model: str | None = None,
+    base_url: str | None = None,
+) -> GraphSpec:
+    """The spec from a file or a preset (``layered`` by default), with an optional model."""
+    from langgraph_moa.graphs import preset, with_default_model
+    from langgraph_moa.spec import ModelSpec, SpecError, load_spec
+
+    if spec is not None and preset_name is not None:
+        fail("give --spec or --preset, not both", 2)
+    try:
+        graph_spec = load_spec(spec) if spec is not None else preset(preset_name or "layered")
+    except SpecError as exc:
+        fail(str(exc), 2)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if model or base_url:
+        graph_spec = with_default_model(graph_spec, ModelSpec(model=model, base_url=base_url))
+    return graph_spec
+
+
+def uses_local_model(spec: GraphSpec) -> bool:
+    """True when some node of ``spec`` falls back to the embedded local model."""
+    if os.environ.get("MOA_MODEL") or os.environ.get("MOA_BASE_URL"):
+        return False
+    names: list[str | None] = [a.model for a in spec.agents]
+    names += [layer.synthesizer.model for layer in spec.layers]
+    return any(spec.model_spec(n).is_local for n in names)
+
+
+def execute_run(graph_spec: GraphSpec, thread: str, quiet: bool, start: Any) -> Any:
+    """Run ``await start(on_event)`` with a live view; Ctrl-C/SIGTERM stop it resumably."""
+    import asyncio
+
+    from rich.live import Live
+
+    from langgraph_moa.models import ModelConfigError
+    from langgraph_moa.persistence.registry import RegistryError
+    from langgraph_moa.runtime.progress import RunProgress
+    from langgraph_moa.runtime.signals import EXIT_CODE, cancel_on_signals
+    from langgraph_moa.spec import SpecError
+
+    def stopping(signum: int) -> None:
+        err.print(
+            "\n[yellow]stopping[/]: saving what finished (press Ctrl-C again to exit at once)"
+        )
+
+    async def main() -> Any:
+        with cancel_on_signals(stopping):
+            if quiet:
+                return await start(None)
+            progress = RunProgress([list(layer.agents) for layer in graph_spec.layers])
+            with Live(progress.render(), console=err, refresh_per_second=8) as live:
+
+                def on_event(mode: str, chunk: Any) -> None:
+                    progress.feed(mode, chunk)
+                    live.update(progress.render())
+
+                return await start(on_event)
+
+    try:
+        return asyncio.run(main())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        err.print(f"run interrupted; continue it with `moa resume {thread}`")
+        raise typer.Exit(EXIT_CODE) from None
+    except (SpecError, ModelConfigError, ValueError) as exc:
+        fail(str(exc), 2)
+    except RegistryError as exc:
+        fail(str(exc))
+    except Exception as exc:
+        fail(f"{type(exc).__name__}: {exc}; continue the run with `moa resume {thread}`")
+
+
+def print_result(result: Any, as_json: bool) -> None:
+    """Print a run's answer (or what a paused run waits for) and a summary line."""
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+        return
+    if result.status == "interrupted":
+        from rich.markup import escape
+
+        what = escape(json.dumps(result.interrupts or [{"next": result.next}], default=str))
+        err.print(
+            f"[magenta]run paused[/] (thread {result.thread_id}), waiting for: {what}\n"
+            f"go on with `moa resume {result.thread_id} --approve`, or replace a proposal "
+            "with --edit AGENT=TEXT / --edit-file FILE",
+            markup=True,
+            highlight=False,
+        )
+    else:
+        out.print(result.answer or "", markup=False, highlight=False)
+    tokens = result.usage.get("total_tokens", 0)
+    err.print(
+        f"[dim]thread {result.thread_id} · run {result.run_id} · {result.status} · "
+        f"{tokens} tokens[/]"
+    )
+
+
+ThreadArg = Annotated[str, typer.Argument(help="Thread id (see `moa runs`).")]
+StaleAfterOpt = Annotated[
+    float,
+    typer.Option(
+        "--stale-after",
+        help="Seconds without a heartbeat after which a run's process counts as gone.",
+    ),
+]
+
+
+def store_call(coro: Any) -> Any:
+    """Run a store query; errors become one clear line."""
+    import asyncio
+
+    from langgraph_moa.persistence.registry import RegistryError
+
+    try:
+        return asyncio.run(coro)
+    except RegistryError as exc:
+        fail(str(exc))

@@ -1,0 +1,161 @@
+"""`moa eval`: score specs on a dataset against their single-model baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from langgraph_moa.cli.common import (
+    BaseUrlOpt,
+    DbOpt,
+    ModelOpt,
+    PresetOpt,
+    SpecOpt,
+    err,
+    fail,
+    out,
+    resolve_spec,
+    uses_local_model,
+)
+
+
+def eval_command(
+    dataset: Annotated[
+        str, typer.Argument(help="JSONL dataset file, or a built-in dataset: basic.")
+    ],
+    spec: SpecOpt = None,
+    preset_name: PresetOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    compare: Annotated[
+        list[Path] | None,
+        typer.Option("--compare", help="Another spec file to evaluate too; repeatable."),
+    ] = None,
+    no_baselines: Annotated[
+        bool,
+        typer.Option(
+            "--no-baselines",
+            help="Evaluate the spec as it is, without its derived single-model and Self-MoA specs.",
+        ),
+    ] = False,
+    best: Annotated[
+        str | None,
+        typer.Option(
+            "--best",
+            help="Agent whose model is the single model (default: the "
+            "first agent of the first layer).",
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", min=2, help="Self-MoA samples (default: first-layer width)."),
+    ] = None,
+    temperature: Annotated[
+        float, typer.Option("--sample-temperature", min=0.01, max=2.0, help="Self-MoA sampling.")
+    ] = 0.7,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            "--judge",
+            help="Judge model for rubric items: a model entry of the spec, 'provider:model', "
+            "or a model name at --judge-base-url (default: the final synthesizer's model).",
+        ),
+    ] = None,
+    judge_base_url: Annotated[
+        str | None, typer.Option("--judge-base-url", help="OpenAI-compatible URL of --judge.")
+    ] = None,
+    db: DbOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Evaluation id (default: dataset name + hash of its items)."),
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Drop this evaluation's stored results first.")
+    ] = False,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-j", min=1, help="Runs at once.")
+    ] = 4,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the first N items.")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON here.")
+    ] = None,
+    chart: Annotated[
+        Path | None, typer.Option("--chart", help="Write a PNG chart here (needs matplotlib).")
+    ] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the table as Markdown.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress view.")] = False,
+) -> None:
+    """Score specs on DATASET: the spec's best single model, Self-MoA of it and the MoA side
+    by side (accuracy or win rate with 95% Wilson intervals, tokens, cost, latency).
+
+    Every result is stored (--db); rerunning an interrupted evaluation skips what is done."""
+    import asyncio
+
+    from langgraph_moa.eval import ChartUnavailable, DatasetError, EvalSchemaError, load_dataset
+    from langgraph_moa.eval.command import (
+        EvalOptions,
+        build_specs,
+        default_eval_id,
+        execute,
+        judge_model,
+    )
+    from langgraph_moa.eval.report import require_matplotlib
+    from langgraph_moa.graphs import with_default_model
+    from langgraph_moa.models import ModelConfigError
+    from langgraph_moa.spec import ModelSpec, SpecError, load_spec
+
+    if chart is not None:
+        try:
+            require_matplotlib()
+        except ChartUnavailable as exc:
+            fail(str(exc), 2)
+    try:
+        items = load_dataset(dataset)
+    except DatasetError as exc:
+        fail(str(exc), 2)
+    eval_id = name or default_eval_id(dataset, items)
+    items = items[:limit] if limit else items
+    main_spec = resolve_spec(spec, preset_name, model, base_url)
+    try:
+        extra = [load_spec(p) for p in compare or []]
+        if model or base_url:
+            default = ModelSpec(model=model, base_url=base_url)
+            extra = [with_default_model(s, default) for s in extra]
+        specs = build_specs(
+            main_spec,
+            extra,
+            baselines=not no_baselines,
+            best=best,
+            samples=samples,
+            temperature=temperature,
+        )
+    except (SpecError, ValueError) as exc:
+        fail(str(exc), 2)
+    if not quiet and any(uses_local_model(s.spec) for s in specs):
+        err.print(
+            "[dim]Using the embedded local model (SmolLM2-135M); point at a real model with "
+            "--model/--base-url or MOA_MODEL (see `moa models`).[/]"
+        )
+    options = EvalOptions(
+        items=items,
+        specs=specs,
+        eval_id=eval_id,
+        db=db,
+        judge=judge_model(main_spec, judge, judge_base_url),
+        concurrency=concurrency,
+        fresh=fresh,
+        json_path=json_path,
+        chart=chart,
+        markdown=markdown,
+        quiet=quiet,
+    )
+    try:
+        asyncio.run(execute(options, out, err))
+    except (EvalSchemaError, ModelConfigError) as exc:
+        fail(str(exc), 2)

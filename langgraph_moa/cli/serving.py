@@ -1,0 +1,197 @@
+"""`moa serve` (the LangGraph Server API) and `moa worker` (queued runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from langgraph_moa.cli.common import DbOpt, err, fail
+
+if TYPE_CHECKING:
+    from langgraph_moa.spec import GraphSpec
+
+
+def worker(
+    db: DbOpt = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", help="Runs at a time in this process.")
+    ] = 4,
+    queues: Annotated[
+        str, typer.Option("--queues", "-q", help="Comma-separated queues to take runs from.")
+    ] = "moa",
+    name: Annotated[str | None, typer.Option("--name", help="Worker name in logs.")] = None,
+    heartbeat: Annotated[
+        float, typer.Option("--heartbeat", help="Seconds between worker heartbeats.")
+    ] = 10.0,
+    stalled_after: Annotated[
+        float,
+        typer.Option(
+            "--stalled-after",
+            help="Seconds without a heartbeat after which a worker is dead and its runs "
+            "are re-queued (at least twice --heartbeat).",
+        ),
+    ] = 60.0,
+    reap_interval: Annotated[
+        float, typer.Option("--reap-interval", help="Seconds between dead-worker checks.")
+    ] = 10.0,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            help="On SIGTERM, seconds runs get to reach a checkpoint before they are "
+            "cancelled; either way they go back to the queue.",
+        ),
+    ] = 30.0,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", help="Queue a run at most this many times.")
+    ] = 5,
+    setup: Annotated[
+        bool, typer.Option("--setup", help="Create the queue and run tables, then exit.")
+    ] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "INFO",
+) -> None:
+    """Execute queued runs (procrastinate on the PostgreSQL --db); SIGTERM drains."""
+    import asyncio
+    import logging
+
+    from langgraph_moa.runtime import workers
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if setup:
+            asyncio.run(workers.setup(db))
+            err.print("worker tables are ready")
+            return
+        settings = workers.WorkerSettings(
+            db_url=db,
+            concurrency=concurrency,
+            queues=tuple(q.strip() for q in queues.split(",")),
+            name=name,
+            heartbeat_interval=heartbeat,
+            stalled_after=stalled_after,
+            reap_interval=reap_interval,
+            shutdown_grace=grace,
+            max_attempts=max_attempts,
+        )
+        workers.conninfo_of(db)
+    except workers.WorkerConfigError as exc:
+        fail(str(exc), 2)
+    asyncio.run(workers.serve(settings))
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(
+    spec: Annotated[
+        list[Path] | None,
+        typer.Option("--spec", "-s", help="Spec file to serve; repeat for several assistants."),
+    ] = None,
+    preset_name: Annotated[
+        list[str] | None,
+        typer.Option("--preset", "-p", help="Built-in spec to serve (layered, team); repeatable."),
+    ] = None,
+    db: DbOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8123,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="Serve without API keys (only with --host 127.0.0.1)."),
+    ] = False,
+    api_keys_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--api-keys-file",
+            envvar="MOA_API_KEYS_FILE",
+            help="File of API keys, one per line (or MOA_API_KEYS, comma-separated).",
+        ),
+    ] = None,
+    max_concurrency: Annotated[
+        int, typer.Option("--max-concurrency", help="Runs executing at once in this process.")
+    ] = 8,
+    use_workers: Annotated[
+        bool,
+        typer.Option(
+            "--workers",
+            help="Queue runs to `moa worker` processes (PostgreSQL --db) instead of running "
+            "them in this process.",
+        ),
+    ] = False,
+    heartbeat: Annotated[
+        float, typer.Option("--heartbeat", help="Seconds between SSE heartbeats.")
+    ] = 5.0,
+    max_body: Annotated[
+        int, typer.Option("--max-body", help="Largest request body in bytes.")
+    ] = 1024 * 1024,
+    log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "info",
+) -> None:
+    """Serve specs over HTTP with the LangGraph Server API (langgraph-sdk, Agent Chat UI,
+    LangGraph Studio). Every spec is an assistant addressed by its name."""
+    try:
+        import uvicorn
+
+        from langgraph_moa.server import ServerOptions, create_app, load_api_keys
+    except ImportError as exc:
+        fail(f"the server needs the `server` extra: pip install 'langgraph-moa[server]' ({exc})")
+    from langgraph_moa.graphs import preset
+    from langgraph_moa.spec import SpecError, load_spec
+
+    specs: list[GraphSpec] = []
+    try:
+        specs += [load_spec(p) for p in spec or []]
+        specs += [preset(name) for name in preset_name or []]
+    except (SpecError, ValueError) as exc:
+        fail(str(exc), 2)
+    if not specs:
+        specs = [preset("layered")]
+    keys: list[str] = []
+    if no_auth:
+        if host not in LOOPBACK:
+            fail(
+                f"--no-auth is only allowed with --host 127.0.0.1, not {host!r}: anyone who "
+                "can reach the port could run and read every thread. Configure API keys "
+                "(MOA_API_KEYS or --api-keys-file) instead",
+                2,
+            )
+    else:
+        try:
+            keys = load_api_keys(keys_file=api_keys_file)
+        except ValueError as exc:
+            fail(str(exc), 2)
+        if not keys:
+            fail(
+                "no API keys: set MOA_API_KEYS (comma-separated) or --api-keys-file, or serve "
+                "on 127.0.0.1 with --no-auth",
+                2,
+            )
+    executor: Any = None
+    if use_workers:
+        from langgraph_moa.runtime import workers
+
+        try:
+            workers.conninfo_of(db)
+        except workers.WorkerConfigError as exc:
+            fail(str(exc), 2)
+        executor = workers.ProcrastinateExecutor(db)
+    options = ServerOptions(max_concurrency=max_concurrency, heartbeat=heartbeat)
+    try:
+        application = create_app(
+            specs,
+            db_url=db,
+            api_keys=keys,
+            auth=not no_auth,
+            executor=executor,
+            options=options,
+            max_body=max_body,
+        )
+    except ValueError as exc:
+        fail(str(exc), 2)
+    err.print(
+        f"serving {', '.join(s.name for s in specs)} on http://{host}:{port} "
+        f"({'no auth' if no_auth else f'{len(keys)} API key(s)'}; docs at /docs)"
+    )
+    uvicorn.run(application, host=host, port=port, log_level=log_level.lower())

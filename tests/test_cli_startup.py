@@ -1,0 +1,70 @@
+"""`moa` start-up stays light: the command line imports what a command uses, nothing more.
+
+Checked on the modules a real ``moa`` process ends up with (not on timings; those are in
+bench/startup.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = {
+    "langgraph",
+    "langchain_core",
+    "langchain_openai",
+    "openai",
+    "httpx",
+    "sqlalchemy",
+    "llama_cpp",
+    "fastapi",
+    "procrastinate",
+}
+PROBE = """
+import json, sys
+sys.argv = ["moa", *json.loads(sys.argv[1])]
+from langgraph_moa.cli import main
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def _modules(*args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] in (0, None), done.stderr[-2000:]
+    return set(report["modules"])
+
+
+def test_help_imports_no_framework() -> None:
+    loaded = _modules("--help")
+    assert "typer" in loaded
+    assert not loaded & (HEAVY | {"pydantic", "asyncio"})
+
+
+@pytest.mark.parametrize("command", ["run", "runs", "serve", "worker", "eval", "resume"])
+def test_command_help_imports_no_framework(command: str) -> None:
+    # typer itself validates parameters with pydantic: only our imports are checked here
+    loaded = _modules(command, "--help")
+    assert not loaded & HEAVY
+
+
+def test_spec_validate_imports_no_langgraph() -> None:
+    loaded = _modules("spec", "validate", "examples/specs/team.yaml")
+    assert "pydantic" in loaded  # it did validate the spec
+    assert not loaded & HEAVY
