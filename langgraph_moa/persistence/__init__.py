@@ -15,9 +15,10 @@ async with AsyncSQLAlchemySaver.from_url("postgresql://user@host/db") as saver:
 
 - URLs: any driver spelling; the async saver switches to the async driver itself
   (:mod:`.urls`). Tables are prefixed ``moa_`` and versioned (:mod:`.schema`).
-- Fencing: a ``put`` whose parent is no longer the thread's latest checkpoint raises
-  :class:`CheckpointConflictError` (LangGraph's ``update_state`` and time-travel forks are
-  allowed; for new input on an old checkpoint pass ``configurable["moa_fork"] = True``).
+- Fencing by run ownership: writes whose config carries the run executor's lease token
+  (``configurable["__moa_lease__"]``) raise :class:`CheckpointConflictError` unless that
+  token still holds the thread's lease in ``moa_threads``; without a token nothing is
+  fenced, exactly like LangGraph's own savers (resume, time travel, forks all work).
 - Types: deserialization is strict; register your state's classes with
   ``serde_allowlist=[MyModel, ...]`` or ``serde_allowlist=schema_allowlist(State)``.
   ``encrypt=True`` encrypts stored values with ``$LANGGRAPH_AES_KEY``.
@@ -33,8 +34,8 @@ from langgraph_moa.persistence.errors import (
     SchemaVersionError,
 )
 from langgraph_moa.persistence.saver import (
-    FORK_CONFIG_KEY,
     INLINE_MAX_BYTES,
+    LEASE_CONFIG_KEY,
     AsyncSQLAlchemySaver,
     SQLAlchemySaver,
 )
@@ -43,8 +44,8 @@ from langgraph_moa.persistence.serde import make_serde, schema_allowlist
 from langgraph_moa.persistence.urls import async_url, create_async_engine, create_engine, sync_url
 
 __all__ = [
-    "FORK_CONFIG_KEY",
     "INLINE_MAX_BYTES",
+    "LEASE_CONFIG_KEY",
     "SCHEMA_VERSION",
     "AsyncSQLAlchemySaver",
     "CheckpointConflictError",

@@ -34,7 +34,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert
 
-from langgraph_moa.persistence.schema import blobs, checkpoints, heads, writes
+from langgraph_moa.persistence.schema import blobs, checkpoints, heads, lease_threads, writes
 
 __all__ = ["Prepared", "Statements"]
 
@@ -127,18 +127,6 @@ class Statements:
         return and_(heads.c.thread_id == _b("t"), heads.c.checkpoint_ns == _b("ns"))
 
     @property
-    def head_cas(self) -> Prepared:
-        """Move the head from ``parent`` to ``new``; rowcount 0 if it is elsewhere."""
-        return self.get(
-            "head_cas",
-            lambda: (
-                update(heads)
-                .where(self._head_where(), heads.c.checkpoint_id == _b("parent"))
-                .values(checkpoint_id=_b("new"), updated_at=_b("now", heads.c.updated_at.type))
-            ),
-        )
-
-    @property
     def head_advance(self) -> Prepared:
         """Move the head to ``new`` if that is a later id."""
         return self.get(
@@ -151,18 +139,6 @@ class Statements:
         )
 
     @property
-    def head_set(self) -> Prepared:
-        """Move the head to ``new`` unconditionally."""
-        return self.get(
-            "head_set",
-            lambda: (
-                update(heads)
-                .where(self._head_where())
-                .values(checkpoint_id=_b("new"), updated_at=_b("now", heads.c.updated_at.type))
-            ),
-        )
-
-    @property
     def head_insert(self) -> Prepared:
         """Create the head row (skipped if one exists)."""
         return self.get("head_insert", lambda: self.insert_ignore(heads))
@@ -170,6 +146,30 @@ class Statements:
     @property
     def head_get(self) -> Prepared:
         return self.get("head_get", lambda: select(heads.c.checkpoint_id).where(self._head_where()))
+
+    # -- thread lease (moa_threads, owned by the run registry) ----------------------------
+
+    @property
+    def lease_get(self) -> Prepared:
+        """The lease token of thread ``t``, row-locked on PostgreSQL/MySQL (SQLite's
+        write transaction already excludes the registry)."""
+
+        def build() -> Any:
+            q = select(lease_threads.c.lease_token).where(lease_threads.c.thread_id == _b("t"))
+            return q if self.backend == "sqlite" else q.with_for_update()
+
+        return self.get("lease_get", build)
+
+    def _lease_cte(self) -> Any:
+        """PostgreSQL: one row if thread ``t``'s lease is ``lease`` (the row locked)."""
+        t = lease_threads
+        return (
+            select(literal_column("1").label("held"))
+            .select_from(t)
+            .where(t.c.thread_id == _b("t"), t.c.lease_token == _b("lease"))
+            .with_for_update()
+            .cte("lease")
+        )
 
     # -- put / put_writes ------------------------------------------------------------
 
@@ -377,50 +377,43 @@ class Statements:
 
     # -- PostgreSQL: one statement per write -------------------------------------------
 
-    def pg_put(self, mode: str, n_blobs: int) -> Prepared:
+    def pg_put(self, n_blobs: int, lease: bool) -> Prepared:
         """``put`` as one statement (data-modifying CTEs), atomic in autocommit mode.
 
-        ``fenced``: move the head from ``parent`` to ``new`` and, only if that matched,
-        insert the blobs and the checkpoint; returns one row if it did. ``root``/``fork``:
-        create or advance (``fork``: set) the head and insert; returns one row.
+        Creates or advances the head and inserts the blobs and the checkpoint; returns
+        one row. With ``lease``, does all of it only if thread ``t``'s lease token is
+        ``lease`` (its ``moa_threads`` row locked meanwhile), and returns no row if not.
         One round trip instead of five (BEGIN, head, blobs, checkpoint, COMMIT).
         """
 
         def build() -> Any:
             pg = postgresql
-            if mode == "fenced":
-                head = (
-                    update(heads)
-                    .where(self._head_where(), heads.c.checkpoint_id == _b("parent"))
-                    .values(checkpoint_id=_b("new"), updated_at=_b("now", heads.c.updated_at.type))
-                    .returning(heads.c.checkpoint_id)
-                    .cte("head")
+            held = self._lease_cte() if lease else None
+
+            def guarded(src: Any) -> Any:
+                if held is None:
+                    return src
+                return src.where(select(literal_column("1")).select_from(held).exists())
+
+            ins = pg.insert(heads).from_select(
+                ["thread_id", "checkpoint_ns", "checkpoint_id", "updated_at"],
+                guarded(select(_b("t"), _b("ns"), _b("new"), _b("now", heads.c.updated_at.type))),
+            )
+            head = (
+                ins.on_conflict_do_update(
+                    index_elements=["thread_id", "checkpoint_ns"],
+                    set_={
+                        "checkpoint_id": ins.excluded.checkpoint_id,
+                        "updated_at": ins.excluded.updated_at,
+                    },
+                    where=heads.c.checkpoint_id < ins.excluded.checkpoint_id,
                 )
-            else:
-                ins = pg.insert(heads).values(
-                    thread_id=_b("t"),
-                    checkpoint_ns=_b("ns"),
-                    checkpoint_id=_b("new"),
-                    updated_at=_b("now", heads.c.updated_at.type),
-                )
-                head = (
-                    ins.on_conflict_do_update(
-                        index_elements=["thread_id", "checkpoint_ns"],
-                        set_={
-                            "checkpoint_id": ins.excluded.checkpoint_id,
-                            "updated_at": ins.excluded.updated_at,
-                        },
-                        where=None
-                        if mode == "fork"
-                        else heads.c.checkpoint_id < ins.excluded.checkpoint_id,
-                    )
-                    .returning(heads.c.checkpoint_id)
-                    .cte("head")
-                )
-            matched = select(literal_column("1")).select_from(head).exists()
+                .returning(heads.c.checkpoint_id)
+                .cte("head")
+            )
             stmt: Any = select(literal_column("1"))
-            if mode == "fenced":
-                stmt = stmt.select_from(head)
+            if held is not None:
+                stmt = stmt.select_from(held)
             if n_blobs:
                 rows = union_all(
                     *[
@@ -435,12 +428,9 @@ class Statements:
                         for i in range(n_blobs)
                     ]
                 ).subquery("b")
-                src = select(*rows.c)
-                if mode == "fenced":
-                    src = src.where(matched)
                 blob_cte = (
                     pg.insert(blobs)
-                    .from_select([c.name for c in rows.c], src)
+                    .from_select([c.name for c in rows.c], guarded(select(*rows.c)))
                     .on_conflict_do_nothing()
                     .cte("blobs")
                 )
@@ -454,8 +444,6 @@ class Statements:
                 bindparam("checkpoint", type_=LargeBinary()),
                 cast(_b("metadata"), postgresql.JSONB),
             )
-            if mode == "fenced":
-                ck_src = ck_src.where(matched)
             ck_ins = pg.insert(checkpoints).from_select(
                 [
                     "thread_id",
@@ -466,7 +454,7 @@ class Statements:
                     "checkpoint",
                     "metadata",
                 ],
-                ck_src,
+                guarded(ck_src),
             )
             ck_cte = ck_ins.on_conflict_do_update(
                 index_elements=["thread_id", "checkpoint_ns", "checkpoint_id"],
@@ -475,12 +463,9 @@ class Statements:
                     for c in ("parent_checkpoint_id", "type", "checkpoint", "metadata")
                 },
             ).cte("ck")
-            stmt = stmt.add_cte(ck_cte)
-            if mode != "fenced":
-                stmt = stmt.add_cte(head)
-            return stmt
+            return stmt.add_cte(ck_cte).add_cte(head)
 
-        return self.get(("pg_put", mode, n_blobs), build)
+        return self.get(("pg_put", n_blobs, lease), build)
 
     def multi_insert(self, n: int, upsert: bool) -> Prepared:
         """``n`` pending writes in one INSERT statement (bind names ``<column><i>``)."""
@@ -492,6 +477,33 @@ class Statements:
             return self.insert_ignore(writes).values(rows)
 
         return self.get(("writes_multi", n, upsert), build)
+
+    def pg_writes_leased(self, n: int, upsert: bool) -> Prepared:
+        """PostgreSQL: ``n`` pending writes in one statement, inserted only if thread
+        ``t``'s lease token is ``lease`` (row locked); returns a row only then."""
+
+        def build() -> Any:
+            held = self._lease_cte()
+            rows = union_all(
+                *[
+                    select(*[_typed(f"{c.name}{i}", c).label(c.name) for c in writes.c])
+                    for i in range(n)
+                ]
+            ).subquery("w")
+            src = select(*rows.c).where(select(literal_column("1")).select_from(held).exists())
+            ins = postgresql.insert(writes).from_select([c.name for c in writes.c], src)
+            cols = ("task_path", "channel", "type", "blob")
+            done = (
+                ins.on_conflict_do_update(
+                    index_elements=[c.name for c in writes.primary_key.columns],
+                    set_={c: ins.excluded[c] for c in cols},
+                )
+                if upsert
+                else ins.on_conflict_do_nothing()
+            )
+            return select(literal_column("1")).select_from(held).add_cte(done.cte("ins"))
+
+        return self.get(("writes_leased", n, upsert), build)
 
 
 def _typed(name: str, column: Any) -> Any:

@@ -33,24 +33,25 @@ class SchemaVersionError(PersistenceError):
 
 
 class CheckpointConflictError(PersistenceError):
-    """A ``put`` whose parent is no longer the latest checkpoint of its thread/namespace.
+    """A ``put``/``put_writes`` whose run no longer holds its thread's lease.
 
-    Another writer extended the thread since this one read it. Reload the thread
-    (``graph.get_state``) and retry, or fork on purpose (``graph.update_state`` or
-    ``configurable["moa_fork"] = True``).
+    The run executor passes its lease token as ``configurable["__moa_lease__"]``; the
+    saver refuses the write when the thread's lease (``moa_threads.lease_token``) is
+    free or held by another run: this run lost the thread and must stop. Nothing of
+    the refused write is stored.
     """
 
     def __init__(
-        self, *, thread_id: str, checkpoint_ns: str, parent_id: str, latest_id: str | None
+        self, *, thread_id: str, checkpoint_ns: str, token: str, holder: str | None
     ) -> None:
-        ns = f" namespace {checkpoint_ns!r}" if checkpoint_ns else ""
+        ns = f" (namespace {checkpoint_ns!r})" if checkpoint_ns else ""
+        held = "is free" if holder is None else "is held by another run"
         super().__init__(
-            f"thread {thread_id!r}{ns}: this checkpoint's parent {parent_id} is no longer the "
-            f"latest checkpoint (the latest is {latest_id}); another process wrote to the "
-            "thread meanwhile. Reload the thread and retry, or fork on purpose with "
-            "graph.update_state(...) or configurable['moa_fork']=True."
+            f"thread {thread_id!r}{ns}: write refused, the thread's lease {held} "
+            f"(this writer's lease token {token!r} is stale); this run no longer owns "
+            "the thread and must stop"
         )
         self.thread_id = thread_id
         self.checkpoint_ns = checkpoint_ns
-        self.parent_id = parent_id
-        self.latest_id = latest_id
+        self.token = token
+        self.holder = holder

@@ -34,6 +34,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    column,
+    table,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeEngine
@@ -44,6 +46,7 @@ __all__ = [
     "blobs",
     "checkpoints",
     "heads",
+    "lease_threads",
     "metadata",
     "migrations",
     "writes",
@@ -153,6 +156,11 @@ heads = Table(
     Column("updated_at", Float, nullable=False),  # unindexed: updates stay HOT on PG
     **_SMALL_ROWS,
 )
+
+
+lease_threads = table("moa_threads", column("thread_id", String()), column("lease_token", String()))
+"""The lease columns the savers read of the run registry's ``moa_threads`` (the registry
+creates and migrates that table; the savers only check a writer's lease token in it)."""
 
 
 def _v1(conn: Connection) -> None:

@@ -11,11 +11,13 @@ channel, version) to the blobs table, so a channel that did not change is not wr
 again. ``get_tuple`` is one indexed query, plus one primary-key lookup of blobs when
 the checkpoint has large values.
 
-Fencing: ``put`` moves the thread/namespace head from the parent to the new checkpoint
-in the same transaction; if another writer moved it first, the put fails with
-:class:`CheckpointConflictError` instead of silently forking the chain. LangGraph's own
-forks (``update_state``, time travel: metadata ``source`` ``"update"``/``"fork"``, or
-``configurable["moa_fork"] = True``) move the head unconditionally.
+Fencing by run ownership: a ``put``/``put_writes`` whose config carries a lease token
+(``configurable["__moa_lease__"]``, set by the run executor) checks, in its own
+transaction, that the token still holds the thread's lease in ``moa_threads`` (row
+locked on PostgreSQL/MySQL; SQLite's write lock) and raises
+:class:`CheckpointConflictError` otherwise, storing nothing. Without a token there is
+no fencing, as with LangGraph's own savers: any checkpoint may be written after any
+other (resume, time travel, forks), and the latest is the one with the largest id.
 
 Modules, each a layer of one class chain (bottom first): ``_connections`` (pooled
 connections, transactions, retries), ``_setup`` (ENGINE CREATION and schema set-up:
@@ -24,8 +26,8 @@ get_tuple, list), ``_admin`` (delete, copy, prune, retention), ``_api`` (the pub
 sync/async pairs, written once over two adapters), ``sync`` and ``aio`` (the savers).
 """
 
-from langgraph_moa.persistence.saver._codec import FORK_CONFIG_KEY, INLINE_MAX_BYTES
+from langgraph_moa.persistence.saver._codec import INLINE_MAX_BYTES, LEASE_CONFIG_KEY
 from langgraph_moa.persistence.saver.aio import AsyncSQLAlchemySaver
 from langgraph_moa.persistence.saver.sync import SQLAlchemySaver
 
-__all__ = ["FORK_CONFIG_KEY", "INLINE_MAX_BYTES", "AsyncSQLAlchemySaver", "SQLAlchemySaver"]
+__all__ = ["INLINE_MAX_BYTES", "LEASE_CONFIG_KEY", "AsyncSQLAlchemySaver", "SQLAlchemySaver"]

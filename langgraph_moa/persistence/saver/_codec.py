@@ -27,16 +27,22 @@ from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from langgraph_moa.persistence.saver._setup import Setup
 from langgraph_moa.persistence.schema import CHANNEL_MAX, THREAD_ID_MAX
 
-FORK_CONFIG_KEY = "moa_fork"
-"""``configurable`` flag of a run that forks a thread on purpose from an older checkpoint."""
+LEASE_CONFIG_KEY = "__moa_lease__"
+"""``configurable`` key of the run executor's lease token: writes carrying it are fenced
+(refused unless the token holds the thread's lease in ``moa_threads``). A dunder key, so
+LangGraph passes it to every put/put_writes but never copies it into metadata."""
 
 INLINE_MAX_BYTES = 256
 """Channel values up to this size (serialized) are stored inside the checkpoint row."""
 
 _BLOBS_KEY = "__moa_blobs__"  # document key: the channels whose values are in the blobs table
-_FORK_SOURCES = frozenset({"fork", "update"})
-_REPLAY_KEY = "__pregel_replay_state"  # langgraph replays a subgraph from an older checkpoint
 _CACHE_MAX = 20_000
+
+
+def lease_token(conf: Any) -> str | None:
+    """The lease token in a ``configurable`` dict, if any."""
+    token = conf.get(LEASE_CONFIG_KEY)
+    return None if token is None else str(token)
 
 
 class PutPlan(NamedTuple):
@@ -46,7 +52,7 @@ class PutPlan(NamedTuple):
     checkpoint_ns: str
     checkpoint_id: str
     parent_id: str | None
-    mode: str  # "root" (no parent), "fenced" or "fork"
+    lease: str | None  # the writer's lease token, checked in the write transaction
     blob_rows: list[dict[str, Any]]
     checkpoint_row: dict[str, Any]
     cache: list[tuple[tuple[str, str, str, str], bool]]
@@ -161,18 +167,12 @@ class Codec(Setup):
             doc[_BLOBS_KEY] = blob_channels
         type_, data = self.serde.dumps_typed(doc)
         md = get_serializable_checkpoint_metadata(config, metadata)
-        fork = (
-            not self.fencing
-            or md.get("source") in _FORK_SOURCES
-            or bool(conf.get(FORK_CONFIG_KEY))
-            or _REPLAY_KEY in conf
-        )
         return PutPlan(
             thread_id=thread_id,
             checkpoint_ns=ns,
             checkpoint_id=checkpoint["id"],
             parent_id=parent_id,
-            mode="root" if parent_id is None else "fork" if fork else "fenced",
+            lease=lease_token(conf),
             blob_rows=blob_rows,
             checkpoint_row={
                 "thread_id": thread_id,

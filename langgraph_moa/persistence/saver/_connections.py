@@ -55,7 +55,6 @@ class Connections(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
         serde_allowlist: Iterable[AllowlistEntry] = (),
         encrypt: bool | str | bytes = False,
-        fencing: bool = True,
         auto_setup: bool = True,
     ) -> None:
         allowlist = list(serde_allowlist)
@@ -66,7 +65,6 @@ class Connections(BaseCheckpointSaver[str]):
             )
         super().__init__(serde=serde or make_serde(allowlist, encrypt=encrypt))
         self._sync_engine = sync_engine
-        self.fencing = fencing
         self.auto_setup = auto_setup
         self.backend = (
             "mysql" if sync_engine.dialect.name == "mariadb" else sync_engine.dialect.name
@@ -95,6 +93,7 @@ class Connections(BaseCheckpointSaver[str]):
         self._closing = False
         self._cache: OrderedDict[tuple[str, str, str, str], bool] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._lease_checked = False  # moa_threads has the lease column (checked once)
 
     def _ensure_ready(self) -> None:
         raise NotImplementedError  # schema.Schema

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -15,11 +15,13 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     get_checkpoint_id,
 )
+from sqlalchemy import inspect
 
 from langgraph_moa.persistence._sql import BUCKETS, Prepared, bucket
-from langgraph_moa.persistence.errors import CheckpointConflictError
-from langgraph_moa.persistence.saver._codec import Codec, PutPlan
-from langgraph_moa.persistence.schema import ID_MAX
+from langgraph_moa.persistence.errors import CheckpointConflictError, PersistenceError
+from langgraph_moa.persistence.saver._codec import LEASE_CONFIG_KEY, Codec, PutPlan, lease_token
+from langgraph_moa.persistence.schema import ID_MAX, lease_threads
+from langgraph_moa.persistence.urls import redact
 
 LIST_CHUNK = 100
 _PG_ONE_STATEMENT_MAX = 32  # rows written by one statement on PostgreSQL
@@ -52,27 +54,57 @@ class HotPath(Codec):
                 out[(channel, version)] = (type_, blob)
         return out
 
+    def _check_lease(self, cur: Any, thread_id: str, checkpoint_ns: str, token: str) -> None:
+        """Inside a write transaction: raise unless ``token`` holds the thread's lease.
+
+        PostgreSQL/MySQL lock the ``moa_threads`` row until the transaction ends, so the
+        lease cannot change hands between this check and the writes; on SQLite the
+        transaction's write lock excludes the registry already.
+        """
+        row = self._run(cur, self._s.lease_get, {"t": thread_id}).fetchone()
+        holder = row[0] if row else None
+        if holder != token:
+            raise CheckpointConflictError(
+                thread_id=thread_id, checkpoint_ns=checkpoint_ns, token=token, holder=holder
+            )
+
+    def _lease_table_ready(self) -> None:
+        """Before the first leased write: a clear error if ``moa_threads`` is missing."""
+        if self._lease_checked:
+            return
+        with self._sa_connect() as conn:
+            columns = (
+                {c["name"] for c in inspect(conn).get_columns(lease_threads.name)}
+                if inspect(conn).has_table(lease_threads.name)
+                else set()
+            )
+        if "lease_token" not in columns:
+            raise PersistenceError(
+                f"a write carries a lease token (configurable[{LEASE_CONFIG_KEY!r}]) but "
+                f"{redact(self._sync_engine.url)} has no moa_threads table with a "
+                "lease_token column: set up the run registry (RunRegistry.setup()) on this "
+                f"database, or drop {LEASE_CONFIG_KEY!r} from the config for unfenced writes"
+            )
+        self._lease_checked = True
+
     def _put_tx(self, cur: Any, plan: PutPlan) -> None:
         s = self._s
-        values = {
-            "t": plan.thread_id,
-            "ns": plan.checkpoint_ns,
-            "new": plan.checkpoint_id,
-            "parent": plan.parent_id,
-            "now": plan.now,
+        if plan.lease is not None:
+            self._check_lease(cur, plan.thread_id, plan.checkpoint_ns, plan.lease)
+        head_row = {
+            "thread_id": plan.thread_id,
+            "checkpoint_ns": plan.checkpoint_ns,
+            "checkpoint_id": plan.checkpoint_id,
+            "updated_at": plan.now,
         }
-        if plan.mode == "fenced":
-            if self._run(cur, s.head_cas, values).rowcount != 1:
-                self._resolve_conflict(cur, plan, values)
-        else:
-            head_row = {
-                "thread_id": plan.thread_id,
-                "checkpoint_ns": plan.checkpoint_ns,
-                "checkpoint_id": plan.checkpoint_id,
-                "updated_at": plan.now,
+        if self._run(cur, s.head_insert, head_row).rowcount != 1:
+            values = {
+                "t": plan.thread_id,
+                "ns": plan.checkpoint_ns,
+                "new": plan.checkpoint_id,
+                "now": plan.now,
             }
-            if self._run(cur, s.head_insert, head_row).rowcount != 1:
-                self._run(cur, s.head_set if plan.mode == "fork" else s.head_advance, values)
+            self._run(cur, s.head_advance, values)
         if plan.blob_rows:
             p = s.blob_insert
             if len(plan.blob_rows) == 1:
@@ -82,7 +114,7 @@ class HotPath(Codec):
         self._run(cur, s.checkpoint_upsert, plan.checkpoint_row)
 
     def _put_pg_tx(self, cur: Any, plan: PutPlan) -> bool:
-        """``put`` in one statement; False if the head was not at the parent."""
+        """``put`` in one statement; False if the writer's lease token did not hold."""
         values: dict[str, Any] = {
             "t": plan.thread_id,
             "ns": plan.checkpoint_ns,
@@ -92,37 +124,15 @@ class HotPath(Codec):
             "type": plan.checkpoint_row["type"],
             "checkpoint": plan.checkpoint_row["checkpoint"],
             "metadata": plan.checkpoint_row["metadata"],
+            "lease": plan.lease,
         }
         for i, row in enumerate(plan.blob_rows):
             values[f"bc{i}"] = row["channel"]
             values[f"bv{i}"] = row["version"]
             values[f"bt{i}"] = row["type"]
             values[f"bb{i}"] = row["blob"]
-        p = self._s.pg_put(plan.mode, len(plan.blob_rows))
+        p = self._s.pg_put(len(plan.blob_rows), plan.lease is not None)
         return self._run(cur, p, values).fetchone() is not None
-
-    def _resolve_conflict(self, cur: Any, plan: PutPlan, values: dict[str, Any]) -> None:
-        s = self._s
-        row = self._run(cur, s.head_get, values).fetchone()
-        if row is None:
-            head_row = {
-                "thread_id": plan.thread_id,
-                "checkpoint_ns": plan.checkpoint_ns,
-                "checkpoint_id": plan.checkpoint_id,
-                "updated_at": plan.now,
-            }
-            if self._run(cur, s.head_insert, head_row).rowcount == 1:
-                return  # the namespace had no head (older store, or deleted meanwhile)
-            row = self._run(cur, s.head_get, values).fetchone()
-        latest = row[0] if row else None
-        if latest == plan.checkpoint_id:
-            return  # the same checkpoint again: an idempotent retry
-        raise CheckpointConflictError(
-            thread_id=plan.thread_id,
-            checkpoint_ns=plan.checkpoint_ns,
-            parent_id=cast(str, plan.parent_id),
-            latest_id=latest,
-        )
 
     def _put_sync(
         self,
@@ -132,6 +142,10 @@ class HotPath(Codec):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         plan = self._plan_put(config, checkpoint, metadata, new_versions)
+        if plan.lease is not None:
+            self._lease_table_ready()
+        # PostgreSQL: one statement; if the lease did not hold, the transaction below
+        # checks it again and names the holder (or writes, had the lease come back)
         if not (
             self.backend == "postgresql"
             and len(plan.blob_rows) <= _PG_ONE_STATEMENT_MAX
@@ -162,6 +176,9 @@ class HotPath(Codec):
         self._check_keys(thread_id, ns)
         if len(task_id) > ID_MAX:
             raise ValueError(f"task_id {task_id[:80]!r} is longer than {ID_MAX} characters")
+        lease = lease_token(conf)
+        if lease is not None:
+            self._lease_table_ready()
         rows = []
         for idx, (channel, value) in enumerate(writes_):
             type_, data = self.serde.dumps_typed(value)
@@ -179,23 +196,30 @@ class HotPath(Codec):
                 }
             )
         upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes_)
-        if self.backend == "postgresql" and len(rows) <= _PG_ONE_STATEMENT_MAX:
-
-            def one(cur: Any) -> None:
-                p = self._s.multi_insert(len(rows), upsert)
-                values = {f"{k}{i}": v for i, row in enumerate(rows) for k, v in row.items()}
-                cur.execute(p.sql, p.args(values))
-
-            self._write_one(one)
-            return
 
         def tx(cur: Any) -> None:
+            if lease is not None:
+                self._check_lease(cur, thread_id, ns, lease)
             p = self._s.writes_upsert if upsert else self._s.writes_insert
             if len(rows) == 1:
                 cur.execute(p.sql, p.args(rows[0]))
             else:
                 cur.executemany(p.sql, [p.args(r) for r in rows])
 
+        if self.backend == "postgresql" and len(rows) <= _PG_ONE_STATEMENT_MAX:
+
+            def one(cur: Any) -> bool:
+                values = {f"{k}{i}": v for i, row in enumerate(rows) for k, v in row.items()}
+                if lease is None:
+                    p = self._s.multi_insert(len(rows), upsert)
+                    cur.execute(p.sql, p.args(values))
+                    return True
+                values.update(t=thread_id, lease=lease)
+                p = self._s.pg_writes_leased(len(rows), upsert)
+                return self._run(cur, p, values).fetchone() is not None
+
+            if self._write_one(one):
+                return
         self._write(tx)
 
     def _get_tuple_tx(

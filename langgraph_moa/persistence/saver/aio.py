@@ -52,7 +52,6 @@ class AsyncSQLAlchemySaver(SaverAPI):
         serde: SerializerProtocol | None = None,
         serde_allowlist: Iterable[AllowlistEntry] = (),
         encrypt: bool | str | bytes = False,
-        fencing: bool = True,
         auto_setup: bool = True,
         **engine_kwargs: Any,
     ) -> AsyncIterator[AsyncSQLAlchemySaver]:
@@ -64,7 +63,6 @@ class AsyncSQLAlchemySaver(SaverAPI):
             serde=serde,
             serde_allowlist=serde_allowlist,
             encrypt=encrypt,
-            fencing=fencing,
             auto_setup=auto_setup,
         )
         try:
@@ -190,7 +188,6 @@ class AsyncSQLAlchemySaver(SaverAPI):
                     twin = SQLAlchemySaver(
                         twin_engine(self.engine),
                         serde=self.serde,
-                        fencing=self.fencing,
                         auto_setup=self.auto_setup,
                     )
                     self._twin = twin

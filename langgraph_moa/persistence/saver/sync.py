@@ -30,7 +30,6 @@ class SQLAlchemySaver(SaverAPI):
         serde_allowlist: classes (or ``(module, name)`` tuples) that deserialize as
             themselves: pydantic models, dataclasses, enums of your state.
         encrypt: ``True`` to AES-encrypt stored values with ``$LANGGRAPH_AES_KEY``, or a key.
-        fencing: reject a ``put`` whose parent is no longer the latest checkpoint.
         auto_setup: create/migrate the tables on first use (else call :meth:`setup`).
 
     The async methods run the sync ones in a worker thread.
@@ -58,7 +57,6 @@ class SQLAlchemySaver(SaverAPI):
         serde: SerializerProtocol | None = None,
         serde_allowlist: Iterable[AllowlistEntry] = (),
         encrypt: bool | str | bytes = False,
-        fencing: bool = True,
         auto_setup: bool = True,
         **engine_kwargs: Any,
     ) -> Iterator[SQLAlchemySaver]:
@@ -71,7 +69,6 @@ class SQLAlchemySaver(SaverAPI):
                 serde=serde,
                 serde_allowlist=serde_allowlist,
                 encrypt=encrypt,
-                fencing=fencing,
                 auto_setup=auto_setup,
             )
             yield saver
