@@ -50,10 +50,13 @@ def served(
     tmp = tmp_path_factory.mktemp("served")
     chat = moa_spec(srv)
     approve = moa_spec(srv, name="moa-approve", interrupt_before_synthesis=True)
-    server = Served(tmp, [chat, approve], f"sqlite:///{tmp / 'moa.sqlite'}", keys=[KEY_A])
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MOA_CORS_ORIGINS", site.origin)
-        server.start()
+    server = Served(
+        tmp,
+        [chat, approve],
+        f"sqlite:///{tmp / 'moa.sqlite'}",
+        keys=[KEY_A],
+        extra=["--cors-origin", site.origin],
+    ).start()
     try:
         yield server
     finally:

@@ -172,3 +172,28 @@ def test_two_turns_through_the_cli(
     }
     check_second_turn(model_server.requests[turn1:], proposals, Q2, first["answer"])
     assert second["answer"].startswith(f"ANSWER to [{Q2}]")
+
+
+def test_moa_chat_holds_a_conversation_on_stdin(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    spec_file = tmp_path / "chat.yaml"
+    spec_file.write_text(yaml.safe_dump(chat_spec(model_server)))
+    common = ["--spec", str(spec_file), "--db", sqlite_url]
+    done = _moa("chat", "--thread", "tty", *common, stdin=f"{Q1}\n\n{Q2}\n")
+    assert done.returncode == 0, done.stderr
+    answers = [line for line in done.stdout.splitlines() if line.startswith("moa> ")]
+    assert len(answers) == 2
+    assert answers[0].startswith(f"moa> ANSWER to [{Q1}]")
+    assert answers[1].startswith(f"moa> ANSWER to [{Q2}]")
+    synth = [r for r in model_server.requests if r.model == "synth"]
+    assert [m["content"] for m in synth[1].messages[1:]] == [Q1, answers[0][5:], Q2]
+    assert "moa chat --thread tty" in done.stderr
+
+    # a later session shows the conversation so far and continues it
+    again = _moa("chat", "--thread", "tty", *common, stdin=f"{Q3}\n/exit\nnot sent\n")
+    assert again.returncode == 0, again.stderr
+    assert f"you> {Q1}" in again.stderr and answers[1] in again.stderr
+    assert again.stdout.count("moa> ") == 1
+    last = [r for r in model_server.requests if r.model == "synth"][-1]
+    assert last.last_user == Q3 and len(last.messages) == 6  # system, 2 turns, the question

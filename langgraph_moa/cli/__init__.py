@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 
-from langgraph_moa.cli import evaluate, running, runs, serving, specs
+from langgraph_moa.cli import chat, evaluate, running, runs, serving, specs
 from langgraph_moa.cli.common import app, err, spec_app
 
 __all__ = ["app", "main"]
 
 app.command()(running.run)
+app.command()(chat.chat)
 spec_app.command("validate")(specs.spec_validate)
 app.command()(specs.graph)
 app.command()(specs.models)

@@ -128,9 +128,22 @@ def serve(
         int, typer.Option("--max-body", help="Largest request body in bytes.")
     ] = 1024 * 1024,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "info",
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            help="Let pages of this origin call the API from a browser (e.g. "
+            "http://localhost:3000 for Agent Chat UI; '*' for any); repeatable. Default: "
+            "MOA_CORS_ORIGINS (comma-separated), else none.",
+        ),
+    ] = None,
+    no_ui: Annotated[
+        bool, typer.Option("--no-ui", help="Do not serve the run dashboard at /ui.")
+    ] = False,
 ) -> None:
     """Serve specs over HTTP with the LangGraph Server API (langgraph-sdk, Agent Chat UI,
-    LangGraph Studio). Every spec is an assistant addressed by its name."""
+    LangGraph Studio). Every spec is an assistant addressed by its name. The run dashboard
+    is at /ui (log in with an API key)."""
     try:
         import uvicorn
 
@@ -187,11 +200,14 @@ def serve(
             executor=executor,
             options=options,
             max_body=max_body,
+            cors=cors_origin or None,
+            ui=not no_ui,
         )
     except ValueError as exc:
         fail(str(exc), 2)
+    pages = "docs at /docs" if no_ui else "dashboard at /ui, docs at /docs"
     err.print(
         f"serving {', '.join(s.name for s in specs)} on http://{host}:{port} "
-        f"({'no auth' if no_auth else f'{len(keys)} API key(s)'}; docs at /docs)"
+        f"({'no auth' if no_auth else f'{len(keys)} API key(s)'}; {pages})"
     )
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
