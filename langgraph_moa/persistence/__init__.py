@@ -19,8 +19,9 @@ async with AsyncSQLAlchemySaver.from_url("postgresql://user@host/db") as saver:
   (``configurable["__moa_lease__"]``) raise :class:`CheckpointConflictError` unless that
   token still holds the thread's lease in ``moa_threads``; without a token nothing is
   fenced, exactly like LangGraph's own savers (resume, time travel, forks all work).
-- Types: deserialization is strict; register your state's classes with
-  ``serde_allowlist=[MyModel, ...]`` or ``serde_allowlist=schema_allowlist(State)``.
+- Types: LangGraph's safe types, registered classes (``serde_allowlist=[MyModel, ...]``,
+  ``schema_allowlist(State)``) and imported pydantic/dataclass/Enum/NamedTuple state
+  classes come back as themselves; nothing else is imported or called (:mod:`.serde`).
   ``encrypt=True`` encrypts stored values with ``$LANGGRAPH_AES_KEY``.
 - Retention: ``saver.prune_to_last(keep=N)``, ``saver.delete_older_than(timedelta)``,
   ``moa prune``.

@@ -135,6 +135,10 @@ class SafeSerializer(JsonPlusSerializer):
         allowlist: classes or ``(module, name)`` tuples that deserialize as themselves.
         trust_imported_types: also admit the imported state classes (rule 3 above);
             default: on unless ``LANGGRAPH_STRICT_MSGPACK`` is set.
+
+    Decoding is LangGraph's own msgpack ext hook (``_create_msgpack_ext_hook``, which only
+    asks ``(module, name) in allowlist``) given this module's allowlist object, so nested
+    values follow the same rules; tests/test_serde.py pins that behaviour.
     """
 
     def __init__(

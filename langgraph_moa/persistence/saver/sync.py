@@ -26,9 +26,10 @@ class SQLAlchemySaver(SaverAPI):
     Args:
         engine: the engine; see :func:`~langgraph_moa.persistence.urls.create_engine`
             for one set up for several writing processes, or use :meth:`from_url`.
-        serde: a serializer of your own (default: LangGraph's msgpack serde, strict).
+        serde: a serializer of your own (default: :func:`~langgraph_moa.persistence.make_serde`,
+            LangGraph's msgpack format without pickle; see :mod:`~langgraph_moa.persistence.serde`).
         serde_allowlist: classes (or ``(module, name)`` tuples) that deserialize as
-            themselves: pydantic models, dataclasses, enums of your state.
+            themselves even when not imported state classes.
         encrypt: ``True`` to AES-encrypt stored values with ``$LANGGRAPH_AES_KEY``, or a key.
         auto_setup: create/migrate the tables on first use (else call :meth:`setup`).
 
