@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import gc
+import logging
 import operator
 import os
 import subprocess
 import sys
 import threading
 import uuid
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
@@ -23,6 +26,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import SAWarning
 
 from langgraph_moa.persistence import (
     SCHEMA_VERSION,
@@ -761,3 +765,39 @@ async def test_savers_on_engines_of_your_own(sqlite_url: str) -> None:
             assert (await app.aget_state(cfg("e"))).values["value"] == 2
     finally:
         await aengine.dispose()
+
+
+# -- clones made by with_allowlist -------------------------------------------------------
+
+
+async def test_with_allowlist_clones_share_the_savers_connection(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """LangGraph clones the saver on every call under strict msgpack; a clone must not
+    check out a connection of its own that nobody returns (the pool logged on PostgreSQL:
+    "garbage collector is trying to clean up non-checked-in connection")."""
+    caplog.set_level(logging.WARNING, logger="sqlalchemy.pool")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with AsyncSQLAlchemySaver.from_url(db_url) as saver:
+            for i in range(3):
+                clone = saver.with_allowlist({("tests.test_checkpointer", "State")})
+                assert clone is not saver and clone.serde is not saver.serde
+                app = linear_graph(3).compile(checkpointer=clone)
+                assert (await app.ainvoke({"value": 0, "trace": []}, cfg(f"t{i}")))["value"] == 3
+                state = await asyncio.to_thread(app.get_state, cfg(f"t{i}"))  # the sync twin
+                assert state.values["value"] == 3
+                # the saver and its clones hold one connection of the async pool, and
+                # their sync twins one of the sync engine's pool
+                assert saver.engine.pool.checkedout() <= 1  # type: ignore[attr-defined]
+                twin = clone._sync_twin()
+                assert twin.engine.pool.checkedout() <= 1  # type: ignore[attr-defined]
+                del app, clone, twin
+                gc.collect()
+            got = [t.config["configurable"]["thread_id"] async for t in saver.alist(None)]
+            assert sorted(set(got)) == ["t0", "t1", "t2"]
+        assert saver.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, SAWarning | ResourceWarning)]
+    leaks += [r.getMessage() for r in caplog.records if "non-checked-in" in r.getMessage()]
+    assert leaks == []

@@ -43,6 +43,23 @@ def retryable(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
+class Slot:
+    """The connection a saver keeps checked out between operations, with its cursor.
+
+    One object shared by the saver and the shallow clones ``with_allowlist`` makes
+    (``copy.copy`` copies the reference), so a clone never checks out a connection of
+    its own that nobody would return: closing the saver returns the one connection.
+    """
+
+    __slots__ = ("closing", "cursor", "lock", "raw")
+
+    def __init__(self) -> None:
+        self.raw: PoolProxiedConnection | None = None
+        self.cursor: Any = None
+        self.lock = threading.Lock()
+        self.closing = False
+
+
 class Connections(BaseCheckpointSaver[str]):
     """The saver's state and its connection handling, in sync code over the sync face
     of an engine. Subclasses decide how that code runs: directly, in a worker thread,
@@ -87,10 +104,7 @@ class Connections(BaseCheckpointSaver[str]):
             "postgresql": "BEGIN ISOLATION LEVEL REPEATABLE READ",
             "mysql": "START TRANSACTION WITH CONSISTENT SNAPSHOT",
         }[self.backend]
-        self._cached: PoolProxiedConnection | None = None
-        self._cached_cursor: Any = None
-        self._cached_lock = threading.Lock()
-        self._closing = False
+        self._slot = Slot()
         self._cache: OrderedDict[tuple[str, str, str, str], bool] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._lease_checked = False  # moa_threads has the lease column (checked once)
@@ -151,19 +165,19 @@ class Connections(BaseCheckpointSaver[str]):
         The saver keeps one connection checked out between operations, which saves the
         pool's checkout and reset on every call; concurrent callers use the pool.
         """
-        if self._cached_lock.acquire(blocking=False):
+        if self._slot.lock.acquire(blocking=False):
             try:
-                raw = self._cached
+                raw = self._slot.raw
                 if raw is None or not raw.is_valid:
-                    raw = self._cached = self._open()
-                    self._cached_cursor = raw.cursor()
+                    raw = self._slot.raw = self._open()
+                    self._slot.cursor = raw.cursor()
                 yield raw
             finally:
-                if self._closing and self._cached is not None:
-                    raw, self._cached = self._cached, None
-                    self._cached_cursor = None
+                if self._slot.closing and self._slot.raw is not None:
+                    raw, self._slot.raw = self._slot.raw, None
+                    self._slot.cursor = None
                     self._release(raw)
-                self._cached_lock.release()
+                self._slot.lock.release()
         else:
             raw = self._open()
             try:
@@ -173,15 +187,15 @@ class Connections(BaseCheckpointSaver[str]):
 
     def _close_cached(self) -> None:
         """Give the saver's connection back to the pool (now, or when its user is done)."""
-        self._closing = True
-        if self._cached_lock.acquire(blocking=False):
+        self._slot.closing = True
+        if self._slot.lock.acquire(blocking=False):
             try:
-                raw, self._cached = self._cached, None
-                self._cached_cursor = None
+                raw, self._slot.raw = self._slot.raw, None
+                self._slot.cursor = None
                 if raw is not None:
                     self._release(raw)
             finally:
-                self._cached_lock.release()
+                self._slot.lock.release()
 
     def _sa_connect(self) -> Connection:
         """A SQLAlchemy connection; a clear error if the database cannot be reached."""
@@ -224,7 +238,7 @@ class Connections(BaseCheckpointSaver[str]):
         """
         if not self._ready:
             self._ensure_ready()
-        lock = self._cached_lock
+        lock = self._slot.lock
         attempt = 0
         while True:
             mine = lock.acquire(blocking=False)
@@ -232,11 +246,11 @@ class Connections(BaseCheckpointSaver[str]):
             cur: Any = None
             try:
                 if mine:
-                    raw = self._cached
+                    raw = self._slot.raw
                     if raw is None or not raw.is_valid:
-                        raw = self._cached = self._open()
-                        self._cached_cursor = raw.cursor()
-                    cur = self._cached_cursor
+                        raw = self._slot.raw = self._open()
+                        self._slot.cursor = raw.cursor()
+                    cur = self._slot.cursor
                 else:
                     raw = self._open()
                     cur = raw.cursor()
@@ -250,7 +264,7 @@ class Connections(BaseCheckpointSaver[str]):
                 except BaseException as exc:
                     lost = self._abort(raw, exc, cur)
                     if lost and mine:
-                        self._cached = self._cached_cursor = None
+                        self._slot.raw = self._slot.cursor = None
                     attempt += 1
                     if attempt >= RETRIES or not (lost or retryable(exc)):
                         if lost and isinstance(exc, DBAPIError | OSError):
@@ -264,9 +278,9 @@ class Connections(BaseCheckpointSaver[str]):
                     if raw is not None:
                         self._release(raw)
                 else:
-                    if self._closing and self._cached is not None:
-                        self._release(self._cached)
-                        self._cached = self._cached_cursor = None
+                    if self._slot.closing and self._slot.raw is not None:
+                        self._release(self._slot.raw)
+                        self._slot.raw = self._slot.cursor = None
                     lock.release()
             self._sleep(0.02 * attempt * (1 + random.random()))
 

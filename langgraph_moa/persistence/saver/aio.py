@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import sqlite3
 import threading
@@ -23,6 +24,29 @@ from langgraph_moa.persistence.saver.sync import SQLAlchemySaver
 from langgraph_moa.persistence.serde import AllowlistEntry
 
 
+class _Shared:
+    """State a saver shares with its ``with_allowlist`` clones: the locks that order
+    its operations and the sync twin (see :meth:`AsyncSQLAlchemySaver._sync_twin`)."""
+
+    def __init__(self) -> None:
+        self.twin: SQLAlchemySaver | None = None
+        self.twin_lock = threading.Lock()
+        self._alock: asyncio.Lock | None = None
+        self._setup_alock: asyncio.Lock | None = None
+
+    def alock(self) -> asyncio.Lock:
+        """Serializes the operations on an in-memory database (one connection)."""
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        return self._alock
+
+    def setup_alock(self) -> asyncio.Lock:
+        """Serializes set-up and the first schema check."""
+        if self._setup_alock is None:
+            self._setup_alock = asyncio.Lock()
+        return self._setup_alock
+
+
 class AsyncSQLAlchemySaver(SaverAPI):
     """Checkpointer over an ``AsyncEngine`` (aiosqlite, psycopg async, aiomysql).
 
@@ -37,11 +61,8 @@ class AsyncSQLAlchemySaver(SaverAPI):
         super().__init__(engine.sync_engine, **kwargs)
         self.engine = engine
         self._kwargs = kwargs
-        self._alock: asyncio.Lock | None = None
-        self._setup_alock: asyncio.Lock | None = None
+        self._shared = _Shared()  # shared with the clones with_allowlist makes
         self._twin: SQLAlchemySaver | None = None
-        self._twins: list[SQLAlchemySaver] = []
-        self._twin_lock = threading.Lock()
 
     @classmethod
     @asynccontextmanager
@@ -129,8 +150,10 @@ class AsyncSQLAlchemySaver(SaverAPI):
         """Return the saver's connection to the pool and dispose of the sync engine made
         for the sync methods (``from_url`` does this on exit)."""
         await greenlet_spawn(self._close_cached)
-        while self._twins:  # shared with clones made by with_allowlist
-            twin = self._twins.pop()
+        shared = self._shared
+        with shared.twin_lock:
+            twin, shared.twin = shared.twin, None
+        if twin is not None:
             twin.close()
             twin.engine.dispose()
         self._twin = None
@@ -138,24 +161,18 @@ class AsyncSQLAlchemySaver(SaverAPI):
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run the sync storage logic over the async engine."""
         if not self._ready:
-            if self._setup_alock is None:
-                self._setup_alock = asyncio.Lock()
-            async with self._setup_alock:
+            async with self._shared.setup_alock():
                 if not self._ready:
                     await greenlet_spawn(self._check_ready)
         if self._memory:
-            if self._alock is None:
-                self._alock = asyncio.Lock()
-            async with self._alock:
+            async with self._shared.alock():
                 return await greenlet_spawn(fn, *args, **kwargs)
         return await greenlet_spawn(fn, *args, **kwargs)
 
     async def setup(self) -> None:
         """Create the tables or migrate them to this version; idempotent, safe to run
         from several processes at once."""
-        if self._setup_alock is None:
-            self._setup_alock = asyncio.Lock()
-        async with self._setup_alock:
+        async with self._shared.setup_alock():
             await greenlet_spawn(self._setup_sync)
             await greenlet_spawn(self._check_ready)
 
@@ -171,25 +188,30 @@ class AsyncSQLAlchemySaver(SaverAPI):
         clone = cast(AsyncSQLAlchemySaver, super().with_allowlist(extra_allowlist))
         if clone is not self:
             clone._twin = None  # the sync methods need a twin with the new serde
-            clone._twin_lock = threading.Lock()
         return clone
 
     # sync API, on a sync engine of the same database
 
     def _sync_twin(self) -> SQLAlchemySaver:
-        if self._twin is None:
-            with self._twin_lock:
-                if self._twin is None:
+        """The sync saver on a sync engine of the same database: one per saver and its
+        clones (a clone's twin is a shallow copy with the clone's serde, sharing the
+        engine and the connection), closed by :meth:`aclose`."""
+        twin = self._twin
+        if twin is None:
+            shared = self._shared
+            with shared.twin_lock:
+                if shared.twin is None:
                     if self._memory:
                         raise PersistenceError(
                             "an in-memory SQLite database cannot be shared with a second "
                             "engine: use the async methods (ainvoke, aget_state) or a file URL"
                         )
-                    twin = SQLAlchemySaver(
-                        twin_engine(self.engine),
-                        serde=self.serde,
-                        auto_setup=self.auto_setup,
+                    shared.twin = SQLAlchemySaver(
+                        twin_engine(self.engine), serde=self.serde, auto_setup=self.auto_setup
                     )
-                    self._twin = twin
-                    self._twins.append(twin)
-        return self._twin
+                twin = shared.twin
+            if twin.serde is not self.serde:
+                twin = copy.copy(twin)
+                twin.serde = self.serde
+            self._twin = twin
+        return twin
