@@ -4,13 +4,14 @@ tenant scoping and same-origin forms."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from langgraph_moa.testing import ModelServer
+from langgraph_moa.testing import ChatRequest, ModelServer
 from tests.test_server_support import KEY_A, KEY_B, Served, moa_spec, serve
 
 PAGE = "http://127.0.0.1:5173"
@@ -116,6 +117,8 @@ def test_dashboard_login_and_tenants(served: Served) -> None:
     page = a.get(run_page)
     assert "tenant A&#39;s question" in page.text and 'data-state="done"' in page.text
     assert "tenant A&#39;s question" in a.get("/ui").text
+    assert "tenant A&#39;s question" in a.get("/ui?status=success&spec=moa").text
+    assert "tenant A&#39;s question" not in a.get("/ui?status=error").text
     assert "tenant A" not in b.get("/ui").text  # B sees only B's runs
     assert b.get(run_page).status_code == 404
     assert b.post(run_page + "/cancel").status_code == 404
@@ -124,3 +127,58 @@ def test_dashboard_login_and_tenants(served: Served) -> None:
         "/ui/new", data={"assistant": "moa", "task": "x"}, headers={"Origin": "http://evil.example"}
     )
     assert forged.status_code == 403
+
+
+def _follow(client: httpx.Client, run_page: str) -> str:
+    """Wait for the run to stop (its live view ends); its final status."""
+    live = client.get(run_page + "/live")
+    assert live.status_code == 200
+    return live.text.rsplit("event: end", 1)[1].split("data: ", 1)[1].split()[0]
+
+
+def test_dashboard_cancel_resume_and_fork(served: Served, model_server: ModelServer) -> None:
+    release, held = threading.Event(), threading.Event()
+
+    def hold(req: ChatRequest) -> str:
+        held.set()
+        release.wait(60)
+        return f"synthesis of [{req.last_user}]"
+
+    model_server.add_rule(model="synth", reply=hold, times=1)
+    model_server.add_rule(model="synth", template="synthesis of [{last_user}]")
+    a = _login(served, KEY_A)
+    run_page = a.post("/ui/new", data={"assistant": "moa", "task": "B-trees?"}).headers["location"]
+    assert held.wait(60)
+    assert a.post(run_page + "/cancel").status_code == 303
+    assert _follow(a, run_page) == "cancelled"
+    release.set()
+    page = a.get(run_page).text
+    assert 'id="resume"' in page and 'data-agent="a1" data-state="done"' in page
+
+    proposer_calls = model_server.calls("p1") + model_server.calls("p2")
+    resumed = a.post(run_page + "/resume").headers["location"]
+    assert resumed != run_page and _follow(a, resumed) == "success"
+    assert model_server.calls("p1") + model_server.calls("p2") == proposer_calls  # kept
+    thread_id = run_page.split("/")[3]
+
+    second = a.post(
+        "/ui/chat", data={"assistant": "moa", "thread_id": thread_id, "message": "LSM-trees?"}
+    )
+    assert second.headers["location"] == f"/ui/threads/{thread_id}"
+    runs = httpx.get(f"{served.url}/threads/{thread_id}/runs", headers={"x-api-key": KEY_A}).json()
+    turn2 = f"/ui/runs/{thread_id}/{runs[0]['run_id']}"
+    assert _follow(a, turn2) == "success"
+
+    forked = a.post(turn2 + "/fork").headers["location"]
+    assert forked.startswith(f"/ui/runs/{thread_id}/") and _follow(a, forked) == "success"
+    state = httpx.get(f"{served.url}/threads/{thread_id}/state", headers={"x-api-key": KEY_A})
+    messages = [(m["type"], m["content"]) for m in state.json()["values"]["messages"]]
+    # the fork ran turn 2 again from where it started: no third turn
+    assert messages == [
+        ("human", "B-trees?"),
+        ("ai", "synthesis of [B-trees?]"),
+        ("human", "LSM-trees?"),
+        ("ai", "synthesis of [LSM-trees?]"),
+    ]
+    chat = a.get(f"/ui/threads/{thread_id}").text
+    assert chat.count('class="msg human"') == 2 and chat.count('class="msg ai"') == 2

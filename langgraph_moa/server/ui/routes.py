@@ -22,7 +22,7 @@ from langgraph_moa.runtime import MoA
 from langgraph_moa.server.auth import Authenticator
 from langgraph_moa.server.schemas import RunCreate, ThreadCreate
 from langgraph_moa.server.service import ApiError, MoAServer
-from langgraph_moa.server.ui.views import ACTIVE, RunView, run_row, run_view
+from langgraph_moa.server.ui.views import ACTIVE, RunRow, RunView, run_row, run_view
 from langgraph_moa.spec import GraphSpec
 
 __all__ = ["COOKIE", "create_ui_router"]
@@ -30,6 +30,7 @@ __all__ = ["COOKIE", "create_ui_router"]
 COOKIE = "moa_key"
 HERE = Path(__file__).parent
 STATUSES = ("pending", "running", "success", "error", "interrupted", "cancelled")
+LIST_ROWS, LIST_PAGE = 100, 500
 LIVE_POLL = 1.0
 """Seconds between refreshes of a live view when no event of the run arrived."""
 
@@ -123,20 +124,25 @@ def create_ui_router(server: MoAServer, *, authenticate: Authenticator) -> APIRo
         async def handler(request: Request, tenant: str | None) -> Response:
             status = request.query_params.get("status") or None
             spec = request.query_params.get("spec") or None
-            found = await server.registry.list_runs(
-                status=status if status in STATUSES else None,  # type: ignore[arg-type]
-                limit=500,
-            )
-            rows = [
-                run_row(r)
-                for r in found
-                if (tenant is None or r.options.get("tenant") == tenant)
-                and (spec is None or r.spec_name == spec)
-            ][:100]
+            rows: list[RunRow] = []
+            for offset in range(0, 20 * LIST_PAGE, LIST_PAGE):  # the tenant's newest 100
+                found = await server.registry.list_runs(
+                    status=status if status in STATUSES else None,  # type: ignore[arg-type]
+                    limit=LIST_PAGE,
+                    offset=offset,
+                )
+                rows += [
+                    run_row(r)
+                    for r in found
+                    if (tenant is None or r.options.get("tenant") == tenant)
+                    and (spec is None or r.spec_name == spec)
+                ]
+                if len(found) < LIST_PAGE or len(rows) >= LIST_ROWS:
+                    break
             return page(
                 request,
                 "runs.html",
-                rows=rows,
+                rows=rows[:LIST_ROWS],
                 statuses=STATUSES,
                 specs=sorted(server.assistants),
                 status=status,

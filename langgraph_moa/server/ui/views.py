@@ -107,6 +107,7 @@ class Layer:
     cells: list[Cell]
     synthesis: str | None
     synthesizer_state: str
+    synthesizer_tokens: int = 0
 
 
 @dataclass
@@ -200,6 +201,7 @@ def run_view(
             synth_state = "paused" if interrupts else ("running" if active else "stopped")
         else:
             synth_state = "waiting"
+        synth_usage = (values.get("usage") or {}).get(f"synthesizer_L{n}") or {}
         layers.append(
             Layer(
                 index=n,
@@ -208,6 +210,7 @@ def run_view(
                 cells=cells,
                 synthesis=synthesis,
                 synthesizer_state=synth_state,
+                synthesizer_tokens=int(synth_usage.get("total_tokens") or 0),
             )
         )
     total = usage_total(run.usage)
