@@ -53,7 +53,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -624,9 +624,11 @@ class RunRegistry:
         status: ThreadStatus | None = None,
         owner: str | None = None,
         spec_name: str | None = None,
+        check_metadata: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> ThreadRecord:
         """Change a thread; ``metadata`` is merged into the stored one unless
-        ``replace_metadata``."""
+        ``replace_metadata``. ``check_metadata`` sees the resulting metadata in the same
+        transaction, with the row locked, and may raise to refuse the change."""
         if status is not None:
             _check_status(status, THREAD_STATUSES, "thread")
         async with self.engine.begin() as conn:
@@ -636,6 +638,8 @@ class RunRegistry:
             values: dict[str, Any] = {"updated_at": _now()}
             if metadata is not None:
                 merged = dict(metadata) if replace_metadata else {**thread.metadata, **metadata}
+                if check_metadata is not None:
+                    check_metadata(merged)
                 values["metadata"] = _jsonable(merged)
             if status is not None:
                 values["status"] = status

@@ -12,7 +12,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from langgraph_moa.runtime.store import resolve_db_url
@@ -71,6 +73,7 @@ def create_app(
     title: str = "langgraph-moa",
     cors: Sequence[str] | None = None,
     ui: bool = True,
+    public_docs: bool = False,
 ) -> FastAPI:
     """The FastAPI app serving ``specs`` with the LangGraph Server API.
 
@@ -83,6 +86,9 @@ def create_app(
     ``MOA_CORS_ORIGINS``, else none). Request bodies are parsed as JSON whatever their
     content-type, as the reference server does. ``ui``: serve the run dashboard at
     ``/ui`` (same keys, as a login form and a cookie).
+
+    The API description (``/openapi.json``, ``/docs``, ``/redoc``) needs a key like every
+    other path unless ``public_docs``.
     """
     server = (
         specs
@@ -104,6 +110,9 @@ def create_app(
         description="Mixture-of-Agents graphs served with the LangGraph Server API "
         "(langgraph-sdk, Agent Chat UI, LangGraph Studio).",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.moa = server
     app.include_router(create_router(server, authenticate=authenticator, max_body=max_body))
@@ -112,4 +121,22 @@ def create_app(
 
         mount_ui(app, server, authenticate=authenticator)
     add_browser_support(app, cors_origins(cors))
+    _add_docs(app, None if public_docs else authenticator)
     return app
+
+
+def _add_docs(app: FastAPI, authenticate: Authenticator | None) -> None:
+    """``/openapi.json``, ``/docs`` and ``/redoc``, behind ``authenticate`` if given."""
+    guard = [Depends(authenticate)] if authenticate is not None else []
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guard)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guard)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=guard)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="openapi.json", title=f"{app.title} - ReDoc")

@@ -14,6 +14,7 @@ from langgraph_moa.server import serde
 from langgraph_moa.server.core import ACTIVE, ApiError, LiveRun, ServerCore, iso, not_found
 from langgraph_moa.server.events import StreamEvent
 from langgraph_moa.server.schemas import RunCreate, StatelessRunCreate
+from langgraph_moa.server.validation import check_metadata, check_uuid, require_checkpoint
 
 __all__ = ["RESERVED_CONFIGURABLE", "RunService"]
 
@@ -144,20 +145,28 @@ class RunService(ServerCore):
             if existing is None:
                 if body.if_not_exists != "create":
                     raise not_found(thread_id)
+                check_uuid(thread_id, "thread_id")  # a new thread's id, as for POST /threads
+                # the insert decides who owns the id; whoever lost the race reads the winner
                 existing = await self.registry.create_thread(
                     thread_id, owner=tenant, spec_name=assistant.graph_id, if_exists="do_nothing"
                 )
-            elif tenant is not None and existing.owner != tenant:
+            if tenant is not None and existing.owner != tenant:
                 raise not_found(thread_id)
+            await require_checkpoint(self.checkpointer, thread_id, checkpoint_id)
             ids = {"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id}
             if any(k not in existing.metadata for k in ids):  # how clients find their threads
-                await self.registry.update_thread(thread_id, metadata={**ids, **existing.metadata})
+                await self.registry.update_thread(
+                    thread_id,
+                    metadata={**ids, **existing.metadata},
+                    check_metadata=lambda merged: check_metadata(merged, "the thread's metadata"),
+                )
             run_metadata = {
                 "created_by": "system",
                 **existing.metadata,
                 **ids,
                 **(body.metadata or {}),
             }
+            check_metadata({**(config.get("metadata") or {}), **run_metadata}, "the run's metadata")
             active = await self.registry.list_runs(
                 thread_id=thread_id, status=list(ACTIVE), limit=1000
             )

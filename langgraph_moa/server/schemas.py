@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from langgraph_moa.server.serde import dumps
+from langgraph_moa.server.validation import MAX_INT, metadata_problem
 
 __all__ = [
     "STREAM_MODES",
@@ -34,7 +34,6 @@ StreamModeName = Literal[
     "values", "updates", "messages", "messages-tuple", "custom", "debug", "tasks", "checkpoints"
 ]
 STREAM_MODES: tuple[str, ...] = StreamModeName.__args__  # type: ignore[attr-defined]
-MAX_METADATA_BYTES = 64 * 1024
 MAX_LIST = 1000
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -64,8 +63,9 @@ Metadata = dict[str, Any]
 
 
 def _check_metadata(value: Metadata | None) -> Metadata | None:
-    if value is not None and len(dumps(value)) > MAX_METADATA_BYTES:
-        raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON")
+    problem = metadata_problem(value, "metadata")
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -241,7 +241,7 @@ class ThreadSearch(_Body):
     metadata: Metadata | None = None
     status: Literal["idle", "busy", "interrupted", "error"] | None = None
     limit: int = Field(default=10, ge=1, le=MAX_LIST)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_INT)
     sort_by: Literal["thread_id", "status", "created_at", "updated_at"] | None = None
     sort_order: Literal["asc", "desc"] | None = None
     select: list[Name] | None = None
@@ -294,7 +294,7 @@ class AssistantSearch(_Body):
     graph_id: Name | None = None
     name: Name | None = None
     limit: int = Field(default=10, ge=1, le=MAX_LIST)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_INT)
     sort_by: Literal["assistant_id", "created_at", "updated_at", "name", "graph_id"] | None = None
     sort_order: Literal["asc", "desc"] | None = None
     select: list[Name] | None = None

@@ -14,8 +14,9 @@ from langgraph.errors import InvalidUpdateError
 from langgraph_moa.persistence.registry import ThreadExistsError, ThreadRecord
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.server import serde
-from langgraph_moa.server.core import ACTIVE, ApiError, ServerCore, iso
+from langgraph_moa.server.core import ACTIVE, ApiError, ServerCore, iso, not_found
 from langgraph_moa.server.schemas import HistoryRequest, StateUpdate, ThreadCreate, ThreadSearch
+from langgraph_moa.server.validation import check_metadata, require_checkpoint
 
 __all__ = ["ThreadService"]
 
@@ -73,18 +74,21 @@ class ThreadService(ServerCore):
         return {"error": name, "message": message}
 
     async def create_thread(self, tenant: str | None, body: ThreadCreate) -> ThreadRecord:
+        """Create a thread. The insert decides who owns an id (the database's unique key):
+        whoever loses that race, or asks for an id another tenant owns, gets a 404 (a
+        tenant never learns that someone else's id exists)."""
         thread_id = body.thread_id or str(uuid.uuid4())
-        existing = await self.registry.get_thread(thread_id)
-        if existing is not None:
-            if body.if_exists == "do_nothing" and (tenant is None or existing.owner == tenant):
-                return existing
-            raise ApiError(409, f"Thread with ID {thread_id} already exists")
         try:
             return await self.registry.create_thread(
                 thread_id, metadata=body.metadata or {}, owner=tenant
             )
         except ThreadExistsError:
-            raise ApiError(409, f"Thread with ID {thread_id} already exists") from None
+            existing = await self.registry.get_thread(thread_id)
+        if existing is None or (tenant is not None and existing.owner != tenant):
+            raise not_found(thread_id)
+        if body.if_exists == "do_nothing":
+            return existing
+        raise ApiError(409, f"Thread with ID {thread_id} already exists")
 
     async def search_threads(self, tenant: str | None, body: ThreadSearch) -> list[dict[str, Any]]:
         records = await self.registry.search_threads(
@@ -103,7 +107,11 @@ class ThreadService(ServerCore):
         self, tenant: str | None, thread_id: str, metadata: Mapping[str, Any] | None
     ) -> ThreadRecord:
         await self.thread(tenant, thread_id)
-        return await self.registry.update_thread(thread_id, metadata=metadata or {})
+        return await self.registry.update_thread(
+            thread_id,
+            metadata=metadata or {},
+            check_metadata=lambda merged: check_metadata(merged, "the thread's metadata"),
+        )
 
     async def delete_thread(self, tenant: str | None, thread_id: str) -> None:
         record = await self.thread(tenant, thread_id)
@@ -128,7 +136,10 @@ class ThreadService(ServerCore):
     ) -> dict[str, Any]:
         record = await self.thread(tenant, thread_id)
         config = self._checkpoint_config(thread_id, checkpoint)
-        snapshot = await self._graph_of(record).aget_state(config, subgraphs=subgraphs)
+        graph = self._graph_of(record)
+        checkpoint_id = config["configurable"].get("checkpoint_id")
+        await require_checkpoint(self.checkpointer, thread_id, checkpoint_id)
+        snapshot = await graph.aget_state(config, subgraphs=subgraphs)
         return serde.snapshot_json(snapshot)
 
     @staticmethod
@@ -148,6 +159,7 @@ class ThreadService(ServerCore):
             checkpoint = body.checkpoint.model_dump() if body.checkpoint else {}
             if body.checkpoint_id:
                 checkpoint["checkpoint_id"] = body.checkpoint_id
+            await require_checkpoint(self.checkpointer, thread_id, checkpoint.get("checkpoint_id"))
             graph = self._graph_of(record)
             if body.as_node is not None and body.as_node not in graph.nodes:
                 raise ApiError(
@@ -182,8 +194,12 @@ class ThreadService(ServerCore):
         before_config = None
         if before is not None:
             before_id = before if isinstance(before, str) else before.checkpoint_id
+            await require_checkpoint(self.checkpointer, thread_id, before_id)
             before_config = self._checkpoint_config(thread_id, {"checkpoint_id": before_id})
         checkpoint = body.checkpoint.model_dump() if body.checkpoint else None
+        await require_checkpoint(
+            self.checkpointer, thread_id, (checkpoint or {}).get("checkpoint_id")
+        )
         states = []
         async for snapshot in self._graph_of(record).aget_state_history(
             self._checkpoint_config(thread_id, checkpoint),

@@ -25,6 +25,12 @@ from langgraph_moa.server.routes.assistants import add_assistant_routes
 from langgraph_moa.server.routes.runs import add_run_routes
 from langgraph_moa.server.routes.threads import add_thread_routes
 from langgraph_moa.server.service import ApiError, MoAServer
+from langgraph_moa.server.validation import (
+    DATABASE_UNAVAILABLE,
+    RETRY_AFTER,
+    check_body,
+    check_path_ids,
+)
 
 __all__ = ["DEFAULT_MAX_BODY", "create_router"]
 
@@ -45,21 +51,39 @@ def _version() -> str:
 
 def _route_class(max_body: int) -> type[APIRoute]:
     class MoARoute(APIRoute):
-        """Enforces the body limit; turns :class:`ApiError` into ``{"detail": ...}`` and
-        any other exception into a 500 without internals."""
+        """Enforces the body limit and the checks of :mod:`~langgraph_moa.server.validation`
+        before the handler; turns :class:`ApiError` into ``{"detail": ...}``, an exhausted
+        pool or unreachable database into a 503 with ``Retry-After``, and any other
+        exception into a 500 without internals."""
 
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
             async def route(request: Request) -> Response:
                 try:
+                    check_path_ids(request.path_params)
                     if request.method in ("POST", "PUT", "PATCH"):
                         await _read_limited(request, max_body)
+                        parsed = check_body(request._body)
+                        if parsed is not None:
+                            request._json = parsed  # FastAPI reuses it
                     return await handler(request)
                 except ApiError as exc:
                     return JSONResponse({"detail": exc.detail}, status_code=exc.status)
                 except (HTTPException, RequestValidationError):
                     raise
+                except DATABASE_UNAVAILABLE as exc:
+                    log.warning(
+                        "request %s %s: database unavailable: %s",
+                        request.method,
+                        request.url.path,
+                        type(exc).__name__,
+                    )
+                    return JSONResponse(
+                        {"detail": "the database is busy or unreachable; retry shortly"},
+                        status_code=503,
+                        headers={"Retry-After": str(RETRY_AFTER)},
+                    )
                 except Exception:
                     log.exception("request %s %s failed", request.method, request.url.path)
                     return JSONResponse({"detail": "Internal server error"}, status_code=500)
@@ -71,7 +95,7 @@ def _route_class(max_body: int) -> type[APIRoute]:
 
 async def _read_limited(request: Request, limit: int) -> None:
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > limit:
         raise ApiError(413, f"request body is larger than {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():

@@ -15,6 +15,7 @@ from langgraph_moa.server.routes.responses import (
 )
 from langgraph_moa.server.schemas import RunCreate, StatelessRunCreate
 from langgraph_moa.server.service import ACTIVE, ApiError, MoAServer
+from langgraph_moa.server.validation import MAX_INT
 
 __all__ = ["add_run_routes"]
 
@@ -65,7 +66,7 @@ def add_run_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf) ->
         thread_id: str,
         tenant: Tenant,
         limit: Annotated[int, Query(ge=1, le=1000)] = 10,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
         status: str | None = None,
     ) -> list[dict[str, Any]]:
         statuses = ("pending", "running", "error", "success", "timeout", "interrupted")
@@ -113,7 +114,7 @@ def add_run_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf) ->
         ``stream_resumable``) first replay the events after that id."""
         run = await server.run(tenant, thread_id, run_id)
         last = request.headers.get("last-event-id", "").strip()
-        last_id = int(last) if last.isdigit() else None
+        last_id = int(last) if last.isascii() and last.isdigit() and len(last) < 19 else None
         modes = stream_modes(request.query_params.getlist("stream_mode"))
         events = server.streams.subscribe(
             run_id,
@@ -161,7 +162,7 @@ def add_run_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf) ->
             events,
             body.stream_resumable,
             body.on_disconnect,
-            locations(None, run.run_id, "/stream"),
+            locations(run.thread_id, run.run_id, "/stream"),
         )
 
     @router.post("/runs/wait", tags=["stateless-runs"])
