@@ -103,7 +103,7 @@ def test_every_endpoint_needs_a_valid_key(served: Served, owned: dict[str, str])
                 assert "Traceback" not in r.text
         assert http.get("/ok").status_code == 200
         assert http.get("/info").status_code == 200
-        assert http.get("/openapi.json").status_code == 200
+        assert http.get("/openapi.json").status_code == 401  # docs need a key too
         # the thread is untouched by all of that
         mine = http.get(f"/threads/{owned['thread_id']}", headers={"x-api-key": KEY_A})
         assert mine.status_code == 200 and mine.json()["metadata"]["owner"] == "a"
@@ -120,8 +120,8 @@ def test_another_tenant_gets_404_everywhere(served: Served, owned: dict[str, str
         assert http.post("/threads/search", json={"ids": [owned["thread_id"]]}).json() == []
         assert http.post("/threads/search", json={"metadata": {"owner": "a"}}).json() == []
         assert http.post("/threads/count", json={}).json() == 0
-        # B cannot take A's thread id either
-        assert http.post("/threads", json={"thread_id": owned["thread_id"]}).status_code == 409
+        # B cannot take A's thread id either, nor learn that it exists
+        assert http.post("/threads", json={"thread_id": owned["thread_id"]}).status_code == 404
         # assistants are shared
         assert http.get("/assistants/moa").status_code == 200
     with httpx.Client(base_url=served.url, headers={"x-api-key": KEY_A}, timeout=30) as http:

@@ -63,6 +63,29 @@ BaseUrlOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a view.")]
 
 
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def positive_seconds(value: str | float) -> float:
+    """A duration > 0 (at most a day) as seconds: a number, or a number with a unit
+    (ms, s, m, h); for typer's ``parser=``."""
+    if isinstance(value, int | float):
+        number, unit = float(value), "s"
+    else:
+        text = value.strip().lower()
+        unit = next((u for u in ("ms", "s", "m", "h") if text.endswith(u)), "s")
+        try:
+            number = float(text.removesuffix(unit) if text.endswith(unit) else text)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{value!r} is not a duration; write e.g. 5, 500ms, 5s, 2m or 1h"
+            ) from None
+    seconds = number * UNITS[unit]
+    if not 0 < seconds <= 86_400:  # also refuses nan and inf
+        raise typer.BadParameter(f"{value!r}: give a duration above 0 and at most a day")
+    return seconds
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print an error (no traceback) and exit."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)

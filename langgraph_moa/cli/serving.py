@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from langgraph_moa.cli.common import DbOpt, err, fail
+from langgraph_moa.cli.common import DbOpt, err, fail, positive_seconds
 
 if TYPE_CHECKING:
     from langgraph_moa.spec import GraphSpec
@@ -16,25 +16,39 @@ if TYPE_CHECKING:
 def worker(
     db: DbOpt = None,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", help="Runs at a time in this process.")
+        int, typer.Option("--concurrency", "-c", min=1, help="Runs at a time in this process.")
     ] = 4,
     queues: Annotated[
         str, typer.Option("--queues", "-q", help="Comma-separated queues to take runs from.")
     ] = "moa",
     name: Annotated[str | None, typer.Option("--name", help="Worker name in logs.")] = None,
     heartbeat: Annotated[
-        float, typer.Option("--heartbeat", help="Seconds between worker heartbeats.")
+        float,
+        typer.Option(
+            "--heartbeat",
+            parser=positive_seconds,
+            metavar="DURATION",
+            help="Time between worker heartbeats (10, 10s, 1m).",
+        ),
     ] = 10.0,
     stalled_after: Annotated[
         float,
         typer.Option(
             "--stalled-after",
+            parser=positive_seconds,
+            metavar="DURATION",
             help="Seconds without a heartbeat after which a worker is dead and its runs "
             "are re-queued (at least twice --heartbeat).",
         ),
     ] = 60.0,
     reap_interval: Annotated[
-        float, typer.Option("--reap-interval", help="Seconds between dead-worker checks.")
+        float,
+        typer.Option(
+            "--reap-interval",
+            parser=positive_seconds,
+            metavar="DURATION",
+            help="Time between dead-worker checks.",
+        ),
     ] = 10.0,
     grace: Annotated[
         float,
@@ -45,7 +59,7 @@ def worker(
         ),
     ] = 30.0,
     max_attempts: Annotated[
-        int, typer.Option("--max-attempts", help="Queue a run at most this many times.")
+        int, typer.Option("--max-attempts", min=1, help="Queue a run at most this many times.")
     ] = 5,
     setup: Annotated[
         bool, typer.Option("--setup", help="Create the queue and run tables, then exit.")
@@ -97,7 +111,9 @@ def serve(
     ] = None,
     db: DbOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8123,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")
+    ] = 8123,
     no_auth: Annotated[
         bool,
         typer.Option("--no-auth", help="Serve without API keys (only with --host 127.0.0.1)."),
@@ -111,7 +127,8 @@ def serve(
         ),
     ] = None,
     max_concurrency: Annotated[
-        int, typer.Option("--max-concurrency", help="Runs executing at once in this process.")
+        int,
+        typer.Option("--max-concurrency", min=1, help="Runs executing at once in this process."),
     ] = 8,
     use_workers: Annotated[
         bool,
@@ -122,11 +139,23 @@ def serve(
         ),
     ] = False,
     heartbeat: Annotated[
-        float, typer.Option("--heartbeat", help="Seconds between SSE heartbeats.")
+        float,
+        typer.Option(
+            "--heartbeat",
+            parser=positive_seconds,
+            metavar="DURATION",
+            help="Time between SSE heartbeats: seconds, or with a unit (500ms, 5s, 1m).",
+        ),
     ] = 5.0,
     max_body: Annotated[
-        int, typer.Option("--max-body", help="Largest request body in bytes.")
+        int, typer.Option("--max-body", min=1, help="Largest request body in bytes.")
     ] = 1024 * 1024,
+    public_docs: Annotated[
+        bool,
+        typer.Option(
+            "--public-docs", help="Serve /docs, /redoc and /openapi.json without an API key."
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "info",
     cors_origin: Annotated[
         list[str] | None,
@@ -202,6 +231,7 @@ def serve(
             max_body=max_body,
             cors=cors_origin or None,
             ui=not no_ui,
+            public_docs=public_docs,
         )
     except ValueError as exc:
         fail(str(exc), 2)
