@@ -41,9 +41,9 @@ from langgraph_moa.persistence.registry import (
     RunRecord,
     RunRegistry,
 )
+from langgraph_moa.runtime.executor import Execution, RunExecutor
 from langgraph_moa.runtime.runs import (
     Decision,
-    Heartbeat,
     HumanInputNeededError,
     RunError,
     RunFinishedError,
@@ -267,6 +267,7 @@ class MoA:
         stream_mode: StreamMode | Sequence[StreamMode] = ("updates",),
         durability: Durability = "sync",
         budget: Mapping[str, Any] | None = None,
+        configurable: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
         """Stream a run with LangGraph's stream modes (``updates``, ``values``, ``messages``...).
@@ -275,7 +276,7 @@ class MoA:
         :meth:`ainvoke` with ``on_event`` for a recorded, resumable run).
         """
         extra = {BUDGET_KEY: dict(budget)} if budget is not None else {}
-        config = self.config(thread_id or uuid.uuid4().hex, run_id, **extra)
+        config = self.config(thread_id or uuid.uuid4().hex, run_id, **extra, **(configurable or {}))
         async for chunk in self.graph.astream(
             self.input_of(task, resume),
             config,
@@ -315,39 +316,56 @@ class MoA:
         thread_id = thread_id or uuid.uuid4().hex
         record = await self._begin(task, thread_id, run_id, resume, force, metadata)
         run_id = record.run_id if record is not None else (run_id or str(uuid.uuid4()))
-        heartbeat = (
-            Heartbeat(self.registry, run_id, self.owner, self.heartbeat_interval)
-            if record is not None and self.registry is not None
-            else None
+
+        async def body(lease: dict[str, Any]) -> RunResult:
+            async for mode, chunk in self.astream(
+                task,
+                thread_id=thread_id,
+                run_id=run_id,
+                resume=resume,
+                stream_mode=["tasks", "updates"],
+                durability=durability,
+                budget=budget,
+                configurable=lease,
+            ):
+                if on_event is not None:
+                    on_event(mode, chunk)
+            return await self.aresult(thread_id, run_id)
+
+        if record is None or self.registry is None:
+            return await body({})
+        result: list[RunResult] = []
+
+        async def recorded(execution: Execution) -> RunResult:
+            result.append(await body(execution.configurable()))
+            return result[0]
+
+        async def usage() -> Mapping[str, Any]:
+            return dict((await self.aresult(thread_id, record.run_id)).usage)
+
+        executor = RunExecutor(
+            self.registry,
+            heartbeat_interval=self.heartbeat_interval,
+            stale_after=self.stale_after,
         )
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                if heartbeat is not None:
-                    await stack.enter_async_context(heartbeat.running())
-                async for mode, chunk in self.astream(
-                    task,
-                    thread_id=thread_id,
-                    run_id=run_id,
-                    resume=resume,
-                    stream_mode=["tasks", "updates"],
-                    durability=durability,
-                    budget=budget,
-                ):
-                    if on_event is not None:
-                        on_event(mode, chunk)
-        except asyncio.CancelledError:
-            if heartbeat is not None and heartbeat.lost:
-                raise OwnershipLostError(
-                    f"run {run_id} was taken over by another process; this one stopped"
-                ) from None
-            await self._record_stop(record, thread_id, "interrupted", "stopped before the end")
-            raise
-        except BaseException as exc:
-            await self._record_stop(record, thread_id, "error", f"{type(exc).__name__}: {exc}")
-            raise
-        result = await self.aresult(thread_id, run_id)
-        await self._record(record, result)
-        return result
+        ended = await executor.execute(
+            record,
+            recorded,
+            owner=self.owner,
+            resume_ended=True,
+            reraise=True,
+            usage_so_far=usage,
+        )
+        if result:
+            return result[0]
+        status = ended.status if ended is not None else "cancelled"
+        return RunResult(  # cancelled on request (e.g. `moa cancel`) or superseded
+            thread_id=thread_id,
+            run_id=run_id,
+            status=status,
+            answer=None,
+            notes=[ended.error] if ended is not None and ended.error else [],
+        )
 
     async def _begin(
         self,
@@ -390,7 +408,6 @@ class MoA:
                 input={"task": task} if isinstance(task, str) else task,
                 metadata=metadata,
                 options={"interrupt_after": self.interrupt_after},
-                owner=self.owner,
             )
         record = await registry.get_run(run_id) if run_id else await registry.latest_run(thread_id)
         if record is None:
@@ -408,7 +425,6 @@ class MoA:
                 spec_hash=self.spec.spec_hash(),
                 spec_source=self.spec_source,
                 metadata={"adopted": True, **(metadata or {})},
-                owner=self.owner,
             )
         if record.status == "success":
             raise RunFinishedError(
@@ -426,7 +442,15 @@ class MoA:
                 "continue with the changed one",
                 changes,
             )
-        await registry.claim_run(record.run_id, self.owner, stale_after=self.stale_after)
+        if record.owner_token not in (None, self.owner.token) and not record.owner_gone(
+            stale_after=self.stale_after
+        ):
+            raise RunOwnedError(
+                record,
+                f"run {record.run_id} of thread {record.thread_id} is being run by "
+                f"{record.describe_owner()}; wait for it, stop that process, or try again once "
+                f"its heartbeat is older than {self.stale_after:.0f}s",
+            )
         # Keep what the earlier attempt left (its outcome, a replaced spec) in the metadata.
         metadata = dict(record.metadata)
         metadata["attempts_log"] = [
@@ -445,45 +469,7 @@ class MoA:
             previous.append({"spec_hash": record.spec_hash, "spec": record.spec})
             metadata["previous_specs"] = previous
             replaced = {"spec": spec_data(self.spec), "spec_hash": self.spec.spec_hash()}
-        return await registry.update_run(
-            record.run_id, owner=self.owner, metadata=metadata, **replaced
-        )
-
-    async def _record(self, record: RunRecord | None, result: RunResult) -> None:
-        if record is None or self.registry is None:
-            return
-        await self.registry.update_run(
-            record.run_id,
-            owner=self.owner,
-            release=True,
-            status=result.status,
-            answer=result.answer,
-            error=None,
-            waiting_for=result.waiting_for or None,
-            usage=dict(result.usage),
-        )
-
-    async def _record_stop(
-        self, record: RunRecord | None, thread_id: str, status: RunStatus, error: str
-    ) -> None:
-        """Mark a run stopped (cancelled or failed), keeping the usage so far."""
-        if record is None or self.registry is None:
-            return
-        try:
-            usage: dict[str, Any] = {}
-            with contextlib.suppress(Exception):
-                usage = dict((await self.aresult(thread_id, record.run_id)).usage)
-            await self.registry.update_run(
-                record.run_id,
-                owner=self.owner,
-                release=True,
-                status=status,
-                error=error,
-                waiting_for=None,
-                usage=usage,
-            )
-        except OwnershipLostError:
-            pass
+        return await registry.update_run(record.run_id, metadata=metadata, **replaced)
 
     async def aresult(self, thread_id: str, run_id: str = "") -> RunResult:
         """The result as the thread's last checkpoint has it."""

@@ -1,0 +1,511 @@
+"""The one run executor: claim, lease, heartbeat, stream, record.
+
+Every run of the registry executes through :meth:`RunExecutor.execute`, whoever started
+it (:class:`~langgraph_moa.runtime.api.MoA`, ``moa worker``, ``moa serve``):
+
+1. **Order.** A run whose thread has a newer run that already ended is marked
+   ``cancelled`` (``superseded``) and never executed: an old run never overwrites a newer
+   answer. With ``wait=True`` a run also waits while an older run of its thread is active
+   (``enqueue``).
+2. **Lease.** The thread's lease (a compare-and-swap in ``moa_threads``, see
+   :meth:`~langgraph_moa.persistence.registry.RunRegistry.acquire_lease`) is the database
+   lock that keeps one active run per thread across any number of processes. Its token
+   goes to the checkpointer as ``config["configurable"]["__moa_lease__"]``, which rejects
+   the writes of a holder that lost it. The run row is claimed for ``owner`` too.
+3. **Heartbeat.** While the body runs, the lease and the run's heartbeat are renewed every
+   ``heartbeat_interval`` seconds; a lost lease cancels the body (:class:`LeaseLostError`,
+   nothing is recorded: the new holder does), a cancel request (``moa cancel``, any
+   replica) cancels it and records ``cancelled``. Cancel requests are polled every
+   ``cancel_poll`` seconds (and woken by ``NOTIFY`` on PostgreSQL when a listener runs).
+4. **Record.** The end is recorded in one shape whatever the state holds: ``status``,
+   ``answer`` (text; anything else as JSON), ``usage`` (the totals:
+   ``input_tokens/output_tokens/total_tokens/calls/cost``), ``waiting_for``, ``error``.
+   If that write fails (say, a value the database refuses), the run is recorded ``error``
+   with the reason instead: every run reaches a terminal status.
+
+A process that dies holding a lease stops renewing it; after ``stale_after`` seconds (or
+at once, on the same host, when its pid is gone) another process may take the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import sqlalchemy as sa
+
+from langgraph_moa.persistence.registry import (
+    DEFAULT_STALE_AFTER,
+    LeaseHeldError,
+    Owner,
+    OwnershipLostError,
+    RegistryError,
+    RunNotFoundError,
+    RunRecord,
+    RunRegistry,
+    runs_table,
+)
+
+__all__ = [
+    "LEASE_KEY",
+    "Execution",
+    "LeaseLostError",
+    "Outcome",
+    "RunEnd",
+    "RunExecutor",
+    "RunRejectedError",
+    "admit_run",
+    "usage_totals",
+]
+
+log = logging.getLogger(__name__)
+
+LEASE_KEY = "__moa_lease__"
+"""``config["configurable"]`` key carrying the lease token to the checkpointer."""
+FINAL = ("success", "error", "cancelled", "interrupted")
+ACTIVE = ("pending", "running")
+USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens", "calls", "cost")
+
+EventSink = Callable[[str, Any], Awaitable[None]]
+MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
+
+
+class LeaseLostError(OwnershipLostError):
+    """Another process took the thread's lease (this one was taken for dead); it stopped
+    without recording anything."""
+
+
+class RunRejectedError(RegistryError):
+    """``multitask_strategy="reject"`` and the thread has an active run."""
+
+
+class Outcome(Protocol):
+    """What a body returns (a :class:`~langgraph_moa.runtime.api.RunResult` is one)."""
+
+    status: Any
+    answer: Any
+    usage: Any
+
+
+@dataclass
+class RunEnd:
+    """The end of a run, in the one shape the registry keeps."""
+
+    status: str
+    answer: Any = None
+    usage: Mapping[str, Any] | None = None
+    error: str | None = None
+    waiting_for: Any = None
+
+    @classmethod
+    def of(cls, outcome: Outcome | RunEnd) -> RunEnd:
+        if isinstance(outcome, RunEnd):
+            return outcome
+        status = "interrupted" if outcome.status == "interrupted" else "success"
+        return cls(
+            status=status,
+            answer=outcome.answer,
+            usage=outcome.usage,
+            waiting_for=getattr(outcome, "waiting_for", None) or None,
+        )
+
+    def values(self) -> dict[str, Any]:
+        """The registry columns."""
+        return {
+            "status": self.status,
+            "answer": _text(self.answer),
+            "usage": usage_totals(self.usage),
+            "error": self.error,
+            "waiting_for": self.waiting_for or None,
+        }
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value or None
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def usage_totals(usage: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Usage totals in the registry's shape; a ``{"total": ...}`` wrapper is unwrapped."""
+    if not usage:
+        return {}
+    if isinstance(usage.get("total"), Mapping):
+        usage = usage["total"]
+    return {k: usage[k] for k in USAGE_KEYS if isinstance(usage.get(k), int | float)}
+
+
+@dataclass
+class Execution:
+    """A run being executed here: its record, owner, lease token and epoch."""
+
+    run: RunRecord
+    owner: Owner
+    token: str
+    epoch: int = 0
+    stop: str | None = None
+    """Why the body was cancelled: ``cancel`` (requested), ``lost`` (lease lost)."""
+    task: asyncio.Task[Any] | None = field(default=None, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def thread_id(self) -> str:
+        return self.run.thread_id
+
+    def configurable(self) -> dict[str, Any]:
+        """What to put into the run's ``config["configurable"]`` (the lease token)."""
+        return {LEASE_KEY: self.token}
+
+    def interrupt(self, reason: str) -> None:
+        """Cancel the body with ``reason`` (``cancel`` or ``lost``)."""
+        if self.stop is None:
+            self.stop = reason
+        if self.task is not None and not self.task.done():
+            self.task.cancel(f"run {reason}")
+
+
+async def admit_run(
+    registry: RunRegistry,
+    run: RunRecord,
+    strategy: MultitaskStrategy,
+    cancel: Callable[[str], Awaitable[Any]],
+) -> None:
+    """Apply a multitask strategy to a run just created on its thread (in any process).
+
+    ``reject``: if an older run of the thread is active, the new run is deleted and
+    :class:`RunRejectedError` raised (two replicas admitting at once: the older run wins).
+    ``interrupt``/``rollback``: the older active runs are cancelled (``cancel(run_id)``);
+    the new run waits for their lease. ``enqueue``: the new run waits its turn.
+    """
+    older = await _older_active(registry, run)
+    if not older:
+        return
+    if strategy == "reject":
+        await registry.delete_run(run.run_id)
+        raise RunRejectedError(
+            f"Thread is already running a task (run {older[0].run_id}). Wait for it to "
+            "finish or choose a different multitask strategy."
+        )
+    if strategy in ("interrupt", "rollback"):
+        for other in older:
+            await cancel(other.run_id)
+
+
+async def _older_active(registry: RunRegistry, run: RunRecord) -> list[RunRecord]:
+    c = runs_table.c
+    query = (
+        sa.select(runs_table)
+        .where(
+            c.thread_id == run.thread_id,
+            c.run_id != run.run_id,
+            c.status.in_(ACTIVE),
+            sa.or_(
+                c.created_at < run.created_at,
+                sa.and_(c.created_at == run.created_at, c.run_id < run.run_id),
+            ),
+        )
+        .order_by(c.created_at.asc())
+    )
+    async with registry.engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [registry._run_record(r) for r in rows]
+
+
+async def _newer_ended(registry: RunRegistry, run: RunRecord) -> RunRecord | None:
+    c = runs_table.c
+    query = (
+        sa.select(runs_table)
+        .where(
+            c.thread_id == run.thread_id,
+            c.run_id != run.run_id,
+            c.status.in_(FINAL),
+            c.created_at > run.created_at,
+        )
+        .limit(1)
+    )
+    async with registry.engine.connect() as conn:
+        row = (await conn.execute(query)).mappings().first()
+    return registry._run_record(row) if row is not None else None
+
+
+class RunExecutor:
+    """Executes registry runs (see the module docstring); one per process is enough."""
+
+    def __init__(
+        self,
+        registry: RunRegistry,
+        *,
+        heartbeat_interval: float = 5.0,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        cancel_poll: float = 1.0,
+        lease_poll: float = 0.5,
+    ) -> None:
+        self.registry = registry
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self.cancel_poll = min(cancel_poll, heartbeat_interval)
+        self.lease_poll = lease_poll
+        self.running: dict[str, Execution] = {}
+        self._waiting: dict[str, asyncio.Event] = {}
+
+    # ---------------------------------------------------------------- cancel ---
+
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Cancel ``run_id`` wherever it runs or waits: a request in the database that the
+        holding process sees at its next poll, and at once when it is this one."""
+        run = await self.registry.request_cancel(run_id)
+        self.cancel_local(run_id)
+        return run
+
+    def cancel_local(self, run_id: str) -> bool:
+        """Stop ``run_id`` if this executor runs it or waits to; False otherwise."""
+        if run_id in self._waiting:
+            self._waiting[run_id].set()
+            return True
+        execution = self.running.get(run_id)
+        if execution is None:
+            return False
+        execution.interrupt("cancel")
+        return True
+
+    # --------------------------------------------------------------- execute ---
+
+    async def execute(
+        self,
+        run: RunRecord | str,
+        body: Callable[[Execution], Awaitable[Outcome | RunEnd]],
+        *,
+        owner: Owner | None = None,
+        wait: bool = False,
+        resume_ended: bool = False,
+        emit: EventSink | None = None,
+        describe_error: Callable[[BaseException], tuple[str, str]] | None = None,
+        on_stop: Literal["interrupted", "cancelled"] | None = "interrupted",
+        reraise: bool = False,
+        usage_so_far: Callable[[], Awaitable[Mapping[str, Any] | None]] | None = None,
+    ) -> RunRecord | None:
+        """Execute a run with ``body`` and record its end; return the recorded run.
+
+        ``wait``: wait for the thread's lease and for older active runs (``enqueue``);
+        otherwise a busy thread raises :class:`~langgraph_moa.persistence.registry.
+        LeaseHeldError`. ``resume_ended``: the run may have ended before (a resumed pause,
+        error or cancel); otherwise an ended run is left alone (returns it). ``emit``
+        receives an ``error`` event (``{"error", "message"}``) when the body fails;
+        ``describe_error`` names an exception for it (default: type and message).
+        ``on_stop``: the status recorded when the caller cancels the task (Ctrl-C); None
+        leaves the run active and free for another process (a shutdown hand-back).
+        ``reraise``: after recording ``error``, raise the body's exception.
+        ``usage_so_far``: the usage to record when the run stops or fails midway.
+
+        Raises :class:`LeaseLostError` when another process took the thread meanwhile
+        (nothing recorded), ``RunOwnedError`` when a live process owns the run, and
+        re-raises the caller's cancellation after recording ``on_stop``.
+        """
+        registry = self.registry
+        owner = owner or Owner.new()
+        record = await registry.get_run(run) if isinstance(run, str) else run
+        if record is None:
+            raise RunNotFoundError(f"no run {run!r}")
+        if record.status not in ACTIVE and not resume_ended:
+            return record
+        newer = await _newer_ended(registry, record)
+        if newer is not None:
+            return await self._supersede(record, newer)
+        token = uuid.uuid4().hex
+        epoch = await self._acquire(record, token, owner, wait)
+        if epoch is None:  # cancelled while it waited
+            return await registry.get_run(record.run_id)
+        try:
+            newer = await _newer_ended(registry, record)
+            if newer is not None:
+                return await self._supersede(record, newer)
+            claimed = await registry.claim_run(record.run_id, owner, stale_after=self.stale_after)
+        except BaseException:
+            await self._release(record.thread_id, token)
+            raise
+        execution = Execution(claimed, owner, token, epoch, task=asyncio.current_task())
+        self.running[record.run_id] = execution
+        beat = asyncio.create_task(self._heartbeat(execution), name=f"lease-{record.run_id}")
+        try:
+            return await self._run(
+                execution, body, emit, describe_error, on_stop, reraise, usage_so_far
+            )
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            self.running.pop(record.run_id, None)
+            await asyncio.shield(self._release(record.thread_id, token))
+
+    async def _run(
+        self,
+        execution: Execution,
+        body: Callable[[Execution], Awaitable[Outcome | RunEnd]],
+        emit: EventSink | None,
+        describe_error: Callable[[BaseException], tuple[str, str]] | None,
+        on_stop: str | None,
+        reraise: bool,
+        usage_so_far: Callable[[], Awaitable[Mapping[str, Any] | None]] | None,
+    ) -> RunRecord | None:
+        task = execution.task
+
+        async def usage() -> Mapping[str, Any] | None:
+            if usage_so_far is None:
+                return None
+            try:
+                return await usage_so_far()
+            except Exception:
+                return None
+
+        try:
+            end = RunEnd.of(await body(execution))
+            execution.task = None  # ended: a late cancel request must not hit the recording
+        except asyncio.CancelledError:
+            if execution.stop == "lost":
+                raise LeaseLostError(
+                    f"run {execution.run_id}: another process took thread "
+                    f"{execution.thread_id} (this one was taken for dead); it stopped"
+                ) from None
+            if execution.stop == "cancel":
+                if task is not None:
+                    task.uncancel()
+                execution.task = None
+                end = RunEnd("cancelled", error="cancelled on request", usage=await usage())
+            else:
+                if on_stop is None:
+                    await asyncio.shield(self._hand_back(execution))
+                else:
+                    stop = RunEnd(on_stop, error="stopped before the end", usage=await usage())
+                    await asyncio.shield(self._record(execution, stop))
+                raise
+        except OwnershipLostError:
+            raise
+        except Exception as exc:
+            name, message = (describe_error or _describe)(exc)
+            if emit is not None:
+                with contextlib.suppress(Exception):
+                    await emit("error", {"error": name, "message": message})
+            execution.task = None
+            end = RunEnd("error", error=f"{name}: {message}", usage=await usage())
+            recorded = await asyncio.shield(self._record(execution, end))
+            if reraise:
+                raise
+            return recorded
+        return await asyncio.shield(self._record(execution, end))
+
+    async def _record(self, execution: Execution, end: RunEnd) -> RunRecord | None:
+        """Record the end (fenced by the owner); on failure record ``error`` with why."""
+        run_id, owner = execution.run_id, execution.owner
+        try:
+            return await self.registry.update_run(run_id, owner=owner, release=True, **end.values())
+        except OwnershipLostError:
+            log.warning("run %s: another process owns it now; not recording its end", run_id)
+            return None
+        except Exception as exc:
+            log.exception("run %s: cannot record its end (%s)", run_id, end.status)
+            reason = f"cannot record the end of the run ({end.status}): {type(exc).__name__}: "
+            reason += _clean(str(exc))
+        try:
+            return await self.registry.update_run(
+                run_id, owner=owner, release=True, status="error", error=reason, usage={}
+            )
+        except Exception:
+            log.exception("run %s: cannot record that its end failed", run_id)
+            return None
+
+    async def _hand_back(self, execution: Execution) -> None:
+        with contextlib.suppress(Exception):
+            await self.registry.update_run(
+                execution.run_id, owner=execution.owner, release=True, sync_thread=False
+            )
+
+    async def _supersede(self, run: RunRecord, newer: RunRecord) -> RunRecord:
+        log.warning("run %s: newer run %s already ended; not running it", run.run_id, newer.run_id)
+        with contextlib.suppress(OwnershipLostError):
+            return await self.registry.update_run(
+                run.run_id,
+                status="cancelled",
+                error=f"superseded: run {newer.run_id} of the thread, created later, already ended",
+                release=True,
+                sync_thread=False,
+            )
+        return run
+
+    async def _acquire(self, run: RunRecord, token: str, owner: Owner, wait: bool) -> int | None:
+        """The thread's lease for ``token``: its epoch, or None when cancelled meanwhile."""
+        woken = self._waiting.setdefault(run.run_id, asyncio.Event())
+        try:
+            while True:
+                ahead = await _older_active(self.registry, run) if wait else []
+                if not ahead:
+                    try:
+                        return await self.registry.acquire_lease(
+                            run.thread_id,
+                            token,
+                            owner=owner,
+                            run_id=run.run_id,
+                            stale_after=self.stale_after,
+                        )
+                    except LeaseHeldError:
+                        if not wait:
+                            raise
+                if woken.is_set() or await self.registry.cancel_requested([run.run_id]):
+                    await self.registry.update_run(
+                        run.run_id,
+                        status="cancelled",
+                        error="cancelled before it started",
+                        release=True,
+                        sync_thread=False,
+                    )
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), self.lease_poll)
+        finally:
+            self._waiting.pop(run.run_id, None)
+
+    async def _release(self, thread_id: str, token: str) -> None:
+        try:
+            await self.registry.release_lease(thread_id, token)
+        except Exception:  # it expires by itself
+            log.warning("cannot release the lease of thread %s", thread_id, exc_info=True)
+
+    async def _heartbeat(self, execution: Execution) -> None:
+        """Renew the lease and the run's heartbeat; stop the body when the lease is lost
+        or a cancel is requested."""
+        registry, run_id = self.registry, execution.run_id
+        since_beat = 0.0
+        while True:
+            await asyncio.sleep(self.cancel_poll)
+            since_beat += self.cancel_poll
+            try:
+                if await registry.cancel_requested([run_id]):
+                    execution.interrupt("cancel")
+                    return
+                if since_beat + 1e-9 < self.heartbeat_interval:
+                    continue
+                since_beat = 0.0
+                held = await registry.renew_lease(execution.thread_id, execution.token)
+                owned = held and await registry.heartbeat(run_id, execution.owner)
+            except Exception as exc:  # a blip of the database must not kill the run
+                log.warning("heartbeat of run %s failed: %s", run_id, exc)
+                continue
+            if not owned:
+                execution.interrupt("lost")
+                return
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    return type(exc).__name__, str(exc)
+
+
+def _clean(text: str, limit: int = 500) -> str:
+    text = text.replace("\x00", "\\x00").splitlines()[0] if text else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
