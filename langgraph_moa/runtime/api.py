@@ -165,6 +165,7 @@ class MoA:
         self._models = models
         self._stack: AsyncExitStack | None = None
         self._graph: CompiledStateGraph | None = None
+        self._run_executor: RunExecutor | None = None
 
     def _pause_nodes(self, names: Sequence[str]) -> list[str]:
         layers = range(1, len(self.spec.layers) + 1)
@@ -343,12 +344,7 @@ class MoA:
         async def usage() -> Mapping[str, Any]:
             return dict((await self.aresult(thread_id, record.run_id)).usage)
 
-        executor = RunExecutor(
-            self.registry,
-            heartbeat_interval=self.heartbeat_interval,
-            stale_after=self.stale_after,
-        )
-        ended = await executor.execute(
+        ended = await self._executor().execute(
             record,
             recorded,
             owner=self.owner,
@@ -357,6 +353,9 @@ class MoA:
             usage_so_far=usage,
         )
         if result:
+            if ended is not None and ended.status != result[0].status:  # not recorded as it was
+                result[0].status = ended.status
+                result[0].notes.append(ended.error or "")
             return result[0]
         status = ended.status if ended is not None else "cancelled"
         return RunResult(  # cancelled on request (e.g. `moa cancel`) or superseded
@@ -366,6 +365,38 @@ class MoA:
             answer=None,
             notes=[ended.error] if ended is not None and ended.error else [],
         )
+
+    def _executor(self) -> RunExecutor:
+        assert self.registry is not None
+        if self._run_executor is None or self._run_executor.registry is not self.registry:
+            self._run_executor = RunExecutor(
+                self.registry,
+                heartbeat_interval=self.heartbeat_interval,
+                stale_after=self.stale_after,
+            )
+        return self._run_executor
+
+    async def acancel(
+        self, run_id: str | None = None, *, thread_id: str | None = None
+    ) -> list[RunRecord]:
+        """Cancel a run, or every active run of a thread, in whichever process runs it or
+        has it queued (``moa serve``, ``moa worker``, another ``MoA``): a cancel request in
+        the registry that the holder sees within a second (at once in this process).
+        Returns the runs as they are now (a queued run is already ``cancelled``)."""
+        if self.registry is None:
+            raise RunError("cancelling needs a run registry (open MoA with db_url=)")
+        if (run_id is None) == (thread_id is None):
+            raise ValueError("give a run_id or a thread_id (not both)")
+        if run_id is not None:
+            if await self.registry.get_run(run_id) is None:
+                raise RunError(f"no run {run_id!r} in this store; `moa runs` lists them")
+            ids = [run_id]
+        else:
+            active = await self.registry.list_runs(
+                thread_id=thread_id, status=["pending", "running"], limit=1000
+            )
+            ids = [r.run_id for r in active]
+        return [await self._executor().cancel(i) for i in ids]
 
     async def _begin(
         self,

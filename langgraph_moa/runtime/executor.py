@@ -292,6 +292,7 @@ class RunExecutor:
         on_stop: Literal["interrupted", "cancelled"] | None = "interrupted",
         reraise: bool = False,
         usage_so_far: Callable[[], Awaitable[Mapping[str, Any] | None]] | None = None,
+        hand_back: tuple[type[BaseException], ...] = (),
     ) -> RunRecord | None:
         """Execute a run with ``body`` and record its end; return the recorded run.
 
@@ -305,6 +306,8 @@ class RunExecutor:
         leaves the run active and free for another process (a shutdown hand-back).
         ``reraise``: after recording ``error``, raise the body's exception.
         ``usage_so_far``: the usage to record when the run stops or fails midway.
+        ``hand_back``: exceptions of the body that give the run back (``pending``, no
+        owner, for another process to continue), re-raised.
 
         Raises :class:`LeaseLostError` when another process took the thread meanwhile
         (nothing recorded), ``RunOwnedError`` when a live process owns the run, and
@@ -336,9 +339,13 @@ class RunExecutor:
         self.running[record.run_id] = execution
         beat = asyncio.create_task(self._heartbeat(execution), name=f"lease-{record.run_id}")
         try:
-            return await self._run(
-                execution, body, emit, describe_error, on_stop, reraise, usage_so_far
-            )
+            try:
+                return await self._run(
+                    execution, body, emit, describe_error, on_stop, reraise, usage_so_far, hand_back
+                )
+            except hand_back:
+                await asyncio.shield(self._hand_back(execution, "pending"))
+                raise
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
@@ -354,6 +361,7 @@ class RunExecutor:
         on_stop: str | None,
         reraise: bool,
         usage_so_far: Callable[[], Awaitable[Mapping[str, Any] | None]] | None,
+        hand_back: tuple[type[BaseException], ...] = (),
     ) -> RunRecord | None:
         task = execution.task
 
@@ -388,6 +396,8 @@ class RunExecutor:
                 raise
         except OwnershipLostError:
             raise
+        except hand_back:
+            raise
         except Exception as exc:
             name, message = (describe_error or _describe)(exc)
             if emit is not None:
@@ -421,10 +431,15 @@ class RunExecutor:
             log.exception("run %s: cannot record that its end failed", run_id)
             return None
 
-    async def _hand_back(self, execution: Execution) -> None:
+    async def _hand_back(self, execution: Execution, status: str | None = None) -> None:
+        values = {"status": status} if status is not None else {}
         with contextlib.suppress(Exception):
             await self.registry.update_run(
-                execution.run_id, owner=execution.owner, release=True, sync_thread=False
+                execution.run_id,
+                owner=execution.owner,
+                release=True,
+                sync_thread=status is not None,
+                **values,
             )
 
     async def _supersede(self, run: RunRecord, newer: RunRecord) -> RunRecord:

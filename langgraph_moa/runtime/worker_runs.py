@@ -11,7 +11,6 @@ finished layers, and the agents of the interrupted layer that had already answer
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -23,12 +22,14 @@ from typing import Any, cast
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from langgraph_moa.persistence.registry import (
+    LeaseHeldError,
     Owner,
     OwnershipLostError,
     RunOwnedError,
     RunRegistry,
 )
 from langgraph_moa.runtime.api import MoA
+from langgraph_moa.runtime.executor import Execution, RunExecutor
 from langgraph_moa.runtime.worker_events import EventStore
 from langgraph_moa.spec import load_spec
 
@@ -75,6 +76,9 @@ class MoARunHandler:
         self.stale_after = stale_after
         self.draining = draining
         self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.executor = RunExecutor(
+            registry, heartbeat_interval=heartbeat_interval, stale_after=stale_after
+        )
         self._graphs: OrderedDict[str, MoA] = OrderedDict()
 
     async def moa_for(self, spec_data: Mapping[str, Any], interrupt_after: Any = ()) -> MoA:
@@ -114,45 +118,34 @@ class MoARunHandler:
         if run.spec is None:
             await self._fail(run_id, None, ValueError("the run has no spec in the registry"))
             return
-        owner = Owner.new()
+        spec, options = run.spec, run.options
+
+        async def body(execution: Execution) -> Any:
+            moa = await self.moa_for(spec, options.get("interrupt_after"))
+            await self._run(
+                run_id, run.thread_id, spec, run.input, options, attempt, execution.configurable()
+            )
+            return await moa.aresult(run.thread_id, run_id)
+
+        async def emit(event: str, data: Any) -> None:
+            log.error("run %s failed: %s", run_id, data)
+            await self.events.append(run_id, event, data)
+
         try:
-            await self.registry.claim_run(run_id, owner, stale_after=self.stale_after)
-        except RunOwnedError as exc:
+            await self.executor.execute(
+                run,
+                body,
+                owner=Owner.new(),
+                resume_ended=resume,
+                emit=emit,
+                on_stop=None,
+                hand_back=(RunHandedBack,),
+            )
+        except (RunOwnedError, LeaseHeldError) as exc:
             raise RunBusy(str(exc)) from None
-        current = asyncio.current_task()
-        assert current is not None
-        lost = asyncio.Event()
-        beat = asyncio.create_task(self._heartbeat(run_id, owner, current, lost))
-        try:
-            try:
-                await self._run(run_id, run.thread_id, run.spec, run.input, run.options, attempt)
-            finally:
-                beat.cancel()
-                await asyncio.gather(beat, return_exceptions=True)
-        except OwnershipLostError as exc:
-            raise RunTakenOver(str(exc)) from None
-        except asyncio.CancelledError:
-            if lost.is_set():  # fenced out: another worker has the run now
-                raise RunTakenOver(f"run {run_id} was taken over by another worker") from None
-            raise
-        except RunHandedBack:
-            await self.registry.update_run(run_id, owner=owner, release=True, status="pending")
-            raise
-        except Exception as exc:
-            await self._fail(run_id, owner, exc)
-        else:
-            moa = await self.moa_for(run.spec, run.options.get("interrupt_after"))
-            result = await moa.aresult(run.thread_id, run_id)
-            with contextlib.suppress(OwnershipLostError):
-                await self.registry.release_run(
-                    run_id,
-                    owner,
-                    status=result.status if result.status in FINAL else "success",
-                    answer=result.answer,
-                    usage=dict(result.usage),
-                    waiting_for=result.waiting_for or None,
-                )
-            await self.events.append(run_id, "end", None)
+        except OwnershipLostError as exc:  # the lease went to another worker meanwhile
+            raise RunTakenOver(f"run {run_id} was taken over by another worker: {exc}") from None
+        await self.events.append(run_id, "end", None)
 
     async def _run(
         self,
@@ -162,6 +155,7 @@ class MoARunHandler:
         run_input: Any,
         options: Mapping[str, Any],
         attempt: int,
+        configurable: Mapping[str, Any],
     ) -> None:
         if self.draining():
             raise RunHandedBack("the worker is shutting down")
@@ -183,7 +177,7 @@ class MoARunHandler:
                 "worker": self.worker_name,
             },
         )
-        config = MoA.config(thread_id, run_id)
+        config = MoA.config(thread_id, run_id, **configurable)
         config["metadata"] = {"run_id": run_id}
         stream = cast(
             AsyncGenerator[tuple[str, Any], None],
@@ -209,18 +203,3 @@ class MoARunHandler:
                 run_id, owner=owner, release=owner is not None, status="error", error=message
             )
         await self.events.append(run_id, "end", None)
-
-    async def _heartbeat(
-        self, run_id: str, owner: Owner, run_task: asyncio.Task[Any], lost: asyncio.Event
-    ) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            try:
-                alive = await self.registry.heartbeat(run_id, owner)
-            except Exception as exc:  # the database may be back on the next beat
-                log.warning("run %s: registry heartbeat failed: %s", run_id, exc)
-                continue
-            if not alive:
-                lost.set()
-                run_task.cancel()
-                return
