@@ -773,9 +773,12 @@ class RunRegistry:
         owner: Owner | None = None,
         thread_metadata: Mapping[str, Any] | None = None,
         tenant: str | None = None,
+        queued_by: Owner | None = None,
     ) -> RunRecord:
         """Create a run (and its thread if missing). With ``owner`` the run is created
-        claimed by that process: ``running``, one attempt, heartbeat now."""
+        claimed by that process: ``running``, one attempt, heartbeat now. With
+        ``queued_by`` it is ``pending`` and held by that process (its heartbeat says the
+        queue is alive, so no other process takes the run as an orphan)."""
         _check_status(status, RUN_STATUSES, "run")
         run_id = run_id or str(uuid.uuid4())
         now = _now()
@@ -806,6 +809,13 @@ class RunRegistry:
                 owner_token=owner.token,
                 heartbeat_at=now,
                 started_at=now,
+            )
+        elif queued_by is not None:
+            row.update(
+                owner_host=queued_by.host,
+                owner_pid=queued_by.pid,
+                owner_token=queued_by.token,
+                heartbeat_at=now,
             )
         await self.create_thread(
             thread_id,

@@ -289,7 +289,7 @@ class RunExecutor:
         resume_ended: bool = False,
         emit: EventSink | None = None,
         describe_error: Callable[[BaseException], tuple[str, str]] | None = None,
-        on_stop: Literal["interrupted", "cancelled"] | None = "interrupted",
+        on_stop: str | Callable[[], str | None] | None = "interrupted",
         reraise: bool = False,
         usage_so_far: Callable[[], Awaitable[Mapping[str, Any] | None]] | None = None,
         hand_back: tuple[type[BaseException], ...] = (),
@@ -302,8 +302,9 @@ class RunExecutor:
         error or cancel); otherwise an ended run is left alone (returns it). ``emit``
         receives an ``error`` event (``{"error", "message"}``) when the body fails;
         ``describe_error`` names an exception for it (default: type and message).
-        ``on_stop``: the status recorded when the caller cancels the task (Ctrl-C); None
-        leaves the run active and free for another process (a shutdown hand-back).
+        ``on_stop``: the status recorded when the caller cancels the task (Ctrl-C), or a
+        function deciding it then; None leaves the run active and free for another
+        process (a shutdown hand-back).
         ``reraise``: after recording ``error``, raise the body's exception.
         ``usage_so_far``: the usage to record when the run stops or fails midway.
         ``hand_back``: exceptions of the body that give the run back (``pending``, no
@@ -328,6 +329,9 @@ class RunExecutor:
         if epoch is None:  # cancelled while it waited
             return await registry.get_run(record.run_id)
         try:
+            fresh = await registry.get_run(record.run_id)
+            if fresh is None or (fresh.status not in ACTIVE and not resume_ended):
+                return fresh  # cancelled or deleted while it waited
             newer = await _newer_ended(registry, record)
             if newer is not None:
                 return await self._supersede(record, newer)
@@ -358,7 +362,7 @@ class RunExecutor:
         body: Callable[[Execution], Awaitable[Outcome | RunEnd]],
         emit: EventSink | None,
         describe_error: Callable[[BaseException], tuple[str, str]] | None,
-        on_stop: str | None,
+        on_stop: str | Callable[[], str | None] | None,
         reraise: bool,
         usage_so_far: Callable[[], Awaitable[Mapping[str, Any] | None]] | None,
         hand_back: tuple[type[BaseException], ...] = (),
@@ -388,6 +392,8 @@ class RunExecutor:
                 execution.task = None
                 end = RunEnd("cancelled", error="cancelled on request", usage=await usage())
             else:
+                if callable(on_stop):
+                    on_stop = on_stop()
                 if on_stop is None:
                     await asyncio.shield(self._hand_back(execution))
                 else:
