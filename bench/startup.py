@@ -1,9 +1,11 @@
 """Start-up: wall time and peak memory of `moa` commands, next to `langgraph --help`.
 
 Each command runs as a fresh subprocess, N rounds, the commands alternating within a round so
-that they all see the same background load; the table gives the median wall time and the
-median peak RSS (``ru_maxrss`` of the child). `moa runs` lists an (empty) SQLite store that a
-warm-up call created. Prints a table and writes bench/results/startup.json.
+that they all see the same background load; the table gives the median wall time, the median
+CPU time (user + system: on a busy machine closer to what the command costs than its wall
+time) and the median peak RSS (``ru_maxrss`` of the child; this script imports nothing heavy
+before it forks, so the child's figure is its own). `moa runs` lists an (empty) SQLite store
+that a warm-up call created. Prints a table and writes bench/results/startup.json.
 
     python bench/startup.py [--rounds 9] [--only moa-help,moa-runs]
     python bench/startup.py --importtime "spec validate examples/specs/team.yaml"
@@ -23,9 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from overhead import RESULTS, load_average, machine, print_table
-
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
 SPEC = "examples/specs/team.yaml"
 GOALS = {"moa --help": 0.3, "moa runs": 0.5, "moa spec validate": 0.5}
 
@@ -51,8 +52,14 @@ def commands(db: str) -> dict[str, list[str]]:
     return cmds
 
 
-def measure(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one run of ``argv``; raises if it fails."""
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def measure(argv: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (MiB) of one run of ``argv``; raises if it
+    fails."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -63,7 +70,7 @@ def measure(argv: list[str]) -> tuple[float, float]:
         proc.stderr.close()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {stderr[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def importtime(args: str) -> int:
@@ -99,20 +106,24 @@ def main(argv: list[str] | None = None) -> int:
             cmds = {k: v for k, v in cmds.items() if k in wanted}
         for argv_ in cmds.values():
             measure(argv_)  # warm-up: page cache, .pyc files, the store's tables
-        samples: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
+        samples: dict[str, list[tuple[float, float, float]]] = {k: [] for k in cmds}
         for _ in range(args.rounds):
             for label, argv_ in cmds.items():
                 samples[label].append(measure(argv_))
+    load_after = load_average()
+    from overhead import machine, print_table  # imports LangGraph: only after the children
+
     base = samples.get("langgraph --help")
-    base_wall = statistics.median(w for w, _ in base) if base else None
+    base_wall = statistics.median(w for w, _, _ in base) if base else None
     rows: list[dict[str, Any]] = []
     for label, runs in samples.items():
-        wall = statistics.median(w for w, _ in runs)
+        wall = statistics.median(w for w, _, _ in runs)
         row: dict[str, Any] = {
             "command": label,
             "median_s": round(wall, 3),
-            "min_s": round(min(w for w, _ in runs), 3),
-            "peak_rss_mb": round(statistics.median(m for _, m in runs), 1),
+            "min_s": round(min(w for w, _, _ in runs), 3),
+            "cpu_s": round(statistics.median(c for _, c, _ in runs), 3),
+            "peak_rss_mb": round(statistics.median(m for _, _, m in runs), 1),
             "vs_langgraph": f"{wall / base_wall:.2f}x" if base_wall else "",
             "goal_s": GOALS.get(label, ""),
         }
@@ -125,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
             ("command", "command", 18),
             ("median_s", "median s", 9),
             ("min_s", "min s", 7),
+            ("cpu_s", "CPU s", 7),
             ("peak_rss_mb", "peak MiB", 9),
             ("vs_langgraph", "vs langgraph", 12),
             ("goal_s", "goal s", 7),
             ("met", "met", 4),
         ],
     )
-    load_after = load_average()
     print(f"\n{args.rounds} rounds; load average before {load_before}, after {load_after}")
     report = {
         "machine": machine(),

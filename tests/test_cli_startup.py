@@ -68,3 +68,19 @@ def test_spec_validate_imports_no_langgraph() -> None:
     loaded = _modules("spec", "validate", "examples/specs/team.yaml")
     assert "pydantic" in loaded  # it did validate the spec
     assert not loaded & HEAVY
+
+
+def test_runs_reads_the_registry_without_langgraph(tmp_path: Path) -> None:
+    loaded = _modules("runs", "--db", f"sqlite:///{tmp_path}/moa.sqlite")
+    assert "sqlalchemy" in loaded  # it did open the store
+    assert not loaded & (HEAVY - {"sqlalchemy"})
+
+
+@pytest.mark.parametrize("package", ["langgraph_moa.persistence", "langgraph_moa.runtime"])
+def test_lazy_package_exports_all_resolve(package: str) -> None:
+    # the packages import their exports on first use: every name in __all__ must resolve
+    import importlib
+
+    module = importlib.import_module(package)
+    missing = [name for name in module.__all__ if getattr(module, name, None) is None]
+    assert not missing

@@ -246,13 +246,13 @@ def runs_command(
     from rich.table import Table
 
     from langgraph_moa.persistence.registry import RUN_STATUSES
-    from langgraph_moa.runtime.api import open_store
+    from langgraph_moa.runtime.store import open_registry
 
     if status is not None and status not in RUN_STATUSES:
         fail(f"--status {status!r}: use one of {', '.join(RUN_STATUSES)}", 2)
 
     async def get() -> Any:
-        async with open_store(db) as (_, registry):
+        async with open_registry(db) as registry:
             return await registry.list_runs(thread_id=thread, status=status, limit=limit)  # type: ignore[arg-type]
 
     records = store_call(get())

@@ -25,24 +25,57 @@ async with AsyncSQLAlchemySaver.from_url("postgresql://user@host/db") as saver:
   ``encrypt=True`` encrypts stored values with ``$LANGGRAPH_AES_KEY``.
 - Retention: ``saver.prune_to_last(keep=N)``, ``saver.delete_older_than(timedelta)``,
   ``moa prune``.
+
+The exports are imported on first use: ``langgraph_moa.persistence.registry`` (say) does
+not load LangGraph.
 """
 
-from langgraph_moa.persistence.errors import (
-    CheckpointConflictError,
-    DatabaseUnavailableError,
-    DatabaseURLError,
-    PersistenceError,
-    SchemaVersionError,
-)
-from langgraph_moa.persistence.saver import (
-    INLINE_MAX_BYTES,
-    LEASE_CONFIG_KEY,
-    AsyncSQLAlchemySaver,
-    SQLAlchemySaver,
-)
-from langgraph_moa.persistence.schema import SCHEMA_VERSION
-from langgraph_moa.persistence.serde import make_serde, schema_allowlist
-from langgraph_moa.persistence.urls import async_url, create_async_engine, create_engine, sync_url
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langgraph_moa.persistence.errors import (
+        CheckpointConflictError,
+        DatabaseUnavailableError,
+        DatabaseURLError,
+        PersistenceError,
+        SchemaVersionError,
+    )
+    from langgraph_moa.persistence.saver import (
+        INLINE_MAX_BYTES,
+        LEASE_CONFIG_KEY,
+        AsyncSQLAlchemySaver,
+        SQLAlchemySaver,
+    )
+    from langgraph_moa.persistence.schema import SCHEMA_VERSION
+    from langgraph_moa.persistence.serde import make_serde, schema_allowlist
+    from langgraph_moa.persistence.urls import (
+        async_url,
+        create_async_engine,
+        create_engine,
+        sync_url,
+    )
+
+_EXPORTS = {
+    "CheckpointConflictError": "langgraph_moa.persistence.errors",
+    "DatabaseUnavailableError": "langgraph_moa.persistence.errors",
+    "DatabaseURLError": "langgraph_moa.persistence.errors",
+    "PersistenceError": "langgraph_moa.persistence.errors",
+    "SchemaVersionError": "langgraph_moa.persistence.errors",
+    "INLINE_MAX_BYTES": "langgraph_moa.persistence.saver",
+    "LEASE_CONFIG_KEY": "langgraph_moa.persistence.saver",
+    "AsyncSQLAlchemySaver": "langgraph_moa.persistence.saver",
+    "SQLAlchemySaver": "langgraph_moa.persistence.saver",
+    "SCHEMA_VERSION": "langgraph_moa.persistence.schema",
+    "make_serde": "langgraph_moa.persistence.serde",
+    "schema_allowlist": "langgraph_moa.persistence.serde",
+    "async_url": "langgraph_moa.persistence.urls",
+    "create_async_engine": "langgraph_moa.persistence.urls",
+    "create_engine": "langgraph_moa.persistence.urls",
+    "sync_url": "langgraph_moa.persistence.urls",
+}
 
 __all__ = [
     "INLINE_MAX_BYTES",
@@ -62,3 +95,13 @@ __all__ = [
     "schema_allowlist",
     "sync_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import an export on first use, so that importing a submodule stays light."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

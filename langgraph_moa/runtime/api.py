@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import sqlalchemy as sa
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Command, Durability, StreamMode
@@ -48,7 +47,6 @@ from langgraph_moa.runtime.runs import (
     RunError,
     RunFinishedError,
     SpecDriftError,
-    StoreError,
     UnknownThreadError,
     copy_checkpoint,
     describe_interrupt,
@@ -56,7 +54,7 @@ from langgraph_moa.runtime.runs import (
     spec_changes,
     spec_data,
 )
-from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
+from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url, store_error
 from langgraph_moa.spec import GraphSpec, load_spec
 from langgraph_moa.state import Usage, add_usage
 
@@ -116,13 +114,6 @@ class RunResult:
 
 
 _NODE = re.compile(r"^L(\d+)_(.+)$")
-
-
-def _safe_url(url: str) -> str:
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<the store URL>"
 
 
 class MoA:
@@ -204,11 +195,7 @@ class MoA:
                 except (ImportError, ValueError):
                     raise
                 except Exception as exc:
-                    raise StoreError(
-                        f"cannot open the store {_safe_url(url)}: {type(exc).__name__}: {exc}; "
-                        "check that the database is running and the URL (--db / MOA_DB_URL) "
-                        "is right; nothing was changed"
-                    ) from exc
+                    raise store_error(url, exc) from exc
                 if self._registry_arg is None:
                     self._registry_arg = True
             self.checkpointer = checkpointer
@@ -626,11 +613,7 @@ async def open_store(db_url: str | None) -> AsyncIterator[tuple[Any, RunRegistry
         except (ImportError, ValueError):
             raise
         except Exception as exc:
-            raise StoreError(
-                f"cannot open the store {_safe_url(url)}: {type(exc).__name__}: {exc}; "
-                "check that the database is running and the URL (--db / MOA_DB_URL) is "
-                "right; nothing was changed"
-            ) from exc
+            raise store_error(url, exc) from exc
         yield saver, registry
 
 

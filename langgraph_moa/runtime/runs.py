@@ -14,13 +14,15 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from langgraph_moa.persistence.registry import Owner, RegistryError, RunRecord, RunRegistry
 from langgraph_moa.spec import GraphSpec
+
+if TYPE_CHECKING:
+    from langgraph.checkpoint.base import BaseCheckpointSaver
 
 __all__ = [
     "Decision",

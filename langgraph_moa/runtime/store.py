@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
 from platformdirs import user_data_dir
 
-__all__ = ["default_db_url", "open_checkpointer", "resolve_db_url"]
+if TYPE_CHECKING:
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+
+    from langgraph_moa.persistence.registry import RunRegistry
+    from langgraph_moa.runtime.runs import StoreError
+
+__all__ = ["default_db_url", "open_checkpointer", "open_registry", "resolve_db_url", "store_error"]
 
 
 def default_db_url() -> str:
@@ -34,3 +39,40 @@ async def open_checkpointer(db_url: str | None) -> AsyncIterator[BaseCheckpointS
     async with AsyncSQLAlchemySaver.from_url(resolve_db_url(db_url)) as saver:
         await saver.setup()
         yield saver
+
+
+@asynccontextmanager
+async def open_registry(db_url: str | None) -> AsyncIterator[RunRegistry]:
+    """The run registry of ``db_url`` alone (no checkpointer, no LangGraph), set up.
+
+    For commands that only read runs (``moa runs``): :class:`StoreError` if unreachable.
+    """
+    from langgraph_moa.persistence.registry import RunRegistry
+
+    url = resolve_db_url(db_url)
+    async with AsyncExitStack() as stack:
+        try:
+            registry = RunRegistry.from_url(url)
+            stack.push_async_callback(registry.aclose)
+            await registry.setup()
+        except (ImportError, ValueError):
+            raise
+        except Exception as exc:
+            raise store_error(url, exc) from exc
+        yield registry
+
+
+def store_error(url: str, exc: BaseException) -> StoreError:
+    """The one-line error for a store that cannot be opened (password hidden)."""
+    import sqlalchemy as sa
+
+    from langgraph_moa.runtime.runs import StoreError
+
+    try:
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        shown = "<the store URL>"
+    return StoreError(
+        f"cannot open the store {shown}: {type(exc).__name__}: {exc}; check that the database "
+        "is running and the URL (--db / MOA_DB_URL) is right; nothing was changed"
+    )
