@@ -15,7 +15,7 @@ import sys
 import threading
 import uuid
 import warnings
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -37,6 +37,7 @@ from langgraph_moa.persistence import (
     SQLAlchemySaver,
     async_url,
     make_serde,
+    migrations,
     schema_allowlist,
     sync_url,
 )
@@ -395,6 +396,13 @@ print("ok")
 """
 
 
+_checkpoint_versions = (
+    select(migrations.table.c.version)
+    .where(migrations.table.c.component == "checkpoints")
+    .order_by(migrations.table.c.version)
+)
+
+
 def test_setup_is_idempotent_and_safe_from_several_processes(db_url: str) -> None:
     procs = [run_script(SETUP_SCRIPT, db_url) for _ in range(4)]
     for p in procs:
@@ -404,7 +412,7 @@ def test_setup_is_idempotent_and_safe_from_several_processes(db_url: str) -> Non
     with SQLAlchemySaver.from_url(db_url) as saver:
         saver.setup()
         with saver.engine.connect() as conn:
-            versions = conn.execute(select(moa_schema.migrations.c.v)).scalars().all()
+            versions = conn.execute(_checkpoint_versions).scalars().all()
     assert versions == list(range(1, SCHEMA_VERSION + 1))
 
 
@@ -412,7 +420,14 @@ def test_schema_newer_than_the_code_is_refused(db_url: str) -> None:
     with SQLAlchemySaver.from_url(db_url) as saver:
         saver.setup()
         with saver.engine.begin() as conn:
-            conn.execute(insert(moa_schema.migrations).values(v=SCHEMA_VERSION + 5))
+            conn.execute(
+                insert(migrations.table).values(
+                    component="checkpoints",
+                    version=SCHEMA_VERSION + 5,
+                    name="from the future",
+                    applied_at=datetime.now(),
+                )
+            )
     with SQLAlchemySaver.from_url(db_url) as saver, pytest.raises(SchemaVersionError) as info:
         saver.get_tuple(cfg("t"))
     assert info.value.found == SCHEMA_VERSION + 5
@@ -436,15 +451,13 @@ def test_a_later_migration_upgrades_the_store_in_place(
     def v2(conn: Any) -> None:
         conn.execute(text("CREATE TABLE moa_checkpoint_v2_probe (id INTEGER PRIMARY KEY)"))
 
-    from langgraph_moa.persistence.saver import _setup as saver_module
-
-    monkeypatch.setattr(saver_module, "MIGRATIONS", [*moa_schema.MIGRATIONS, v2])
-    monkeypatch.setattr(saver_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    steps = [*migrations.STEPS["checkpoints"], migrations.Step("a probe table", v2)]
+    monkeypatch.setitem(migrations.STEPS, "checkpoints", steps)
     with SQLAlchemySaver.from_url(db_url) as saver:
         got = saver.get_tuple(cfg("keep"))  # auto-migrates on first use
         assert got is not None and got.config["configurable"]["checkpoint_id"] == first
         with saver.engine.connect() as conn:
-            versions = conn.execute(select(moa_schema.migrations.c.v)).scalars().all()
+            versions = conn.execute(_checkpoint_versions).scalars().all()
             conn.execute(text("SELECT count(*) FROM moa_checkpoint_v2_probe"))
     assert versions == list(range(1, SCHEMA_VERSION + 2))
 

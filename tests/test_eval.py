@@ -232,8 +232,8 @@ async def test_store_records_once_and_guards_its_schema_version(db_url: str) -> 
         async with store.engine.begin() as conn:
             await conn.execute(
                 sa.text(
-                    "INSERT INTO moa_eval_migrations (version, name, applied_at) "
-                    "VALUES (99, 'from the future', CURRENT_TIMESTAMP)"
+                    "INSERT INTO moa_schema_migrations (component, version, name, applied_at) "
+                    "VALUES ('eval', 99, 'from the future', CURRENT_TIMESTAMP)"
                 )
             )
     with pytest.raises(EvalSchemaError, match="schema version 99"):

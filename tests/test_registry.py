@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 import sqlalchemy as sa
 
+from langgraph_moa.persistence import migrations
 from langgraph_moa.persistence.registry import (
-    MIGRATIONS,
     LeaseHeldError,
     Owner,
     OwnershipLostError,
@@ -19,9 +19,10 @@ from langgraph_moa.persistence.registry import (
     RunOwnedError,
     RunRegistry,
     ThreadExistsError,
-    async_url,
     pid_alive,
 )
+
+VERSION = migrations.schema_version("registry")
 
 
 @pytest.fixture
@@ -38,19 +39,12 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def test_async_url() -> None:
-    assert async_url("sqlite:///x.db").drivername == "sqlite+aiosqlite"
-    assert async_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
-    assert async_url("mysql+pymysql://root@h/db?charset=utf8mb4").drivername == "mysql+aiomysql"
-    assert async_url("mysql+pymysql://root@h/db?charset=utf8mb4").query == {"charset": "utf8mb4"}
-
-
 async def test_setup_is_idempotent_and_versioned(registry: RunRegistry) -> None:
-    assert await registry.schema_version() == len(MIGRATIONS)
-    assert await registry.setup() == len(MIGRATIONS)
+    assert await registry.schema_version() == VERSION
+    assert await registry.setup() == VERSION
     async with registry.engine.connect() as conn:
         names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
-    assert {"moa_threads", "moa_runs", "moa_registry_migrations"} <= names
+    assert {"moa_threads", "moa_runs", "moa_schema_migrations"} <= names
 
 
 async def test_concurrent_setup(db_url: str) -> None:
@@ -60,7 +54,7 @@ async def test_concurrent_setup(db_url: str) -> None:
     finally:
         for r in regs:
             await r.aclose()
-    assert versions == [len(MIGRATIONS)] * 3
+    assert versions == [VERSION] * 3
 
 
 async def test_threads_crud_and_search(registry: RunRegistry) -> None:
@@ -284,28 +278,28 @@ async def test_migration_2_adds_the_lease_to_a_version_1_store(db_url: str) -> N
     from langgraph_moa.persistence import registry as module
 
     async with RunRegistry.from_url(db_url) as old:
-        module.MIGRATIONS, saved = module.MIGRATIONS[:1], module.MIGRATIONS
-        try:
-            async with old.engine.begin() as conn:  # the tables as version 1 made them
-                await conn.run_sync(lambda c: module.migrations_table.create(c))
-                for table in (module.threads_table, module.runs_table):
-                    legacy = sa.Table(
-                        table.name,
-                        sa.MetaData(),
-                        *(
-                            c.copy()
-                            for c in table.columns
-                            if c.name not in module._V1_COLUMNS[table.name]
-                        ),
-                    )
-                    await conn.run_sync(legacy.create)
-                await conn.execute(
-                    module.migrations_table.insert().values(
-                        version=1, name="v1", applied_at=sa.func.now()
-                    )
+        async with old.engine.begin() as conn:  # the tables as version 1 made them
+            stamp = "TIMESTAMP" if old.dialect == "postgresql" else "DATETIME"
+            added = module._V1_COLUMNS
+            await conn.execute(
+                sa.text(
+                    "CREATE TABLE moa_registry_migrations (version INTEGER NOT NULL PRIMARY "
+                    f"KEY, name VARCHAR(200) NOT NULL, applied_at {stamp} NOT NULL)"
                 )
-        finally:
-            module.MIGRATIONS = saved
+            )
+            for table in (module.threads_table, module.runs_table):
+                legacy = sa.Table(
+                    table.name,
+                    sa.MetaData(),
+                    *(c.copy() for c in table.columns if c.name not in added[table.name]),
+                )
+                await conn.run_sync(legacy.create)
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO moa_registry_migrations (version, name, applied_at) "
+                    "VALUES (1, 'v1', CURRENT_TIMESTAMP)"
+                )
+            )
         assert await old.schema_version() == 1
-        assert await old.setup() == len(MIGRATIONS)
+        assert await old.setup() == VERSION
         assert await old.acquire_lease("t", "tok") == 1

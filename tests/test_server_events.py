@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy.ext.asyncio import create_async_engine
-
-from langgraph_moa.persistence.registry import async_url
+from langgraph_moa.persistence.events import EventLog
 from langgraph_moa.server import serde
-from langgraph_moa.server.events import RunStreams, engine_json_options
+from langgraph_moa.server.events import RunStreams
 
 
 async def test_log_replay_follow_and_prune(db_url: str) -> None:
-    engine = create_async_engine(async_url(db_url), **engine_json_options())
+    log = EventLog.from_url(db_url)
     try:
-        streams = RunStreams(engine, poll_interval=0.05)
+        streams = RunStreams(log, poll_interval=0.05)
         await streams.setup()
         await streams.setup()  # idempotent
         streams.open("r1", persist=True)
@@ -35,7 +33,7 @@ async def test_log_replay_follow_and_prune(db_url: str) -> None:
         assert [e.seq for e in after] == [e.seq for e in got[2:]]
 
         # a run streamed by "another process": followed through the log while active
-        other = RunStreams(engine, poll_interval=0.05)
+        other = RunStreams(EventLog(log.engine), poll_interval=0.05)
         active = True
 
         async def is_active() -> bool:
@@ -61,4 +59,4 @@ async def test_log_replay_follow_and_prune(db_url: str) -> None:
         assert await streams.prune(-60) == 9  # 4 + end, 3 + end
         assert await streams.logged("r1") == []
     finally:
-        await engine.dispose()
+        await log.aclose()

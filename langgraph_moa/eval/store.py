@@ -5,13 +5,13 @@ Tables (created on the store's database by :meth:`EvalStore.setup`):
 * ``moa_eval_results``: ``kind`` is ``answer`` (a spec's answer to an item, its score,
   tokens, cost and latency) or ``judge`` (a pairwise judgment of a spec's answer against
   the baseline's). An interrupted evaluation resumes by skipping the rows it finds.
-* ``moa_eval_migrations``: applied schema versions; a database written by a newer
-  version of this code is refused instead of misread.
+Versions are kept by the store's migration runner (component ``eval`` of
+:mod:`langgraph_moa.persistence.migrations`); a database written by a newer version
+of this code is refused instead of misread.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,6 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from langgraph_moa.persistence import migrations
+from langgraph_moa.persistence.engines import get_async_engine, release_async_engine
+from langgraph_moa.persistence.errors import SchemaVersionError
+
 __all__ = ["SCHEMA_VERSION", "EvalSchemaError", "EvalStore", "ResultRow"]
 
 Kind = Literal["answer", "judge"]
@@ -27,14 +31,6 @@ Kind = Literal["answer", "judge"]
 _metadata = sa.MetaData()
 _Text = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 _Time = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-
-migrations_table = sa.Table(
-    "moa_eval_migrations",
-    _metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("applied_at", _Time, nullable=False),
-)
 
 results_table = sa.Table(
     "moa_eval_results",
@@ -60,13 +56,12 @@ def _migration_1(conn: sa.Connection) -> None:
     results_table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[tuple[str, Any]] = [("create moa_eval_results", _migration_1)]
-"""Ordered schema changes; a new one is appended, never edited."""
-SCHEMA_VERSION = len(MIGRATIONS)
+migrations.STEPS.setdefault("eval", [migrations.Step("create moa_eval_results", _migration_1)])
+"""Ordered schema changes of the ``eval`` component; append a step, never edit one."""
+SCHEMA_VERSION = migrations.schema_version("eval")
 
-
-class EvalSchemaError(RuntimeError):
-    """The database holds evaluation tables of a newer, unknown schema version."""
+EvalSchemaError = SchemaVersionError
+"""The database holds evaluation tables of a newer, unknown schema version."""
 
 
 @dataclass
@@ -105,10 +100,9 @@ class EvalStore:
     @classmethod
     def from_url(cls, url: str | None) -> EvalStore:
         """A store on ``url`` (else ``MOA_DB_URL``, else the default SQLite file)."""
-        from langgraph_moa.persistence.urls import create_async_engine
         from langgraph_moa.runtime.store import resolve_db_url
 
-        return cls(create_async_engine(resolve_db_url(url)), owns_engine=True)
+        return cls(get_async_engine(resolve_db_url(url)), owns_engine=True)
 
     async def __aenter__(self) -> EvalStore:
         try:
@@ -120,46 +114,21 @@ class EvalStore:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._owns_engine:
-            await self.engine.dispose()
+            self._owns_engine = False
+            await release_async_engine(self.engine)
 
     async def setup(self) -> int:
         """Create or upgrade the tables (idempotent, safe to race); return the version.
 
         Raises :class:`EvalSchemaError` if the database was written by a newer version.
         """
-        for attempt in range(10):  # processes racing on DDL: the losers retry
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(lambda c: migrations_table.create(c, checkfirst=True))
-                found = await self.schema_version()
-                if found > SCHEMA_VERSION:
-                    raise EvalSchemaError(
-                        f"the evaluation tables of this database are at schema version {found}, "
-                        f"newer than this langgraph-moa understands ({SCHEMA_VERSION}); upgrade "
-                        "langgraph-moa or use another --db"
-                    )
-                for version, (name, step) in enumerate(MIGRATIONS, start=1):
-                    if version <= found:
-                        continue
-                    async with self.engine.begin() as conn:
-                        await conn.run_sync(step)
-                        await conn.execute(
-                            migrations_table.insert().values(
-                                version=version, name=name, applied_at=datetime.now(UTC)
-                            )
-                        )
-                break
-            except sa.exc.DBAPIError:
-                if attempt == 9:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
-        return await self.schema_version()
+        return await migrations.aupgrade(self.engine, "eval")
 
     async def schema_version(self) -> int:
-        """The highest applied migration (0 before :meth:`setup`)."""
+        """The applied schema version (0 before :meth:`setup`)."""
         async with self.engine.connect() as conn:
-            value = await conn.scalar(sa.select(sa.func.max(migrations_table.c.version)))
-        return int(value or 0)
+            found = await conn.run_sync(migrations.current_version, "eval")
+        return found or 0
 
     async def record(self, row: ResultRow) -> bool:
         """Insert ``row``; False if that (eval, kind, spec, item) was already recorded."""

@@ -14,7 +14,8 @@ async with AsyncSQLAlchemySaver.from_url("postgresql://user@host/db") as saver:
 ```
 
 - URLs: any driver spelling; the async saver switches to the async driver itself
-  (:mod:`.urls`). Tables are prefixed ``moa_`` and versioned (:mod:`.schema`).
+  (:mod:`.urls`); one engine per database per process (:mod:`.engines`). Tables are
+  prefixed ``moa_`` and versioned by one runner (:mod:`.migrations`).
 - Fencing by run ownership: writes whose config carries the run executor's lease token
   (``configurable["__moa_lease__"]``) raise :class:`CheckpointConflictError` unless that
   token still holds the thread's lease in ``moa_threads``; without a token nothing is
@@ -36,6 +37,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from langgraph_moa.persistence.engines import (
+        create_async_engine,
+        create_engine,
+        dispose_all,
+        get_async_engine,
+        get_engine,
+    )
     from langgraph_moa.persistence.errors import (
         CheckpointConflictError,
         DatabaseUnavailableError,
@@ -51,12 +59,7 @@ if TYPE_CHECKING:
     )
     from langgraph_moa.persistence.schema import SCHEMA_VERSION
     from langgraph_moa.persistence.serde import make_serde, schema_allowlist
-    from langgraph_moa.persistence.urls import (
-        async_url,
-        create_async_engine,
-        create_engine,
-        sync_url,
-    )
+    from langgraph_moa.persistence.urls import async_url, sync_url
 
 _EXPORTS = {
     "CheckpointConflictError": "langgraph_moa.persistence.errors",
@@ -72,8 +75,11 @@ _EXPORTS = {
     "make_serde": "langgraph_moa.persistence.serde",
     "schema_allowlist": "langgraph_moa.persistence.serde",
     "async_url": "langgraph_moa.persistence.urls",
-    "create_async_engine": "langgraph_moa.persistence.urls",
-    "create_engine": "langgraph_moa.persistence.urls",
+    "create_async_engine": "langgraph_moa.persistence.engines",
+    "create_engine": "langgraph_moa.persistence.engines",
+    "dispose_all": "langgraph_moa.persistence.engines",
+    "get_async_engine": "langgraph_moa.persistence.engines",
+    "get_engine": "langgraph_moa.persistence.engines",
     "sync_url": "langgraph_moa.persistence.urls",
 }
 
@@ -91,6 +97,9 @@ __all__ = [
     "async_url",
     "create_async_engine",
     "create_engine",
+    "dispose_all",
+    "get_async_engine",
+    "get_engine",
     "make_serde",
     "schema_allowlist",
     "sync_url",

@@ -5,8 +5,8 @@ say: which runs exist, their status, who is running them, and what they cost. It
 is what ``moa runs`` lists, what ``moa resume`` checks, and what the HTTP server and
 the workers read and write.
 
-Tables (prefix ``moa_``, created by :meth:`RunRegistry.setup` and recorded in
-``moa_registry_migrations``):
+Tables (prefix ``moa_``, created by :meth:`RunRegistry.setup` through the migration
+runner, component ``registry`` of :mod:`.migrations`):
 
 * ``moa_threads``: ``thread_id``, ``created_at``, ``updated_at``, ``metadata`` (JSON),
   ``status`` (``idle | busy | interrupted | error``), ``owner`` (a tenant, nullable),
@@ -48,7 +48,6 @@ Times are naive UTC ``datetime`` values taken from this process's clock.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -61,8 +60,11 @@ from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from langgraph_moa.persistence import migrations
+from langgraph_moa.persistence.engines import get_async_engine, release_async_engine
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -81,7 +83,6 @@ __all__ = [
     "ThreadNotFoundError",
     "ThreadRecord",
     "ThreadStatus",
-    "async_url",
     "pid_alive",
     "thread_status_for",
 ]
@@ -96,7 +97,6 @@ DEFAULT_STALE_AFTER = 30.0
 CANCEL_CHANNEL = "moa_run_cancel"
 """PostgreSQL NOTIFY channel of cancel requests (payload: the run id)."""
 
-MIGRATIONS_TABLE = "moa_registry_migrations"
 _KEY = 255  # thread ids: fits a MySQL utf8mb4 index key
 
 
@@ -352,14 +352,6 @@ _metadata = sa.MetaData()
 _Time = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 _Text = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
-migrations_table = sa.Table(
-    MIGRATIONS_TABLE,
-    _metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("applied_at", _Time, nullable=False),
-)
-
 threads_table = sa.Table(
     "moa_threads",
     _metadata,
@@ -440,11 +432,7 @@ def _migration_2(conn: sa.Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {ddl}{extra}"))
 
 
-MIGRATIONS: list[tuple[str, Any]] = [
-    ("create moa_threads and moa_runs", _migration_1),
-    ("thread lease and cancel requests", _migration_2),
-]
-"""Ordered schema changes; a new one is appended, never edited."""
+# The steps are listed in migrations.STEPS["registry"]: append one there, never edit one.
 
 _RUN_COLUMNS = {c.name for c in runs_table.columns}
 _JSON_RUN = {"spec", "input", "waiting_for", "usage", "metadata", "options"}
@@ -469,19 +457,6 @@ def thread_status_for(run_status: str) -> ThreadStatus:
     return "idle"
 
 
-def async_url(url: str | sa.URL) -> sa.URL:
-    """A SQLAlchemy URL with an async driver (aiosqlite, psycopg, aiomysql)."""
-    parsed = make_url(url)
-    backend, _, driver = parsed.drivername.partition("+")
-    if backend == "sqlite" and driver != "aiosqlite":
-        return parsed.set(drivername="sqlite+aiosqlite")
-    if backend in ("postgresql", "postgres") and driver not in ("psycopg", "asyncpg"):
-        return parsed.set(drivername="postgresql+psycopg")
-    if backend in ("mysql", "mariadb") and driver not in ("aiomysql", "asyncmy"):
-        return parsed.set(drivername=f"{backend}+aiomysql")
-    return parsed
-
-
 def _check_status(status: str, allowed: Sequence[str], what: str) -> None:
     if status not in allowed:
         raise ValueError(f"unknown {what} status {status!r}; use one of {', '.join(allowed)}")
@@ -499,13 +474,9 @@ class RunRegistry:
 
     @classmethod
     def from_url(cls, url: str | sa.URL, **engine_kwargs: Any) -> RunRegistry:
-        """A registry on its own engine (closed by :meth:`aclose`)."""
-        target = async_url(url)
-        if target.get_backend_name() == "sqlite":
-            engine_kwargs.setdefault("connect_args", {"timeout": 30})
-        else:
-            engine_kwargs.setdefault("pool_pre_ping", True)
-        return cls(create_async_engine(target, **engine_kwargs), owns_engine=True)
+        """A registry on the process's engine of ``url`` (:mod:`.engines`; given back by
+        :meth:`aclose`)."""
+        return cls(get_async_engine(url, **engine_kwargs), owns_engine=True)
 
     @classmethod
     def from_engine(cls, engine: AsyncEngine | Engine) -> RunRegistry:
@@ -518,9 +489,10 @@ class RunRegistry:
         raise TypeError(f"expected a SQLAlchemy Engine or AsyncEngine, got {type(engine)}")
 
     async def aclose(self) -> None:
-        """Dispose of the engine if this registry created it."""
+        """Give back the engine if :meth:`from_url` took it."""
         if self._owns_engine:
-            await self.engine.dispose()
+            self._owns_engine = False
+            await release_async_engine(self.engine)
 
     async def __aenter__(self) -> RunRegistry:
         return self
@@ -537,35 +509,13 @@ class RunRegistry:
 
     async def setup(self) -> int:
         """Apply missing migrations (idempotent, safe to race); return the schema version."""
-        for attempt in range(10):  # processes racing on DDL: the losers retry
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(lambda c: migrations_table.create(c, checkfirst=True))
-                for version, (name, step) in enumerate(MIGRATIONS, start=1):
-                    if version <= await self.schema_version():
-                        continue
-                    async with self.engine.begin() as conn:
-                        await conn.run_sync(step)
-                        await conn.execute(
-                            migrations_table.insert().values(
-                                version=version, name=name, applied_at=_now()
-                            )
-                        )
-                break
-            except sa.exc.DBAPIError:
-                if attempt == 9:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
-        return await self.schema_version()
+        return await migrations.aupgrade(self.engine, "registry")
 
     async def schema_version(self) -> int:
-        """The highest applied migration (0 before :meth:`setup`)."""
-        try:
-            async with self.engine.connect() as conn:
-                value = await conn.scalar(sa.select(sa.func.max(migrations_table.c.version)))
-        except sa.exc.DBAPIError:
-            return 0
-        return int(value or 0)
+        """The applied schema version (0 before :meth:`setup`)."""
+        async with self.engine.connect() as conn:
+            found = await conn.run_sync(migrations.current_version, "registry")
+        return found or 0
 
     # ---------------------------------------------------------------- threads ---
 

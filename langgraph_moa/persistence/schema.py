@@ -12,15 +12,14 @@ parts of an application can share the database:
   it was written: the compare-and-set target that fences concurrent writers, and the
   index of thread activity that retention uses.
 
-``moa_checkpoint_migrations`` records the applied versions (``v`` = position in
-:data:`MIGRATIONS`, counted from 1). Never edit or remove a migration; append one.
-Projects that manage their schema with Alembic can include :data:`metadata` instead
-of calling ``setup()``.
+The tables are created and upgraded by the store's migration runner (component
+``checkpoints`` of :mod:`.migrations`, whose steps call the functions here). Projects
+that manage their schema with Alembic can include :data:`metadata` instead of calling
+``setup()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -40,15 +39,15 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeEngine
 
+from langgraph_moa.persistence import migrations
+
 __all__ = [
-    "MIGRATIONS",
     "SCHEMA_VERSION",
     "blobs",
     "checkpoints",
     "heads",
     "lease_threads",
     "metadata",
-    "migrations",
     "writes",
 ]
 
@@ -98,14 +97,6 @@ _TABLE_ARGS: dict[str, Any] = {
 # Small rows: clustered by primary key on SQLite, with no second copy of the key. Tables
 # of large rows stay rowid tables, which pack them densely in insertion order.
 _SMALL_ROWS: dict[str, Any] = {**_TABLE_ARGS, "sqlite_with_rowid": False}
-
-migrations = Table(
-    "moa_checkpoint_migrations",
-    metadata,
-    Column("v", Integer, primary_key=True, autoincrement=False),
-    mysql_engine="InnoDB",
-    mariadb_engine="InnoDB",
-)
 
 checkpoints = Table(
     "moa_checkpoints",
@@ -168,8 +159,5 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[checkpoints, blobs, writes, heads], checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
-"""Migration ``i`` brings the schema to version ``i + 1``; each must be idempotent."""
-
-SCHEMA_VERSION = len(MIGRATIONS)
+SCHEMA_VERSION = migrations.schema_version("checkpoints")
 """The schema version this code reads and writes."""

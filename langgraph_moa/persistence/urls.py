@@ -1,4 +1,4 @@
-"""Database URLs: switch between the sync and async driver of a backend, make engines.
+"""Database URLs: switch between the sync and async driver of a backend.
 
 Users type sync-style URLs (``sqlite:///moa.sqlite``, ``postgresql://user@host/db``,
 ``mysql://root@host/db``); :func:`sync_url` and :func:`async_url` turn any of them into
@@ -13,43 +13,17 @@ MySQL      ``mysql+pymysql``        ``mysql+aiomysql``
 MariaDB    ``mariadb+pymysql``      ``mariadb+aiomysql``
 ========== ======================== ==============================
 
-:func:`create_engine` and :func:`create_async_engine` make engines set up for the
-checkpointer: SQLite in WAL mode with a busy timeout and ``BEGIN IMMEDIATE``
-transactions (several processes can write one file), pre-pinged pooled connections
-for the servers (the saver
-reconnects itself when a pooled connection has died, so there is no ping per checkout).
+Engines are made by :mod:`langgraph_moa.persistence.engines` (one pool per database).
 """
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import suppress
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from langgraph_moa.persistence.errors import DatabaseURLError
 
-__all__ = [
-    "SQLITE_BUSY_TIMEOUT_MS",
-    "async_url",
-    "backend_of",
-    "create_async_engine",
-    "create_engine",
-    "install_sqlite_events",
-    "is_sqlite_memory",
-    "redact",
-    "sync_url",
-]
-
-SQLITE_BUSY_TIMEOUT_MS = 60_000
-"""How long a SQLite connection waits for another writer before giving up."""
+__all__ = ["async_url", "backend_of", "is_sqlite_memory", "parse_url", "redact", "sync_url"]
 
 _SYNC_DRIVER = {
     "sqlite": "sqlite",
@@ -72,7 +46,8 @@ _KNOWN_DRIVERS = {
 }
 
 
-def _parse(url: str | URL) -> URL:
+def parse_url(url: str | URL) -> URL:
+    """``url`` parsed, or a :class:`DatabaseURLError` saying what is wrong with it."""
     if isinstance(url, URL):
         return url
     if not isinstance(url, str) or not url.strip():
@@ -91,7 +66,7 @@ def _parse(url: str | URL) -> URL:
 
 def backend_of(url: str | URL) -> str:
     """``sqlite``, ``postgresql``, ``mysql`` or ``mariadb``; an error for anything else."""
-    u = _parse(url)
+    u = parse_url(url)
     name, _, driver = u.drivername.partition("+")
     name = _ALIASES.get(name, name)
     if name not in _KNOWN_DRIVERS:
@@ -109,20 +84,20 @@ def backend_of(url: str | URL) -> str:
 
 def sync_url(url: str | URL) -> str:
     """``url`` with the sync driver of its backend (see the module table)."""
-    u = _parse(url)
+    u = parse_url(url)
     return _render(u.set(drivername=_SYNC_DRIVER[backend_of(u)]))
 
 
 def async_url(url: str | URL) -> str:
     """``url`` with the async driver of its backend (see the module table)."""
-    u = _parse(url)
+    u = parse_url(url)
     return _render(u.set(drivername=_ASYNC_DRIVER[backend_of(u)]))
 
 
 def redact(url: str | URL) -> str:
     """``url`` with its password hidden, for messages."""
     try:
-        return _parse(url).render_as_string(hide_password=True)
+        return parse_url(url).render_as_string(hide_password=True)
     except DatabaseURLError:
         return "<unparseable URL>"
 
@@ -133,91 +108,8 @@ def _render(u: URL) -> str:
 
 def is_sqlite_memory(url: str | URL) -> bool:
     """Whether ``url`` is an in-memory SQLite database (one per connection)."""
-    u = _parse(url)
+    u = parse_url(url)
     if backend_of(u) != "sqlite":
         return False
     db = u.database or ""
     return db in ("", ":memory:") or (db.startswith("file:") and "mode=memory" in db)
-
-
-def _engine_kwargs(u: URL, engine_kwargs: dict[str, Any], *, is_async: bool) -> dict[str, Any]:
-    kw = dict(engine_kwargs)
-    backend = backend_of(u)
-    if backend == "sqlite":
-        if is_sqlite_memory(u):
-            # One shared connection, or every connection would see its own database.
-            kw.setdefault("poolclass", StaticPool)
-            kw.setdefault("connect_args", {}).setdefault("check_same_thread", False)
-        else:
-            kw.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
-    else:
-        kw.setdefault("pool_recycle", 1800)
-    return kw
-
-
-def create_engine(url: str | URL, **engine_kwargs: Any) -> Engine:
-    """A sync engine for ``url`` (any driver spelling), set up for the checkpointer."""
-    u = _parse(sync_url(url))
-    try:
-        engine = sa.create_engine(u, **_engine_kwargs(u, engine_kwargs, is_async=False))
-    except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
-        raise _missing_driver(u, exc) from None
-    if engine.dialect.name == "sqlite":
-        install_sqlite_events(engine)
-    return engine
-
-
-def create_async_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
-    """An async engine for ``url`` (sync-style URLs are switched to the async driver)."""
-    u = _parse(async_url(url))
-    try:
-        engine = _sa_create_async_engine(u, **_engine_kwargs(u, engine_kwargs, is_async=True))
-    except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
-        raise _missing_driver(u, exc) from None
-    if engine.dialect.name == "sqlite":
-        install_sqlite_events(engine.sync_engine)
-    return engine
-
-
-def _missing_driver(u: URL, exc: BaseException) -> DatabaseURLError:
-    extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(backend_of(u), "")
-    hint = f"pip install 'langgraph-moa[{extra}]'" if extra else "pip install aiosqlite"
-    return DatabaseURLError(
-        f"database URL {redact(u)!r}: the driver {u.drivername!r} is not installed ({exc}); "
-        f"install it with: {hint}"
-    )
-
-
-def install_sqlite_events(engine: Engine) -> None:
-    """Make ``engine``'s SQLite connections safe for several writing processes.
-
-    Every new connection gets WAL mode, a busy timeout and ``synchronous=NORMAL`` (no
-    fsync per commit in WAL mode; a crash of the process loses nothing, a power cut
-    may lose the last transactions but never corrupts the file), and leaves
-    transactions to the ``begin`` event, which takes the write lock up front
-    (``BEGIN IMMEDIATE``) so two writers queue instead of failing with
-    ``database is locked``. Idempotent.
-    """
-    if getattr(engine, "_moa_sqlite_events", False):
-        return
-    memory = is_sqlite_memory(engine.url)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cur = dbapi_connection.cursor()
-        try:
-            cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            if not memory:
-                # a read-only file, or a lock held elsewhere: keep the current mode
-                with suppress(sqlite3.Error):
-                    cur.execute("PRAGMA journal_mode = WAL")
-                cur.execute("PRAGMA synchronous = NORMAL")
-        finally:
-            cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine._moa_sqlite_events = True  # type: ignore[attr-defined]

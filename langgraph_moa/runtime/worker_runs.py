@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
+from langgraph_moa.persistence.events import EventLog
 from langgraph_moa.persistence.registry import (
     LeaseHeldError,
     Owner,
@@ -30,7 +31,6 @@ from langgraph_moa.persistence.registry import (
 )
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.runtime.executor import Execution, RunExecutor
-from langgraph_moa.runtime.worker_events import EventStore
 from langgraph_moa.spec import load_spec
 
 __all__ = ["DEFAULT_STREAM_MODE", "MoARunHandler", "RunBusy", "RunHandedBack", "RunTakenOver"]
@@ -62,7 +62,7 @@ class MoARunHandler:
         self,
         registry: RunRegistry,
         checkpointer: BaseCheckpointSaver[Any],
-        events: EventStore,
+        events: EventLog,
         *,
         heartbeat_interval: float = 10.0,
         stale_after: float = 60.0,

@@ -10,7 +10,7 @@ checkpoints and the registry: a deployment has one stateful service.
   in the registry (a fenced owner with a heartbeat) and executes it with
   :class:`~langgraph_moa.runtime.worker_runs.MoARunHandler`, or with the HTTP server's run
   handler for runs the server queued (``handler="server"``, see :class:`ProcrastinateExecutor`).
-  Stream chunks go to ``moa_run_events`` (:mod:`~langgraph_moa.runtime.worker_events`), which
+  Stream chunks go to ``moa_run_events`` (:mod:`~langgraph_moa.persistence.events`), which
   any process follows with LISTEN/NOTIFY and replays from an event id.
 * Crash recovery: every worker runs a :class:`Reaper`. A job still ``doing`` on a worker
   whose procrastinate heartbeat (sent from the event loop and from a thread, so a busy
@@ -58,10 +58,10 @@ from procrastinate.jobs import Status
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from langgraph_moa.persistence.events import EventLog, RunEvent
 from langgraph_moa.persistence.registry import RunRecord, RunRegistry
 from langgraph_moa.runtime.api import MoA, RunResult
 from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
-from langgraph_moa.runtime.worker_events import EventStore, RunEvent
 from langgraph_moa.runtime.worker_runs import (
     DEFAULT_STREAM_MODE,
     MoARunHandler,
@@ -228,14 +228,18 @@ async def schema_lock(conninfo: str) -> AsyncIterator[None]:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
 
 
+def _conninfo(events: EventLog) -> str:
+    return conninfo_of(events.engine.url.render_as_string(hide_password=False))
+
+
 async def setup_schema(
-    app: procrastinate.App, events: EventStore, registry: RunRegistry | None = None
+    app: procrastinate.App, events: EventLog, registry: RunRegistry | None = None
 ) -> None:
     """Apply procrastinate's schema when missing, the events table and the registry.
 
     Idempotent and safe when several processes start at once (see :func:`schema_lock`).
     """
-    async with schema_lock(events.conninfo):
+    async with schema_lock(_conninfo(events)):
         if not await app.check_connection_async():
             await app.schema_manager.apply_schema_async()
             log.info("applied the procrastinate schema")
@@ -250,7 +254,7 @@ async def setup(db_url: str | None) -> None:
     app = make_app(db_url, max_pool=2)
     async with (
         app.open_async(),
-        EventStore(conninfo_of(db_url), max_size=2) as events,
+        EventLog.from_url(db_url) as events,
         RunRegistry.from_url(db_url) as registry,
     ):
         await setup_schema(app, events, registry)
@@ -289,7 +293,7 @@ class WorkerRuntime:
     """What the jobs of one worker process share: registry, checkpointer, events, handlers."""
 
     settings: WorkerSettings
-    events: EventStore
+    events: EventLog
     registry: RunRegistry
     checkpointer_factory: CheckpointerFactory = open_checkpointer
     draining: bool = False
@@ -379,7 +383,7 @@ class Reaper:
     def __init__(
         self,
         app: procrastinate.App,
-        events: EventStore,
+        events: EventLog,
         registry: RunRegistry,
         settings: WorkerSettings,
     ) -> None:
@@ -396,7 +400,7 @@ class Reaper:
     async def reap_once(self) -> list[int]:
         """One pass: the ids of the jobs put back in the queue (or failed for good)."""
         async with await psycopg.AsyncConnection.connect(
-            self.events.conninfo, autocommit=True
+            _conninfo(self.events), autocommit=True
         ) as conn:
             cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_REAPER_LOCK,))
             row = await cur.fetchone()
@@ -496,7 +500,7 @@ async def serve(
     app = make_app(db_url, max_pool=settings.concurrency + 4)
     async with (
         app.open_async(),
-        EventStore(conninfo, max_size=settings.concurrency + 2) as events,
+        EventLog.from_url(db_url) as events,
         RunRegistry.from_url(db_url) as registry,
     ):
         await setup_schema(app, events, registry)
@@ -567,13 +571,15 @@ class _Queue:
         self.db_url = resolve_db_url(db_url)
         self.queue = queue
         self.app = make_app(self.db_url, max_pool=4)
-        self.events = EventStore(conninfo_of(self.db_url))
-        self.registry = RunRegistry.from_url(self.db_url)
+        self.events: EventLog
+        self.registry: RunRegistry
         self._stack = AsyncExitStack()
 
     async def _open(self) -> None:
         await self._stack.enter_async_context(self.app.open_async())
-        await self._stack.enter_async_context(self.events)
+        # made here, in the event loop that uses them: one engine per database and loop
+        self.events = await self._stack.enter_async_context(EventLog.from_url(self.db_url))
+        self.registry = RunRegistry.from_url(self.db_url)
         self._stack.push_async_callback(self.registry.aclose)
         await setup_schema(self.app, self.events, self.registry)
 

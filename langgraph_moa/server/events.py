@@ -1,100 +1,28 @@
-"""Run streams: live fan-out of a run's SSE events, and their SQL log for replay.
+"""Run streams: live fan-out of a run's SSE events, over the event log for replay.
 
 Events of runs created with ``stream_resumable`` (or of every run, when the server
 persists all streams, as runs executed by workers in other processes need) are written
-to ``moa_run_events`` before they are fanned out; the row id is the SSE event id, so a
+to the event log (:class:`~langgraph_moa.persistence.events.EventLog`, table
+``moa_run_events``) before they are fanned out; the row id is the SSE event id, so a
 client that reconnects with ``Last-Event-ID: n`` gets every event after ``n`` and then
-the live ones. The table has the same shape as the one
-:mod:`langgraph_moa.runtime.worker_events` writes on PostgreSQL (``id``, ``run_id``,
-``event``, ``data`` JSON, ``created_at``), so a server can follow runs that workers
-stream, on any of the three databases. Migrations are recorded in
-``moa_server_migrations``.
+the live ones. Runs streamed by another process are followed through the log (woken by
+LISTEN/NOTIFY on PostgreSQL, polled elsewhere).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-import orjson
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncEngine
+from langgraph_moa.persistence.events import EventLog, RunEvent
 
-__all__ = [
-    "END",
-    "RunStreams",
-    "StreamEvent",
-    "engine_json_options",
-    "events_table",
-    "migrate",
-]
-
-metadata = sa.MetaData()
-
-events_table = sa.Table(
-    "moa_run_events",
-    metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
-    sa.Column("run_id", sa.String(64), nullable=False),
-    sa.Column("event", sa.String(255), nullable=False),
-    sa.Column("data", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
-    sa.Column(
-        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    ),
-    sa.Index("moa_run_events_run_id_idx", "run_id", "id"),
-)
-
-migrations_table = sa.Table(
-    "moa_server_migrations",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("applied_at", sa.Float, nullable=False),
-)
-
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [
-    lambda conn: events_table.create(conn, checkfirst=True),
-]
-
-
-def _json_loads(value: Any) -> Any:
-    # SQLite gives a JSON column NUMERIC affinity: a bare number comes back as a number
-    return value if isinstance(value, int | float) else orjson.loads(value)
-
-
-def engine_json_options() -> dict[str, Any]:
-    """``create_async_engine`` arguments that make JSON columns use orjson, so event
-    bodies (already JSON bytes) are stored as they are."""
-    return {
-        "json_serializer": lambda obj: orjson.dumps(obj).decode(),
-        "json_deserializer": _json_loads,
-    }
+__all__ = ["END", "RunStreams", "StreamEvent"]
 
 
 INTERNAL_EVENTS = frozenset({"end"})
 """Logged (they tell followers a run is over) but never sent to clients."""
-
-
-async def migrate(engine: AsyncEngine) -> None:
-    """Create or upgrade the server's tables (idempotent)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(lambda c: migrations_table.create(c, checkfirst=True))
-        done = {r[0] for r in await conn.execute(sa.select(migrations_table.c.version))}
-        for version, step in enumerate(MIGRATIONS, start=1):
-            if version not in done:
-                await conn.run_sync(step)
-                await conn.execute(
-                    migrations_table.insert().values(version=version, applied_at=time.time())
-                )
 
 
 @dataclass(frozen=True)
@@ -118,24 +46,20 @@ class _Channel:
     subscribers: set[asyncio.Queue[StreamEvent]] = field(default_factory=set)
 
 
-def _row(row: Any) -> StreamEvent:
-    return StreamEvent(row.event, orjson.dumps(row.data), int(row.id))
+def _item(row: RunEvent) -> StreamEvent:
+    return StreamEvent(row.event, row.raw, row.id)
 
 
 class RunStreams:
-    """Sequence, persist and fan out the events of runs.
+    """Sequence, persist (in ``event_log``) and fan out the events of runs."""
 
-    ``engine`` must serialize JSON with orjson (``json_serializer=`` of the engine) so
-    that already encoded event bodies go into the log as they are.
-    """
-
-    def __init__(self, engine: AsyncEngine, *, poll_interval: float = 0.25) -> None:
-        self.engine = engine
+    def __init__(self, event_log: EventLog, *, poll_interval: float = 0.25) -> None:
+        self.event_log = event_log
         self.poll_interval = poll_interval
         self._channels: dict[str, _Channel] = {}
 
     async def setup(self) -> None:
-        await migrate(self.engine)
+        await self.event_log.setup()
 
     def open(self, run_id: str, *, persist: bool) -> None:
         """Start the stream of ``run_id`` here (before anyone subscribes or publishes)."""
@@ -145,11 +69,7 @@ class RunStreams:
         return run_id in self._channels
 
     async def _append(self, run_id: str, event: str, data: bytes) -> int:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                events_table.insert().values(run_id=run_id, event=event, data=orjson.Fragment(data))
-            )
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+        return await self.event_log.append(run_id, event, data)
 
     async def publish(self, run_id: str, event: str, data: bytes) -> None:
         """Send one event to every subscriber (logging it first if the run persists)."""
@@ -184,43 +104,20 @@ class RunStreams:
 
     async def logged(self, run_id: str, after: int = 0) -> list[StreamEvent]:
         """Logged events of ``run_id`` after row id ``after``, in order."""
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(events_table.c.id, events_table.c.event, events_table.c.data)
-                .where(events_table.c.run_id == run_id, events_table.c.id > after)
-                .order_by(events_table.c.id)
-            )
-            return [_row(r) for r in rows]
+        return [_item(r) for r in await self.event_log.read(run_id, after)]
 
     async def last_logged(self, run_id: str, event: str) -> StreamEvent | None:
         """The last logged ``event`` of ``run_id``."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(events_table.c.id, events_table.c.event, events_table.c.data)
-                    .where(events_table.c.run_id == run_id, events_table.c.event == event)
-                    .order_by(events_table.c.id.desc())
-                    .limit(1)
-                )
-            ).first()
-        return None if row is None else _row(row)
+        row = await self.event_log.last(run_id, event)
+        return None if row is None else _item(row)
 
     async def delete(self, run_ids: list[str]) -> None:
         """Forget the logged events of ``run_ids``."""
-        if run_ids:
-            async with self.engine.begin() as conn:
-                await conn.execute(events_table.delete().where(events_table.c.run_id.in_(run_ids)))
+        await self.event_log.delete_runs(run_ids)
 
     async def prune(self, older_than: float) -> int:
         """Delete logged events older than ``older_than`` seconds; how many went."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
-        if self.engine.dialect.name != "postgresql":
-            cutoff = cutoff.replace(tzinfo=None)  # stored as naive UTC there
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                events_table.delete().where(events_table.c.created_at < cutoff)
-            )
-            return int(result.rowcount or 0)
+        return await self.event_log.prune(timedelta(seconds=older_than))
 
     def subscribe(
         self,
@@ -286,4 +183,4 @@ class RunStreams:
                 return
             if not active:
                 return
-            await asyncio.sleep(self.poll_interval)
+            await self.event_log.wait(run_id, self.poll_interval)

@@ -18,9 +18,8 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from sqlalchemy.ext.asyncio import create_async_engine
-
-from langgraph_moa.persistence.registry import RunRegistry, async_url
+from langgraph_moa.persistence.events import EventLog
+from langgraph_moa.persistence.registry import RunRegistry
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.runtime.store import open_checkpointer
 from langgraph_moa.server.core import (
@@ -31,7 +30,7 @@ from langgraph_moa.server.core import (
     LiveRun,
     ServerOptions,
 )
-from langgraph_moa.server.events import RunStreams, engine_json_options
+from langgraph_moa.server.events import RunStreams
 from langgraph_moa.server.execution import RunExecution
 from langgraph_moa.server.runs import RunService
 from langgraph_moa.server.threads import ThreadService
@@ -64,18 +63,13 @@ class MoAServer(ThreadService, RunService, RunExecution):
             checkpointer = self._checkpointer
             if checkpointer is None:
                 checkpointer = await stack.enter_async_context(open_checkpointer(self.db_url))
+            # one engine (one pool) for the registry, the event log and the checkpointer
             self.registry = RunRegistry.from_url(self.db_url)
             stack.push_async_callback(self.registry.aclose)
             await self.registry.setup()
-            target = async_url(self.db_url)
-            kwargs: dict[str, Any] = engine_json_options()
-            if target.get_backend_name() == "sqlite":
-                kwargs["connect_args"] = {"timeout": 30}
-            else:
-                kwargs["pool_pre_ping"] = True
-            engine = create_async_engine(target, **kwargs)
-            stack.push_async_callback(engine.dispose)
-            self.streams = RunStreams(engine)
+            events = EventLog.from_url(self.db_url)
+            stack.push_async_callback(events.aclose)
+            self.streams = RunStreams(events)
             await self.streams.setup()
             self.checkpointer = checkpointer
             now = datetime.now(UTC).isoformat()

@@ -22,9 +22,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
 from langgraph_moa.persistence._sql import Prepared, Statements
+from langgraph_moa.persistence.engines import install_sqlite_events
 from langgraph_moa.persistence.errors import DatabaseUnavailableError, PersistenceError
 from langgraph_moa.persistence.serde import AllowlistEntry, make_serde
-from langgraph_moa.persistence.urls import install_sqlite_events, is_sqlite_memory, redact
+from langgraph_moa.persistence.urls import is_sqlite_memory, redact
 
 T = TypeVar("T")
 

@@ -16,6 +16,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from langgraph_moa.persistence.engines import release_async_engine, release_engine
 from langgraph_moa.persistence.errors import PersistenceError
 from langgraph_moa.persistence.saver._api import SaverAPI
 from langgraph_moa.persistence.saver._connections import RETRIES, T, retryable
@@ -77,7 +78,7 @@ class AsyncSQLAlchemySaver(SaverAPI):
         **engine_kwargs: Any,
     ) -> AsyncIterator[AsyncSQLAlchemySaver]:
         """A saver on a new async engine for ``url``, given with a sync or async driver
-        (``sqlite:///f``, ``postgresql://...``, ``mysql://...``); disposes it on exit."""
+        (``sqlite:///f``, ``postgresql://...``, ``mysql://...``); gives it back on exit."""
         engine = new_async_engine(url, **engine_kwargs)
         saver = cls(
             engine,
@@ -90,7 +91,7 @@ class AsyncSQLAlchemySaver(SaverAPI):
             yield saver
         finally:
             await saver.aclose()
-            await engine.dispose()
+            await release_async_engine(engine)
 
     def _sleep(self, seconds: float) -> None:
         await_only(asyncio.sleep(seconds))
@@ -147,7 +148,7 @@ class AsyncSQLAlchemySaver(SaverAPI):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Return the saver's connection to the pool and dispose of the sync engine made
+        """Return the saver's connection to the pool and give back the sync engine taken
         for the sync methods (``from_url`` does this on exit)."""
         await greenlet_spawn(self._close_cached)
         shared = self._shared
@@ -155,7 +156,7 @@ class AsyncSQLAlchemySaver(SaverAPI):
             twin, shared.twin = shared.twin, None
         if twin is not None:
             twin.close()
-            twin.engine.dispose()
+            release_engine(twin.engine)
         self._twin = None
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -12,6 +12,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from langgraph_moa.persistence.engines import release_engine
 from langgraph_moa.persistence.saver._api import SaverAPI
 from langgraph_moa.persistence.saver._connections import T
 from langgraph_moa.persistence.saver._setup import new_engine
@@ -24,7 +25,7 @@ class SQLAlchemySaver(SaverAPI):
     """Checkpointer over a sync SQLAlchemy ``Engine`` (SQLite, PostgreSQL, MySQL/MariaDB).
 
     Args:
-        engine: the engine; see :func:`~langgraph_moa.persistence.urls.create_engine`
+        engine: the engine; see :func:`~langgraph_moa.persistence.engines.get_engine`
             for one set up for several writing processes, or use :meth:`from_url`.
         serde: a serializer of your own (default: :func:`~langgraph_moa.persistence.make_serde`,
             LangGraph's msgpack format without pickle; see :mod:`~langgraph_moa.persistence.serde`).
@@ -61,7 +62,8 @@ class SQLAlchemySaver(SaverAPI):
         auto_setup: bool = True,
         **engine_kwargs: Any,
     ) -> Iterator[SQLAlchemySaver]:
-        """A saver on a new engine for ``url`` (any driver spelling); disposes it on exit."""
+        """A saver on the process's engine of ``url`` (any driver spelling, see
+        :mod:`~langgraph_moa.persistence.engines`); gives it back on exit."""
         engine = new_engine(url, **engine_kwargs)
         saver = None
         try:
@@ -76,7 +78,7 @@ class SQLAlchemySaver(SaverAPI):
         finally:
             if saver is not None:
                 saver.close()
-            engine.dispose()
+            release_engine(engine)
 
     def _ensure_ready(self) -> None:
         if not self._ready:

@@ -1,0 +1,259 @@
+"""The store: one engine per database per process, one migration runner, the event log."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from langgraph_moa.persistence import AsyncSQLAlchemySaver, SchemaVersionError, migrations
+from langgraph_moa.persistence.engines import (
+    engine_key,
+    get_async_engine,
+    get_engine,
+    release_async_engine,
+    release_engine,
+)
+from langgraph_moa.persistence.events import EventLog
+from langgraph_moa.persistence.registry import RunRegistry
+from tests.conftest import PG_ADMIN
+
+# -- engines -----------------------------------------------------------------------------
+
+
+def test_one_sync_engine_per_database(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    a = get_engine("sqlite:///moa.sqlite")
+    b = get_engine(f"sqlite+pysqlite:///{tmp_path / 'moa.sqlite'}")  # same file, other spelling
+    c = get_engine(f"sqlite:///{tmp_path / 'other.sqlite'}")
+    try:
+        assert a is b and a is not c
+        assert engine_key("postgres://u@h/db") == engine_key("postgresql+psycopg_async://u@h/db")
+        mem1, mem2 = get_engine("sqlite://"), get_engine("sqlite://")
+        assert mem1 is not mem2  # an in-memory database is one per engine
+        release_engine(mem1)
+        release_engine(mem2)
+    finally:
+        for engine in (a, b, c):
+            release_engine(engine)
+    # the last holder gave it back: the next one is a fresh engine
+    d = get_engine("sqlite:///moa.sqlite")
+    assert d is not a
+    release_engine(d)
+
+
+async def test_async_engine_shared_per_loop_and_released(sqlite_url: str) -> None:
+    a = get_async_engine(sqlite_url)
+    b = get_async_engine(sqlite_url.replace("sqlite://", "sqlite+aiosqlite://"))
+    assert a is b
+    await release_async_engine(a)
+    assert get_async_engine(sqlite_url) is a  # one holder left
+    await release_async_engine(a)
+    await release_async_engine(a)
+
+    def other_loop() -> Any:
+        async def get() -> Any:
+            engine = get_async_engine(sqlite_url)
+            await release_async_engine(engine)
+            return engine
+
+        return asyncio.run(get())
+
+    assert await asyncio.to_thread(other_loop) is not get_async_engine(sqlite_url)
+
+
+def _connections(db: str) -> int:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (db,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_saver_registry_and_events_share_one_pool(pg_url: str) -> None:
+    """What the server opens on one database: one pool (and the LISTEN connection)."""
+    db = sa.make_url(pg_url).database
+    assert db is not None
+    async with (
+        AsyncSQLAlchemySaver.from_url(pg_url) as saver,
+        RunRegistry.from_url(pg_url) as registry,
+        EventLog.from_url(pg_url) as log,
+    ):
+        assert saver.engine is registry.engine is log.engine
+        await saver.setup()
+        await registry.setup()
+        await registry.create_thread("t1")
+        await log.append("r1", "values", {"x": 1})
+        following = log.follow("r1", until_terminal=True)
+        first = await anext(following)
+        assert first.data == {"x": 1}
+        await log.append("r1", "end", None)
+        assert [e.event async for e in following] == ["end"]
+        # every connection to the database is the one pool's, plus the LISTEN connection
+        pool: Any = saver.engine.pool
+        pooled = pool.checkedin() + pool.checkedout()
+        assert _connections(db) == pooled + 1 <= 3
+
+
+# -- migrations -----------------------------------------------------------------------------
+
+
+async def test_newer_schema_is_refused_with_the_version(db_url: str) -> None:
+    async with RunRegistry.from_url(db_url) as registry:
+        assert await registry.setup() == migrations.schema_version("registry")
+        async with registry.engine.begin() as conn:
+            await conn.execute(
+                migrations.table.insert().values(
+                    component="registry", version=99, name="future", applied_at=datetime.now()
+                )
+            )
+    with pytest.raises(SchemaVersionError, match=r"registry tables .* schema version 99") as info:
+        async with RunRegistry.from_url(db_url) as registry:
+            await registry.setup()
+    assert info.value.found == 99
+    assert "pip install -U langgraph-moa" in str(info.value)
+
+
+_OLD_MIGRATION_TABLES = {
+    "moa_checkpoint_migrations": "v INTEGER NOT NULL PRIMARY KEY",
+    "moa_registry_migrations": (
+        "version INTEGER NOT NULL PRIMARY KEY, name VARCHAR(200) NOT NULL, applied_at {ts} NOT NULL"
+    ),
+    "moa_server_migrations": "version INTEGER NOT NULL PRIMARY KEY, applied_at FLOAT NOT NULL",
+}
+
+
+def _downgrade_to_old_layout(url: str) -> None:
+    """Turn a store written by this code into the layout the previous code left: one
+    migration table per component, and moa_threads without the columns added since."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            ts = "TIMESTAMP" if conn.dialect.name == "postgresql" else "DATETIME"
+            conn.execute(sa.text("DROP TABLE moa_schema_migrations"))
+            for name, columns in _OLD_MIGRATION_TABLES.items():
+                conn.execute(sa.text(f"CREATE TABLE {name} ({columns.format(ts=ts)})"))
+            conn.execute(sa.text("INSERT INTO moa_checkpoint_migrations (v) VALUES (1)"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO moa_registry_migrations (version, name, applied_at) "
+                    "VALUES (1, 'create moa_threads and moa_runs', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                sa.text("INSERT INTO moa_server_migrations (version, applied_at) VALUES (1, 0)")
+            )
+        added = {c["name"] for c in sa.inspect(engine).get_columns("moa_threads")} - {
+            "thread_id",
+            "created_at",
+            "updated_at",
+            "metadata",
+            "status",
+            "owner",
+            "spec_name",
+        }
+        with engine.begin() as conn:
+            for column in sorted(added):
+                conn.execute(sa.text(f"ALTER TABLE moa_threads DROP COLUMN {column}"))
+        assert added, "the registry has columns added after version 1"
+    finally:
+        engine.dispose()
+
+
+async def test_store_of_the_previous_code_is_upgraded_in_place(db_url: str) -> None:
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    async with AsyncSQLAlchemySaver.from_url(db_url) as saver:
+        cfg = {"configurable": {"thread_id": "old", "checkpoint_ns": ""}}
+        stored = await saver.aput(cfg, empty_checkpoint(), {"step": 1}, {})
+    async with RunRegistry.from_url(db_url) as registry, EventLog.from_url(db_url) as log:
+        await registry.setup()
+        await registry.create_thread("old", metadata={"user": "ann"})
+        await log.append("run-1", "values", {"answer": 42})
+    _downgrade_to_old_layout(db_url)
+
+    async with (
+        AsyncSQLAlchemySaver.from_url(db_url) as saver,
+        RunRegistry.from_url(db_url) as registry,
+        EventLog.from_url(db_url) as log,
+    ):
+        await saver.setup()
+        assert await registry.setup() == migrations.schema_version("registry")
+        got = await saver.aget_tuple(stored)
+        assert got is not None and got.metadata["step"] == 1
+        thread = await registry.get_thread("old")
+        assert thread is not None and thread.metadata == {"user": "ann"}
+        assert [e.data for e in await log.read("run-1")] == [{"answer": 42}]
+        async with registry.engine.connect() as conn:
+            names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+            rows = (
+                await conn.execute(
+                    sa.select(migrations.table.c.component, migrations.table.c.version)
+                )
+            ).all()
+    assert not names & set(_OLD_MIGRATION_TABLES), "the old migration tables are gone"
+    components = {c for c, _ in rows}
+    assert {"checkpoints", "registry", "events"} <= components
+    assert ("registry", migrations.schema_version("registry")) in rows
+
+
+# -- the event log ----------------------------------------------------------------------------
+
+
+async def test_event_log_append_read_follow_prune(db_url: str) -> None:
+    async with EventLog.from_url(db_url) as log:
+        first = await log.append("r1", "updates", {"i": 0, "text": "é"})
+        await log.extend("r1", [("updates", {"i": 1}), ("custom", 7), ("messages", b'["a"]')])
+        async with log.writer("r2") as emit:
+            emit("values", {"done": True})
+        events = await log.read("r1")
+        assert [e.event for e in events] == ["updates", "updates", "custom", "messages"]
+        assert [e.data for e in events] == [{"i": 0, "text": "é"}, {"i": 1}, 7, ["a"]]
+        assert events[0].id == first and [e.id for e in events] == sorted(e.id for e in events)
+        assert [e.data for e in await log.read("r1", after=events[1].id)] == [7, ["a"]]
+        last = await log.last("r1", "updates")
+        assert last is not None and last.data == {"i": 1}
+        assert (await log.read("r2"))[0].data == {"done": True}
+        assert await log.delete_runs(["r2"]) == 1
+        assert await log.prune(timedelta(hours=1)) == 0
+        assert await log.prune(timedelta(seconds=-60)) == 4
+        assert await log.read("r1") == []
+
+
+async def test_follower_in_another_process_is_woken(db_url: str) -> None:
+    """A follower with a poll interval far beyond the test's timeout still sees each event
+    at once on PostgreSQL (LISTEN/NOTIFY); elsewhere it polls (a short interval here)."""
+    slow = 3600.0 if db_url.startswith("postgresql") else 0.05
+    async with EventLog.from_url(db_url) as writer:
+        reader = EventLog(writer.engine, poll_interval=slow)  # another process's log
+        try:
+            seen: list[Any] = []
+
+            async def follow() -> None:
+                async for event in reader.follow("r1"):
+                    seen.append(event.data)
+
+            task = asyncio.create_task(follow())
+            await asyncio.sleep(0)
+            await reader.read("r1")  # the follower has started listening (or polls)
+            for i in range(3):
+                await writer.append("r1", "custom", i)
+            await writer.append("r1", "end", None)
+            await asyncio.wait_for(task, 30)
+            assert seen == [0, 1, 2, None]
+        finally:
+            await reader.aclose()
+
+
+async def test_event_times_are_utc(db_url: str) -> None:
+    async with EventLog.from_url(db_url) as log:
+        await log.append("r1", "custom", 1)
+        before = datetime.now(UTC) - timedelta(minutes=1)
+        # an event written a minute ago is not older than a minute
+        assert await log.prune(datetime.now(UTC) - before) == 0
