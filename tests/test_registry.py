@@ -291,7 +291,11 @@ async def test_migration_2_adds_the_lease_to_a_version_1_store(db_url: str) -> N
                 legacy = sa.Table(
                     table.name,
                     sa.MetaData(),
-                    *(c.copy() for c in table.columns if c.name not in added[table.name]),
+                    *(
+                        sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                        for c in table.columns
+                        if c.name not in added[table.name]
+                    ),
                 )
                 await conn.run_sync(legacy.create)
             await conn.execute(
