@@ -1,17 +1,19 @@
 """Our SQLAlchemy checkpointer against LangGraph's official savers, on the same work.
 
 SQLite: ``SQLAlchemySaver`` vs ``SqliteSaver`` and ``AsyncSQLAlchemySaver`` vs
-``AsyncSqliteSaver``. PostgreSQL: vs ``PostgresSaver`` / ``AsyncPostgresSaver``
-(skipped if the server is unreachable). Each saver gets a fresh database per scenario.
+``AsyncSqliteSaver``. PostgreSQL: vs ``PostgresSaver`` / ``AsyncPostgresSaver`` (skipped
+if the server is unreachable). Each saver gets a fresh database per scenario.
 
 Measured, in one process: ``put`` (a chain of checkpoints on one thread, three channels of
 which one changes every tenth step), ``put_writes``, ``get_tuple`` of the latest checkpoint
 on a thread of 10, 1,000 and 10,000 checkpoints, ``get_tuple`` by id, ``list(limit=10)``,
 and whole runs of a 10-node graph (sync ``invoke`` / async ``ainvoke``), plus the bytes the
-database grows by per checkpoint of those runs. Ratios are ours/official for speeds (> 1
-is faster) and theirs/ours for bytes (> 1 is smaller). Each measurement alternates
-between the two savers over five rounds and keeps the median, so both see the same
-background load. Prints a table; writes bench/results/checkpointer.json.
+database grows by per checkpoint of those runs. ``put``, ``put_writes`` and the graph runs
+are measured for ours twice: plain, and fenced (each write carries a lease token that the
+saver checks against the run registry's ``moa_threads`` in the same transaction). Ratios
+are ours/official for speeds (> 1 is faster) and theirs/ours for bytes (> 1 is smaller).
+Each measurement alternates between the savers over five rounds and keeps the median, so
+all see the same background load. Prints a table; writes bench/results/checkpointer.json.
 
     python bench/checkpointer.py [--big 10000] [--runs 100] [--budget 0.5]
                                  [--pg postgresql://postgres@127.0.0.1:5432/test]
@@ -41,7 +43,8 @@ from typing import Annotated, Any, TypedDict
 from langgraph.checkpoint.base import BaseCheckpointSaver, Checkpoint
 from langgraph.graph import END, START, StateGraph
 
-from langgraph_moa.persistence import AsyncSQLAlchemySaver, SQLAlchemySaver
+from langgraph_moa.persistence import LEASE_CONFIG_KEY, AsyncSQLAlchemySaver, SQLAlchemySaver
+from langgraph_moa.persistence.registry import RunRegistry
 
 RESULTS = Path(__file__).parent / "results" / "checkpointer.json"
 PG_ADMIN = os.environ.get("MOA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -122,42 +125,53 @@ OURS_TABLES += ["moa_checkpoint_heads", "moa_checkpoint_migrations"]
 PG_TABLES = ["checkpoints", "checkpoint_blobs", "checkpoint_writes", "checkpoint_migrations"]
 
 
+Opened = tuple[BaseCheckpointSaver[Any], bool, RunRegistry | None]
+LEASED = "+lease"  # suffix of a kind: ours, with a lease token on every write
+
+
 @asynccontextmanager
-async def open_saver(kind: str, db: Db) -> AsyncIterator[tuple[BaseCheckpointSaver[Any], bool]]:
-    """(saver, is_async) for ``kind`` on ``db``."""
+async def open_saver(kind: str, db: Db) -> AsyncIterator[Opened]:
+    """(saver, is_async, registry) for ``kind`` on ``db``; the registry (set up on the
+    same database) for a ``+lease`` kind only."""
+    if kind.endswith(LEASED):
+        async with RunRegistry.from_url(db.url) as reg:
+            await reg.setup()
+            async with open_saver(kind.removesuffix(LEASED), db) as (saver, is_async, _):
+                yield saver, is_async, reg
+        return
     if kind == "ours":
         with SQLAlchemySaver.from_url(db.url) as s:
             s.setup()
-            yield s, False
+            yield s, False, None
     elif kind == "ours-async":
         async with AsyncSQLAlchemySaver.from_url(db.url) as a:
             await a.setup()
-            yield a, True
+            yield a, True, None
     elif kind == "sqlite":
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         conn = sqlite3.connect(db.path, check_same_thread=False)
         try:
-            yield SqliteSaver(conn), False
+            yield SqliteSaver(conn), False, None
         finally:
             conn.close()
     elif kind == "sqlite-async":
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
         async with AsyncSqliteSaver.from_conn_string(db.path) as s2:
-            yield s2, True
+            yield s2, True, None
     elif kind == "postgres":
         from langgraph.checkpoint.postgres import PostgresSaver
 
         with PostgresSaver.from_conn_string(db.dsn) as p:
             p.setup()
-            yield p, False
+            yield p, False, None
     elif kind == "postgres-async":
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
         async with AsyncPostgresSaver.from_conn_string(db.dsn) as ap:
             await ap.setup()
-            yield ap, True
+            yield ap, True, None
     else:
         raise ValueError(kind)
 
@@ -201,16 +215,26 @@ async def call(saver: Any, is_async: bool, name: str, *args: Any, **kw: Any) -> 
 class Side:
     """One saver under test, with the thread it grows."""
 
-    def __init__(self, saver: BaseCheckpointSaver[Any], is_async: bool) -> None:
-        self.saver, self.is_async = saver, is_async
+    def __init__(
+        self, saver: BaseCheckpointSaver[Any], is_async: bool, registry: RunRegistry | None
+    ) -> None:
+        self.saver, self.is_async, self.registry = saver, is_async, registry
+        self.lease = {LEASE_CONFIG_KEY: "bench-lease"} if registry else {}
         self.tid = "ops-" + uuid.uuid4().hex
         self.parent: str | None = None
         self.prev: Checkpoint | None = None
         self.configs: list[Any] = []
         self.latest = {"configurable": {"thread_id": self.tid, "checkpoint_ns": ""}}
 
+    async def prepare(self) -> None:
+        """Take the thread's lease for the token the writes carry (fenced side only)."""
+        if self.registry is not None:
+            await self.registry.acquire_lease(self.tid, self.lease[LEASE_CONFIG_KEY])
+
     async def put(self, i: int) -> None:
-        cfg: dict[str, Any] = {"configurable": {"thread_id": self.tid, "checkpoint_ns": ""}}
+        cfg: dict[str, Any] = {
+            "configurable": {"thread_id": self.tid, "checkpoint_ns": "", **self.lease}
+        }
         if self.parent:
             cfg["configurable"]["checkpoint_id"] = self.parent
         c, new = make_checkpoint(self.saver, len(self.configs), self.prev)
@@ -234,7 +258,8 @@ class Side:
         assert len(got) == 10
 
     async def put_writes(self, i: int) -> None:
-        cfg = self.configs[i % len(self.configs)]
+        stored = self.configs[i % len(self.configs)]
+        cfg = {"configurable": {**stored["configurable"], **self.lease}}
         writes = [("value", i), ("trace", ["w"])]
         await call(self.saver, self.is_async, "put_writes", cfg, writes, str(uuid.uuid4()))
 
@@ -269,23 +294,31 @@ async def rounds(
 
 
 async def bench_ops(
-    kinds: tuple[str, str], dbs: tuple[Db, Db], args: argparse.Namespace
+    kinds: tuple[str, ...], dbs: tuple[Db, ...], args: argparse.Namespace
 ) -> dict[str, dict[str, float]]:
+    """``kinds``: ours, official, ours fenced (writes only)."""
     out: dict[str, dict[str, float]] = {k: {} for k in kinds}
 
     def record(metric: str, rates: dict[str, float]) -> None:
         for k, v in rates.items():
             out[k][metric] = v
 
-    async with open_saver(kinds[0], dbs[0]) as a, open_saver(kinds[1], dbs[1]) as b:
-        sides = {kinds[0]: Side(*a), kinds[1]: Side(*b)}
+    async with (
+        open_saver(kinds[0], dbs[0]) as a,
+        open_saver(kinds[1], dbs[1]) as b,
+        open_saver(kinds[2], dbs[2]) as c,
+    ):
+        writers = {kinds[0]: Side(*a), kinds[1]: Side(*b), kinds[2]: Side(*c)}
+        for side in writers.values():
+            await side.prepare()
+        sides = {k: writers[k] for k in kinds[:2]}
         grown = 0
         sizes = sorted({10, min(1000, args.big), args.big})
         for size in sizes:
             if size == sizes[1]:
-                record("put", await rounds(sides, "put", total=size - grown))
+                record("put", await rounds(writers, "put", total=size - grown))
             else:
-                for side in sides.values():
+                for side in writers.values():
                     for i in range(size - grown):
                         await side.put(i)
             grown = size
@@ -294,17 +327,25 @@ async def bench_ops(
             )
         record("get_tuple_by_id", await rounds(sides, "get_by_id", budget=args.budget))
         record(f"list_limit10@{args.big}", await rounds(sides, "list10", budget=args.budget))
-        record("put_writes", await rounds(sides, "put_writes", budget=args.budget))
+        record("put_writes", await rounds(writers, "put_writes", budget=args.budget))
     return out
 
 
 async def bench_graph(
-    kinds: tuple[str, str], dbs: tuple[Db, Db], args: argparse.Namespace
+    kinds: tuple[str, ...], dbs: tuple[Db, ...], args: argparse.Namespace
 ) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    async with open_saver(kinds[0], dbs[0]) as a, open_saver(kinds[1], dbs[1]) as b:
-        opened = {kinds[0]: a, kinds[1]: b}
-        graphs = {k: build_graph(10).compile(checkpointer=s) for k, (s, _) in opened.items()}
+    async with (
+        open_saver(kinds[0], dbs[0]) as a,
+        open_saver(kinds[1], dbs[1]) as b,
+        open_saver(kinds[2], dbs[2]) as c,
+    ):
+        opened = {kinds[0]: a, kinds[1]: b, kinds[2]: c}
+        graphs = {k: build_graph(10).compile(checkpointer=o[0]) for k, o in opened.items()}
+        for reg in (o[2] for o in opened.values()):
+            for i in range(-1, args.runs):  # the fenced side's runs hold their threads
+                if reg is not None:
+                    await reg.acquire_lease(f"run-{i}", "bench-lease")
         start = {k: db.size(tables_of(k)) for k, db in zip(kinds, dbs, strict=True)}
 
         class Runner:
@@ -312,9 +353,10 @@ async def bench_graph(
                 self.kind = kind
 
             async def run(self, i: int) -> None:
-                cfg = {"configurable": {"thread_id": f"run-{i}"}}
+                g, is_async, reg = graphs[self.kind], opened[self.kind][1], opened[self.kind][2]
+                lease = {LEASE_CONFIG_KEY: "bench-lease"} if reg else {}
+                cfg = {"configurable": {"thread_id": f"run-{i}", **lease}}
                 inp = {"value": 0, "trace": []}
-                g, is_async = graphs[self.kind], opened[self.kind][1]
                 res = await g.ainvoke(inp, cfg) if is_async else g.invoke(inp, cfg)
                 assert res["value"] == 10
 
@@ -323,7 +365,10 @@ async def bench_graph(
             await r.run(-1)  # warm up
         rates = await rounds(runners, "run", total=args.runs)
         for k, db in zip(kinds, dbs, strict=True):
-            saver, is_async = opened[k]
+            saver, is_async, reg = opened[k]
+            if reg is not None:
+                out[k] = {"graph_runs": rates[k]}
+                continue
             cfg = {"configurable": {"thread_id": "run-0"}}
             if is_async:
                 steps = len([c async for c in saver.alist(cfg)])
@@ -398,12 +443,13 @@ async def main() -> None:
             if backend == "postgresql" and pg is None:
                 print(f"skipping PostgreSQL: {args.pg} unreachable", flush=True)
                 continue
-            measured: dict[str, dict[str, float]] = {ours: {}, official: {}}
+            fenced = ours + LEASED
+            measured: dict[str, dict[str, float]] = {ours: {}, official: {}, fenced: {}}
             t0 = time.perf_counter()
             for scenario in (bench_ops, bench_graph):
-                dbs = (Db(backend, tmpdir, pg), Db(backend, tmpdir, pg))
+                dbs = tuple(Db(backend, tmpdir, pg) for _ in range(3))
                 try:
-                    for k, r in (await scenario((ours, official), dbs, args)).items():
+                    for k, r in (await scenario((ours, official, fenced), dbs, args)).items():
                         measured[k].update(r)
                 finally:
                     for db in dbs:
@@ -418,9 +464,18 @@ async def main() -> None:
                 ratio = theirs / mine if metric == "bytes_per_step" else mine / theirs
                 pair["metrics"][metric] = {"ours": mine, "official": theirs, "ratio": ratio}
                 rows.append((label, metric, mine, theirs))
+                if metric in measured[fenced]:
+                    leased = measured[fenced][metric]
+                    pair["metrics"][metric + LEASED] = {
+                        "ours": leased,
+                        "official": theirs,
+                        "ratio": leased / theirs,
+                    }
+                    rows.append((label, metric + LEASED, leased, theirs))
             results["pairs"].append(pair)
     print()
     print(f"{'saver pair':18} {'metric':24} {'ours':>12} {'official':>12} {'ratio':>7}")
+    print(f"({LEASED}: ours with a lease token on every write, checked in the database)")
     for label, metric, mine, theirs in rows:
         unit_ratio = theirs / mine if metric == "bytes_per_step" else mine / theirs
         print(f"{label:18} {metric:24} {mine:12.1f} {theirs:12.1f} {unit_ratio:7.2f}")

@@ -30,5 +30,6 @@ def test_checkpointer_bench_runs(tmp_path: Path) -> None:
             metrics
         )
         assert {"get_tuple_latest@10", "get_tuple_latest@30", "list_limit10@30"} <= set(metrics)
+        assert {"put+lease", "put_writes+lease", "graph_runs+lease"} <= set(metrics)
         assert all(m["ours"] > 0 and m["official"] > 0 for m in metrics.values())
     assert "ratio" in done.stdout and "bytes_per_step" in done.stdout

@@ -36,7 +36,7 @@ class _Shared:
         self._setup_alock: asyncio.Lock | None = None
 
     def alock(self) -> asyncio.Lock:
-        """Serializes the operations on an in-memory database (one connection)."""
+        """Serializes the operations on SQLite (one connection)."""
         if self._alock is None:
             self._alock = asyncio.Lock()
         return self._alock
@@ -165,7 +165,10 @@ class AsyncSQLAlchemySaver(SaverAPI):
             async with self._shared.setup_alock():
                 if not self._ready:
                     await greenlet_spawn(self._check_ready)
-        if self._memory:
+        if self.backend == "sqlite":
+            # one operation at a time on the saver's own connection: SQLite has one
+            # writer anyway, and a second connection would cost a pool checkout and
+            # reset (thread hops to aiosqlite) per operation; in memory, it must be one
             async with self._shared.alock():
                 return await greenlet_spawn(fn, *args, **kwargs)
         return await greenlet_spawn(fn, *args, **kwargs)
