@@ -22,9 +22,13 @@ def served(
     tmp_path: Path, model_server: ModelServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Served]:
     monkeypatch.setenv("MOA_CORS_ORIGINS", f"{PAGE}, http://other.example/")
+    routed = moa_spec(
+        model_server, name="moa-routed", routing={"mode": "router", "model": "router"}
+    )
+    routed["models"]["router"] = {"model": "router", "base_url": model_server.base_url}
     yield from serve(
         tmp_path,
-        [moa_spec(model_server)],
+        [moa_spec(model_server), routed],
         f"sqlite:///{tmp_path / 'm.sqlite'}",
         keys=[KEY_A, KEY_B],
     )
@@ -182,3 +186,25 @@ def test_dashboard_cancel_resume_and_fork(served: Served, model_server: ModelSer
     ]
     chat = a.get(f"/ui/threads/{thread_id}").text
     assert chat.count('class="msg human"') == 2 and chat.count('class="msg ai"') == 2
+
+
+def test_run_page_shows_plan_failures_and_notes(served: Served, model_server: ModelServer) -> None:
+    plan = {
+        "plan": [
+            {"agent": "a1", "subtask": "list the facts"},
+            {"agent": "a2", "subtask": "check them"},
+        ]
+    }
+    model_server.add_rule(model="router", json=plan)
+    model_server.add_rule(model="p2", fail=400)
+    a = _login(served, KEY_A)
+    started = a.post("/ui/new", data={"assistant": "moa-routed", "task": "Facts?"})
+    assert started.status_code == 303, started.text
+    run_page = started.headers["location"]
+    assert _follow(a, run_page) == "success"
+    page = a.get(run_page).text
+    assert "Router plan (2 subtasks)" in page
+    assert "<b>a1</b>: list the facts" in page and "<b>a2</b>: check them" in page
+    assert 'data-agent="a2" data-state="failed"' in page and "Error code: 400" in page
+    assert 'data-agent="a1" data-state="done"' in page
+    assert "<h2>Notes</h2>" in page and "layer 1: a2 failed" in page
