@@ -197,3 +197,73 @@ def test_moa_chat_holds_a_conversation_on_stdin(
     assert again.stdout.count("moa> ") == 1
     last = [r for r in model_server.requests if r.model == "synth"][-1]
     assert last.last_user == Q3 and len(last.messages) == 6  # system, 2 turns, the question
+
+
+def _ids(messages: list[Any]) -> list[Any]:
+    for i, m in enumerate(messages):
+        m.id = m.id or f"m{i}"
+    return messages
+
+
+def test_prepare_picks_the_question_of_the_turn() -> None:
+    from langchain_core.messages import AIMessage
+
+    from langgraph_moa.graphs import prepare
+    from langgraph_moa.graphs.builder import TaskError
+
+    h1, a1 = HumanMessage(Q1, id="h1"), AIMessage("A1", id="a1")
+    # a new human message after the previous question is this turn's question
+    update = prepare({"task": Q1, "asked": "h1", "messages": [h1, a1, HumanMessage(Q2, id="h2")]})
+    assert (update["task"], update["asked"]) == (Q2, "h2") and "messages" not in update
+    # a task given with this input is appended as the turn's human message
+    update = prepare({"task": Q2, "asked": "h1", "messages": [h1, a1]})
+    assert update["task"] == Q2 and [m.text for m in update["messages"]] == [Q2]
+    assert update["asked"] == update["messages"][0].id
+    # threads from before `asked`: the answered question is the last human before an answer
+    update = prepare({"task": Q1, "messages": _ids([h1, a1, HumanMessage(Q3)])})
+    assert update["task"] == Q3
+    update = prepare({"task": Q3, "messages": [h1, a1]})
+    assert update["task"] == Q3 and update["messages"][0].text == Q3
+    # an unanswered question stays a turn of its own; the new message is asked
+    update = prepare({"task": Q1, "asked": "h1", "messages": [h1, HumanMessage(Q2, id="h2")]})
+    assert update["task"] == Q2
+    with pytest.raises(TaskError, match="no task given"):
+        prepare({"task": "   ", "messages": []})
+
+
+def test_earlier_turns_and_fitting() -> None:
+    from langchain_core.messages import AIMessage
+
+    from langgraph_moa.nodes.conversation import (
+        earlier_turns,
+        fit_turns,
+        tokens_of,
+        turn_messages,
+        with_history,
+    )
+
+    messages = [
+        HumanMessage("q1", id="h1"),
+        AIMessage("a1"),
+        HumanMessage("q2 unanswered", id="h2"),
+        HumanMessage("q3", id="h3"),
+        AIMessage("a3"),
+        HumanMessage("now", id="h4"),
+    ]
+    turns = earlier_turns({"messages": messages, "asked": "h4"})
+    assert turns == [
+        {"question": "q1", "answer": "a1"},
+        {"question": "q2 unanswered", "answer": ""},
+        {"question": "q3", "answer": "a3"},
+    ]
+    assert earlier_turns({"messages": messages, "asked": "h3"}) == turns[:2]
+    newest_two = tokens_of(turn_messages(turns[1:]))
+    assert fit_turns(turns, budget=newest_two + 1) == (turns[1:], 1)  # oldest left out first
+    assert fit_turns(turns, budget=newest_two - 1) == (turns[2:], 2)
+    kept, dropped = turns[1:], 1
+    assert fit_turns(turns, budget=0) == ([], 3)
+    from langchain_core.messages import SystemMessage
+
+    prompt = with_history([SystemMessage("sys"), HumanMessage("now")], kept, dropped)
+    assert [m.type for m in prompt] == ["system", "human", "human", "ai", "human"]
+    assert "The 1 oldest of its 3 earlier turns were left out" in prompt[0].text

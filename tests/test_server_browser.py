@@ -208,3 +208,19 @@ def test_run_page_shows_plan_failures_and_notes(served: Served, model_server: Mo
     assert 'data-agent="a2" data-state="failed"' in page and "Error code: 400" in page
     assert 'data-agent="a1" data-state="done"' in page
     assert "<h2>Notes</h2>" in page and "layer 1: a2 failed" in page
+
+
+def test_serve_refuses_a_cors_origin_that_is_no_url(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.test_server_support import MOA
+
+    db = f"sqlite:///{tmp_path / 'm.sqlite'}"
+    done = subprocess.run(
+        [MOA, "serve", "--no-auth", "--db", db, "--cors-origin", "localhost:3000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "CORS origin 'localhost:3000' must be '*' or a URL" in done.stderr
