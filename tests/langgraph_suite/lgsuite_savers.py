@@ -9,8 +9,8 @@ postgres``).
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -37,7 +37,8 @@ def pg_server_url() -> str:
 def _pg_database() -> Iterator[str]:
     import psycopg
 
-    name = f"lgsuite_{uuid.uuid4().hex[:16]}"
+    # not uuid.uuid4: LangGraph's deterministic_uuids fixture patches it during the test
+    name = f"lgsuite_{secrets.token_hex(8)}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
