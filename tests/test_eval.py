@@ -173,7 +173,11 @@ def test_builtin_dataset_ships_in_the_wheel(tmp_path: Path) -> None:
     import zipfile
 
     (wheel,) = tmp_path.glob("langgraph_moa-*.whl")
-    assert "langgraph_moa/eval/data/basic.jsonl" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "langgraph_moa/eval/data/basic.jsonl" in names
+    # so does the dashboard (package data, no Node build at install)
+    ui = "langgraph_moa/server/ui/"
+    assert {ui + "static/ui.js", ui + "static/ui.css", ui + "templates/run.html"} <= set(names)
 
 
 # -- derived specs ---------------------------------------------------------------------------
