@@ -673,7 +673,8 @@ def test_moa_prune_command_line(sqlite_url: str) -> None:
 def test_parse_duration() -> None:
     assert parse_duration("30d") == timedelta(days=30)
     assert parse_duration("1.5h") == timedelta(minutes=90)
-    assert parse_duration("45") == timedelta(seconds=45)
+    with pytest.raises(ValueError, match="has no unit"):
+        parse_duration("45")  # seconds or days? say it
     with pytest.raises(ValueError, match=r"e\.g\. 30d"):
         parse_duration("tomorrow")
 

@@ -371,23 +371,41 @@ def prune(
     ] = None,
     older_than: Annotated[
         str | None,
-        typer.Option("--older-than", help="Delete threads idle this long: 30d, 12h, 90m, 2w."),
+        typer.Option(
+            "--older-than",
+            help="Delete threads idle this long, with their checkpoints, runs and events; "
+            "a number and a unit: 30d, 12h, 15m, 90s, 2w.",
+        ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Also delete idle threads that are paused, pending or running."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Apply retention to the checkpoint store: delete idle threads, trim long ones."""
+    """Apply retention to the store: delete idle threads whole, trim long ones."""
     from langgraph_moa.persistence.errors import PersistenceError
     from langgraph_moa.persistence.retention import prune_command
     from langgraph_moa.runtime.store import resolve_db_url
 
     try:
-        report = prune_command(resolve_db_url(db), keep_last=keep_last, older_than=older_than)
+        report = prune_command(
+            resolve_db_url(db), keep_last=keep_last, older_than=older_than, force=force
+        )
     except (ValueError, PersistenceError) as exc:
-        fail(str(exc))
+        fail(f"--older-than / --keep-last: {exc}" if isinstance(exc, ValueError) else str(exc))
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
-    else:
+        return
+    out.print(
+        f"deleted {report.threads_deleted} idle thread(s) ({report.runs_deleted} run(s), "
+        f"{report.events_deleted} event(s)) and {report.checkpoints_deleted} old checkpoint(s)"
+    )
+    if report.skipped:
         out.print(
-            f"deleted {report.threads_deleted} idle thread(s) and "
-            f"{report.checkpoints_deleted} old checkpoint(s)"
+            f"kept {len(report.skipped)} idle thread(s) that are paused or running "
+            f"(--force deletes them): {', '.join(report.skipped)}",
+            markup=False,
         )
