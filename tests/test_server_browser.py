@@ -110,6 +110,8 @@ def test_dashboard_login_and_tenants(served: Served) -> None:
     assert anonymous.status_code == 303 and anonymous.headers["location"] == "/ui/login"
     wrong = httpx.post(f"{served.url}/ui/login", data={"key": "x" * 20})
     assert wrong.status_code == 401 and "not valid" in wrong.text
+    huge = httpx.post(f"{served.url}/ui/login", data={"key": "x" * 100_000})
+    assert huge.status_code == 413
 
     a, b = _login(served, KEY_A), _login(served, KEY_B)
     started = a.post("/ui/new", data={"assistant": "moa", "task": "tenant A's question"})

@@ -35,7 +35,13 @@ LIVE_POLL = 1.0
 """Seconds between refreshes of a live view when no event of the run arrived."""
 
 
-def _form(body: bytes) -> dict[str, str]:
+async def _form(request: Request, limit: int = 1024 * 1024) -> dict[str, str]:
+    """The fields of a posted form (an :class:`ApiError` 413 past ``limit`` bytes)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"the form is larger than {limit} bytes")
     return {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
 
@@ -95,7 +101,10 @@ def create_ui_router(server: MoAServer, *, authenticate: Authenticator) -> APIRo
     async def login(request: Request) -> Response:
         if not _same_origin(request):
             return page(request, "error.html", 403, message="cross-origin form refused")
-        key = _form(await request.body()).get("key", "").strip()
+        try:
+            key = (await _form(request, 4096)).get("key", "").strip()
+        except ApiError as exc:
+            return page(request, "login.html", exc.status, error=exc.detail)
         try:
             await authenticate(_with_key(request, key))
         except HTTPException:
@@ -210,7 +219,7 @@ def create_ui_router(server: MoAServer, *, authenticate: Authenticator) -> APIRo
     @router.post("/runs/{thread_id}/{run_id}/{action}")
     async def run_action(request: Request, thread_id: str, run_id: str, action: str) -> Response:
         async def handler(request: Request, tenant: str | None) -> Response:
-            form = _form(await request.body())
+            form = await _form(request)
             run = await server.run(tenant, thread_id, run_id)
             assistant = str(run.options.get("graph_id") or run.spec_name or "")
             target = thread_id
@@ -253,7 +262,7 @@ def create_ui_router(server: MoAServer, *, authenticate: Authenticator) -> APIRo
     @router.post("/new")
     async def new_run(request: Request) -> Response:
         async def handler(request: Request, tenant: str | None) -> Response:
-            form = _form(await request.body())
+            form = await _form(request)
             task = form.get("task", "").strip()
             if not task:
                 raise ApiError(422, "give a task")
@@ -314,7 +323,7 @@ def create_ui_router(server: MoAServer, *, authenticate: Authenticator) -> APIRo
     @router.post("/chat")
     async def chat_send(request: Request) -> Response:
         async def handler(request: Request, tenant: str | None) -> Response:
-            form = _form(await request.body())
+            form = await _form(request)
             text = form.get("message", "").strip()
             if not text:
                 raise ApiError(422, "write a message")
