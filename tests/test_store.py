@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from langgraph_moa.eval.store import EvalStore, ResultRow
 from langgraph_moa.persistence import AsyncSQLAlchemySaver, SchemaVersionError, migrations
 from langgraph_moa.persistence.engines import (
     engine_key,
@@ -20,6 +21,7 @@ from langgraph_moa.persistence.engines import (
 )
 from langgraph_moa.persistence.events import EventLog
 from langgraph_moa.persistence.registry import RunRegistry
+from langgraph_moa.testing import ModelServer
 from tests.conftest import PG_ADMIN
 
 # -- engines -----------------------------------------------------------------------------
@@ -95,10 +97,37 @@ async def test_saver_registry_and_events_share_one_pool(pg_url: str) -> None:
         assert first.data == {"x": 1}
         await log.append("r1", "end", None)
         assert [e.event async for e in following] == ["end"]
+        await asyncio.wait_for(log.listening.wait(), 30)
         # every connection to the database is the one pool's, plus the LISTEN connection
         pool: Any = saver.engine.pool
         pooled = pool.checkedin() + pool.checkedout()
         assert _connections(db) == pooled + 1 <= 3
+
+
+async def test_the_server_opens_one_pool_on_its_database(
+    pg_url: str, model_server: ModelServer
+) -> None:
+    """``moa serve``'s core on PostgreSQL: checkpointer, registry and event log on one engine;
+    after a run streamed through the log, every connection to the database is that pool's
+    or the log's LISTEN connection."""
+    from langgraph_moa.server.service import MoAServer
+    from langgraph_moa.spec import GraphSpec
+    from tests.test_server_support import moa_spec
+
+    db = sa.make_url(pg_url).database
+    assert db is not None
+    spec = GraphSpec.model_validate(moa_spec(model_server))
+    async with MoAServer([spec], db_url=pg_url) as server:
+        checkpointer: Any = server.checkpointer
+        engine = server.registry.engine
+        assert checkpointer.engine is engine and server.streams.event_log.engine is engine
+        log = server.streams.event_log
+        await log.append("r1", "values", {"x": 1})
+        await log.append("r1", "end", None)
+        assert [e.event async for e in log.follow("r1")] == ["values", "end"]
+        await asyncio.wait_for(log.listening.wait(), 30)
+        pool: Any = engine.pool
+        assert _connections(db) == pool.checkedin() + pool.checkedout() + 1
 
 
 # -- migrations -----------------------------------------------------------------------------
@@ -126,6 +155,9 @@ _OLD_MIGRATION_TABLES = {
         "version INTEGER NOT NULL PRIMARY KEY, name VARCHAR(200) NOT NULL, applied_at {ts} NOT NULL"
     ),
     "moa_server_migrations": "version INTEGER NOT NULL PRIMARY KEY, applied_at FLOAT NOT NULL",
+    "moa_eval_migrations": (
+        "version INTEGER NOT NULL PRIMARY KEY, name VARCHAR(200) NOT NULL, applied_at {ts} NOT NULL"
+    ),
 }
 
 
@@ -148,6 +180,12 @@ def _downgrade_to_old_layout(url: str) -> None:
             )
             conn.execute(
                 sa.text("INSERT INTO moa_server_migrations (version, applied_at) VALUES (1, 0)")
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO moa_eval_migrations (version, name, applied_at) "
+                    "VALUES (1, 'create moa_eval_results', CURRENT_TIMESTAMP)"
+                )
             )
         added = {c["name"] for c in sa.inspect(engine).get_columns("moa_threads")} - {
             "thread_id",
@@ -176,6 +214,8 @@ async def test_store_of_the_previous_code_is_upgraded_in_place(db_url: str) -> N
         await registry.setup()
         await registry.create_thread("old", metadata={"user": "ann"})
         await log.append("run-1", "values", {"answer": 42})
+    async with EvalStore.from_url(db_url) as store:
+        await store.record(ResultRow("e1", "answer", "spec", "item-1", "ok", 1.0, "42"))
     _downgrade_to_old_layout(db_url)
 
     async with (
@@ -190,6 +230,8 @@ async def test_store_of_the_previous_code_is_upgraded_in_place(db_url: str) -> N
         thread = await registry.get_thread("old")
         assert thread is not None and thread.metadata == {"user": "ann"}
         assert [e.data for e in await log.read("run-1")] == [{"answer": 42}]
+        async with EvalStore.from_url(db_url) as store:
+            assert [r.answer for r in await store.results("e1")] == ["42"]
         async with registry.engine.connect() as conn:
             names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
             rows = (
@@ -199,7 +241,7 @@ async def test_store_of_the_previous_code_is_upgraded_in_place(db_url: str) -> N
             ).all()
     assert not names & set(_OLD_MIGRATION_TABLES), "the old migration tables are gone"
     components = {c for c, _ in rows}
-    assert {"checkpoints", "registry", "events"} <= components
+    assert {"checkpoints", "registry", "events", "eval"} <= components
     assert ("registry", migrations.schema_version("registry")) in rows
 
 
@@ -240,8 +282,6 @@ async def test_follower_in_another_process_is_woken(db_url: str) -> None:
                     seen.append(event.data)
 
             task = asyncio.create_task(follow())
-            await asyncio.sleep(0)
-            await reader.read("r1")  # the follower has started listening (or polls)
             for i in range(3):
                 await writer.append("r1", "custom", i)
             await writer.append("r1", "end", None)

@@ -136,6 +136,8 @@ class EventLog:
         self._owns_engine = owns_engine
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+        """Set while the PostgreSQL LISTEN connection is up (started by the first follower)."""
         self._insert = events.insert().values(
             run_id=sa.bindparam("run_id"),
             event=sa.bindparam("event"),
@@ -162,6 +164,7 @@ class EventLog:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
+            self.listening.clear()
         if self._owns_engine:
             self._owns_engine = False
             await release_async_engine(self.engine)
@@ -357,11 +360,13 @@ class EventLog:
             try:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
                     for waiters in list(self._waiters.values()):  # catch up after a reconnect
                         for waiter in waiters:
                             waiter.set()
                     async for note in conn.notifies():
                         self._wake(note.payload)
             except psycopg.OperationalError as exc:
+                self.listening.clear()
                 log.warning("run events listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(self.poll_interval)
