@@ -297,3 +297,16 @@ async def test_event_times_are_utc(db_url: str) -> None:
         before = datetime.now(UTC) - timedelta(minutes=1)
         # an event written a minute ago is not older than a minute
         assert await log.prune(datetime.now(UTC) - before) == 0
+
+
+async def test_deleting_a_thread_deletes_its_runs_events(db_url: str) -> None:
+    async with RunRegistry.from_url(db_url) as registry, EventLog.from_url(db_url) as log:
+        await registry.setup()
+        mine = await registry.create_run("t1")
+        other = await registry.create_run("t2")
+        await log.append(mine.run_id, "values", 1)
+        await log.append(other.run_id, "values", 2)
+        assert await registry.delete_thread("t1")
+        assert await registry.get_run(mine.run_id) is None
+        assert await log.read(mine.run_id) == []
+        assert [e.data for e in await log.read(other.run_id)] == [2]

@@ -33,7 +33,6 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from langgraph.types import Interrupt, Overwrite, Send
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -73,6 +72,8 @@ events = sa.Table(
 
 def _default(obj: Any) -> Any:
     """JSON fallback for what LangGraph streams: messages, dataclasses, sets, datetimes."""
+    from langgraph.types import Interrupt, Overwrite, Send  # only what JSON cannot hold
+
     if isinstance(obj, Overwrite):
         return obj.value
     if isinstance(obj, Interrupt):

@@ -65,6 +65,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from langgraph_moa.persistence import migrations
 from langgraph_moa.persistence.engines import get_async_engine, release_async_engine
+from langgraph_moa.persistence.events import events
 
 __all__ = [
     "CANCEL_CHANNEL",
@@ -471,6 +472,7 @@ class RunRegistry:
     def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
         self.engine = engine
         self._owns_engine = owns_engine
+        self._event_log = False
 
     @classmethod
     def from_url(cls, url: str | sa.URL, **engine_kwargs: Any) -> RunRegistry:
@@ -694,14 +696,22 @@ class RunRegistry:
             return int(await conn.scalar(query) or 0)
 
     async def delete_thread(self, thread_id: str) -> bool:
-        """Delete a thread and its runs; False if there was none. (Checkpoints are the
-        checkpointer's: call its ``adelete_thread`` too.)"""
+        """Delete a thread, its runs and their events in one transaction; False if there
+        was none. (Checkpoints are the checkpointer's: call its ``adelete_thread`` too.)"""
         async with self.engine.begin() as conn:
+            if await self._has_event_log(conn):
+                runs = sa.select(runs_table.c.run_id).where(runs_table.c.thread_id == thread_id)
+                await conn.execute(events.delete().where(events.c.run_id.in_(runs)))
             await conn.execute(runs_table.delete().where(runs_table.c.thread_id == thread_id))
             result = await conn.execute(
                 threads_table.delete().where(threads_table.c.thread_id == thread_id)
             )
             return bool(result.rowcount)
+
+    async def _has_event_log(self, conn: AsyncConnection) -> bool:
+        if not self._event_log:  # once there, it stays (checked again while missing)
+            self._event_log = await conn.run_sync(lambda c: sa.inspect(c).has_table(events.name))
+        return self._event_log
 
     # ------------------------------------------------------------------- runs ---
 
