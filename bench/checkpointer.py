@@ -121,7 +121,7 @@ class Db:
 
 
 OURS_TABLES = ["moa_checkpoints", "moa_checkpoint_blobs", "moa_checkpoint_writes"]
-OURS_TABLES += ["moa_checkpoint_heads", "moa_checkpoint_migrations"]
+OURS_TABLES += ["moa_checkpoint_heads", "moa_schema_migrations"]
 PG_TABLES = ["checkpoints", "checkpoint_blobs", "checkpoint_writes", "checkpoint_migrations"]
 
 
