@@ -1,19 +1,27 @@
-"""Concurrency: 1, 10, 100 and 1,000 runs at once in one process.
+"""Concurrency: 1, 10, 100 and 1,000 runs at once in one process, ours against raw LangGraph.
 
 Each level runs in a fresh child process (so its peak memory is its own): it compiles the
-``layered`` preset (3 proposers x 2 layers, 7 model calls per run) once, starts N runs at once
-with ``asyncio.gather`` and reports runs/s, p50/p99 run latency and the process's peak RSS.
+``layered`` preset (3 proposers x 2 layers, 7 model calls per run) once - with the engine
+(``langgraph-moa``) or hand-written in raw LangGraph + ``ChatOpenAI`` (``raw-langgraph``, the
+graph of bench/overhead.py) - starts N runs at once with ``asyncio.gather`` and reports runs/s,
+p50/p99 run latency, CPU seconds per run (the child's user + system time over the runs) and
+the process's peak RSS, with the memory the runs added per run. At every level the
+implementations alternate (``--rounds`` > 1 flips their order each round) so that both see the
+same background load; the ratio columns compare each row with the raw row of its level.
 The test model server runs in another process with a fixed latency per call. Prints a table
 and writes bench/results/concurrency.json.
 
     python bench/concurrency.py [--levels 1,10,100,1000] [--latency 0.2] [--stores memory,sqlite]
-                               [--db-levels 1,10,100]
+                               [--db-levels 1,10,100] [--impls langgraph-moa,raw-langgraph]
+    python bench/concurrency.py --stores memory --levels 1000 --impls langgraph-moa \
+                               --profile /tmp/moa.prof      # cProfile of the runs
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import resource
 import statistics
@@ -36,6 +44,7 @@ from overhead import (
     machine,
     model_server,
     print_table,
+    raw_graph,
 )
 
 from langgraph_moa.graphs import compile_graph
@@ -51,10 +60,17 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 async def child(args: argparse.Namespace) -> dict[str, Any]:
     """One level: N runs at once against ``args.base_url``; returns the row."""
+    if args.http == "aiohttp":  # the OpenAI client's aiohttp transport for our models
+        import openai
+
+        openai.DefaultAsyncHttpxClient = openai.DefaultAioHttpClient  # type: ignore[misc]
     spec = bench_spec(args.graph, args.base_url, max_concurrency=args.max_in_flight)
     with tempfile.TemporaryDirectory() as tmp:
         async with checkpointer(args.store, tmp, args.pg_admin) as saver:
-            graph = compile_graph(spec, checkpointer=saver)
+            if args.impl == "raw-langgraph":
+                graph = raw_graph(spec, args.base_url, saver)
+            else:
+                graph = compile_graph(spec, checkpointer=saver)
 
             async def one(i: int) -> float:
                 t0 = time.perf_counter()
@@ -66,13 +82,22 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
 
             await one(-1)  # warm up: imports, HTTP connection, first checkpoint
             base_rss = rss_mb()
-            t0 = time.perf_counter()
+            profiler = cProfile.Profile() if args.profile else None
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
             latencies = await asyncio.gather(*(one(i) for i in range(args.child)))
-            wall = time.perf_counter() - t0
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(args.profile)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     lat = sorted(latencies)
     p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
+    peak = rss_mb("VmHWM")
     return {
         "graph": args.graph,
+        "impl": args.impl,
+        "http": args.http if args.impl == "langgraph-moa" else "httpx",
         "store": STORE_LABELS[args.store],
         "runs": args.child,
         "wall_s": round(wall, 2),
@@ -80,8 +105,10 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
         "ideal_run_s": round(critical_calls(spec) * args.latency, 2),
         "p50_s": round(statistics.median(lat), 3),
         "p99_s": round(p99, 3),
+        "cpu_ms_per_run": round(cpu / args.child * 1000, 1),
         "rss_before_mb": round(base_rss),
-        "peak_rss_mb": round(rss_mb("VmHWM")),
+        "peak_rss_mb": round(peak),
+        "kib_per_run": round(max(0.0, peak - base_rss) * 1024 / args.child),
     }
 
 
@@ -101,15 +128,36 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="cap model calls in flight (the model entry's max_concurrency); default: none",
     )
+    ap.add_argument(
+        "--impls",
+        default="langgraph-moa,raw-langgraph",
+        help="langgraph-moa and/or raw-langgraph (the same graph hand-written)",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="children per level and impl (median kept)"
+    )
+    ap.add_argument("--profile", help="cProfile the runs of each child into this file")
+    ap.add_argument(
+        "--http",
+        choices=["httpx", "aiohttp"],
+        default="httpx",
+        help="HTTP transport of our model clients (aiohttp needs openai[aiohttp])",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "concurrency.json")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--base-url", help=argparse.SUPPRESS)
     ap.add_argument("--store", default="memory", help=argparse.SUPPRESS)
+    ap.add_argument("--impl", default="langgraph-moa", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
         print(json.dumps(asyncio.run(child(args))), flush=True)
         return 0
+    impls = [i.strip() for i in args.impls.split(",")]
+    unknown = set(impls) - {"langgraph-moa", "raw-langgraph"}
+    if unknown:
+        ap.error(f"--impls: unknown {', '.join(sorted(unknown))}")
 
+    samples: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     load_before = load_average()
@@ -117,74 +165,102 @@ def main(argv: list[str] | None = None) -> int:
     with model_server(args.latency) as srv:
         for store in args.stores.split(","):
             levels = args.levels if store == "memory" else args.db_levels
+            unavailable = False
             for level in (int(x) for x in levels.split(",")):
-                done = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--child",
-                        str(level),
-                        "--base-url",
-                        srv.base_url,
-                        "--store",
-                        store,
-                        "--graph",
-                        args.graph,
-                        "--latency",
-                        str(args.latency),
-                        "--pg-admin",
-                        args.pg_admin,
-                        *(
-                            ["--max-in-flight", str(args.max_in_flight)]
-                            if args.max_in_flight
-                            else []
-                        ),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                )
-                if done.returncode != 0:
-                    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                    skipped.append(f"{store} x{level}: {last}")
-                    if "ImportError" in last:
-                        break  # the store is not available here; skip its other levels
-                    continue
-                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    cap = f", at most {args.max_in_flight} calls in flight" if args.max_in_flight else ""
+                got: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+                for r in range(args.rounds):
+                    for impl in impls if r % 2 == 0 else impls[::-1]:
+                        row, error = run_child(args, srv.base_url, store, level, impl)
+                        if row is None:
+                            skipped.append(f"{store} x{level} {impl}: {error}")
+                            unavailable = "ImportError" in error
+                            continue
+                        row["load_1min"] = load_average().split()[0]
+                        samples.append(row)
+                        got[impl].append(row)
+                    if unavailable:
+                        break
+                rows += compare([median_row(got[impl]) for impl in impls if got[impl]])
+                if unavailable:
+                    break  # the store is not available here; skip its other levels
+    cap = f", at most {args.max_in_flight} calls in flight (ours)" if args.max_in_flight else ""
     print(
         f"concurrent runs of '{args.graph}' in one process, {args.latency * 1000:.0f} ms per "
-        f"call{cap}"
+        f"call{cap}; median of {args.rounds} round(s), implementations alternating"
     )
     print_table(
         rows,
         [
             ("store", "store", 18),
+            ("impl", "impl", 14),
             ("runs", "runs", 5),
             ("wall_s", "wall s", 7),
             ("runs_per_s", "runs/s", 7),
-            ("ideal_run_s", "ideal s", 7),
+            ("vs_raw_runs_per_s", "x raw", 6),
             ("p50_s", "p50 s", 7),
             ("p99_s", "p99 s", 7),
-            ("rss_before_mb", "RSS MiB", 7),
+            ("cpu_ms_per_run", "CPU ms/run", 10),
+            ("vs_raw_cpu", "x raw", 6),
             ("peak_rss_mb", "peak MiB", 8),
+            ("kib_per_run", "KiB/run", 7),
         ],
     )
     for line in skipped:
         print(f"skipped {line}")
-    print(f"load average (1/5/15 min) before: {load_before}, after: {load_average()}")
+    load_after = load_average()
+    print(f"load average (1/5/15 min) before: {load_before}, after: {load_after}")
     report = {
         "args": {k: str(v) for k, v in vars(args).items() if k not in ("child", "base_url")},
         "machine": machine(),
         "max_in_flight": args.max_in_flight,
-        "load_average_before_after": [load_before, load_average()],
+        "load_average_before_after": [load_before, load_after],
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
+        "samples": samples,
         "skipped": skipped,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     return 0
+
+
+def run_child(
+    args: argparse.Namespace, base_url: str, store: str, level: int, impl: str
+) -> tuple[dict[str, Any] | None, str]:
+    """One level of one implementation in a fresh process: its row, or why it failed."""
+    profile = [] if not args.profile else ["--profile", f"{args.profile}.{impl}.{store}.{level}"]
+    cap = ["--max-in-flight", str(args.max_in_flight)] if args.max_in_flight else []
+    cap += ["--http", args.http]
+    done = subprocess.run(
+        [
+            *(sys.executable, __file__, "--child", str(level), "--base-url", base_url),
+            *("--store", store, "--impl", impl, "--graph", args.graph),
+            *("--latency", str(args.latency), "--pg-admin", args.pg_admin),
+            *cap,
+            *profile,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        return None, (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return json.loads(done.stdout.strip().splitlines()[-1]), ""
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median runs/s (all of its figures, so they stay consistent)."""
+    return sorted(rows, key=lambda r: r["runs_per_s"])[(len(rows) - 1) // 2]
+
+
+def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add each row's ratios to the raw LangGraph row of the same level."""
+    raw = next((r for r in rows if r["impl"] == "raw-langgraph"), None)
+    for row in rows:
+        if raw is not None and raw["runs_per_s"] and raw["cpu_ms_per_run"]:
+            row["vs_raw_runs_per_s"] = round(row["runs_per_s"] / raw["runs_per_s"], 2)
+            row["vs_raw_cpu"] = round(row["cpu_ms_per_run"] / raw["cpu_ms_per_run"], 2)
+    return rows
 
 
 if __name__ == "__main__":

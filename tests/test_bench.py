@@ -49,13 +49,19 @@ def test_concurrency_bench_runs(tmp_path: Path) -> None:
         "--stores", "memory,sqlite", "--out", str(out),
     )  # fmt: skip
     report = json.loads(out.read_text())
-    assert [(r["store"], r["runs"]) for r in report["rows"]] == [
-        ("InMemorySaver", 1),
-        ("InMemorySaver", 5),
-        ("SQLite (ours)", 3),
+    assert [(r["store"], r["runs"], r["impl"]) for r in report["rows"]] == [
+        ("InMemorySaver", 1, "langgraph-moa"),
+        ("InMemorySaver", 1, "raw-langgraph"),
+        ("InMemorySaver", 5, "langgraph-moa"),
+        ("InMemorySaver", 5, "raw-langgraph"),
+        ("SQLite (ours)", 3, "langgraph-moa"),
+        ("SQLite (ours)", 3, "raw-langgraph"),
     ]
     assert all(r["peak_rss_mb"] >= r["rss_before_mb"] > 0 for r in report["rows"])
-    assert "runs/s" in done.stdout
+    assert all(r["cpu_ms_per_run"] > 0 for r in report["rows"])
+    # each row is compared with the raw row of its level
+    assert {r["vs_raw_runs_per_s"] for r in report["rows"] if r["impl"] == "raw-langgraph"} == {1.0}
+    assert "runs/s" in done.stdout and "x raw" in done.stdout
 
 
 def test_startup_bench_runs(tmp_path: Path) -> None:

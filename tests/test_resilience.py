@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from langgraph_moa.models.limits import CallLimiter
+from langgraph_moa.models import ModelResolver
+from langgraph_moa.models.limits import DEFAULT_MAX_CONCURRENCY, CallLimiter
 from langgraph_moa.nodes import QuorumError
 from langgraph_moa.nodes.budget import usage_report
 from langgraph_moa.runtime import MoA
@@ -261,6 +262,37 @@ async def test_fifty_agents_on_one_endpoint_never_exceed_its_concurrency(
     assert model_server.calls("w") == 50
     assert all(p["status"] == "ok" for p in result.values["proposals"]["1"].values())
     assert model_server.max_in_flight("w") == 4
+
+
+async def test_an_endpoint_without_a_cap_gets_the_default_one(
+    model_server: ModelServer, sqlite_url: str
+) -> None:
+    model_server.set_latency("w", 0.5)
+    names = [f"a{i}" for i in range(1, DEFAULT_MAX_CONCURRENCY + 21)]
+    spec = {
+        "models": {"w": {"model": "w", "base_url": model_server.base_url}},
+        "agents": [{"name": n, "model": "w"} for n in names],
+        "layers": [{"agents": names, "synthesizer": "concat"}],
+    }
+    async with MoA(spec, db_url=sqlite_url) as moa:
+        result = await moa.ainvoke("task")
+
+    assert sum(p["status"] == "ok" for p in result.values["proposals"]["1"].values()) == len(names)
+    assert model_server.max_in_flight("w") == DEFAULT_MAX_CONCURRENCY
+
+
+async def test_models_of_one_endpoint_share_one_http_client(model_server: ModelServer) -> None:
+    from langgraph_moa.spec import ModelSpec
+
+    endpoint = ModelSpec(model="w", base_url=model_server.base_url)
+    resolver = ModelResolver({"w": endpoint, "v": endpoint.model_copy(update={"model": "v"})})
+    agent = resolver.get("w", temperature=0.7, max_tokens=64)
+    synth = resolver.get("w", temperature=0.0, max_tokens=256)
+    other = resolver.get("v", temperature=0.7, max_tokens=64)
+    assert agent is not synth
+    client = agent.http_async_client  # type: ignore[attr-defined]
+    assert client is synth.http_async_client is other.http_async_client  # type: ignore[attr-defined]
+    assert ModelResolver({}).limiter(None) is None  # the embedded model queues its own calls
 
 
 async def test_concurrency_cap_is_shared_by_runs_and_event_loops(

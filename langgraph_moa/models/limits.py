@@ -1,7 +1,8 @@
 """Per-endpoint call limits shared by every run in the process.
 
-A model entry with ``max_concurrency`` gets a :class:`CallLimiter` (calls in flight), one
-with ``requests_per_second`` an ``InMemoryRateLimiter``. Both are keyed by the endpoint
+Every model endpoint but the embedded model gets a :class:`CallLimiter` (calls in flight:
+the entry's ``max_concurrency``, else :data:`DEFAULT_MAX_CONCURRENCY`), an entry with
+``requests_per_second`` an ``InMemoryRateLimiter``. Both are keyed by the endpoint
 (``base_url`` or provider, model name) and the limit, so every graph and every run of the
 process that uses the same endpoint with the same limit shares them, whatever event loop
 or thread it runs in.
@@ -19,7 +20,21 @@ from langchain_core.rate_limiters import InMemoryRateLimiter
 
 from langgraph_moa.spec import ModelSpec
 
-__all__ = ["CallLimiter", "call_limiter", "endpoint_key", "rate_limiter"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "CallLimiter",
+    "call_limiter",
+    "endpoint_key",
+    "max_concurrency",
+    "rate_limiter",
+]
+
+DEFAULT_MAX_CONCURRENCY = 100
+"""Calls in flight per endpoint and process when the model entry sets no ``max_concurrency``.
+
+The HTTP client's connection pool does work in proportion to the requests queued in it for
+every request it starts or ends; past this many, calls wait in the limiter's queue instead
+(at 1,000 runs at once the pool took 40% of the CPU otherwise: bench/concurrency.py)."""
 
 
 class CallLimiter:
@@ -104,14 +119,23 @@ def endpoint_key(spec: ModelSpec) -> tuple[str, str]:
     return (spec.base_url or "provider", spec.model or "local")
 
 
+def max_concurrency(spec: ModelSpec) -> int | None:
+    """Calls in flight allowed at ``spec``'s endpoint (None: the embedded model, which
+    queues its calls itself)."""
+    if spec.max_concurrency is not None:
+        return spec.max_concurrency
+    return None if spec.is_local else DEFAULT_MAX_CONCURRENCY
+
+
 def call_limiter(spec: ModelSpec) -> CallLimiter | None:
-    """The process-wide limiter of ``spec``'s endpoint, or None without ``max_concurrency``."""
-    if spec.max_concurrency is None:
+    """The process-wide limiter of ``spec``'s endpoint (None for the embedded model)."""
+    limit = max_concurrency(spec)
+    if limit is None:
         return None
-    key = (*endpoint_key(spec), spec.max_concurrency)
+    key = (*endpoint_key(spec), limit)
     with _lock:
         if key not in _call_limiters:
-            _call_limiters[key] = CallLimiter(spec.max_concurrency)
+            _call_limiters[key] = CallLimiter(limit)
         return _call_limiters[key]
 
 

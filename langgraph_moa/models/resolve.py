@@ -12,8 +12,10 @@ default :data:`DEFAULT_TIMEOUT` seconds) go to the provider client, which retrie
 429, 5xx, timeouts and connection errors with exponential backoff and jitter, honours
 ``Retry-After`` (the OpenAI client up to two minutes), and does not retry other 4xx.
 ``requests_per_second`` becomes the model's ``rate_limiter`` and ``max_concurrency`` a
-:class:`~langgraph_moa.models.limits.CallLimiter` (:meth:`ModelResolver.limiter`), both
-shared process-wide per endpoint.
+:class:`~langgraph_moa.models.limits.CallLimiter` (:meth:`ModelResolver.limiter`; by default
+:data:`~langgraph_moa.models.limits.DEFAULT_MAX_CONCURRENCY`), both shared process-wide per
+endpoint. The models of an OpenAI-compatible endpoint share one HTTP client per event loop,
+its connection pool as large as that limit.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-from langgraph_moa.models.limits import CallLimiter, call_limiter, rate_limiter
+from langgraph_moa.models.limits import (
+    DEFAULT_MAX_CONCURRENCY,
+    CallLimiter,
+    call_limiter,
+    max_concurrency,
+    rate_limiter,
+)
 from langgraph_moa.spec import ModelSpec
 
 __all__ = [
@@ -99,12 +107,7 @@ def resolve_model(
     if limiter is not None:
         common["rate_limiter"] = limiter
     if spec.base_url or (spec.model and spec.model.startswith("openai:")):
-        # langchain-openai shares one cached async HTTP client per URL across the process,
-        # and its pooled connections die with the event loop that opened them; each model
-        # gets its own client (ModelResolver keeps models per event loop).
-        import openai
-
-        common.setdefault("http_async_client", openai.DefaultAsyncHttpxClient())
+        common.setdefault("http_async_client", _http_client(spec))
     if spec.base_url:
         from langchain_openai import ChatOpenAI
 
@@ -134,6 +137,35 @@ def resolve_model(
         raise ModelConfigError(f"model {name!r}: {exc}") from None
     except Exception as exc:  # provider packages raise on missing keys at construction time
         raise ModelConfigError(f"model {name!r} ({spec.model}): {exc}") from None
+
+
+_http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _http_client(spec: ModelSpec) -> Any:
+    """The async HTTP client of ``spec``'s endpoint: one per URL and event loop, shared by
+    every model of that endpoint, with a pool the size of its in-flight limit.
+
+    langchain-openai's own cached client is process-wide, but pooled connections die with
+    the event loop that opened them; hence one per loop (``ModelResolver`` keeps models
+    per loop too). Without a running loop every model gets its own client.
+    """
+    import httpx2
+    import openai
+
+    limit = max_concurrency(spec) or DEFAULT_MAX_CONCURRENCY
+    limits = httpx2.Limits(max_connections=limit, max_keepalive_connections=limit)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return openai.DefaultAsyncHttpxClient(limits=limits)
+    clients = _http_clients.setdefault(loop, {})
+    key = (spec.base_url or "openai", limit)
+    if key not in clients:
+        clients[key] = openai.DefaultAsyncHttpxClient(limits=limits)
+    return clients[key]
 
 
 class ModelResolver:

@@ -56,7 +56,9 @@ class ModelSpec(_Strict):
     )
     timeout: float | None = Field(default=None, gt=0, description="Seconds per call.")
     max_retries: int = Field(default=3, ge=0, le=20)
-    max_concurrency: int | None = Field(default=None, gt=0, description="Calls in flight.")
+    max_concurrency: int | None = Field(
+        default=None, gt=0, description="Calls in flight per process (default 100)."
+    )
     requests_per_second: float | None = Field(default=None, gt=0)
     input_cost_per_mtok: float = Field(default=0.0, ge=0, description="Price per 1M input tokens.")
     output_cost_per_mtok: float = Field(
