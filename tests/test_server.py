@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -281,36 +283,64 @@ def stall_synth(srv: ModelServer) -> Any:
     return lambda: wait_until(lambda: srv.calls("synth") > before, "a synthesizer call")
 
 
+class HeldSynth:
+    """The next synthesizer call waits until :meth:`release` (no timer: the test decides)."""
+
+    def __init__(self, srv: ModelServer) -> None:
+        self.arrived, self.gate = threading.Event(), threading.Event()
+
+        def reply(_: Any) -> str:
+            self.arrived.set()
+            self.gate.wait(300)  # a bound only: released by the test, at the latest at its end
+            return "released"
+
+        srv.add_rule(model="synth", reply=reply, times=1)
+
+    async def wait(self) -> None:
+        assert await asyncio.to_thread(self.arrived.wait, 120), "the synthesizer was not called"
+
+    def release(self) -> None:
+        self.gate.set()
+
+
 async def test_cancel_and_multitask(served: Served, srv: ModelServer) -> None:
-    arrived = stall_synth(srv)
+    holds: list[HeldSynth] = []
+
+    async def held_run(task: str, **kwargs: Any) -> Any:
+        holds.append(HeldSynth(srv))
+        run = await client.runs.create(tid, "moa", input={"task": task}, **kwargs)
+        await holds[-1].wait()
+        return run
+
     client = get_client(url=served.url)
     thread = await client.threads.create()
     tid = thread["thread_id"]
-    run = await client.runs.create(tid, "moa", input={"task": "slow"})
-    arrived()
-    assert (await client.threads.get(tid))["status"] == "busy"
-    with pytest.raises(ConflictError):
-        await client.runs.create(tid, "moa", input={"task": "x"}, multitask_strategy="reject")
-    queued = await client.runs.create(tid, "moa", input={"task": "queued"})  # enqueue
-    assert (await client.runs.get(tid, queued["run_id"]))["status"] == "pending"
-    await client.runs.cancel(tid, run["run_id"])
-    assert (await client.runs.join(tid, queued["run_id"]))["answer"]
-    assert (await client.runs.get(tid, run["run_id"]))["status"] == "interrupted"
-    assert (await client.runs.get(tid, queued["run_id"]))["status"] == "success"
+    try:
+        run = await held_run("slow")
+        assert (await client.threads.get(tid))["status"] == "busy"
+        with pytest.raises(ConflictError):
+            await client.runs.create(tid, "moa", input={"task": "x"}, multitask_strategy="reject")
+        queued = await client.runs.create(tid, "moa", input={"task": "queued"})  # enqueue
+        assert (await client.runs.get(tid, queued["run_id"]))["status"] == "pending"
+        await client.runs.cancel(tid, run["run_id"])
+        assert (await client.runs.join(tid, queued["run_id"]))["answer"]
+        assert (await client.runs.get(tid, run["run_id"]))["status"] == "interrupted"
+        assert (await client.runs.get(tid, queued["run_id"]))["status"] == "success"
 
-    arrived = stall_synth(srv)
-    slow = await client.runs.create(tid, "moa", input={"task": "slow again"})
-    arrived()
-    newer = await client.runs.create(
-        tid, "moa", input={"task": "x"}, multitask_strategy="interrupt"
-    )
-    assert (await client.runs.join(tid, newer["run_id"]))["answer"]
-    assert (await client.runs.get(tid, slow["run_id"]))["status"] == "interrupted"
-    arrived = stall_synth(srv)
-    last = await client.runs.create(tid, "moa", input={"task": "x"})
-    arrived()
-    await client.runs.cancel(tid, last["run_id"], wait=True)
-    assert (await client.runs.get(tid, last["run_id"]))["status"] == "interrupted"
+        slow = await held_run("slow again")
+        newer = await client.runs.create(
+            tid, "moa", input={"task": "x"}, multitask_strategy="interrupt"
+        )
+        assert (await client.runs.join(tid, newer["run_id"]))["answer"]
+        assert (await client.runs.get(tid, slow["run_id"]))["status"] == "interrupted"
+
+        last = await held_run("x")
+        await client.runs.cancel(tid, last["run_id"], wait=True)
+        assert (await client.runs.get(tid, last["run_id"]))["status"] == "interrupted"
+    finally:
+        for hold in holds:
+            hold.release()
+    assert all(h.arrived.is_set() for h in holds)
 
 
 async def test_interrupt_approved_with_command(served: Served, srv: ModelServer) -> None:

@@ -303,8 +303,12 @@ async def test_frozen_worker_is_fenced_out_when_it_wakes(
         model="b3", prompt="frozen", reply=lambda r: "b3 late" if gate.wait(WAIT) else "timed out"
     )
     spec = spec_for(model_server)
-    first = workers.start()
-    second = workers.start()
+    # A frozen worker is told from a live one only by the silence of its heartbeats, so the
+    # threshold must stay well above what a starved but live event loop can lag on a busy
+    # machine (2 s did not): 1 s beats, dead after 8 s. Everything else waits on conditions.
+    timings = ("--heartbeat", "1", "--stalled-after", "8", "--reap-interval", "0.5")
+    first = workers.start(*timings)
+    second = workers.start(*timings)
     await workers.ready(2)
     sub = await queue.submit(spec, "the frozen task")
     await until(lambda: model_server.in_flight("b3") >= 1, "b3 to be called", workers)

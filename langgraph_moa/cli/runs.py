@@ -282,6 +282,56 @@ def runs_command(
     out.print(table)
 
 
+def cancel(
+    run_id: Annotated[str | None, typer.Argument(help="The run to cancel.")] = None,
+    thread: Annotated[
+        str | None, typer.Option("--thread", "-t", help="Cancel every active run of a thread.")
+    ] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a run (or a thread's active runs), queued or running, in whichever process
+    has it: `moa serve` replicas, `moa worker`s, `moa run`. A queued run ends at once; a
+    running one within about a second (at its next cancel check)."""
+    if (run_id is None) == (thread is None):
+        fail("give a RUN_ID or --thread THREAD (not both)", 2)
+    from langgraph_moa.persistence.registry import RunNotFoundError
+    from langgraph_moa.runtime.api import open_store
+    from langgraph_moa.runtime.executor import RunExecutor
+
+    async def go() -> Any:
+        async with open_store(db) as (_, registry):
+            if run_id is not None:
+                ids = [run_id]
+            else:
+                active = await registry.list_runs(
+                    thread_id=thread, status=["pending", "running"], limit=1000
+                )
+                ids = [r.run_id for r in active]
+            executor = RunExecutor(registry)
+            try:
+                return [await executor.cancel(i) for i in ids]
+            except RunNotFoundError:
+                fail(f"no run {run_id!r} in this store; `moa runs` lists them", 1)
+
+    records = store_call(go())
+    if as_json:
+        out.print_json(json.dumps([_run_json(r) for r in records], default=str))
+        return
+    if not records:
+        err.print(f"thread {thread} has no active run")
+        return
+    for r in records:
+        if r.status in ("pending", "running"):
+            err.print(f"run {r.run_id}: cancel requested; {describe_holder(r)} stops it")
+        else:
+            err.print(f"run {r.run_id}: {r.status}" + (f" ({r.error})" if r.error else ""))
+
+
+def describe_holder(record: Any) -> str:
+    return f"pid {record.owner_pid} on {record.owner_host}" if record.owner_token else "its process"
+
+
 def _run_json(record: Any) -> dict[str, Any]:
     data = record.to_json()
     data.pop("spec", None)

@@ -169,6 +169,26 @@ def serve(
     no_ui: Annotated[
         bool, typer.Option("--no-ui", help="Do not serve the run dashboard at /ui.")
     ] = False,
+    owner_heartbeat: Annotated[
+        float,
+        typer.Option(
+            "--owner-heartbeat",
+            parser=positive_seconds,
+            metavar="DURATION",
+            help="Time between heartbeats of this process's runs and thread leases in the "
+            "store, and between sweeps for runs of dead replicas.",
+        ),
+    ] = 10.0,
+    stale_after: Annotated[
+        float,
+        typer.Option(
+            "--stale-after",
+            parser=positive_seconds,
+            metavar="DURATION",
+            help="A replica silent this long is dead: any other takes its runs over (at "
+            "least twice --owner-heartbeat; on one host a dead process counts at once).",
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve specs over HTTP with the LangGraph Server API (langgraph-sdk, Agent Chat UI,
     LangGraph Studio). Every spec is an assistant addressed by its name. The run dashboard
@@ -219,7 +239,18 @@ def serve(
         except workers.WorkerConfigError as exc:
             fail(str(exc), 2)
         executor = workers.ProcrastinateExecutor(db)
-    options = ServerOptions(max_concurrency=max_concurrency, heartbeat=heartbeat)
+    if stale_after < 2 * owner_heartbeat:
+        fail(
+            f"--stale-after ({stale_after:g}s) must be at least twice --owner-heartbeat "
+            f"({owner_heartbeat:g}s), or live replicas would be taken for dead",
+            2,
+        )
+    options = ServerOptions(
+        max_concurrency=max_concurrency,
+        heartbeat=heartbeat,
+        owner_heartbeat=owner_heartbeat,
+        stale_after=stale_after,
+    )
     try:
         application = create_app(
             specs,

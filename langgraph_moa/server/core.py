@@ -22,13 +22,13 @@ from langgraph.graph.state import CompiledStateGraph
 
 from langgraph_moa.persistence.registry import (
     Owner,
-    OwnershipLostError,
     RunRecord,
     RunRegistry,
     RunStatus,
     ThreadRecord,
 )
 from langgraph_moa.runtime.api import MoA
+from langgraph_moa.runtime.executor import RunExecutor as Runner
 from langgraph_moa.server.events import RunStreams
 from langgraph_moa.server.executor import InProcessExecutor, RunExecutor
 from langgraph_moa.spec import GraphSpec
@@ -79,9 +79,15 @@ class ServerOptions:
     persist_streams: bool = False
     """Log every run's events (not only resumable ones), e.g. for workers."""
     owner_heartbeat: float = 10.0
-    """Seconds between run-ownership heartbeats in the registry."""
+    """Seconds between heartbeats of thread leases and run owners in the registry, and
+    between sweeps for runs whose process is gone."""
     stale_after: float = 30.0
-    """A run whose owner's heartbeat is older than this is resumed at startup."""
+    """A run (and its thread's lease) whose heartbeat is older than this belongs to a dead
+    process: any replica takes it over at its next sweep. On one host a dead process id
+    counts at once. So a killed replica's runs continue within ``stale_after +
+    owner_heartbeat`` seconds (``owner_heartbeat`` on the same host)."""
+    cancel_poll: float = 1.0
+    """Seconds between checks for cancel requests made through another process."""
     stream_ttl: float = 24 * 3600.0
     """Seconds logged stream events are kept for replay (pruned hourly)."""
 
@@ -167,6 +173,7 @@ class ServerCore:
         self._spec_graphs: dict[str, Assistant] = {}
         self._run_graphs_stack = AsyncExitStack()
         self.checkpointer: BaseCheckpointSaver[Any] | None = None
+        self.runner: Runner
 
     @contextlib.asynccontextmanager
     async def _locked(self, thread_id: str) -> AsyncIterator[None]:
@@ -214,10 +221,14 @@ class ServerCore:
         return assistant.graph
 
     async def _cancel(self, run: RunRecord, action: str) -> None:
-        live = self._live.get(run.run_id)
+        await self._cancel_id(run.run_id, action)
+
+    async def _cancel_id(self, run_id: str, action: str = "interrupt") -> None:
+        """Cancel a run wherever it is: a request in the registry that the process holding
+        it sees within ``cancel_poll`` seconds; here at once."""
+        live = self._live.get(run_id)
         if live is not None:
             live.cancel_action = action
-        if not await self.executor.cancel(run.run_id):
-            # not in this process's executor: mark it so whoever runs it stops
-            with contextlib.suppress(OwnershipLostError):
-                await self.registry.update_run(run.run_id, status="cancelled")
+        await self.registry.request_cancel(run_id)
+        if not self.runner.cancel_local(run_id):
+            await self.executor.cancel(run_id)  # queued here, or a worker's job

@@ -1,5 +1,7 @@
-"""Executing one run: claim it, stream the graph into the run's events, record its end
-(the :class:`~langgraph_moa.server.executor.RunHandler` side of the server)."""
+"""Executing one run with the run executor (:mod:`langgraph_moa.runtime.executor`): it
+claims the run and the thread's lease, beats, and records the end; the server streams
+the graph into the run's events (the :class:`~langgraph_moa.server.executor.RunHandler`
+side of the server)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -18,8 +21,14 @@ from langgraph.types import Command, Send
 
 from langgraph_moa.graphs import TaskError
 from langgraph_moa.nodes.synthesizer import ContextWindowError, QuorumError
-from langgraph_moa.persistence.registry import OwnershipLostError, RunOwnedError, RunRecord
+from langgraph_moa.persistence.registry import (
+    LeaseHeldError,
+    OwnershipLostError,
+    RunOwnedError,
+    RunRecord,
+)
 from langgraph_moa.runtime.api import MoA
+from langgraph_moa.runtime.executor import Execution, RunEnd
 from langgraph_moa.server import serde
 from langgraph_moa.server.core import ACTIVE, Assistant, LiveRun, ServerCore
 from langgraph_moa.server.schemas import CommandModel
@@ -65,84 +74,63 @@ class RunExecution(ServerCore):
             live.done.set()
 
     async def execute(self, run_id: str, *, resume: bool) -> None:
-        """Execute one run to its end; record its status before its stream closes."""
+        """Execute one run to its end through the run executor (thread lease, heartbeat,
+        cancel requests, one recorded shape); its status is recorded before its stream
+        closes."""
         live = self._live.setdefault(run_id, LiveRun())
-        try:
-            run = await self._claim(run_id)
-        except asyncio.CancelledError:
-            if self.role == "worker":
-                raise
-            if self._stopping and live.cancel_action is None:
-                await asyncio.shield(self._hand_back(run_id))
-            else:
-                await asyncio.shield(self.dequeued(run_id))
+        run = await self.registry.get_run(run_id)
+        if run is None or run.status not in ACTIVE:
+            await self._finish(run_id)  # cancelled or deleted while it waited
             return
-        if run is None:
-            await self._finish(run_id)
-            return
-        beat = asyncio.create_task(self._heartbeat(run_id))
-        final: dict[str, Any] | None = {}
-        try:
-            final = await self._stream_run(run, resume=resume)
-        except asyncio.CancelledError:
-            if self.role == "worker":
-                final = None  # the worker decides: a user's abort, or a drain (re-queue)
-                raise
-            if self._stopping and live.cancel_action is None:
-                final = None  # shutdown: left running and free, resumed at the next start
-            else:
-                final = {"status": "cancelled"}
-        except Exception as exc:
-            error = self._error_of(exc, run_id)
-            await self._publish(run_id, "error", error)
-            final = {"status": "error", "error": f"{error['error']}: {error['message']}"}
-        finally:
-            beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
-            if final is None:
-                await asyncio.shield(self._hand_back(run_id))
-            else:
-                await asyncio.shield(self._record_end(run, final))
-
-    async def _claim(self, run_id: str) -> RunRecord | None:
-        """Take the run for this process; None when it is not to be run here."""
-        queued = await self.registry.get_run(run_id)
-        if queued is None or queued.status not in ACTIVE:
-            return None  # cancelled or deleted while it waited
         if not self.streams.is_open(run_id):
-            self.streams.open(run_id, persist=self._persist(queued))
-        try:
-            run = await self.registry.claim_run(
-                run_id, self.owner, stale_after=self.options.stale_after
-            )
-        except RunOwnedError:
-            log.info("run %s is owned by another process; not running it here", run_id)
-            return None
-        return run if run.status == "running" else None
+            self.streams.open(run_id, persist=self._persist(run))
 
-    async def _hand_back(self, run_id: str) -> None:
-        """Stop without a final status: the run stays active and free, for another process
-        or the next start to continue."""
-        with contextlib.suppress(Exception):
-            await self.registry.release_run(run_id, self.owner)
+        async def body(execution: Execution) -> RunEnd:
+            return await self._stream_run(execution.run, execution.configurable(), resume)
+
+        async def emit(event: str, data: Any) -> None:
+            await self._publish(run_id, event, data)
+
+        def on_stop() -> str | None:
+            if self.role == "worker" or (self._stopping and live.cancel_action is None):
+                return None  # the worker decides; a shutdown leaves it for the next process
+            return "cancelled"
+
+        ended = None
+        try:
+            ended = await self.runner.execute(
+                run,
+                body,
+                owner=self.owner,
+                wait=self.role == "server",
+                emit=emit,
+                describe_error=lambda exc: self._describe(exc, run_id),
+                on_stop=on_stop,
+            )
+        except asyncio.CancelledError:
+            if self.role == "worker":
+                self._forget(run_id)
+                raise
+            if on_stop() is None:
+                self._forget(run_id)
+                return
+        except (RunOwnedError, LeaseHeldError) as exc:
+            log.info("run %s is not run here: %s", run_id, exc)
+        except OwnershipLostError as exc:
+            log.warning("%s", exc)
+            self._forget(run_id)
+            return
+        if ended is not None and ended.status not in ACTIVE and run.options.get("temporary"):
+            with contextlib.suppress(Exception):
+                await self._drop_thread(run.thread_id, run_id)
+        await self._finish(run_id)
+
+    def _forget(self, run_id: str) -> None:
+        """Stop following a run another process (or the next start) continues."""
         self.streams.forget(run_id)
         live = self._live.pop(run_id, None)
         if live is not None:
             live.done.set()
-
-    async def _record_end(self, run: RunRecord, final: dict[str, Any]) -> None:
-        run_id = run.run_id
-        try:
-            status = final.pop("status", None)
-            values = {"status": status, **final} if status is not None else {}
-            with contextlib.suppress(OwnershipLostError):
-                await self.registry.release_run(run_id, self.owner, **values)
-            if status is not None and run.options.get("temporary"):
-                await self._drop_thread(run.thread_id, run_id)
-        except Exception:
-            log.exception("cannot record the end of run %s", run_id)
-        finally:
-            await self._finish(run_id)
 
     async def _drop_thread(self, thread_id: str, run_id: str) -> None:
         record = await self.registry.get_thread(thread_id)
@@ -153,29 +141,24 @@ class RunExecution(ServerCore):
             if isinstance(checkpointer, BaseCheckpointSaver):
                 await checkpointer.adelete_thread(thread_id)
 
-    async def _heartbeat(self, run_id: str) -> None:
-        while True:
-            await asyncio.sleep(self.options.owner_heartbeat)
-            with contextlib.suppress(Exception):
-                await self.registry.heartbeat(run_id, self.owner)
-
     async def _publish(self, run_id: str, event: str, data: Any) -> None:
         await self.streams.publish(run_id, event, serde.dumps(data))
 
     @staticmethod
-    def _error_of(exc: BaseException, run_id: str) -> dict[str, str]:
+    def _describe(exc: BaseException, run_id: str) -> tuple[str, str]:
         if isinstance(exc, SHOWN_ERRORS):
-            return {"error": type(exc).__name__, "message": str(exc)}
+            return type(exc).__name__, str(exc)
         log.error("run %s failed", run_id, exc_info=exc)
-        return {"error": type(exc).__name__, "message": "An internal error occurred"}
+        return type(exc).__name__, "An internal error occurred"
 
-    async def _stream_run(self, run: RunRecord, *, resume: bool) -> dict[str, Any]:
+    async def _stream_run(self, run: RunRecord, lease: Mapping[str, Any], resume: bool) -> RunEnd:
         options = run.options
         assistant = await self._assistant_of_run(run)
         graph = assistant.graph
         run_id, thread_id = run.run_id, run.thread_id
         await self._publish(run_id, "metadata", {"run_id": run_id, "attempt": run.attempts})
         config = self._run_config(run)
+        config["configurable"].update(lease)
         graph_input = await self._input_of(run, graph, config, resume=resume)
         modes: list[str] = list(options.get("stream_mode") or ["values"])
         mapper = StreamMapper(modes, subgraphs=bool(options.get("stream_subgraphs")))
@@ -194,13 +177,12 @@ class RunExecution(ServerCore):
             for event, payload in mapper.map(namespace, mode, chunk):
                 await self._publish(run_id, event, payload)
         result = await assistant.moa.aresult(thread_id, run_id)
-        final: dict[str, Any] = {
-            "status": "interrupted" if result.status == "interrupted" else "success",
-            "answer": result.answer,
-            "usage": {"total": result.usage, "by_agent": result.usage_by_agent},
-            "waiting_for": serde.jsonable(result.interrupts) or None,
-        }
-        return final
+        return RunEnd(
+            "interrupted" if result.status == "interrupted" else "success",
+            answer=result.answer,
+            usage=result.usage,
+            waiting_for=serde.jsonable(result.interrupts) or None,
+        )
 
     async def _assistant_of_run(self, run: RunRecord) -> Assistant:
         """The graph a run was created for: the served spec, or (in a worker, or after the

@@ -3,7 +3,9 @@
 The HTTP layer records a run as ``pending`` in the run registry, then hands its id to an
 executor. :class:`InProcessExecutor` runs it as an asyncio task of the server process, at
 most ``max_concurrency`` at a time and one at a time per thread (later runs of a thread
-wait for the earlier ones: ``multitask_strategy="enqueue"``). An executor backed by
+wait for the earlier ones: ``multitask_strategy="enqueue"``; across processes the thread's
+lease in the registry orders them; a run taken over from a dead process skips both queues,
+as newer runs of its thread wait for it). An executor backed by
 workers in other processes implements the same protocol: ``submit`` defers a job for the
 run, ``cancel`` aborts it; the workers execute :meth:`RunHandler.execute` there.
 """
@@ -83,6 +85,10 @@ class InProcessExecutor:
         started = False
         lock = self._thread_locks[thread_id]
         try:
+            if resume:  # a run taken over from a dead process: it goes before queued ones
+                started = True
+                await self._handler.execute(run_id, resume=resume)
+                return
             async with lock, self._slots:
                 started = True
                 await self._handler.execute(run_id, resume=resume)

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from langgraph_moa.persistence.registry import RunRecord
 from langgraph_moa.runtime.api import MoA
+from langgraph_moa.runtime.executor import RunRejectedError, admit_run
 from langgraph_moa.server import serde
 from langgraph_moa.server.core import ACTIVE, ApiError, LiveRun, ServerCore, iso, not_found
 from langgraph_moa.server.events import StreamEvent
@@ -177,9 +178,6 @@ class RunService(ServerCore):
                     "Thread is already running a task. Wait for it to finish or choose a "
                     "different multitask strategy.",
                 )
-            if active and strategy == "interrupt":
-                for other in active:
-                    await self._cancel(other, "interrupt")
             run = await self.registry.create_run(
                 thread_id,
                 run_id=run_id,
@@ -191,7 +189,12 @@ class RunService(ServerCore):
                 options=options,
                 checkpoint_id=checkpoint_id,
                 tenant=tenant,
+                queued_by=self.owner if self.in_process else None,
             )
+            try:  # across replicas: the thread's older active runs as the strategy says
+                await admit_run(self.registry, run, strategy, self._cancel_id)
+            except RunRejectedError as exc:
+                raise ApiError(409, str(exc)) from None
             if self.in_process:
                 self.streams.open(run_id, persist=self._persist(run))
                 self._live[run_id] = LiveRun()

@@ -21,6 +21,7 @@ from typing import Any, Self
 from langgraph_moa.persistence.events import EventLog
 from langgraph_moa.persistence.registry import RunRegistry
 from langgraph_moa.runtime.api import MoA
+from langgraph_moa.runtime.executor import RunExecutor as Runner
 from langgraph_moa.runtime.store import open_checkpointer
 from langgraph_moa.server.core import (
     ACTIVE,
@@ -67,6 +68,12 @@ class MoAServer(ThreadService, RunService, RunExecution):
             self.registry = RunRegistry.from_url(self.db_url)
             stack.push_async_callback(self.registry.aclose)
             await self.registry.setup()
+            self.runner = Runner(
+                self.registry,
+                heartbeat_interval=self.options.owner_heartbeat,
+                stale_after=self.options.stale_after,
+                cancel_poll=self.options.cancel_poll,
+            )
             events = EventLog.from_url(self.db_url)
             stack.push_async_callback(events.aclose)
             self.streams = RunStreams(events)
@@ -90,6 +97,8 @@ class MoAServer(ThreadService, RunService, RunExecution):
             stack.push_async_callback(_cancel_task, pruner)
         if self.role == "server" and self.in_process:
             await self._resume_left_runs()
+            keeper = asyncio.create_task(self._keep_runs(), name="moa-keep-runs")
+            stack.push_async_callback(_cancel_task, keeper)
 
     async def stop(self) -> None:
         """Stop running runs (they resume at the next start) and close the stores."""
@@ -102,13 +111,36 @@ class MoAServer(ThreadService, RunService, RunExecution):
         await self.executor.aclose()
 
     async def _resume_left_runs(self) -> None:
-        """Runs this server accepted whose process is gone: continue or start them."""
+        """Server runs whose process is gone (this one before a restart, or another
+        replica): continue or start them here, oldest first."""
         for run in await self.registry.stale_runs(stale_after=self.options.stale_after):
-            if not run.options.get("server"):
-                continue  # someone else's (e.g. a worker queue's) run
+            if not run.options.get("server") or run.run_id in self._live:
+                continue  # someone else's (e.g. a worker queue's) run, or ours already
+            log.warning(
+                "run %s (%s, %s): its process is gone; continuing it here",
+                run.run_id,
+                run.status,
+                run.describe_owner(),
+            )
             self.streams.open(run.run_id, persist=self._persist(run))
             self._live.setdefault(run.run_id, LiveRun())
             await self.executor.submit(run.run_id, run.thread_id, resume=run.status == "running")
+
+    async def _keep_runs(self) -> None:
+        """Every ``owner_heartbeat`` seconds: tell the registry this process still holds its
+        queued runs, pass on cancel requests for them made elsewhere, and take over the
+        runs of processes that died (see ``ServerOptions.stale_after``)."""
+        while True:
+            await asyncio.sleep(self.options.owner_heartbeat)
+            try:
+                here = list(self._live)
+                await self.registry.beat_owned(self.owner, here)
+                for run_id in await self.registry.cancel_requested(here):
+                    if not self.runner.cancel_local(run_id):
+                        await self.executor.cancel(run_id)
+                await self._resume_left_runs()
+            except Exception:  # the database may be back at the next round
+                log.warning("keeping the runs of this process failed", exc_info=True)
 
     async def _prune_events(self) -> None:
         while True:
