@@ -191,3 +191,23 @@ def test_usage_totals_one_shape() -> None:
     assert usage_totals(total) == total
     assert usage_totals({"total": total, "by_agent": {"a": total}}) == total
     assert usage_totals(None) == {} and usage_totals({"calls": "x"}) == {}
+
+
+async def test_moa_cancel_command_reaches_a_run_in_another_process(
+    sqlite_url: str, model_server: ModelServer
+) -> None:
+    from tests.durable_helpers import moa
+
+    arrived, gate = hold(model_server, "synth")
+    async with MoA(spec_for(model_server), db_url=sqlite_url, heartbeat_interval=0.2) as running:
+        task = asyncio.create_task(running.ainvoke("question", thread_id="t"))
+        await arrival(arrived)
+        shown = await asyncio.to_thread(moa, "cancel", "--thread", "t", "--db", sqlite_url)
+        assert "cancel requested" in shown.stderr
+        result = await asyncio.wait_for(task, WAIT)
+        gate.set()
+        assert result.status == "cancelled"
+    nothing = await asyncio.to_thread(moa, "cancel", "--thread", "t", "--db", sqlite_url)
+    assert "thread t has no active run" in nothing.stderr
+    missing = await asyncio.to_thread(moa, "cancel", "nope", "--db", sqlite_url, check=False)
+    assert missing.returncode == 1 and "no run 'nope'" in missing.stderr
