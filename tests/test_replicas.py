@@ -149,7 +149,7 @@ async def test_killed_replica_run_is_finished_by_the_other(
     hold = Hold(srv)
     ca, cb = get_client(url=a.url), get_client(url=b.url)
     tid = (await ca.threads.create())["thread_id"]
-    old = await ca.runs.create(tid, "moa", input={"task": "old"})
+    old = await ca.runs.create(tid, "moa", input={"task": "old"}, durability="sync")
     await hold.wait_arrival()
     newer = await cb.runs.create(tid, "moa", input={"task": "newer"})
     killed_at = time.monotonic()
