@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from langgraph_moa.cli import chat, evaluate, running, runs, serving, specs
-from langgraph_moa.cli.common import app, err, spec_app
+from langgraph_moa.cli.common import app, err, spec_app, store_problem
 
 __all__ = ["app", "main"]
 
@@ -38,3 +38,9 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as exc:  # a store error any command may meet: one line, no traceback
+        problem = store_problem(exc)
+        if problem is None:
+            raise
+        err.print(f"[bold red]error:[/] {problem}", highlight=False)
+        sys.exit(1)

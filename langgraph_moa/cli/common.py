@@ -86,6 +86,51 @@ def positive_seconds(value: str | float) -> float:
     return seconds
 
 
+def store_problem(exc: BaseException) -> str | None:
+    """One line for an error of the store (a bad URL, an unreachable server, a read-only
+    file, a full disk) that says what to do, or None for any other error. It never
+    suggests a command that cannot work in that state (no `moa resume` on a read-only
+    store)."""
+    import errno
+
+    from sqlalchemy import exc as sa_exc
+
+    from langgraph_moa.persistence.errors import PersistenceError
+    from langgraph_moa.runtime.runs import StoreError
+
+    cause: BaseException | None = exc
+    for _ in range(8):  # the error and what it was raised from
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return "the disk is full (no space left on device); free some space and try again"
+        if isinstance(cause, sa_exc.DBAPIError):
+            text = " ".join(str(cause.orig).split())
+            lowered = text.lower()
+            if "readonly" in lowered or "read-only" in lowered or "read only" in lowered:
+                return (
+                    f"the store is read-only ({text}); nothing was written: make the database "
+                    "file and its directory writable, or point --db / MOA_DB_URL at a "
+                    "writable store"
+                )
+            if "full" in lowered and ("disk" in lowered or "database" in lowered):
+                return f"the store's disk is full ({text}); free some space and try again"
+            if "unable to open database file" in lowered:
+                return (
+                    f"cannot open the SQLite file ({text}): check that its directory exists "
+                    "and is writable, or point --db / MOA_DB_URL elsewhere"
+                )
+            if isinstance(cause, sa_exc.OperationalError | sa_exc.InterfaceError):
+                return (
+                    f"cannot use the store ({text}); check that the database is running and "
+                    "the URL (--db / MOA_DB_URL) is right"
+                )
+        cause = cause.__cause__
+    if isinstance(exc, PersistenceError | StoreError):
+        return " ".join(str(exc).split())
+    return None
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print an error (no traceback) and exit."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
@@ -159,11 +204,14 @@ def execute_run(graph_spec: GraphSpec, thread: str, quiet: bool, start: Any) -> 
     except (asyncio.CancelledError, KeyboardInterrupt):
         err.print(f"run interrupted; continue it with `moa resume {thread}`")
         raise typer.Exit(EXIT_CODE) from None
-    except (SpecError, ModelConfigError, ValueError) as exc:
-        fail(str(exc), 2)
-    except RegistryError as exc:
-        fail(str(exc))
     except Exception as exc:
+        problem = store_problem(exc)
+        if problem is not None:
+            fail(problem)
+        if isinstance(exc, SpecError | ModelConfigError | ValueError):
+            fail(str(exc), 2)
+        if isinstance(exc, RegistryError):
+            fail(str(exc))
         fail(f"{type(exc).__name__}: {exc}; continue the run with `moa resume {thread}`")
 
 
@@ -210,5 +258,10 @@ def store_call(coro: Any) -> Any:
 
     try:
         return asyncio.run(coro)
-    except RegistryError as exc:
-        fail(str(exc))
+    except Exception as exc:
+        problem = store_problem(exc)
+        if problem is not None:
+            fail(problem)
+        if isinstance(exc, RegistryError):
+            fail(str(exc))
+        raise

@@ -67,6 +67,8 @@ def run(
     """
     import asyncio
 
+    if not task.strip():
+        fail("the task is blank; say what the agents should do, e.g. moa run 'Explain WAL'", 2)
     graph_spec = resolve_spec(spec, preset_name, model, base_url)
     if submit or wait:
         if not submit:

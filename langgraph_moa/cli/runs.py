@@ -24,6 +24,7 @@ from langgraph_moa.cli.common import (
     print_result,
     resolve_spec,
     store_call,
+    store_problem,
 )
 
 if TYPE_CHECKING:
@@ -445,7 +446,11 @@ def prune(
             resolve_db_url(db), keep_last=keep_last, older_than=older_than, force=force
         )
     except (ValueError, PersistenceError) as exc:
-        fail(f"--older-than / --keep-last: {exc}" if isinstance(exc, ValueError) else str(exc))
+        problem = store_problem(exc)  # None for a bad --older-than / --keep-last
+        fail(
+            problem
+            or (f"--older-than / --keep-last: {exc}" if isinstance(exc, ValueError) else str(exc))
+        )
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
         return

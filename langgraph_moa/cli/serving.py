@@ -200,8 +200,15 @@ def serve(
     except ImportError as exc:
         fail(f"the server needs the `server` extra: pip install 'langgraph-moa[server]' ({exc})")
     from langgraph_moa.graphs import preset
+    from langgraph_moa.persistence.errors import DatabaseURLError
+    from langgraph_moa.persistence.urls import backend_of
+    from langgraph_moa.runtime.store import resolve_db_url
     from langgraph_moa.spec import SpecError, load_spec
 
+    try:
+        backend_of(resolve_db_url(db))  # a bad URL: one line now, not a failed start-up
+    except DatabaseURLError as exc:
+        fail(str(exc), 2)
     specs: list[GraphSpec] = []
     try:
         specs += [load_spec(p) for p in spec or []]

@@ -52,7 +52,12 @@ def parse_duration(text: str | timedelta) -> timedelta:
         raise ValueError(f"the duration {text!r} has no unit; add one of {accepted}")
     if unit not in UNITS:
         raise ValueError(f"the duration {text!r} has an unknown unit {unit!r}; use {accepted}")
-    return timedelta(seconds=amount * UNITS[unit])
+    try:
+        return timedelta(seconds=amount * UNITS[unit])
+    except OverflowError:
+        raise ValueError(
+            f"the duration {text!r} is too long; at most {timedelta.max.days} days"
+        ) from None
 
 
 @dataclass(frozen=True)

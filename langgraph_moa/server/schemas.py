@@ -15,10 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from langgraph_moa.server.validation import MAX_INT, metadata_problem
 
 __all__ = [
+    "ERROR_RESPONSES",
     "STREAM_MODES",
     "AssistantSearch",
     "CheckpointConfig",
     "CommandModel",
+    "ErrorBody",
     "HistoryRequest",
     "RunConfig",
     "RunCreate",
@@ -53,6 +55,26 @@ def _uuid(value: str, what: str) -> str:
     except ValueError:
         raise ValueError(f"invalid {what} {value!r}: must be a UUID") from None
     return value
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a message, or (a request FastAPI could not parse) FastAPI's list
+    of problems."""
+
+    detail: str | list[dict[str, Any]]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No API key, or an unknown one."},
+    404: {"model": ErrorBody, "description": "No such thread, run, checkpoint or assistant "
+          "(also another tenant's)."},
+    409: {"model": ErrorBody, "description": "The thread exists, or is busy."},
+    413: {"model": ErrorBody, "description": "The body is larger than the server takes."},
+    422: {"model": ErrorBody, "description": "The request breaks a rule of the API."},
+    503: {"model": ErrorBody, "description": "The database is busy or unreachable; retry "
+          "after `Retry-After` seconds."},
+}  # fmt: skip
+"""The error statuses every route may answer, for the OpenAPI description."""
 
 
 class _Body(BaseModel):

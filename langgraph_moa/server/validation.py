@@ -99,6 +99,8 @@ def check_body(raw: bytes) -> Any:
         data = json.loads(raw, parse_constant=_no_constant)
     except RecursionError:
         raise ApiError(422, f"body: JSON nested more than {MAX_JSON_DEPTH} levels") from None
+    except UnicodeDecodeError:
+        raise ApiError(422, "body: not UTF-8 text; send JSON encoded as UTF-8") from None
     except ValueError as exc:
         if isinstance(exc, _ConstantError):
             raise ApiError(422, f"body: {exc}") from None

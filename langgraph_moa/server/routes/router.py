@@ -13,17 +13,19 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response, Security
+from fastapi import APIRouter, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
 from langgraph.version import __version__ as langgraph_version
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from langgraph_moa.server.auth import Authenticator
 from langgraph_moa.server.routes.assistants import add_assistant_routes
 from langgraph_moa.server.routes.runs import add_run_routes
 from langgraph_moa.server.routes.threads import add_thread_routes
+from langgraph_moa.server.schemas import ERROR_RESPONSES
 from langgraph_moa.server.service import ApiError, MoAServer
 from langgraph_moa.server.validation import (
     DATABASE_UNAVAILABLE,
@@ -70,7 +72,7 @@ def _route_class(max_body: int) -> type[APIRoute]:
                     return await handler(request)
                 except ApiError as exc:
                     return JSONResponse({"detail": exc.detail}, status_code=exc.status)
-                except (HTTPException, RequestValidationError):
+                except (StarletteHTTPException, RequestValidationError):
                     raise
                 except DATABASE_UNAVAILABLE as exc:
                     log.warning(
@@ -127,7 +129,7 @@ def create_router(
         return await authenticate(request)
 
     route_class = _route_class(max_body)
-    router = APIRouter(route_class=route_class)
+    router = APIRouter(route_class=route_class, responses=ERROR_RESPONSES)
 
     add_meta_routes(router)
     add_assistant_routes(router, server, tenant_of)
