@@ -366,3 +366,36 @@ def test_database_outage_is_503_with_retry_after(
                 with psycopg.connect(f"{admin}/test", autocommit=True) as conn:
                     conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             assert http.post("/threads/search", json={}).status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_exhausted_pool_is_503_with_retry_after(pg_url: str, srv: ModelServer) -> None:
+    """Every connection of the server's pool taken (here by the test itself, on the same
+    shared engine): a request waits the pool's timeout, then gets 503, not a 500."""
+    from contextlib import AsyncExitStack
+
+    from langgraph_moa.persistence.engines import get_async_engine, release_async_engine
+    from langgraph_moa.server import create_app
+
+    app = create_app([moa_spec(srv)], db_url=pg_url, api_keys=[KEY_A], ui=False)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.state.moa,
+        httpx.AsyncClient(
+            transport=transport, base_url="http://moa", headers={"x-api-key": KEY_A}, timeout=120
+        ) as http,
+    ):
+        assert (await http.post("/threads/search", json={})).status_code == 200
+        engine = get_async_engine(pg_url)  # the server's engine: one pool per database
+        try:
+            pool = engine.sync_engine.pool
+            async with AsyncExitStack() as held:
+                for _ in range(pool.size() + pool._max_overflow):  # type: ignore[attr-defined]
+                    await held.enter_async_context(engine.connect())
+                busy = await http.post("/threads/search", json={})
+            assert busy.status_code == 503, busy.text
+            assert busy.headers["retry-after"] == "1"
+            assert (await http.post("/threads/search", json={})).status_code == 200
+        finally:
+            await release_async_engine(engine)
