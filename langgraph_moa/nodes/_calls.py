@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
 from langgraph_moa.nodes._context import NodeContext, usage_of
@@ -48,9 +50,12 @@ async def call_model(
     node: str,
     schema: type[BaseModel] | None = None,
     budget: Budget | None = None,
+    tools: Sequence[BaseTool] = (),
+    tool_choice: str | None = None,
 ) -> Reply:
     """Call model entry ``model_name`` within its endpoint's in-flight limit, after
-    reserving the call's worst case in ``ledger`` (raises ``BudgetExceeded``)."""
+    reserving the call's worst case in ``ledger`` (raises ``BudgetExceeded``). ``tools`` are
+    offered to the model (``tool_choice="none"``: it may not call them)."""
     spec = ctx.models.spec(model_name)
     model = ctx.models.get(model_name, temperature=temperature, max_tokens=max_tokens)
     limiter = ctx.models.limiter(model_name)
@@ -63,7 +68,8 @@ async def call_model(
         usage: Usage | None = None
         try:
             if schema is None:
-                message = await model.ainvoke(messages, config)
+                runnable: Any = model.bind_tools(tools, tool_choice=tool_choice) if tools else model
+                message = await runnable.ainvoke(messages, config)
                 assert isinstance(message, AIMessage)
                 usage = usage_of(message, spec)
                 return Reply(message, usage)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import AIMessage
 
 from langgraph_moa.models import ModelResolver
+from langgraph_moa.nodes.tools import ToolResolver
 from langgraph_moa.spec import GraphSpec, ModelSpec
 from langgraph_moa.state import Usage
 
@@ -20,6 +21,10 @@ class NodeContext:
 
     spec: GraphSpec
     models: ModelResolver
+    tools: ToolResolver = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tools = ToolResolver(self.spec)
 
 
 def usage_of(message: AIMessage, model: ModelSpec) -> Usage:

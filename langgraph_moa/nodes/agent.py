@@ -9,6 +9,7 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.errors import GraphBubbleUp
 from langgraph.types import interrupt
 
 from langgraph_moa.nodes import prompts
@@ -17,6 +18,7 @@ from langgraph_moa.nodes._context import NodeContext
 from langgraph_moa.nodes._quorum import Cut, LayerGate, layer_gate
 from langgraph_moa.nodes.budget import Budget, BudgetExceeded, Ledger, budget_of
 from langgraph_moa.nodes.conversation import with_history
+from langgraph_moa.nodes.toolloop import ToolLoop
 from langgraph_moa.spec import AgentSpec
 from langgraph_moa.state import AgentInput, Proposal
 
@@ -66,6 +68,11 @@ def make_agent_runner(ctx: NodeContext, agent_name: str, layer: int) -> AgentRun
     max_tokens = agent.max_tokens or ctx.spec.defaults.max_tokens
     label = ctx.models.label(agent.model)
     node = f"L{layer}_{agent_name}"
+    loop = (
+        ToolLoop(ctx, agent, ctx.tools, node=node, temperature=temperature, max_tokens=max_tokens)
+        if agent.tools
+        else None
+    )
 
     async def run(
         payload: AgentInput, config: RunnableConfig, gate: LayerGate, budget: Budget | None = None
@@ -80,6 +87,8 @@ def make_agent_runner(ctx: NodeContext, agent_name: str, layer: int) -> AgentRun
             run_id=gate.run_id,
         )
         update: dict[str, Any] = {"proposals": {str(layer): {agent_name: proposal}}}
+        if loop is not None:
+            return await _run_loop(loop, payload, config, gate, budget, proposal, update)
         call = call_model(
             ctx,
             agent.model,
@@ -118,6 +127,43 @@ def make_agent_runner(ctx: NodeContext, agent_name: str, layer: int) -> AgentRun
         return update
 
     return run
+
+
+async def _run_loop(
+    loop: ToolLoop,
+    payload: AgentInput,
+    config: RunnableConfig,
+    gate: LayerGate,
+    budget: Budget | None,
+    proposal: Proposal,
+    update: dict[str, Any],
+) -> dict[str, Any]:
+    """One attempt of an agent with tools: its tool loop, as :func:`make_agent_runner`'s
+    ``run`` reports a plain call."""
+    name, layer = proposal["agent"], proposal["layer"]
+    started = time.monotonic()
+    try:
+        result = await gate.guard(
+            loop.ainvoke(agent_messages(loop.agent, payload), config, gate.ledger, budget)
+        )
+    except Cut as cut:
+        log.warning("agent %s (layer %d) cut: %s", name, layer, cut)
+        proposal["status"], proposal["error"] = "missing", str(cut)
+        return update
+    except (BudgetExceeded, GraphBubbleUp):
+        raise
+    except Exception as exc:
+        log.warning("agent %s (layer %d) failed: %s", name, layer, exc)
+        proposal["status"], proposal["error"] = "failed", f"{type(exc).__name__}: {exc}"
+        proposal["seconds"] = round(time.monotonic() - started, 3)
+        gate.report(False)
+        return update
+    gate.report(True)
+    proposal["content"], proposal["usage"] = result.text, result.usage
+    proposal["tools"] = result.tools
+    proposal["seconds"] = round(time.monotonic() - started, 3)
+    update["usage"] = {name: result.usage}
+    return update
 
 
 def make_agent_node(ctx: NodeContext, agent_name: str, layer: int) -> Any:

@@ -50,3 +50,11 @@ def format_proposal(index: int, agent: str, subtask: str | None, content: str) -
     if subtask:
         head += f" (subtask: {subtask})"
     return f"{head}\n{content.strip()}"
+
+
+def with_tools(content: str, tools: dict[str, int] | None) -> str:
+    """A proposal's text with a first line naming the tools its agent called, if any."""
+    if not tools:
+        return content
+    used = ", ".join(f"{name} x{count}" if count > 1 else name for name, count in tools.items())
+    return f"(tools used: {used})\n{content}"

@@ -142,16 +142,20 @@ def make_router_node(ctx: NodeContext, layer_index: int) -> Any:
     return router_node
 
 
+def _roster_line(ctx: NodeContext, name: str) -> str:
+    """``- name: what it is good at (tools: a, b)`` for the router's prompt."""
+    agent = ctx.spec.agent(name)
+    line = f"- {name}: {agent.description or agent.role or name}"
+    return line + (f" (tools: {', '.join(agent.tools)})" if agent.tools else "")
+
+
 async def _ask_model(
     ctx: NodeContext, layer: LayerSpec, layer_index: int, state: MoAState, config: RunnableConfig
 ) -> tuple[list[Subtask], list[str], Usage | None]:
     """Ask the router model for a plan; repair once with the error; else broadcast."""
     task = state["task"]
     agents = list(layer.agents)
-    roster = "\n".join(
-        f"- {name}: {ctx.spec.agent(name).description or ctx.spec.agent(name).role or name}"
-        for name in agents
-    )
+    roster = "\n".join(_roster_line(ctx, name) for name in agents)
     system = (layer.routing.prompt or prompts.ROUTER_SYSTEM).format(agents=roster)
     base: list[BaseMessage] = [SystemMessage(system), HumanMessage(task)]
     window = ctx.models.context_window(layer.routing.model)

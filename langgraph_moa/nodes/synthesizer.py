@@ -153,7 +153,7 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
                 f"answered, {quorum} needed ({'; '.join(gaps) or 'no proposals'}); resume the "
                 "run once the models answer again: it retries the agents that did not answer"
             )
-        texts = {a: p["content"] for a, p in ok.items()}
+        texts = {a: prompts.with_tools(p["content"], p.get("tools")) for a, p in ok.items()}
         if synth.mode == "concat":
             body = "\n\n".join(
                 prompts.format_proposal(i, a, None, t) for i, (a, t) in enumerate(texts.items(), 1)

@@ -15,18 +15,21 @@ from langgraph_moa.spec.model import (
     SpecReferenceError,
     SynthesizerSpec,
 )
+from langgraph_moa.spec.tools import McpServerSpec, ToolSpec
 
 __all__ = [
     "AgentSpec",
     "Defaults",
     "GraphSpec",
     "LayerSpec",
+    "McpServerSpec",
     "ModelSpec",
     "RouterSpec",
     "SpecError",
     "SpecProblem",
     "SpecReferenceError",
     "SynthesizerSpec",
+    "ToolSpec",
     "load_spec",
     "parse_spec",
 ]

@@ -18,6 +18,7 @@ from langgraph_moa.spec.reading import (
     parse_toml,
     read_text,
 )
+from langgraph_moa.spec.tools import import_problems
 
 __all__ = ["SpecError", "SpecProblem", "load_spec", "parse_spec"]
 
@@ -80,9 +81,13 @@ def parse_spec(data: Any, *, lines: dict[Loc, int], source: str | None) -> Graph
             source,
         )
     try:
-        return GraphSpec.model_validate(data)
+        spec = GraphSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_problems(exc, lines), source) from None
+    problems = import_problems(spec.tools)  # function tools are imported once, here
+    if problems:
+        raise SpecError([_located(text, lines) for text in problems], source)
+    return spec
 
 
 def _read(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
@@ -122,15 +127,19 @@ def _line_of(loc: Loc, lines: dict[Loc, int]) -> int | None:
     return None
 
 
+def _located(text: str, lines: dict[Loc, int]) -> SpecProblem:
+    """A ``field.path: message`` problem with the line of its field."""
+    field, _, message = text.partition(": ")
+    loc = tuple(int(p) if p.isdigit() else p for p in field.split("."))
+    return SpecProblem(field, message, _line_of(loc, lines))
+
+
 def _problems(exc: ValidationError, lines: dict[Loc, int]) -> list[SpecProblem]:
     problems: list[SpecProblem] = []
     for err in exc.errors():
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, SpecReferenceError):
-            for text in cause.problems:
-                field, _, message = text.partition(": ")
-                loc = tuple(int(p) if p.isdigit() else p for p in field.split("."))
-                problems.append(SpecProblem(field, message, _line_of(loc, lines)))
+            problems.extend(_located(text, lines) for text in cause.problems)
             continue
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         field = ".".join(str(p) for p in loc)

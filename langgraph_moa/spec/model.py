@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from langgraph_moa.spec.tools import ToolSpec
+
 __all__ = [
     "AgentSpec",
     "Defaults",
@@ -104,6 +106,17 @@ class AgentSpec(_Strict):
     extends: str | None = Field(
         default=None, description="Name of another agent whose settings this one inherits."
     )
+    tools: list[str] = Field(
+        default_factory=list,
+        description="Keys of `tools` the agent may call; `server.tool` picks one tool of an "
+        "MCP server.",
+    )
+    max_steps: int = Field(
+        default=8, ge=1, le=100, description="Model calls of the tool loop before a final answer."
+    )
+    max_tool_calls: int | None = Field(
+        default=None, ge=1, description="Tool calls per answer; past it the model must answer."
+    )
 
 
 class RouterSpec(_Strict):
@@ -195,6 +208,9 @@ class GraphSpec(_Strict):
     agents: list[AgentSpec] = Field(min_length=1)
     layers: list[LayerSpec] = Field(min_length=1)
     defaults: Defaults = Field(default_factory=Defaults)
+    tools: dict[Name, ToolSpec] = Field(
+        default_factory=dict, description="Tools agents may call, by the name the model sees."
+    )
     max_total_tokens: int | None = Field(default=None, gt=0, description="Run budget in tokens.")
     max_cost: float | None = Field(default=None, gt=0, description="Run budget in currency.")
 
@@ -241,6 +257,11 @@ class GraphSpec(_Strict):
         check_model("defaults.model", self.defaults.model)
         for i, agent in enumerate(self.agents):
             check_model(f"agents.{i}.model", agent.model)
+        for i, agent in enumerate(self.agents):
+            for j, ref in enumerate(agent.tools):
+                problem = self._tool_problem(ref)
+                if problem:
+                    problems.append(f"agents.{i}.tools.{j}: {problem}")
         layer_names: set[str] = set()
         for i, layer in enumerate(self.layers):
             if layer.name is not None:
@@ -266,6 +287,16 @@ class GraphSpec(_Strict):
             raise SpecReferenceError(problems)
         return self
 
+    def _tool_problem(self, ref: str) -> str | None:
+        key, dot, member = ref.partition(".")
+        tool = self.tools.get(key)
+        if tool is None:
+            known = sorted(self.tools) or "none defined"
+            return f"unknown tool {ref!r}; add it under `tools` (known: {known})"
+        if dot and (tool.mcp is None or not member):
+            return f"{ref!r}: `name.tool` picks one tool of an MCP server, and {key!r} is not one"
+        return None
+
     def agent(self, name: str) -> AgentSpec:
         """The agent called ``name`` with ``extends`` resolved."""
         agents = {a.name: a for a in self.agents}
@@ -284,8 +315,20 @@ class GraphSpec(_Strict):
 
     def spec_hash(self) -> str:
         """A stable hash of the spec, to detect drift between a crash and a resume."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        data = self.model_dump(mode="json")
+        # fields added later count only when set, so older runs' hashes still match
+        for key, default in (("tools", {}),):
+            if data.get(key) == default:
+                del data[key]
+        for agent in data["agents"]:
+            for key, default in _AGENT_DEFAULTS:
+                if agent.get(key) == default:
+                    del agent[key]
+        canonical = json.dumps(data, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_AGENT_DEFAULTS = (("tools", []), ("max_steps", 8), ("max_tool_calls", None))
 
 
 def _extends_cycles(agents: dict[str, AgentSpec]) -> list[list[str]]:

@@ -33,6 +33,7 @@ class Usage(TypedDict, total=False):
     total_tokens: int
     calls: int
     cost: float
+    tool_calls: int
 
 
 class Subtask(TypedDict):
@@ -56,6 +57,8 @@ class Proposal(TypedDict):
     run_id: NotRequired[str]
     """The graph invocation that wrote it: a resume retries failures of earlier ones."""
     seconds: NotRequired[float]
+    tools: NotRequired[dict[str, int]]
+    """Tools the agent called for it, with how many times."""
     """How long the agent's call took."""
 
 

@@ -1,0 +1,278 @@
+"""Tools: the spec's `tools:` (errors with file:line), and agents calling a function tool,
+the sandboxed python tool and an MCP stdio server over real HTTP (the scripted model
+server), their results reaching the synthesizer's prompt."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+
+from langgraph_moa.graphs import compile_graph
+from langgraph_moa.nodes.tools import mcp_problems
+from langgraph_moa.spec import SpecError, load_spec
+from langgraph_moa.testing import ChatRequest, ModelServer
+from tests.helpers import served_models
+
+MCP_SERVER = '''
+from mcp.server.fastmcp import FastMCP
+
+server = FastMCP("words")
+
+
+@server.tool()
+def reverse(text: str) -> str:
+    """Reverse a text."""
+    return text[::-1]
+
+
+@server.tool()
+def count(text: str) -> int:
+    """Count the words of a text."""
+    return len(text.split())
+
+
+server.run()
+'''
+
+
+def spec_of(srv: ModelServer, tools: dict[str, Any], agent_tools: list[str]) -> dict[str, Any]:
+    return {
+        "name": "tooly",
+        "models": served_models(srv, "coder", "synth"),
+        "tools": tools,
+        "agents": [{"name": "coder", "model": "coder", "tools": agent_tools, "max_steps": 4}],
+        "layers": [{"agents": ["coder"], "synthesizer": {"model": "synth"}}],
+    }
+
+
+def tool_results(req: ChatRequest) -> str:
+    """The agent's final answer: the tool results it got, one per line."""
+    return "results: " + " | ".join(m["content"] for m in req.messages if m["role"] == "tool")
+
+
+async def run(spec: dict[str, Any], task: str = "do it") -> dict[str, Any]:
+    graph = compile_graph(load_spec(spec), checkpointer=InMemorySaver())
+    return await graph.ainvoke({"task": task}, {"configurable": {"thread_id": "t"}})
+
+
+# -- the spec ---------------------------------------------------------------------------
+
+
+def test_spec_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "tools:\n"
+        "  add: {function: 'tests.tool_fixtures:add'}\n"
+        "  files: {mcp: {command: python}}\n"
+        "agents:\n"
+        "  - name: a\n"
+        "    tools: [add, nope, add.x, files.read]\n"
+        "layers: [{agents: [a]}]\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value).splitlines()[1:] == [
+        f"  {path}:6: agents.0.tools.1: unknown tool 'nope'; add it under `tools` "
+        "(known: ['add', 'files'])",
+        f"  {path}:6: agents.0.tools.2: 'add.x': `name.tool` picks one tool of an MCP server, "
+        "and 'add' is not one",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        ("tests.no_such_module:f", "tools.t.function: no module named 'tests.no_such_module'"),
+        (
+            "tests.tool_fixtures:nope",
+            "tools.t.function: module 'tests.tool_fixtures' has no attribute 'nope'",
+        ),
+        (
+            "tests.tool_fixtures:NOT_A_TOOL",
+            "tools.t.function: 'tests.tool_fixtures:NOT_A_TOOL' is a int, not a function or "
+            "a LangChain tool",
+        ),
+        ("no colon", "tools.t.function: `function` must look like 'package.module:attr'"),
+    ],
+)
+def test_bad_import_paths_are_spec_errors(tmp_path: Path, function: str, message: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"agents: [{{name: a, tools: [t]}}]\nlayers: [{{agents: [a]}}]\ntools:\n"
+        f"  t:\n    function: {function!r}\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert f"{path}:5: {message}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("tool", "message"),
+    [
+        ({}, "a tool needs exactly one of `function`, `builtin` or `mcp`"),
+        (
+            {"builtin": "python", "mcp": {"url": "http://x/mcp"}},
+            "a tool needs exactly one of `function`, `builtin` or `mcp` (got builtin and mcp)",
+        ),
+        ({"mcp": {"command": "x", "url": "http://x/mcp"}}, "exactly one of `command` (stdio)"),
+        ({"function": "tests.tool_fixtures:add", "memory_mb": 64}, "memory_mb: only for"),
+        ({"builtin": "shell"}, "'shell' is not allowed"),
+    ],
+)
+def test_tool_entries_are_checked(tool: dict[str, Any], message: str) -> None:
+    spec = {"agents": [{"name": "a"}], "layers": [{"agents": ["a"]}], "tools": {"t": tool}}
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert message in str(caught.value)
+
+
+async def test_check_tools_contacts_mcp_servers(tmp_path: Path) -> None:
+    server = tmp_path / "words.py"
+    server.write_text(MCP_SERVER)
+    spec = load_spec(
+        {
+            "tools": {
+                "words": {"mcp": {"command": sys.executable, "args": [str(server)]}},
+                "gone": {"mcp": {"command": str(tmp_path / "missing")}},
+            },
+            "agents": [{"name": "a", "tools": ["words.reverse", "words.shout", "gone"]}],
+            "layers": [{"agents": ["a"]}],
+        }
+    )
+    problems = await mcp_problems(spec, timeout=30)
+    assert len(problems) == 2
+    assert problems[0].startswith("tools.gone.mcp: cannot list the server's tools: ")
+    assert problems[1] == (
+        "agents.0.tools.1: MCP server 'words' has no tool 'shout' (it has: ['count', 'reverse'])"
+    )
+
+
+# -- agents calling tools ---------------------------------------------------------------
+
+
+async def test_function_tools_and_errors_reach_the_synthesizer(
+    model_server: ModelServer,
+) -> None:
+    srv = model_server
+    calls = [
+        {"name": "add", "arguments": {"a": 2, "b": 40}},
+        {"name": "shout", "arguments": {"text": "hi"}},
+        {"name": "boom", "arguments": {"text": "x"}},
+        {"name": "nope", "arguments": {}},
+    ]
+    srv.add_rule(model="coder", times=1, tool_calls=calls)
+    srv.add_rule(model="coder", reply=tool_results)
+    tools = {
+        "add": {"function": "tests.tool_fixtures:add"},
+        "shout": {"function": "tests.tool_fixtures:shout"},
+        "boom": {"function": "tests.tool_fixtures:explode"},
+    }
+    out = await run(spec_of(srv, tools, ["add", "shout", "boom"]))
+
+    first, second = (r for r in srv.requests if r.model == "coder")
+    offered = [t["function"]["name"] for t in first.body["tools"]]
+    assert offered == ["add", "shout", "boom"]
+    assert [m["content"] for m in second.messages if m["role"] == "tool"] == [
+        "42",
+        "HI",
+        "error: RuntimeError: cannot handle 'x'",
+        "error: there is no tool 'nope'; use one of ['add', 'shout', 'boom']",
+    ]
+    synth = next(r for r in srv.requests if r.model == "synth")
+    assert (
+        "1. [coder]\n(tools used: add, shout, boom)\nresults: 42 | HI | error: RuntimeError: "
+        "cannot handle 'x' | error: there is no tool 'nope'" in synth.system
+    )
+    usage = out["usage"]["coder"]
+    assert usage["calls"] == 2 and usage["tool_calls"] == 3
+    assert out["proposals"]["1"]["coder"]["tools"] == {"add": 1, "shout": 1, "boom": 1}
+
+
+async def test_max_steps_ends_with_an_answer_without_tools(model_server: ModelServer) -> None:
+    srv = model_server
+    srv.add_rule(model="coder", tool_calls=[{"name": "add", "arguments": {"a": 1, "b": 1}}])
+    out = await run(spec_of(srv, {"add": {"function": "tests.tool_fixtures:add"}}, ["add"]))
+    coder = [r for r in srv.requests if r.model == "coder"]
+    assert len(coder) == 4  # max_steps
+    assert [r.body.get("tool_choice") for r in coder] == [None, None, None, "none"]
+    assert out["usage"]["coder"]["tool_calls"] == 3
+
+
+async def test_max_tool_calls_refuses_the_rest(model_server: ModelServer) -> None:
+    srv = model_server
+    two = [{"name": "add", "arguments": {"a": i, "b": 1}} for i in range(2)]
+    srv.add_rule(model="coder", times=1, tool_calls=two)
+    srv.add_rule(model="coder", reply=tool_results)
+    spec = spec_of(srv, {"add": {"function": "tests.tool_fixtures:add"}}, ["add"])
+    spec["agents"][0]["max_tool_calls"] = 1
+    out = await run(spec)
+    last = [r for r in srv.requests if r.model == "coder"][-1]
+    assert last.body.get("tool_choice") == "none"
+    assert [m["content"] for m in last.messages if m["role"] == "tool"] == [
+        "1",
+        "not run: the tool-call limit of this answer is reached",
+    ]
+    assert out["usage"]["coder"]["tool_calls"] == 1
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+async def test_python_tool_result_reaches_the_synthesizer(model_server: ModelServer) -> None:
+    srv = model_server
+    code = "import socket\nprint(sum(range(101)))\nprint(open('/etc/hostname').read() != '')"
+    srv.add_rule(model="coder", times=1, tool_calls=[{"name": "py", "arguments": {"code": code}}])
+    srv.add_rule(model="coder", reply=tool_results)
+    await run(spec_of(srv, {"py": {"builtin": "python", "timeout": 20}}, ["py"]))
+    synth = next(r for r in srv.requests if r.model == "synth")
+    assert synth.system.endswith("(tools used: py)\nresults: exit status: 0\nstdout:\n5050\nTrue")
+
+
+async def test_mcp_stdio_tools_reach_the_synthesizer(
+    model_server: ModelServer, tmp_path: Path
+) -> None:
+    srv = model_server
+    server = tmp_path / "words.py"
+    server.write_text(MCP_SERVER)
+    calls = [
+        {"name": "words_reverse", "arguments": {"text": "stressed"}},
+        {"name": "words_count", "arguments": {"text": "a b c"}},
+    ]
+    srv.add_rule(model="coder", times=1, tool_calls=calls)
+    srv.add_rule(model="coder", reply=tool_results)
+    tools = {"words": {"mcp": {"command": sys.executable, "args": [str(server)]}}}
+    await run(spec_of(srv, tools, ["words"]))
+    first = next(r for r in srv.requests if r.model == "coder")
+    assert sorted(t["function"]["name"] for t in first.body["tools"]) == [
+        "words_count",
+        "words_reverse",
+    ]
+    synth = next(r for r in srv.requests if r.model == "synth")
+    assert "(tools used: words_reverse, words_count)\nresults: desserts | 3" in synth.system
+
+
+async def test_mcp_filter_offers_one_tool(model_server: ModelServer, tmp_path: Path) -> None:
+    srv = model_server
+    server = tmp_path / "words.py"
+    server.write_text(MCP_SERVER)
+    tools = {"words": {"mcp": {"command": sys.executable, "args": [str(server)]}}}
+    await run(spec_of(srv, tools, ["words.count"]))
+    first = next(r for r in srv.requests if r.model == "coder")
+    assert [t["function"]["name"] for t in first.body["tools"]] == ["words_count"]
+
+
+async def test_router_prompt_lists_each_agents_tools(model_server: ModelServer) -> None:
+    srv = model_server
+    spec = spec_of(srv, {"add": {"function": "tests.tool_fixtures:add"}}, ["add"])
+    spec["models"] |= served_models(srv, "router")
+    spec["agents"].append({"name": "writer", "model": "coder", "description": "writes"})
+    spec["layers"][0] |= {
+        "agents": ["coder", "writer"],
+        "routing": {"mode": "router", "model": "router"},
+    }
+    await run(spec)
+    router = next(r for r in srv.requests if r.model == "router")
+    assert "- coder: coder (tools: add)\n- writer: writes\n" in router.system + "\n"
