@@ -317,18 +317,21 @@ class GraphSpec(_Strict):
         """A stable hash of the spec, to detect drift between a crash and a resume."""
         data = self.model_dump(mode="json")
         # fields added later count only when set, so older runs' hashes still match
-        for key, default in (("tools", {}),):
-            if data.get(key) == default:
-                del data[key]
+        if not data.get("tools"):
+            data.pop("tools", None)
         for agent in data["agents"]:
-            for key, default in _AGENT_DEFAULTS:
-                if agent.get(key) == default:
-                    del agent[key]
+            for field_name, unset in _AGENT_DEFAULTS:
+                if agent.get(field_name) == unset:
+                    del agent[field_name]
         canonical = json.dumps(data, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-_AGENT_DEFAULTS = (("tools", []), ("max_steps", 8), ("max_tool_calls", None))
+_AGENT_DEFAULTS: tuple[tuple[str, Any], ...] = (
+    ("tools", []),
+    ("max_steps", 8),
+    ("max_tool_calls", None),
+)
 
 
 def _extends_cycles(agents: dict[str, AgentSpec]) -> list[list[str]]:
