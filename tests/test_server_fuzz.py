@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 from langgraph_moa.testing import ModelServer
 from tests.test_server_support import KEY_A, Served, moa_spec, serve
 
-EXAMPLES = 6
+EXAMPLES = 5
 """Generated requests per operation and generation mode (positive, negative)."""
 CHECKS = [
     not_a_server_error,
