@@ -65,7 +65,12 @@ async def test_async_engine_shared_per_loop_and_released(sqlite_url: str) -> Non
 
         return asyncio.run(get())
 
-    assert await asyncio.to_thread(other_loop) is not get_async_engine(sqlite_url)
+    mine = get_async_engine(sqlite_url)
+    assert await asyncio.to_thread(other_loop) is not mine
+    outside = await asyncio.to_thread(get_async_engine, sqlite_url)  # no loop there: private
+    assert outside is not mine
+    await release_async_engine(outside)
+    await release_async_engine(mine)
 
 
 def _connections(db: str) -> int:

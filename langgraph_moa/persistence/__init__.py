@@ -24,8 +24,9 @@ async with AsyncSQLAlchemySaver.from_url("postgresql://user@host/db") as saver:
   ``schema_allowlist(State)``) and imported pydantic/dataclass/Enum/NamedTuple state
   classes come back as themselves; nothing else is imported or called (:mod:`.serde`).
   ``encrypt=True`` encrypts stored values with ``$LANGGRAPH_AES_KEY``.
-- Retention: ``saver.prune_to_last(keep=N)``, ``saver.delete_older_than(timedelta)``,
-  ``moa prune``.
+- Retention: ``saver.prune_to_last(keep=N)``, ``saver.delete_older_than(timedelta)``
+  (checkpoints only); ``moa prune`` / :func:`.retention.prune_command` for the whole store
+  (checkpoints, runs, events and threads together, live threads kept).
 
 The exports are imported on first use: ``langgraph_moa.persistence.registry`` (say) does
 not load LangGraph.

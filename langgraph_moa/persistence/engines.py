@@ -11,7 +11,8 @@ evaluation store, the HTTP server and the workers) gets its engine here::
 URLs are normalised first (driver spelling, relative SQLite paths), so
 ``postgresql://u@h/db`` and ``postgresql+psycopg_async://u@h/db`` share one pool. Async
 engines are also per event loop (their connections belong to the loop that opened
-them); a process normally runs one loop, so one pool.
+them); a process normally runs one loop, so one pool. (Asked for outside a running loop,
+an async engine is private to its caller.)
 
 Engines are set up once for every component: SQLite files in WAL mode with a busy
 timeout, ``synchronous=NORMAL`` and ``BEGIN IMMEDIATE`` transactions (several processes
@@ -223,14 +224,17 @@ def get_engine(url: str | URL, **engine_kwargs: Any) -> Engine:
 
 def get_async_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
     """The async engine of ``url`` for the running event loop (one per process when it
-    runs one loop); see the module docs."""
-    if engine_kwargs or is_sqlite_memory(url):
+    runs one loop); see the module docs. Called outside a loop, a private engine."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if engine_kwargs or is_sqlite_memory(url) or loop is None:
         engine = create_async_engine(url, **engine_kwargs)
         with _lock:
             _private[id(engine)] = _Held(engine, None)
         return engine
     key = engine_key(url)
-    loop = asyncio.get_running_loop()
     with _lock:
         for closed in [lp for lp in _async if lp.is_closed()]:
             del _async[closed]  # their connections died with their loop
