@@ -1,4 +1,4 @@
-"""What ``moa eval`` does once its options are parsed (the options live in ``cli.py``)."""
+"""What ``moa eval`` does once its options are parsed (the options live in ``cli/evaluate.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The server's core, independent of HTTP: assistants, threads, runs and their execution.
+"""The server object, independent of HTTP: assistants, threads, runs and their execution.
 
 :class:`MoAServer` binds each configured spec (an *assistant*, addressed by its graph
 name or a UUID derived from it) to the checkpointer, keeps threads and runs in the run
