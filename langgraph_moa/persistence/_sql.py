@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -126,7 +127,7 @@ class Statements:
     def _head_where(self) -> Any:
         return and_(heads.c.thread_id == _b("t"), heads.c.checkpoint_ns == _b("ns"))
 
-    @property
+    @cached_property
     def head_advance(self) -> Prepared:
         """Move the head to ``new`` if that is a later id."""
         return self.get(
@@ -138,18 +139,18 @@ class Statements:
             ),
         )
 
-    @property
+    @cached_property
     def head_insert(self) -> Prepared:
         """Create the head row (skipped if one exists)."""
         return self.get("head_insert", lambda: self.insert_ignore(heads))
 
-    @property
+    @cached_property
     def head_get(self) -> Prepared:
         return self.get("head_get", lambda: select(heads.c.checkpoint_id).where(self._head_where()))
 
     # -- thread lease (moa_threads, owned by the run registry) ----------------------------
 
-    @property
+    @cached_property
     def lease_get(self) -> Prepared:
         """The lease token of thread ``t``, row-locked on PostgreSQL/MySQL (SQLite's
         write transaction already excludes the registry)."""
@@ -173,11 +174,11 @@ class Statements:
 
     # -- put / put_writes ------------------------------------------------------------
 
-    @property
+    @cached_property
     def blob_insert(self) -> Prepared:
         return self.get("blob_insert", lambda: self.insert_ignore(blobs))
 
-    @property
+    @cached_property
     def checkpoint_upsert(self) -> Prepared:
         return self.get(
             "checkpoint_upsert",
@@ -186,11 +187,11 @@ class Statements:
             ),
         )
 
-    @property
+    @cached_property
     def writes_insert(self) -> Prepared:
         return self.get("writes_insert", lambda: self.insert_ignore(writes))
 
-    @property
+    @cached_property
     def writes_upsert(self) -> Prepared:
         return self.get(
             "writes_upsert",
@@ -242,12 +243,12 @@ class Statements:
         ).where(w.c.thread_id == _b("t"), w.c.checkpoint_ns == _b("ns"), w.c.checkpoint_id == w_id)
         return union_all(q_ck, q_w)
 
-    @property
+    @cached_property
     def get_latest(self) -> Prepared:
         """The latest checkpoint of (t, ns) and its writes (kind 0 and 1 rows)."""
         return self.get("get_latest", lambda: self._tuple_query(latest=True))
 
-    @property
+    @cached_property
     def get_by_id(self) -> Prepared:
         """Checkpoint ``cid`` of (t, ns) and its writes (kind 0 and 1 rows)."""
         return self.get("get_by_id", lambda: self._tuple_query(latest=False))
