@@ -276,3 +276,26 @@ async def test_router_prompt_lists_each_agents_tools(model_server: ModelServer) 
     await run(spec)
     router = next(r for r in srv.requests if r.model == "router")
     assert "- coder: coder (tools: add)\n- writer: writes\n" in router.system + "\n"
+
+
+def test_spec_validate_check_tools_names_the_lines(tmp_path: Path) -> None:
+    from tests.durable_helpers import moa
+
+    server = tmp_path / "words.py"
+    server.write_text(MCP_SERVER)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "tools:\n"
+        f"  words: {{mcp: {{command: {sys.executable}, args: [{server}]}}}}\n"
+        "agents:\n"
+        "  - name: a\n"
+        "    tools: [words.reverse, words.shout]\n"
+        "layers: [{agents: [a]}]\n"
+    )
+    assert moa("spec", "validate", str(spec)).returncode == 0  # no server started
+    checked = moa("spec", "validate", str(spec), "--check-tools", check=False)
+    assert checked.returncode == 2
+    assert (
+        f"{spec}:5: agents.0.tools.1: MCP server 'words' has no tool 'shout' "
+        "(it has: ['count', 'reverse'])" in checked.stderr
+    )

@@ -11,14 +11,33 @@ import typer
 from langgraph_moa.cli.common import PresetOpt, SpecOpt, err, fail, out, resolve_spec
 
 
-def spec_validate(file: Annotated[Path, typer.Argument(help="Spec file to check.")]) -> None:
-    """Check a spec file and say what is wrong, with file, line and field."""
+def spec_validate(
+    file: Annotated[Path, typer.Argument(help="Spec file to check.")],
+    check_tools: Annotated[
+        bool,
+        typer.Option(
+            "--check-tools",
+            help="Also start/contact the spec's MCP servers and check the tools agents pick.",
+        ),
+    ] = False,
+) -> None:
+    """Check a spec file and say what is wrong, with file, line and field (function tools
+    are imported; MCP servers are contacted only with --check-tools)."""
     from langgraph_moa.spec import SpecError, load_spec
 
     try:
         graph_spec = load_spec(file)
     except SpecError as exc:
         fail(str(exc), 2)
+    if check_tools and any(t.mcp is not None for t in graph_spec.tools.values()):
+        import asyncio
+
+        from langgraph_moa.nodes.tools import mcp_problems
+        from langgraph_moa.spec import locate_problems
+
+        problems = asyncio.run(mcp_problems(graph_spec))
+        if problems:
+            fail(str(SpecError(locate_problems(file, problems), str(file))), 2)
     layers = " -> ".join(f"[{', '.join(layer.agents)}]" for layer in graph_spec.layers)
     out.print(
         f"{file}: ok · {graph_spec.name}: {len(graph_spec.agents)} agents, "

@@ -6,6 +6,10 @@ working directory and the only writable place, fresh ``/proc`` and ``/dev``, and
 file size and open files. The parent kills the whole process group at the wall-clock
 timeout and keeps at most ``max_output`` characters of stdout and stderr each.
 
+Started by root, the child drops to user ``nobody`` (root is exempt from the process
+limit) and bubblewrap builds an unprivileged user namespace (``--unshare-user``), so it
+needs unprivileged user namespaces (``kernel.unprivileged_userns_clone``) there.
+
 On a machine without bubblewrap the tool refuses to run unless the spec says
 ``sandbox: none`` (then the same limits apply, without the filesystem and network walls).
 """
@@ -72,8 +76,20 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
+NOBODY = 65534
+"""The user a sandbox started by root runs as: root is exempt from the process limit."""
+
+
+def _python() -> str:
+    """The interpreter the sandbox runs: ours, or the system's when we are root (the child
+    runs as nobody, who may not read root's home)."""
+    if os.geteuid() == 0:
+        return shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
+    return sys.executable
+
+
 def _command(code_file: str, workdir: str, limits: SandboxLimits) -> list[str]:
-    python = sys.executable
+    python = _python()
     if limits.sandbox == "none":
         return [python, "-I", "-S", code_file]
     bwrap = bwrap_path()
@@ -92,6 +108,7 @@ def _command(code_file: str, workdir: str, limits: SandboxLimits) -> list[str]:
         "--dev", "/dev",
         "--proc", "/proc",
         "--chdir", "/tmp/work",
+        "--unshare-user",
         "--unshare-net",
         "--unshare-ipc",
         "--unshare-uts",
@@ -106,21 +123,41 @@ def _command(code_file: str, workdir: str, limits: SandboxLimits) -> list[str]:
     ]  # fmt: skip
 
 
+def _processes_of(uid: int) -> int:
+    """How many processes ``uid`` runs now (RLIMIT_NPROC counts them all)."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(entry.path).st_uid == uid:
+                    count += 1
+    return count
+
+
 def _limiter(limits: SandboxLimits) -> object:
     cpu = limits.cpu_seconds or int(limits.timeout) + 1
     memory = limits.memory_mb * 1024 * 1024
+    # as root the child becomes nobody; otherwise the user's other processes count too
+    uid = os.geteuid()
+    processes = limits.processes + (0 if uid == 0 else _processes_of(uid))
     caps = [
         (resource.RLIMIT_CPU, cpu),
         (resource.RLIMIT_AS, memory),
-        (resource.RLIMIT_NPROC, limits.processes),
+        (resource.RLIMIT_NPROC, processes),
         (resource.RLIMIT_FSIZE, limits.file_mb * 1024 * 1024),
         (resource.RLIMIT_NOFILE, limits.open_files),
         (resource.RLIMIT_CORE, 0),
     ]
 
+    drop = os.geteuid() == 0
+
     def apply() -> None:  # in the child, before exec (bwrap and python inherit them)
         for what, value in caps:
             resource.setrlimit(what, (value, value))
+        if drop:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
 
     return apply
 
@@ -151,6 +188,9 @@ async def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxR
         code_file = os.path.join(workdir, "main.py")
         with open(code_file, "w", encoding="utf-8") as handle:
             handle.write(code)
+        if os.geteuid() == 0:
+            os.chown(workdir, NOBODY, NOBODY)
+            os.chown(code_file, NOBODY, NOBODY)
         command = _command(code_file, workdir, limits)
         proc = await asyncio.create_subprocess_exec(
             *command,

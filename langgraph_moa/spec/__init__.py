@@ -4,7 +4,13 @@ Everything above (models, nodes, graphs, runtime, server, cli, eval) reads specs
 imports any of them.
 """
 
-from langgraph_moa.spec.loader import SpecError, SpecProblem, load_spec, parse_spec
+from langgraph_moa.spec.loader import (
+    SpecError,
+    SpecProblem,
+    load_spec,
+    locate_problems,
+    parse_spec,
+)
 from langgraph_moa.spec.model import (
     AgentSpec,
     Defaults,
@@ -31,5 +37,6 @@ __all__ = [
     "SynthesizerSpec",
     "ToolSpec",
     "load_spec",
+    "locate_problems",
     "parse_spec",
 ]

@@ -20,7 +20,7 @@ from langgraph_moa.spec.reading import (
 )
 from langgraph_moa.spec.tools import import_problems
 
-__all__ = ["SpecError", "SpecProblem", "load_spec", "parse_spec"]
+__all__ = ["SpecError", "SpecProblem", "load_spec", "locate_problems", "parse_spec"]
 
 Loc = tuple[str | int, ...]
 
@@ -71,6 +71,17 @@ def load_spec(source: str | Path | Mapping[str, Any] | GraphSpec) -> GraphSpec:
     except SpecFileError as exc:
         raise SpecError([SpecProblem("", exc.message, exc.line)], str(path)) from None
     return parse_spec(data, lines=lines, source=str(path))
+
+
+def locate_problems(path: str | Path, problems: list[str]) -> list[SpecProblem]:
+    """``field.path: message`` problems found outside the loader, with their lines in
+    ``path`` (a spec file that :func:`load_spec` accepted)."""
+    path = Path(path)
+    try:
+        _, lines = _read(read_text(path), path)
+    except SpecFileError:
+        lines = {}
+    return [_located(text, lines) for text in problems]
 
 
 def parse_spec(data: Any, *, lines: dict[Loc, int], source: str | None) -> GraphSpec:
