@@ -179,6 +179,14 @@ CASES: list[tuple[str, str, str, Any, int, str]] = [
         404,
         "Checkpoint 'bogus' not found",
     ),
+    (
+        "checkpoint_id on a thread to be created",
+        "POST",
+        "/threads/9d3c1a52-0000-4000-8000-0000000000aa/runs",
+        {**RUN, "if_not_exists": "create", "checkpoint_id": "1f0c0000-0000-6000-8000-00000000"},
+        404,
+        "not found in thread 9d3c1a52-0000-4000-8000-0000000000aa",
+    ),
     ("state at a bogus checkpoint", "GET", "/threads/{t}/state/bogus", None, 404, "not found"),
     (
         "history before a bogus checkpoint",
@@ -218,6 +226,7 @@ def test_hostile_request(
     headers = {} if "without a key" in name else {"x-api-key": KEY_A}
     with httpx.Client(base_url=served.url, headers=headers, timeout=60) as http:
         run_id = http.get(f"/threads/{thread}/runs").json()[0]["run_id"] if headers else ""
+        threads = http.post("/threads/count", json={}).json() if headers else 0
         calls = srv.calls()
         if name.startswith("Last-Event-ID"):
             headers["last-event-id"] = "9" * 40
@@ -235,6 +244,7 @@ def test_hostile_request(
         assert srv.calls() == calls
         if headers:
             assert len(http.get(f"/threads/{thread}/runs").json()) == 1
+            assert http.post("/threads/count", json={}).json() == threads  # none created
             assert http.post("/threads/search", json={"metadata": {"a": 1}}).status_code == 200
 
 

@@ -147,6 +147,8 @@ class RunService(ServerCore):
                 if body.if_not_exists != "create":
                     raise not_found(thread_id)
                 check_uuid(thread_id, "thread_id")  # a new thread's id, as for POST /threads
+                # a new thread has no checkpoints: refuse before creating anything
+                await require_checkpoint(self.checkpointer, thread_id, checkpoint_id)
                 # the insert decides who owns the id; whoever lost the race reads the winner
                 existing = await self.registry.create_thread(
                     thread_id, owner=tenant, spec_name=assistant.graph_id, if_exists="do_nothing"
