@@ -111,3 +111,50 @@ def test_sigkill_after_tool_then_resume_runs_it_once(
     synth = next(r for r in srv.requests if r.model == "synth")
     assert "(tools used: add)\nthe sum is 5" in synth.system
     assert resumed["usage"]["by_agent"]["coder"]["tool_calls"] == 1
+
+
+def test_non_idempotent_call_in_flight_asks_a_person(
+    sqlite_url: str, model_server: ModelServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = model_server
+    counter, release = tmp_path / "calls.txt", tmp_path / "release"
+    monkeypatch.setenv("MOA_TOOL_COUNTER", str(counter))
+    monkeypatch.setenv("MOA_TOOL_RELEASE", str(release))
+    spec = tool_spec(srv)
+    spec["tools"] = {"charge": {"function": "tests.tool_fixtures:charge", "idempotent": False}}
+    spec["agents"][0]["tools"] = ["charge"]
+    spec_file = write_spec(tmp_path / "spec.json", spec)
+    srv.add_rule(
+        model="coder", times=1, tool_calls=[{"name": "charge", "arguments": {"amount": 7}}]
+    )
+    srv.add_rule(model="coder", reply=answer_with_tool_result)
+    proc = start_moa(
+        "run", "Pay", "-s", str(spec_file), "--db", sqlite_url, "--thread", "t1", "--json"
+    )
+    try:  # the tool is in flight (it waits for `release`): kill
+        wait_for("the tool to start", lambda: counter.exists() and counter.read_text() != "", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    release.touch()
+
+    paused = json.loads(moa("resume", "t1", "--db", sqlite_url, "--json", check=False).stdout)
+    assert counter.read_text() == "charge 7\n"  # not run again
+    assert paused["status"] == "interrupted"
+    (asked,) = paused["interrupts"]
+    assert (asked["kind"], asked["tool"], asked["args"]) == (
+        "tool_call_in_flight",
+        "charge",
+        {"amount": 7},
+    )
+
+    done = json.loads(moa("resume", "t1", "--approve", "--db", sqlite_url, "--json").stdout)
+    assert counter.read_text() == "charge 7\ncharge 7\n"  # a person said: run it again
+    assert done["status"] == "success" and done["answer"]
+    synth = next(r for r in srv.requests if r.model == "synth")
+    assert "(tools used: charge)\nthe sum is charged 7" in synth.system

@@ -29,3 +29,16 @@ def shout(text: str) -> str:
 
 
 NOT_A_TOOL = 42
+
+
+def charge(amount: int) -> str:
+    """Charge a card (a side effect that must not happen twice). Appends a line to
+    MOA_TOOL_COUNTER, then waits until the file MOA_TOOL_RELEASE exists."""
+    import time
+
+    with Path(os.environ["MOA_TOOL_COUNTER"]).open("a") as handle:
+        handle.write(f"charge {amount}\n")
+    release = Path(os.environ["MOA_TOOL_RELEASE"])
+    while not release.exists():
+        time.sleep(0.02)
+    return f"charged {amount}"

@@ -178,8 +178,9 @@ class ToolLoop:
                         "agent": self.agent.name,
                         "tool": name,
                         "args": call.get("args"),
-                        "question": f"{name} may have run before the crash and is not "
-                        "idempotent; run it again? (resume with true to run, false to skip)",
+                        "question": f"{name} may have run before the run stopped and is "
+                        "not idempotent: run it again? (`moa resume THREAD --approve` runs it; "
+                        "a resume value of false skips it)",
                     }
                 )
                 if not decision:
