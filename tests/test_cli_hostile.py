@@ -45,6 +45,8 @@ CASES: list[tuple[list[str], int, str]] = [
     (["serve", "--max-concurrency", "0"], 2, "Invalid value for '--max-concurrency'"),
     (["worker", "--stalled-after", "-5"], 2, "give a duration above 0"),
     (["worker", "--concurrency", "0"], 2, "Invalid value for '--concurrency'"),
+    (["runs", "--limit", "-5"], 2, "Invalid value for '--limit'"),
+    (["resume", "--stale", "--stale-after", "0"], 2, "give a duration above 0"),
 ]
 
 

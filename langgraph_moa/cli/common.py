@@ -245,7 +245,9 @@ StaleAfterOpt = Annotated[
     float,
     typer.Option(
         "--stale-after",
-        help="Seconds without a heartbeat after which a run's process counts as gone.",
+        parser=positive_seconds,
+        metavar="DURATION",
+        help="Time without a heartbeat after which a run's process counts as gone (30, 30s, 2m).",
     ),
 ]
 

@@ -239,7 +239,9 @@ def runs_command(
         ),
     ] = None,
     thread: Annotated[str | None, typer.Option("--thread", "-t", help="Only this thread.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=100_000, help="At most this many runs.")
+    ] = 50,
     as_json: JsonOpt = False,
 ) -> None:
     """List runs, newest first: status, attempts, owner process, tokens."""
@@ -418,7 +420,9 @@ def prune(
     db: DbOpt = None,
     keep_last: Annotated[
         int | None,
-        typer.Option("--keep-last", help="Keep this many newest checkpoints of each thread."),
+        typer.Option(
+            "--keep-last", min=1, help="Keep this many newest checkpoints of each thread."
+        ),
     ] = None,
     older_than: Annotated[
         str | None,
