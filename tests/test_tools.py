@@ -299,3 +299,23 @@ def test_spec_validate_check_tools_names_the_lines(tmp_path: Path) -> None:
         f"{spec}:5: agents.0.tools.1: MCP server 'words' has no tool 'shout' "
         "(it has: ['count', 'reverse'])" in checked.stderr
     )
+
+
+async def test_live_view_shows_the_tools_an_agent_used(
+    model_server: ModelServer, sqlite_url: str
+) -> None:
+    from langgraph_moa.runtime import MoA
+    from langgraph_moa.runtime.progress import RunProgress
+
+    srv = model_server
+    calls = [{"name": "add", "arguments": {"a": 1, "b": i}} for i in range(2)]
+    srv.add_rule(model="coder", times=1, tool_calls=calls)
+    srv.add_rule(model="coder", reply=tool_results)
+    spec = spec_of(srv, {"add": {"function": "tests.tool_fixtures:add"}}, ["add"])
+    view = RunProgress([["coder"]])
+    async with MoA(spec, db_url=sqlite_url) as moa:
+        result = await moa.ainvoke("task", on_event=view.feed)
+    assert result.answer
+    row = view.rows["L1_coder"]
+    assert (row.status, row.note) == ("done", "tools: add x2")
+    assert result.usage_by_agent["coder"]["tool_calls"] == 2

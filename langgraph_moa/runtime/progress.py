@@ -90,6 +90,11 @@ class RunProgress:
                 status = proposal.get("status")
                 if status in ("failed", "missing") and row.name == proposal.get("agent"):
                     row.status, row.note = status, str(proposal.get("error", ""))[:80]
+                elif proposal.get("tools") and row.name == proposal.get("agent"):
+                    used = proposal["tools"]
+                    row.note = "tools: " + ", ".join(
+                        f"{n} x{c}" if c > 1 else n for n, c in used.items()
+                    )
         self.notes.extend(result.get("notes") or [])
 
     def render(self) -> RenderableType:
