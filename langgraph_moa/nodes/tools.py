@@ -9,6 +9,7 @@ from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
 
+from langgraph_moa.nodes.filesearch import DEFAULT_GLOBS, FileIndex
 from langgraph_moa.nodes.sandbox import SandboxLimits, run_python
 from langgraph_moa.spec import AgentSpec, GraphSpec, McpServerSpec, ToolSpec
 from langgraph_moa.spec.tools import load_object
@@ -70,6 +71,21 @@ def _python_tool(key: str, spec: ToolSpec) -> BaseTool:
     )
 
 
+def _search_tool(key: str, spec: ToolSpec) -> BaseTool:
+    assert spec.root is not None
+    index = FileIndex(spec.root, spec.globs or DEFAULT_GLOBS)
+
+    async def search_files(query: str) -> str:
+        """Search the files (argument `query`: words to look for)."""
+        return await index.asearch(query)
+
+    description = spec.description or (
+        f"Search the files under {index.root.name}/ for passages matching a query of "
+        "keywords; returns the best passages with their file and line."
+    )
+    return StructuredTool.from_function(coroutine=search_files, name=key, description=description)
+
+
 def _connection(server: McpServerSpec) -> dict[str, Any]:
     if server.url is not None:
         conn: dict[str, Any] = {"transport": "streamable_http", "url": server.url}
@@ -124,7 +140,13 @@ class ToolResolver:
     async def _resolve(self, key: str, spec: ToolSpec, member: str | None) -> list[BaseTool]:
         if spec.mcp is None:
             if key not in self._local:
-                built = _python_tool(key, spec) if spec.builtin else _function_tool(key, spec)
+                built = (
+                    _python_tool(key, spec)
+                    if spec.builtin == "python"
+                    else _search_tool(key, spec)
+                    if spec.builtin == "search_files"
+                    else _function_tool(key, spec)
+                )
                 self._local[key] = built
             return [self._local[key]]
         async with self._lock:

@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = ["BUILTINS", "McpServerSpec", "ToolSpec", "import_problems", "load_object"]
 
-BUILTINS = ("python",)
-"""The built-in tools: ``python`` runs code in a sandbox (bubblewrap)."""
+BUILTINS = ("python", "search_files")
+"""The built-in tools: ``python`` runs code in a sandbox (bubblewrap), ``search_files``
+searches the files under a directory (SQLite FTS5)."""
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -49,12 +50,14 @@ class ToolSpec(_Strict):
     """One entry of ``tools:``, offered to the model under its key.
 
     Exactly one of ``function`` (``"pkg.module:attr"``: a LangChain tool or a plain typed
-    function), ``builtin`` (``python``) or ``mcp`` (every tool of an MCP server; agents may
-    pick single ones as ``key.tool``).
+    function), ``builtin`` (``python`` or ``search_files``) or ``mcp`` (every tool of an MCP
+    server; agents may pick single ones as ``key.tool``).
     """
 
     function: str | None = Field(default=None, description="'package.module:attr' to import.")
-    builtin: Literal["python"] | None = Field(default=None, description="A built-in tool.")
+    builtin: Literal["python", "search_files"] | None = Field(
+        default=None, description="A built-in tool."
+    )
     mcp: McpServerSpec | None = Field(default=None, description="An MCP server's tools.")
     description: str | None = Field(default=None, description="Replaces the tool's description.")
     idempotent: bool = Field(
@@ -73,6 +76,10 @@ class ToolSpec(_Strict):
     max_output: int | None = Field(
         default=None, ge=256, description="Characters of output kept per call (python)."
     )
+    root: str | None = Field(default=None, description="Directory to search (search_files).")
+    globs: list[str] | None = Field(
+        default=None, description="Files to index under root (search_files)."
+    )
 
     @field_validator("function")
     @classmethod
@@ -89,6 +96,14 @@ class ToolSpec(_Strict):
                 "a tool needs exactly one of `function`, `builtin` or `mcp`"
                 + (f" (got {' and '.join(kinds)})" if kinds else "")
             )
+        if self.builtin == "search_files" and not self.root:
+            raise ValueError("`builtin: search_files` needs `root`: the directory to search")
+        if self.builtin != "search_files":
+            misplaced = [k for k in ("root", "globs") if getattr(self, k) is not None]
+            if misplaced:
+                raise ValueError(f"{', '.join(misplaced)}: only for `builtin: search_files`")
+        if self.globs is not None and any(".." in g.split("/") for g in self.globs):
+            raise ValueError("`globs` may not climb out of root with '..'")
         if self.builtin != "python":
             python_only = [k for k in ("memory_mb", "max_output") if getattr(self, k) is not None]
             if self.sandbox != "bwrap":
