@@ -319,3 +319,48 @@ async def test_live_view_shows_the_tools_an_agent_used(
     row = view.rows["L1_coder"]
     assert (row.status, row.note) == ("done", "tools: add x2")
     assert result.usage_by_agent["coder"]["tool_calls"] == 2
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+def test_team_preset_with_tools_and_docs(
+    model_server: ModelServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from tests.durable_helpers import moa
+
+    monkeypatch.setenv("MOA_SEARCH_DIR", str(tmp_path / "indexes"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "lsm.txt").write_text("LSM trees batch writes in memtables.\n")
+    srv = model_server
+    code = {"code": "print(2 ** 100)"}
+    srv.add_rule(
+        system="coding specialist", times=1, tool_calls=[{"name": "py", "arguments": code}]
+    )
+    query = {"query": "memtables"}
+    srv.add_rule(
+        system="research specialist", times=1, tool_calls=[{"name": "docs", "arguments": query}]
+    )
+
+    def answer(req: ChatRequest) -> str:
+        said = [m["content"] for m in req.messages if m["role"] == "tool"]
+        return f"tool said: {said[-1]}" if said else "plain answer"
+
+    srv.add_rule(reply=answer)
+    out = moa(
+        "run", "How do LSM trees write, and what is 2**100?", "-p", "team", "--tools",
+        "--docs", str(docs), "--base-url", srv.base_url, "--model", "m", "--json",
+    )  # fmt: skip
+    result = json.loads(out.stdout)
+    assert result["status"] == "success"
+    synth = next(r for r in srv.requests if "(tools used: py)" in r.system)
+    assert (
+        "(tools used: py)\ntool said: exit status: 0\nstdout:\n1267650600228229401496703205376"
+        in synth.system
+    )
+    assert (
+        "(tools used: docs)\ntool said: lsm.txt:1\nLSM trees batch writes in memtables."
+        in synth.system
+    )
+    assert result["usage"]["by_agent"]["coding"]["tool_calls"] == 1

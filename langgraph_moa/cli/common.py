@@ -142,15 +142,28 @@ def resolve_spec(
     preset_name: str | None,
     model: str | None = None,
     base_url: str | None = None,
+    *,
+    tools: bool = False,
+    docs: Path | None = None,
 ) -> GraphSpec:
-    """The spec from a file or a preset (``layered`` by default), with an optional model."""
+    """The spec from a file or a preset (``layered`` by default), with an optional model;
+    ``tools``/``docs`` are the ``team`` preset's options."""
     from langgraph_moa.graphs import preset, with_default_model
     from langgraph_moa.spec import ModelSpec, SpecError, load_spec
 
     if spec is not None and preset_name is not None:
         fail("give --spec or --preset, not both", 2)
+    options: dict[str, Any] = {}
+    if tools or docs is not None:
+        if preset_name != "team":
+            fail("--tools and --docs go with --preset team (a spec file names its own tools)", 2)
+        if docs is not None and not docs.is_dir():
+            fail(f"--docs {docs}: not a directory", 2)
+        options = {"tools": tools, "docs": str(docs.resolve()) if docs is not None else None}
     try:
-        graph_spec = load_spec(spec) if spec is not None else preset(preset_name or "layered")
+        graph_spec = (
+            load_spec(spec) if spec is not None else preset(preset_name or "layered", **options)
+        )
     except SpecError as exc:
         fail(str(exc), 2)
     except ValueError as exc:

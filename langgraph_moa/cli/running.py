@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -59,6 +60,18 @@ def run(
             "repeatable. Go on with `moa resume THREAD --approve` or --edit.",
         ),
     ] = None,
+    tools: Annotated[
+        bool,
+        typer.Option(
+            "--tools",
+            help="With --preset team: coding and verification run Python in a sandbox "
+            "(needs a model that calls tools, e.g. --model/--base-url).",
+        ),
+    ] = False,
+    docs: Annotated[
+        Path | None,
+        typer.Option("--docs", help="With --preset team: research searches this directory."),
+    ] = None,
 ) -> None:
     """Run TASK through a mixture of agents and print the answer.
 
@@ -69,7 +82,13 @@ def run(
 
     if not task.strip():
         fail("the task is blank; say what the agents should do, e.g. moa run 'Explain WAL'", 2)
-    graph_spec = resolve_spec(spec, preset_name, model, base_url)
+    graph_spec = resolve_spec(spec, preset_name, model, base_url, tools=tools, docs=docs)
+    if (tools or docs is not None) and uses_local_model(graph_spec):
+        fail(
+            "--tools/--docs need a model that can call tools; the embedded model cannot: "
+            "give --model/--base-url (or MOA_MODEL/MOA_BASE_URL)",
+            2,
+        )
     if submit or wait:
         if not submit:
             fail("--wait goes with --submit", 2)

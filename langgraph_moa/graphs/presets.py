@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from langgraph_moa.spec import GraphSpec
@@ -46,10 +47,15 @@ def layered(*, proposers: int = 3, layers: int = 2) -> GraphSpec:
     )
 
 
-def team() -> GraphSpec:
+def team(*, tools: bool = False, docs: str | None = None) -> GraphSpec:
     """A router splits the task among research, coding, analysis and verification
-    specialists; a verification layer then checks the synthesis."""
-    agents = [
+    specialists; a verification layer then checks the synthesis.
+
+    ``tools``: coding and verification get the sandboxed ``py`` tool (to run the code and
+    checks the layer produced); ``docs``: research gets ``search_files`` over that directory.
+    Both need a model that can call tools (not the embedded one).
+    """
+    agents: list[dict[str, Any]] = [
         {
             "name": "research",
             "description": "Finds and states the relevant facts, definitions and sources.",
@@ -76,9 +82,21 @@ def team() -> GraphSpec:
             "answer.",
         },
     ]
+    spec_tools: dict[str, Any] = {}
+    if tools:
+        spec_tools["py"] = {"builtin": "python", "timeout": 20, "memory_mb": 512}
+        for agent in agents:
+            if agent["name"] in ("coding", "verification"):
+                agent["tools"] = ["py"]
+                agent["role"] += " Run code with the py tool to check it before you answer."
+    if docs is not None:
+        spec_tools["docs"] = {"builtin": "search_files", "root": docs}
+        agents[0]["tools"] = ["docs"]
+        agents[0]["role"] += " Search the user's documents with the docs tool and cite file:line."
     return GraphSpec.model_validate(
         {
             "name": "team",
+            **({"tools": spec_tools} if spec_tools else {}),
             "description": "Routed specialists, then a verification layer.",
             "agents": agents,
             "layers": [
@@ -93,7 +111,7 @@ def team() -> GraphSpec:
     )
 
 
-PRESETS = {"layered": layered, "team": team}
+PRESETS: dict[str, Callable[..., GraphSpec]] = {"layered": layered, "team": team}
 
 
 def preset(name: str, **kwargs: Any) -> GraphSpec:
