@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from langgraph_moa.runtime.workers import RunQueue
 from langgraph_moa.testing import ModelServer
 from tests.durable_helpers import moa, start_moa, wait_for, write_spec
 from tests.helpers import served_models
+from tests.test_workers_support import Workers, finished, queue, until, workers
 
 pytestmark = pytest.mark.slow
+__all__ = ["queue", "workers"]  # fixtures
 
 
 def tool_spec(srv: ModelServer, **tool: object) -> dict:
@@ -158,3 +161,51 @@ def test_non_idempotent_call_in_flight_asks_a_person(
     assert done["status"] == "success" and done["answer"]
     synth = next(r for r in srv.requests if r.model == "synth")
     assert "(tools used: charge)\nthe sum is charged 7" in synth.system
+
+
+@pytest.mark.postgres
+async def test_worker_hand_over_after_a_tool_ran_runs_it_once(
+    pg_url: str,
+    model_server: ModelServer,
+    workers: Workers,
+    queue: RunQueue,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGKILL the worker holding a run after its tool ran, while the model writes its next
+    message: the other worker finishes the run without running the tool again."""
+    srv = model_server
+    counter = tmp_path / "calls.txt"
+    monkeypatch.setenv("MOA_TOOL_COUNTER", str(counter))
+    srv.add_rule(
+        model="coder", times=1, tool_calls=[{"name": "add", "arguments": {"a": 2, "b": 3}}]
+    )
+    srv.add_rule(model="coder", delay=600, times=1)  # the holder's next call: held
+    srv.add_rule(model="coder", reply=answer_with_tool_result)
+    first, second = workers.start(), workers.start()
+    await workers.ready(2)
+    submitted = await queue.submit(tool_spec(srv), "What is 2+3?")
+
+    def held() -> bool:
+        return srv.calls("coder") == 2 and srv.in_flight("coder") == 1
+
+    await until(held, "the tool to run and the next model call to be held", workers)
+    assert counter.read_text() == "add 2 3\n"
+    await until(
+        lambda: asyncio.to_thread(tool_result_saved, pg_url, submitted.thread_id),
+        "the tool's result to be saved",
+        workers,
+    )
+    run = await queue.get(submitted.run_id)
+    assert run is not None and run.owner_pid is not None
+    holder = next(p for p in (first, second) if p.pid == run.owner_pid)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+
+    record = await finished(queue, submitted.run_id, workers)
+    assert record.status == "success", workers.logs()
+    assert counter.read_text() == "add 2 3\n"  # once, by the dead worker
+    assert srv.calls("coder") == 3  # the survivor asked the model once, with the saved result
+    synth = next(r for r in srv.requests if r.model == "synth")
+    assert "(tools used: add)\nthe sum is 5" in synth.system
+    assert record.attempts == 2
