@@ -116,8 +116,13 @@ def test_sigkill_after_tool_then_resume_runs_it_once(
     assert resumed["usage"]["by_agent"]["coder"]["tool_calls"] == 1
 
 
+@pytest.mark.parametrize("decision", ["approve", "decline"])
 def test_non_idempotent_call_in_flight_asks_a_person(
-    sqlite_url: str, model_server: ModelServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    decision: str,
+    sqlite_url: str,
+    model_server: ModelServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     srv = model_server
     counter, release = tmp_path / "calls.txt", tmp_path / "release"
@@ -156,11 +161,22 @@ def test_non_idempotent_call_in_flight_asks_a_person(
         {"amount": 7},
     )
 
-    done = json.loads(moa("resume", "t1", "--approve", "--db", sqlite_url, "--json").stdout)
-    assert counter.read_text() == "charge 7\ncharge 7\n"  # a person said: run it again
-    assert done["status"] == "success" and done["answer"]
+    if decision == "decline":
+        from langgraph.types import Command
+
+        from langgraph_moa.runtime.api import aresume
+
+        done = asyncio.run(aresume("t1", db_url=sqlite_url, resume=Command(resume=False)))
+        assert done.status == "success"
+        assert counter.read_text() == "charge 7\n"  # still once
+        said = "1. [coder]\nthe sum is not run: a person declined to run it again after a crash"
+    else:
+        out = moa("resume", "t1", "--approve", "--db", sqlite_url, "--json").stdout
+        assert json.loads(out)["status"] == "success"
+        assert counter.read_text() == "charge 7\ncharge 7\n"  # a person said: run it again
+        said = "1. [coder]\n(tools used: charge)\nthe sum is charged 7"
     synth = next(r for r in srv.requests if r.model == "synth")
-    assert "(tools used: charge)\nthe sum is charged 7" in synth.system
+    assert synth.system.endswith(said)
 
 
 @pytest.mark.postgres
