@@ -364,3 +364,43 @@ def test_team_preset_with_tools_and_docs(
         in synth.system
     )
     assert result["usage"]["by_agent"]["coding"]["tool_calls"] == 1
+
+
+async def test_fork_after_the_agent_does_not_run_its_tool_again(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langgraph_moa.runtime import MoA
+    from langgraph_moa.runtime.api import afork, ahistory
+
+    counter = tmp_path / "calls.txt"
+    monkeypatch.setenv("MOA_TOOL_COUNTER", str(counter))
+    srv = model_server
+    srv.add_rule(
+        model="coder", times=1, tool_calls=[{"name": "add", "arguments": {"a": 2, "b": 3}}]
+    )
+    srv.add_rule(model="coder", reply=tool_results)
+    spec = spec_of(srv, {"add": {"function": "tests.tool_fixtures:add"}}, ["add"])
+    async with MoA(spec, db_url=sqlite_url) as moa:
+        await moa.ainvoke("task", thread_id="t")
+    rows = await ahistory("t", db_url=sqlite_url)
+    before_synth = next(r for r in rows if r["next"] == ["L1_synthesizer"])
+    forked = await afork("t", before_synth["checkpoint_id"], db_url=sqlite_url)
+    assert forked.status == "success"
+    assert counter.read_text() == "add 2 3\n"  # the fork reused the agent's answer
+    assert srv.calls("coder") == 2 and srv.calls("synth") == 2
+    synth = [r for r in srv.requests if r.model == "synth"][-1]
+    assert synth.system.endswith("(tools used: add)\nresults: 5")
+
+
+async def test_unsandboxed_python_is_noted(model_server: ModelServer) -> None:
+    srv = model_server
+    call = [{"name": "py", "arguments": {"code": "print(1 + 1)"}}]
+    srv.add_rule(model="coder", times=1, tool_calls=call)
+    srv.add_rule(model="coder", reply=tool_results)
+    tools = {"py": {"builtin": "python", "sandbox": "none", "timeout": 20}}
+    graph = compile_graph(load_spec(spec_of(srv, tools, ["py"])), checkpointer=InMemorySaver())
+    config: Any = {"configurable": {"thread_id": "t"}}
+    await graph.ainvoke({"task": "1+1?"}, config)
+    values = (await graph.aget_state(config)).values
+    assert values["proposals"]["1"]["coder"]["content"] == "results: exit status: 0\nstdout:\n2\n"
+    assert values["notes"] == ["layer 1: coder ran Python without a sandbox (py: sandbox: none)"]

@@ -163,6 +163,12 @@ async def _run_loop(
     proposal["tools"] = result.tools
     proposal["seconds"] = round(time.monotonic() - started, 3)
     update["usage"] = {name: result.usage}
+    unconfined = [t for t in result.tools if t in loop.unconfined]
+    if unconfined:
+        update["notes"] = [
+            f"layer {layer}: {name} ran Python without a sandbox ({', '.join(unconfined)}: "
+            "sandbox: none)"
+        ]
     return update
 
 

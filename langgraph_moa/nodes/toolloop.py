@@ -82,6 +82,12 @@ class ToolLoop:
     ) -> None:
         self.ctx, self.agent, self.resolver, self.node = ctx, agent, resolver, node
         self.temperature, self.max_tokens = temperature, max_tokens
+        self.unconfined = {  # python tools the spec lets run without bubblewrap
+            ref
+            for ref in agent.tools
+            if (tool := ctx.spec.tools[ref.partition(".")[0]]).builtin == "python"
+            and tool.sandbox == "none"
+        }
         graph = StateGraph(LoopState)
         graph.add_node("model", self._model)
         graph.add_node("tool", self._tool, input_schema=ToolTask)  # type: ignore[arg-type]
