@@ -19,7 +19,7 @@ from langgraph_moa.persistence.engines import (
     release_async_engine,
     release_engine,
 )
-from langgraph_moa.persistence.events import EventLog
+from langgraph_moa.persistence.events import EventLog, events
 from langgraph_moa.persistence.registry import RunRegistry
 from langgraph_moa.testing import ModelServer
 from tests.conftest import PG_ADMIN
@@ -315,3 +315,17 @@ async def test_deleting_a_thread_deletes_its_runs_events(db_url: str) -> None:
         assert await registry.get_run(mine.run_id) is None
         assert await log.read(mine.run_id) == []
         assert [e.data for e in await log.read(other.run_id)] == [2]
+
+
+async def test_reading_the_log_does_not_wait_for_a_sqlite_writer(sqlite_url: str) -> None:
+    async with EventLog.from_url(sqlite_url) as log:
+        await log.append("r1", "custom", 1)
+        writer = get_engine(sqlite_url)
+        try:
+            with writer.begin() as conn:  # BEGIN IMMEDIATE: holds the write lock
+                conn.execute(events.delete().where(events.c.run_id == "other"))
+                got = await asyncio.wait_for(log.read("r1"), 10)  # busy timeout is 60 s
+                last = await asyncio.wait_for(log.last("r1"), 10)
+        finally:
+            release_engine(writer)
+        assert [e.data for e in got] == [1] and last is not None and last.data == 1

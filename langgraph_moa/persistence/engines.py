@@ -58,6 +58,7 @@ from langgraph_moa.persistence.urls import (
 )
 
 __all__ = [
+    "READ_ONLY",
     "SQLITE_BUSY_TIMEOUT_MS",
     "adispose_all",
     "async_url",
@@ -75,6 +76,10 @@ __all__ = [
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 """How long a SQLite connection waits for another writer before giving up."""
+
+READ_ONLY = "moa_read_only"
+"""Execution option of a connection that only reads: on SQLite its transactions do not
+take the write lock (``conn.execution_options(moa_read_only=True)``)."""
 
 POOL_SIZE = 10
 MAX_OVERFLOW = 20
@@ -160,7 +165,8 @@ def install_sqlite_events(engine: Engine) -> None:
     may lose the last transactions but never corrupts the file), and leaves
     transactions to the ``begin`` event, which takes the write lock up front
     (``BEGIN IMMEDIATE``) so two writers queue instead of failing with
-    ``database is locked``. Idempotent.
+    ``database is locked``; a connection with the execution option :data:`READ_ONLY`
+    reads a snapshot (``BEGIN``) without waiting for writers. Idempotent.
     """
     if getattr(engine, "_moa_sqlite_events", False):
         return
@@ -182,7 +188,8 @@ def install_sqlite_events(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     engine._moa_sqlite_events = True  # type: ignore[attr-defined]
 

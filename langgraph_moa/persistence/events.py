@@ -37,7 +37,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from langgraph_moa.persistence import migrations
-from langgraph_moa.persistence.engines import get_async_engine, release_async_engine
+from langgraph_moa.persistence.engines import READ_ONLY, get_async_engine, release_async_engine
 
 __all__ = ["CHANNEL", "TERMINAL_EVENTS", "EventLog", "RunEvent", "dumps", "events"]
 
@@ -271,6 +271,7 @@ class EventLog:
         """The events of ``run_id`` with an id above ``after``, in order."""
         query = self._select().where(events.c.run_id == run_id, events.c.id > after)
         async with self.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
             rows = (await conn.execute(query.order_by(events.c.id))).all()
         return [self._event(r) for r in rows]
 
@@ -280,6 +281,7 @@ class EventLog:
         if event is not None:
             query = query.where(events.c.event == event)
         async with self.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
             row = (await conn.execute(query.order_by(events.c.id.desc()).limit(1))).first()
         return None if row is None else self._event(row)
 
