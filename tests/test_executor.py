@@ -211,3 +211,57 @@ async def test_moa_cancel_command_reaches_a_run_in_another_process(
     assert "thread t has no active run" in nothing.stderr
     missing = await asyncio.to_thread(moa, "cancel", "nope", "--db", sqlite_url, check=False)
     assert missing.returncode == 1 and "no run 'nope'" in missing.stderr
+
+
+async def test_the_checkpointer_fences_a_run_that_lost_its_lease(
+    db_url: str, model_server: ModelServer
+) -> None:
+    """The lease is taken while the run waits on a call and before its heartbeat notices:
+    its next checkpoint write is refused, it stops without recording, and the thread's
+    checkpoints end where they were."""
+    arrived, gate = hold(model_server, "synth")
+    async with MoA(spec_for(model_server), db_url=db_url, heartbeat_interval=60) as moa:
+        assert moa.registry is not None
+        task = asyncio.create_task(moa.ainvoke("question", thread_id="t"))
+        await arrival(arrived)
+        before = [c async for c in moa.checkpointer.alist({"configurable": {"thread_id": "t"}})]
+        await moa.registry.acquire_lease("t", "thief", stale_after=0)
+        gate.set()
+        with pytest.raises(LeaseLostError, match="refused its write"):
+            await asyncio.wait_for(task, WAIT)
+        after = [c async for c in moa.checkpointer.alist({"configurable": {"thread_id": "t"}})]
+        (run,) = await moa.registry.list_runs(thread_id="t")
+    assert len(after) == len(before)
+    assert run.status == "running" and run.answer is None and run.error is None
+
+
+@pytest.mark.postgres
+async def test_cancel_notification_reaches_the_run_without_polling(pg_url: str) -> None:
+    """No poll for an hour: the run stops on the NOTIFY of a request made elsewhere."""
+    async with RunRegistry.from_url(pg_url) as registry, RunRegistry.from_url(pg_url) as other:
+        await registry.setup()
+        run = await registry.create_run("t", status="pending")
+        executor = RunExecutor(registry, heartbeat_interval=3600, cancel_poll=3600)
+        listener = asyncio.create_task(executor.listen_for_cancels())
+        started = asyncio.Event()
+
+        async def body(_: Execution) -> RunEnd:
+            started.set()
+            await asyncio.Event().wait()  # until cancelled
+            raise AssertionError("not reached")
+
+        try:
+            task = asyncio.create_task(executor.execute(run, body))
+            await started.wait()
+            while True:  # the listener is up once a request made now reaches it
+                await other.request_cancel(run.run_id)
+                done, _ = await asyncio.wait({task}, timeout=0.5)
+                if done:
+                    break
+            ended = task.result()
+        finally:
+            listener.cancel()
+    assert ended is not None and (ended.status, ended.error) == (
+        "cancelled",
+        "cancelled on request",
+    )

@@ -16,7 +16,8 @@ it (:class:`~langgraph_moa.runtime.api.MoA`, ``moa worker``, ``moa serve``):
    ``heartbeat_interval`` seconds; a lost lease cancels the body (:class:`LeaseLostError`,
    nothing is recorded: the new holder does), a cancel request (``moa cancel``, any
    replica) cancels it and records ``cancelled``. Cancel requests are polled every
-   ``cancel_poll`` seconds (and woken by ``NOTIFY`` on PostgreSQL when a listener runs).
+   ``cancel_poll`` seconds, and seen at once on PostgreSQL while
+   :meth:`RunExecutor.listen_for_cancels` runs (``NOTIFY moa_run_cancel``).
 4. **Record.** The end is recorded in one shape whatever the state holds: ``status``,
    ``answer`` (text; anything else as JSON), ``usage`` (the totals:
    ``input_tokens/output_tokens/total_tokens/calls/cost``), ``waiting_for``, ``error``.
@@ -40,7 +41,9 @@ from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 
+from langgraph_moa.persistence.errors import CheckpointConflictError
 from langgraph_moa.persistence.registry import (
+    CANCEL_CHANNEL,
     DEFAULT_STALE_AFTER,
     LeaseHeldError,
     Owner,
@@ -277,6 +280,30 @@ class RunExecutor:
         execution.interrupt("cancel")
         return True
 
+    async def listen_for_cancels(
+        self, on_request: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
+        """On PostgreSQL, act on cancel requests as they are made (``NOTIFY
+        moa_run_cancel``) instead of at the next poll; ``on_request(run_id)`` is called
+        for requests about runs this executor neither runs nor waits for (e.g. queued in
+        the caller). Runs until cancelled; returns at once on other databases."""
+        if self.registry.dialect != "postgresql":
+            return
+        import psycopg
+
+        url = self.registry.engine.url.set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    async for note in conn.notifies():
+                        if not self.cancel_local(note.payload) and on_request is not None:
+                            await on_request(note.payload)
+            except psycopg.OperationalError as exc:  # the polls still see the requests
+                log.warning("cancel listener lost its connection (%s); reconnecting", exc)
+                await asyncio.sleep(self.heartbeat_interval)
+
     # --------------------------------------------------------------- execute ---
 
     async def execute(
@@ -405,6 +432,11 @@ class RunExecutor:
         except hand_back:
             raise
         except Exception as exc:
+            if _fenced(exc):  # the checkpointer refused a write: the lease is gone
+                raise LeaseLostError(
+                    f"run {execution.run_id}: the checkpointer refused its write, another "
+                    f"process holds thread {execution.thread_id} now; it stopped"
+                ) from exc
             name, message = (describe_error or _describe)(exc)
             if emit is not None:
                 with contextlib.suppress(Exception):
@@ -521,6 +553,16 @@ class RunExecutor:
             if not owned:
                 execution.interrupt("lost")
                 return
+
+
+def _fenced(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what caused it) is the checkpointer's lease refusal."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, CheckpointConflictError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

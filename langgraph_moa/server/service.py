@@ -99,6 +99,10 @@ class MoAServer(ThreadService, RunService, RunExecution):
             await self._resume_left_runs()
             keeper = asyncio.create_task(self._keep_runs(), name="moa-keep-runs")
             stack.push_async_callback(_cancel_task, keeper)
+            listener = asyncio.create_task(
+                self.runner.listen_for_cancels(self._cancel_queued), name="moa-cancels"
+            )
+            stack.push_async_callback(_cancel_task, listener)
 
     async def stop(self) -> None:
         """Stop running runs (they resume at the next start) and close the stores."""
@@ -125,6 +129,11 @@ class MoAServer(ThreadService, RunService, RunExecution):
             self.streams.open(run.run_id, persist=self._persist(run))
             self._live.setdefault(run.run_id, LiveRun())
             await self.executor.submit(run.run_id, run.thread_id, resume=run.status == "running")
+
+    async def _cancel_queued(self, run_id: str) -> None:
+        """A cancel request (from any process) for a run queued here."""
+        if run_id in self._live:
+            await self.executor.cancel(run_id)
 
     async def _keep_runs(self) -> None:
         """Every ``owner_heartbeat`` seconds: tell the registry this process still holds its
