@@ -294,8 +294,9 @@ def cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a run (or a thread's active runs), queued or running, in whichever process
-    has it: `moa serve` replicas, `moa worker`s, `moa run`. A queued run ends at once; a
-    running one within about a second (at its next cancel check)."""
+    has it: `moa serve` replicas, `moa worker`s, `moa run`. The process holding it stops it
+    at once on PostgreSQL (a notification), else at its next check (about a second for a
+    running run, one heartbeat for a queued one); a queued run nobody holds ends here."""
     if (run_id is None) == (thread is None):
         fail("give a RUN_ID or --thread THREAD (not both)", 2)
     from langgraph_moa.persistence.registry import RunNotFoundError

@@ -10,7 +10,9 @@ runner, component ``registry`` of :mod:`.migrations`):
 
 * ``moa_threads``: ``thread_id``, ``created_at``, ``updated_at``, ``metadata`` (JSON),
   ``status`` (``idle | busy | interrupted | error``), ``owner`` (a tenant, nullable),
-  ``spec_name``.
+  ``spec_name``, and the thread's *lease*: ``lease_token`` (NULL = free), ``lease_epoch``
+  (incremented at every acquisition), ``lease_heartbeat_at``, ``lease_host``/``lease_pid``
+  (the holding process), ``lease_run_id`` (see :meth:`RunRegistry.acquire_lease`).
 * ``moa_runs``: ``run_id``, ``thread_id``, ``spec_name``, ``spec_hash``, ``spec``
   (the spec as JSON), ``spec_source`` (the file it came from, if any), ``status``
   (``pending | running | interrupted | success | error | cancelled``), ``input``,
@@ -18,7 +20,8 @@ runner, component ``registry`` of :mod:`.migrations`):
   ``attempts``, owner process (``owner_host``, ``owner_pid``, ``owner_token``) with
   ``heartbeat_at``, ``created_at``, ``updated_at``, ``started_at``, ``finished_at``,
   ``usage`` (totals), ``metadata`` and ``options`` (JSON for callers' own use),
-  ``parent_run_id`` and ``checkpoint_id`` (where a fork started).
+  ``parent_run_id`` and ``checkpoint_id`` (where a fork started), ``cancel_requested_at``
+  (see :meth:`RunRegistry.request_cancel`).
 
 Usage (async only; the engine is a SQLAlchemy ``AsyncEngine``)::
 

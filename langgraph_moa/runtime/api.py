@@ -299,7 +299,13 @@ class MoA:
         (:class:`RunOwnedError` if a live process has it), its spec must match the one
         it started with (:class:`SpecDriftError` unless ``force``), and a finished run
         raises :class:`RunFinishedError`. Cancelling the call (Ctrl-C) leaves the run
-        ``interrupted`` and resumable.
+        ``interrupted`` and resumable; a cancel request (:meth:`acancel`, ``moa cancel``,
+        from any process) ends it ``cancelled`` and returns that. The run executes through
+        :class:`~langgraph_moa.runtime.executor.RunExecutor` (the thread's lease, one
+        active run per thread across processes): another live run of the thread raises
+        :class:`~langgraph_moa.persistence.registry.LeaseHeldError`, and
+        :class:`~langgraph_moa.runtime.executor.LeaseLostError` means another process took
+        the thread over while this one was taken for dead.
         """
         thread_id = thread_id or uuid.uuid4().hex
         record = await self._begin(task, thread_id, run_id, resume, force, metadata)

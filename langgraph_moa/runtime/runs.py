@@ -7,18 +7,16 @@ checkpointer, its row in :class:`~langgraph_moa.persistence.registry.RunRegistry
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from langgraph_moa.persistence.registry import Owner, RegistryError, RunRecord, RunRegistry
+from langgraph_moa.persistence.registry import RegistryError, RunRecord
 from langgraph_moa.spec import GraphSpec
 
 if TYPE_CHECKING:
@@ -26,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Decision",
-    "Heartbeat",
     "HumanInputNeededError",
     "RunError",
     "RunFinishedError",
@@ -182,50 +179,6 @@ def describe_waiting(run: RunRecord) -> str:
     items = run.waiting_for or []
     parts = [describe_interrupt(i) for i in (items if isinstance(items, list) else [items])]
     return "; ".join(parts) or "nothing (it was stopped)"
-
-
-class Heartbeat:
-    """Refresh a run's heartbeat every ``interval`` seconds while a block runs.
-
-    If another process takes the run over, the block's task is cancelled and
-    :attr:`lost` is set, so the caller stops writing (the registry fences it anyway).
-    """
-
-    def __init__(
-        self, registry: RunRegistry, run_id: str, owner: Owner, interval: float = 5.0
-    ) -> None:
-        self.registry = registry
-        self.run_id = run_id
-        self.owner = owner
-        self.interval = interval
-        self.lost = False
-        self._task: asyncio.Task[None] | None = None
-
-    async def _beat(self, target: asyncio.Task[Any]) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                ok = await self.registry.heartbeat(self.run_id, self.owner)
-            except Exception as exc:  # a blip of the database must not kill the run
-                log.warning("heartbeat of run %s failed: %s", self.run_id, exc)
-                continue
-            if not ok:
-                self.lost = True
-                target.cancel("run ownership lost")
-                return
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Heartbeat]:
-        """Beat while the ``async with`` body runs."""
-        target = asyncio.current_task()
-        assert target is not None
-        self._task = asyncio.create_task(self._beat(target), name=f"heartbeat-{self.run_id}")
-        try:
-            yield self
-        finally:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 async def copy_checkpoint(

@@ -155,10 +155,12 @@ class RunExecution(ServerCore):
         options = run.options
         assistant = await self._assistant_of_run(run)
         graph = assistant.graph
-        run_id, thread_id = run.run_id, run.thread_id
+        run_id = run.run_id
         await self._publish(run_id, "metadata", {"run_id": run_id, "attempt": run.attempts})
         config = self._run_config(run)
         config["configurable"].update(lease)
+        if resume and await self._already_ended(graph, run):
+            return await self._end_of(assistant, run)  # only its outcome was missing
         graph_input = await self._input_of(run, graph, config, resume=resume)
         modes: list[str] = list(options.get("stream_mode") or ["values"])
         mapper = StreamMapper(modes, subgraphs=bool(options.get("stream_subgraphs")))
@@ -176,7 +178,18 @@ class RunExecution(ServerCore):
             namespace, mode, chunk = cast(tuple[tuple[str, ...], str, Any], item)
             for event, payload in mapper.map(namespace, mode, chunk):
                 await self._publish(run_id, event, payload)
-        result = await assistant.moa.aresult(thread_id, run_id)
+        return await self._end_of(assistant, run)
+
+    @staticmethod
+    async def _already_ended(graph: CompiledStateGraph, run: RunRecord) -> bool:
+        """The thread's last checkpoint is this run's final (or paused) one."""
+        snapshot = await graph.aget_state(MoA.config(run.thread_id))
+        ours = (snapshot.metadata or {}).get("run_id") == run.run_id
+        return ours and (not snapshot.next or bool(snapshot.interrupts))
+
+    @staticmethod
+    async def _end_of(assistant: Assistant, run: RunRecord) -> RunEnd:
+        result = await assistant.moa.aresult(run.thread_id, run.run_id)
         return RunEnd(
             "interrupted" if result.status == "interrupted" else "success",
             answer=result.answer,

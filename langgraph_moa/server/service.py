@@ -128,7 +128,9 @@ class MoAServer(ThreadService, RunService, RunExecution):
             )
             self.streams.open(run.run_id, persist=self._persist(run))
             self._live.setdefault(run.run_id, LiveRun())
-            await self.executor.submit(run.run_id, run.thread_id, resume=run.status == "running")
+            # resume=True: it goes before this process's queue (a newer run of its thread
+            # waiting here must not hold it up); a run that never started starts afresh
+            await self.executor.submit(run.run_id, run.thread_id, resume=True)
 
     async def _cancel_queued(self, run_id: str) -> None:
         """A cancel request (from any process) for a run queued here."""
