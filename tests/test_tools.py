@@ -404,3 +404,27 @@ async def test_unsandboxed_python_is_noted(model_server: ModelServer) -> None:
     values = (await graph.aget_state(config)).values
     assert values["proposals"]["1"]["coder"]["content"] == "results: exit status: 0\nstdout:\n2\n"
     assert values["notes"] == ["layer 1: coder ran Python without a sandbox (py: sandbox: none)"]
+
+
+async def test_run_max_tool_calls_is_shared_by_the_agents(model_server: ModelServer) -> None:
+    srv = model_server
+    two = [{"name": "add", "arguments": {"a": i, "b": 1}} for i in range(2)]
+    for model in ("coder", "helper"):
+        srv.add_rule(model=model, times=1, tool_calls=two)
+        srv.add_rule(model=model, reply=tool_results)
+    spec = spec_of(srv, {"add": {"function": "tests.tool_fixtures:add"}}, ["add"])
+    spec["models"] |= served_models(srv, "helper")
+    spec["agents"].append({"name": "helper", "model": "helper", "tools": ["add"]})
+    spec["layers"][0]["agents"] = ["coder", "helper"]
+    spec["max_tool_calls"] = 3
+    out = await run(spec)
+    assert out["usage"]["coder"]["tool_calls"] + out["usage"]["helper"]["tool_calls"] == 3
+    finals = [r for r in srv.requests if r.model in ("coder", "helper") and r.call == 2]
+    said = [m["content"] for r in finals for m in r.messages if m["role"] == "tool"]
+    assert sorted(said) == [
+        "1",
+        "1",
+        "2",
+        "not run: the run's tool-call budget (max_tool_calls 3) is spent",
+    ]
+    assert [r.body.get("tool_choice") for r in finals] == ["none", "none"]

@@ -137,6 +137,7 @@ class Ledger:
         self.budget = budget
         self.tokens = int((spent or {}).get("total_tokens", 0))
         self.cost = float((spent or {}).get("cost", 0.0))
+        self.tool_calls = int((spent or {}).get("tool_calls", 0))
         self.reserved_tokens = 0
         self.reserved_cost = 0.0
         self._settled: asyncio.Event | None = None
@@ -182,6 +183,14 @@ class Ledger:
         self.reserved_tokens += tokens
         self.reserved_cost += cost
         return tokens, cost
+
+    def take_tool_call(self, limit: int | None) -> bool:
+        """Count one tool call against ``limit`` (the run's ``max_tool_calls``); False,
+        counting nothing, when the limit is reached."""
+        if limit is not None and self.tool_calls >= limit:
+            return False
+        self.tool_calls += 1
+        return True
 
     def settle(self, reservation: tuple[int, float], usage: Usage | None) -> None:
         """Replace a reservation by what the call used (nothing, if it failed)."""

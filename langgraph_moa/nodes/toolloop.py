@@ -120,9 +120,11 @@ class ToolLoop:
     def _last_call(self, state: LoopState) -> bool:
         """Whether the next model call must answer without tools."""
         used = len(state.get("used") or [])
-        limit = self.agent.max_tool_calls
-        return state.get("steps", 0) + 1 >= self.agent.max_steps or (
-            limit is not None and used >= limit
+        limit, run_limit = self.agent.max_tool_calls, self.ctx.spec.max_tool_calls
+        return (
+            state.get("steps", 0) + 1 >= self.agent.max_steps
+            or (limit is not None and used >= limit)
+            or (run_limit is not None and _current.get().ledger.tool_calls >= run_limit)
         )
 
     async def _model(self, state: LoopState, config: RunnableConfig) -> dict[str, Any]:
@@ -176,6 +178,13 @@ class ToolLoop:
             )
         if not task["allowed"]:
             return reply("not run: the tool-call limit of this answer is reached", "error", False)
+        if not _current.get().ledger.take_tool_call(self.ctx.spec.max_tool_calls):
+            return reply(
+                f"not run: the run's tool-call budget (max_tool_calls "
+                f"{self.ctx.spec.max_tool_calls}) is spent",
+                "error",
+                False,
+            )
         if not tools.idempotent.get(name, True):
             if await _started(config):
                 decision = interrupt(

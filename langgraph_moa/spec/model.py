@@ -213,6 +213,9 @@ class GraphSpec(_Strict):
     )
     max_total_tokens: int | None = Field(default=None, gt=0, description="Run budget in tokens.")
     max_cost: float | None = Field(default=None, gt=0, description="Run budget in currency.")
+    max_tool_calls: int | None = Field(
+        default=None, gt=0, description="Run budget in tool calls (all agents together)."
+    )
 
     @field_validator("agents", mode="before")
     @classmethod
@@ -317,8 +320,9 @@ class GraphSpec(_Strict):
         """A stable hash of the spec, to detect drift between a crash and a resume."""
         data = self.model_dump(mode="json")
         # fields added later count only when set, so older runs' hashes still match
-        if not data.get("tools"):
-            data.pop("tools", None)
+        for key in ("tools", "max_tool_calls"):
+            if not data.get(key):
+                data.pop(key, None)
         for agent in data["agents"]:
             for field_name, unset in _AGENT_DEFAULTS:
                 if agent.get(field_name) == unset:
