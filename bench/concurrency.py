@@ -60,10 +60,10 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 async def child(args: argparse.Namespace) -> dict[str, Any]:
     """One level: N runs at once against ``args.base_url``; returns the row."""
-    if args.http == "aiohttp":  # the OpenAI client's aiohttp transport for our models
+    if args.http == "httpx":  # our models on the OpenAI client's httpx transport instead
         import openai
 
-        openai.DefaultAsyncHttpxClient = openai.DefaultAioHttpClient  # type: ignore[misc]
+        openai.DefaultAioHttpClient = openai.DefaultAsyncHttpxClient  # type: ignore[misc]
     spec = bench_spec(args.graph, args.base_url, max_concurrency=args.max_in_flight)
     with tempfile.TemporaryDirectory() as tmp:
         async with checkpointer(args.store, tmp, args.pg_admin) as saver:
@@ -139,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", help="cProfile the runs of each child into this file")
     ap.add_argument(
         "--http",
-        choices=["httpx", "aiohttp"],
-        default="httpx",
-        help="HTTP transport of our model clients (aiohttp needs openai[aiohttp])",
+        choices=["aiohttp", "httpx"],
+        default="aiohttp",
+        help="HTTP transport of our model clients (default aiohttp, as the engine's)",
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "concurrency.json")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)

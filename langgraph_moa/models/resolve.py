@@ -15,7 +15,8 @@ default :data:`DEFAULT_TIMEOUT` seconds) go to the provider client, which retrie
 :class:`~langgraph_moa.models.limits.CallLimiter` (:meth:`ModelResolver.limiter`; by default
 :data:`~langgraph_moa.models.limits.DEFAULT_MAX_CONCURRENCY`), both shared process-wide per
 endpoint. The models of an OpenAI-compatible endpoint share one HTTP client per event loop,
-its connection pool as large as that limit.
+on the OpenAI SDK's aiohttp transport (less CPU per call than its httpx one under load), its
+connection pool as large as that limit.
 """
 
 from __future__ import annotations
@@ -150,22 +151,31 @@ def _http_client(spec: ModelSpec) -> Any:
 
     langchain-openai's own cached client is process-wide, but pooled connections die with
     the event loop that opened them; hence one per loop (``ModelResolver`` keeps models
-    per loop too). Without a running loop every model gets its own client.
+    per loop too). Without a running loop every model gets its own client. The transport is
+    aiohttp (``openai[aiohttp]``), else the SDK's httpx one.
     """
     import httpx2
-    import openai
 
     limit = max_concurrency(spec) or DEFAULT_MAX_CONCURRENCY
     limits = httpx2.Limits(max_connections=limit, max_keepalive_connections=limit)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        return openai.DefaultAsyncHttpxClient(limits=limits)
+        return _new_http_client(limits)
     clients = _http_clients.setdefault(loop, {})
     key = (spec.base_url or "openai", limit)
     if key not in clients:
-        clients[key] = openai.DefaultAsyncHttpxClient(limits=limits)
+        clients[key] = _new_http_client(limits)
     return clients[key]
+
+
+def _new_http_client(limits: Any) -> Any:
+    import openai
+
+    try:
+        return openai.DefaultAioHttpClient(limits=limits)
+    except RuntimeError:  # openai installed without its aiohttp extra
+        return openai.DefaultAsyncHttpxClient(limits=limits)
 
 
 class ModelResolver:
