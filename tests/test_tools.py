@@ -421,10 +421,7 @@ async def test_run_max_tool_calls_is_shared_by_the_agents(model_server: ModelSer
     assert out["usage"]["coder"]["tool_calls"] + out["usage"]["helper"]["tool_calls"] == 3
     finals = [r for r in srv.requests if r.model in ("coder", "helper") and r.call == 2]
     said = [m["content"] for r in finals for m in r.messages if m["role"] == "tool"]
-    assert sorted(said) == [
-        "1",
-        "1",
-        "2",
-        "not run: the run's tool-call budget (max_tool_calls 3) is spent",
-    ]
-    assert [r.body.get("tool_choice") for r in finals] == ["none", "none"]
+    refused = "not run: the run's tool-call budget (max_tool_calls 3) is spent"
+    assert len(said) == 4 and said.count(refused) == 1  # whose: as the tasks interleave
+    last = max(finals, key=lambda r: r.started)  # asked once all 3 calls were counted
+    assert last.body.get("tool_choice") == "none"
