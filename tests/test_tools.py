@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -425,3 +426,49 @@ async def test_run_max_tool_calls_is_shared_by_the_agents(model_server: ModelSer
     assert len(said) == 4 and said.count(refused) == 1  # whose: as the tasks interleave
     last = max(finals, key=lambda r: r.started)  # asked once all 3 calls were counted
     assert last.body.get("tool_choice") == "none"
+
+
+@pytest.fixture
+def mcp_http(tmp_path: Path) -> Iterator[str]:
+    """The test MCP server over streamable HTTP in a subprocess; yields its URL."""
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = tmp_path / "words_http.py"
+    server.write_text(
+        MCP_SERVER.replace(
+            'FastMCP("words")', f'FastMCP("words", host="127.0.0.1", port={port})'
+        ).replace("server.run()", 'server.run(transport="streamable-http")')
+    )
+    proc = subprocess.Popen([sys.executable, str(server)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # wait until it listens
+            assert proc.poll() is None, "the MCP server exited"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the MCP server did not start"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_mcp_streamable_http_tools(model_server: ModelServer, mcp_http: str) -> None:
+    srv = model_server
+    srv.add_rule(
+        model="coder", times=1, tool_calls=[{"name": "web_reverse", "arguments": {"text": "live"}}]
+    )
+    srv.add_rule(model="coder", reply=tool_results)
+    spec = spec_of(srv, {"web": {"mcp": {"url": mcp_http}}}, ["web.reverse"])
+    assert await mcp_problems(load_spec(spec)) == []
+    await run(spec)
+    synth = next(r for r in srv.requests if r.model == "synth")
+    assert synth.system.endswith("(tools used: web_reverse)\nresults: evil")
