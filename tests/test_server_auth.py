@@ -130,6 +130,46 @@ def test_another_tenant_gets_404_everywhere(served: Served, owned: dict[str, str
         assert len(http.get(f"/threads/{owned['thread_id']}/runs").json()) == 1
 
 
+def test_a_objects_unreachable_through_b_own_thread(served: Served, owned: dict[str, str]) -> None:
+    """B names its own thread but A's run/checkpoint ids: every lookup is 404, nothing of A leaks."""
+    a_run, a_ckpt = owned["run_id"], owned["checkpoint_id"]
+    with httpx.Client(base_url=served.url, headers={"x-api-key": KEY_B}, timeout=60) as http:
+        t = http.post("/threads", json={}).json()["thread_id"]
+        done = http.post(
+            f"/threads/{t}/runs/wait", json={"assistant_id": "moa", "input": {"task": "theirs"}}
+        )
+        assert done.status_code == 200, done.text
+        crossed: list[tuple[str, str, Any]] = [
+            ("GET", f"/threads/{t}/runs/{a_run}", None),
+            ("GET", f"/threads/{t}/runs/{a_run}/join", None),
+            ("GET", f"/threads/{t}/runs/{a_run}/stream", None),
+            ("POST", f"/threads/{t}/runs/{a_run}/cancel", None),
+            ("DELETE", f"/threads/{t}/runs/{a_run}", None),
+            ("GET", f"/threads/{t}/state/{a_ckpt}", None),
+            ("POST", f"/threads/{t}/state/checkpoint", {"checkpoint": {"checkpoint_id": a_ckpt}}),
+            (
+                "POST",
+                f"/threads/{t}/runs/wait",
+                {"assistant_id": "moa", "input": {"task": "x"}, "checkpoint_id": a_ckpt},
+            ),
+        ]
+        for method, path, body in crossed:
+            r = http.request(method, path, json=body)
+            assert r.status_code == 404, (method, path, r.status_code, r.text)
+            assert '"mine"' not in r.text, (method, path, r.text)  # A's input never shows
+        history = http.post(
+            f"/threads/{t}/history",
+            json={"checkpoint": {"checkpoint_id": a_ckpt}, "limit": 10},
+        )
+        assert history.status_code in (200, 404) and '"mine"' not in history.text, history.text
+        assert a_run not in http.get(f"/threads/{t}/runs").text
+    with httpx.Client(base_url=served.url, headers={"x-api-key": KEY_A}, timeout=30) as http:
+        run = http.get(f"/threads/{owned['thread_id']}/runs/{a_run}")
+        assert run.status_code == 200 and run.json()["status"] == "success"
+        state = http.get(f"/threads/{owned['thread_id']}/state/{a_ckpt}").json()
+        assert state["values"]["task"] == "mine"
+
+
 async def test_sdk_with_keys_and_bearer(served: Served) -> None:
     a = get_client(url=served.url, api_key=KEY_A)
     b = get_client(url=served.url, api_key=None, headers={"Authorization": f"Bearer {KEY_B}"})
