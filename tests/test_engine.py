@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from langchain_core.messages import HumanMessage
+from langchain_core.messages.utils import count_tokens_approximately
 
 from langgraph_moa.runtime import MoA
 from langgraph_moa.testing import ModelServer
@@ -153,10 +155,19 @@ async def test_small_context_window_trims_with_a_note(
     spec["models"]["synth"]["context_window"] = 700
     async with MoA(spec, db_url=sqlite_url) as moa:
         result = await moa.ainvoke("task")
-    assert any("proposal of p1 trimmed" in n for n in result.notes)
+    note = next(n for n in result.notes if "proposal of p1 trimmed" in n)
+    kept_tokens = int(re.search(r"to (\d+) tokens", note).group(1))  # type: ignore[union-attr]
     synth = next(r for r in model_server.requests if r.model == "synth")
-    assert "[...]" in synth.system and "trimmed" in synth.system
-    assert len(synth.system.split()) < 600
+    assert "trimmed" in synth.system
+    # what the synthesizer was SENT for p1: a strict prefix of the proposal, cut to the budget
+    proposal = result.values["proposals"]["1"]["p1"]["content"].strip()
+    sent = synth.system.split("1. [p1]\n", 1)[1].split("\n\n2. [p2]", 1)[0]
+    assert sent.endswith(" [...]")
+    sent_text = sent.removesuffix(" [...]")
+    assert proposal.startswith(sent_text) and len(sent_text) < len(proposal)
+    assert count_tokens_approximately([HumanMessage(sent_text)]) <= kept_tokens + 2  # rounding
+    # p2's short proposal is sent whole
+    assert result.values["proposals"]["1"]["p2"]["content"].strip() in synth.system
 
     spec["layers"][0]["synthesizer"]["on_overflow"] = "fail"
     async with MoA(spec, db_url=sqlite_url) as moa:
