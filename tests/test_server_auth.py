@@ -131,7 +131,7 @@ def test_another_tenant_gets_404_everywhere(served: Served, owned: dict[str, str
 
 
 def test_a_objects_unreachable_through_b_own_thread(served: Served, owned: dict[str, str]) -> None:
-    """B names its own thread but A's run/checkpoint ids: every lookup is 404, nothing of A leaks."""
+    """B names its own thread but A's run or checkpoint: every lookup is 404, nothing leaks."""
     a_run, a_ckpt = owned["run_id"], owned["checkpoint_id"]
     with httpx.Client(base_url=served.url, headers={"x-api-key": KEY_B}, timeout=60) as http:
         t = http.post("/threads", json={}).json()["thread_id"]
