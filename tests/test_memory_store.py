@@ -10,14 +10,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import timedelta
+from typing import TypedDict
 
 import pytest
 import sqlalchemy as sa
 from langchain_core.embeddings import Embeddings
-from langgraph.store.base import GetOp, InvalidNamespaceError, PutOp, SearchOp
+from langchain_core.language_models import FakeListChatModel
+from langgraph.config import get_store
+from langgraph.graph import END, START, StateGraph
+from langgraph.store.base import BaseStore, GetOp, InvalidNamespaceError, PutOp, SearchOp
 
+from langgraph_moa.persistence import AsyncSQLAlchemySaver
 from langgraph_moa.persistence._store_sql import items, vectors
 from langgraph_moa.persistence.store import AsyncSQLAlchemyStore, SQLAlchemyStore
+from langgraph_moa.runtime.api import MoA
 
 
 class WordEmbeddings(Embeddings):
@@ -62,6 +68,10 @@ def test_put_get_update_delete(db_url: str) -> None:
             store.put(("a.b",), "k", {})
         with pytest.raises(InvalidNamespaceError):
             store.put(("langgraph", "x"), "k", {})
+        with pytest.raises(ValueError, match="too long"):
+            store.put(("n",), "k" * 257, {})
+        with pytest.raises(ValueError, match="too long"):
+            store.put(("n" * 200, "m" * 200), "k", {})
 
 
 def test_search_filters_limit_offset(db_url: str) -> None:
@@ -270,7 +280,7 @@ async def test_async_store(db_url: str) -> None:
         # a sync call from a worker thread (how LangGraph runs sync nodes) reaches the loop
         got = await asyncio.to_thread(store.get, ("m", "u2"), "b")
         assert got is not None and got.value["n"] == 2
-        with pytest.raises(RuntimeError, match="a-methods"):
+        with pytest.raises(asyncio.InvalidStateError, match="a-methods"):
             store.get(("m", "u2"), "b")
         await store.adelete(("m", "u1"), "a")
         assert await store.aget(("m", "u1"), "a") is None
@@ -285,3 +295,77 @@ def test_values_are_json_text(sqlite_url: str) -> None:
         assert raw == '{"s":"é","n":[1,2.5,null,true]}'
         with pytest.raises(TypeError):
             store.put(("j",), "bad", {"obj": object()})
+
+
+class Chat(TypedDict, total=False):
+    user: str
+    text: str
+    context: list[str]
+    answer: str
+
+
+async def test_one_threads_agent_remembers_what_anothers_wrote(db_url: str) -> None:
+    """Thread t1's agent stores a memory (via ``get_store()``); thread t2's agent, a new
+    conversation, gets the store injected, finds the memory and puts it in its prompt."""
+    prompts: list[str] = []
+
+    async def agent(state: Chat, *, store: BaseStore) -> Chat:
+        user = state["user"]
+        if state["text"].startswith("remember:"):
+            note = state["text"].removeprefix("remember:").strip()
+            await get_store().aput(("memory", user), "note-1", {"text": note})
+            return {"answer": "noted", "context": []}
+        found = await store.asearch(("memory", user), limit=5)
+        context = [item.value["text"] for item in found]
+        prompt = f"Known about {user}: {'; '.join(context)}\nQuestion: {state['text']}"
+        prompts.append(prompt)
+        reply = await model.ainvoke(prompt)
+        return {"answer": str(reply.content), "context": context}
+
+    model = FakeListChatModel(responses=["Your favourite colour is blue."])
+    builder = StateGraph(Chat)
+    builder.add_node("agent", agent)
+    builder.add_edge(START, "agent")
+    builder.add_edge("agent", END)
+    async with (
+        AsyncSQLAlchemySaver.from_url(db_url) as saver,
+        AsyncSQLAlchemyStore.from_url(db_url) as store,
+    ):
+        graph = builder.compile(checkpointer=saver, store=store)
+        first = await graph.ainvoke(
+            {"user": "ann", "text": "remember: favourite colour is blue"},
+            {"configurable": {"thread_id": "t1"}},
+        )
+        assert first["answer"] == "noted"
+        second = await graph.ainvoke(
+            {"user": "ann", "text": "what is my favourite colour?"},
+            {"configurable": {"thread_id": "t2"}},
+        )
+        assert second["context"] == ["favourite colour is blue"]
+        assert prompts == [
+            "Known about ann: favourite colour is blue\nQuestion: what is my favourite colour?"
+        ]
+        assert second["answer"] == "Your favourite colour is blue."
+        # the two threads are separate conversations; the memory is not in t2's history
+        t2 = await graph.aget_state({"configurable": {"thread_id": "t2"}})
+        assert "remember" not in str(t2.values["text"])
+        # another user does not see ann's memory
+        other = await graph.ainvoke(
+            {"user": "bob", "text": "what is my favourite colour?"},
+            {"configurable": {"thread_id": "t3"}},
+        )
+        assert other["context"] == []
+
+
+async def test_moa_compiles_the_store_into_its_graph(sqlite_url: str) -> None:
+    spec = {
+        "name": "mem",
+        "models": {"m": {"model": "m", "base_url": "http://127.0.0.1:9/v1"}},
+        "agents": [{"name": "a", "model": "m"}],
+        "layers": [{"agents": ["a"], "synthesizer": {"model": "m"}}],
+    }
+    async with AsyncSQLAlchemyStore.from_url(sqlite_url) as store:
+        async with MoA(spec, db_url=sqlite_url, store=store) as moa:
+            assert moa.graph.store is store
+        async with MoA(spec, db_url=sqlite_url) as moa:
+            assert moa.graph.store is None

@@ -11,6 +11,7 @@ namespace prefix, so they mean the same on SQLite, PostgreSQL and MySQL/MariaDB.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -289,12 +290,37 @@ def prefixes(conn: Connection, namespace: Sequence[str], omit_expired: bool) -> 
 # -- Python-side evaluation -------------------------------------------------------------
 
 
+_FILTER_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def check_filter(filter_: dict[str, Any]) -> None:
+    """Refuse filter keys the official stores refuse (letters, digits, ``_ . -``)."""
+    for key in filter_:
+        if not isinstance(key, str) or not _FILTER_KEY.match(key):
+            raise ValueError(
+                f"Invalid filter key: {key!r}. Filter keys must contain only alphanumeric "
+                "characters, underscores, dots, and hyphens."
+            )
+
+
 def matches(value: Any, filter_: dict[str, Any]) -> bool:
     """Whether a stored value matches a search filter (LangGraph's semantics: equality,
-    nested dicts, or ``$eq``/``$ne``/``$gt``/``$gte``/``$lt``/``$lte`` operators)."""
+    nested dicts, or ``$eq``/``$ne``/``$gt``/``$gte``/``$lt``/``$lte`` operators; a
+    dotted key ``a.b`` looks into nested objects)."""
     if not isinstance(value, dict):
         return False
-    return all(_compare(value.get(k), v) for k, v in filter_.items())
+    return all(_compare(_at(value, k), v) for k, v in filter_.items())
+
+
+def _at(value: dict[str, Any], key: str) -> Any:
+    if key in value:
+        return value[key]
+    node: Any = value
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _compare(item: Any, want: Any) -> bool:

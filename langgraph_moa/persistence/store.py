@@ -53,7 +53,6 @@ from langgraph.store.base import (
     TTLConfig,
     ensure_embeddings,
     get_text_at_path,
-    tokenize_path,
     validate_op_namespace,
 )
 from sqlalchemy import Connection, Engine
@@ -101,7 +100,6 @@ class _Core:
             self.index_config = {
                 **index,
                 "fields": fields,
-                "__tokenized": [(f, tokenize_path(f)) for f in fields],
             }
             self.embeddings = ensure_embeddings(index.get("embed"))
         self._omit = bool((ttl or {}).get("omit_expired", False))
@@ -117,6 +115,13 @@ class _Core:
             if isinstance(op, PutOp):
                 if not op.namespace:
                     raise ValueError("a put needs a non-empty namespace")
+                joined = q.join_ns(op.namespace)
+                if len(joined) > q.PREFIX_MAX or len(op.key) > q.KEY_MAX:
+                    raise ValueError(
+                        f"namespace {op.namespace!r} ({len(joined)} characters joined) or key "
+                        f"{op.key[:40]!r}... ({len(op.key)}) too long: the store keeps "
+                        f"namespaces up to {q.PREFIX_MAX} and keys up to {q.KEY_MAX} characters"
+                    )
                 puts[(q.join_ns(op.namespace), op.key)] = op
         return puts
 
@@ -125,13 +130,12 @@ class _Core:
         if self.index_config is None:
             return []
         out: list[tuple[str, str, str, str]] = []
-        default = self.index_config["__tokenized"]
+        default = self.index_config["fields"]
         for (prefix, key), op in puts.items():
             if op.value is None or op.index is False:
                 continue
-            paths = default if op.index is None else [(f, tokenize_path(f)) for f in op.index]
-            for field, tokens in paths:
-                for j, text in enumerate(get_text_at_path(op.value, tokens)):
+            for field in default if op.index is None else op.index:
+                for j, text in enumerate(get_text_at_path(op.value, field)):
                     out.append((prefix, key, field if j == 0 else f"{field}#{j}", text))
         return out
 
@@ -187,6 +191,7 @@ class _Core:
         self, conn: Connection, op: SearchOp, qvecs: dict[str, list[float]]
     ) -> list[SearchItem]:
         flt = op.filter or {}
+        q.check_filter(flt)
         hits: list[tuple[Any, dict[str, Any]]] = []
         vector = qvecs.get(op.query) if op.query else None
         want = self.max_scan if vector is not None else op.offset + op.limit
@@ -436,7 +441,7 @@ class AsyncSQLAlchemyStore(_Core, BaseStore):
         except RuntimeError:
             running = None
         if loop is None or running is loop:
-            raise RuntimeError(
+            raise asyncio.InvalidStateError(
                 "AsyncSQLAlchemyStore.batch() needs the store's event loop running in another "
                 "thread; in that loop use the a-methods (aget, aput, asearch, ...)"
             )

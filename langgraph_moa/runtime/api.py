@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer, Command, Durability, StreamMode
 
 from langgraph_moa.graphs import compile_graph
@@ -124,6 +125,9 @@ class MoA:
     ``checkpointer`` and no ``registry`` runs are not recorded. ``interrupt_after``:
     node names (``L1_router``), agent names (every layer's node of that agent) or
     ``router``/``synthesizer`` (every layer's), after which the run pauses.
+    ``store``: a LangGraph ``BaseStore`` (e.g. :class:`~langgraph_moa.persistence.store.
+    AsyncSQLAlchemyStore`) compiled into the graph, so nodes and tools can take ``store``
+    (or call ``langgraph.config.get_store()``) for memory shared across threads.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class MoA:
         owner: Owner | None = None,
         heartbeat_interval: float = 5.0,
         stale_after: float = DEFAULT_STALE_AFTER,
+        store: BaseStore | None = None,
     ) -> None:
         if spec_source is None and isinstance(spec, (str, Path)):
             spec_source = Path(spec).resolve()
@@ -150,6 +155,7 @@ class MoA:
         self.stale_after = stale_after
         self.interrupt_after = self._pause_nodes(interrupt_after)
         self._checkpointer = checkpointer
+        self.store = store
         self._registry_arg = registry
         self.registry: RunRegistry | None = registry if isinstance(registry, RunRegistry) else None
         self.checkpointer: Any = checkpointer
@@ -217,6 +223,7 @@ class MoA:
                 checkpointer=checkpointer,
                 models=self._models,
                 interrupt_after=self.interrupt_after or None,
+                store=self.store,
             )
         except BaseException:
             await self._stack.aclose()

@@ -1,0 +1,181 @@
+"""Run the official SQLite store's own tests against our store on three databases; compare.
+
+    python tests/langgraph_suite/run_stores.py [--kinds official,sqlite,postgres,mysql]
+
+The ``langgraph`` sdist has no store semantics tests (only three graph tests that take a
+store fixture), but ``langgraph-checkpoint-sqlite``'s sdist does: ``tests/test_store.py``,
+``test_async_store.py``, ``test_ttl.py``, all opening stores through
+``SqliteStore.from_conn_string`` / ``AsyncSqliteStore.from_conn_string``.
+
+1. Downloads that sdist of the installed version (``pip download --no-binary :all:``,
+   cached in ``.cache/langgraph-suite/``), moves its own ``langgraph/`` package aside.
+2. Runs the three files once per kind: ``official`` (the official store, the baseline)
+   and ``sqlite``/``postgres``/``mysql`` with ``-p lgsuite_stores``, which swaps in our
+   ``SQLAlchemyStore``/``AsyncSQLAlchemyStore`` on that database (``lgsuite_stores.py``).
+3. Compares: a test failing on our store while passing on the official one is a
+   regression, except the tests in ``INTERNALS`` (they read the official store's
+   private SQLite schema, migrations or SQL helpers) and ``DIFFERENCES`` (deliberate,
+   each with its reason). Prints a table; exits 1 on regressions.
+
+Needs PostgreSQL (``$MOA_LGSUITE_PG``) and MariaDB/MySQL (``$MOA_LGSUITE_MYSQL``)
+allowed to create databases, and the ``dev`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from importlib.metadata import version
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+CACHE = Path(os.environ.get("MOA_LGSUITE_CACHE", REPO / ".cache" / "langgraph-suite"))
+PACKAGE = "langgraph-checkpoint-sqlite"
+FILES = ["tests/test_store.py", "tests/test_async_store.py", "tests/test_ttl.py"]
+KINDS = ["official", "sqlite", "postgres", "mysql"]
+# Tests about the official store's internals (its SQL text, schema, migrations list,
+# connection object), not about BaseStore behaviour: not comparable.
+INTERNALS = {
+    "test_nonnull_migrations",
+    "test_escape_glob_literal",
+    "test_namespace_match_pattern",
+    "test_list_namespaces_prefix_uses_indexable_condition",
+    "test_vector_store_initialization",
+}
+# Deliberate differences, with the reason.
+DIFFERENCES = {
+    "test_ttl_override_default": "the official SQLite store refreshes a TTL on read only when "
+    "the ttl config sets refresh_on_read; LangGraph's TTLConfig documents True as its default, "
+    "which we follow (as the official PostgreSQL store does)",
+}
+
+
+def say(msg: str) -> None:
+    print(f"[store-suite] {msg}", flush=True)
+
+
+def fetch(ver: str) -> Path:
+    """The unpacked sdist of ``langgraph-checkpoint-sqlite==ver`` (downloaded once)."""
+    src = CACHE / f"langgraph_checkpoint_sqlite-{ver}"
+    if (src / ".ready").exists():
+        return src
+    dl = CACHE / "sdist"
+    archive = dl / f"langgraph_checkpoint_sqlite-{ver}.tar.gz"
+    if not archive.exists():
+        say(f"downloading the {PACKAGE} {ver} sdist from the package index")
+        dl.mkdir(parents=True, exist_ok=True)
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary"]
+        subprocess.run([*pip, ":all:", f"{PACKAGE}=={ver}", "-d", str(dl)], check=True)
+    shutil.rmtree(src, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(CACHE, filter="data")
+    if not all((src / f).exists() for f in FILES):
+        raise SystemExit(f"{archive} lacks one of {FILES}: cannot run its store tests")
+    (src / "langgraph").rename(src / "_langgraph_from_sdist")
+    (src / ".ready").touch()
+    return src
+
+
+def run_kind(src: Path, kind: str, junit: Path, extra: list[str]) -> int:
+    pypath = CACHE / "pypath"  # only langgraph_moa, not this repo's own `tests` package
+    pypath.mkdir(parents=True, exist_ok=True)
+    link = pypath / "langgraph_moa"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(REPO / "langgraph_moa", target_is_directory=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pypath), str(HERE)]))
+    env["MOA_LGSUITE_STORE"] = "" if kind == "official" else kind
+    cmd = [sys.executable, "-m", "pytest", "-p", "lgsuite_stores", "-p", "no:cacheprovider"]
+    cmd += ["-o", "addopts=", "-o", "asyncio_mode=auto", "-o", "junit_family=xunit1"]
+    cmd += ["-o", "asyncio_default_fixture_loop_scope=function"]
+    cmd += ["-W", "ignore::pytest.PytestUnknownMarkWarning"]  # flaky(retries=) without plugin
+    cmd += ["-q", "--tb=line", "-rN", "--timeout=300", f"--junitxml={junit}", *FILES, *extra]
+    say(f"running {len(FILES)} files on {kind}")
+    return subprocess.run(cmd, cwd=src, env=env).returncode
+
+
+def _name(test_id: str) -> str:
+    return test_id.split("::")[-1].split("[")[0]
+
+
+def outcomes(junit: Path) -> dict[str, str]:
+    """test id -> 'passed' | 'failed' | 'skipped'."""
+    out: dict[str, str] = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        tags = {child.tag for child in case}
+        key = f"{case.get('classname')}::{case.get('name')}"
+        outcome = "failed" if tags & {"failure", "error"} else "passed"
+        if "skipped" in tags:
+            outcome = "skipped"
+        if out.get(key) != "failed":
+            out[key] = outcome
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--kinds", default=",".join(KINDS), help="official and/or our databases")
+    ap.add_argument("pytest_args", nargs="*", help="passed to pytest after --, e.g. -k ttl")
+    args = ap.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if set(kinds) - set(KINDS):
+        ap.error(f"unknown kinds {sorted(set(kinds) - set(KINDS))}; choose from {KINDS}")
+    ver = version(PACKAGE)
+    src = fetch(ver)
+    results: dict[str, dict[str, str]] = {}
+    for kind in kinds:
+        junit = CACHE / f"junit-store-{kind}.xml"
+        junit.unlink(missing_ok=True)
+        code = run_kind(src, kind, junit, args.pytest_args)
+        if not junit.exists() or code not in (0, 1):
+            say(f"pytest on {kind} broke (exit {code}); see its output above")
+            return 2
+        results[kind] = outcomes(junit)
+    base = results.get("official", {})
+    rows = [("store", "passed", "failed", "skipped", "not compared", "failures official lacks")]
+    regs: list[str] = []
+    for kind, res in results.items():
+        c = Counter(res.values())
+        internal = [k for k in res if _name(k) in INTERNALS | set(DIFFERENCES)]
+        mine = [
+            f"{kind}\t{k}"
+            for k, o in sorted(res.items())
+            if kind != "official"
+            and o == "failed"
+            and base.get(k) != "failed"
+            and k not in internal
+        ]
+        regs += mine
+        extra = "-" if kind == "official" or not base else str(len(mine))
+        rows.append(
+            (kind, str(c["passed"]), str(c["failed"]), str(c["skipped"]), str(len(internal)), extra)
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"\n{PACKAGE} {ver} store tests: {', '.join(FILES)}\n")
+    print("\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows))
+    print(
+        "\nNot compared: the tests of the official store's internals ("
+        + ", ".join(sorted(INTERNALS))
+        + ") and deliberate differences:"
+    )
+    for name, why in DIFFERENCES.items():
+        print(f"  {name}: {why}")
+    if "official" not in results:
+        say("note: the official store was not run, so every failure counts")
+    if regs:
+        print("\nFailing on our store but not on the official one:")
+        print("\n".join(regs))
+        return 1
+    print("\nno failure that the official store does not have")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
