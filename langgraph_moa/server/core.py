@@ -27,6 +27,7 @@ from langgraph_moa.persistence.registry import (
     RunStatus,
     ThreadRecord,
 )
+from langgraph_moa.persistence.store import AsyncSQLAlchemyStore
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.runtime.executor import RunExecutor as Runner
 from langgraph_moa.server.events import RunStreams
@@ -166,6 +167,7 @@ class ServerCore:
         self.assistants: dict[str, Assistant] = {}
         self.registry: RunRegistry
         self.streams: RunStreams
+        self.store: AsyncSQLAlchemyStore
         self.owner = Owner.current()
         self._live: dict[str, LiveRun] = {}
         self._thread_locks: dict[str, asyncio.Lock] = {}

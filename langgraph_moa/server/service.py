@@ -18,8 +18,12 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any, Self
 
+from langgraph.store.base import TTLConfig
+
+from langgraph_moa.persistence.engines import get_async_engine, release_async_engine
 from langgraph_moa.persistence.events import EventLog
 from langgraph_moa.persistence.registry import RunRegistry
+from langgraph_moa.persistence.store import AsyncSQLAlchemyStore
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.runtime.executor import RunExecutor as Runner
 from langgraph_moa.runtime.store import open_checkpointer
@@ -39,6 +43,9 @@ from langgraph_moa.server.threads import ThreadService
 __all__ = ["ACTIVE", "NAMESPACE_GRAPH", "ApiError", "Assistant", "MoAServer", "ServerOptions"]
 
 log = logging.getLogger("langgraph_moa.server")
+
+STORE_TTL: TTLConfig = {"refresh_on_read": True, "sweep_interval_minutes": 5}
+"""The ``/store`` items: a read restarts an item's TTL; expired items go within 5 min."""
 
 
 class MoAServer(ThreadService, RunService, RunExecution):
@@ -78,6 +85,9 @@ class MoAServer(ThreadService, RunService, RunExecution):
             stack.push_async_callback(events.aclose)
             self.streams = RunStreams(events)
             await self.streams.setup()
+            self.store = AsyncSQLAlchemyStore(get_async_engine(self.db_url), ttl=STORE_TTL)
+            stack.push_async_callback(release_async_engine, self.store.engine)
+            await self.store.setup()
             self.checkpointer = checkpointer
             now = datetime.now(UTC).isoformat()
             for spec in self.specs:
@@ -86,6 +96,8 @@ class MoAServer(ThreadService, RunService, RunExecution):
                 self.assistants[spec.name] = Assistant(spec, moa, now)
             self._run_graphs_stack = stack
             if self.role == "server":
+                await self.store.start_ttl_sweeper()
+                stack.push_async_callback(self.store.stop_ttl_sweeper)
                 await self.executor.start(self)
                 stack.push_async_callback(self._shutdown_executor)
         except BaseException:

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from langgraph_moa.server.auth import Authenticator
 from langgraph_moa.server.routes.assistants import add_assistant_routes
 from langgraph_moa.server.routes.runs import add_run_routes
+from langgraph_moa.server.routes.store import add_store_routes
 from langgraph_moa.server.routes.threads import add_thread_routes
 from langgraph_moa.server.schemas import ERROR_RESPONSES
 from langgraph_moa.server.service import ApiError, MoAServer
@@ -64,7 +65,7 @@ def _route_class(max_body: int) -> type[APIRoute]:
             async def route(request: Request) -> Response:
                 try:
                     check_path_ids(request.path_params)
-                    if request.method in ("POST", "PUT", "PATCH"):
+                    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
                         await _read_limited(request, max_body)
                         parsed = check_body(request._body)
                         if parsed is not None:
@@ -135,6 +136,7 @@ def create_router(
     add_assistant_routes(router, server, tenant_of)
     add_thread_routes(router, server, tenant_of)
     add_run_routes(router, server, tenant_of)
+    add_store_routes(router, server, tenant_of)
     return router
 
 
