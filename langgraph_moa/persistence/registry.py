@@ -51,11 +51,12 @@ Times are naive UTC ``datetime`` values taken from this process's clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,7 +68,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from langgraph_moa.persistence import migrations
-from langgraph_moa.persistence.engines import get_async_engine, release_async_engine
+from langgraph_moa.persistence.engines import (
+    READ_ONLY,
+    get_async_engine,
+    release_async_engine,
+)
 from langgraph_moa.persistence.events import events
 
 __all__ = [
@@ -505,6 +510,14 @@ class RunRegistry:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads only (on SQLite a snapshot that never takes, or waits
+        for, the write lock: the polls of many processes do not queue behind writers)."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
+            yield conn
+
     @property
     def dialect(self) -> str:
         """``sqlite``, ``postgresql``, ``mysql`` or ``mariadb``."""
@@ -567,7 +580,7 @@ class RunRegistry:
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
         """The thread, or None."""
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             return await self._thread(conn, thread_id)
 
     async def update_thread(
@@ -670,7 +683,7 @@ class RunRegistry:
         query = sa.select(threads_table).where(*where).order_by(*order)
         if not rest:
             query = query.limit(limit).offset(offset)
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             rows = (await conn.execute(query)).mappings().all()
         found = [self._thread_record(r) for r in rows]
         if rest:
@@ -694,7 +707,7 @@ class RunRegistry:
                     metadata=metadata, status=status, owner=owner, limit=2**62, offset=0
                 )
             )
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             query = sa.select(sa.func.count()).select_from(threads_table).where(*where)
             return int(await conn.scalar(query) or 0)
 
@@ -797,7 +810,7 @@ class RunRegistry:
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run, or None."""
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             return await self._run(conn, run_id)
 
     async def latest_run(self, thread_id: str) -> RunRecord | None:
@@ -828,7 +841,7 @@ class RunRegistry:
         else:
             query = query.order_by(runs_table.c.created_at.asc(), runs_table.c.run_id.asc())
         query = query.limit(limit).offset(offset)
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [self._run_record(r) for r in rows]
 
@@ -985,7 +998,7 @@ class RunRegistry:
             .order_by(runs_table.c.created_at.asc())
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             rows = (await conn.execute(query)).mappings().all()
         runs = [self._run_record(r) for r in rows]
         return [r for r in runs if r.owner_token is None or r.owner_gone(stale_after=stale_after)]
@@ -1015,7 +1028,7 @@ class RunRegistry:
         await self.create_thread(thread_id, if_exists="do_nothing")
         thread: ThreadRecord | None = None
         for _ in range(20):
-            async with self.engine.connect() as conn:
+            async with self._reading() as conn:
                 thread = await self._thread(conn, thread_id)
             if thread is None:  # pragma: no cover - deleted in between
                 raise ThreadNotFoundError(f"no thread {thread_id!r}")
@@ -1145,7 +1158,7 @@ class RunRegistry:
             runs_table.c.status.in_(ACTIVE_STATUSES),
             runs_table.c.cancel_requested_at.is_not(None),
         )
-        async with self.engine.connect() as conn:
+        async with self._reading() as conn:
             return {str(r) for r in (await conn.scalars(query)).all()}
 
     async def beat_owned(self, owner: Owner, run_ids: Sequence[str]) -> None:

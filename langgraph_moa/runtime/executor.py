@@ -218,7 +218,7 @@ async def _older_active(registry: RunRegistry, run: RunRecord) -> list[RunRecord
         )
         .order_by(c.created_at.asc())
     )
-    async with registry.engine.connect() as conn:
+    async with registry._reading() as conn:
         rows = (await conn.execute(query)).mappings().all()
     return [registry._run_record(r) for r in rows]
 
@@ -235,7 +235,7 @@ async def _newer_ended(registry: RunRegistry, run: RunRecord) -> RunRecord | Non
         )
         .limit(1)
     )
-    async with registry.engine.connect() as conn:
+    async with registry._reading() as conn:
         row = (await conn.execute(query)).mappings().first()
     return registry._run_record(row) if row is not None else None
 
