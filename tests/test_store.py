@@ -113,8 +113,8 @@ async def test_the_server_opens_one_pool_on_its_database(
     pg_url: str, model_server: ModelServer
 ) -> None:
     """``moa serve``'s core on PostgreSQL: checkpointer, registry and event log on one engine;
-    after a run streamed through the log, every connection to the database is that pool's
-    or the log's LISTEN connection."""
+    after a run streamed through the log, every connection to the database is that pool's,
+    the log's LISTEN connection, or the run executor's (cancel requests)."""
     from langgraph_moa.server.service import MoAServer
     from langgraph_moa.spec import GraphSpec
     from tests.test_server_support import moa_spec
@@ -131,8 +131,9 @@ async def test_the_server_opens_one_pool_on_its_database(
         await log.append("r1", "end", None)
         assert [e.event async for e in log.follow("r1")] == ["values", "end"]
         await asyncio.wait_for(log.listening.wait(), 30)
+        await asyncio.wait_for(server.runner.cancel_listening.wait(), 30)
         pool: Any = engine.pool
-        assert _connections(db) == pool.checkedin() + pool.checkedout() + 1
+        assert _connections(db) == pool.checkedin() + pool.checkedout() + 2
 
 
 # -- migrations -----------------------------------------------------------------------------

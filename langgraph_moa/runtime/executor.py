@@ -258,6 +258,8 @@ class RunExecutor:
         self.cancel_poll = min(cancel_poll, heartbeat_interval)
         self.lease_poll = lease_poll
         self.running: dict[str, Execution] = {}
+        self.cancel_listening = asyncio.Event()
+        """Set while :meth:`listen_for_cancels` has its LISTEN connection (PostgreSQL)."""
         self._waiting: dict[str, asyncio.Event] = {}
 
     # ---------------------------------------------------------------- cancel ---
@@ -297,10 +299,12 @@ class RunExecutor:
             try:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    self.cancel_listening.set()
                     async for note in conn.notifies():
                         if not self.cancel_local(note.payload) and on_request is not None:
                             await on_request(note.payload)
             except psycopg.OperationalError as exc:  # the polls still see the requests
+                self.cancel_listening.clear()
                 log.warning("cancel listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(self.heartbeat_interval)
 
