@@ -161,6 +161,7 @@ async def _run_loop(
     gate.report(True)
     proposal["content"], proposal["usage"] = result.text, result.usage
     proposal["tools"] = result.tools
+    proposal["tool_seconds"] = result.tool_seconds
     proposal["seconds"] = round(time.monotonic() - started, 3)
     update["usage"] = {name: result.usage}
     unconfined = [t for t in result.tools if t in loop.unconfined]

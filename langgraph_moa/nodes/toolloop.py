@@ -41,6 +41,7 @@ class LoopState(TypedDict, total=False):
     steps: int
     usage: Annotated[Usage, add_usage]
     used: Annotated[list[str], lambda a, b: [*(a or []), *(b or [])]]
+    tool_seconds: Annotated[float, lambda a, b: (a or 0.0) + (b or 0.0)]
 
 
 class ToolTask(TypedDict):
@@ -55,6 +56,7 @@ class LoopResult:
     text: str
     usage: Usage
     tools: dict[str, int]
+    tool_seconds: float = 0.0
 
 
 @dataclass
@@ -115,6 +117,7 @@ class ToolLoop:
             text=final.text if isinstance(final, AIMessage) else "",
             usage={**state.get("usage", {}), "tool_calls": len(state.get("used", []))},
             tools=dict(Counter(state.get("used", []))),
+            tool_seconds=round(state.get("tool_seconds", 0.0), 3),
         )
 
     def _last_call(self, state: LoopState) -> bool:
@@ -170,7 +173,11 @@ class ToolLoop:
         ) -> dict[str, Any]:
             message = ToolMessage(text, tool_call_id=call_id, name=name, status=status)
             message.additional_kwargs.update(extra)
-            return {"messages": [message], "used": [name] if ran else []}
+            return {
+                "messages": [message],
+                "used": [name] if ran else [],
+                "tool_seconds": extra.get("seconds", 0.0),
+            }
 
         if tool is None:
             return reply(
@@ -208,7 +215,8 @@ class ToolLoop:
         try:
             result = await tool.ainvoke(call, config)
         except Exception as exc:  # errors go back to the model, never crash the run
-            return reply(f"error: {type(exc).__name__}: {exc}", "error")
+            seconds = round(time.monotonic() - started, 3)
+            return reply(f"error: {type(exc).__name__}: {exc}", "error", seconds=seconds)
         seconds = round(time.monotonic() - started, 3)
         text = result.content if isinstance(result, ToolMessage) else result
         if isinstance(result, ToolMessage) and result.status == "error":

@@ -95,6 +95,8 @@ class RunProgress:
                     row.note = "tools: " + ", ".join(
                         f"{n} x{c}" if c > 1 else n for n, c in used.items()
                     )
+                    if proposal.get("tool_seconds") is not None:
+                        row.note += f" ({proposal['tool_seconds']:.1f}s)"
         self.notes.extend(result.get("notes") or [])
 
     def render(self) -> RenderableType:

@@ -59,6 +59,8 @@ class Proposal(TypedDict):
     seconds: NotRequired[float]
     tools: NotRequired[dict[str, int]]
     """Tools the agent called for it, with how many times."""
+    tool_seconds: NotRequired[float]
+    """Seconds its tool calls took, together."""
     """How long the agent's call took."""
 
 
