@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from langgraph_sdk import get_client
 
+from langgraph_moa.persistence.registry import RunRegistry
 from langgraph_moa.testing import ModelServer
 from tests.test_server_support import MOA, Served, moa_spec, serve, wait_until
 
@@ -40,7 +41,9 @@ def served(
     yield from serve(tmp_path, [moa_spec(model_server)], pg_url, extra=["--workers"])
 
 
-async def test_runs_execute_in_workers(served: Served, model_server: ModelServer) -> None:
+async def test_runs_execute_in_workers(
+    served: Served, model_server: ModelServer, worker: subprocess.Popen[bytes], pg_url: str
+) -> None:
     client = get_client(url=served.url)
     thread = await client.threads.create()
     tid = thread["thread_id"]
@@ -77,6 +80,14 @@ async def test_runs_execute_in_workers(served: Served, model_server: ModelServer
     model_server.add_rule(model="synth", fail="stall", stall=60, times=1)
     run = await client.runs.create(tid, "moa", input={"task": "cancel me"})
     wait_until(lambda: model_server.calls("synth") == 1, "the synthesizer call")
+    # the run in flight is owned by the worker process, not by the server
+    async with RunRegistry.from_url(pg_url) as registry:
+        record = await registry.get_run(run["run_id"])
+        thread_row = await registry.get_thread(tid)
+    assert record is not None and record.status == "running"
+    assert served.proc is not None and served.proc.pid != worker.pid
+    assert record.owner_pid == worker.pid, (record.owner_pid, worker.pid, served.proc.pid)
+    assert thread_row is not None and thread_row.lease_pid == worker.pid
     await client.runs.cancel(tid, run["run_id"])
     await client.runs.join(tid, run["run_id"])
     assert (await client.runs.get(tid, run["run_id"]))["status"] == "interrupted"
