@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from langgraph_sdk import get_client
 from langgraph_sdk.errors import ConflictError, NotFoundError
 
@@ -246,6 +247,7 @@ async def test_thread_crud(served: Served) -> None:
 async def test_stateless_runs(served: Served) -> None:
     client = get_client(url=served.url)
     before = await client.threads.count()
+    orphaned = orphans(served.db_url)
     values = await client.runs.wait(None, "moa", input={"task": "stateless"})
     assert values["answer"].startswith("synth answer")
     parts = [
@@ -254,6 +256,32 @@ async def test_stateless_runs(served: Served) -> None:
     ]
     assert parts[0].event == "metadata" and any(p.event == "updates" for p in parts)
     assert await client.threads.count() == before  # their threads are deleted afterwards
+    assert orphans(served.db_url) == orphaned  # and so are their checkpoints
+    kept = await client.runs.wait(
+        None, "moa", input={"task": "kept"}, on_completion="keep", raise_error=False
+    )
+    assert kept["answer"].startswith("synth answer")
+    assert await client.threads.count() == before + 1
+    assert orphans(served.db_url) == orphaned
+
+
+def orphans(db_url: str) -> set[str]:
+    """Thread ids with checkpoint rows (any checkpoint table) but no thread row."""
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            threads = set(conn.execute(sa.text("SELECT thread_id FROM moa_threads")).scalars())
+            held: set[str] = set()
+            for table in (
+                "checkpoints",
+                "checkpoint_blobs",
+                "checkpoint_writes",
+                "checkpoint_heads",
+            ):
+                held |= set(conn.execute(sa.text(f"SELECT thread_id FROM moa_{table}")).scalars())
+    finally:
+        engine.dispose()
+    return held - threads
 
 
 async def test_failed_run_reports_error(served: Served, srv: ModelServer) -> None:
