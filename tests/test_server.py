@@ -16,7 +16,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.errors import ConflictError, NotFoundError
 
 from langgraph_moa.testing import ModelServer
-from tests.test_server_support import Served, moa_spec, serve, wait_until
+from tests.test_server_support import Served, moa_spec, serve, synthesis, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ async def test_stream_modes_messages_v1_and_headers(served: Served) -> None:
     assert "\r\nid:" not in body  # ids only for resumable streams
 
 
-async def test_wait_headers_and_unknowns(served: Served) -> None:
+async def test_wait_headers_and_unknowns(served: Served, srv: ModelServer) -> None:
     client = get_client(url=served.url)
     thread = await client.threads.create()
     tid = thread["thread_id"]
@@ -150,7 +150,7 @@ async def test_wait_headers_and_unknowns(served: Served) -> None:
         r = await http.post(
             f"/threads/{tid}/runs/wait", json={"assistant_id": "moa", "input": {"task": "z"}}
         )
-        assert r.status_code == 200 and json.loads(r.text)["answer"]
+        assert r.status_code == 200 and json.loads(r.text)["answer"] == synthesis(srv, "z")
         assert r.headers["location"] == r.headers["content-location"] + "/join"
         r = await http.post(
             f"/threads/{tid}/runs", json={"assistant_id": "moa", "input": {"task": "z"}}
@@ -195,7 +195,7 @@ async def test_wait_headers_and_unknowns(served: Served) -> None:
     created = await client.runs.wait(
         "2b1f3c4d-0000-4000-8000-00000000abcd", "moa", input={"task": "q"}, if_not_exists="create"
     )
-    assert created["answer"]
+    assert created["answer"] == synthesis(srv, "q")
 
 
 async def test_assistants(served: Served) -> None:
@@ -351,7 +351,7 @@ async def test_cancel_and_multitask(served: Served, srv: ModelServer) -> None:
         queued = await client.runs.create(tid, "moa", input={"task": "queued"})  # enqueue
         assert (await client.runs.get(tid, queued["run_id"]))["status"] == "pending"
         await client.runs.cancel(tid, run["run_id"])
-        assert (await client.runs.join(tid, queued["run_id"]))["answer"]
+        assert (await client.runs.join(tid, queued["run_id"]))["answer"] == synthesis(srv, "queued")
         assert (await client.runs.get(tid, run["run_id"]))["status"] == "interrupted"
         assert (await client.runs.get(tid, queued["run_id"]))["status"] == "success"
 
@@ -359,7 +359,7 @@ async def test_cancel_and_multitask(served: Served, srv: ModelServer) -> None:
         newer = await client.runs.create(
             tid, "moa", input={"task": "x"}, multitask_strategy="interrupt"
         )
-        assert (await client.runs.join(tid, newer["run_id"]))["answer"]
+        assert (await client.runs.join(tid, newer["run_id"]))["answer"] == synthesis(srv, "x")
         assert (await client.runs.get(tid, slow["run_id"]))["status"] == "interrupted"
 
         last = await held_run("x")
@@ -395,7 +395,7 @@ async def test_interrupt_approved_with_command(served: Served, srv: ModelServer)
     synth_prompts = [r.prompt for r in srv.requests if r.model == "synth"]
     assert "EDITED by a person" in synth_prompts[-1]
     final = await client.threads.get_state(tid)
-    assert final["next"] == [] and final["values"]["answer"]
+    assert final["next"] == [] and final["values"]["answer"] == synthesis(srv, "approve me")
     assert (await client.threads.get(tid))["status"] == "idle"
 
 
@@ -416,7 +416,7 @@ async def test_interrupt_approved_with_update_state(served: Served, srv: ModelSe
     )
     assert update["checkpoint"]["checkpoint_id"] != state["checkpoint"]["checkpoint_id"]
     values = await client.runs.wait(tid, "moa", input=None)
-    assert values["answer"]
+    assert values["answer"] == synthesis(srv)
     synth_prompts = [r.prompt for r in srv.requests if r.model == "synth"]
     assert "REVISED proposal" in synth_prompts[-1]
 
@@ -468,7 +468,7 @@ async def test_wait_keeps_connection_alive(served: Served, srv: ModelServer) -> 
         chunks = [c async for c in response.aiter_bytes()]
     body = b"".join(chunks)
     assert body.startswith(b"\n"), "newlines are sent while the run works (heartbeat 0.5 s)"
-    assert json.loads(body)["answer"]
+    assert json.loads(body)["answer"] == synthesis(srv, "slow")
 
 
 async def test_request_limits(served: Served) -> None:
@@ -513,7 +513,7 @@ async def test_graceful_restart_resumes(served: Served, srv: ModelServer) -> Non
     arrived()
     served.restart()
     values = await get_client(url=served.url).runs.join(thread["thread_id"], run["run_id"])
-    assert values["answer"]
+    assert values["answer"] == synthesis(srv, "restart")
 
 
 @pytest.mark.parametrize("database", ["postgres", "mysql"])
@@ -527,7 +527,9 @@ async def test_on_server_databases(
         client = get_client(url=served.url)
         thread = await client.threads.create(metadata={"db": database})
         tid = thread["thread_id"]
-        assert (await client.runs.wait(tid, "moa", input={"task": "one"}))["answer"]
+        assert (await client.runs.wait(tid, "moa", input={"task": "one"}))["answer"] == synthesis(
+            srv, "one"
+        )
         srv.add_rule(model="synth", delay=1.0)
         stream = client.runs.stream(
             tid, "moa", input={"task": "two"}, stream_mode="updates", stream_resumable=True
@@ -568,7 +570,7 @@ async def test_disconnect_cancels_when_asked_and_strict_resume(
     stream = client.runs.stream(tid, "moa", input={"task": "stay"}, stream_mode="updates")
     first = await anext(stream)
     await stream.aclose()  # type: ignore[attr-defined]
-    assert (await client.runs.join(tid, first.data["run_id"]))["answer"]
+    assert (await client.runs.join(tid, first.data["run_id"]))["answer"] == synthesis(srv, "stay")
     # strict_resume: answering an interrupt nobody waits on fails the run
     result = await client.runs.wait(
         tid, "moa", command={"resume": "yes"}, strict_resume=True, raise_error=False

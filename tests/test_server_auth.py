@@ -13,7 +13,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.errors import NotFoundError
 
 from langgraph_moa.testing import ModelServer
-from tests.test_server_support import KEY_A, KEY_B, MOA, Served, moa_spec, serve
+from tests.test_server_support import KEY_A, KEY_B, MOA, Served, moa_spec, serve, synthesis
 
 MISSING = "9d3c1a52-0000-4000-8000-000000000001"
 
@@ -170,12 +170,12 @@ def test_a_objects_unreachable_through_b_own_thread(served: Served, owned: dict[
         assert state["values"]["task"] == "mine"
 
 
-async def test_sdk_with_keys_and_bearer(served: Served) -> None:
+async def test_sdk_with_keys_and_bearer(served: Served, srv: ModelServer) -> None:
     a = get_client(url=served.url, api_key=KEY_A)
     b = get_client(url=served.url, api_key=None, headers={"Authorization": f"Bearer {KEY_B}"})
     thread = await b.threads.create()
     values = await b.runs.wait(thread["thread_id"], "moa", input={"task": "bearer"})
-    assert values["answer"]
+    assert values["answer"] == synthesis(srv, "bearer")
     parts = [p async for p in b.runs.stream(thread["thread_id"], "moa", input={"task": "s"})]
     assert parts[0].event == "metadata"
     with pytest.raises(NotFoundError):
@@ -188,7 +188,7 @@ async def test_sdk_with_keys_and_bearer(served: Served) -> None:
     ids_b = {t["thread_id"] for t in await b.threads.search(limit=100)}
     assert thread["thread_id"] in ids_b and not ids_a & ids_b
     stateless = await a.runs.wait(None, "moa", input={"task": "no thread"})
-    assert stateless["answer"]
+    assert stateless["answer"] == synthesis(srv, "no thread")
 
 
 def test_serve_refuses_unsafe_settings(tmp_path: Path) -> None:

@@ -137,6 +137,18 @@ def serve(
         served.stop()
 
 
+def synthesis(srv: ModelServer, task: str | None = None) -> str:
+    """The answer a run must give: the scripted synthesizer's reply to what it was last sent
+    (for ``task``, when given)."""
+    sent = [
+        r
+        for r in srv.requests
+        if r.model == "synth" and r.status == 200 and (task is None or r.last_user == task)
+    ]
+    assert sent, f"no answered synthesizer call for {task!r}"
+    return f"synth answer {sent[-1].digest}"
+
+
 def wait_until(predicate: Any, what: str, timeout: float = 60.0) -> None:
     """Poll ``predicate()`` (sync) until true; fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
