@@ -280,7 +280,7 @@ async def test_async_store(db_url: str) -> None:
         # a sync call from a worker thread (how LangGraph runs sync nodes) reaches the loop
         got = await asyncio.to_thread(store.get, ("m", "u2"), "b")
         assert got is not None and got.value["n"] == 2
-        with pytest.raises(asyncio.InvalidStateError, match="a-methods"):
+        with pytest.raises(asyncio.InvalidStateError, match="main event loop"):
             store.get(("m", "u2"), "b")
         await store.adelete(("m", "u1"), "a")
         assert await store.aget(("m", "u1"), "a") is None

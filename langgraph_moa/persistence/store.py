@@ -55,6 +55,7 @@ from langgraph.store.base import (
     get_text_at_path,
     validate_op_namespace,
 )
+from langgraph.store.base.batch import AsyncBatchedBaseStore
 from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -378,8 +379,13 @@ class SQLAlchemyStore(_Core, BaseStore):
         return stopped
 
 
-class AsyncSQLAlchemyStore(_Core, BaseStore):
-    """An asyncio store on a SQLAlchemy async engine (see the module docstring)."""
+class AsyncSQLAlchemyStore(_Core, AsyncBatchedBaseStore):
+    """An asyncio store on a SQLAlchemy async engine (see the module docstring).
+
+    Create it inside the event loop it will serve: as LangGraph's official async stores,
+    it gathers the operations scheduled in one loop tick into one :meth:`abatch` (one
+    connection, one transaction), and its sync methods work from other threads only.
+    """
 
     def __init__(
         self,
@@ -389,11 +395,11 @@ class AsyncSQLAlchemyStore(_Core, BaseStore):
         ttl: TTLConfig | None = None,
         max_scan: int = MAX_SCAN,
     ) -> None:
+        AsyncBatchedBaseStore.__init__(self)
         self.engine = engine
         self._init(index, ttl, max_scan)
         self._ready = False
         self._sweeper: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     @asynccontextmanager
@@ -411,7 +417,6 @@ class AsyncSQLAlchemyStore(_Core, BaseStore):
     async def setup(self) -> None:
         """Create or upgrade the tables (idempotent; also done on first use)."""
         await migrations.aupgrade(self.engine, "store")
-        self._loop = asyncio.get_running_loop()
         self._ready = True
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
@@ -431,21 +436,6 @@ class AsyncSQLAlchemyStore(_Core, BaseStore):
             await self.setup()
         async with self.engine.begin() as conn:
             return await conn.run_sync(self._run, ops, puts, embedded, qvecs)
-
-    def batch(self, ops: Iterable[Op]) -> list[Result]:
-        """Blocking call from a thread other than the event loop's (LangGraph's sync
-        nodes run in worker threads)."""
-        loop = self._loop
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is None or running is loop:
-            raise asyncio.InvalidStateError(
-                "AsyncSQLAlchemyStore.batch() needs the store's event loop running in another "
-                "thread; in that loop use the a-methods (aget, aput, asearch, ...)"
-            )
-        return asyncio.run_coroutine_threadsafe(self.abatch(ops), loop).result()
 
     async def sweep_ttl(self) -> int:
         """Delete the expired items now; returns how many were deleted."""
