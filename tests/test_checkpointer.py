@@ -25,7 +25,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.exc import SAWarning
 
 from langgraph_moa.persistence import (
@@ -33,6 +33,7 @@ from langgraph_moa.persistence import (
     AsyncSQLAlchemySaver,
     DatabaseUnavailableError,
     DatabaseURLError,
+    DecryptionError,
     SchemaVersionError,
     SQLAlchemySaver,
     async_url,
@@ -382,6 +383,58 @@ def test_encrypted_values_are_unreadable_at_rest(
     monkeypatch.delenv("LANGGRAPH_AES_KEY")
     with pytest.raises(ValueError, match="LANGGRAPH_AES_KEY"):
         SQLAlchemySaver.from_url(sqlite_url, encrypt=True).__enter__()
+
+
+class Noted(TypedDict):
+    note: str
+    big: str
+
+
+def test_encryption_on_every_database_and_a_wrong_key(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channel values (inline and blobs) and writes are ciphertext at rest; metadata is not
+    (README says so); a wrong key is a clear error that changes nothing."""
+    secret = "SECRET" + uuid.uuid4().hex[:10]
+    graph = StateGraph(Noted)
+    graph.add_node("n", lambda s: {"note": s["note"] + "!", "big": secret * 40})
+    graph.add_edge(START, "n")
+    graph.add_edge("n", END)
+    config = {**cfg("enc"), "metadata": {"who": secret}}
+    monkeypatch.setenv("LANGGRAPH_AES_KEY", "k" * 32)
+    with SQLAlchemySaver.from_url(db_url, encrypt=True) as saver:
+        app = graph.compile(checkpointer=saver)
+        app.invoke({"note": secret, "big": ""}, config)
+        assert app.get_state(cfg("enc")).values == {"note": secret + "!", "big": secret * 40}
+
+    def plaintext() -> tuple[set[tuple[str, str]], int]:
+        found: set[tuple[str, str]] = set()
+        rows = 0
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+                for row in conn.execute(text(f"SELECT * FROM moa_{table}")):
+                    rows += 1
+                    for column, value in row._mapping.items():
+                        raw = bytes(value) if isinstance(value, bytes | memoryview) else str(value)
+                        if secret.encode() in (raw if isinstance(raw, bytes) else raw.encode()):
+                            found.add((table, column))
+        engine.dispose()
+        return found, rows
+
+    found, rows = plaintext()
+    assert found == {("checkpoints", "metadata")}, found  # only the metadata is readable
+    monkeypatch.setenv("LANGGRAPH_AES_KEY", "z" * 32)
+    with SQLAlchemySaver.from_url(db_url, encrypt=True) as wrong:
+        with pytest.raises(DecryptionError, match="another AES key"):
+            wrong.get_tuple(cfg("enc"))
+        with pytest.raises(DecryptionError, match="LANGGRAPH_AES_KEY"):
+            graph.compile(checkpointer=wrong).invoke({"note": "x", "big": ""}, cfg("enc"))
+    assert plaintext() == (found, rows)  # nothing written, nothing lost
+    monkeypatch.setenv("LANGGRAPH_AES_KEY", "k" * 32)
+    with SQLAlchemySaver.from_url(db_url, encrypt=True) as saver:
+        values = graph.compile(checkpointer=saver).get_state(cfg("enc")).values
+        assert values == {"note": secret + "!", "big": secret * 40}
 
 
 # -- schema ----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         CheckpointConflictError,
         DatabaseUnavailableError,
         DatabaseURLError,
+        DecryptionError,
         PersistenceError,
         SchemaVersionError,
     )
@@ -66,6 +67,7 @@ _EXPORTS = {
     "CheckpointConflictError": "langgraph_moa.persistence.errors",
     "DatabaseUnavailableError": "langgraph_moa.persistence.errors",
     "DatabaseURLError": "langgraph_moa.persistence.errors",
+    "DecryptionError": "langgraph_moa.persistence.errors",
     "PersistenceError": "langgraph_moa.persistence.errors",
     "SchemaVersionError": "langgraph_moa.persistence.errors",
     "INLINE_MAX_BYTES": "langgraph_moa.persistence.saver",
@@ -92,6 +94,7 @@ __all__ = [
     "CheckpointConflictError",
     "DatabaseURLError",
     "DatabaseUnavailableError",
+    "DecryptionError",
     "PersistenceError",
     "SQLAlchemySaver",
     "SchemaVersionError",

@@ -6,6 +6,7 @@ __all__ = [
     "CheckpointConflictError",
     "DatabaseURLError",
     "DatabaseUnavailableError",
+    "DecryptionError",
     "PersistenceError",
     "SchemaVersionError",
 ]
@@ -21,6 +22,11 @@ class DatabaseURLError(PersistenceError, ValueError):
 
 class DatabaseUnavailableError(PersistenceError, ConnectionError):
     """The database did not accept a connection."""
+
+
+class DecryptionError(PersistenceError, ValueError):
+    """A stored value that the configured AES key cannot decrypt (a different key wrote it,
+    or the bytes were altered). Nothing is changed in the store."""
 
 
 class SchemaVersionError(PersistenceError):

@@ -38,6 +38,8 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer, _create_msgpack_ext_hook
 
+from langgraph_moa.persistence.errors import DecryptionError
+
 __all__ = [
     "AES_KEY_ENV",
     "AllowlistEntry",
@@ -172,6 +174,21 @@ class SafeSerializer(JsonPlusSerializer):
         )
 
 
+class _CheckedEncryption(EncryptedSerializer):
+    """LangGraph's AES serializer, with a wrong key reported as such (not "MAC check failed")."""
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        try:
+            return super().loads_typed(data)
+        except ValueError as exc:
+            if "MAC check failed" not in str(exc):
+                raise
+            raise DecryptionError(
+                f"cannot decrypt a stored {data[0]!r} value: it was written with another AES "
+                f"key (check ${AES_KEY_ENV}) or altered; nothing in the store was changed"
+            ) from None
+
+
 def make_serde(
     allowlist: Iterable[AllowlistEntry] = (),
     *,
@@ -204,7 +221,7 @@ def make_serde(
             f"(check ${AES_KEY_ENV})"
         )
     try:
-        return EncryptedSerializer.from_pycryptodome_aes(inner, key=key)
+        return _CheckedEncryption.from_pycryptodome_aes(inner, key=key)
     except ImportError:
         raise ImportError(
             "encryption needs pycryptodome: pip install 'langgraph-moa[crypto]'"
