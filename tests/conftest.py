@@ -7,6 +7,7 @@ Tests that need PostgreSQL or MariaDB skip when the server is unreachable, unles
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +21,22 @@ MYSQL_ADMIN = os.environ.get("MOA_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test
 REQUIRE_SERVICES = os.environ.get("MOA_REQUIRE_SERVICES") == "1"
 
 
-def _unavailable(what: str, exc: Exception) -> None:
-    msg = f"{what} is not reachable ({exc}); start it or unset MOA_REQUIRE_SERVICES"
+def missing(msg: str) -> None:
+    """Skip for a missing service or package; fail instead under MOA_REQUIRE_SERVICES=1."""
     if REQUIRE_SERVICES:
-        pytest.fail(msg)
+        pytest.fail(f"{msg} (MOA_REQUIRE_SERVICES=1)")
     pytest.skip(msg)
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    missing(f"{what} is not reachable ({exc}); start it or unset MOA_REQUIRE_SERVICES")
+
+
+@pytest.fixture
+def bwrap() -> None:
+    """Bubblewrap for the Python sandbox (``pytest.mark.usefixtures("bwrap")``)."""
+    if shutil.which("bwrap") is None:
+        missing("bubblewrap (bwrap) is not installed; .ci/run installs it")
 
 
 @pytest.fixture

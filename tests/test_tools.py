@@ -5,7 +5,6 @@ server), their results reaching the synthesizer's prompt."""
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,7 +221,7 @@ async def test_max_tool_calls_refuses_the_rest(model_server: ModelServer) -> Non
     assert out["usage"]["coder"]["tool_calls"] == 1
 
 
-@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+@pytest.mark.usefixtures("bwrap")
 async def test_python_tool_result_reaches_the_synthesizer(model_server: ModelServer) -> None:
     srv = model_server
     code = "import socket\nprint(sum(range(101)))\nprint(open('/etc/hostname').read() != '')"
@@ -326,7 +325,7 @@ async def test_live_view_shows_the_tools_an_agent_used(
     assert result.usage_by_agent["coder"]["tool_calls"] == 2
 
 
-@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+@pytest.mark.usefixtures("bwrap")
 def test_team_preset_with_tools_and_docs(
     model_server: ModelServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
