@@ -25,7 +25,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import create_engine, event, func, insert, select, text
 from sqlalchemy.exc import SAWarning
 
 from langgraph_moa.persistence import (
@@ -793,6 +793,47 @@ def test_delta_channel_state_survives_and_blocks_keep_latest(db_url: str) -> Non
             saver.prune(["d"])
         saver.prune(["d"], strategy="delete")
         assert saver.get_tuple(cfg("d")) is None
+
+
+def test_get_tuple_work_stays_flat_as_a_thread_grows(sqlite_url: str) -> None:
+    """README: `get_tuple` is one indexed query (plus the blobs it needs) whatever the thread's
+    length. Measured as SQL statements and SQLite VM steps (work done), not time."""
+    with SQLAlchemySaver.from_url(sqlite_url) as saver:
+        short = _thread(saver, "short", 3)
+        long = _thread(saver, "long", 150)
+
+    def cost(thread: str, checkpoint_id: str | None) -> tuple[int, int]:
+        statements: list[str] = []
+        steps = [0]
+
+        def step() -> int:
+            steps[0] += 1
+            return 0
+
+        def instrument(dbapi_conn: Any, *_: Any) -> None:
+            dbapi_conn.set_trace_callback(statements.append)
+            dbapi_conn.set_progress_handler(step, 1)
+
+        with SQLAlchemySaver.from_url(sqlite_url) as reader:
+            event.listen(reader.engine, "checkout", instrument)
+            try:
+                reader.get_tuple(cfg("warm-up"))  # schema check, connection setup
+                before = (len(statements), steps[0])
+                got = reader.get_tuple(
+                    cfg(thread, checkpoint_id=checkpoint_id) if checkpoint_id else cfg(thread)
+                )
+            finally:
+                event.remove(reader.engine, "checkout", instrument)
+            assert got is not None
+        return len(statements) - before[0], steps[0] - before[1]
+
+    latest_short, latest_long = cost("short", None), cost("long", None)
+    old_short, old_long = cost("short", short[1]), cost("long", long[1])
+    # two statements each: the checkpoint row with its writes, then its blobs
+    assert latest_short[0] == latest_long[0] == old_short[0] == old_long[0] == 2
+    # 50x the checkpoints: the work differs by at most a B-tree level, not 50x
+    assert latest_long[1] <= latest_short[1] * 1.3, (latest_short, latest_long)
+    assert old_long[1] <= old_short[1] * 1.3, (old_short, old_long)
 
 
 def test_get_tuple_reads_again_when_blobs_vanish_midway(
