@@ -27,6 +27,7 @@ test: install
 # LangGraph's own tests on our four savers and the official ones (tests/langgraph_suite/)
 langgraph-suite: install
 	$(PY) tests/langgraph_suite/run.py --failures .cache/langgraph-suite/failures.txt
+	$(PY) tests/langgraph_suite/run_stores.py  # the official SQLite store's tests on our store
 
 lint: install
 	$(VENV)/bin/ruff check langgraph_moa tests bench examples

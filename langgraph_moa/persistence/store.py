@@ -33,6 +33,7 @@ Tables ``moa_store`` and ``moa_store_vectors`` belong to the migration component
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -71,6 +72,7 @@ from langgraph_moa.persistence.engines import (
 __all__ = ["AsyncSQLAlchemyStore", "SQLAlchemyStore"]
 
 MAX_SCAN = 10_000
+log = logging.getLogger("langgraph_moa.persistence.store")
 
 migrations.STEPS.setdefault(
     "store",
@@ -361,7 +363,10 @@ class SQLAlchemyStore(_Core, BaseStore):
 
         def loop() -> None:
             while not self._stop.wait(every):
-                self.sweep_ttl()
+                try:
+                    self.sweep_ttl()
+                except Exception:  # the database may be back at the next round
+                    log.warning("sweeping expired store items failed", exc_info=True)
 
         self._sweeper = threading.Thread(target=loop, name="moa-store-ttl", daemon=True)
         self._sweeper.start()
@@ -456,7 +461,10 @@ class AsyncSQLAlchemyStore(_Core, AsyncBatchedBaseStore):
         async def loop() -> None:
             while True:
                 await asyncio.sleep(every)
-                await self.sweep_ttl()
+                try:
+                    await self.sweep_ttl()
+                except Exception:  # the database may be back at the next round
+                    log.warning("sweeping expired store items failed", exc_info=True)
 
         self._sweeper = asyncio.create_task(loop(), name="moa-store-ttl")
         return self._sweeper
