@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF
 TASK ?= What are two advantages of using version control such as git?
 
-.PHONY: install run test lint bench langgraph-suite
+.PHONY: install run test lint bench langgraph-suite mutate
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -28,6 +28,12 @@ test: install
 langgraph-suite: install
 	$(PY) tests/langgraph_suite/run.py --failures .cache/langgraph-suite/failures.txt
 	$(PY) tests/langgraph_suite/run_stores.py  # the official SQLite store's tests on our store
+
+# Mutation score per package (bench/mutation.py; scratch copies under /tmp/moa-mutate).
+# TARGETS: any of nodes saver executor auth (default: all). Takes long: run it alone.
+TARGETS ?=
+mutate: install
+	$(PY) bench/mutation.py $(TARGETS) --children 2
 
 lint: install
 	$(VENV)/bin/ruff check langgraph_moa tests bench examples

@@ -1,0 +1,193 @@
+"""Mutation score per package with mutmut: how many one-line changes of the code the tests
+catch. Each target mutates its own files and runs only a fast, focused test selection
+(mutmut then runs, per mutant, only the selected tests that reach the mutated function).
+
+    python bench/mutation.py nodes              # one target (make mutate TARGETS=nodes)
+    python bench/mutation.py                    # every target: nodes saver executor auth
+    python bench/mutation.py nodes --children 2 --json out.json
+    python bench/mutation.py --report bench/results/mutation.json   # the table again
+
+Each target runs in a scratch copy of the project (``--workdir``, default
+``/tmp/moa-mutate/<target>``), so the worktree is never modified. Prints a table:
+target, mutants, killed (incl. timeouts), survived, not covered by the selection, score =
+killed / (mutants - not covered). ``mutmut results`` in the scratch directory lists the
+survivors; ``mutmut show NAME`` shows one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTMUT = str(Path(sys.executable).with_name("mutmut"))
+
+TARGETS: dict[str, dict[str, list[str]]] = {
+    # the nodes: in-process runs on the scripted model server (no CLI subprocesses)
+    "nodes": {
+        "mutate": ["langgraph_moa/nodes/*.py"],
+        "skip": ["langgraph_moa/nodes/sandbox.py", "langgraph_moa/nodes/filesearch.py"],
+        "tests": [
+            "tests/test_nodes_units.py",
+            "tests/test_engine.py",
+            "tests/test_router.py",
+            "tests/test_conversation.py",
+            "tests/test_resilience_budget.py",
+            "tests/test_hitl.py",
+            "-k",
+            "not cli and not bench and not sdk and not chat",
+        ],
+    },
+    # the saver's put / get_tuple / list and their codec
+    "saver": {
+        "mutate": [
+            "langgraph_moa/persistence/saver/_hot.py",
+            "langgraph_moa/persistence/saver/_codec.py",
+        ],
+        "skip": [],
+        "tests": [
+            "tests/test_checkpointer.py",
+            "tests/test_saver_lease.py",
+            "-k",
+            "sqlite and not process and not killed and not prune",
+        ],
+    },
+    # the one run executor
+    "executor": {
+        "mutate": ["langgraph_moa/runtime/executor.py"],
+        "skip": [],
+        "tests": ["tests/test_executor.py", "-k", "sqlite or not (postgres or mysql)"],
+    },
+    # API keys, tenants and request validation of the server
+    "auth": {
+        "mutate": ["langgraph_moa/server/auth.py", "langgraph_moa/server/validation.py"],
+        "skip": [],
+        "tests": ["tests/test_server_hostile.py", "tests/test_server_auth.py"],
+    },
+}
+
+COPY = ("langgraph_moa", "tests", "examples", "pyproject.toml", "langgraph.json")
+
+
+def prepare(target: str, workdir: Path) -> None:
+    """A scratch copy of the project with a setup.cfg [mutmut] section for ``target``."""
+    conf = TARGETS[target]
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    for name in COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, workdir / name)
+    lines = [
+        "[mutmut]",
+        "source_paths = langgraph_moa",
+        "only_mutate =",
+        *(f"    {p}" for p in conf["mutate"]),
+    ]
+    if conf["skip"]:
+        lines += ["do_not_mutate =", *(f"    {p}" for p in conf["skip"])]
+    lines += [
+        "pytest_add_cli_args_test_selection =",
+        *(f"    {a}" for a in conf["tests"]),
+        "pytest_add_cli_args =",
+        "    -p",
+        "    no:cacheprovider",
+        "    -m",
+        "    not slow",
+    ]
+    (workdir / "setup.cfg").write_text("\n".join(lines) + "\n")
+
+
+def run(target: str, workdir: Path, children: int) -> dict[str, object]:
+    """Run mutmut for ``target`` and count its results."""
+    prepare(target, workdir)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([MUTMUT, "run", "--max-children", str(children)], cwd=workdir, env=env)
+    out = subprocess.run(
+        [MUTMUT, "results", "--all", "true"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    statuses = Counter()
+    by_module: dict[str, Counter[str]] = {}
+    survivors = []
+    for line in out.splitlines():
+        m = re.match(r"\s*([\w.]+)__mutmut_\d+: (.+)$", line.strip().replace("ǁ", "."))
+        if not m:
+            continue
+        name, status = m.group(1), m.group(2).strip()
+        statuses[status] += 1
+        module = ".".join(name.split(".")[:3])
+        by_module.setdefault(module, Counter())[status] += 1
+        if status == "survived":
+            survivors.append(line.strip().split(":")[0])
+    return {
+        "target": target,
+        "statuses": dict(statuses),
+        "by_module": {k: dict(v) for k, v in sorted(by_module.items())},
+        "survivors": survivors,
+        "score": score(statuses),
+    }
+
+
+def score(statuses: Counter[str] | dict[str, int]) -> float | None:
+    killed = statuses.get("killed", 0) + statuses.get("timeout", 0)
+    judged = killed + statuses.get("survived", 0)
+    return None if judged == 0 else round(100 * killed / judged, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", help=f"of {', '.join(TARGETS)} (default: all)")
+    parser.add_argument("--children", type=int, default=2, help="parallel test processes")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/moa-mutate"))
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=ROOT / "bench" / "results" / "mutation.json",
+        help="write the results here (default bench/results/mutation.json)",
+    )
+    parser.add_argument("--report", type=Path, help="print the table of a saved result file")
+    args = parser.parse_args()
+    unknown = set(args.targets) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown target(s) {sorted(unknown)}; choose from {', '.join(TARGETS)}")
+    if args.report:
+        results = json.loads(args.report.read_text())
+    else:
+        targets = args.targets or list(TARGETS)
+        results = [run(t, args.workdir / t, args.children) for t in targets]
+        args.json.write_text(json.dumps(results, indent=2))
+    print(
+        f"\n{'target / module':44} {'mutants':>8} {'killed':>7} {'survived':>9} "
+        f"{'no test':>8} {'score':>7}"
+    )
+    for r in results:
+        rows = [(r["target"], r["statuses"])] + [
+            (f"  {m}", s)
+            for m, s in r["by_module"].items()  # type: ignore[union-attr]
+        ]
+        for label, s in rows:
+            killed = s.get("killed", 0) + s.get("timeout", 0)
+            sc = score(s)
+            print(
+                f"{label:44} {sum(s.values()):>8} {killed:>7} {s.get('survived', 0):>9} "
+                f"{s.get('no tests', 0):>8} {'-' if sc is None else f'{sc:.1f}%':>7}"
+            )
+
+
+if __name__ == "__main__":
+    main()
