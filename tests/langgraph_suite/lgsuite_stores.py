@@ -111,3 +111,35 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             _admin(f"DROP DATABASE IF EXISTS {name}")
         except Exception as exc:
             print(f"[lgsuite-stores] could not drop {name}: {exc}")
+
+
+# -- the `sync_store`/`async_store` fixtures of the `langgraph` sdist's graph tests --------
+# (run_stores.py imports these two into its own unpacked copy's tests/conftest.py)
+
+
+@pytest.fixture
+def sync_store() -> Iterator[Any]:
+    """Our sync store on MOA_LGSUITE_STORE's database, else LangGraph's InMemoryStore."""
+    if not KIND:
+        from langgraph.store.memory import InMemoryStore
+
+        yield InMemoryStore()
+        return
+    from langgraph_moa.persistence.store import SQLAlchemyStore
+
+    with SQLAlchemyStore.from_url(_url(":memory:")) as store:
+        yield store
+
+
+@pytest.fixture
+async def async_store() -> AsyncIterator[Any]:
+    """Our async store on MOA_LGSUITE_STORE's database, else LangGraph's InMemoryStore."""
+    if not KIND:
+        from langgraph.store.memory import InMemoryStore
+
+        yield InMemoryStore()
+        return
+    from langgraph_moa.persistence.store import AsyncSQLAlchemyStore
+
+    async with AsyncSQLAlchemyStore.from_url(_url(":memory:")) as store:
+        yield store

@@ -2,8 +2,10 @@
 
     python tests/langgraph_suite/run_stores.py [--kinds official,sqlite,postgres,mysql]
 
-The ``langgraph`` sdist has no store semantics tests (only three graph tests that take a
-store fixture), but ``langgraph-checkpoint-sqlite``'s sdist does: ``tests/test_store.py``,
+The ``langgraph`` sdist has no store semantics tests, only three graph tests that take a
+``sync_store``/``async_store`` fixture (run here too, on an unpacked copy whose conftest
+imports our fixtures; the official kind is LangGraph's ``InMemoryStore``), but
+``langgraph-checkpoint-sqlite``'s sdist does: ``tests/test_store.py``,
 ``test_async_store.py``, ``test_ttl.py``, all opening stores through
 ``SqliteStore.from_conn_string`` / ``AsyncSqliteStore.from_conn_string``.
 
@@ -39,6 +41,11 @@ REPO = HERE.parents[1]
 CACHE = Path(os.environ.get("MOA_LGSUITE_CACHE", REPO / ".cache" / "langgraph-suite"))
 PACKAGE = "langgraph-checkpoint-sqlite"
 FILES = ["tests/test_store.py", "tests/test_async_store.py", "tests/test_ttl.py"]
+# the `langgraph` sdist's graph tests that take a store fixture
+GRAPH_FILES = ["tests/test_pregel.py", "tests/test_pregel_async.py"]
+GRAPH_TESTS = "test_store_injected or test_overriding_injectable_args_with_tasks"
+MARK = "# --- added at run time by langgraph-moa tests/langgraph_suite/run_stores.py ---"
+PATCH = f"\n{MARK}\nfrom lgsuite_stores import async_store, sync_store  # noqa\n"
 KINDS = ["official", "sqlite", "postgres", "mysql"]
 # Tests about the official store's internals (its SQL text, schema, migrations list,
 # connection object), not about BaseStore behaviour: not comparable.
@@ -83,7 +90,34 @@ def fetch(ver: str) -> Path:
     return src
 
 
-def run_kind(src: Path, kind: str, junit: Path, extra: list[str]) -> int:
+def fetch_graph_tests(ver: str) -> Path:
+    """An unpacked copy of the ``langgraph==ver`` sdist whose ``sync_store``/``async_store``
+    fixtures are ours (one import line appended to its ``tests/conftest.py``)."""
+    src = CACHE / f"langgraph-{ver}-stores"
+    if (src / ".ready").exists():
+        return src
+    dl = CACHE / "sdist"
+    archive = dl / f"langgraph-{ver}.tar.gz"
+    if not archive.exists():
+        say(f"downloading the langgraph {ver} sdist from the package index")
+        dl.mkdir(parents=True, exist_ok=True)
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary"]
+        subprocess.run([*pip, ":all:", f"langgraph=={ver}", "-d", str(dl)], check=True)
+    shutil.rmtree(src, ignore_errors=True)
+    tmp = CACHE / "unpack-stores"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+    (tmp / f"langgraph-{ver}").rename(src)
+    tmp.rmdir()
+    (src / "langgraph").rename(src / "_langgraph_from_sdist")
+    with (src / "tests" / "conftest.py").open("a") as f:
+        f.write(PATCH)
+    (src / ".ready").touch()
+    return src
+
+
+def run_kind(src: Path, kind: str, junit: Path, extra: list[str], files: list[str] = FILES) -> int:
     pypath = CACHE / "pypath"  # only langgraph_moa, not this repo's own `tests` package
     pypath.mkdir(parents=True, exist_ok=True)
     link = pypath / "langgraph_moa"
@@ -93,11 +127,14 @@ def run_kind(src: Path, kind: str, junit: Path, extra: list[str]) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pypath), str(HERE)]))
     env["MOA_LGSUITE_STORE"] = "" if kind == "official" else kind
     cmd = [sys.executable, "-m", "pytest", "-p", "lgsuite_stores", "-p", "no:cacheprovider"]
-    cmd += ["-o", "addopts=", "-o", "asyncio_mode=auto", "-o", "junit_family=xunit1"]
+    cmd += ["-o", "addopts=", "-o", "junit_family=xunit1"]
+    if files is FILES:  # the store tests are plain async tests; langgraph's run on anyio
+        cmd += ["-o", "asyncio_mode=auto"]
     cmd += ["-o", "asyncio_default_fixture_loop_scope=function"]
     cmd += ["-W", "ignore::pytest.PytestUnknownMarkWarning"]  # flaky(retries=) without plugin
-    cmd += ["-q", "--tb=line", "-rN", "--timeout=300", f"--junitxml={junit}", *FILES, *extra]
-    say(f"running {len(FILES)} files on {kind}")
+    env["NO_DOCKER"] = "true"  # the graph tests' checkpointers: in memory and SQLite
+    cmd += ["-q", "--tb=line", "-rN", "--timeout=300", f"--junitxml={junit}", *files, *extra]
+    say(f"running {', '.join(files)} on {kind}")
     return subprocess.run(cmd, cwd=src, env=env).returncode
 
 
@@ -130,19 +167,22 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown kinds {sorted(set(kinds) - set(KINDS))}; choose from {KINDS}")
     ver = version(PACKAGE)
     src = fetch(ver)
+    graph_src = fetch_graph_tests(version("langgraph"))
     results: dict[str, dict[str, str]] = {}
     for kind in kinds:
-        junit = CACHE / f"junit-store-{kind}.xml"
-        if not args.reuse:
-            junit.unlink(missing_ok=True)
-        if args.reuse and junit.exists():
-            results[kind] = outcomes(junit)
-            continue
-        code = run_kind(src, kind, junit, args.pytest_args)
-        if not junit.exists() or code not in (0, 1):
-            say(f"pytest on {kind} broke (exit {code}); see its output above")
-            return 2
-        results[kind] = outcomes(junit)
+        results[kind] = {}
+        for part, where, files, extra in [
+            ("store", src, FILES, args.pytest_args),
+            ("graph", graph_src, GRAPH_FILES, ["-k", GRAPH_TESTS]),
+        ]:
+            junit = CACHE / f"junit-{part}-{kind}.xml"
+            if not (args.reuse and junit.exists()):
+                junit.unlink(missing_ok=True)
+                code = run_kind(where, kind, junit, extra, files)
+                if not junit.exists() or code not in (0, 1):
+                    say(f"pytest on {kind} broke (exit {code}); see its output above")
+                    return 2
+            results[kind].update(outcomes(junit))
     base = results.get("official", {})
     rows = [("store", "passed", "failed", "skipped", "not compared", "failures official lacks")]
     regs: list[str] = []
@@ -163,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             (kind, str(c["passed"]), str(c["failed"]), str(c["skipped"]), str(len(internal)), extra)
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print(f"\n{PACKAGE} {ver} store tests: {', '.join(FILES)}\n")
+    print(f"\n{PACKAGE} {ver} store tests: {', '.join(FILES)}; langgraph {version('langgraph')}")
+    print(f"{', '.join(GRAPH_FILES)} -k '{GRAPH_TESTS}' (the official kind: InMemoryStore)\n")
     print("\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows))
     print(
         "\nNot compared: the tests of the official store's internals ("
