@@ -121,6 +121,8 @@ def store_problem(exc: BaseException) -> str | None:
                     "and is writable, or point --db / MOA_DB_URL elsewhere"
                 )
             if isinstance(cause, sa_exc.OperationalError | sa_exc.InterfaceError):
+                if isinstance(exc, StoreError):  # it names the store (password hidden)
+                    return " ".join(str(exc).split())
                 return (
                     f"cannot use the store ({text}); check that the database is running and "
                     "the URL (--db / MOA_DB_URL) is right"
