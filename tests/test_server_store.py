@@ -47,6 +47,12 @@ async def test_store_api_and_tenants(db_url: str, tmp_path: Path) -> None:
             ]
             assert (await b.store.list_namespaces())["namespaces"] == [["memory", "alice"]]
 
+            # an expired item is never returned (ttl in minutes; 0: expired at once)
+            await a.store.put_item(["tmp"], "gone", {"v": 1}, ttl=0)
+            assert await a.store.get_item(["tmp"], "gone") is None
+            assert (await a.store.search_items(["tmp"]))["items"] == []
+            await a.store.delete_item(["tmp"], "gone")
+
             await b.store.delete_item(["memory", "alice"], "food")
             assert await b.store.get_item(["memory", "alice"], "food") is None
             assert (await a.store.get_item(["memory", "alice"], "food"))["value"]["n"] == 1

@@ -44,8 +44,9 @@ __all__ = ["ACTIVE", "NAMESPACE_GRAPH", "ApiError", "Assistant", "MoAServer", "S
 
 log = logging.getLogger("langgraph_moa.server")
 
-STORE_TTL: TTLConfig = {"refresh_on_read": True, "sweep_interval_minutes": 5}
-"""The ``/store`` items: a read restarts an item's TTL; expired items go within 5 min."""
+STORE_TTL: TTLConfig = {"refresh_on_read": True, "omit_expired": True, "sweep_interval_minutes": 5}
+"""The ``/store`` items: a read restarts an item's TTL; an expired item is never returned
+and its row is deleted within 5 minutes."""
 
 
 class MoAServer(ThreadService, RunService, RunExecution):
