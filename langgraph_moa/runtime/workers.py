@@ -37,12 +37,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
 import logging
 import os
 import signal
 import socket
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -50,24 +48,30 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import procrastinate
-import psycopg
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from procrastinate import exceptions as pc_exceptions
 from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Status
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from langgraph_moa.persistence.events import EventLog, RunEvent
 from langgraph_moa.persistence.registry import RunRecord, RunRegistry
 from langgraph_moa.runtime.api import MoA, RunResult
 from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
+from langgraph_moa.runtime.worker_reaper import Reaper, _Heartbeat
 from langgraph_moa.runtime.worker_runs import (
     DEFAULT_STREAM_MODE,
     MoARunHandler,
     RunBusy,
     RunHandedBack,
     RunTakenOver,
+)
+from langgraph_moa.runtime.worker_setup import (
+    DEFAULT_QUEUE,
+    TASK_NAME,
+    WorkerConfigError,
+    conninfo_of,
+    schema_lock,
+    setup_schema,
 )
 from langgraph_moa.spec import GraphSpec, load_spec
 
@@ -92,13 +96,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "moa.run"
-DEFAULT_QUEUE = "moa"
 SERVER_HANDLER = "langgraph_moa.server.worker:open_run_handler"
 """``module:function`` the workers call for runs the HTTP server queued: an async context
 manager factory ``open_run_handler(db_url) -> RunHandler`` (see :class:`RunHandler`)."""
-_SCHEMA_LOCK = 0x6D6F_6173  # advisory lock keys ("moas", "moar")
-_REAPER_LOCK = 0x6D6F_6172
 
 CheckpointerFactory = Callable[[str], AbstractAsyncContextManager[BaseCheckpointSaver[Any]]]
 
@@ -109,26 +109,6 @@ class RunHandler(Protocol):
     async def execute(self, run_id: str, *, resume: bool) -> None: ...
 
     async def dequeued(self, run_id: str) -> None: ...
-
-
-class WorkerConfigError(ValueError):
-    """The worker backend cannot be used as configured."""
-
-
-def conninfo_of(db_url: str | None) -> str:
-    """The libpq connection string of a PostgreSQL SQLAlchemy URL (``--db`` / MOA_DB_URL)."""
-    url_text = resolve_db_url(db_url)
-    try:
-        url = make_url(url_text)
-    except ArgumentError as exc:
-        raise WorkerConfigError(f"--db / MOA_DB_URL: cannot parse {url_text!r}: {exc}") from None
-    if url.get_backend_name() != "postgresql":
-        raise WorkerConfigError(
-            f"--db / MOA_DB_URL: workers need PostgreSQL (procrastinate keeps its queue "
-            f"there), got a {url.get_backend_name()} URL {url.render_as_string()!r}; use e.g. "
-            "postgresql+psycopg://user@host/db, or run without workers"
-        )
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True)
@@ -208,44 +188,6 @@ def make_app(db_url: str | None, *, max_pool: int = 8) -> procrastinate.App:
     app = procrastinate.App(connector=connector)
     app.task(name=TASK_NAME, pass_context=True, queue=DEFAULT_QUEUE, retry=_RetrySoon())(_run_job)
     return app
-
-
-@contextlib.asynccontextmanager
-async def schema_lock(conninfo: str) -> AsyncIterator[None]:
-    """Hold a PostgreSQL advisory lock while creating tables, so that processes starting
-    together do not race on DDL. Waiters poll (no statement stays open while waiting,
-    which ``CREATE INDEX CONCURRENTLY`` in a checkpointer's setup would wait for)."""
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-        while True:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_SCHEMA_LOCK,))
-            row = await cur.fetchone()
-            if row and row[0]:
-                break
-            await asyncio.sleep(0.1)
-        try:
-            yield
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
-
-
-def _conninfo(events: EventLog) -> str:
-    return conninfo_of(events.engine.url.render_as_string(hide_password=False))
-
-
-async def setup_schema(
-    app: procrastinate.App, events: EventLog, registry: RunRegistry | None = None
-) -> None:
-    """Apply procrastinate's schema when missing, the events table and the registry.
-
-    Idempotent and safe when several processes start at once (see :func:`schema_lock`).
-    """
-    async with schema_lock(_conninfo(events)):
-        if not await app.check_connection_async():
-            await app.schema_manager.apply_schema_async()
-            log.info("applied the procrastinate schema")
-        await events.setup()
-        if registry is not None:
-            await registry.setup()
 
 
 async def setup(db_url: str | None) -> None:
@@ -375,115 +317,6 @@ class WorkerRuntime:
             if all(job.attempts == context.job.attempts for job in jobs):
                 return  # not queued again: the job is still this execution's
             await asyncio.sleep(self.settings.poll_interval)
-
-
-class Reaper:
-    """Re-queues the runs of dead workers with procrastinate's stalled-job API."""
-
-    def __init__(
-        self,
-        app: procrastinate.App,
-        events: EventLog,
-        registry: RunRegistry,
-        settings: WorkerSettings,
-    ) -> None:
-        self.app, self.events, self.registry, self.settings = app, events, registry, settings
-
-    async def run_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reap_interval)
-            try:
-                await self.reap_once()
-            except Exception:  # a database hiccup must not stop the worker
-                log.exception("reaper pass failed; retrying in %ss", self.settings.reap_interval)
-
-    async def reap_once(self) -> list[int]:
-        """One pass: the ids of the jobs put back in the queue (or failed for good)."""
-        async with await psycopg.AsyncConnection.connect(
-            _conninfo(self.events), autocommit=True
-        ) as conn:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (_REAPER_LOCK,))
-            row = await cur.fetchone()
-            if not row or not row[0]:
-                return []  # another worker's reaper is at it
-            try:
-                return await self._reap(conn)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (_REAPER_LOCK,))
-
-    async def _reap(self, conn: psycopg.AsyncConnection[Any]) -> list[int]:
-        manager = self.app.job_manager
-        stalled = await manager.get_stalled_jobs(
-            task_name=TASK_NAME, seconds_since_heartbeat=self.settings.stalled_after
-        )
-        done: list[int] = []
-        for job in stalled:
-            assert job.id is not None
-            run_id = str(job.task_kwargs.get("run_id"))
-            try:
-                if job.attempts + 1 >= self.settings.max_attempts:
-                    await manager.finish_job_by_id_async(job.id, Status.FAILED, delete_job=False)
-                    message = (
-                        f"the run was queued {job.attempts + 1} times and its worker died; "
-                        "giving up (see the worker logs)"
-                    )
-                    await self.registry.update_run(
-                        run_id, status="error", error=message, release=True
-                    )
-                    await self.events.append(
-                        run_id, "error", {"error": "WorkerLost", "message": message}
-                    )
-                    await self.events.append(run_id, "end", None)
-                    log.error("run %s (job %s): %s", run_id, job.id, message)
-                else:
-                    await manager.retry_job(job)
-                    await self.registry.update_run(run_id, status="pending", release=True)
-                    await self._wake_workers(conn, job.queue, job.id)
-                    log.warning(
-                        "run %s (job %s) lost worker %s; re-queued", run_id, job.id, job.worker_id
-                    )
-            except pc_exceptions.ConnectorException as exc:  # it finished meanwhile
-                log.info("job %s changed while being re-queued: %s", job.id, exc)
-                continue
-            done.append(job.id)
-        return done
-
-    @staticmethod
-    async def _wake_workers(conn: psycopg.AsyncConnection[Any], queue: str, job_id: int) -> None:
-        """Tell idle workers a job is ready, as procrastinate's insert trigger does (a retried
-        job would otherwise wait for their next poll)."""
-        payload = json.dumps({"type": "job_inserted", "job_id": job_id})
-        for channel in (f"procrastinate_queue_v1#{queue}", "procrastinate_any_queue_v1"):
-            await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-
-
-class _Heartbeat(threading.Thread):
-    """The worker's procrastinate heartbeat, also sent from a thread of its own.
-
-    procrastinate beats from the event loop; a loop held up by a slow synchronous step
-    (creating model clients loads TLS certificates, for one) would make a live worker look
-    dead and its runs be executed twice. This thread keeps telling the database the
-    process is alive, through procrastinate's own ``procrastinate_update_heartbeat_v1``.
-    """
-
-    def __init__(self, conninfo: str, interval: float, worker_id: Callable[[], int | None]):
-        super().__init__(name="moa-worker-heartbeat", daemon=True)
-        self.conninfo, self.interval, self.worker_id = conninfo, interval, worker_id
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10) as conn:
-                    while not self.stopped.wait(self.interval):
-                        worker_id = self.worker_id()
-                        if worker_id is not None:
-                            conn.execute(
-                                "SELECT procrastinate_update_heartbeat_v1(%s)", (worker_id,)
-                            )
-            except psycopg.Error as exc:
-                log.warning("heartbeat thread: %s; reconnecting", exc)
-                self.stopped.wait(self.interval)
 
 
 async def serve(
