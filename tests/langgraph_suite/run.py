@@ -106,6 +106,7 @@ def run_pytest(src: Path, kinds: list[str], workers: int, junit: Path, extra: li
     cmd += ["-o", "addopts=--strict-markers --snapshot-warn-unused", "-o", "junit_family=xunit1"]
     cmd += ["-o", "asyncio_default_fixture_loop_scope=function"]
     cmd += ["-q", "--tb=short", "-rN", "--timeout=300", f"--junitxml={junit}"]
+    cmd += ["--reruns", "2"]  # the same for every saver: a failure must reproduce
     if workers > 0:
         cmd += ["-n", str(workers)]
     cmd += [f"tests/{f}" for f in files] + extra

@@ -133,6 +133,7 @@ def run_kind(src: Path, kind: str, junit: Path, extra: list[str], files: list[st
     cmd += ["-o", "asyncio_default_fixture_loop_scope=function"]
     cmd += ["-W", "ignore::pytest.PytestUnknownMarkWarning"]  # flaky(retries=) without plugin
     env["NO_DOCKER"] = "true"  # the graph tests' checkpointers: in memory and SQLite
+    cmd += ["--reruns", "2"]  # the same for every store: a failure must reproduce
     cmd += ["-q", "--tb=line", "-rN", "--timeout=300", f"--junitxml={junit}", *files, *extra]
     say(f"running {', '.join(files)} on {kind}")
     return subprocess.run(cmd, cwd=src, env=env).returncode
