@@ -173,7 +173,7 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
     print(
         f"\n{'target / module':44} {'mutants':>8} {'killed':>7} {'survived':>9} "
-        f"{'no test':>8} {'score':>7}"
+        f"{'no test':>8} {'not run':>8} {'score':>7}"
     )
     for r in results:
         rows = [(r["target"], r["statuses"])] + [
@@ -185,7 +185,8 @@ def main() -> None:
             sc = score(s)
             print(
                 f"{label:44} {sum(s.values()):>8} {killed:>7} {s.get('survived', 0):>9} "
-                f"{s.get('no tests', 0):>8} {'-' if sc is None else f'{sc:.1f}%':>7}"
+                f"{s.get('no tests', 0):>8} {s.get('not checked', 0):>8} "
+                f"{'-' if sc is None else f'{sc:.1f}%':>7}"
             )
 
 
