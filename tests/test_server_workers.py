@@ -12,7 +12,7 @@ from langgraph_sdk import get_client
 
 from langgraph_moa.persistence.registry import RunRegistry
 from langgraph_moa.testing import ModelServer
-from tests.test_server_support import MOA, Served, moa_spec, serve, wait_until
+from tests.test_server_support import MOA, Served, moa_spec, serve, synthesis, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -48,7 +48,7 @@ async def test_runs_execute_in_workers(
     thread = await client.threads.create()
     tid = thread["thread_id"]
     values = await client.runs.wait(tid, "moa", input={"task": "in a worker"})
-    assert values["answer"].startswith("synth answer")
+    assert values["answer"] == synthesis(model_server, "in a worker")
     parts = [
         p
         async for p in client.runs.stream(
