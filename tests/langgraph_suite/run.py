@@ -63,43 +63,60 @@ def say(msg: str) -> None:
     print(f"[langgraph-suite] {msg}", flush=True)
 
 
-def fetch(ver: str) -> Path:
-    """The unpacked, patched sdist of ``langgraph==ver`` (downloaded once)."""
-    src = CACHE / f"langgraph-{ver}"
-    if (src / ".ready").exists():
-        return src
+def unpack_sdist(package: str, ver: str, dest: Path, patch: str | None = None) -> Path:
+    """``package==ver``'s sdist unpacked at ``dest`` (downloaded once into ``CACHE/sdist``),
+    its own ``langgraph/`` moved aside so the installed one is what runs, and ``patch``
+    appended to its ``tests/conftest.py``."""
+    if (dest / ".ready").exists():
+        return dest
     dl = CACHE / "sdist"
-    archive = dl / f"langgraph-{ver}.tar.gz"
+    stem = f"{package.replace('-', '_')}-{ver}"
+    archive = dl / f"{stem}.tar.gz"
     if not archive.exists():
-        say(f"downloading the langgraph {ver} sdist from the package index")
+        say(f"downloading the {package} {ver} sdist from the package index")
         dl.mkdir(parents=True, exist_ok=True)
         pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary"]
-        subprocess.run([*pip, ":all:", f"langgraph=={ver}", "-d", str(dl)], check=True)
-    shutil.rmtree(src, ignore_errors=True)
+        subprocess.run([*pip, ":all:", f"{package}=={ver}", "-d", str(dl)], check=True)
+    tmp = CACHE / f"unpack-{dest.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(dest, ignore_errors=True)
     with tarfile.open(archive) as tar:
-        tar.extractall(CACHE, filter="data")
-    if not (src / "tests" / "conftest.py").exists():
-        raise SystemExit(f"{archive} has no tests/conftest.py: cannot run LangGraph's suite")
-    # the installed langgraph must be the one under test, not the sdist's copy
-    (src / "langgraph").rename(src / "_langgraph_from_sdist")
-    with (src / "tests" / "conftest.py").open("a") as f:
-        f.write(PATCH)
-    (src / ".ready").touch()
-    return src
+        tar.extractall(tmp, filter="data")
+    (tmp / stem).rename(dest)
+    shutil.rmtree(tmp)
+    if not (dest / "tests").is_dir() or (patch and not (dest / "tests" / "conftest.py").exists()):
+        raise SystemExit(f"{archive} has no tests/ (or conftest.py): cannot run its tests")
+    (dest / "langgraph").rename(dest / "_langgraph_from_sdist")
+    if patch:
+        with (dest / "tests" / "conftest.py").open("a") as f:
+            f.write(patch)
+    (dest / ".ready").touch()
+    return dest
 
 
-def run_pytest(src: Path, kinds: list[str], workers: int, junit: Path, extra: list[str]) -> int:
-    pypath = CACHE / "pypath"  # only langgraph_moa, not this repo's own `tests` package
+def fetch(ver: str) -> Path:
+    """The unpacked, patched sdist of ``langgraph==ver`` (downloaded once)."""
+    return unpack_sdist("langgraph", ver, CACHE / f"langgraph-{ver}", PATCH)
+
+
+def pythonpath() -> str:
+    """``PYTHONPATH`` for the suite: langgraph_moa (not this repo's own ``tests`` package)
+    and the plugins beside this file."""
+    pypath = CACHE / "pypath"
     pypath.mkdir(parents=True, exist_ok=True)
     link = pypath / "langgraph_moa"
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(REPO / "langgraph_moa", target_is_directory=True)
+    return os.pathsep.join([str(pypath), str(HERE)])
+
+
+def run_pytest(src: Path, kinds: list[str], workers: int, junit: Path, extra: list[str]) -> int:
     env = dict(os.environ)
     env.update(
         NO_DOCKER="true",  # caches and stores in memory; the checkpointers are ours to pick
         MOA_LGSUITE_KINDS=",".join(kinds),
-        PYTHONPATH=os.pathsep.join([str(pypath), str(HERE)]),
+        PYTHONPATH=pythonpath(),
     )
     files = sorted({p.name for pattern in FILES for p in (src / "tests").glob(pattern)})
     cmd = [sys.executable, "-m", "pytest", "-p", "lgsuite_plugin", "-p", "no:cacheprovider"]

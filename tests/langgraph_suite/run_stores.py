@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
+
+from run import pythonpath, unpack_sdist  # the sibling script: one way to fetch an sdist
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -70,61 +70,20 @@ def say(msg: str) -> None:
 
 def fetch(ver: str) -> Path:
     """The unpacked sdist of ``langgraph-checkpoint-sqlite==ver`` (downloaded once)."""
-    src = CACHE / f"langgraph_checkpoint_sqlite-{ver}"
-    if (src / ".ready").exists():
-        return src
-    dl = CACHE / "sdist"
-    archive = dl / f"langgraph_checkpoint_sqlite-{ver}.tar.gz"
-    if not archive.exists():
-        say(f"downloading the {PACKAGE} {ver} sdist from the package index")
-        dl.mkdir(parents=True, exist_ok=True)
-        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary"]
-        subprocess.run([*pip, ":all:", f"{PACKAGE}=={ver}", "-d", str(dl)], check=True)
-    shutil.rmtree(src, ignore_errors=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(CACHE, filter="data")
+    src = unpack_sdist(PACKAGE, ver, CACHE / f"langgraph_checkpoint_sqlite-{ver}")
     if not all((src / f).exists() for f in FILES):
-        raise SystemExit(f"{archive} lacks one of {FILES}: cannot run its store tests")
-    (src / "langgraph").rename(src / "_langgraph_from_sdist")
-    (src / ".ready").touch()
+        raise SystemExit(f"{src} lacks one of {FILES}: cannot run its store tests")
     return src
 
 
 def fetch_graph_tests(ver: str) -> Path:
     """An unpacked copy of the ``langgraph==ver`` sdist whose ``sync_store``/``async_store``
     fixtures are ours (one import line appended to its ``tests/conftest.py``)."""
-    src = CACHE / f"langgraph-{ver}-stores"
-    if (src / ".ready").exists():
-        return src
-    dl = CACHE / "sdist"
-    archive = dl / f"langgraph-{ver}.tar.gz"
-    if not archive.exists():
-        say(f"downloading the langgraph {ver} sdist from the package index")
-        dl.mkdir(parents=True, exist_ok=True)
-        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary"]
-        subprocess.run([*pip, ":all:", f"langgraph=={ver}", "-d", str(dl)], check=True)
-    shutil.rmtree(src, ignore_errors=True)
-    tmp = CACHE / "unpack-stores"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
-    (tmp / f"langgraph-{ver}").rename(src)
-    tmp.rmdir()
-    (src / "langgraph").rename(src / "_langgraph_from_sdist")
-    with (src / "tests" / "conftest.py").open("a") as f:
-        f.write(PATCH)
-    (src / ".ready").touch()
-    return src
+    return unpack_sdist("langgraph", ver, CACHE / f"langgraph-{ver}-stores", PATCH)
 
 
 def run_kind(src: Path, kind: str, junit: Path, extra: list[str], files: list[str] = FILES) -> int:
-    pypath = CACHE / "pypath"  # only langgraph_moa, not this repo's own `tests` package
-    pypath.mkdir(parents=True, exist_ok=True)
-    link = pypath / "langgraph_moa"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(REPO / "langgraph_moa", target_is_directory=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pypath), str(HERE)]))
+    env = dict(os.environ, PYTHONPATH=pythonpath())
     env["MOA_LGSUITE_STORE"] = "" if kind == "official" else kind
     cmd = [sys.executable, "-m", "pytest", "-p", "lgsuite_stores", "-p", "no:cacheprovider"]
     cmd += ["-o", "addopts=", "-o", "junit_family=xunit1"]
