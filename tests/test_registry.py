@@ -274,6 +274,20 @@ async def test_cancel_request(registry: RunRegistry) -> None:
         await registry.request_cancel("missing")
 
 
+async def test_resuming_a_cancelled_run_forgets_the_old_cancel(registry: RunRegistry) -> None:
+    me = Owner.new()
+    run = await registry.create_run("t", owner=me)
+    await registry.request_cancel(run.run_id)
+    await registry.update_run(run.run_id, owner=me, status="cancelled", release=True)
+    resumed = await registry.claim_run(run.run_id, me)  # `moa resume` reuses the run id
+    assert resumed.status == "running" and resumed.cancel_requested_at is None
+    assert await registry.cancel_requested([run.run_id]) == set()
+    # a cancel asked of a run that is still active is kept by a claim
+    await registry.request_cancel(run.run_id)
+    again = await registry.claim_run(run.run_id, me)
+    assert again.cancel_requested_at is not None
+
+
 async def test_migration_2_adds_the_lease_to_a_version_1_store(db_url: str) -> None:
     from langgraph_moa.persistence import registry as module
 

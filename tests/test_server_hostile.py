@@ -13,7 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from langgraph_moa.server.validation import MAX_JSON_DEPTH, MAX_METADATA_BYTES
+from langgraph_moa.server.core import ApiError
+from langgraph_moa.server.validation import (
+    MAX_JSON_DEPTH,
+    MAX_METADATA_BYTES,
+    check_path_ids,
+)
 from langgraph_moa.testing import ModelServer
 from tests.test_server_support import KEY_A, KEY_B, Served, moa_spec, serve
 
@@ -409,3 +414,12 @@ async def test_exhausted_pool_is_503_with_retry_after(pg_url: str, srv: ModelSer
             assert (await http.post("/threads/search", json={})).status_code == 200
         finally:
             await release_async_engine(engine)
+
+
+def test_an_id_with_a_trailing_newline_is_refused() -> None:
+    """`$` matches before a final newline: ids are matched whole."""
+    check_path_ids({"thread_id": "abc", "checkpoint_id": "1f0-a"})
+    for bad in ("abc\n", "abc\r\n", "a\nb"):
+        with pytest.raises(ApiError) as info:
+            check_path_ids({"thread_id": bad})
+        assert info.value.status == 422 and "not a valid id" in str(info.value.detail)

@@ -50,6 +50,7 @@ from langgraph_moa.persistence.registry import (
     OwnershipLostError,
     RegistryError,
     RunNotFoundError,
+    RunOwnedError,
     RunRecord,
     RunRegistry,
     runs_table,
@@ -367,6 +368,12 @@ class RunExecutor:
             if newer is not None:
                 return await self._supersede(record, newer)
             claimed = await registry.claim_run(record.run_id, owner, stale_after=self.stale_after)
+        except RunOwnedError:
+            await self._release(record.thread_id, token)
+            latest = await registry.get_run(record.run_id)
+            if latest is not None and latest.status not in ACTIVE and not resume_ended:
+                return latest  # cancelled between the read and the claim
+            raise
         except BaseException:
             await self._release(record.thread_id, token)
             raise
@@ -442,10 +449,10 @@ class RunExecutor:
                     f"process holds thread {execution.thread_id} now; it stopped"
                 ) from exc
             name, message = (describe_error or _describe)(exc)
+            execution.task = None  # first: a cancel arriving now must not cut the record short
             if emit is not None:
                 with contextlib.suppress(Exception):
                     await emit("error", {"error": name, "message": message})
-            execution.task = None
             end = RunEnd("error", error=f"{name}: {message}", usage=await usage())
             recorded = await asyncio.shield(self._record(execution, end))
             if reraise:

@@ -79,7 +79,7 @@ def check_path_ids(params: Mapping[str, Any]) -> None:
     """422 for a malformed id among a request's path parameters."""
     for name in ("thread_id", "checkpoint_id"):
         value = params.get(name)
-        if value is not None and not _ID.match(value):
+        if value is not None and not _ID.fullmatch(value):
             raise ApiError(
                 422,
                 f"{name} {_shown(value)} is not a valid id: use a UUID, or 1-255 ASCII "
@@ -150,7 +150,7 @@ async def require_checkpoint(
     if not checkpoint_id or checkpointer is None:
         return
     found = None
-    if _ID.match(checkpoint_id):
+    if _ID.fullmatch(checkpoint_id):
         config: RunnableConfig = {
             "configurable": {
                 "thread_id": thread_id,

@@ -250,11 +250,16 @@ class RunsMixin(ThreadsMixin):
         }
         if count_attempt:
             values["attempts"] = runs_table.c.attempts + 1
+        if run.status not in ACTIVE_STATUSES:  # resuming an ended run: an old cancel is spent
+            values["cancel_requested_at"] = None
         token = runs_table.c.owner_token
         seen = token.is_(None) if run.owner_token is None else token == run.owner_token
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                runs_table.update().where(runs_table.c.run_id == run_id, seen).values(**values)
+                runs_table.update()
+                # the status too: a cancel that ended the run since it was read wins
+                .where(runs_table.c.run_id == run_id, runs_table.c.status == run.status, seen)
+                .values(**values)
             )
             claimed = await self._run(conn, run_id)
             assert claimed is not None
