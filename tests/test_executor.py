@@ -265,3 +265,32 @@ async def test_cancel_notification_reaches_the_run_without_polling(pg_url: str) 
         "cancelled",
         "cancelled on request",
     )
+
+
+@pytest.mark.postgres
+async def test_a_failing_cancel_callback_does_not_stop_the_listener(pg_url: str) -> None:
+    """A request the caller fails to act on (say the database blinked) is logged; the
+    listener goes on and the next request still reaches the caller."""
+    async with RunRegistry.from_url(pg_url) as registry:
+        await registry.setup()
+        executor = RunExecutor(registry, heartbeat_interval=0.05)
+        seen: list[str] = []
+        second = asyncio.Event()
+
+        async def on_request(run_id: str) -> None:
+            seen.append(run_id)
+            if len(seen) == 1:
+                raise RuntimeError("the database blinked")
+            second.set()
+
+        listener = asyncio.create_task(executor.listen_for_cancels(on_request))
+        try:
+            await asyncio.wait_for(executor.cancel_listening.wait(), 30)
+            a = await registry.create_run("t", owner=Owner.new())  # held elsewhere: not local
+            b = await registry.create_run("u", owner=Owner.new())
+            await registry.request_cancel(a.run_id)
+            await registry.request_cancel(b.run_id)
+            await asyncio.wait_for(second.wait(), 30)
+        finally:
+            listener.cancel()
+    assert seen == [a.run_id, b.run_id]

@@ -302,12 +302,17 @@ class RunExecutor:
                     await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                     self.cancel_listening.set()
                     async for note in conn.notifies():
-                        if not self.cancel_local(note.payload) and on_request is not None:
+                        if self.cancel_local(note.payload) or on_request is None:
+                            continue
+                        try:
                             await on_request(note.payload)
-            except psycopg.OperationalError as exc:  # the polls still see the requests
-                self.cancel_listening.clear()
+                        except Exception:  # e.g. the database blinked; the polls retry
+                            log.exception("cancel request for run %s failed", note.payload)
+            except Exception as exc:  # the polls still see the requests meanwhile
                 log.warning("cancel listener lost its connection (%s); reconnecting", exc)
-                await asyncio.sleep(self.heartbeat_interval)
+            finally:
+                self.cancel_listening.clear()
+            await asyncio.sleep(self.heartbeat_interval)
 
     # --------------------------------------------------------------- execute ---
 
