@@ -134,8 +134,8 @@ def test_bad_dataset_names_file_line_and_field(case: str, tmp_path: Path) -> Non
 
 def test_builtin_dataset_is_well_formed_and_its_code_answers_are_right() -> None:
     items = load_dataset("basic")
-    assert 45 <= len(items) <= 60
-    assert {i.category for i in items} == {"arithmetic", "facts", "code"}
+    assert len(items) >= 200  # sources and answers: tests/test_eval_stats.py
+    assert {i.category for i in items} >= {"arithmetic", "facts", "code"}
     assert all(i.scorer in ("exact", "regex") for i in items)
     code = [i for i in items if i.category == "code"]
     for item in code:  # the reference is what Python really prints

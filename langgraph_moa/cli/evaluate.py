@@ -78,8 +78,24 @@ def eval_command(
         int, typer.Option("--concurrency", "-j", min=1, help="Runs at once.")
     ] = 4,
     limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Only the first N items.")
+        int | None,
+        typer.Option(
+            "--limit",
+            min=1,
+            help="Only N items: a fixed subset covering the categories evenly (a larger N "
+            "adds items, so results of a smaller N are reused).",
+        ),
     ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed",
+            min=0,
+            max=2**31 - 1,
+            help="Seed of the sampling (each call's seed derives from it, its node and its "
+            "prompt), so the same command gives the same table; a spec's own defaults.seed wins.",
+        ),
+    ] = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON here.")
     ] = None,
@@ -92,7 +108,9 @@ def eval_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress view.")] = False,
 ) -> None:
     """Score specs on DATASET: the spec's best single model, Self-MoA of it and the MoA side
-    by side (accuracy or win rate with 95% Wilson intervals, tokens, cost, latency).
+    by side (accuracy or win rate with 95% Wilson intervals, tokens, cost, latency), and each
+    against the single model on the same items (paired difference with a bootstrap 95%
+    interval, exact McNemar p-value). Sampling is seeded (--seed): a rerun gives the same table.
 
     Every result is stored (--db); rerunning an interrupted evaluation skips what is done."""
     import asyncio
@@ -105,6 +123,7 @@ def eval_command(
         execute,
         judge_model,
     )
+    from langgraph_moa.eval.dataset import select_items
     from langgraph_moa.eval.report import require_matplotlib
     from langgraph_moa.graphs import with_default_model
     from langgraph_moa.models import ModelConfigError
@@ -120,7 +139,7 @@ def eval_command(
     except DatasetError as exc:
         fail(str(exc), 2)
     eval_id = name or default_eval_id(dataset, items)
-    items = items[:limit] if limit else items
+    items = select_items(items, limit)
     main_spec = resolve_spec(spec, preset_name, model, base_url)
     try:
         extra = [load_spec(p) for p in compare or []]
@@ -134,6 +153,7 @@ def eval_command(
             best=best,
             samples=samples,
             temperature=temperature,
+            seed=seed,
         )
     except (SpecError, ValueError) as exc:
         fail(str(exc), 2)

@@ -18,7 +18,7 @@ from langgraph_moa.eval.judge import PairwiseJudge
 from langgraph_moa.eval.report import markdown_table, rich_table, write_chart
 from langgraph_moa.eval.runner import EvalReport, run_evaluation
 from langgraph_moa.eval.store import EvalStore
-from langgraph_moa.eval.variants import EvalSpec, derive_specs
+from langgraph_moa.eval.variants import EvalSpec, derive_specs, sampling, with_seed
 from langgraph_moa.spec import GraphSpec, ModelSpec
 
 __all__ = ["EvalOptions", "build_specs", "default_eval_id", "execute", "judge_model"]
@@ -32,8 +32,10 @@ def build_specs(
     best: str | None = None,
     samples: int | None = None,
     temperature: float = 0.7,
+    seed: int | None = 0,
 ) -> list[EvalSpec]:
-    """Single, Self-MoA and MoA of ``main`` (or ``main`` alone), then the ``extra`` specs."""
+    """Single, Self-MoA and MoA of ``main`` (or ``main`` alone), then the ``extra`` specs;
+    with ``seed``, every spec that sets no seed of its own samples with it."""
     specs = (
         derive_specs(main, best=best, samples=samples, temperature=temperature)
         if baselines
@@ -44,6 +46,8 @@ def build_specs(
         while label in {s.label for s in specs}:
             label += "'"
         specs.append(EvalSpec(label, spec, "spec"))
+    if seed is not None:
+        specs = [EvalSpec(s.label, with_seed(s.spec, seed), s.role) for s in specs]
     return specs
 
 
@@ -100,6 +104,11 @@ class EvalOptions:
     markdown: bool = False
     quiet: bool = False
     notes: list[str] = field(default_factory=list)
+    load_start: list[float] = field(default_factory=lambda: _load())
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 async def execute(options: EvalOptions, out: Console, err: Console) -> EvalReport:
@@ -183,6 +192,8 @@ async def execute(options: EvalOptions, out: Console, err: Console) -> EvalRepor
             "specs_used": {
                 s.label: s.spec.model_dump(mode="json", exclude_unset=True) for s in options.specs
             },
+            "sampling": {s.label: sampling(s.spec) for s in options.specs},
+            "load_average": {"start": options.load_start, "end": _load()},
             "notes": options.notes,
         }
         options.json_path.parent.mkdir(parents=True, exist_ok=True)

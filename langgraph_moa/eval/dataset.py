@@ -13,6 +13,11 @@ One JSON object per line::
   over ``reference`` for scoring, the reference is then only shown to the judge.
 * ``rubric``: an open question, judged pairwise against the baseline spec's answer.
 * ``id`` (default ``line-N``), ``category`` (free text, reported per category).
+* ``source``: how the answer is known (free text). The shipped set uses ``arithmetic: EXPR``,
+  ``python: EXPR`` (the reference is what the expression gives), ``python program: ...``
+  (what the snippet prints), ``definition: ...`` and ``fact: ... (a public reference)``.
+
+:func:`select_items` picks the deterministic subset ``moa eval --limit N`` runs.
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["BUILTIN", "DatasetError", "EvalItem", "dataset_digest", "load_dataset"]
+__all__ = [
+    "BUILTIN",
+    "DatasetError",
+    "EvalItem",
+    "dataset_digest",
+    "load_dataset",
+    "select_items",
+]
 
 BUILTIN = ("basic",)
 """Datasets shipped in the package (``langgraph_moa/eval/data/<name>.jsonl``)."""
@@ -47,6 +59,7 @@ class EvalItem(BaseModel):
     regex: str | None = None
     rubric: str | None = None
     category: str | None = None
+    source: str | None = None
 
     @field_validator("reference", mode="before")
     @classmethod
@@ -120,7 +133,7 @@ def load_dataset(source: str | Path) -> list[EvalItem]:
                 f"{'.'.join(str(p) for p in e['loc']) or 'item'}: {e['msg']}"
                 if e["type"] != "extra_forbidden"
                 else f"{e['loc'][0]}: unknown field (use input, reference, regex, rubric, id, "
-                "category)"
+                "category, source)"
                 for e in exc.errors()
             )
             raise DatasetError(f"{where}: {problems}") from None
@@ -140,5 +153,36 @@ def load_dataset(source: str | Path) -> list[EvalItem]:
 
 def dataset_digest(items: list[EvalItem]) -> str:
     """A short hash of the items, to name an evaluation and notice a changed dataset."""
-    canonical = json.dumps([i.model_dump() for i in items], sort_keys=True)
+    # a field added later counts only when set, so older datasets keep their ids
+    dumped = [
+        {k: v for k, v in i.model_dump().items() if k != "source" or v is not None} for i in items
+    ]
+    canonical = json.dumps(dumped, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+def _rank(item: EvalItem) -> str:
+    return hashlib.sha256(item.id.encode()).hexdigest()
+
+
+def select_items(items: list[EvalItem], limit: int | None) -> list[EvalItem]:
+    """A deterministic subset of ``limit`` items, in dataset order, covering the categories
+    evenly: categories take turns, each giving its items in the order of a hash of their id.
+
+    The same ``limit`` always gives the same items, and a larger ``limit`` gives a superset
+    (so a quick run's results are reused by a longer one).
+    """
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    groups: dict[str, list[EvalItem]] = {}
+    for item in items:
+        groups.setdefault(item.category or "", []).append(item)
+    queues = [sorted(groups[c], key=_rank) for c in sorted(groups)]
+    chosen: set[str] = set()
+    while len(chosen) < limit:
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                chosen.add(queue.pop(0).id)
+    return [i for i in items if i.id in chosen]

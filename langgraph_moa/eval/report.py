@@ -27,6 +27,19 @@ def _pct(value: float | None, ci: tuple[float, float] | None) -> str:
     return f"{value:.1%} [{ci[0]:.0%}, {ci[1]:.0%}]"
 
 
+def _paired(report: EvalReport, s: SpecSummary) -> list[str]:
+    if s.label == report.reference:
+        return ["reference", "-"]
+    c = report.comparisons.get(s.label)
+    if c is None:
+        return ["-", "-"]
+    low, high = c.ci95
+    return [
+        f"{c.difference:+.1%} [{low:+.1%}, {high:+.1%}]",
+        f"{c.p_value:.3g} ({c.only_baseline}/{c.only_candidate})",
+    ]
+
+
 def _cells(report: EvalReport, s: SpecSummary) -> list[str]:
     win = "baseline" if s.is_baseline else _pct(s.win_rate, s.win_ci)
     per_item = f"{s.tokens / s.answered:.0f}" if s.answered else "-"
@@ -38,20 +51,30 @@ def _cells(report: EvalReport, s: SpecSummary) -> list[str]:
         f"{s.correct:g}/{s.closed}" if s.closed else "-",
         _pct(s.accuracy, s.accuracy_ci),
     ]
+    if report.reference is not None:
+        cells += _paired(report, s)
     if report.baseline is not None:
         cells.append(win)
-    return [*cells, per_item, calls, f"{s.cost:.4f}", p50, str(s.errors)]
+    total = f"{sum(s.latencies):.0f}"
+    return [*cells, per_item, calls, f"{s.cost:.4f}", p50, total, str(s.errors)]
 
 
 def _headers(report: EvalReport) -> list[str]:
     headers = ["spec", "answered", "correct", "accuracy [95% CI]"]
+    if report.reference is not None:
+        headers += [
+            f"paired diff vs {report.reference} [95% CI]",
+            "McNemar p (only ref / only spec right)",
+        ]
     if report.baseline is not None:
         headers.append(f"win rate vs {report.baseline} [95% CI]")
-    return [*headers, "tokens/item", "calls/item", "cost", "p50 s", "errors"]
+    return [*headers, "tokens/item", "calls/item", "cost", "p50 s", "total s", "errors"]
 
 
 def rich_table(report: EvalReport) -> Table:
-    """The summary as a rich table (confidence intervals are Wilson, 95%)."""
+    """The summary as a rich table: accuracy with its Wilson 95% interval; each spec against
+    the single model, paired by item (accuracy difference with a paired bootstrap 95%
+    interval, exact McNemar p-value and the discordant counts)."""
     table = Table(title=f"evaluation {report.eval_id}", title_justify="left")
     for i, header in enumerate(_headers(report)):
         table.add_column(header, justify="left" if i == 0 else "right")

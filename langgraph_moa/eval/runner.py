@@ -21,6 +21,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph_moa.eval.dataset import EvalItem
 from langgraph_moa.eval.judge import PairwiseJudge
 from langgraph_moa.eval.scoring import exact_match, regex_match, wilson_interval
+from langgraph_moa.eval.stats import PairedComparison, compare_paired
 from langgraph_moa.eval.store import EvalStore, ResultRow
 from langgraph_moa.eval.variants import EvalSpec
 from langgraph_moa.graphs import compile_graph
@@ -154,6 +155,8 @@ class SpecSummary:
     latencies: list[float] = field(default_factory=list)
     by_category: dict[str, tuple[float, int]] = field(default_factory=dict)
     is_baseline: bool = False
+    scores: dict[str, float] = field(default_factory=dict)
+    """Closed items' scores by item id (what paired comparisons pair)."""
 
     @property
     def accuracy(self) -> float | None:
@@ -202,6 +205,7 @@ class SpecSummary:
             "cost": r(self.cost, 6),
             "latency_p50_s": r(self.latency_p50, 3),
             "latency_total_s": r(sum(self.latencies), 2),
+            "scores": dict(sorted(self.scores.items())),
             "by_category": {
                 c: {"correct": k, "n": n, "accuracy": r(k / n)}
                 for c, (k, n) in self.by_category.items()
@@ -221,6 +225,10 @@ class EvalReport:
     judge_usage: Usage = field(default_factory=lambda: Usage())
     ran: int = 0
     resumed: int = 0
+    reference: str | None = None
+    """Label of the spec every other one is compared with, paired by item (the single model)."""
+    comparisons: dict[str, PairedComparison] = field(default_factory=dict)
+    """Paired comparison against :attr:`reference`, by spec label."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -231,6 +239,8 @@ class EvalReport:
             "judge_usage": self.judge_usage,
             "ran": self.ran,
             "resumed": self.resumed,
+            "paired_reference": self.reference,
+            "paired": {k: c.to_json() for k, c in self.comparisons.items()},
             "specs": [s.to_json() for s in self.specs],
         }
 
@@ -244,7 +254,8 @@ def summarize(
     baseline: EvalSpec | None = None,
     judge: str | None = None,
 ) -> EvalReport:
-    """Aggregate recorded rows into one :class:`SpecSummary` per spec."""
+    """Aggregate recorded rows into one :class:`SpecSummary` per spec, and compare every
+    spec with the single-model one (role ``single``) item by item (:mod:`.stats`)."""
     by_id = {i.id: i for i in items}
     summaries = {
         s.key: SpecSummary(
@@ -269,6 +280,7 @@ def summarize(
             if row.score is not None:
                 summary.closed += 1
                 summary.correct += row.score
+                summary.scores[row.item_id] = row.score
                 category = item.category or "-"
                 k, n = summary.by_category.get(category, (0.0, 0))
                 summary.by_category[category] = (k + row.score, n + 1)
@@ -284,6 +296,17 @@ def summarize(
                     calls=row.calls,
                 ),
             )
+    reference = next((s for s in specs if s.role == "single"), None)
+    comparisons: dict[str, PairedComparison] = {}
+    if reference is not None and summaries[reference.key].scores:
+        for spec in specs:
+            if spec.key != reference.key and summaries[spec.key].scores:
+                comparisons[spec.label] = compare_paired(
+                    spec.label,
+                    reference.label,
+                    summaries[spec.key].scores,
+                    summaries[reference.key].scores,
+                )
     return EvalReport(
         eval_id=eval_id,
         items=len(items),
@@ -291,6 +314,8 @@ def summarize(
         baseline=baseline.label if baseline is not None else None,
         judge=judge,
         judge_usage=judge_usage,
+        reference=reference.label if reference is not None else None,
+        comparisons=comparisons,
     )
 
 

@@ -52,13 +52,14 @@ def normalize(text: str) -> str:
     """Lower case, words and numbers only, articles dropped, numbers canonical.
 
     ``"The answer is 1,000.50!"`` and ``"answer is 1000.5"`` both give
-    ``"answer is 1000.5"``; ``"Seven"`` gives ``"7"``.
+    ``"answer is 1000.5"``; ``"Seven"`` gives ``"7"``; a lone ``"A"`` stays ``"a"``.
     """
     text = unicodedata.normalize("NFKC", text).lower()
     text = _THOUSANDS.sub("", text)
+    tokens = _TOKEN.findall(text)
     words = []
-    for token in _TOKEN.findall(text):
-        if token in _ARTICLES:
+    for token in tokens:
+        if token in _ARTICLES and len(tokens) > 1:  # a lone "A" is a choice's letter
             continue
         token = _NUMBER_WORDS.get(token, token)
         words.append(_canonical_number(token) if _NUMBER.fullmatch(token) else token)

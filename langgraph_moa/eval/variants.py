@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from langgraph_moa.spec import GraphSpec
 
-__all__ = ["EvalSpec", "derive_specs", "self_moa_spec", "single_spec"]
+__all__ = ["EvalSpec", "derive_specs", "sampling", "self_moa_spec", "single_spec", "with_seed"]
 
 Role = Literal["single", "self-moa", "moa", "spec"]
 
@@ -130,3 +130,43 @@ def derive_specs(
         ),
         EvalSpec(f"MoA ({spec.name})", spec, "moa"),
     ]
+
+
+def with_seed(spec: GraphSpec, seed: int) -> GraphSpec:
+    """``spec`` with seeded sampling (``defaults.seed``), unless it sets its own seed."""
+    if spec.defaults.seed is not None:
+        return spec
+    data = spec.model_dump(exclude_unset=True)
+    data["defaults"] = {**data.get("defaults", {}), "seed": seed}
+    return GraphSpec.model_validate(data)
+
+
+def sampling(spec: GraphSpec) -> dict[str, Any]:
+    """How ``spec`` samples: its seed, and the temperature of every agent and synthesizer
+    (a model entry's own temperature wins, as at run time)."""
+
+    def pinned(model: str | None, temperature: float) -> float:
+        entry = spec.model_spec(model or spec.defaults.model)
+        return entry.temperature if entry.temperature is not None else temperature
+
+    agents = {
+        a.name: pinned(
+            a.model, a.temperature if a.temperature is not None else spec.defaults.temperature
+        )
+        for a in spec.agents
+    }
+    synthesizers = {}
+    for i, layer in enumerate(spec.layers, start=1):
+        synth = layer.synthesizer
+        if synth.mode == "concat":
+            continue
+        t = synth.temperature
+        synthesizers[f"layer {i}"] = pinned(
+            synth.model, t if t is not None else spec.defaults.synthesizer_temperature
+        )
+    return {
+        "seed": spec.defaults.seed,
+        "seed_per_call": "sha256(seed, node, messages)" if spec.defaults.seed is not None else None,
+        "agent_temperatures": agents,
+        "synthesizer_temperatures": synthesizers,
+    }

@@ -367,6 +367,7 @@ class ChatLocalServer(BaseChatModel):
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=256, gt=0, lt=LOCAL_CONTEXT_WINDOW)
     top_p: float = Field(default=0.95, gt=0, le=1)
+    seed: int | None = Field(default=None, description="None: the server's random seed.")
     timeout: float | None = 600.0
     _openai: ChatOpenAI | None = PrivateAttr(default=None)
 
@@ -398,6 +399,9 @@ class ChatLocalServer(BaseChatModel):
         )
         return self._openai
 
+    def _kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return kwargs if self.seed is None else {"seed": self.seed, **kwargs}
+
     @staticmethod
     def _translate(exc: Exception) -> Exception:
         import openai
@@ -420,7 +424,7 @@ class ChatLocalServer(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         try:
-            return self._client()._generate(messages, stop, run_manager, **kwargs)
+            return self._client()._generate(messages, stop, run_manager, **self._kwargs(kwargs))
         except Exception as exc:
             raise self._translate(exc) from exc
 
@@ -432,7 +436,9 @@ class ChatLocalServer(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         try:
-            return await self._client()._agenerate(messages, stop, run_manager, **kwargs)
+            return await self._client()._agenerate(
+                messages, stop, run_manager, **self._kwargs(kwargs)
+            )
         except Exception as exc:
             raise self._translate(exc) from exc
 
@@ -444,7 +450,7 @@ class ChatLocalServer(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         try:
-            yield from self._client()._stream(messages, stop, run_manager, **kwargs)
+            yield from self._client()._stream(messages, stop, run_manager, **self._kwargs(kwargs))
         except Exception as exc:
             raise self._translate(exc) from exc
 
@@ -456,7 +462,9 @@ class ChatLocalServer(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         try:
-            async for chunk in self._client()._astream(messages, stop, run_manager, **kwargs):
+            async for chunk in self._client()._astream(
+                messages, stop, run_manager, **self._kwargs(kwargs)
+            ):
                 yield chunk
         except Exception as exc:
             raise self._translate(exc) from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import uuid
 from collections import OrderedDict
@@ -10,6 +12,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.runnables import RunnableConfig
@@ -20,7 +23,7 @@ from langgraph_moa.nodes._context import NodeContext, usage_of
 from langgraph_moa.nodes.budget import Budget, Ledger
 from langgraph_moa.state import Usage
 
-__all__ = ["Reply", "call_model", "invocation_id", "spec_budget"]
+__all__ = ["Reply", "call_model", "call_seed", "invocation_id", "seeded", "spec_budget"]
 
 
 @dataclass
@@ -36,6 +39,24 @@ class Reply:
 def spec_budget(ctx: NodeContext) -> Budget:
     """The budget the spec sets."""
     return Budget(ctx.spec.max_total_tokens, ctx.spec.max_cost)
+
+
+def call_seed(base: int | None, node: str, messages: Sequence[BaseMessage]) -> int | None:
+    """The sampling seed of one call: a hash of the spec's seed, the node (so two copies of
+    an agent sample differently) and the messages (so it does not depend on the order in
+    which concurrent calls run). None when the spec sets no seed."""
+    if base is None:
+        return None
+    sent = [[m.type, m.content, getattr(m, "tool_calls", None) or []] for m in messages]
+    text = json.dumps([base, node, sent], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") >> 1
+
+
+def seeded(model: BaseChatModel, seed: int | None) -> BaseChatModel:
+    """``model`` sampling with ``seed``; unchanged for a model class without a seed field."""
+    if seed is None or "seed" not in type(model).model_fields:
+        return model
+    return model.model_copy(update={"seed": seed})
 
 
 async def call_model(
@@ -55,9 +76,11 @@ async def call_model(
 ) -> Reply:
     """Call model entry ``model_name`` within its endpoint's in-flight limit, after
     reserving the call's worst case in ``ledger`` (raises ``BudgetExceeded``). ``tools`` are
-    offered to the model (``tool_choice="none"``: it may not call them)."""
+    offered to the model (``tool_choice="none"``: it may not call them). With the spec's
+    ``defaults.seed`` set, the call samples with :func:`call_seed`."""
     spec = ctx.models.spec(model_name)
     model = ctx.models.get(model_name, temperature=temperature, max_tokens=max_tokens)
+    model = seeded(model, call_seed(ctx.spec.defaults.seed, node, messages))
     limiter = ctx.models.limiter(model_name)
     slot: AbstractAsyncContextManager[Any] = limiter.slot() if limiter else nullcontext()
     async with slot:

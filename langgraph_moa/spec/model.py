@@ -197,6 +197,13 @@ class Defaults(_Strict):
     temperature: float = Field(default=0.7, ge=0, le=2)
     synthesizer_temperature: float = Field(default=0.2, ge=0, le=2)
     max_tokens: int = Field(default=256, gt=0)
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        lt=2**31,
+        description="Seeded sampling: each model call gets a seed derived from this one, its "
+        "node and its messages, so a rerun samples the same answers (models that take a seed).",
+    )
 
 
 class GraphSpec(_Strict):
@@ -323,6 +330,8 @@ class GraphSpec(_Strict):
         for key in ("tools", "max_tool_calls"):
             if not data.get(key):
                 data.pop(key, None)
+        if data["defaults"].get("seed") is None:
+            data["defaults"].pop("seed", None)
         for agent in data["agents"]:
             for field_name, unset in _AGENT_DEFAULTS:
                 if agent.get(field_name) == unset:

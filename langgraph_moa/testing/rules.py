@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import string
 import time
@@ -98,6 +99,28 @@ class ChatRequest:
         return hashlib.sha256(self.prompt.encode()).hexdigest()[:8]
 
     @property
+    def seed(self) -> int | None:
+        """The request's sampling ``seed`` (None if not sent)."""
+        seed = self.body.get("seed")
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+    @property
+    def temperature(self) -> float:
+        """The request's ``temperature`` (OpenAI's default 1.0 if not sent)."""
+        value = self.body.get("temperature")
+        return float(value) if isinstance(value, int | float) else 1.0
+
+    def sample(self, choices: list[str]) -> str:
+        """One of ``choices`` as a sampling model would give it: the first at temperature
+        0; else drawn from the request's seed and prompt (the same seed and prompt, the
+        same draw), or at random when the request has no seed."""
+        if self.temperature <= 0:
+            return choices[0]
+        if self.seed is None:
+            return random.choice(choices)
+        return random.Random(f"{self.seed}:{self.digest}").choice(choices)
+
+    @property
     def max_tokens(self) -> int | None:
         caps = [self.body.get(k) for k in ("max_tokens", "max_completion_tokens")]
         ints = [c for c in caps if isinstance(c, int)]
@@ -141,10 +164,12 @@ class Rule:
 
     Matchers: ``model`` (exact name or regex, full match), ``last_user`` / ``prompt`` /
     ``system`` (regexes searched in the last user message, all messages, the system prompt).
-    Answer (at most one of ``reply``/``template``/``json``, plus optional ``tool_calls``):
+    Answer (at most one of ``reply``/``template``/``json``/``choices``, plus ``tool_calls``):
     ``reply`` fixed text, a :class:`Reply` or a callable taking the :class:`ChatRequest`;
     ``template`` a ``str.format`` string over :data:`TEMPLATE_FIELDS`; ``json`` a value sent
-    as JSON content. ``delay`` seconds before answering (overrides the model latency).
+    as JSON content; ``choices`` texts sampled per call (:meth:`ChatRequest.sample`: seeded
+    by the request's ``seed``, the first one at temperature 0). ``delay`` seconds before
+    answering (overrides the model latency).
     ``fail``: an HTTP status (with ``Retry-After: retry_after`` if set), ``"stall"``
     (no response for ``stall`` seconds, then the connection is closed), ``"bad_json"``
     (invalid JSON body or SSE event) or ``"truncated"`` (the body is cut off mid-way).
@@ -158,6 +183,7 @@ class Rule:
     reply: str | Reply | ReplyFn | None = None
     template: str | None = None
     json: Any = None
+    choices: list[str] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     delay: float | None = None
     fail: int | str | None = None
@@ -186,7 +212,13 @@ class Rule:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int | float) or value < 0):
                 raise ValueError(f"rule {key}={value!r}: must be a number of seconds >= 0")
-        answers = [k for k in ("reply", "template", "json") if getattr(self, k) is not None]
+        if self.choices is not None and (
+            not self.choices or not all(isinstance(c, str) for c in self.choices)
+        ):
+            raise ValueError(f"rule choices={self.choices!r}: give a non-empty list of texts")
+        answers = [
+            k for k in ("reply", "template", "json", "choices") if getattr(self, k) is not None
+        ]
         if len(answers) > 1:
             raise ValueError(f"a rule gives {' and '.join(answers)}; give at most one of them")
         if isinstance(self.fail, str) and self.fail.isdigit():
@@ -242,6 +274,8 @@ class Rule:
             reply = Reply(content=self.template.format_map(values))
         elif self.json is not None:
             reply = Reply(content=json.dumps(self.json))
+        elif self.choices is not None:
+            reply = Reply(content=req.sample(self.choices))
         elif self.tool_calls is None:
             return default_reply(req)
         else:
