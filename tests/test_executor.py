@@ -294,3 +294,38 @@ async def test_a_failing_cancel_callback_does_not_stop_the_listener(pg_url: str)
         finally:
             listener.cancel()
     assert seen == [a.run_id, b.run_id]
+
+
+async def test_a_second_cancel_does_not_cut_the_stop_record_short(
+    registry: RunRegistry,
+) -> None:
+    """Ctrl-C twice: the second cancellation lands while the first one's stop is being
+    recorded; the run still ends ``interrupted`` with its usage and the lease is given back."""
+    run = await registry.create_run("t", status="pending")
+    started, in_usage, go_on = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def body(_: Execution) -> RunEnd:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def usage() -> dict[str, Any]:
+        in_usage.set()
+        await go_on.wait()
+        return {"calls": 2}
+
+    task = asyncio.create_task(RunExecutor(registry).execute(run, body, usage_so_far=usage))
+    await asyncio.wait_for(started.wait(), WAIT)
+    task.cancel()
+    await asyncio.wait_for(in_usage.wait(), WAIT)
+    task.cancel()  # the second Ctrl-C, while the stop is being recorded
+    await asyncio.sleep(0)
+    go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, WAIT)
+    ended = await registry.get_run(run.run_id)
+    assert ended is not None and ended.status == "interrupted"
+    assert ended.error == "stopped before the end" and ended.owner_token is None
+    assert ended.usage is not None and ended.usage.get("calls") == 2
+    thread = await registry.get_thread("t")
+    assert thread is not None and thread.lease_token is None

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
+import sqlalchemy as sa
 
 from langgraph_moa.persistence.events import EventLog
 from langgraph_moa.server import serde
@@ -58,5 +62,80 @@ async def test_log_replay_follow_and_prune(db_url: str) -> None:
         assert await streams.prune(3600) == 0
         assert await streams.prune(-60) == 9  # 4 + end, 3 + end
         assert await streams.logged("r1") == []
+    finally:
+        await log.aclose()
+
+
+class _Refusals(logging.Handler):
+    """Sets ``seen`` when the event writer logs a refused write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "write failed" in record.getMessage():
+            self.seen.set()
+
+
+async def test_writer_rides_out_refused_writes(pg_url: str) -> None:
+    """A database that refuses the event writes for a while (a real PostgreSQL error from a
+    trigger) delays them; every event is stored once, in order, and the block does not fail."""
+    log = EventLog.from_url(pg_url)
+    refusals = _Refusals()
+    logging.getLogger("langgraph_moa.persistence.events").addHandler(refusals)
+    try:
+        await log.setup()
+        async with log.engine.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE refuse (on_ boolean)"))
+            await conn.execute(
+                sa.text(
+                    "CREATE FUNCTION refuse_events() RETURNS trigger AS $$ BEGIN "
+                    "IF EXISTS (SELECT 1 FROM refuse) THEN "
+                    "RAISE EXCEPTION 'refused for the test'; END IF; RETURN NEW; END $$ "
+                    "LANGUAGE plpgsql"
+                )
+            )
+            await conn.execute(
+                sa.text(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON moa_run_events "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_events()"
+                )
+            )
+        async with log.writer("r1") as emit:
+            emit("updates", {"i": 0})
+            while not await log.read("r1"):  # the first write went through
+                await log.wait("r1", timeout=5)
+            async with log.engine.begin() as conn:
+                await conn.execute(sa.text("INSERT INTO refuse VALUES (true)"))
+            emit("updates", {"i": 1})
+            emit("updates", {"i": 2})
+            await asyncio.wait_for(refusals.seen.wait(), 60)
+            assert [e.data for e in await log.read("r1")] == [{"i": 0}]
+            async with log.engine.begin() as conn:
+                await conn.execute(sa.text("DELETE FROM refuse"))
+            emit("values", {"done": True})
+        got = await log.read("r1")
+        assert [(e.event, e.data) for e in got] == [
+            ("updates", {"i": 0}),
+            ("updates", {"i": 1}),
+            ("updates", {"i": 2}),
+            ("values", {"done": True}),
+        ]
+    finally:
+        logging.getLogger("langgraph_moa.persistence.events").removeHandler(refusals)
+        await log.aclose()
+
+
+async def test_writer_gives_up_after_retry_for(pg_url: str) -> None:
+    """Writes refused for longer than ``retry_for`` raise from the block: not hidden."""
+    log = EventLog.from_url(pg_url)
+    try:
+        await log.setup()
+        async with log.engine.begin() as conn:
+            await conn.execute(sa.text("ALTER TABLE moa_run_events RENAME TO moa_run_events_x"))
+        with pytest.raises(sa.exc.ProgrammingError, match="moa_run_events"):
+            async with log.writer("r1", retry_for=0.3) as emit:
+                emit("updates", {"i": 0})
     finally:
         await log.aclose()

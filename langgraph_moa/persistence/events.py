@@ -221,22 +221,46 @@ class EventLog:
         self._wake(run_id)
 
     @contextlib.asynccontextmanager
-    async def writer(self, run_id: str) -> AsyncIterator[Callable[[str, Any], None]]:
+    async def writer(
+        self, run_id: str, *, retry_for: float = 60.0
+    ) -> AsyncIterator[Callable[[str, Any], None]]:
         """A non-blocking ``emit(event, data)`` for a run: a background task writes what
         has accumulated in one transaction at a time, in order, so a run never waits for
-        the database between two chunks. Everything is written when the block exits."""
+        the database between two chunks. Everything is written when the block exits.
+
+        A write the database refuses (connection lost, failover, lock timeout) is retried
+        with backoff, the events kept in order in memory, so a blip does not end the run;
+        only when writes have failed for ``retry_for`` seconds does the block raise."""
         pending: list[tuple[str, Any]] = []
         wake = asyncio.Event()
         closing = False
 
         async def flush() -> None:
+            failing_since: float | None = None
+            delay = 0.05
             while True:
                 await wake.wait()
                 wake.clear()
                 while pending:
                     batch = pending[:]
+                    try:
+                        await self.extend(run_id, batch)
+                    except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+                        now = asyncio.get_running_loop().time()
+                        failing_since = now if failing_since is None else failing_since
+                        if now - failing_since >= retry_for:
+                            raise
+                        log.warning(
+                            "event log of run %s: write failed (%s), retrying in %.2f s",
+                            run_id,
+                            exc.__class__.__name__,
+                            delay,
+                        )
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+                        continue
                     del pending[: len(batch)]
-                    await self.extend(run_id, batch)
+                    failing_since, delay = None, 0.05
                 if closing:
                     return
 
@@ -250,7 +274,7 @@ class EventLog:
         finally:
             closing = True
             wake.set()
-            if task.done():  # a failed write: report it rather than hide it
+            if task.done():  # writes failed for retry_for: report it rather than hide it
                 task.result()
             await asyncio.shield(task)
 

@@ -394,10 +394,14 @@ class RunExecutor:
                 await asyncio.shield(self._hand_back(execution, "pending"))
                 raise
         finally:
-            beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
-            self.running.pop(record.run_id, None)
-            await asyncio.shield(self._release(record.thread_id, token))
+
+            async def clean_up() -> None:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
+                self.running.pop(record.run_id, None)
+                await self._release(record.thread_id, token)
+
+            await _to_the_end(clean_up())
 
     async def _run(
         self,
@@ -438,10 +442,15 @@ class RunExecutor:
                 if callable(on_stop):
                     on_stop = on_stop()
                 if on_stop is None:
-                    await asyncio.shield(self._hand_back(execution))
+                    await _to_the_end(self._hand_back(execution))
                 else:
-                    stop = RunEnd(on_stop, error="stopped before the end", usage=await usage())
-                    await asyncio.shield(self._record(execution, stop))
+                    status = on_stop
+
+                    async def record_stop() -> None:
+                        stop = RunEnd(status, error="stopped before the end", usage=await usage())
+                        await self._record(execution, stop)
+
+                    await _to_the_end(record_stop())
                 raise
         except OwnershipLostError:
             raise
@@ -569,6 +578,24 @@ class RunExecutor:
             if not owned:
                 execution.interrupt("lost")
                 return
+
+
+async def _to_the_end(step: Awaitable[Any]) -> None:
+    """Await ``step`` to its end even when this task is cancelled again meanwhile (a second
+    Ctrl-C, a shutdown): cleanup that records a run's end or gives back its lease must not be
+    cut short; the cancellation is raised once the step is done."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()
 
 
 def _fenced(exc: BaseException | None) -> bool:
