@@ -26,8 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: typer's rich help costs 0.1 s of imports per call
 )
-spec_app = typer.Typer(help="Work with spec files.", no_args_is_help=True)
+spec_app = typer.Typer(help="Work with spec files.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(spec_app, name="spec")
 
 out = Console(soft_wrap=True)
