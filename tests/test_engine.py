@@ -161,7 +161,7 @@ async def test_small_context_window_trims_with_a_note(
     assert "trimmed" in synth.system
     # what the synthesizer was SENT for p1: a strict prefix of the proposal, cut to the budget
     proposal = result.values["proposals"]["1"]["p1"]["content"].strip()
-    sent = synth.system.split("1. [p1]\n", 1)[1].split("\n\n2. [p2]", 1)[0]
+    sent = synth.system.split("[1] p1\n", 1)[1].split("\n\n[2] p2", 1)[0]
     assert sent.endswith(" [...]")
     sent_text = sent.removesuffix(" [...]")
     assert proposal.startswith(sent_text) and len(sent_text) < len(proposal)

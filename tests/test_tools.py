@@ -186,7 +186,7 @@ async def test_function_tools_and_errors_reach_the_synthesizer(
     ]
     synth = next(r for r in srv.requests if r.model == "synth")
     assert (
-        "1. [coder]\n(tools used: add, shout, boom)\nresults: 42 | HI | error: RuntimeError: "
+        "[1] coder\n(tools used: add, shout, boom)\nresults: 42 | HI | error: RuntimeError: "
         "cannot handle 'x' | error: there is no tool 'nope'" in synth.system
     )
     usage = out["usage"]["coder"]

@@ -169,12 +169,12 @@ def test_non_idempotent_call_in_flight_asks_a_person(
         done = asyncio.run(aresume("t1", db_url=sqlite_url, resume=Command(resume=False)))
         assert done.status == "success"
         assert counter.read_text() == "charge 7\n"  # still once
-        said = "1. [coder]\nthe sum is not run: a person declined to run it again after a crash"
+        said = "[1] coder\nthe sum is not run: a person declined to run it again after a crash"
     else:
         out = moa("resume", "t1", "--approve", "--db", sqlite_url, "--json").stdout
         assert json.loads(out)["status"] == "success"
         assert counter.read_text() == "charge 7\ncharge 7\n"  # a person said: run it again
-        said = "1. [coder]\n(tools used: charge)\nthe sum is charged 7"
+        said = "[1] coder\n(tools used: charge)\nthe sum is charged 7"
     synth = next(r for r in srv.requests if r.model == "synth")
     assert synth.system.endswith(said)
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from langgraph_moa.cli.common import (
+    AggregationOpt,
     BaseUrlOpt,
     DbOpt,
     ModelOpt,
@@ -33,6 +34,7 @@ def chat(
     db: DbOpt = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
+    aggregation: AggregationOpt = None,
 ) -> None:
     """Talk with a mixture of agents: each line you type is a turn on one thread, answered
     with the earlier turns in mind (the live view shows the agents at work).
@@ -42,7 +44,7 @@ def chat(
     """
     import asyncio
 
-    graph_spec = resolve_spec(spec, preset_name, model, base_url)
+    graph_spec = resolve_spec(spec, preset_name, model, base_url, aggregation=aggregation)
     if uses_local_model(graph_spec):
         err.print(
             "[dim]Using the embedded local model (SmolLM2-135M): fine for trying things out, "
@@ -50,7 +52,7 @@ def chat(
         )
     thread_id = thread or uuid.uuid4().hex
     try:
-        asyncio.run(_session(graph_spec, thread_id, db, spec))
+        asyncio.run(_session(graph_spec, thread_id, db, None if aggregation else spec))
     except KeyboardInterrupt:
         err.print("")
     err.print(f"[dim]thread {thread_id}: continue with `moa chat --thread {thread_id}`[/]")

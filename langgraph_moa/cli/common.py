@@ -61,6 +61,17 @@ ModelOpt = Annotated[
 BaseUrlOpt = Annotated[
     str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint for --model.")
 ]
+AggregationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--aggregation",
+        "-a",
+        metavar="MODE",
+        help="How the last layer aggregates: synthesize (the spec's default), vote (majority "
+        "of the proposals' final answers; the synthesizer only on a tie or low agreement), "
+        "select (the synthesizer picks the best proposal as written) or concat.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a view.")]
 
 
@@ -148,11 +159,19 @@ def resolve_spec(
     *,
     tools: bool = False,
     docs: Path | None = None,
+    aggregation: str | None = None,
 ) -> GraphSpec:
     """The spec from a file or a preset (``layered`` by default), with an optional model;
-    ``tools``/``docs`` are the ``team`` preset's options."""
-    from langgraph_moa.graphs import preset, with_default_model
-    from langgraph_moa.spec import ModelSpec, SpecError, load_spec
+    ``tools``/``docs`` are the ``team`` preset's options, ``aggregation`` the last layer's
+    mode."""
+    from langgraph_moa.graphs import preset, with_aggregation, with_default_model
+    from langgraph_moa.spec import AGGREGATION_MODES, ModelSpec, SpecError, load_spec
+
+    if aggregation is not None and aggregation not in AGGREGATION_MODES:
+        fail(
+            f"--aggregation {aggregation!r}: use one of {', '.join(AGGREGATION_MODES)}",
+            2,
+        )
 
     if spec is not None and preset_name is not None:
         fail("give --spec or --preset, not both", 2)
@@ -171,6 +190,8 @@ def resolve_spec(
         fail(str(exc), 2)
     except ValueError as exc:
         fail(str(exc), 2)
+    if aggregation is not None:
+        graph_spec = with_aggregation(graph_spec, aggregation)
     if model or base_url:
         graph_spec = with_default_model(graph_spec, ModelSpec(model=model, base_url=base_url))
     return graph_spec

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from langgraph_moa.cli.common import (
+    AggregationOpt,
     BaseUrlOpt,
     DbOpt,
     JsonOpt,
@@ -72,6 +73,7 @@ def run(
         Path | None,
         typer.Option("--docs", help="With --preset team: research searches this directory."),
     ] = None,
+    aggregation: AggregationOpt = None,
 ) -> None:
     """Run TASK through a mixture of agents and print the answer.
 
@@ -82,7 +84,9 @@ def run(
 
     if not task.strip():
         fail("the task is blank; say what the agents should do, e.g. moa run 'Explain WAL'", 2)
-    graph_spec = resolve_spec(spec, preset_name, model, base_url, tools=tools, docs=docs)
+    graph_spec = resolve_spec(
+        spec, preset_name, model, base_url, tools=tools, docs=docs, aggregation=aggregation
+    )
     if (tools or docs is not None) and uses_local_model(graph_spec):
         fail(
             "--tools/--docs need a model that can call tools; the embedded model cannot: "
@@ -107,7 +111,8 @@ def run(
     async def start(on_event: Any) -> Any:
         from langgraph_moa.runtime import MoA
 
-        source = spec.resolve() if spec is not None and not (model or base_url) else None
+        changed = model or base_url or aggregation
+        source = spec.resolve() if spec is not None and not changed else None
         async with MoA(
             graph_spec, db_url=db, spec_source=source, interrupt_after=pause_after or ()
         ) as moa:

@@ -8,7 +8,7 @@ from langgraph_moa.graphs.builder import (
     node_names,
     prepare,
 )
-from langgraph_moa.graphs.dsl import SpecBuilder, with_default_model
+from langgraph_moa.graphs.dsl import SpecBuilder, with_aggregation, with_default_model
 from langgraph_moa.graphs.presets import PRESETS, layered, preset, team
 
 # Re-exported for user code written against ``langgraph_moa.graphs``; the package itself imports
@@ -48,5 +48,6 @@ __all__ = [
     "prepare",
     "preset",
     "team",
+    "with_aggregation",
     "with_default_model",
 ]

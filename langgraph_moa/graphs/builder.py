@@ -38,8 +38,8 @@ def prepare(state: MoAState) -> dict[str, Any]:
     A thread is a conversation. The question of this turn is a ``task`` given with this
     input (appended to ``messages`` as a human message), else the last human message that
     arrived since the previous turn's question; asking the same ``task`` again asks again.
-    Plans, proposals, syntheses, usage and notes of earlier turns are dropped; their
-    questions and answers stay in ``messages``.
+    Plans, proposals, syntheses, usage, notes, aggregation and attribution of earlier turns
+    are dropped; their questions and answers stay in ``messages``.
     """
     messages = list(state.get("messages") or [])
     task = (state.get("task") or "").strip()
@@ -70,6 +70,8 @@ def prepare(state: MoAState) -> dict[str, Any]:
         notes=Overwrite([]),
         syntheses=[],
         answer="",
+        aggregation=Overwrite({}),
+        attribution=[],
     )
     return update
 

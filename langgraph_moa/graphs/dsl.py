@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from langgraph_moa.spec import GraphSpec, ModelSpec
+from langgraph_moa.spec import GraphSpec, ModelSpec, load_spec
 
-__all__ = ["SpecBuilder", "with_default_model"]
+__all__ = ["SpecBuilder", "with_aggregation", "with_default_model"]
 
 
 class SpecBuilder:
@@ -39,8 +39,13 @@ class SpecBuilder:
         self._data["agents"].append({"name": name, **fields})
         return self
 
-    def layer(self, agents: list[str], **fields: Any) -> Self:
-        """Add a layer over ``agents`` (fields of :class:`LayerSpec`)."""
+    def layer(self, agents: list[str], *, aggregation: str | None = None, **fields: Any) -> Self:
+        """Add a layer over ``agents`` (fields of :class:`LayerSpec`); ``aggregation`` is the
+        synthesizer's mode (``synthesize``, ``vote``, ``select`` or ``concat``)."""
+        if aggregation is not None:
+            synth = fields.get("synthesizer") or {}
+            synth = {"model": synth} if isinstance(synth, str) else dict(synth)
+            fields["synthesizer"] = {**synth, "mode": aggregation}
         self._data["layers"].append({"agents": agents, **fields})
         return self
 
@@ -51,8 +56,6 @@ class SpecBuilder:
 
     def build(self) -> GraphSpec:
         """Validate and return the spec; raises :class:`SpecError` naming each problem."""
-        from langgraph_moa.spec import load_spec
-
         return load_spec(self._data)
 
 
@@ -62,3 +65,19 @@ def with_default_model(spec: GraphSpec, model: ModelSpec) -> GraphSpec:
     data["models"] = {**data.get("models", {}), "default": model.model_dump(exclude_unset=True)}
     data["defaults"] = {**data.get("defaults", {}), "model": "default"}
     return GraphSpec.model_validate(data)
+
+
+def with_aggregation(
+    spec: GraphSpec, mode: str, *, layer: int = -1, min_agreement: float | None = None
+) -> GraphSpec:
+    """A copy of ``spec`` whose layer ``layer`` (0-based, default the last) aggregates by
+    ``mode``: ``synthesize``, ``vote``, ``select`` or ``concat``."""
+    data = spec.model_dump(exclude_unset=True)
+    layers = data["layers"]
+    synth = dict(layers[layer].get("synthesizer") or {})
+    synth["mode"] = mode
+    synth.pop("min_agreement", None)
+    if min_agreement is not None:
+        synth["min_agreement"] = min_agreement
+    layers[layer] = {**layers[layer], "synthesizer": synth}
+    return load_spec(data)

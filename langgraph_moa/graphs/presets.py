@@ -10,12 +10,13 @@ from langgraph_moa.spec import GraphSpec
 __all__ = ["PRESETS", "layered", "preset", "team"]
 
 
-def layered(*, proposers: int = 3, layers: int = 2) -> GraphSpec:
+def layered(*, proposers: int = 3, layers: int = 2, aggregation: str = "synthesize") -> GraphSpec:
     """Together-style MoA: ``proposers`` x ``layers``, each layer reading the previous one's
     answers, closed by a final aggregator.
 
     Intermediate layers pass their proposals on as they are (``concat``), as in Wang et al.
-    2024; the last layer's synthesizer is the aggregator.
+    2024; the last layer aggregates by ``aggregation`` (``synthesize``, ``vote``,
+    ``select`` or ``concat``).
     """
     styles = [
         ("analyst", "Reason step by step and state your assumptions."),
@@ -33,7 +34,7 @@ def layered(*, proposers: int = 3, layers: int = 2) -> GraphSpec:
         {
             "agents": names,
             "routing": "broadcast",
-            "synthesizer": "synthesize" if i == layers - 1 else "concat",
+            "synthesizer": aggregation if i == layers - 1 else "concat",
         }
         for i in range(layers)
     ]

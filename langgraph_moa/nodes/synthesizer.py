@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -11,15 +12,17 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.types import interrupt
 
 from langgraph_moa.nodes import prompts
-from langgraph_moa.nodes._calls import call_model, invocation_id, spec_budget
+from langgraph_moa.nodes._calls import Reply, call_model, invocation_id, spec_budget
 from langgraph_moa.nodes._context import NodeContext
 from langgraph_moa.nodes._quorum import LayerGate
 from langgraph_moa.nodes.agent import approved_budget, make_agent_runner
+from langgraph_moa.nodes.aggregation import parse_pick, tally
+from langgraph_moa.nodes.attribution import attribute, copied
 from langgraph_moa.nodes.budget import BudgetExceeded, Ledger, budget_of, total_usage
 from langgraph_moa.nodes.conversation import fitted_history, with_history
 from langgraph_moa.nodes.router import agent_inputs
 from langgraph_moa.spec import LayerSpec
-from langgraph_moa.state import MoAState, Proposal, add_usage
+from langgraph_moa.state import Aggregation, Claim, MoAState, Proposal, Usage, add_usage
 
 __all__ = ["ContextWindowError", "QuorumError", "fit_proposals", "make_synthesizer_node"]
 
@@ -80,6 +83,18 @@ def fit_proposals(
         fitted[name] = text[:keep].rstrip() + " [...]"
         notes.append(f"proposal of {name} trimmed from about {sizes[name]} to {lo} tokens to fit")
     return fitted, notes
+
+
+@dataclass
+class _Outcome:
+    """A layer's answer, the notes about it, the synthesizer's usage (None: no call), how
+    it was reached and the agents behind each of its claims."""
+
+    body: str
+    notes: list[str]
+    usage: Usage | None
+    record: Aggregation
+    claims: list[Claim]
 
 
 def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
@@ -154,22 +169,136 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
                 "run once the models answer again: it retries the agents that did not answer"
             )
         texts = {a: prompts.with_tools(p["content"], p.get("tools")) for a, p in ok.items()}
+        ledger = Ledger(budget_of(config, spec_budget(ctx)), spent)
+        outcome = await _aggregate(state, ok, texts, gaps, config, ledger)
+        body = outcome.body
+        if outcome.usage is not None:
+            update["usage"] = {**update.get("usage", {}), name: outcome.usage}
+        syntheses = [*state.get("syntheses", [])[: layer_index - 1], body]
+        update.update(
+            syntheses=syntheses,
+            notes=outcome.notes + [f"layer {layer_index}: {g}" for g in gaps],
+            aggregation={str(layer_index): outcome.record},
+        )
+        if is_last:
+            update.update(
+                answer=body, messages=[AIMessage(body, name="moa")], attribution=outcome.claims
+            )
+        return update
+
+    async def _aggregate(
+        state: MoAState,
+        ok: dict[str, Proposal],
+        texts: dict[str, str],
+        gaps: list[str],
+        config: RunnableConfig,
+        ledger: Ledger,
+    ) -> _Outcome:
+        """Turn the layer's proposals into its answer, by the synthesizer's ``mode``."""
+        order = list(texts)
+        record: Aggregation = {"mode": synth.mode, "proposals": order}
         if synth.mode == "concat":
             body = "\n\n".join(
                 prompts.format_proposal(i, a, None, t) for i, (a, t) in enumerate(texts.items(), 1)
             )
-            notes: list[str] = []
+            claims = [c for i, a in enumerate(order, 1) for c in copied(ok[a]["content"], [(i, a)])]
+            return _Outcome(body, [], None, {**record, "decided_by": "concat"}, claims)
+        if synth.mode == "select":
+            return await _select(state, ok, texts, gaps, config, ledger, record)
+        extra = ""
+        if synth.mode == "vote":
+            vote = tally(
+                {a: ok[a]["content"] for a in order}, min_agreement=synth.min_agreement or 0.5
+            )
+            record.update(
+                {
+                    "answers": vote.answers,
+                    "votes": vote.votes,
+                    "winner": vote.winner,
+                    "agreement": vote.agreement,
+                    "agent": vote.agent,
+                }
+            )
+            if vote.agent is not None and vote.winner is not None:
+                reason = f"{vote.votes[vote.winner]} of {len(order)} agents gave {vote.winner!r}"
+                record.update({"decided_by": "vote", "reason": reason})
+                note = (
+                    f"layer {layer_index}: vote: {vote.describe()}; agreement "
+                    f"{vote.agreement:.0%}, the answer is {vote.agent}'s proposal"
+                )
+                body = ok[vote.agent]["content"]
+                claims = copied(body, [(order.index(vote.agent) + 1, vote.agent)])
+                return _Outcome(body, [note], None, record, claims)
+            if vote.tie:
+                why = "a tie"
+            elif not vote.votes:
+                why = "no answer found"
+            else:
+                why = f"agreement {vote.agreement:.0%} below {synth.min_agreement or 0.5:.0%}"
+            record.update(
+                {"decided_by": "synthesizer", "reason": f"{why}: the synthesizer decided"}
+            )
+            extra = prompts.VOTE_SPLIT.format(votes=vote.describe())
+            notes = [f"layer {layer_index}: vote: {vote.describe()}; {why}, synthesized"]
         else:
-            ledger = Ledger(budget_of(config, spec_budget(ctx)), spent)
-            body, notes, reply_usage = await _synthesize(state, texts, gaps, config, ledger)
-            update["usage"] = {**update.get("usage", {}), name: reply_usage}
-        syntheses = [*state.get("syntheses", [])[: layer_index - 1], body]
-        update.update(
-            syntheses=syntheses, notes=notes + [f"layer {layer_index}: {g}" for g in gaps]
+            record["decided_by"] = "synthesizer"
+            notes = []
+        messages, fitted_notes = _prompt(
+            state, texts, gaps, synth.prompt or prompts.SYNTHESIZER_SYSTEM, extra
         )
-        if is_last:
-            update.update(answer=body, messages=[AIMessage(body, name="moa")])
-        return update
+        reply, usage = await _call(messages, config, ledger)
+        body, claims = attribute(reply.message.text, order, [ok[a]["content"] for a in order])
+        cited = sum(not c["inferred"] for c in claims)
+        record["cited"] = cited
+        return _Outcome(body, notes + fitted_notes, usage, record, claims)
+
+    async def _select(
+        state: MoAState,
+        ok: dict[str, Proposal],
+        texts: dict[str, str],
+        gaps: list[str],
+        config: RunnableConfig,
+        ledger: Ledger,
+        record: Aggregation,
+    ) -> _Outcome:
+        """The synthesizer picks the best proposal, which is the answer as written; a reply
+        naming none is sent back once, then the first proposal is taken with a note."""
+        order = list(texts)
+        messages, notes = _prompt(state, texts, gaps, synth.prompt or prompts.SELECT_SYSTEM, "")
+        reply, usage = await _call(messages, config, ledger)
+        pick = parse_pick(reply.message.text, len(order), order)
+        if pick.choice is None:
+            numbers = ", ".join(f"[{i}]" for i in range(1, len(order) + 1))
+            repair = [
+                *messages,
+                reply.message,
+                HumanMessage(prompts.SELECT_REPAIR.format(numbers=numbers)),
+            ]
+            again, more = await _call(repair, config, ledger)
+            usage = add_usage(usage, more)
+            pick = parse_pick(again.message.text, len(order), order)
+        number = pick.choice or 1
+        if pick.choice is None:
+            agent = order[0]
+            shown = pick.reason if len(pick.reason) <= 80 else pick.reason[:77] + "..."
+            reason = f"the synthesizer's pick could not be read ({shown!r}); took proposal [1]"
+            record.update(
+                {"decided_by": "fallback", "choice": None, "agent": agent, "reason": reason}
+            )
+            notes.append(f"layer {layer_index}: select: {reason} of {agent}")
+        else:
+            agent = order[pick.choice - 1]
+            record.update(
+                {
+                    "decided_by": "select",
+                    "choice": pick.choice,
+                    "agent": agent,
+                    "reason": pick.reason,
+                }
+            )
+            notes.append(f"layer {layer_index}: select: proposal [{pick.choice}] of {agent}")
+        body = ok[agent]["content"]
+        return _Outcome(body, notes, usage, record, copied(body, [(number, agent)]))
 
     async def _retry_stale(
         state: MoAState, written: dict[str, Proposal], needed: int, config: RunnableConfig
@@ -221,21 +350,18 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
                 merged["usage"][agent] = add_usage(merged["usage"].get(agent), usage)
         return merged
 
-    async def _synthesize(
-        state: MoAState,
-        texts: dict[str, str],
-        gaps: list[str],
-        config: RunnableConfig,
-        ledger: Ledger,
-    ) -> tuple[str, list[str], Any]:
+    def _prompt(
+        state: MoAState, texts: dict[str, str], gaps: list[str], template: str, extra: str
+    ) -> tuple[list[BaseMessage], list[str]]:
+        """The synthesizer's messages: ``template`` with the numbered proposals (trimmed to
+        the context window), gaps, ``extra``, earlier turns and the task; and its notes."""
         task = state["task"]
         window = ctx.models.context_window(synth.model)
-        template = synth.prompt or prompts.SYNTHESIZER_SYSTEM
-        fixed = _tokens(template) + _tokens(task) + 12 * len(texts) + PROMPT_MARGIN
+        fixed = _tokens(template + extra) + _tokens(task) + 12 * len(texts) + PROMPT_MARGIN
         budget = window - max_tokens - fixed
         fitted, notes = fit_proposals(texts, budget, on_overflow=synth.on_overflow)
         listing = "\n\n".join(
-            prompts.format_proposal(i, a, None, t) for i, (a, t) in enumerate(fitted.items(), 1)
+            prompts.numbered_proposal(i, a, t) for i, (a, t) in enumerate(fitted.items(), 1)
         )
         system = (
             template.format(proposals=listing)
@@ -245,6 +371,7 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         all_gaps = gaps + notes
         if all_gaps:
             system += prompts.SYNTHESIZER_GAPS.format(gaps="; ".join(all_gaps))
+        system += extra
         base: list[BaseMessage] = [SystemMessage(system), HumanMessage(task)]
         history, dropped = fitted_history(state, base, window, max_tokens)
         messages = with_history(base, history, dropped)
@@ -253,6 +380,11 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
                 f"layer {layer_index}: the synthesizer saw {len(history)} of "
                 f"{len(history) + dropped} earlier turns (context window)"
             )
+        return messages, notes
+
+    async def _call(
+        messages: list[BaseMessage], config: RunnableConfig, ledger: Ledger
+    ) -> tuple[Reply, Usage]:
         kwargs: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
         try:
             reply = await call_model(
@@ -270,7 +402,7 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
                 budget=approved,
                 **kwargs,
             )
-        return reply.message.text, notes, reply.usage
+        return reply, reply.usage
 
     synthesizer_node.__name__ = name
     return synthesizer_node

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from langgraph_moa.nodes.budget import usage_report
 from langgraph_moa.spec import GraphSpec
-from langgraph_moa.state import Usage
+from langgraph_moa.state import Aggregation, Claim, Usage
 
 __all__ = ["RunResult", "RunStatus", "SpecSource"]
 
@@ -50,7 +50,20 @@ class RunResult:
             "interrupts": self.interrupts,
             "next": self.next,
             "notes": self.notes,
+            "aggregation": self.aggregation,
+            "attribution": self.attribution,
         }
+
+    @property
+    def aggregation(self) -> dict[str, Aggregation]:
+        """How each layer (key: its number) turned its proposals into its answer: the mode,
+        and for ``vote`` the votes and the agreement, for ``select`` the pick and its reason."""
+        return dict(self.values.get("aggregation") or {})
+
+    @property
+    def attribution(self) -> list[Claim]:
+        """The answer's claims (sentences), each with the agents whose proposals support it."""
+        return list(self.values.get("attribution") or [])
 
     @property
     def waiting_for(self) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["AgentRow", "RunProgress"]
+__all__ = ["AgentRow", "RunProgress", "aggregation_summary", "claim_line"]
 
 Status = Literal["waiting", "running", "done", "failed", "missing", "paused"]
 _NODE = re.compile(r"^L(\d+)_(.+)$")
@@ -48,6 +48,8 @@ class RunProgress:
     notes: list[str] = field(default_factory=list)
     usage: dict[str, float] = field(default_factory=dict)
     """Run totals so far: input_tokens, output_tokens, total_tokens, cost."""
+    attribution: list[dict[str, Any]] = field(default_factory=list)
+    """The final answer's claims with their agents, once the last layer closed."""
 
     def __post_init__(self) -> None:
         for n, agents in enumerate(self.layers, start=1):
@@ -97,6 +99,10 @@ class RunProgress:
                     )
                     if proposal.get("tool_seconds") is not None:
                         row.note += f" ({proposal['tool_seconds']:.1f}s)"
+        for record in (result.get("aggregation") or {}).values():
+            row.note = aggregation_summary(record)
+        if result.get("attribution"):
+            self.attribution = list(result["attribution"])
         self.notes.extend(result.get("notes") or [])
 
     def render(self) -> RenderableType:
@@ -123,6 +129,12 @@ class RunProgress:
                 Text(row.note, style="dim"),
             )
         lines = [Text(f"note: {n}", style="dim") for n in self.notes[-3:]]
+        if self.attribution:
+            lines.append(Text("sources of the answer:", style="bold"))
+            shown = self.attribution[:MAX_CLAIMS]
+            lines += [Text(claim_line(c), style="dim") for c in shown]
+            if len(self.attribution) > MAX_CLAIMS:
+                lines.append(Text(f"  ... {len(self.attribution) - MAX_CLAIMS} more", style="dim"))
         if self.usage:
             u = self.usage
             total = (
@@ -131,3 +143,36 @@ class RunProgress:
             )
             lines.append(Text(total + (f" · cost {u['cost']:.4g}" if priced else ""), style="bold"))
         return Group(table, *lines)
+
+
+MAX_CLAIMS = 8
+"""Claims the live view lists (``--json`` has them all)."""
+
+
+def aggregation_summary(record: dict[str, Any]) -> str:
+    """One line on how a layer aggregated: ``vote '48' 2/3 (67%): p1``, ``select [2] p2``."""
+    mode, decided = record.get("mode"), record.get("decided_by")
+    if mode == "vote" and decided == "vote":
+        winner = record.get("winner")
+        count = (record.get("votes") or {}).get(winner, 0)
+        total = len(record.get("proposals") or [])
+        agreement = float(record.get("agreement") or 0)
+        return f"vote {winner!r} {count}/{total} ({agreement:.0%}): {record.get('agent')}"
+    if mode == "vote":
+        return f"vote split, synthesized ({str(record.get('reason', '')).split(':')[0]})"
+    if mode == "select" and decided == "select":
+        return f"select [{record.get('choice')}] {record.get('agent')}"
+    if mode == "select":
+        return f"select: pick unreadable, took [1] {record.get('agent')}"
+    if mode == "synthesize":
+        return f"synthesized, {record.get('cited', 0)} claims cited"
+    return str(mode or "")
+
+
+def claim_line(claim: dict[str, Any], width: int = 72) -> str:
+    """A claim and its agents on one line: ``  "Paris is ..." <- p1, p2 (inferred)``."""
+    text = " ".join(str(claim.get("text", "")).split())
+    if len(text) > width:
+        text = text[: width - 3] + "..."
+    agents = ", ".join(claim.get("agents") or []) or "no proposal"
+    return f'  "{text}" <- {agents}' + (" (inferred)" if claim.get("inferred") else "")

@@ -12,6 +12,7 @@ from langgraph_moa.spec.loader import (
     parse_spec,
 )
 from langgraph_moa.spec.model import (
+    AGGREGATION_MODES,
     AgentSpec,
     Defaults,
     GraphSpec,
@@ -24,6 +25,7 @@ from langgraph_moa.spec.model import (
 from langgraph_moa.spec.tools import McpServerSpec, ToolSpec
 
 __all__ = [
+    "AGGREGATION_MODES",
     "AgentSpec",
     "Defaults",
     "GraphSpec",

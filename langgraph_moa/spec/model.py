@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from langgraph_moa.spec.tools import ToolSpec
 
 __all__ = [
+    "AGGREGATION_MODES",
     "AgentSpec",
     "Defaults",
     "GraphSpec",
@@ -146,10 +147,16 @@ class RouterSpec(_Strict):
         return self
 
 
-class SynthesizerSpec(_Strict):
-    """How a layer is closed: a model merges the proposals, or they are passed on as they are."""
+AGGREGATION_MODES = ("synthesize", "vote", "select", "concat")
 
-    mode: Literal["synthesize", "concat"] = "synthesize"
+
+class SynthesizerSpec(_Strict):
+    """How a layer is closed (its aggregation ``mode``): a model merges the proposals
+    (``synthesize``), a majority vote over their final answers (``vote``, the model only
+    on a tie or low agreement), the model picks the best proposal as written (``select``),
+    or they are passed on as they are (``concat``)."""
+
+    mode: Literal["synthesize", "vote", "select", "concat"] = "synthesize"
     model: str | None = Field(default=None, description="Name of an entry of `models`.")
     prompt: str | None = Field(default=None, description="Replaces the synthesizer system prompt.")
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -157,6 +164,19 @@ class SynthesizerSpec(_Strict):
     on_overflow: Literal["trim", "fail"] = Field(
         default="trim", description="What to do when the proposals exceed the context window."
     )
+    min_agreement: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Mode 'vote': share of the proposals that must give the winning answer "
+        "(default 0.5); below it, or on a tie, the synthesizer decides.",
+    )
+
+    @model_validator(mode="after")
+    def _vote_fields(self) -> SynthesizerSpec:
+        if self.min_agreement is not None and self.mode != "vote":
+            raise ValueError("`min_agreement` is only used with mode 'vote'")
+        return self
 
 
 class LayerSpec(_Strict):
@@ -186,7 +206,7 @@ class LayerSpec(_Strict):
     @classmethod
     def _synth_shorthand(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return {"mode": value} if value in ("synthesize", "concat") else {"model": value}
+            return {"mode": value} if value in AGGREGATION_MODES else {"model": value}
         return value
 
 
@@ -287,7 +307,13 @@ class GraphSpec(_Strict):
             if len(set(layer.agents)) != len(layer.agents):
                 problems.append(f"layers.{i}.agents: an agent is listed twice in one layer")
             check_model(f"layers.{i}.routing.model", layer.routing.model)
-            check_model(f"layers.{i}.synthesizer.model", layer.synthesizer.model)
+            if layer.synthesizer.model is not None and layer.synthesizer.model not in self.models:
+                known = sorted(self.models) or "none defined"
+                problems.append(
+                    f"layers.{i}.synthesizer.model: unknown model {layer.synthesizer.model!r}; "
+                    f"add it under `models` (known: {known}), or give a mode: "
+                    f"{', '.join(repr(m) for m in AGGREGATION_MODES)}"
+                )
             if layer.min_proposals is not None and layer.min_proposals > len(layer.agents):
                 problems.append(
                     f"layers.{i}.min_proposals: {layer.min_proposals} is more than the "
@@ -332,6 +358,9 @@ class GraphSpec(_Strict):
                 data.pop(key, None)
         if data["defaults"].get("seed") is None:
             data["defaults"].pop("seed", None)
+        for layer in data["layers"]:
+            if layer["synthesizer"].get("min_agreement") is None:
+                layer["synthesizer"].pop("min_agreement", None)
         for agent in data["agents"]:
             for field_name, unset in _AGENT_DEFAULTS:
                 if agent.get(field_name) == unset:

@@ -10,6 +10,8 @@ from typing_extensions import TypedDict  # pydantic builds JSON schemas of these
 
 __all__ = [
     "AgentInput",
+    "Aggregation",
+    "Claim",
     "MoAInput",
     "MoAOutput",
     "MoAState",
@@ -62,6 +64,44 @@ class Proposal(TypedDict):
     tool_seconds: NotRequired[float]
     """Seconds its tool calls took, together."""
     """How long the agent's call took."""
+
+
+class Claim(TypedDict):
+    """One sentence (or line) of an answer and the agents whose proposals support it."""
+
+    text: str
+    agents: list[str]
+    proposals: list[int]
+    """The 1-based numbers of those proposals in the synthesizer's prompt."""
+    inferred: bool
+    """True when the support was found by text overlap, not cited (or copied) by the model."""
+
+
+class Aggregation(TypedDict, total=False):
+    """How a layer's proposals became its answer (``mode`` of the layer's synthesizer)."""
+
+    mode: str
+    """``synthesize``, ``vote``, ``select`` or ``concat``."""
+    decided_by: str
+    """``vote``, ``synthesizer``, ``select`` or ``fallback`` (an unreadable pick)."""
+    proposals: list[str]
+    """The agents of the numbered proposals, in order: ``proposals[0]`` is [1]."""
+    answers: dict[str, str | None]
+    """Mode vote: each agent's final answer as extracted (None: none found)."""
+    votes: dict[str, int]
+    """Mode vote: normalized answer -> number of agents that gave it, most first."""
+    winner: str | None
+    """Mode vote: the normalized answer that won (None when the synthesizer decided)."""
+    agreement: float
+    """Mode vote: share of the proposals that gave the most frequent answer."""
+    choice: int | None
+    """Mode select: the number of the picked proposal (None when the pick was unreadable)."""
+    agent: str | None
+    """Mode select/vote: the agent whose proposal is the answer."""
+    reason: str
+    """Why: the synthesizer's reason for a pick, or why a vote went to the synthesizer."""
+    cited: int
+    """Mode synthesize (or a vote the synthesizer decided): claims the synthesizer cited."""
 
 
 def add_usage(a: Usage | None, b: Usage | None) -> Usage:
@@ -128,6 +168,8 @@ class MoAOutput(TypedDict, total=False):
     syntheses: list[str]
     proposals: dict[str, dict[str, Proposal]]
     usage: dict[str, Usage]
+    aggregation: dict[str, Aggregation]
+    attribution: list[Claim]
 
 
 class MoAState(TypedDict, total=False):
@@ -146,6 +188,10 @@ class MoAState(TypedDict, total=False):
     answer: str
     usage: Annotated[dict[str, Usage], merge_usage]
     notes: Annotated[list[str], append_list]
+    aggregation: Annotated[dict[str, Aggregation], merge_dict]
+    """How each layer (key: its number) turned its proposals into its answer."""
+    attribution: list[Claim]
+    """The final answer's claims with the agents that support them."""
 
 
 class AgentInput(TypedDict):

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from langgraph_moa.persistence.registry import RunRecord
+from langgraph_moa.runtime.progress import aggregation_summary
 from langgraph_moa.spec import GraphSpec
 
 __all__ = [
@@ -108,6 +109,8 @@ class Layer:
     synthesis: str | None
     synthesizer_state: str
     synthesizer_tokens: int = 0
+    aggregation: str = ""
+    """How the layer aggregated (mode, vote and agreement, pick), once it did."""
 
 
 @dataclass
@@ -129,6 +132,8 @@ class RunView:
     seconds: float | None
     editable: dict[str, str] = field(default_factory=dict)
     """Proposals a person may edit before the paused synthesis (agent -> text)."""
+    attribution: list[dict[str, Any]] = field(default_factory=list)
+    """The answer's claims, each with the agents whose proposals support it."""
 
     @property
     def active(self) -> bool:
@@ -202,6 +207,7 @@ def run_view(
         else:
             synth_state = "waiting"
         synth_usage = (values.get("usage") or {}).get(f"synthesizer_L{n}") or {}
+        record = (values.get("aggregation") or {}).get(str(n))
         layers.append(
             Layer(
                 index=n,
@@ -211,6 +217,7 @@ def run_view(
                 synthesis=synthesis,
                 synthesizer_state=synth_state,
                 synthesizer_tokens=int(synth_usage.get("total_tokens") or 0),
+                aggregation=aggregation_summary(record) if record else "",
             )
         )
     total = usage_total(run.usage)
@@ -239,4 +246,5 @@ def run_view(
         cost=float(total.get("cost") or 0.0),
         seconds=_seconds(run.started_at or run.created_at, end),
         editable=editable,
+        attribution=[dict(c) for c in values.get("attribution") or []],
     )
