@@ -200,6 +200,10 @@ def test_cli_submit_and_wait(pg_url: str, model_server: ModelServer, workers: Wo
     result = json.loads(waited.stdout)
     assert result["status"] == "success" and result["answer"].startswith("s answer")
     assert result["usage"]["total"]["total_tokens"] > 0
+    assert result["aggregation"]["1"]["mode"] == "concat"
+    assert result["aggregation"]["2"]["cited"] == 0
+    claim = {"text": result["answer"], "agents": [], "proposals": [], "inferred": True}
+    assert result["attribution"] == [claim]  # its words are in no proposal
 
 
 async def _start_one(workers: Workers) -> None:

@@ -165,4 +165,10 @@ async def _submit(
     assert record is not None
     if record.status == "error":
         fail(f"run {record.run_id} failed: {record.error}")
-    print_result(result_of(record), as_json)
+    result = result_of(record)
+    if record.status == "success":  # aggregation and attribution are in the thread's state
+        from langgraph_moa.runtime import MoA
+
+        async with MoA(graph_spec, db_url=db) as moa:
+            result.values = (await moa.aresult(record.thread_id, record.run_id)).values
+    print_result(result, as_json)
