@@ -87,12 +87,6 @@ def run(
     graph_spec = resolve_spec(
         spec, preset_name, model, base_url, tools=tools, docs=docs, aggregation=aggregation
     )
-    if (tools or docs is not None) and uses_local_model(graph_spec):
-        fail(
-            "--tools/--docs need a model that can call tools; the embedded model cannot: "
-            "give --model/--base-url (or MOA_MODEL/MOA_BASE_URL)",
-            2,
-        )
     if submit or wait:
         if not submit:
             fail("--wait goes with --submit", 2)

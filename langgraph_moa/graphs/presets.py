@@ -54,7 +54,7 @@ def team(*, tools: bool = False, docs: str | None = None) -> GraphSpec:
 
     ``tools``: coding and verification get the sandboxed ``py`` tool (to run the code and
     checks the layer produced); ``docs``: research gets ``search_files`` over that directory.
-    Both need a model that can call tools (not the embedded one).
+    On the embedded model, tools are called through text (``models/_text_tools.py``).
     """
     agents: list[dict[str, Any]] = [
         {

@@ -57,6 +57,7 @@ from langgraph_moa.models._local_base import (
     LocalModelUnavailable,
     LocalPromptTooLong,
 )
+from langgraph_moa.models._text_tools import TextToolCalling, decode_reply, encode_messages
 
 if TYPE_CHECKING:
     from langchain_openai import ChatOpenAI
@@ -234,7 +235,7 @@ def _metadata(result: GenerationResult) -> dict[str, Any]:
     return meta
 
 
-class ChatLocalLlama(BaseChatModel):
+class ChatLocalLlama(TextToolCalling):
     """The embedded model run in this process by llama.cpp (one shared instance)."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -288,11 +289,13 @@ class ChatLocalLlama(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        job = _shared_worker().submit(self._request(messages, stop), stream=False, async_=False)
+        tools, choice = kwargs.get("tools"), kwargs.get("tool_choice")
+        request = self._request(encode_messages(messages, tools, choice), stop)
+        job = _shared_worker().submit(request, stream=False, async_=False)
         try:
             for event in job.events():
                 if not isinstance(event, str):
-                    return self._result(event)
+                    return decode_reply(self._result(event), tools, choice)
         finally:
             job.cancel()
         raise AssertionError("unreachable: the job ended without a result")
@@ -304,11 +307,13 @@ class ChatLocalLlama(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        job = _shared_worker().submit(self._request(messages, stop), stream=False, async_=True)
+        tools, choice = kwargs.get("tools"), kwargs.get("tool_choice")
+        request = self._request(encode_messages(messages, tools, choice), stop)
+        job = _shared_worker().submit(request, stream=False, async_=True)
         try:
             async for event in job.aevents():
                 if not isinstance(event, str):
-                    return self._result(event)
+                    return decode_reply(self._result(event), tools, choice)
         finally:
             job.cancel()
         raise AssertionError("unreachable: the job ended without a result")
@@ -320,6 +325,7 @@ class ChatLocalLlama(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        messages = encode_messages(messages, kwargs.get("tools"), kwargs.get("tool_choice"))
         job = _shared_worker().submit(self._request(messages, stop), stream=True, async_=False)
         try:
             for event in job.events():
@@ -340,6 +346,7 @@ class ChatLocalLlama(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        messages = encode_messages(messages, kwargs.get("tools"), kwargs.get("tool_choice"))
         job = _shared_worker().submit(self._request(messages, stop), stream=True, async_=True)
         try:
             async for event in job.aevents():
@@ -354,7 +361,7 @@ class ChatLocalLlama(BaseChatModel):
             job.cancel()
 
 
-class ChatLocalServer(BaseChatModel):
+class ChatLocalServer(TextToolCalling):
     """The embedded model behind llama-cpp-python's OpenAI-compatible server (one shared process).
 
     The server starts on the first call. It has no token usage in streamed answers, and a
@@ -423,8 +430,11 @@ class ChatLocalServer(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        tools, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
+        messages = encode_messages(messages, tools, choice)
         try:
-            return self._client()._generate(messages, stop, run_manager, **self._kwargs(kwargs))
+            result = self._client()._generate(messages, stop, run_manager, **self._kwargs(kwargs))
+            return decode_reply(result, tools, choice)
         except Exception as exc:
             raise self._translate(exc) from exc
 
@@ -435,10 +445,13 @@ class ChatLocalServer(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        tools, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
+        messages = encode_messages(messages, tools, choice)
         try:
-            return await self._client()._agenerate(
+            result = await self._client()._agenerate(
                 messages, stop, run_manager, **self._kwargs(kwargs)
             )
+            return decode_reply(result, tools, choice)
         except Exception as exc:
             raise self._translate(exc) from exc
 
@@ -449,6 +462,9 @@ class ChatLocalServer(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        messages = encode_messages(
+            messages, kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
+        )
         try:
             yield from self._client()._stream(messages, stop, run_manager, **self._kwargs(kwargs))
         except Exception as exc:
@@ -461,6 +477,9 @@ class ChatLocalServer(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        messages = encode_messages(
+            messages, kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
+        )
         try:
             async for chunk in self._client()._astream(
                 messages, stop, run_manager, **self._kwargs(kwargs)
