@@ -112,7 +112,8 @@ def test_compare_paired_counts_discordant_items_on_shared_items_only() -> None:
 # -- the shipped dataset -----------------------------------------------------------------------
 
 KINDS = ("arithmetic: ", "python: ", "python program: ", "definition: ", "fact: ")
-SAFE = {"len": len, "sum": sum, "sorted": sorted, "min": min, "max": max, "range": range}
+SAFE = {"len": len, "sum": sum, "sorted": sorted, "min": min, "max": max, "range": range,
+        "str": str, "int": int}  # fmt: skip
 
 
 def _value(expression: str) -> Any:
@@ -141,6 +142,20 @@ def test_shipped_dataset_has_200_items_each_with_its_source_of_truth() -> None:
             assert printed.getvalue().strip() == reference, item.id
         # the reference itself scores, and echoing the question never does
         assert score_answer(item, reference)[0] == 1.0, item.id
+        assert score_answer(item, item.input)[0] == 0.0, item.id
+
+
+def test_compute_dataset_needs_computing_and_its_answers_are_computed() -> None:
+    """``compute``: the questions of the tools eval (issue 18), each answer recomputed."""
+    items = load_dataset("compute")
+    assert len(items) == 16
+    assert Counter(i.category for i in items) == {"arithmetic": 8, "strings": 8}
+    for item in items:
+        assert item.source is not None and item.reference
+        kind, _, expression = item.source.partition(": ")
+        assert kind in ("arithmetic", "python"), item.id
+        assert str(_value(expression)) == item.reference[0], item.id
+        assert score_answer(item, item.reference[0])[0] == 1.0, item.id
         assert score_answer(item, item.input)[0] == 0.0, item.id
 
 

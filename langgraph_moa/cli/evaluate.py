@@ -23,7 +23,7 @@ from langgraph_moa.cli.common import (
 
 def eval_command(
     dataset: Annotated[
-        str, typer.Argument(help="JSONL dataset file, or a built-in dataset: basic.")
+        str, typer.Argument(help="JSONL dataset file, or a built-in dataset: basic, compute.")
     ],
     spec: SpecOpt = None,
     preset_name: PresetOpt = None,

@@ -40,7 +40,7 @@ __all__ = [
     "select_items",
 ]
 
-BUILTIN = ("basic",)
+BUILTIN = ("basic", "compute")
 """Datasets shipped in the package (``langgraph_moa/eval/data/<name>.jsonl``)."""
 
 
