@@ -97,8 +97,8 @@ def test_edit_a_proposal_from_the_cli(
     )
     assert done["status"] == "success"
     layer1 = synth_prompts(srv)[0]
-    assert "[a3]\nTake the night train." in layer1
-    assert "[a1]\nm1 answer" in layer1  # the others are kept as they were
+    assert "] a3\nTake the night train." in layer1
+    assert "] a1\nm1 answer" in layer1  # the others are kept as they were
     assert counts(srv) == {"m1": 2, "m2": 2, "m3": 2, "m4": 2, "synth": 2}
 
 
@@ -122,7 +122,7 @@ async def test_resume_values_through_the_python_api(
         assert again.status == "interrupted"
         done2 = await app.ainvoke(thread_id="p2", resume=Command(resume={"approved": True}))
         assert done2.status == "success"
-    assert "[a2]\nEdited in code." in synth_prompts(srv)[0]
+    assert "] a2\nEdited in code." in synth_prompts(srv)[0]
 
 
 @pytest.mark.slow
@@ -180,7 +180,7 @@ async def test_pause_after_agents_and_edit_in_code(
         assert done.status == "success"
         record = await app.registry.latest_run("s1")  # type: ignore[union-attr]
         assert record is not None and record.attempts == 3 and record.status == "success"
-    assert "[a4]\nHuman text." in synth_prompts(srv)[0]
+    assert "] a4\nHuman text." in synth_prompts(srv)[0]
     assert counts(srv) == {"m1": 2, "m2": 2, "m3": 2, "m4": 2, "synth": 2}
     with pytest.raises(ValueError, match="cannot pause after 'nobody'"):
         MoA(durable_spec(srv), interrupt_after=["nobody"])
