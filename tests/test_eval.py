@@ -452,7 +452,7 @@ def test_cli_eval_resumes_after_sigkill_and_skips_done_items(
     args = [
         sys.executable, "-m", "langgraph_moa.cli", "eval", str(dataset),
         "--spec", str(_spec_file(model_server, tmp_path)), "--db", sqlite_url,
-        "--concurrency", "1",
+        "--concurrency", "1", "--aggregation", "synthesize",
     ]  # fmt: skip
     first = subprocess.Popen([*args, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -500,10 +500,11 @@ def test_cli_eval_markdown_and_chart(
         [
             "eval", str(dataset), "--spec", str(_spec_file(model_server, tmp_path)),
             "--db", sqlite_url, "--markdown", "--chart", str(chart), "--quiet",
+            "--aggregation", "synthesize",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "| MoA (trio) | 6/6 | 6/6 | 100.0% [61%, 100%] |" in result.stdout
+    assert "| MoA (trio, synthesize) | 6/6 | 6/6 | 100.0% [61%, 100%] |" in result.stdout
     assert "| single (p1) | 6/6 | 3/6 | 50.0% [19%, 81%] |" in result.stdout
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

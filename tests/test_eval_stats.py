@@ -307,10 +307,18 @@ def test_cli_json_records_seeds_temperatures_and_paired_comparisons(
         "synthesizer_temperatures": {},
     }
     assert used["self-MoA (p1 x3)"]["agent_temperatures"] == {"p1_1": 0.7, "p1_2": 0.7, "p1_3": 0.7}
-    assert used["MoA (trio)"]["synthesizer_temperatures"] == {"layer 1": 0.2}
+    assert used["MoA (trio, synthesize)"]["synthesizer_temperatures"] == {"layer 1": 0.2}
+    assert [s["label"] for s in data_a["specs"]] == [
+        "single (p1)",
+        "self-MoA (p1 x3)",
+        "MoA (trio, synthesize)",
+        "MoA (trio, vote)",
+        "MoA (trio, select)",
+    ]
     assert data_a["paired_reference"] == "single (p1)"
     scores = {s["label"]: s["scores"] for s in data_a["specs"]}
-    for label in ("self-MoA (p1 x3)", "MoA (trio)"):
+    labels = list(scores)
+    for label in labels[1:]:
         paired = data_a["paired"][label]
         mine, ref = scores[label], scores["single (p1)"]
         only_ref = sum(1 for i in ref if ref[i] == 1 and mine[i] == 0)
@@ -323,4 +331,37 @@ def test_cli_json_records_seeds_temperatures_and_paired_comparisons(
         assert paired["difference"] == pytest.approx((only_mine - only_ref) / 6, abs=1e-4)
         assert f"{paired['mcnemar_p']:.3g} ({only_ref}/{only_mine})" in table_a
     assert "load_average" in data_a and set(data_a["load_average"]) == {"start", "end"}
+    # the three MoA closings saw the same proposals: p2 (an agent of the MoA only) was
+    # asked the same prompt with the same seed once per closing
+    asked = [
+        (r.body["seed"], r.digest)
+        for r in model_server.requests
+        if r.model == "p2" and r.last_user == SAMPLED_ITEMS[0]["input"]
+    ]
+    assert len(asked) == 2 * 3 and len(set(asked)) == 1  # 2 runs x 3 closings
     assert sampling(load_spec(sampled_trio(model_server)))["seed"] is None
+
+
+def test_derived_specs_close_the_moa_once_per_aggregation() -> None:
+    from langgraph_moa.eval import derive_specs
+    from langgraph_moa.graphs import preset
+
+    moa = preset("layered", proposers=3, layers=2)
+    specs = derive_specs(moa, aggregations=["select", "vote", "synthesize", "vote"])
+    assert [s.label for s in specs] == [
+        "single (analyst)",
+        "self-MoA (analyst x3)",
+        "MoA (layered, synthesize)",
+        "MoA (layered, select)",
+        "MoA (layered, vote)",
+    ]
+    assert specs[2].spec is moa
+    assert [s.spec.layers[-1].synthesizer.mode for s in specs[2:]] == [
+        "synthesize",
+        "select",
+        "vote",
+    ]
+    # only the closing differs: the same agents and layers before it
+    for s in specs[3:]:
+        assert s.spec.agents == moa.agents and s.spec.layers[0] == moa.layers[0]
+    assert [s.label for s in derive_specs(moa)][-1] == "MoA (layered)"

@@ -55,6 +55,16 @@ def eval_command(
     temperature: Annotated[
         float, typer.Option("--sample-temperature", min=0.01, max=2.0, help="Self-MoA sampling.")
     ] = 0.7,
+    aggregation: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--aggregation",
+            "-a",
+            metavar="MODE",
+            help="Evaluate the MoA with its last layer closed by MODE: synthesize, vote or "
+            "select; repeatable (default: all three, on the same proposals).",
+        ),
+    ] = None,
     judge: Annotated[
         str | None,
         typer.Option(
@@ -107,10 +117,11 @@ def eval_command(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress view.")] = False,
 ) -> None:
-    """Score specs on DATASET: the spec's best single model, Self-MoA of it and the MoA side
-    by side (accuracy or win rate with 95% Wilson intervals, tokens, cost, latency), and each
-    against the single model on the same items (paired difference with a bootstrap 95%
-    interval, exact McNemar p-value). Sampling is seeded (--seed): a rerun gives the same table.
+    """Score specs on DATASET: the spec's best single model, Self-MoA of it and the MoA (closed
+    by synthesize, vote and select) side by side (accuracy or win rate with 95% Wilson
+    intervals, tokens, cost, latency), and each against the single model on the same items
+    (paired difference with a bootstrap 95% interval, exact McNemar p-value). Sampling is
+    seeded (--seed): a rerun gives the same table.
 
     Every result is stored (--db); rerunning an interrupted evaluation skips what is done."""
     import asyncio
@@ -141,6 +152,9 @@ def eval_command(
     eval_id = name or default_eval_id(dataset, items)
     items = select_items(items, limit)
     main_spec = resolve_spec(spec, preset_name, model, base_url)
+    modes = ("synthesize", "vote", "select")
+    if bad := [m for m in aggregation or () if m not in modes]:
+        fail(f"--aggregation {bad[0]!r}: use one of {', '.join(modes)}", 2)
     try:
         extra = [load_spec(p) for p in compare or []]
         if model or base_url:
@@ -154,6 +168,7 @@ def eval_command(
             samples=samples,
             temperature=temperature,
             seed=seed,
+            aggregations=aggregation or ("synthesize", "vote", "select"),
         )
     except (SpecError, ValueError) as exc:
         fail(str(exc), 2)

@@ -33,11 +33,15 @@ def build_specs(
     samples: int | None = None,
     temperature: float = 0.7,
     seed: int | None = 0,
+    aggregations: Sequence[str] = (),
 ) -> list[EvalSpec]:
-    """Single, Self-MoA and MoA of ``main`` (or ``main`` alone), then the ``extra`` specs;
-    with ``seed``, every spec that sets no seed of its own samples with it."""
+    """Single, Self-MoA and MoA of ``main`` (the MoA once per mode in ``aggregations``), or
+    ``main`` alone, then the ``extra`` specs; with ``seed``, every spec that sets no seed of
+    its own samples with it."""
     specs = (
-        derive_specs(main, best=best, samples=samples, temperature=temperature)
+        derive_specs(
+            main, best=best, samples=samples, temperature=temperature, aggregations=aggregations
+        )
         if baselines
         else [EvalSpec(main.name, main, "spec")]
     )

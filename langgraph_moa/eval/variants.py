@@ -8,11 +8,14 @@ mixing models. So an evaluation of a MoA spec runs, by default, side by side:
   synthesis call (the layer concatenates one proposal, which is the answer);
 * ``self-moa-<agent>``: N copies of that agent sampled at temperature > 0, then a
   synthesizer on the same model (N = the MoA's first-layer width, at least 2);
-* the MoA spec itself.
+* the MoA spec itself, and with ``aggregations`` the same MoA closed by other modes
+  (``vote``: a majority of the proposals' final answers; ``select``: the best proposal as
+  written), on the same proposals when sampling is seeded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -117,18 +120,34 @@ def derive_specs(
     best: str | None = None,
     samples: int | None = None,
     temperature: float = 0.7,
+    aggregations: Sequence[str] = (),
 ) -> list[EvalSpec]:
-    """The single-model, Self-MoA and MoA specs of the built-in comparison, in that order."""
+    """The single-model, Self-MoA and MoA specs of the built-in comparison, in that order;
+    with ``aggregations`` (modes such as ``vote``, ``select``), the MoA once per mode of its
+    last layer (the spec's own mode first)."""
     name = _best_agent(spec, best)
     n = samples if samples is not None else max(2, len(spec.layers[0].agents))
-    return [
+    specs = [
         EvalSpec(f"single ({name})", single_spec(spec, name), "single"),
         EvalSpec(
             f"self-MoA ({name} x{n})",
             self_moa_spec(spec, name, samples=n, temperature=temperature),
             "self-moa",
         ),
-        EvalSpec(f"MoA ({spec.name})", spec, "moa"),
+    ]
+    own = spec.layers[-1].synthesizer.mode
+    if not aggregations or own == "concat":
+        return [*specs, EvalSpec(f"MoA ({spec.name})", spec, "moa")]
+    from langgraph_moa.graphs import with_aggregation
+
+    modes = [own, *(m for m in dict.fromkeys(aggregations) if m != own)]
+    return specs + [
+        EvalSpec(
+            f"MoA ({spec.name}, {mode})",
+            spec if mode == own else with_aggregation(spec, mode),
+            "moa",
+        )
+        for mode in modes
     ]
 
 
