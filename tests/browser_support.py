@@ -41,16 +41,15 @@ def chromium_path() -> str:
     return str(found)
 
 
-def sdk_bundle() -> Path:
-    """``sdk.js``: the JS SDK as one browser script (``window.LangGraphClient``), built
-    once per version with npm and esbuild and cached (``MOA_BROWSER_CACHE``)."""
+def js_sdk_dir() -> Path:
+    """A directory whose ``node_modules`` holds the JS SDK (and esbuild), installed once
+    per version with npm from the registry and cached (``MOA_BROWSER_CACHE``)."""
     cache = Path(
         os.environ.get("MOA_BROWSER_CACHE") or Path.home() / ".cache" / "langgraph-moa" / "browser"
     )
     root = cache / f"langgraph-sdk-{JS_SDK}-esbuild-{ESBUILD}"
-    bundle = root / "sdk.js"
-    if bundle.exists():
-        return bundle
+    if (root / "node_modules" / "@langchain" / "langgraph-sdk" / "package.json").exists():
+        return root
     npm = shutil.which("npm")
     if npm is None:
         _missing("no npm on PATH (apt-get install -y npm)")
@@ -63,6 +62,16 @@ def sdk_bundle() -> Path:
         check=True,
         timeout=600,
     )
+    return root
+
+
+def sdk_bundle() -> Path:
+    """``sdk.js``: the JS SDK as one browser script (``window.LangGraphClient``), built
+    once per version with esbuild and cached next to :func:`js_sdk_dir`'s packages."""
+    root = js_sdk_dir()
+    bundle = root / "sdk.js"
+    if bundle.exists():
+        return bundle
     shutil.copy(HERE / "browser" / "sdk-entry.js", root / "entry.js")
     subprocess.run(
         [

@@ -27,6 +27,17 @@ import yaml
 from langgraph_sdk import get_client
 
 from langgraph_moa.testing import ModelServer
+from tests.contract_support import (
+    Call,
+    Ctx,
+    Outcome,
+    failed,
+    keys,
+    ok,
+    run_js,
+    run_python,
+    shape_of,
+)
 from tests.test_server_support import Served, free_port, moa_spec
 
 pytestmark = pytest.mark.slow
@@ -290,3 +301,356 @@ async def test_same_shapes_as_the_reference_server(
         if expected.get(key) != actual.get(key)
     }
     assert not differences, yaml.safe_dump(differences, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------
+# Every call of issue #15 with the Python SDK, the JS SDK and raw HTTP: one table row
+# per call (tests/contract_support.py runs them), against both servers.
+# ---------------------------------------------------------------------------
+
+MISSING = "00000000-0000-4000-8000-000000000000"
+MOA_ID = "e7ff9cb7-2ee2-5e06-9e85-5deaafac8928"
+"""The default assistant of graph ``moa`` (uuid5 of the graph name, on both servers)."""
+ASSISTANT = keys(
+    "assistant_id", "config", "context", "created_at", "description", "graph_id", "metadata",
+    "name", "updated_at", "version",
+)  # fmt: skip
+BY_NAME = (
+    "moa takes the graph name wherever an assistant id goes (GET /assistants/moa); the "
+    "reference takes it only in run bodies"
+)
+NS = ["contract", "memories"]
+
+
+async def v2_run(c: Ctx) -> Any:
+    """The commands + events protocol: start a run, await its output."""
+    async with c.client.threads.stream(assistant_id="moa") as thread:
+        await thread.run.start(input={"task": "v2"})
+        return await thread.output
+
+
+async def v2_respond(c: Ctx) -> Any:
+    """Start a run that pauses on an interrupt, answer it, await the final output."""
+    async with c.client.threads.stream(assistant_id="approve") as thread:
+        await thread.run.start(input={"task": "ok?"})
+        async for _event in thread.subscribe(["input"]):
+            break  # the interrupt is asked
+        async with asyncio.timeout(60):  # the SDK's own watcher records it too
+            while not thread.interrupts:
+                await asyncio.sleep(0.01)
+        asked = list(thread.interrupts)
+        await thread.run.respond({"proposals": {}})
+        runs = await c.client.runs.list(thread.thread_id)
+        answer = await c.client.runs.join(thread.thread_id, runs[0]["run_id"])
+        return {"asked": asked[0], "answer": answer}
+
+
+async def command(c: Ctx, tid: str, body: Any) -> httpx.Response:
+    return await c.http.post(f"/threads/{tid}/commands", json=body)
+
+
+async def thread_events(c: Ctx, tid: str, body: Any, *, runs: int = 1) -> Outcome:
+    """``/stream/events`` of a thread whose runs ended, read up to the terminal
+    lifecycle event of its ``runs``-th run (the stream stays open for later runs);
+    ``runs=0``: only the status and content type."""
+    async with c.http.stream("POST", f"/threads/{tid}/stream/events", json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return {"status": r.status_code, "shape": shape_of(r.json())}
+        if not runs:
+            return {"status": r.status_code, "shape": r.headers["content-type"].split(";")[0]}
+        names: dict[str, list[str]] = {}
+        event, terminal = "", 0
+        async for line in r.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                names[event] = sorted(data)
+                names[f"{event}.params"] = sorted(data["params"])
+                if event == "lifecycle" and data["params"]["data"]["event"] != "running":
+                    terminal += 1
+                    if terminal == runs:
+                        break
+        return {"status": r.status_code, "shape": {"events": names}}
+
+
+SDK_CHANNELS = ["lifecycle", "input", "values", "messages"]
+"""The channels the SDKs' projections subscribe to."""
+MORE_CHANNELS = ["lifecycle", "updates", "checkpoints", "tasks"]
+
+
+def protocol_events(*methods: str) -> dict[str, list[str]]:
+    """What :func:`thread_events` makes of protocol events of these methods."""
+    out: dict[str, list[str]] = {}
+    for method in methods:
+        out[method] = ["event_id", "method", "params", "seq", "type"]
+        node = ["node"] if method == "updates" else []
+        out[f"{method}.params"] = sorted(["data", "namespace", "timestamp", *node])
+    return out
+
+
+JS_V2_RUN = """(async () => {
+  const t = client.threads.stream({ assistantId: "moa" });
+  await t.run.start({ input: { task: "v2 js" } });
+  const values = await t.output; await t.close(); return values; })()"""
+JS_V2_RESPOND = """(async () => {
+  const t = client.threads.stream({ assistantId: "approve" });
+  await t.run.start({ input: { task: "ok? js" } });
+  for await (const e of await t.subscribe(["input"])) break;
+  const asked = t.interrupts[0];
+  await t.input.respond({ interrupt_id: asked.interruptId, namespace: [],
+    response: { proposals: {} } });
+  const runs = await client.runs.list(t.threadId);
+  const answer = await client.runs.join(t.threadId, runs[0].run_id);
+  await t.close(); return { asked, answer }; })()"""
+
+CALLS: list[Call] = [
+    # assistants
+    Call("assistants.search", "py", lambda c: c.client.assistants.search()),
+    Call("assistants.get", "py", lambda c: c.client.assistants.get(MOA_ID)),
+    Call(
+        "assistants.get.by_graph_name",
+        "py",
+        lambda c: c.client.assistants.get("moa"),
+        expect=failed(422),
+        ours=ok(ASSISTANT),
+        why=BY_NAME,
+    ),
+    Call("assistants.get_schemas", "py", lambda c: c.client.assistants.get_schemas(MOA_ID)),
+    Call("assistants.get_graph", "py", lambda c: c.client.assistants.get_graph(MOA_ID)),
+    Call("assistants.get_subgraphs", "py", lambda c: c.client.assistants.get_subgraphs(MOA_ID)),
+    Call("assistants.count", "py", lambda c: c.client.assistants.count()),
+    Call("assistants.search", "js", "client.assistants.search()"),
+    Call("assistants.get", "js", f'client.assistants.get("{MOA_ID}")'),
+    Call(
+        "assistants.get.by_graph_name",
+        "js",
+        'client.assistants.get("moa")',
+        expect=failed(422),
+        ours=ok(ASSISTANT),
+        why=BY_NAME,
+    ),
+    Call("assistants.getSchemas", "js", f'client.assistants.getSchemas("{MOA_ID}")'),
+    Call("assistants.getGraph", "js", f'client.assistants.getGraph("{MOA_ID}")'),
+    Call("assistants.getSubgraphs", "js", f'client.assistants.getSubgraphs("{MOA_ID}")'),
+    Call("assistants.count", "js", "client.assistants.count()"),
+    # threads and thread runs
+    Call("threads.create", "py", lambda c: c.client.threads.create(metadata={"k": "v"}), save="t"),
+    Call("threads.get_state.new", "py", lambda c: c.client.threads.get_state(c["t"]["thread_id"])),
+    Call(
+        "runs.wait",
+        "py",
+        lambda c: c.client.runs.wait(c["t"]["thread_id"], "moa", input={"task": "w"}),
+    ),
+    Call(
+        "runs.stream",
+        "py",
+        lambda c: c.client.runs.stream(
+            c["t"]["thread_id"], "moa", input={"task": "s"}, stream_mode=["values", "updates"]
+        ),
+    ),
+    Call(
+        "runs.create",
+        "py",
+        lambda c: c.client.runs.create(c["t"]["thread_id"], "moa", input={"task": "c"}),
+        save="r",
+    ),
+    Call("runs.join", "py", lambda c: c.client.runs.join(c["t"]["thread_id"], c["r"]["run_id"])),
+    Call("runs.get", "py", lambda c: c.client.runs.get(c["t"]["thread_id"], c["r"]["run_id"])),
+    Call("runs.list", "py", lambda c: c.client.runs.list(c["t"]["thread_id"])),
+    Call("threads.get", "py", lambda c: c.client.threads.get(c["t"]["thread_id"])),
+    Call(
+        "threads.update",
+        "py",
+        lambda c: c.client.threads.update(c["t"]["thread_id"], metadata={"z": 1}),
+    ),
+    Call("threads.search", "py", lambda c: c.client.threads.search(metadata={"k": "v"})),
+    Call("threads.count", "py", lambda c: c.client.threads.count()),
+    Call("threads.get_state", "py", lambda c: c.client.threads.get_state(c["t"]["thread_id"])),
+    Call(
+        "threads.get_history",
+        "py",
+        lambda c: c.client.threads.get_history(c["t"]["thread_id"], limit=2),
+    ),
+    Call(
+        "threads.update_state",
+        "py",
+        lambda c: c.client.threads.update_state(
+            c["t"]["thread_id"], {"task": "u"}, as_node="L1_a1"
+        ),
+    ),
+    Call(
+        "runs.delete", "py", lambda c: c.client.runs.delete(c["t"]["thread_id"], c["r"]["run_id"])
+    ),
+    Call("runs.get.missing", "py", lambda c: c.client.runs.get(c["t"]["thread_id"], MISSING)),
+    Call("threads.get.missing", "py", lambda c: c.client.threads.get(MISSING)),
+    Call("threads.create", "js", 'client.threads.create({ metadata: { k: "v" } })', save="t"),
+    Call("threads.getState.new", "js", "client.threads.getState(ctx.t.thread_id)"),
+    Call("runs.wait", "js", 'client.runs.wait(ctx.t.thread_id, "moa", { input: { task: "w" } })'),
+    Call(
+        "runs.stream",
+        "js",
+        'client.runs.stream(ctx.t.thread_id, "moa", '
+        '{ input: { task: "s" }, streamMode: ["values", "updates"] })',
+    ),
+    Call(
+        "runs.create",
+        "js",
+        'client.runs.create(ctx.t.thread_id, "moa", { input: { task: "c" } })',
+        save="r",
+    ),
+    Call("runs.join", "js", "client.runs.join(ctx.t.thread_id, ctx.r.run_id)"),
+    Call("runs.get", "js", "client.runs.get(ctx.t.thread_id, ctx.r.run_id)"),
+    Call("runs.list", "js", "client.runs.list(ctx.t.thread_id)"),
+    Call("threads.get", "js", "client.threads.get(ctx.t.thread_id)"),
+    Call("threads.update", "js", "client.threads.update(ctx.t.thread_id, { metadata: { z: 1 } })"),
+    Call("threads.search", "js", 'client.threads.search({ metadata: { k: "v" } })'),
+    Call("threads.count", "js", "client.threads.count()"),
+    Call("threads.getState", "js", "client.threads.getState(ctx.t.thread_id)"),
+    Call("threads.getHistory", "js", "client.threads.getHistory(ctx.t.thread_id, { limit: 2 })"),
+    Call(
+        "threads.updateState",
+        "js",
+        'client.threads.updateState(ctx.t.thread_id, { values: { task: "u" }, asNode: "L1_a1" })',
+    ),
+    Call("runs.delete", "js", "client.runs.delete(ctx.t.thread_id, ctx.r.run_id)"),
+    Call("threads.get.missing", "js", f'client.threads.get("{MISSING}")'),
+    # stateless runs
+    Call(
+        "runs.wait.stateless", "py", lambda c: c.client.runs.wait(None, "moa", input={"task": "sl"})
+    ),
+    Call(
+        "runs.stream.stateless",
+        "py",
+        lambda c: c.client.runs.stream(None, "moa", input={"task": "sl"}),
+    ),
+    Call("runs.wait.stateless", "js", 'client.runs.wait(null, "moa", { input: { task: "sl" } })'),
+    Call(
+        "runs.stream.stateless", "js", 'client.runs.stream(null, "moa", { input: { task: "sl" } })'
+    ),
+    # the store
+    Call("store.put_item", "py", lambda c: c.client.store.put_item(NS, "k1", {"text": "remember"})),
+    Call("store.get_item", "py", lambda c: c.client.store.get_item(NS, "k1")),
+    Call("store.search_items", "py", lambda c: c.client.store.search_items(NS[:1])),
+    Call("store.list_namespaces", "py", lambda c: c.client.store.list_namespaces(prefix=NS[:1])),
+    Call("store.delete_item", "py", lambda c: c.client.store.delete_item(NS, "k1")),
+    Call("store.putItem", "js", f'client.store.putItem({json.dumps(NS)}, "k2", {{ text: "x" }})'),
+    Call("store.getItem", "js", f'client.store.getItem({json.dumps(NS)}, "k2")'),
+    Call("store.searchItems", "js", f"client.store.searchItems({json.dumps(NS[:1])})"),
+    Call(
+        "store.listNamespaces",
+        "js",
+        f"client.store.listNamespaces({{ prefix: {json.dumps(NS[:1])} }})",
+    ),
+    Call("store.deleteItem", "js", f'client.store.deleteItem({json.dumps(NS)}, "k2")'),
+    # the commands + events stream protocol (client.threads.stream)
+    Call("threads.stream.run", "py", v2_run),
+    Call("threads.stream.respond", "py", v2_respond),
+    Call("threads.stream.run", "js", JS_V2_RUN),
+    Call("threads.stream.respond", "js", JS_V2_RESPOND),
+    Call(
+        "commands.run.start",
+        "http",
+        lambda c: command(
+            c,
+            c["t"]["thread_id"],
+            {
+                "id": 1,
+                "method": "run.start",
+                "params": {"assistant_id": "moa", "input": {"task": "h"}},
+            },
+        ),
+    ),
+    Call(
+        "stream.events",
+        "http",
+        lambda c: thread_events(c, c["t"]["thread_id"], {"channels": SDK_CHANNELS}),
+    ),
+    Call(
+        "stream.events.updates",
+        "http",
+        lambda c: thread_events(c, c["t"]["thread_id"], {"channels": MORE_CHANNELS}),
+        ours={"status": 200, "shape": {"events": protocol_events(*MORE_CHANNELS)}},
+        why=(
+            "moa also sends `updates`, `checkpoints` and `tasks` events (from the run's "
+            "stream modes); the reference's v3 stream (langgraph 1.2's default transformers) "
+            "sends none on these channels"
+        ),
+    ),
+    Call(
+        "commands.unknown",
+        "http",
+        lambda c: command(c, c["t"]["thread_id"], {"id": 2, "method": "nope"}),
+    ),
+    Call(
+        "commands.malformed",
+        "http",
+        lambda c: command(c, c["t"]["thread_id"], {"method": "run.start"}),
+    ),
+    Call(
+        "commands.respond.unknown",
+        "http",
+        lambda c: command(
+            c,
+            c["t"]["thread_id"],
+            {
+                "id": 3,
+                "method": "input.respond",
+                "params": {"interrupt_id": "x", "namespace": [], "response": 1},
+            },
+        ),
+    ),
+    Call(
+        "stream.events.bad_channel",
+        "http",
+        lambda c: thread_events(c, c["t"]["thread_id"], {"channels": ["nope"]}),
+    ),
+    Call(
+        "stream.events.missing",
+        "http",
+        lambda c: thread_events(c, MISSING, {"channels": ["values"]}, runs=0),
+        expect={"status": 200, "shape": "text/event-stream"},
+        ours={"status": 404, "shape": keys("detail")},
+        why=(
+            "an unknown (or another tenant's) thread is a 404 in moa, as on every path; the "
+            "reference opens an idle stream"
+        ),
+    ),
+    Call("threads.delete", "py", lambda c: c.client.threads.delete(c["t"]["thread_id"])),
+    Call("threads.delete", "js", "client.threads.delete(ctx.t.thread_id)"),
+]
+"""Every call, in the order they run (Python and HTTP calls first, then JS ones)."""
+
+
+async def outcomes(url: str, srv: ModelServer, tmp_path: Path) -> dict[str, Outcome]:
+    tmp_path.mkdir(exist_ok=True)
+    py = await run_python(url, CALLS, srv)
+    return {**py, **await asyncio.to_thread(run_js, url, CALLS, tmp_path)}
+
+
+async def test_every_call_with_both_sdks(
+    reference: str, tmp_path: Path, model_server: ModelServer
+) -> None:
+    expected = await outcomes(reference, model_server, tmp_path / "reference")
+    specs = [
+        moa_spec(model_server),
+        moa_spec(model_server, name="approve", interrupt_before_synthesis=True),
+    ]
+    served = Served(tmp_path, specs, f"sqlite:///{tmp_path / 'moa.sqlite'}").start()
+    try:
+        actual = await outcomes(served.url, model_server, tmp_path / "moa")
+    finally:
+        served.stop()
+    report = {k: {"reference": expected.get(k), "moa": actual.get(k)} for k in expected}
+    (tmp_path / "outcomes.yaml").write_text(yaml.safe_dump(report, sort_keys=False))
+    problems = {}
+    for call in CALLS:
+        key = f"{call.sdk} {call.name}"
+        ref, ours = expected.get(key), actual.get(key)
+        if call.expect is not None and ref != call.expect:
+            problems[f"{key} (reference drifted)"] = {"table": call.expect, "reference": ref}
+        want = call.ours if call.ours is not None else ref
+        if ours != want:
+            problems[key] = {"reference": ref, "moa": ours, "deliberate": call.why or None}
+    assert not problems, yaml.safe_dump(problems, sort_keys=False)

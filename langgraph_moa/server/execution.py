@@ -169,7 +169,8 @@ class RunExecution(ServerCore):
             config,
             stream_mode=cast(Any, graph_stream_modes(modes)),
             subgraphs=True,
-            output_keys=graph.output_channels,
+            # the protocol's values are the whole state, as the reference's v3 stream
+            output_keys=graph.stream_channels if options.get("protocol") else graph.output_channels,
             durability=options.get("durability") or "async",
             interrupt_before=options.get("interrupt_before"),
             interrupt_after=options.get("interrupt_after"),

@@ -89,9 +89,12 @@ class RunService(ServerCore):
         *,
         stream_modes: list[str] | None = None,
         subscribe: bool = True,
+        protocol: bool = False,
     ) -> tuple[RunRecord, AsyncIterator[StreamEvent] | None]:
         """Validate, record and submit a run; returns it with a subscription to its events
-        (taken before the run starts, so nothing is missed) when ``subscribe``."""
+        (taken before the run starts, so nothing is missed) when ``subscribe``. A
+        ``protocol`` run is one the thread's ``/stream/events`` streams (see
+        ``protocol.py``)."""
         assistant = self.assistant(body.assistant_id, for_run=True)
         graph = assistant.graph
         modes = stream_modes or body.stream_modes
@@ -132,6 +135,8 @@ class RunService(ServerCore):
             "temporary": stateless and cast(StatelessRunCreate, body).on_completion == "delete",
             "tenant": tenant,
         }
+        if protocol:
+            options["protocol"] = True
         checkpoint_id = None
         if isinstance(body, RunCreate):
             checkpoint_id = body.checkpoint_id or (

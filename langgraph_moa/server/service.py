@@ -37,6 +37,7 @@ from langgraph_moa.server.core import (
 )
 from langgraph_moa.server.events import RunStreams
 from langgraph_moa.server.execution import RunExecution
+from langgraph_moa.server.protocol import ProtocolService
 from langgraph_moa.server.runs import RunService
 from langgraph_moa.server.threads import ThreadService
 
@@ -49,7 +50,7 @@ STORE_TTL: TTLConfig = {"refresh_on_read": True, "omit_expired": True, "sweep_in
 and its row is deleted within 5 minutes."""
 
 
-class MoAServer(ThreadService, RunService, RunExecution):
+class MoAServer(ThreadService, ProtocolService, RunService, RunExecution):
     """Assistants, threads and runs over the registry, the checkpointer and an executor.
 
     Use as an async context manager (or :meth:`start`/:meth:`stop`)::

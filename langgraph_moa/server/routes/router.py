@@ -6,7 +6,8 @@ to the API root, which is how the SDK resolves them against its base URL, also w
 router is mounted under a prefix.
 
 The paths live by resource: ``assistants.py``, ``threads.py``, ``runs.py`` (with the
-streaming and waiting responses in ``responses.py``); this module assembles them.
+streaming and waiting responses in ``responses.py``), ``store.py`` and ``protocol.py``
+(the JS SDK's commands + events protocol); this module assembles them.
 """
 
 import logging
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from langgraph_moa.server.auth import Authenticator
 from langgraph_moa.server.routes.assistants import add_assistant_routes
+from langgraph_moa.server.routes.protocol import add_protocol_routes
 from langgraph_moa.server.routes.runs import add_run_routes
 from langgraph_moa.server.routes.store import add_store_routes
 from langgraph_moa.server.routes.threads import add_thread_routes
@@ -137,6 +139,7 @@ def create_router(
     add_thread_routes(router, server, tenant_of)
     add_run_routes(router, server, tenant_of)
     add_store_routes(router, server, tenant_of)
+    add_protocol_routes(router, server, tenant_of)
     return router
 
 
