@@ -31,7 +31,9 @@ from tests.contract_support import (
     Call,
     Ctx,
     Outcome,
+    events,
     failed,
+    items,
     keys,
     ok,
     run_js,
@@ -315,6 +317,32 @@ ASSISTANT = keys(
     "assistant_id", "config", "context", "created_at", "description", "graph_id", "metadata",
     "name", "updated_at", "version",
 )  # fmt: skip
+THREAD = keys(
+    "config", "created_at", "error", "interrupts", "metadata", "state_updated_at", "status",
+    "thread_id", "updated_at", "values",
+)  # fmt: skip
+RUN = keys(
+    "assistant_id", "created_at", "kwargs", "metadata", "multitask_strategy", "run_id",
+    "status", "thread_id", "updated_at",
+)  # fmt: skip
+STATE = keys(
+    "checkpoint", "checkpoint_id", "created_at", "interrupts", "metadata", "next",
+    "parent_checkpoint", "parent_checkpoint_id", "tasks", "values",
+)  # fmt: skip
+ANSWER = keys("answer", "messages", "proposals", "syntheses", "usage")
+"""A run's final values (the graph's output keys)."""
+FULL_STATE = keys(
+    "answer", "asked", "layer", "messages", "notes", "plans", "proposals", "syntheses", "task",
+    "usage",
+)  # fmt: skip
+"""The whole state of a finished MoA run (the protocol's values)."""
+SCHEMAS = keys(
+    "config_schema", "context_schema", "graph_id", "input_schema", "output_schema", "state_schema"
+)  # fmt: skip
+NEW_THREAD = keys(
+    "config", "created_at", "metadata", "state_updated_at", "status", "thread_id", "updated_at",
+    "values",
+)  # fmt: skip
 BY_NAME = (
     "moa takes the graph name wherever an assistant id goes (GET /assistants/moa); the "
     "reference takes it only in run bodies"
@@ -407,8 +435,13 @@ JS_V2_RESPOND = """(async () => {
 
 CALLS: list[Call] = [
     # assistants
-    Call("assistants.search", "py", lambda c: c.client.assistants.search()),
-    Call("assistants.get", "py", lambda c: c.client.assistants.get(MOA_ID)),
+    Call(
+        "assistants.search",
+        "py",
+        lambda c: c.client.assistants.search(),
+        expect=ok(items(ASSISTANT)),
+    ),
+    Call("assistants.get", "py", lambda c: c.client.assistants.get(MOA_ID), expect=ok(ASSISTANT)),
     Call(
         "assistants.get.by_graph_name",
         "py",
@@ -417,12 +450,27 @@ CALLS: list[Call] = [
         ours=ok(ASSISTANT),
         why=BY_NAME,
     ),
-    Call("assistants.get_schemas", "py", lambda c: c.client.assistants.get_schemas(MOA_ID)),
-    Call("assistants.get_graph", "py", lambda c: c.client.assistants.get_graph(MOA_ID)),
-    Call("assistants.get_subgraphs", "py", lambda c: c.client.assistants.get_subgraphs(MOA_ID)),
-    Call("assistants.count", "py", lambda c: c.client.assistants.count()),
-    Call("assistants.search", "js", "client.assistants.search()"),
-    Call("assistants.get", "js", f'client.assistants.get("{MOA_ID}")'),
+    Call(
+        "assistants.get_schemas",
+        "py",
+        lambda c: c.client.assistants.get_schemas(MOA_ID),
+        expect=ok(SCHEMAS),
+    ),
+    Call(
+        "assistants.get_graph",
+        "py",
+        lambda c: c.client.assistants.get_graph(MOA_ID),
+        expect=ok(keys("edges", "nodes")),
+    ),
+    Call(
+        "assistants.get_subgraphs",
+        "py",
+        lambda c: c.client.assistants.get_subgraphs(MOA_ID),
+        expect=ok(keys()),
+    ),
+    Call("assistants.count", "py", lambda c: c.client.assistants.count(), expect=ok("number")),
+    Call("assistants.search", "js", "client.assistants.search()", expect=ok(items(ASSISTANT))),
+    Call("assistants.get", "js", f'client.assistants.get("{MOA_ID}")', expect=ok(ASSISTANT)),
     Call(
         "assistants.get.by_graph_name",
         "js",
@@ -431,17 +479,44 @@ CALLS: list[Call] = [
         ours=ok(ASSISTANT),
         why=BY_NAME,
     ),
-    Call("assistants.getSchemas", "js", f'client.assistants.getSchemas("{MOA_ID}")'),
-    Call("assistants.getGraph", "js", f'client.assistants.getGraph("{MOA_ID}")'),
-    Call("assistants.getSubgraphs", "js", f'client.assistants.getSubgraphs("{MOA_ID}")'),
-    Call("assistants.count", "js", "client.assistants.count()"),
+    Call(
+        "assistants.getSchemas",
+        "js",
+        f'client.assistants.getSchemas("{MOA_ID}")',
+        expect=ok(SCHEMAS),
+    ),
+    Call(
+        "assistants.getGraph",
+        "js",
+        f'client.assistants.getGraph("{MOA_ID}")',
+        expect=ok(keys("edges", "nodes")),
+    ),
+    Call(
+        "assistants.getSubgraphs",
+        "js",
+        f'client.assistants.getSubgraphs("{MOA_ID}")',
+        expect=ok(keys()),
+    ),
+    Call("assistants.count", "js", "client.assistants.count()", expect=ok("number")),
     # threads and thread runs
-    Call("threads.create", "py", lambda c: c.client.threads.create(metadata={"k": "v"}), save="t"),
-    Call("threads.get_state.new", "py", lambda c: c.client.threads.get_state(c["t"]["thread_id"])),
+    Call(
+        "threads.create",
+        "py",
+        lambda c: c.client.threads.create(metadata={"k": "v"}),
+        save="t",
+        expect=ok(NEW_THREAD),
+    ),
+    Call(
+        "threads.get_state.new",
+        "py",
+        lambda c: c.client.threads.get_state(c["t"]["thread_id"]),
+        expect=ok(STATE),
+    ),
     Call(
         "runs.wait",
         "py",
         lambda c: c.client.runs.wait(c["t"]["thread_id"], "moa", input={"task": "w"}),
+        expect=ok(ANSWER),
     ),
     Call(
         "runs.stream",
@@ -449,29 +524,57 @@ CALLS: list[Call] = [
         lambda c: c.client.runs.stream(
             c["t"]["thread_id"], "moa", input={"task": "s"}, stream_mode=["values", "updates"]
         ),
+        expect=ok(events("metadata", "updates", "values")),
     ),
     Call(
         "runs.create",
         "py",
         lambda c: c.client.runs.create(c["t"]["thread_id"], "moa", input={"task": "c"}),
         save="r",
+        expect=ok(RUN),
     ),
-    Call("runs.join", "py", lambda c: c.client.runs.join(c["t"]["thread_id"], c["r"]["run_id"])),
-    Call("runs.get", "py", lambda c: c.client.runs.get(c["t"]["thread_id"], c["r"]["run_id"])),
-    Call("runs.list", "py", lambda c: c.client.runs.list(c["t"]["thread_id"])),
-    Call("threads.get", "py", lambda c: c.client.threads.get(c["t"]["thread_id"])),
+    Call(
+        "runs.join",
+        "py",
+        lambda c: c.client.runs.join(c["t"]["thread_id"], c["r"]["run_id"]),
+        expect=ok(ANSWER),
+    ),
+    Call(
+        "runs.get",
+        "py",
+        lambda c: c.client.runs.get(c["t"]["thread_id"], c["r"]["run_id"]),
+        expect=ok(RUN),
+    ),
+    Call(
+        "runs.list", "py", lambda c: c.client.runs.list(c["t"]["thread_id"]), expect=ok(items(RUN))
+    ),
+    Call(
+        "threads.get", "py", lambda c: c.client.threads.get(c["t"]["thread_id"]), expect=ok(THREAD)
+    ),
     Call(
         "threads.update",
         "py",
         lambda c: c.client.threads.update(c["t"]["thread_id"], metadata={"z": 1}),
+        expect=ok(THREAD),
     ),
-    Call("threads.search", "py", lambda c: c.client.threads.search(metadata={"k": "v"})),
-    Call("threads.count", "py", lambda c: c.client.threads.count()),
-    Call("threads.get_state", "py", lambda c: c.client.threads.get_state(c["t"]["thread_id"])),
+    Call(
+        "threads.search",
+        "py",
+        lambda c: c.client.threads.search(metadata={"k": "v"}),
+        expect=ok(items(THREAD)),
+    ),
+    Call("threads.count", "py", lambda c: c.client.threads.count(), expect=ok("number")),
+    Call(
+        "threads.get_state",
+        "py",
+        lambda c: c.client.threads.get_state(c["t"]["thread_id"]),
+        expect=ok(STATE),
+    ),
     Call(
         "threads.get_history",
         "py",
         lambda c: c.client.threads.get_history(c["t"]["thread_id"], limit=2),
+        expect=ok(items(STATE)),
     ),
     Call(
         "threads.update_state",
@@ -479,76 +582,188 @@ CALLS: list[Call] = [
         lambda c: c.client.threads.update_state(
             c["t"]["thread_id"], {"task": "u"}, as_node="L1_a1"
         ),
+        expect=ok(keys("checkpoint", "checkpoint_id", "configurable")),
     ),
     Call(
-        "runs.delete", "py", lambda c: c.client.runs.delete(c["t"]["thread_id"], c["r"]["run_id"])
+        "runs.delete",
+        "py",
+        lambda c: c.client.runs.delete(c["t"]["thread_id"], c["r"]["run_id"]),
+        expect=ok(None),
     ),
-    Call("runs.get.missing", "py", lambda c: c.client.runs.get(c["t"]["thread_id"], MISSING)),
-    Call("threads.get.missing", "py", lambda c: c.client.threads.get(MISSING)),
-    Call("threads.create", "js", 'client.threads.create({ metadata: { k: "v" } })', save="t"),
-    Call("threads.getState.new", "js", "client.threads.getState(ctx.t.thread_id)"),
-    Call("runs.wait", "js", 'client.runs.wait(ctx.t.thread_id, "moa", { input: { task: "w" } })'),
+    Call(
+        "runs.get.missing",
+        "py",
+        lambda c: c.client.runs.get(c["t"]["thread_id"], MISSING),
+        expect=failed(404),
+    ),
+    Call("threads.get.missing", "py", lambda c: c.client.threads.get(MISSING), expect=failed(404)),
+    Call(
+        "threads.create",
+        "js",
+        'client.threads.create({ metadata: { k: "v" } })',
+        save="t",
+        expect=ok(NEW_THREAD),
+    ),
+    Call(
+        "threads.getState.new", "js", "client.threads.getState(ctx.t.thread_id)", expect=ok(STATE)
+    ),
+    Call(
+        "runs.wait",
+        "js",
+        'client.runs.wait(ctx.t.thread_id, "moa", { input: { task: "w" } })',
+        expect=ok(ANSWER),
+    ),
     Call(
         "runs.stream",
         "js",
         'client.runs.stream(ctx.t.thread_id, "moa", '
         '{ input: { task: "s" }, streamMode: ["values", "updates"] })',
+        expect=ok(events("metadata", "updates", "values")),
     ),
     Call(
         "runs.create",
         "js",
         'client.runs.create(ctx.t.thread_id, "moa", { input: { task: "c" } })',
         save="r",
+        expect=ok(RUN),
     ),
-    Call("runs.join", "js", "client.runs.join(ctx.t.thread_id, ctx.r.run_id)"),
-    Call("runs.get", "js", "client.runs.get(ctx.t.thread_id, ctx.r.run_id)"),
-    Call("runs.list", "js", "client.runs.list(ctx.t.thread_id)"),
-    Call("threads.get", "js", "client.threads.get(ctx.t.thread_id)"),
-    Call("threads.update", "js", "client.threads.update(ctx.t.thread_id, { metadata: { z: 1 } })"),
-    Call("threads.search", "js", 'client.threads.search({ metadata: { k: "v" } })'),
-    Call("threads.count", "js", "client.threads.count()"),
-    Call("threads.getState", "js", "client.threads.getState(ctx.t.thread_id)"),
-    Call("threads.getHistory", "js", "client.threads.getHistory(ctx.t.thread_id, { limit: 2 })"),
+    Call(
+        "runs.join",
+        "js",
+        "client.runs.join(ctx.t.thread_id, ctx.r.run_id)",
+        expect=ok(ANSWER),
+    ),
+    Call("runs.get", "js", "client.runs.get(ctx.t.thread_id, ctx.r.run_id)", expect=ok(RUN)),
+    Call("runs.list", "js", "client.runs.list(ctx.t.thread_id)", expect=ok(items(RUN))),
+    Call("threads.get", "js", "client.threads.get(ctx.t.thread_id)", expect=ok(THREAD)),
+    Call(
+        "threads.update",
+        "js",
+        "client.threads.update(ctx.t.thread_id, { metadata: { z: 1 } })",
+        expect=ok(THREAD),
+    ),
+    Call(
+        "threads.search",
+        "js",
+        'client.threads.search({ metadata: { k: "v" } })',
+        expect=ok(items(THREAD)),
+    ),
+    Call("threads.count", "js", "client.threads.count()", expect=ok("number")),
+    Call("threads.getState", "js", "client.threads.getState(ctx.t.thread_id)", expect=ok(STATE)),
+    Call(
+        "threads.getHistory",
+        "js",
+        "client.threads.getHistory(ctx.t.thread_id, { limit: 2 })",
+        expect=ok(items(STATE)),
+    ),
     Call(
         "threads.updateState",
         "js",
         'client.threads.updateState(ctx.t.thread_id, { values: { task: "u" }, asNode: "L1_a1" })',
+        expect=ok(keys("checkpoint", "checkpoint_id", "configurable")),
     ),
-    Call("runs.delete", "js", "client.runs.delete(ctx.t.thread_id, ctx.r.run_id)"),
-    Call("threads.get.missing", "js", f'client.threads.get("{MISSING}")'),
+    Call("runs.delete", "js", "client.runs.delete(ctx.t.thread_id, ctx.r.run_id)", expect=ok(None)),
+    Call("threads.get.missing", "js", f'client.threads.get("{MISSING}")', expect=failed(404)),
     # stateless runs
     Call(
-        "runs.wait.stateless", "py", lambda c: c.client.runs.wait(None, "moa", input={"task": "sl"})
+        "runs.wait.stateless",
+        "py",
+        lambda c: c.client.runs.wait(None, "moa", input={"task": "sl"}),
+        expect=ok(ANSWER),
     ),
     Call(
         "runs.stream.stateless",
         "py",
         lambda c: c.client.runs.stream(None, "moa", input={"task": "sl"}),
+        expect=ok(events("metadata", "values")),
     ),
-    Call("runs.wait.stateless", "js", 'client.runs.wait(null, "moa", { input: { task: "sl" } })'),
     Call(
-        "runs.stream.stateless", "js", 'client.runs.stream(null, "moa", { input: { task: "sl" } })'
+        "runs.wait.stateless",
+        "js",
+        'client.runs.wait(null, "moa", { input: { task: "sl" } })',
+        expect=ok(ANSWER),
+    ),
+    Call(
+        "runs.stream.stateless",
+        "js",
+        'client.runs.stream(null, "moa", { input: { task: "sl" } })',
+        expect=ok(events("metadata", "values")),
     ),
     # the store
-    Call("store.put_item", "py", lambda c: c.client.store.put_item(NS, "k1", {"text": "remember"})),
-    Call("store.get_item", "py", lambda c: c.client.store.get_item(NS, "k1")),
-    Call("store.search_items", "py", lambda c: c.client.store.search_items(NS[:1])),
-    Call("store.list_namespaces", "py", lambda c: c.client.store.list_namespaces(prefix=NS[:1])),
-    Call("store.delete_item", "py", lambda c: c.client.store.delete_item(NS, "k1")),
-    Call("store.putItem", "js", f'client.store.putItem({json.dumps(NS)}, "k2", {{ text: "x" }})'),
-    Call("store.getItem", "js", f'client.store.getItem({json.dumps(NS)}, "k2")'),
-    Call("store.searchItems", "js", f"client.store.searchItems({json.dumps(NS[:1])})"),
+    Call(
+        "store.put_item",
+        "py",
+        lambda c: c.client.store.put_item(NS, "k1", {"text": "remember"}),
+        expect=ok(None),
+    ),
+    Call(
+        "store.get_item",
+        "py",
+        lambda c: c.client.store.get_item(NS, "k1"),
+        expect=ok(keys("created_at", "key", "namespace", "updated_at", "value")),
+    ),
+    Call(
+        "store.search_items",
+        "py",
+        lambda c: c.client.store.search_items(NS[:1]),
+        expect=ok(keys("items")),
+    ),
+    Call(
+        "store.list_namespaces",
+        "py",
+        lambda c: c.client.store.list_namespaces(prefix=NS[:1]),
+        expect=ok(keys("namespaces")),
+    ),
+    Call(
+        "store.delete_item", "py", lambda c: c.client.store.delete_item(NS, "k1"), expect=ok(None)
+    ),
+    Call(
+        "store.putItem",
+        "js",
+        f'client.store.putItem({json.dumps(NS)}, "k2", {{ text: "x" }})',
+        expect=ok(None),
+    ),
+    Call(
+        "store.getItem",
+        "js",
+        f'client.store.getItem({json.dumps(NS)}, "k2")',
+        expect=ok(
+            keys("createdAt", "created_at", "key", "namespace", "updatedAt", "updated_at", "value")
+        ),
+    ),
+    Call(
+        "store.searchItems",
+        "js",
+        f"client.store.searchItems({json.dumps(NS[:1])})",
+        expect=ok(keys("items")),
+    ),
     Call(
         "store.listNamespaces",
         "js",
         f"client.store.listNamespaces({{ prefix: {json.dumps(NS[:1])} }})",
+        expect=ok(keys("namespaces")),
     ),
-    Call("store.deleteItem", "js", f'client.store.deleteItem({json.dumps(NS)}, "k2")'),
+    Call(
+        "store.deleteItem",
+        "js",
+        f'client.store.deleteItem({json.dumps(NS)}, "k2")',
+        expect=ok(None),
+    ),
     # the commands + events stream protocol (client.threads.stream)
-    Call("threads.stream.run", "py", v2_run),
-    Call("threads.stream.respond", "py", v2_respond),
-    Call("threads.stream.run", "js", JS_V2_RUN),
-    Call("threads.stream.respond", "js", JS_V2_RESPOND),
+    Call(
+        "threads.stream.run",
+        "py",
+        v2_run,
+        expect=ok(FULL_STATE),
+    ),
+    Call("threads.stream.respond", "py", v2_respond, expect=ok(keys("answer", "asked"))),
+    Call(
+        "threads.stream.run",
+        "js",
+        JS_V2_RUN,
+        expect=ok(FULL_STATE),
+    ),
+    Call("threads.stream.respond", "js", JS_V2_RESPOND, expect=ok(keys("answer", "asked"))),
     Call(
         "commands.run.start",
         "http",
@@ -561,11 +776,16 @@ CALLS: list[Call] = [
                 "params": {"assistant_id": "moa", "input": {"task": "h"}},
             },
         ),
+        expect={"status": 200, "shape": keys("id", "meta", "result", "type")},
     ),
     Call(
         "stream.events",
         "http",
         lambda c: thread_events(c, c["t"]["thread_id"], {"channels": SDK_CHANNELS}),
+        expect={
+            "status": 200,
+            "shape": {"events": protocol_events("lifecycle", "values", "messages")},
+        },
     ),
     Call(
         "stream.events.updates",
@@ -577,16 +797,19 @@ CALLS: list[Call] = [
             "stream modes); the reference's v3 stream (langgraph 1.2's default transformers) "
             "sends none on these channels"
         ),
+        expect={"status": 200, "shape": {"events": protocol_events("lifecycle")}},
     ),
     Call(
         "commands.unknown",
         "http",
         lambda c: command(c, c["t"]["thread_id"], {"id": 2, "method": "nope"}),
+        expect={"status": 200, "shape": keys("error", "id", "message", "type")},
     ),
     Call(
         "commands.malformed",
         "http",
         lambda c: command(c, c["t"]["thread_id"], {"method": "run.start"}),
+        expect={"status": 400, "shape": keys("error", "id", "message", "type")},
     ),
     Call(
         "commands.respond.unknown",
@@ -600,11 +823,13 @@ CALLS: list[Call] = [
                 "params": {"interrupt_id": "x", "namespace": [], "response": 1},
             },
         ),
+        expect={"status": 200, "shape": keys("error", "id", "message", "type")},
     ),
     Call(
         "stream.events.bad_channel",
         "http",
         lambda c: thread_events(c, c["t"]["thread_id"], {"channels": ["nope"]}),
+        expect={"status": 400, "shape": keys("detail")},
     ),
     Call(
         "stream.events.missing",
@@ -617,8 +842,13 @@ CALLS: list[Call] = [
             "reference opens an idle stream"
         ),
     ),
-    Call("threads.delete", "py", lambda c: c.client.threads.delete(c["t"]["thread_id"])),
-    Call("threads.delete", "js", "client.threads.delete(ctx.t.thread_id)"),
+    Call(
+        "threads.delete",
+        "py",
+        lambda c: c.client.threads.delete(c["t"]["thread_id"]),
+        expect=ok(None),
+    ),
+    Call("threads.delete", "js", "client.threads.delete(ctx.t.thread_id)", expect=ok(None)),
 ]
 """Every call, in the order they run (Python and HTTP calls first, then JS ones)."""
 
