@@ -71,6 +71,8 @@ def thread_endpoints(t: str, r: str, c: str) -> list[tuple[str, str, Any]]:
         ("GET", f"/threads/{t}/runs/{r}/stream", None),
         ("POST", f"/threads/{t}/runs/{r}/cancel", None),
         ("DELETE", f"/threads/{t}/runs/{r}", None),
+        ("POST", f"/threads/{t}/commands", {"id": 1, "method": "run.start", "params": run}),
+        ("POST", f"/threads/{t}/stream/events", {"channels": ["values"]}),
         ("DELETE", f"/threads/{t}", None),
     ]
 

@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from langgraph_moa.persistence.registry import RunRecord
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.server import serde
@@ -41,8 +43,11 @@ from langgraph_moa.server.schemas import RunCreate
 __all__ = [
     "CHANNELS",
     "RUN_STREAM_MODES",
+    "CommandAnswer",
     "CommandError",
     "EventFilter",
+    "EventStreamRequest",
+    "ProtocolCommand",
     "ProtocolService",
     "RunTranslator",
 ]
@@ -76,6 +81,37 @@ COMMANDS = frozenset(
 """The commands the reference serves over HTTP; any other is ``unknown_command``."""
 NEXT_RUN_POLL = 0.25
 """Seconds between looks for a newer run of a followed thread."""
+
+
+class ProtocolCommand(BaseModel):
+    """A ``/commands`` body (documentation: the route reads the body leniently and answers
+    a malformed one with a protocol error, as the reference does)."""
+
+    id: int
+    method: str = Field(examples=["run.start", "input.respond"])
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class CommandAnswer(BaseModel):
+    """A ``/commands`` answer: ``success`` with ``result`` and ``meta``, or ``error`` with
+    ``error`` (a protocol error code) and ``message``."""
+
+    type: str = Field(examples=["success", "error"])
+    id: int | None
+    result: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = None
+    error: str | None = None
+    message: str | None = None
+
+
+class EventStreamRequest(BaseModel):
+    """A ``/stream/events`` body: the channels, namespace prefixes and depth of the events
+    wanted, and ``since`` (the last ``seq`` seen, to resume)."""
+
+    channels: list[str] = Field(examples=[["lifecycle", "input", "values", "messages"]])
+    namespaces: list[list[str]] | None = None
+    depth: int | None = None
+    since: int | None = None
 
 
 class CommandError(Exception):
@@ -401,7 +437,9 @@ class ProtocolService(RunService):
     async def protocol_command(
         self, tenant: str | None, thread_id: str, command: Any
     ) -> tuple[int, dict[str, Any]]:
-        """The status and answer of one ``/commands`` request."""
+        """The status and answer of one ``/commands`` request. A ``run.start`` on another
+        tenant's thread is a 404 (:class:`ApiError`), as on every path; other refusals
+        are in-band errors, the same for another tenant's thread as for a missing one."""
         if (
             not isinstance(command, dict)
             or isinstance(command.get("id"), bool)
@@ -435,8 +473,8 @@ class ProtocolService(RunService):
         except CommandError as exc:
             return 200, _error(cid, exc.code, exc.message)
         except ApiError as exc:
-            if exc.status == 404:  # another tenant's thread, or a bad id: as if absent
-                return 200, _error(cid, "no_such_run", exc.detail)
+            if exc.status == 404:  # e.g. run.start on another tenant's thread: as everywhere
+                raise
             return 200, _error(cid, "invalid_argument", exc.detail)
         return 200, {
             "type": "success",
