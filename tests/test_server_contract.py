@@ -26,6 +26,7 @@ import pytest
 import yaml
 from langgraph_sdk import get_client
 
+from langgraph_moa.state import MoAOutput, MoAState
 from langgraph_moa.testing import ModelServer
 from tests.contract_support import (
     Call,
@@ -329,12 +330,9 @@ STATE = keys(
     "checkpoint", "checkpoint_id", "created_at", "interrupts", "metadata", "next",
     "parent_checkpoint", "parent_checkpoint_id", "tasks", "values",
 )  # fmt: skip
-ANSWER = keys("answer", "messages", "proposals", "syntheses", "usage")
-"""A run's final values (the graph's output keys)."""
-FULL_STATE = keys(
-    "answer", "asked", "layer", "messages", "notes", "plans", "proposals", "syntheses", "task",
-    "usage",
-)  # fmt: skip
+ANSWER = keys(*MoAOutput.__annotations__)
+"""A run's final values: the graph's output keys."""
+FULL_STATE = keys(*MoAState.__annotations__)
 """The whole state of a finished MoA run (the protocol's values)."""
 SCHEMAS = keys(
     "config_schema", "context_schema", "graph_id", "input_schema", "output_schema", "state_schema"
