@@ -47,6 +47,10 @@ CASES: list[tuple[list[str], int, str]] = [
     (["worker", "--concurrency", "0"], 2, "Invalid value for '--concurrency'"),
     (["runs", "--limit", "-5"], 2, "Invalid value for '--limit'"),
     (["resume", "--stale", "--stale-after", "0"], 2, "give a duration above 0"),
+    *(  # a file that cannot be opened: one line, no aiosqlite thread traceback before it
+        ([*command, "--db", "sqlite:////nonexistent/dir/moa.sqlite"], 1, "cannot open the SQLite")
+        for command in (["resume", "t"], ["history", "t"], ["fork", "t", "-c", "x"])
+    ),
 ]
 
 

@@ -16,7 +16,14 @@ if TYPE_CHECKING:
     from langgraph_moa.persistence.registry import RunRegistry
     from langgraph_moa.runtime.runs import StoreError
 
-__all__ = ["default_db_url", "open_checkpointer", "open_registry", "resolve_db_url", "store_error"]
+__all__ = [
+    "check_sqlite_file",
+    "default_db_url",
+    "open_checkpointer",
+    "open_registry",
+    "resolve_db_url",
+    "store_error",
+]
 
 
 def default_db_url() -> str:
@@ -31,11 +38,31 @@ def resolve_db_url(db_url: str | None) -> str:
     return db_url or os.environ.get("MOA_DB_URL") or default_db_url()
 
 
+def check_sqlite_file(url: str) -> None:
+    """Open an SQLite store's file once, synchronously, before any async driver does: a
+    file that cannot be opened raises SQLAlchemy's ``OperationalError`` here, instead of
+    leaving aiosqlite's thread to fail against a closed event loop after the error."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    if parsed.database.startswith("file:"):
+        return  # a URI filename: its options are the driver's business
+    try:
+        sqlite3.connect(parsed.database).close()
+    except sqlite3.Error as exc:
+        raise sa.exc.OperationalError("connect", {}, exc) from exc
+
+
 @asynccontextmanager
 async def open_checkpointer(db_url: str | None) -> AsyncIterator[BaseCheckpointSaver[Any]]:
     """The async SQLAlchemy checkpointer of ``db_url``, set up and ready."""
     from langgraph_moa.persistence import AsyncSQLAlchemySaver
 
+    check_sqlite_file(resolve_db_url(db_url))
     async with AsyncSQLAlchemySaver.from_url(resolve_db_url(db_url)) as saver:
         await saver.setup()
         yield saver
