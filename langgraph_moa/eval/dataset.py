@@ -166,11 +166,13 @@ def _rank(item: EvalItem) -> str:
 
 
 def select_items(items: list[EvalItem], limit: int | None) -> list[EvalItem]:
-    """A deterministic subset of ``limit`` items, in dataset order, covering the categories
-    evenly: categories take turns, each giving its items in the order of a hash of their id.
+    """A deterministic subset of ``limit`` items covering the categories evenly: categories
+    take turns, each giving its items in the order of a hash of their id; the items come
+    in that order (which is the order an evaluation runs them).
 
     The same ``limit`` always gives the same items, and a larger ``limit`` gives a superset
-    (so a quick run's results are reused by a longer one).
+    whose first items are the smaller one's (so a quick run's results are reused by a
+    longer one, and a longer run stopped early has finished a smaller one's items first).
     """
     if limit is None or limit >= len(items):
         return list(items)
@@ -180,9 +182,9 @@ def select_items(items: list[EvalItem], limit: int | None) -> list[EvalItem]:
     for item in items:
         groups.setdefault(item.category or "", []).append(item)
     queues = [sorted(groups[c], key=_rank) for c in sorted(groups)]
-    chosen: set[str] = set()
+    chosen: list[EvalItem] = []
     while len(chosen) < limit:
         for queue in queues:
             if queue and len(chosen) < limit:
-                chosen.add(queue.pop(0).id)
-    return [i for i in items if i.id in chosen]
+                chosen.append(queue.pop(0))
+    return chosen
