@@ -180,17 +180,19 @@ class Pick:
 
 _BRACKETED = re.compile(r"\[\s*(\d+)\s*\]")
 _NAMED = re.compile(
-    r"\b(?:proposal|response|answer|choice|option|number|best)\s*(?:is|:)?\s*#?\s*(\d+)\b",
+    r"\b(?:proposal|response|choice|option|number|best)\s*(?:is|:)?\s*#?\s*(\d+)\b",
     re.IGNORECASE,
 )
-_LEADING = re.compile(r"^\W*(\d+)\b")
+_LEADING = re.compile(r"^\W*(\d+)\W*$", re.MULTILINE)  # a first line that is only a number
 _REASON = re.compile(r"^\s*(?:reason|because|why)\s*[:\-]\s*", re.IGNORECASE)
 
 
 def parse_pick(reply: str, count: int, agents: list[str] | None = None) -> Pick:
     """Read which of ``count`` numbered proposals a reply picks: JSON ``{"choice": n,
-    "reason": ...}``, else the first ``[n]``, "proposal n" or leading number in 1..count,
-    else the one agent name it mentions. The reason is the rest of the reply."""
+    "reason": ...}``, else the first ``[n]``, "proposal n" or first line that is only a
+    number, in 1..count, else the one agent name it mentions ("the answer is 2" is no
+    pick: a synthesizer answering the task is not misread). The reason is the rest of the
+    reply."""
     text = reply.strip()
     start, end = text.find("{"), text.rfind("}")
     if 0 <= start < end:
@@ -207,7 +209,7 @@ def parse_pick(reply: str, count: int, agents: list[str] | None = None) -> Pick:
                 return Pick(number, str(data.get("reason") or "").strip())
     first, _, rest = text.partition("\n")
     for pattern in (_BRACKETED, _NAMED, _LEADING):
-        for match in pattern.finditer(text):
+        for match in pattern.finditer(first if pattern is _LEADING else text):
             number = int(match.group(1))
             if 1 <= number <= count:
                 on_first = match.start() < len(first)
