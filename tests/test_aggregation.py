@@ -285,3 +285,32 @@ def test_cli_aggregation_option(model_server: ModelServer, sqlite_url: str, tmp_
     bad = _moa("run", "x", "--spec", str(spec_file), "--aggregation", "poll", "--db", sqlite_url)
     assert bad.returncode == 2
     assert "--aggregation 'poll': use one of synthesize, vote, select, concat" in bad.stderr
+
+
+def test_the_live_view_and_dashboard_summarize_each_mode() -> None:
+    from langgraph_moa.runtime.progress import aggregation_summary, claim_line
+
+    voted = {
+        "mode": "vote",
+        "decided_by": "vote",
+        "proposals": ["p1", "p2", "p3"],
+        "votes": {"48": 2, "44": 1},
+        "winner": "48",
+        "agreement": 0.6667,
+        "agent": "p1",
+    }
+    assert aggregation_summary(voted) == "vote '48' 2/3 (67%): p1"
+    split = {
+        "mode": "vote",
+        "decided_by": "synthesizer",
+        "reason": "a tie: the synthesizer decided",
+    }
+    assert aggregation_summary(split) == "vote split, synthesized (a tie)"
+    assert aggregation_summary(
+        {"mode": "select", "decided_by": "select", "choice": 2, "agent": "p2"}
+    ) == ("select [2] p2")
+    fallback = {"mode": "select", "decided_by": "fallback", "agent": "p1"}
+    assert aggregation_summary(fallback) == "select: pick unreadable, took [1] p1"
+    assert aggregation_summary({"mode": "concat", "decided_by": "concat"}) == "concat"
+    long = {"text": "word " * 30, "agents": ["p1", "p2"], "inferred": True}
+    assert claim_line(long, width=20) == '  "word word word wo..." <- p1, p2 (inferred)'
