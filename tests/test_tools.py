@@ -314,9 +314,30 @@ async def test_live_view_shows_the_tools_an_agent_used(
     srv.add_rule(model="coder", reply=tool_results)
     spec = spec_of(srv, {"add": {"function": "tests.tool_fixtures:add"}}, ["add"])
     view = RunProgress([["coder"]])
+    tool_events: list[dict[str, Any]] = []
+    notes: list[str] = []
+
+    def feed(mode: str, chunk: Any) -> None:
+        view.feed(mode, chunk)
+        if mode == "custom":
+            tool_events.append(chunk)
+            notes.append(view.rows["L1_coder"].note)
+
     async with MoA(spec, db_url=sqlite_url) as moa:
-        result = await moa.ainvoke("task", on_event=view.feed)
+        result = await moa.ainvoke("task", on_event=feed)
     assert result.answer
+    # each call is seen while the agent works: started (with its arguments), then done
+    assert sorted((e["tool"], e["status"], str(e.get("args"))) for e in tool_events) == [
+        ("add", "running", "{'a': 1, 'b': 0}"),
+        ("add", "running", "{'a': 1, 'b': 1}"),
+        ("add", "success", "None"),
+        ("add", "success", "None"),
+    ]
+    assert all(e["agent"] == "coder" and e["node"] == "L1_coder" for e in tool_events)
+    assert {e["call_id"] for e in tool_events if e["status"] == "success"} == {
+        e["call_id"] for e in tool_events if e["status"] == "running"
+    }
+    assert "add running" in notes and any(", 2 tool calls" in n for n in notes), notes
     row = view.rows["L1_coder"]
     assert row.status == "done"
     assert re.fullmatch(r"tools: add x2 \(\d+\.\ds\)", row.note), row.note

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextvars
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict, cast
 
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, ToolCall, ToolMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Send, interrupt
@@ -30,7 +32,12 @@ from langgraph_moa.nodes.tools import AgentTools, ToolResolver
 from langgraph_moa.spec import AgentSpec
 from langgraph_moa.state import Usage, add_usage
 
-__all__ = ["LoopResult", "ToolLoop"]
+__all__ = ["TOOL_EVENT", "LoopResult", "ToolLoop"]
+
+TOOL_EVENT = "tool_call"
+"""``kind`` of the ``custom`` stream events of tool calls: ``{"kind", "agent", "node",
+"tool", "call_id", "status"}`` with ``status`` ``running`` (and ``args``), then ``success``,
+``error`` or ``refused`` (and ``seconds``)."""
 
 STARTED = "__moa_tool_started__"
 """Channel name of the 'this non-idempotent call started' record (never applied to state)."""
@@ -64,6 +71,8 @@ class _Call:
     ledger: Ledger
     budget: Budget | None
     tools: AgentTools
+    write: Callable[[Any], None]
+    """The agent node's stream writer: tool events reach the run's ``custom`` stream."""
 
 
 _current: contextvars.ContextVar[_Call] = contextvars.ContextVar("moa_tool_loop")
@@ -106,7 +115,11 @@ class ToolLoop:
         budget: Budget | None = None,
     ) -> LoopResult:
         tools = await self.resolver.for_agent(self.agent)
-        token = _current.set(_Call(ledger, budget, tools))
+        try:
+            write = get_stream_writer()
+        except RuntimeError:  # outside a graph
+            write = _ignore
+        token = _current.set(_Call(ledger, budget, tools, write))
         try:
             start = LoopState(messages=cast(list[AnyMessage], messages), steps=0)
             state = await self.graph.ainvoke(start, config)
@@ -164,15 +177,20 @@ class ToolLoop:
         ]
 
     async def _tool(self, task: ToolTask, config: RunnableConfig) -> dict[str, Any]:
-        call, tools = task["call"], _current.get().tools
+        current = _current.get()
+        call, tools = task["call"], current.tools
         name, call_id = call["name"], call.get("id") or ""
         tool = next((t for t in tools.tools if t.name == name), None)
+        event = {"kind": TOOL_EVENT, "agent": self.agent.name, "node": self.node,
+                 "tool": name, "call_id": call_id}  # fmt: skip
 
         def reply(
             text: str, status: str = "success", ran: bool = True, **extra: Any
         ) -> dict[str, Any]:
             message = ToolMessage(text, tool_call_id=call_id, name=name, status=status)
             message.additional_kwargs.update(extra)
+            done = status if ran else "refused"
+            current.write({**event, "status": done, "seconds": extra.get("seconds", 0.0)})
             return {
                 "messages": [message],
                 "used": [name] if ran else [],
@@ -211,6 +229,7 @@ class ToolLoop:
                     )
             else:
                 await _mark_started(config)
+        current.write({**event, "status": "running", "args": call.get("args")})
         started = time.monotonic()
         try:
             result = await tool.ainvoke(call, config)
@@ -222,6 +241,10 @@ class ToolLoop:
         if isinstance(result, ToolMessage) and result.status == "error":
             return reply(_text(text), "error", seconds=seconds)
         return reply(_text(text), seconds=seconds)
+
+
+def _ignore(_: Any) -> None:
+    return None
 
 
 def _text(content: Any) -> str:

@@ -269,7 +269,7 @@ class MoA:
                 thread_id=thread_id,
                 run_id=run_id,
                 resume=resume,
-                stream_mode=["tasks", "updates"],
+                stream_mode=["tasks", "updates", "custom"],
                 durability=durability,
                 budget=budget,
                 configurable=lease,

@@ -37,6 +37,8 @@ class AgentRow:
     started: float | None = None
     seconds: float | None = None
     note: str = ""
+    tool_calls: int = 0
+    """Tool calls finished so far (``custom`` stream events of the agent's tool loop)."""
 
 
 @dataclass
@@ -58,6 +60,17 @@ class RunProgress:
 
     def feed(self, mode: str, chunk: Any) -> None:
         """Take one ``(mode, chunk)`` item of ``astream(stream_mode=[...])``."""
+        if mode == "custom" and isinstance(chunk, dict) and chunk.get("kind") == "tool_call":
+            row = self.rows.get(str(chunk.get("node")))
+            if row is not None and row.status == "running":
+                tool, status = chunk.get("tool"), chunk.get("status")
+                if status == "running":
+                    row.note = f"{tool} running"
+                else:
+                    row.tool_calls += 1
+                    row.note = f"{tool} {status} ({float(chunk.get('seconds') or 0):.1f}s)"
+                    row.note += f", {row.tool_calls} tool calls" if row.tool_calls > 1 else ""
+            return
         if mode == "tasks" and isinstance(chunk, dict):
             row = self.rows.get(str(chunk.get("name")))
             if row is None:
