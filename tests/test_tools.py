@@ -496,3 +496,38 @@ async def test_mcp_streamable_http_tools(model_server: ModelServer, mcp_http: st
     await run(spec)
     synth = next(r for r in srv.requests if r.model == "synth")
     assert synth.system.endswith("(tools used: web_reverse)\nresults: evil")
+
+
+async def test_server_streams_each_tool_call_as_a_custom_event(
+    model_server: ModelServer, tmp_path: Path
+) -> None:
+    """Over the LangGraph Server API, ``stream_mode="custom"`` carries the tool calls of
+    the run as they happen (the event log keeps them for a client that reconnects)."""
+    from langgraph_sdk import get_client
+
+    from tests.test_server_support import Served
+
+    srv = model_server
+    srv.add_rule(
+        model="coder", times=1, tool_calls=[{"name": "add", "arguments": {"a": 2, "b": 3}}]
+    )
+    srv.add_rule(model="coder", reply=tool_results)
+    spec = spec_of(srv, {"add": {"function": "tests.tool_fixtures:add"}}, ["add"])
+    served = Served(tmp_path, [spec], f"sqlite:///{tmp_path / 'moa.sqlite'}").start()
+    try:
+        client = get_client(url=served.url)
+        thread = await client.threads.create()
+        parts = [
+            (p.event, p.data)
+            async for p in client.runs.stream(
+                thread["thread_id"], "tooly", input={"task": "add"}, stream_mode=["custom"]
+            )
+        ]
+    finally:
+        served.stop()
+    custom = [data for event, data in parts if event == "custom"]
+    assert [(d["kind"], d["agent"], d["tool"], d["status"]) for d in custom] == [
+        ("tool_call", "coder", "add", "running"),
+        ("tool_call", "coder", "add", "success"),
+    ]
+    assert custom[0]["args"] == {"a": 2, "b": 3} and custom[1]["seconds"] >= 0
