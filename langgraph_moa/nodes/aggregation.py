@@ -14,7 +14,7 @@ __all__ = ["Pick", "Vote", "extract_answer", "normalize_answer", "parse_pick", "
 
 _BOXED = re.compile(r"\\boxed\{([^{}\n]+)\}")
 _MARKER = re.compile(
-    r"\b(?:final answer|answer)\s*(?:is|was|:|=|-)\s*:?\s*(\S[^\n]*)", re.IGNORECASE
+    r"\b(?:final answer|answer)\s*(?:is|was|:|=|-)\s*(?::\s*)?(\S[^\n]*)", re.IGNORECASE
 )
 _LIST_ITEM = re.compile(r"^(?:[-*+>]|#+)\s+")
 _DECORATION = "*_`\"'\u201c\u201d\u2018\u2019\u00ab\u00bb \t"
@@ -180,7 +180,7 @@ class Pick:
 
 _BRACKETED = re.compile(r"\[\s*(\d+)\s*\]")
 _NAMED = re.compile(
-    r"\b(?:proposal|response|choice|option|number|best)\s*(?:is|:)?\s*#?\s*(\d+)\b",
+    r"\b(?:proposal|response|choice|option|number|best)(?:\s*(?:is\b|:))?\s*(?:#\s*)?(\d+)\b",
     re.IGNORECASE,
 )
 _LEADING = re.compile(r"^\W*(\d+)\W*$", re.MULTILINE)  # a first line that is only a number

@@ -111,7 +111,9 @@ def _marker(agents: Sequence[str]) -> re.Pattern[str]:
     """A citation: ``[1]``, ``[1, 2]``, ``[1-3]``, ``[name]`` (not ``x[1]``, an index)."""
     names = "|".join(re.escape(a) for a in sorted(agents, key=len, reverse=True))
     item = r"\d+(?:\s*[-\u2013]\s*\d+)?" + (f"|{names}" if names else "")
-    return re.compile(rf"(?:[ \t]+|(?<![\w\[]))\[\s*(?:{item})(?:\s*[,;]\s*(?:{item}))*\s*\]")
+    # a run of blanks is tried from its first one only: linear time on long runs
+    lead = r"(?:(?<![ \t])[ \t]+|(?<![\w\[ \t]))"
+    return re.compile(rf"{lead}\[\s*(?:{item})(?:\s*[,;]\s*(?:{item}))*\s*\]")
 
 
 def _cited(marker: str, agents: Sequence[str]) -> list[int] | None:
@@ -136,7 +138,7 @@ def _cited(marker: str, agents: Sequence[str]) -> list[int] | None:
 def _sentences(line: str) -> list[str]:
     """A line split after ``.``, ``!`` or ``?`` (and the citations that follow them)
     before white space; ``3.14`` and ``x.y`` stay whole."""
-    ends = re.finditer(r"[.!?]+['\")]*(?:[ \t]*\[[^\[\]\n]{1,40}\])*(?=\s|$)", line)
+    ends = re.finditer(r"(?<![.!?])[.!?]+['\")]*(?:[ \t]*\[[^\[\]\n]{1,40}\])*(?=\s|$)", line)
     parts, start = [], 0
     for end in ends:
         parts.append(line[start : end.end()])
