@@ -119,6 +119,9 @@ async def run_python(url: str, calls: Sequence[Call], srv: ModelServer) -> dict[
                     outcome = _response(result) if call.sdk == "http" else ok(shape_of(result))
             except httpx.HTTPStatusError as exc:
                 result, outcome = None, failed(exc.response.status_code)
+            except Exception as exc:  # e.g. the server dropped the connection, or an earlier
+                # call this one builds on failed: a status that says so
+                result, outcome = None, {"status": type(exc).__name__, "shape": None}
             if call.save:
                 ctx[call.save] = result
             out[f"{call.sdk} {call.name}"] = outcome

@@ -432,7 +432,9 @@ def _checkpoint(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class ProtocolService(RunService):
-    """The commands and the event streams of the protocol, for a tenant's threads."""
+    """The commands and the event streams of the protocol, for a tenant's threads. (Its
+    methods are all named ``protocol_*``/``_protocol_*``: MoAServer mixes several
+    services into one class, where a shared name would silently win over another.)"""
 
     async def protocol_command(
         self, tenant: str | None, thread_id: str, command: Any
@@ -459,9 +461,9 @@ class ProtocolService(RunService):
             if method not in COMMANDS:
                 raise CommandError("unknown_command", f"Unknown protocol command: {method}")
             if method == "run.start":
-                result = await self._run_start(tenant, thread_id, params)
+                result = await self._protocol_start(tenant, thread_id, params)
             elif method == "input.respond":
-                result = await self._input_respond(tenant, thread_id, params)
+                result = await self._protocol_respond(tenant, thread_id, params)
             elif method == "subscription.subscribe":
                 result = _subscribe(params)
             elif method == "subscription.unsubscribe":
@@ -483,7 +485,7 @@ class ProtocolService(RunService):
             "meta": {"applied_through_seq": 0},
         }
 
-    async def _run_start(
+    async def _protocol_start(
         self, tenant: str | None, thread_id: str, params: dict[str, Any]
     ) -> dict[str, Any]:
         assistant_id = params.get("assistant_id")
@@ -493,7 +495,7 @@ class ProtocolService(RunService):
         config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
         configurable = dict(config.get("configurable") or {})
         checkpoint_id = configurable.pop("checkpoint_id", None)
-        pending = await self._pending_interrupts(tenant, thread_id)
+        pending = await self._protocol_interrupts(tenant, thread_id)
         value = params.get("input")
         body: dict[str, Any] = {
             "assistant_id": assistant_id,
@@ -514,7 +516,7 @@ class ProtocolService(RunService):
         run = await self._protocol_run(tenant, thread_id, body)
         return {"run_id": run.run_id}
 
-    async def _input_respond(
+    async def _protocol_respond(
         self, tenant: str | None, thread_id: str, params: dict[str, Any]
     ) -> dict[str, Any]:
         entries = params.get("responses")
@@ -532,7 +534,7 @@ class ProtocolService(RunService):
                     "invalid_argument", "input.respond requires namespace to be a list of strings."
                 )
             answers[entry["interrupt_id"]] = entry.get("response")
-        pending = await self._pending_interrupts(tenant, thread_id)
+        pending = await self._protocol_interrupts(tenant, thread_id)
         for interrupt_id in answers:
             if interrupt_id not in pending:
                 raise CommandError(
@@ -567,7 +569,7 @@ class ProtocolService(RunService):
         run, _ = await self.create_run(tenant, thread_id, request, subscribe=False, protocol=True)
         return run
 
-    async def _pending_interrupts(self, tenant: str | None, thread_id: str) -> set[str]:
+    async def _protocol_interrupts(self, tenant: str | None, thread_id: str) -> set[str]:
         try:
             record = await self.thread(tenant, thread_id)
         except ApiError:
@@ -581,9 +583,9 @@ class ProtocolService(RunService):
         """The thread's protocol events for ``wanted``, with ``seq``: those of its protocol
         runs so far, then of the runs that follow, until the caller stops iterating."""
         await self.thread(tenant, thread_id)  # 404 before the stream starts
-        return self._follow_thread(thread_id, wanted)
+        return self._protocol_thread(thread_id, wanted)
 
-    async def _follow_thread(
+    async def _protocol_thread(
         self, thread_id: str, wanted: EventFilter
     ) -> AsyncIterator[dict[str, Any]]:
         seq = 0
@@ -600,17 +602,17 @@ class ProtocolService(RunService):
                 continue
             for run in todo:
                 done.add(run.run_id)
-                async for event in self._run_events(run):
+                async for event in self._protocol_run_events(run):
                     seq += 1
                     if wanted.matches(event) and (wanted.since is None or seq > wanted.since):
                         yield {**event, "seq": seq}
 
-    async def _run_events(self, run: RunRecord) -> AsyncIterator[dict[str, Any]]:
+    async def _protocol_run_events(self, run: RunRecord) -> AsyncIterator[dict[str, Any]]:
         translator = RunTranslator(run.run_id, str(run.options.get("graph_id") or "root"))
         for event in translator.started():
             yield event
         source = self.streams.subscribe(
-            run.run_id, last_event_id=0, is_active=lambda: self._run_active(run.run_id)
+            run.run_id, last_event_id=0, is_active=lambda: self._protocol_run_active(run.run_id)
         )
         try:
             async for item in source:
@@ -627,7 +629,7 @@ class ProtocolService(RunService):
         for event in translator.ended(ended.status, ended.error):
             yield event
 
-    async def _run_active(self, run_id: str) -> bool:
+    async def _protocol_run_active(self, run_id: str) -> bool:
         run = await self.registry.get_run(run_id)
         return run is not None and run.status in ACTIVE
 
