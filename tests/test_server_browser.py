@@ -128,6 +128,13 @@ def test_dashboard_login_and_tenants(served: Served) -> None:
     assert "tenant A" not in b.get("/ui").text  # B sees only B's runs
     assert b.get(run_page).status_code == 404
     assert b.post(run_page + "/cancel").status_code == 404
+    # the pages take the API's id rules: a malformed id is a 422 page, never a lookup
+    thread_id = run_page.split("/")[3]
+    for path in (f"/ui/runs/{thread_id}/not-a-uuid", "/ui/runs/a%20b/" + run_page[-36:]):
+        bad = a.get(path)
+        assert bad.status_code == 422, bad.text
+        assert "is not a valid id" in bad.text or "must be a UUID" in bad.text, bad.text
+    assert a.get("/ui/threads/" + "x" * 256).status_code == 422
 
     forged = a.post(
         "/ui/new", data={"assistant": "moa", "task": "x"}, headers={"Origin": "http://evil.example"}

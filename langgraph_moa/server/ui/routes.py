@@ -23,6 +23,7 @@ from langgraph_moa.server.auth import Authenticator
 from langgraph_moa.server.schemas import RunCreate, ThreadCreate
 from langgraph_moa.server.service import ApiError, MoAServer
 from langgraph_moa.server.ui.views import ACTIVE, RunRow, RunView, run_row, run_view
+from langgraph_moa.server.validation import check_path_ids
 from langgraph_moa.spec import GraphSpec
 
 __all__ = ["COOKIE", "create_ui_router"]
@@ -85,6 +86,7 @@ def create_ui_router(server: MoAServer, *, authenticate: Authenticator) -> APIRo
             except _Login:
                 return RedirectResponse("/ui/login", status_code=303)
             try:
+                check_path_ids(request.path_params)  # the API's id rules, as a page
                 return await handler(request, tenant, **kwargs)
             except ApiError as exc:
                 return page(request, "error.html", exc.status, message=exc.detail)
