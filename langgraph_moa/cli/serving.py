@@ -64,6 +64,13 @@ def worker(
     setup: Annotated[
         bool, typer.Option("--setup", help="Create the queue and run tables, then exit.")
     ] = False,
+    no_crons: Annotated[
+        bool,
+        typer.Option(
+            "--no-crons",
+            help="Do not fire crons in this worker (any worker may: a tick fires once).",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level.")] = "INFO",
 ) -> None:
     """Execute queued runs (procrastinate on the PostgreSQL --db); SIGTERM drains."""
@@ -90,6 +97,7 @@ def worker(
             reap_interval=reap_interval,
             shutdown_grace=grace,
             max_attempts=max_attempts,
+            crons=not no_crons,
         )
         workers.conninfo_of(db)
     except workers.WorkerConfigError as exc:
@@ -168,6 +176,14 @@ def serve(
     ] = None,
     no_ui: Annotated[
         bool, typer.Option("--no-ui", help="Do not serve the run dashboard at /ui.")
+    ] = False,
+    no_crons: Annotated[
+        bool,
+        typer.Option(
+            "--no-crons",
+            help="Do not fire crons in this process (another replica, or the workers with "
+            "--workers, fire them; a tick fires once whatever the number of processes).",
+        ),
     ] = False,
     owner_heartbeat: Annotated[
         float,
@@ -257,6 +273,7 @@ def serve(
         heartbeat=heartbeat,
         owner_heartbeat=owner_heartbeat,
         stale_after=stale_after,
+        crons=not use_workers and not no_crons,  # with --workers, the workers fire them
     )
     try:
         application = create_app(

@@ -139,6 +139,18 @@ STEPS: dict[str, list[Step]] = {
     "events": [
         Step("create moa_run_events", _create("langgraph_moa.persistence.events", "events")),
     ],
+    "assistants": [
+        Step(
+            "create moa_assistants and moa_assistant_versions",
+            _call("langgraph_moa.persistence.assistants", "_create_tables"),
+        ),
+    ],
+    "crons": [
+        Step(
+            "create moa_crons and moa_cron_firings",
+            _call("langgraph_moa.persistence.crons", "_create_tables"),
+        ),
+    ],
 }
 """The steps of each component, in order. Components outside ``persistence/`` (the
 evaluation store) add their list here when imported."""

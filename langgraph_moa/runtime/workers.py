@@ -100,6 +100,10 @@ SERVER_HANDLER = "langgraph_moa.server.worker:open_run_handler"
 """``module:function`` the workers call for runs the HTTP server queued: an async context
 manager factory ``open_run_handler(db_url) -> RunHandler`` (see :class:`RunHandler`)."""
 
+SERVER_CRONS = "langgraph_moa.server.worker:run_cron_scheduler"
+"""``module:function`` of the cron scheduler a worker runs: ``run_cron_scheduler(db_url)``,
+an async function that fires due crons until cancelled."""
+
 CheckpointerFactory = Callable[[str], AbstractAsyncContextManager[BaseCheckpointSaver[Any]]]
 
 
@@ -129,6 +133,9 @@ class WorkerSettings:
     poll_interval: float = 2.0
     """Seconds between polls for jobs when no notification came (runs handed back at a
     shutdown are found this way)."""
+    crons: bool = True
+    """Fire due crons from this worker (``SERVER_CRONS``); each tick fires once across all
+    workers and servers."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -359,6 +366,7 @@ async def serve(
         try:
             running = asyncio.create_task(worker.run(), name="procrastinate-worker")
             reaper = asyncio.create_task(Reaper(app, events, registry, settings).run_forever())
+            crons = asyncio.create_task(_fire_crons(db_url)) if settings.crons else None
             loop = asyncio.get_running_loop()
 
             def drain() -> None:
@@ -390,11 +398,32 @@ async def serve(
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
                 reaper.cancel()
-                await asyncio.gather(reaper, return_exceptions=True)
+                if crons is not None:
+                    crons.cancel()
+                await asyncio.gather(reaper, *([crons] if crons else []), return_exceptions=True)
         finally:
             beat.stopped.set()
             await asyncio.to_thread(beat.join)
             await runtime.__aexit__(None, None, None)
+
+
+async def _fire_crons(db_url: str) -> None:
+    """Run the cron scheduler of ``SERVER_CRONS`` (needs the ``server`` extra)."""
+    module_name, _, func_name = SERVER_CRONS.partition(":")
+    try:
+        scheduler = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        log.info("crons are not fired by this worker (no %s: %s)", SERVER_CRONS, exc)
+        return
+    while True:
+        try:
+            await scheduler(db_url)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("the cron scheduler stopped; starting it again", exc_info=True)
+            await asyncio.sleep(5)
 
 
 class _Queue:

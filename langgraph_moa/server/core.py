@@ -20,6 +20,8 @@ from typing import Any, Literal
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
+from langgraph_moa.persistence.assistants import AssistantRecord, AssistantStore
+from langgraph_moa.persistence.crons import CronStore
 from langgraph_moa.persistence.registry import (
     Owner,
     RunRecord,
@@ -91,6 +93,11 @@ class ServerOptions:
     """Seconds between checks for cancel requests made through another process."""
     stream_ttl: float = 24 * 3600.0
     """Seconds logged stream events are kept for replay (pruned hourly)."""
+    cron_poll: float = 5.0
+    """Longest sleep of the cron scheduler between looks for due crons (it also wakes at
+    the earliest next tick, and at once for a cron created through this process)."""
+    crons: bool = True
+    """Run the cron scheduler in this process (every replica may: a tick fires once)."""
 
 
 @dataclass
@@ -168,6 +175,8 @@ class ServerCore:
         self.registry: RunRegistry
         self.streams: RunStreams
         self.store: AsyncSQLAlchemyStore
+        self.assistant_store: AssistantStore
+        self.cron_store: CronStore
         self.owner = Owner.current()
         self._live: dict[str, LiveRun] = {}
         self._thread_locks: dict[str, asyncio.Lock] = {}
@@ -206,6 +215,33 @@ class ServerCore:
                 )
             raise ApiError(404, f"Assistant {ref} not found")
         return found
+
+    def _system(self, ref: str) -> Assistant | None:
+        found = self.assistants.get(ref)
+        if found is None:
+            found = next((a for a in self.assistants.values() if a.assistant_id == ref), None)
+        return found
+
+    async def resolve_assistant(
+        self, tenant: str | None, ref: str, *, for_run: bool = False
+    ) -> tuple[Assistant, AssistantRecord | None]:
+        """The served graph of the assistant ``ref`` (graph name, system id, or the id of
+        one of the tenant's assistants) and the stored assistant if it is one. Another
+        tenant's assistant is missing: 404 (422 for a run, as LangGraph Server)."""
+        system = self._system(ref)
+        if system is not None:
+            return system, None
+        record = await self._stored(tenant, ref)
+        if record is not None and record.graph_id in self.assistants:
+            return self.assistants[record.graph_id], record
+        return self.assistant(ref, for_run=for_run), None  # raises the usual error
+
+    async def _stored(self, tenant: str | None, ref: str) -> AssistantRecord | None:
+        try:
+            uuid.UUID(ref)
+        except ValueError:
+            return None
+        return await self.assistant_store.get(tenant, ref)
 
     async def thread(self, tenant: str | None, thread_id: str) -> ThreadRecord:
         """The tenant's thread (404 for a missing one and for another tenant's)."""

@@ -12,6 +12,7 @@ from langgraph_moa.persistence.registry import RunRecord
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.runtime.executor import RunRejectedError, admit_run
 from langgraph_moa.server import serde
+from langgraph_moa.server.assistants import merge_config
 from langgraph_moa.server.core import ACTIVE, ApiError, LiveRun, ServerCore, iso, not_found
 from langgraph_moa.server.events import StreamEvent
 from langgraph_moa.server.schemas import RunCreate, StatelessRunCreate
@@ -90,12 +91,13 @@ class RunService(ServerCore):
         stream_modes: list[str] | None = None,
         subscribe: bool = True,
         protocol: bool = False,
+        run_id: str | None = None,
     ) -> tuple[RunRecord, AsyncIterator[StreamEvent] | None]:
         """Validate, record and submit a run; returns it with a subscription to its events
         (taken before the run starts, so nothing is missed) when ``subscribe``. A
         ``protocol`` run is one the thread's ``/stream/events`` streams (see
-        ``protocol.py``)."""
-        assistant = self.assistant(body.assistant_id, for_run=True)
+        ``protocol.py``). A stored assistant's config is merged under the run's."""
+        assistant, stored = await self.resolve_assistant(tenant, body.assistant_id, for_run=True)
         graph = assistant.graph
         modes = stream_modes or body.stream_modes
         for field_name in ("interrupt_before", "interrupt_after"):
@@ -109,6 +111,8 @@ class RunService(ServerCore):
                         f"{', '.join(n for n in graph.nodes if n != '__start__')}",
                     )
         config = body.config.model_dump(exclude_none=True) if body.config else {}
+        if stored is not None:
+            config = merge_config(stored.config, config)
         configurable = config.get("configurable") or {}
         bad = [k for k in configurable if k in RESERVED_CONFIGURABLE or k.startswith("__")]
         if bad:
@@ -120,7 +124,7 @@ class RunService(ServerCore):
         stateless = isinstance(body, StatelessRunCreate)
         options: dict[str, Any] = {
             "server": True,
-            "assistant_id": assistant.assistant_id,
+            "assistant_id": stored.assistant_id if stored is not None else assistant.assistant_id,
             "graph_id": assistant.graph_id,
             "multitask_strategy": getattr(body, "multitask_strategy", "enqueue"),
             "stream_mode": modes,
@@ -142,7 +146,7 @@ class RunService(ServerCore):
             checkpoint_id = body.checkpoint_id or (
                 body.checkpoint.checkpoint_id if body.checkpoint else None
             )
-        run_id = str(uuid.uuid4())
+        run_id = run_id or str(uuid.uuid4())
         if thread_id is None:
             thread_id = str(uuid.uuid4())
             await self.registry.create_thread(thread_id, owner=tenant, spec_name=assistant.graph_id)
@@ -161,7 +165,7 @@ class RunService(ServerCore):
             if tenant is not None and existing.owner != tenant:
                 raise not_found(thread_id)
             await require_checkpoint(self.checkpointer, thread_id, checkpoint_id)
-            ids = {"graph_id": assistant.graph_id, "assistant_id": assistant.assistant_id}
+            ids = {"graph_id": assistant.graph_id, "assistant_id": options["assistant_id"]}
             if any(k not in existing.metadata for k in ids):  # how clients find their threads
                 await self.registry.update_thread(
                     thread_id,

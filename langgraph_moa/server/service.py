@@ -20,6 +20,8 @@ from typing import Any, Self
 
 from langgraph.store.base import TTLConfig
 
+from langgraph_moa.persistence.assistants import AssistantStore
+from langgraph_moa.persistence.crons import CronStore
 from langgraph_moa.persistence.engines import get_async_engine, release_async_engine
 from langgraph_moa.persistence.events import EventLog
 from langgraph_moa.persistence.registry import RunRegistry
@@ -35,10 +37,10 @@ from langgraph_moa.server.core import (
     LiveRun,
     ServerOptions,
 )
+from langgraph_moa.server.crons import CronService
 from langgraph_moa.server.events import RunStreams
 from langgraph_moa.server.execution import RunExecution
 from langgraph_moa.server.protocol import ProtocolService
-from langgraph_moa.server.runs import RunService
 from langgraph_moa.server.threads import ThreadService
 
 __all__ = ["ACTIVE", "NAMESPACE_GRAPH", "ApiError", "Assistant", "MoAServer", "ServerOptions"]
@@ -50,8 +52,9 @@ STORE_TTL: TTLConfig = {"refresh_on_read": True, "omit_expired": True, "sweep_in
 and its row is deleted within 5 minutes."""
 
 
-class MoAServer(ThreadService, ProtocolService, RunService, RunExecution):
-    """Assistants, threads and runs over the registry, the checkpointer and an executor.
+class MoAServer(ThreadService, ProtocolService, CronService, RunExecution):
+    """Assistants, threads, runs and crons over the registry, the checkpointer and an
+    executor.
 
     Use as an async context manager (or :meth:`start`/:meth:`stop`)::
 
@@ -77,6 +80,10 @@ class MoAServer(ThreadService, ProtocolService, RunService, RunExecution):
             self.registry = RunRegistry.from_url(self.db_url)
             stack.push_async_callback(self.registry.aclose)
             await self.registry.setup()
+            self.assistant_store = AssistantStore(self.registry.engine)
+            await self.assistant_store.setup()
+            self.cron_store = CronStore(self.registry.engine)
+            await self.cron_store.setup()
             self.runner = Runner(
                 self.registry,
                 heartbeat_interval=self.options.owner_heartbeat,
@@ -109,6 +116,9 @@ class MoAServer(ThreadService, ProtocolService, RunService, RunExecution):
         if self.role == "server":
             pruner = asyncio.create_task(self._prune_events(), name="moa-prune-events")
             stack.push_async_callback(_cancel_task, pruner)
+            if self.options.crons:
+                scheduler = asyncio.create_task(self.schedule_crons(), name="moa-crons")
+                stack.push_async_callback(_cancel_task, scheduler)
         if self.role == "server" and self.in_process:
             await self._resume_left_runs()
             keeper = asyncio.create_task(self._keep_runs(), name="moa-keep-runs")

@@ -115,6 +115,8 @@ class ThreadService(ServerCore):
 
     async def delete_thread(self, tenant: str | None, thread_id: str) -> None:
         record = await self.thread(tenant, thread_id)
+        for cron in await self.cron_store.search(tenant, thread_id=thread_id, limit=10_000):
+            await self.cron_store.delete(tenant, cron.cron_id)  # its crons go with it
         runs = await self.registry.list_runs(thread_id=thread_id, limit=10_000)
         for run in runs:
             if run.status in ACTIVE:

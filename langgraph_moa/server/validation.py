@@ -85,9 +85,10 @@ def check_path_ids(params: Mapping[str, Any]) -> None:
                 f"{name} {_shown(value)} is not a valid id: use a UUID, or 1-255 ASCII "
                 "letters, digits and . _ : -",
             )
-    run_id = params.get("run_id")
-    if run_id is not None:
-        check_uuid(run_id, "run_id")
+    for name in ("run_id", "cron_id"):
+        value = params.get(name)
+        if value is not None:
+            check_uuid(value, name)
 
 
 def check_body(raw: bytes) -> Any:

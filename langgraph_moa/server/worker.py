@@ -1,9 +1,12 @@
-"""The server's run handler inside a worker process (``moa worker``).
+"""The server's parts inside a worker process (``moa worker``).
 
 When ``moa serve`` queues runs to workers (``ProcrastinateExecutor``), a worker executes
 them with :func:`open_run_handler`: the same code as the in-process executor, with the
 graph rebuilt from the spec recorded with each run, and every event written to
-``moa_run_events`` for the server to stream.
+``moa_run_events`` for the server to stream. :func:`run_cron_scheduler` fires the crons
+from the workers (``moa serve --workers`` leaves them to the workers): each due tick is
+claimed in the database (one firing per tick, whatever the number of workers) and its
+run is queued like a run the server queues.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from langgraph_moa.server.service import MoAServer, ServerOptions
 
-__all__ = ["open_run_handler"]
+__all__ = ["open_run_handler", "run_cron_scheduler"]
 
 
 @asynccontextmanager
@@ -21,3 +24,19 @@ async def open_run_handler(db_url: str) -> AsyncIterator[MoAServer]:
     """A run handler (``execute``, ``dequeued``) on the store ``db_url``."""
     async with MoAServer([], db_url=db_url, options=ServerOptions(), role="worker") as handler:
         yield handler
+
+
+async def run_cron_scheduler(db_url: str, *, poll: float = 5.0) -> None:
+    """Fire due crons until cancelled, queueing their runs to the workers."""
+    from langgraph_moa.runtime.workers import ProcrastinateExecutor
+
+    executor = ProcrastinateExecutor(db_url)
+    options = ServerOptions(cron_poll=poll)
+    async with MoAServer(
+        [], db_url=db_url, executor=executor, options=options, role="worker"
+    ) as server:
+        await executor.start(server)
+        try:
+            await server.schedule_crons()
+        finally:
+            await executor.aclose()

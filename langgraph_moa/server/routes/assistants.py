@@ -1,12 +1,19 @@
-"""The ``/assistants`` paths: one assistant per served spec."""
+"""The ``/assistants`` paths: one read-only assistant per served spec, and each tenant's
+own assistants with versions."""
 
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from langgraph_moa.server import serde
+from langgraph_moa.server.resource_schemas import (
+    AssistantCreate,
+    AssistantPatch,
+    AssistantVersionChange,
+    AssistantVersionsSearch,
+)
 from langgraph_moa.server.routes.responses import TenantOf
 from langgraph_moa.server.schemas import AssistantSearch
 from langgraph_moa.server.service import ApiError, MoAServer
@@ -17,38 +24,63 @@ log = logging.getLogger("langgraph_moa.server")
 
 
 def add_assistant_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf) -> None:
-    """Search, count and describe the served assistants."""
+    """Create, read, change (a new version each time), delete, search and count
+    assistants; their versions; their graph and schemas."""
     Tenant = Annotated[str | None, Depends(tenant_of)]
 
-    def assistants_matching(body: AssistantSearch) -> list[dict[str, Any]]:
-        found = [a.to_json() for a in server.assistants.values()]
-        if body.graph_id:
-            found = [a for a in found if a["graph_id"] == body.graph_id]
-        if body.name:
-            found = [a for a in found if body.name.lower() in a["name"].lower()]
-        if body.metadata:
-            found = [
-                a for a in found if all(a["metadata"].get(k) == v for k, v in body.metadata.items())
-            ]
-        key = body.sort_by or "created_at"
-        found.sort(key=lambda a: str(a[key]), reverse=(body.sort_order or "desc") == "desc")
-        return found
+    @router.post("/assistants", tags=["assistants"])
+    async def create_assistant(body: AssistantCreate, tenant: Tenant) -> dict[str, Any]:
+        """An assistant of a served graph with its own config, metadata and name
+        (version 1); 409 if the id exists, unless ``if_exists`` is ``do_nothing``."""
+        return await server.create_assistant(tenant, body)
 
     @router.post("/assistants/search", tags=["assistants"])
     async def search_assistants(body: AssistantSearch, tenant: Tenant) -> list[dict[str, Any]]:
-        """Assistants: one per served spec."""
-        found = assistants_matching(body)[body.offset : body.offset + body.limit]
+        """The served specs' assistants and the tenant's own."""
+        found = (await server.assistants_matching(tenant, body))[
+            body.offset : body.offset + body.limit
+        ]
         if body.select:
             found = [{k: v for k, v in a.items() if k in body.select} for a in found]
         return found
 
     @router.post("/assistants/count", tags=["assistants"])
     async def count_assistants(body: AssistantSearch, tenant: Tenant) -> int:
-        return len(assistants_matching(body))
+        return len(await server.assistants_matching(tenant, body))
 
     @router.get("/assistants/{assistant_id}", tags=["assistants"])
     async def get_assistant(assistant_id: str, tenant: Tenant) -> dict[str, Any]:
-        return server.assistant(assistant_id).to_json()
+        return await server.assistant_json(tenant, assistant_id)
+
+    @router.patch("/assistants/{assistant_id}", tags=["assistants"])
+    async def patch_assistant(
+        assistant_id: str, body: AssistantPatch, tenant: Tenant
+    ) -> dict[str, Any]:
+        """Write a new version (fields left out are kept, metadata merged) and make it
+        the current one."""
+        return await server.update_assistant(tenant, assistant_id, body)
+
+    @router.delete("/assistants/{assistant_id}", tags=["assistants"], status_code=204)
+    async def delete_assistant(assistant_id: str, tenant: Tenant) -> Response:
+        """Delete the assistant, its versions and its crons (204)."""
+        await server.delete_assistant(tenant, assistant_id)
+        return Response(status_code=204)
+
+    @router.post("/assistants/{assistant_id}/versions", tags=["assistants"])
+    async def assistant_versions(
+        assistant_id: str, body: AssistantVersionsSearch, tenant: Tenant
+    ) -> list[dict[str, Any]]:
+        """The assistant's versions, newest first."""
+        return await server.assistant_versions(
+            tenant, assistant_id, metadata=body.metadata, limit=body.limit, offset=body.offset
+        )
+
+    @router.post("/assistants/{assistant_id}/latest", tags=["assistants"])
+    async def set_latest_version(
+        assistant_id: str, body: AssistantVersionChange, tenant: Tenant
+    ) -> dict[str, Any]:
+        """Make an earlier (or later) version the assistant's current one."""
+        return await server.set_latest_assistant(tenant, assistant_id, body.version)
 
     @router.get("/assistants/{assistant_id}/graph", tags=["assistants"])
     async def get_assistant_graph(
@@ -57,18 +89,18 @@ def add_assistant_routes(router: APIRouter, server: MoAServer, tenant_of: Tenant
         """The graph's nodes and edges (``xray`` is accepted; MoA graphs have no subgraphs)."""
         if xray.lower() not in ("true", "false") and not xray.isdigit():
             raise ApiError(422, "Invalid xray value")
-        graph = server.assistant(assistant_id).graph
+        graph = (await server.resolve_assistant(tenant, assistant_id))[0].graph
         return serde.jsonable(graph.get_graph().to_json())
 
     @router.get("/assistants/{assistant_id}/subgraphs", tags=["assistants"])
     async def get_assistant_subgraphs(assistant_id: str, tenant: Tenant) -> dict[str, Any]:
-        server.assistant(assistant_id)
+        await server.resolve_assistant(tenant, assistant_id)
         return {}
 
     @router.get("/assistants/{assistant_id}/schemas", tags=["assistants"])
     async def get_assistant_schemas(assistant_id: str, tenant: Tenant) -> dict[str, Any]:
         """JSON schemas of the graph's input, output, state and config."""
-        assistant = server.assistant(assistant_id)
+        assistant = (await server.resolve_assistant(tenant, assistant_id))[0]
         graph = assistant.graph
 
         def attempt(make: Callable[[], Any]) -> Any:

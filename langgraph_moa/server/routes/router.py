@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from langgraph_moa.server.auth import Authenticator
 from langgraph_moa.server.routes.assistants import add_assistant_routes
+from langgraph_moa.server.routes.crons import add_cron_routes
 from langgraph_moa.server.routes.protocol import add_protocol_routes
 from langgraph_moa.server.routes.runs import add_run_routes
 from langgraph_moa.server.routes.store import add_store_routes
@@ -138,6 +139,7 @@ def create_router(
     add_assistant_routes(router, server, tenant_of)
     add_thread_routes(router, server, tenant_of)
     add_run_routes(router, server, tenant_of)
+    add_cron_routes(router, server, tenant_of)
     add_store_routes(router, server, tenant_of)
     add_protocol_routes(router, server, tenant_of)
     return router
@@ -159,7 +161,7 @@ def add_meta_routes(router: APIRouter) -> None:
             "langgraph_py_version": langgraph_version,
             "flags": {
                 "assistants": True,
-                "crons": False,
+                "crons": True,
                 "langsmith": False,
                 "langsmith_tracing_replicas": False,
                 "strict_resume": True,
