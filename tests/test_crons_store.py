@@ -27,6 +27,8 @@ def test_next_tick_reads_seconds_and_timezones() -> None:
     assert next_tick("0 9 * * *", base, "America/New_York") == datetime(2026, 11, 30, 14, 0)
     with pytest.raises(InvalidScheduleError, match="every day"):
         next_tick("every day", base)
+    with pytest.raises(InvalidScheduleError, match="never fires"):
+        next_tick("0 0 31 2 *", base)  # February 31st
     with pytest.raises(InvalidScheduleError, match="Mars/Olympus"):
         next_tick("* * * * *", base, "Mars/Olympus")
 

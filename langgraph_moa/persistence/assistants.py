@@ -48,7 +48,7 @@ def _data_columns() -> list[sa.Column[Any]]:
         sa.Column("config", sa.JSON, nullable=True),
         sa.Column("context", sa.JSON, nullable=True),
         sa.Column("metadata", sa.JSON, nullable=True),
-        sa.Column("name", sa.String(_KEY), nullable=False),
+        sa.Column("name", sa.String(256), nullable=False),
         sa.Column("description", sa.Text, nullable=True),
     ]
 

@@ -116,7 +116,12 @@ def next_tick(schedule: str, after: datetime, timezone: str | None = None) -> da
             f"Invalid timezone: {timezone!r}. Use an IANA name such as 'America/New_York'"
         ) from None
     base = after.replace(tzinfo=UTC).astimezone(zone)
-    found = croniter(schedule, base).get_next(datetime)
+    try:
+        found = croniter(schedule, base).get_next(datetime)
+    except Exception as exc:  # e.g. "0 0 31 2 *": valid fields, but no such day
+        raise InvalidScheduleError(
+            f"Invalid cron schedule: {schedule!r} never fires ({exc})"
+        ) from None
     return found.astimezone(UTC).replace(tzinfo=None)
 
 
