@@ -128,6 +128,14 @@ async def test_an_assistants_config_is_applied_to_its_runs(
     )
     assert overridden["answer"] == synthesis(srv, "t3")
 
+    # deleting it with delete_threads deletes the threads that ran it, and only those
+    unrelated = await client.threads.create()
+    await client.assistants.delete(tight["assistant_id"], delete_threads=True)
+    for gone in (thread, other, third):
+        with pytest.raises(NotFoundError):
+            await client.threads.get(gone["thread_id"])
+    assert (await client.threads.get(unrelated["thread_id"]))["thread_id"] == unrelated["thread_id"]
+
 
 async def test_another_tenants_assistant_is_missing(served: Served) -> None:
     a = get_client(url=served.url, api_key=KEY_A)

@@ -104,7 +104,7 @@ class AssistantService(ServerCore):
         except AssistantExistsError as exc:
             raise ApiError(409, str(exc)) from None
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(422, str(exc)) from None
         return record.to_json()
 
     async def update_assistant(
@@ -137,7 +137,7 @@ class AssistantService(ServerCore):
         except AssistantExistsError as exc:
             raise ApiError(409, str(exc)) from None
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(422, str(exc)) from None
         return record.to_json()
 
     async def delete_assistant(self, tenant: str | None, assistant_id: str) -> None:

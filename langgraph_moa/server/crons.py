@@ -113,7 +113,7 @@ class CronService(AssistantService, RunService):
         replaced one by one, its metadata merged)."""
         given = body.model_fields_set
         if not given:
-            raise ApiError(400, "Request body cannot be empty")
+            raise ApiError(422, "Request body cannot be empty: give a field to change")
         cron = await self.cron(tenant, cron_id)
         values: dict[str, Any] = {}
         for name in ("schedule", "timezone", "enabled", "on_run_completed"):

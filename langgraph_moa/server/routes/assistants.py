@@ -61,9 +61,18 @@ def add_assistant_routes(router: APIRouter, server: MoAServer, tenant_of: Tenant
         return await server.update_assistant(tenant, assistant_id, body)
 
     @router.delete("/assistants/{assistant_id}", tags=["assistants"], status_code=204)
-    async def delete_assistant(assistant_id: str, tenant: Tenant) -> Response:
-        """Delete the assistant, its versions and its crons (204)."""
+    async def delete_assistant(
+        assistant_id: str, tenant: Tenant, delete_threads: str = "false"
+    ) -> Response:
+        """Delete the assistant, its versions and its crons (204); with
+        ``delete_threads=true`` also the tenant's threads whose metadata names it."""
         await server.delete_assistant(tenant, assistant_id)
+        if delete_threads.lower() == "true":
+            named = await server.registry.search_threads(
+                metadata={"assistant_id": assistant_id}, owner=tenant, limit=100_000
+            )
+            for thread in named:
+                await server.delete_thread(tenant, thread.thread_id)
         return Response(status_code=204)
 
     @router.post("/assistants/{assistant_id}/versions", tags=["assistants"])
