@@ -371,6 +371,37 @@ async def v2_respond(c: Ctx) -> Any:
         return {"asked": asked[0], "answer": answer}
 
 
+CRON_KEYS = keys(
+    "assistant_id",
+    "created_at",
+    "cron_id",
+    "enabled",
+    "end_time",
+    "metadata",
+    "next_run_date",
+    "on_run_completed",
+    "payload",
+    "schedule",
+    "thread_id",
+    "timezone",
+    "updated_at",
+    "user_id",
+)
+VERSION = keys(
+    "assistant_id",
+    "config",
+    "context",
+    "created_at",
+    "description",
+    "graph_id",
+    "metadata",
+    "name",
+    "version",
+)
+CRON = "0 0 1 1 *"
+"""A schedule that does not fire during the test (New Year's midnight)."""
+
+
 async def command(c: Ctx, tid: str, body: Any) -> httpx.Response:
     return await c.http.post(f"/threads/{tid}/commands", json=body)
 
@@ -687,6 +718,124 @@ CALLS: list[Call] = [
         'client.runs.stream(null, "moa", { input: { task: "sl" } })',
         expect=ok(events("metadata", "values")),
     ),
+    # assistants and crons
+    Call(
+        "assistants.create",
+        "py",
+        lambda c: c.client.assistants.create("moa", config={"configurable": {}}, name="made"),
+        save="a",
+        expect=ok(ASSISTANT),
+    ),
+    Call(
+        "assistants.update",
+        "py",
+        lambda c: c.client.assistants.update(c["a"]["assistant_id"], name="renamed"),
+        expect=ok(ASSISTANT),
+    ),
+    Call(
+        "assistants.get_versions",
+        "py",
+        lambda c: c.client.assistants.get_versions(c["a"]["assistant_id"]),
+        expect=ok(items(VERSION)),
+    ),
+    Call(
+        "assistants.set_latest",
+        "py",
+        lambda c: c.client.assistants.set_latest(c["a"]["assistant_id"], 1),
+        expect=ok(ASSISTANT),
+    ),
+    Call(
+        "assistants.delete",
+        "py",
+        lambda c: c.client.assistants.delete(c["a"]["assistant_id"]),
+        expect=ok(None),
+    ),
+    Call(
+        "crons.create_for_thread",
+        "py",
+        lambda c: c.client.crons.create_for_thread(
+            c["t"]["thread_id"], "moa", schedule=CRON, input={"task": "cron"}
+        ),
+        save="cron_t",
+        expect=ok(CRON_KEYS),
+    ),
+    Call(
+        "crons.create",
+        "py",
+        lambda c: c.client.crons.create("moa", schedule=CRON, input={"task": "cron"}),
+        save="cron",
+        expect=ok(CRON_KEYS),
+    ),
+    Call(
+        "crons.update",
+        "py",
+        lambda c: c.client.crons.update(c["cron"]["cron_id"], schedule="0 0 2 1 *"),
+        expect=ok(CRON_KEYS),
+    ),
+    Call("crons.search", "py", lambda c: c.client.crons.search(), expect=ok(items(CRON_KEYS))),
+    Call("crons.count", "py", lambda c: c.client.crons.count(), expect=ok("number")),
+    Call(
+        "crons.delete", "py", lambda c: c.client.crons.delete(c["cron"]["cron_id"]), expect=ok(None)
+    ),
+    Call(
+        "crons.delete.thread",
+        "py",
+        lambda c: c.client.crons.delete(c["cron_t"]["cron_id"]),
+        expect=ok(None),
+    ),
+    Call(
+        "assistants.create",
+        "js",
+        'client.assistants.create({ graphId: "moa", name: "made" })',
+        save="a",
+        expect=ok(ASSISTANT),
+    ),
+    Call(
+        "assistants.update",
+        "js",
+        'client.assistants.update(ctx.a.assistant_id, { name: "renamed" })',
+        expect=ok(ASSISTANT),
+    ),
+    Call(
+        "assistants.getVersions",
+        "js",
+        "client.assistants.getVersions(ctx.a.assistant_id)",
+        expect=ok(items(VERSION)),
+    ),
+    Call(
+        "assistants.setLatest",
+        "js",
+        "client.assistants.setLatest(ctx.a.assistant_id, 1)",
+        expect=ok(ASSISTANT),
+    ),
+    Call(
+        "assistants.delete", "js", "client.assistants.delete(ctx.a.assistant_id)", expect=ok(None)
+    ),
+    Call(
+        "crons.createForThread",
+        "js",
+        f'client.crons.createForThread(ctx.t.thread_id, "moa", {{ schedule: "{CRON}", '
+        'input: { task: "cron" } })',
+        save="cron_t",
+        expect=ok(CRON_KEYS),
+    ),
+    Call(
+        "crons.create",
+        "js",
+        f'client.crons.create("moa", {{ schedule: "{CRON}", input: {{ task: "cron" }} }})',
+        save="cron",
+        expect=ok(CRON_KEYS),
+    ),
+    Call(
+        "crons.update",
+        "js",
+        'client.crons.update(ctx.cron.cron_id, { schedule: "0 0 2 1 *" })',
+        expect=ok(CRON_KEYS),
+    ),
+    Call("crons.search", "js", "client.crons.search()", expect=ok(items(CRON_KEYS))),
+    Call("crons.count", "js", "client.crons.count()", expect=ok("number")),
+    Call("crons.delete", "js", "client.crons.delete(ctx.cron.cron_id)", expect=ok(None)),
+    Call("crons.delete.thread", "js", "client.crons.delete(ctx.cron_t.cron_id)", expect=ok(None)),
     # the store
     Call(
         "store.put_item",
