@@ -58,7 +58,9 @@ def test_help_imports_no_framework() -> None:
     assert "markdown_it" not in loaded  # typer's rich help (0.1 s of imports) is off
 
 
-@pytest.mark.parametrize("command", ["run", "runs", "serve", "worker", "eval", "resume"])
+@pytest.mark.parametrize(
+    "command", ["run", "runs", "serve", "worker", "eval", "resume", "calls", "replay"]
+)
 def test_command_help_imports_no_framework(command: str) -> None:
     # typer itself validates parameters with pydantic: only our imports are checked here
     loaded = _modules(command, "--help")
@@ -75,6 +77,21 @@ def test_runs_reads_the_registry_without_langgraph(tmp_path: Path) -> None:
     loaded = _modules("runs", "--db", f"sqlite:///{tmp_path}/moa.sqlite")
     assert "sqlalchemy" in loaded  # it did open the store
     assert not loaded & (HEAVY - {"sqlalchemy"})
+
+
+def test_calls_reads_the_ledger_without_langgraph(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/moa.sqlite"
+    _modules("runs", "--db", db)  # creates the store
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(["calls", "t1", "--db", db])],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 1 and "no run or thread 't1'" in done.stderr  # it did look
+    assert not set(report["modules"]) & (HEAVY - {"sqlalchemy"})
 
 
 @pytest.mark.parametrize("package", ["langgraph_moa.persistence", "langgraph_moa.runtime"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from langgraph_moa.cli import chat, evaluate, running, runs, serving, specs
+from langgraph_moa.cli import chat, evaluate, ledger, running, runs, serving, specs
 from langgraph_moa.cli.common import app, err, spec_app, store_problem
 
 __all__ = ["app", "main"]
@@ -25,6 +25,8 @@ app.command()(runs.resume)
 app.command("runs")(runs.runs_command)
 app.command()(runs.cancel)
 app.command()(runs.history)
+app.command("calls")(ledger.calls_command)
+app.command()(ledger.replay)
 app.command()(runs.fork)
 app.command()(serving.serve)
 app.command("eval")(evaluate.eval_command)

@@ -11,10 +11,11 @@ or thread it runs in.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from langchain_core.rate_limiters import InMemoryRateLimiter
 
@@ -24,8 +25,10 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
     "CallLimiter",
     "call_limiter",
+    "counting_attempts",
     "endpoint_key",
     "max_concurrency",
+    "on_request",
     "rate_limiter",
 ]
 
@@ -153,3 +156,27 @@ def rate_limiter(spec: ModelSpec) -> InMemoryRateLimiter | None:
                 max_bucket_size=1,
             )
         return _rate_limiters[key]
+
+
+_attempts: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "moa_http_attempts", default=None
+)
+
+
+@contextmanager
+def counting_attempts() -> Iterator[list[int]]:
+    """Count the HTTP requests the shared endpoint clients send in this context (a call's
+    first attempt and its client-side retries): ``with counting_attempts() as n: ...; n[0]``."""
+    box = [0]
+    token = _attempts.set(box)
+    try:
+        yield box
+    finally:
+        _attempts.reset(token)
+
+
+async def on_request(request: object) -> None:
+    """HTTP client hook (``event_hooks={"request": [...]}``) feeding :func:`counting_attempts`."""
+    box = _attempts.get()
+    if box is not None:
+        box[0] += 1

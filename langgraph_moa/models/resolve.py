@@ -33,6 +33,7 @@ from langgraph_moa.models.limits import (
     CallLimiter,
     call_limiter,
     max_concurrency,
+    on_request,
     rate_limiter,
 )
 from langgraph_moa.spec import ModelSpec
@@ -172,10 +173,11 @@ def _http_client(spec: ModelSpec) -> Any:
 def _new_http_client(limits: Any) -> Any:
     import openai
 
+    hooks = {"request": [on_request]}  # counts attempts for the call ledger (retries)
     try:
-        return openai.DefaultAioHttpClient(limits=limits)
+        return openai.DefaultAioHttpClient(limits=limits, event_hooks=hooks)
     except RuntimeError:  # openai installed without its aiohttp extra
-        return openai.DefaultAsyncHttpxClient(limits=limits)
+        return openai.DefaultAsyncHttpxClient(limits=limits, event_hooks=hooks)
 
 
 class ModelResolver:

@@ -1,29 +1,53 @@
-"""One model call as every node makes it: in-flight limit, budget reservation, usage."""
+"""One model call as every node makes it: in-flight limit, budget reservation, usage, and
+the run's call ledger (recorded there; answered from it when a resume finds it there)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import orjson
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ToolMessage,
+    message_to_dict,
+    messages_from_dict,
+)
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
+from langgraph_moa.models.limits import counting_attempts
 from langgraph_moa.nodes._context import NodeContext, usage_of
 from langgraph_moa.nodes.budget import Budget, Ledger
+from langgraph_moa.persistence.calls import CALLS_KEY
+from langgraph_moa.spec import ModelSpec
 from langgraph_moa.state import Usage
 
-__all__ = ["Reply", "call_model", "call_seed", "invocation_id", "seeded", "spec_budget"]
+__all__ = [
+    "CALLS_KEY",
+    "CallRequest",
+    "CallSource",
+    "Reply",
+    "call_model",
+    "call_request",
+    "call_seed",
+    "canonical_message",
+    "invocation_id",
+    "seeded",
+    "spec_budget",
+]
 
 
 @dataclass
@@ -39,6 +63,21 @@ class Reply:
 def spec_budget(ctx: NodeContext) -> Budget:
     """The budget the spec sets."""
     return Budget(ctx.spec.max_total_tokens, ctx.spec.max_cost)
+
+
+class CallSource(Protocol):
+    """Where a run's model calls are recorded and answered from: the call ledger of a run
+    (:class:`langgraph_moa.persistence.calls.RunCalls`) or a replay."""
+
+    async def lookup(
+        self, node: str, task_id: str, request_hash: str
+    ) -> tuple[int, Mapping[str, Any] | None]:
+        """``(seq, response)``: the recorded response to answer with, or None to call."""
+        ...
+
+    async def record(self, **fields: Any) -> None:
+        """Record a call that was made (the ``moa_calls`` columns of one call)."""
+        ...
 
 
 def call_seed(base: int | None, node: str, messages: Sequence[BaseMessage]) -> int | None:
@@ -59,6 +98,138 @@ def seeded(model: BaseChatModel, seed: int | None) -> BaseChatModel:
     return model.model_copy(update={"seed": seed})
 
 
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON data (pydantic objects dumped, anything else unknown as text)."""
+
+    def default(obj: Any) -> Any:
+        if hasattr(obj, "model_dump") and not isinstance(obj, type):
+            return obj.model_dump(mode="json")
+        return repr(obj)
+
+    return orjson.loads(orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS))
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def canonical_message(message: BaseMessage) -> dict[str, Any]:
+    """What of a message a model sees: role, content, name, tool calls (never ids of the
+    message itself, which differ between processes)."""
+    data: dict[str, Any] = {"role": message.type, "content": _jsonable(message.content)}
+    if message.name:
+        data["name"] = message.name
+    if isinstance(message, AIMessage) and message.tool_calls:
+        data["tool_calls"] = [
+            {"name": c["name"], "args": _jsonable(c["args"]), "id": c.get("id")}
+            for c in message.tool_calls
+        ]
+    if isinstance(message, ToolMessage):
+        data["tool_call_id"], data["status"] = message.tool_call_id, message.status
+    return data
+
+
+@dataclass
+class CallRequest:
+    """A model call as the ledger sees it: canonical messages, parameters and their hash."""
+
+    node: str
+    kind: str
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the canonical messages and parameters (stable across processes)."""
+        return _digest({"messages": self.messages, "params": self.params})
+
+
+def call_request(
+    ctx: NodeContext,
+    model_name: str | None,
+    messages: list[BaseMessage],
+    *,
+    node: str,
+    temperature: float,
+    max_tokens: int,
+    schema: type[BaseModel] | None = None,
+    tools: Sequence[BaseTool] = (),
+    tool_choice: str | None = None,
+) -> CallRequest:
+    """The ledger's view of a call (the settings the model really gets)."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    spec = ctx.models.spec(model_name)
+    label = ctx.models.label(model_name)
+    params: dict[str, Any] = {
+        "model": label,
+        "temperature": spec.temperature if spec.temperature is not None else temperature,
+        "max_tokens": spec.max_tokens or max_tokens,
+    }
+    if spec.kwargs:
+        params["kwargs"] = _jsonable(spec.kwargs)
+    seed = call_seed(ctx.spec.defaults.seed, node, messages)
+    if seed is not None:
+        params["seed"] = seed
+    if tools:
+        params["tools"] = [_jsonable(convert_to_openai_tool(t)) for t in tools]
+        params["tool_choice"] = tool_choice
+    if schema is not None:
+        params["schema"] = schema.model_json_schema()
+    if node.endswith("_router"):
+        kind = "router"
+    elif node.endswith("_synthesizer"):
+        kind = "synthesizer"
+    else:
+        kind = "tool_step" if tools else "agent"
+    return CallRequest(node, kind, label, [canonical_message(m) for m in messages], params)
+
+
+def _response(reply: Reply) -> dict[str, Any]:
+    """A reply as the ledger keeps it (enough to answer the same call again)."""
+    parsed = reply.parsed
+    return {
+        "message": _jsonable(message_to_dict(reply.message)),
+        "parsed": _jsonable(parsed) if parsed is not None else None,
+        "parsing_error": None if reply.parsing_error is None else str(reply.parsing_error),
+    }
+
+
+def _hashed(request: CallRequest, response: dict[str, Any] | None) -> tuple[Any, Any]:
+    """Messages and response as hashes only (``ledger: hashes``)."""
+    messages = [{"role": m["role"], "hash": _digest(m)} for m in request.messages]
+    if response is None:
+        return messages, None
+    message = response["message"]["data"]
+    return messages, {
+        "hash": _digest(canonical_message(messages_from_dict([response["message"]])[0])),
+        "tool_calls": len(message.get("tool_calls") or []),
+    }
+
+
+def _from_ledger(
+    recorded: Mapping[str, Any], model: ModelSpec, schema: type[BaseModel] | None
+) -> Reply:
+    message = messages_from_dict([recorded["message"]])[0]
+    assert isinstance(message, AIMessage)
+    parsed: Any = recorded.get("parsed")
+    if schema is not None and parsed is not None:
+        parsed = schema.model_validate(parsed)
+    error = recorded.get("parsing_error")
+    return Reply(message, usage_of(message, model), parsed, ValueError(error) if error else None)
+
+
+def _task_id() -> str:
+    from langgraph.runtime import get_runtime
+
+    try:
+        info = get_runtime().execution_info
+    except Exception:  # outside a graph
+        info = None
+    return info.task_id if info is not None and info.task_id else ""
+
+
 async def call_model(
     ctx: NodeContext,
     model_name: str | None,
@@ -77,12 +248,31 @@ async def call_model(
     """Call model entry ``model_name`` within its endpoint's in-flight limit, after
     reserving the call's worst case in ``ledger`` (raises ``BudgetExceeded``). ``tools`` are
     offered to the model (``tool_choice="none"``: it may not call them). With the spec's
-    ``defaults.seed`` set, the call samples with :func:`call_seed`."""
+    ``defaults.seed`` set, the call samples with :func:`call_seed`.
+
+    With a call ledger in ``config`` (:data:`CALLS_KEY`) the call is recorded there, and a
+    call the ledger already answered for this task (a resume) is answered from it."""
     spec = ctx.models.spec(model_name)
-    model = ctx.models.get(model_name, temperature=temperature, max_tokens=max_tokens)
-    model = seeded(model, call_seed(ctx.spec.defaults.seed, node, messages))
-    limiter = ctx.models.limiter(model_name)
+    source: CallSource | None = (config.get("configurable") or {}).get(CALLS_KEY)
+    request = seq = task_id = None
+    recorded: Mapping[str, Any] | None = None
+    if source is not None:
+        request = call_request(
+            ctx,
+            model_name,
+            messages,
+            node=node,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            schema=schema,
+            tools=tools,
+            tool_choice=tool_choice,
+        )
+        task_id = _task_id()
+        seq, recorded = await source.lookup(node, task_id, request.hash)
+    limiter = ctx.models.limiter(model_name) if recorded is None else None
     slot: AbstractAsyncContextManager[Any] = limiter.slot() if limiter else nullcontext()
+    made: _Made | None = None
     async with slot:
         prompt = count_tokens_approximately(messages)
         reply_max = spec.max_tokens or max_tokens
@@ -90,20 +280,102 @@ async def call_model(
         reservation = await ledger.reserve(prompt + reply_max, cost, node, budget=budget)
         usage: Usage | None = None
         try:
-            if schema is None:
-                runnable: Any = model.bind_tools(tools, tool_choice=tool_choice) if tools else model
-                message = await runnable.ainvoke(messages, config)
-                assert isinstance(message, AIMessage)
-                usage = usage_of(message, spec)
-                return Reply(message, usage)
-            out = await model.with_structured_output(schema, include_raw=True).ainvoke(
-                messages, config
-            )
-            assert isinstance(out, dict) and isinstance(out["raw"], AIMessage)
-            usage = usage_of(out["raw"], spec)
-            return Reply(out["raw"], usage, out.get("parsed"), out.get("parsing_error"))
+            if recorded is not None:
+                reply = _from_ledger(recorded, spec, schema)
+                usage = reply.usage
+                return reply
+            model = ctx.models.get(model_name, temperature=temperature, max_tokens=max_tokens)
+            model = seeded(model, call_seed(ctx.spec.defaults.seed, node, messages))
+            call = _invoke(model, messages, config, spec, schema, tools, tool_choice)
+            if source is None:
+                reply = await call
+                usage = reply.usage
+                return reply
+            made = await _Made.of(call)
+            usage = made.reply.usage if made.reply is not None else None
         finally:
             ledger.settle(reservation, usage)
+    # recorded once the endpoint's slot is free again
+    assert request is not None and seq is not None and task_id is not None
+    await _record(source, request, task_id, seq, ctx.spec.ledger == "hashes", made)
+    if made.reply is None:
+        assert made.error is not None
+        raise made.error
+    return made.reply
+
+
+async def _invoke(
+    model: Any,
+    messages: list[BaseMessage],
+    config: RunnableConfig,
+    spec: ModelSpec,
+    schema: type[BaseModel] | None,
+    tools: Sequence[BaseTool],
+    tool_choice: str | None,
+) -> Reply:
+    if schema is None:
+        runnable: Any = model.bind_tools(tools, tool_choice=tool_choice) if tools else model
+        message = await runnable.ainvoke(messages, config)
+        assert isinstance(message, AIMessage)
+        return Reply(message, usage_of(message, spec))
+    out = await model.with_structured_output(schema, include_raw=True).ainvoke(messages, config)
+    assert isinstance(out, dict) and isinstance(out["raw"], AIMessage)
+    usage = usage_of(out["raw"], spec)
+    return Reply(out["raw"], usage, out.get("parsed"), out.get("parsing_error"))
+
+
+@dataclass
+class _Made:
+    """A call that went out: its reply or its error, latency and retries."""
+
+    reply: Reply | None
+    error: Exception | None
+    latency_ms: float
+    retries: int
+
+    @classmethod
+    async def of(cls, call: Awaitable[Reply]) -> _Made:
+        started = time.monotonic()
+        with counting_attempts() as attempts:
+            try:
+                reply: Reply | None = await call
+                error: Exception | None = None
+            except Exception as exc:
+                reply, error = None, exc
+        latency = round((time.monotonic() - started) * 1000, 3)
+        return cls(reply, error, latency, max(attempts[0] - 1, 0))
+
+
+async def _record(
+    source: CallSource,
+    request: CallRequest,
+    task_id: str,
+    seq: int,
+    hashes_only: bool,
+    made: _Made,
+) -> None:
+    """Record a call that went out (its error too) in the run's call ledger."""
+    response = _response(made.reply) if made.reply is not None else None
+    messages: Any = request.messages
+    if hashes_only:
+        messages, response = _hashed(request, response)
+    error = None if made.error is None else f"{type(made.error).__name__}: {made.error}"
+    await source.record(
+        node=request.node,
+        kind=request.kind,
+        task_id=task_id,
+        seq=seq,
+        model=request.model,
+        params=request.params,
+        request_hash=request.hash,
+        messages=messages,
+        response=response,
+        usage=dict(made.reply.usage) if made.reply is not None else None,
+        latency_ms=made.latency_ms,
+        retries=made.retries,
+        status="ok" if made.error is None else "error",
+        error=None if error is None else error[:2000],
+    )
 
 
 _invocations: OrderedDict[object, str] = OrderedDict()

@@ -1,6 +1,6 @@
 """One migration runner for every table of the store.
 
-Each component (``checkpoints``, ``registry``, ``events``, ``eval``) has an ordered list
+Each component (``checkpoints``, ``registry``, ``events``, ``calls``, ``eval``) has an ordered list
 of steps in :data:`STEPS`; step ``i`` brings the component to version ``i + 1``. The
 applied versions are rows of one table, ``moa_schema_migrations(component, version,
 name, applied_at)``. :func:`upgrade` applies the missing steps of a component under a
@@ -150,6 +150,9 @@ STEPS: dict[str, list[Step]] = {
             "create moa_crons and moa_cron_firings",
             _call("langgraph_moa.persistence.crons", "_create_tables"),
         ),
+    ],
+    "calls": [
+        Step("create moa_calls", _create("langgraph_moa.persistence.calls", "calls")),
     ],
 }
 """The steps of each component, in order. Components outside ``persistence/`` (the

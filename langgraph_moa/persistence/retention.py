@@ -2,11 +2,11 @@
 
 ``older_than``: a thread idle that long (no checkpoint written, no change to the thread or
 any of its runs) is deleted whole, in one transaction per thread: its checkpoints, blobs,
-pending writes and head, its runs, their events, and the thread itself, so no row is left
-behind that points at it. Threads that may still go on are skipped unless ``force``: paused
-ones (a run or the thread ``interrupted``) and those with a ``pending`` or ``running`` run.
-The checks are repeated inside each thread's transaction, with the thread's rows locked,
-so a thread that wakes up meanwhile is kept.
+pending writes and head, its runs, their events, its model calls (``moa_calls``), and the
+thread itself, so no row is left behind that points at it. Threads that may still go on are
+skipped unless ``force``: paused ones (a run or the thread ``interrupted``) and those with a
+``pending`` or ``running`` run. The checks are repeated inside each thread's transaction,
+with the thread's rows locked, so a thread that wakes up meanwhile is kept.
 
 ``keep_last``: then keep only the newest ``keep_last`` checkpoints of each namespace of
 every remaining thread (the latest always stays).
@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from langgraph_moa.persistence import schema
+from langgraph_moa.persistence.calls import calls
 from langgraph_moa.persistence.engines import get_engine, release_engine
 from langgraph_moa.persistence.events import events
 from langgraph_moa.persistence.registry import runs_table, threads_table
@@ -137,6 +138,7 @@ class _Store:
         self.heads = schema.heads.name in present
         self.registry = threads_table.name in present and runs_table.name in present
         self.events = events.name in present
+        self.calls = calls.name in present
         self.checkpoint_tables = [t for t in _CHECKPOINT_TABLES if t.name in present]
         self.cutoff = cutoff
         self.cutoff_dt = datetime.fromtimestamp(cutoff, UTC).replace(tzinfo=None)
@@ -183,6 +185,8 @@ class _Store:
             for start in range(0, len(run_ids), 500):
                 part = run_ids[start : start + 500]
                 evs += conn.execute(events.delete().where(events.c.run_id.in_(part))).rowcount
+        if self.calls:
+            conn.execute(calls.delete().where(calls.c.thread_id == thread_id))
         for table in self.checkpoint_tables:
             conn.execute(table.delete().where(table.c.thread_id == thread_id))
         if self.registry:

@@ -182,10 +182,12 @@ class MoA:
 
     @staticmethod
     def config(thread_id: str, run_id: str | None = None, **configurable: Any) -> RunnableConfig:
-        """The LangGraph config of a thread (and run)."""
+        """The LangGraph config of a thread (and run: its id goes into the checkpoints'
+        metadata, as the server and the workers do, so a replay finds where it started)."""
         config: RunnableConfig = {"configurable": {"thread_id": thread_id, **configurable}}
         if run_id is not None:
             config["run_id"] = uuid.UUID(run_id)
+            config["metadata"] = {"run_id": run_id}
         return config
 
     @staticmethod

@@ -41,6 +41,7 @@ from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 
+from langgraph_moa.persistence.calls import CALLS_KEY, CallLedger, RunCalls
 from langgraph_moa.persistence.errors import CheckpointConflictError
 from langgraph_moa.persistence.registry import (
     CANCEL_CHANNEL,
@@ -156,6 +157,8 @@ class Execution:
     stop: str | None = None
     """Why the body was cancelled: ``cancel`` (requested), ``lost`` (lease lost)."""
     task: asyncio.Task[Any] | None = field(default=None, repr=False)
+    calls: RunCalls | None = field(default=None, repr=False)
+    """The run's call ledger for this execution (every model call is recorded there)."""
 
     @property
     def run_id(self) -> str:
@@ -166,8 +169,12 @@ class Execution:
         return self.run.thread_id
 
     def configurable(self) -> dict[str, Any]:
-        """What to put into the run's ``config["configurable"]`` (the lease token)."""
-        return {LEASE_KEY: self.token}
+        """What to put into the run's ``config["configurable"]``: the lease token and the
+        call ledger."""
+        found: dict[str, Any] = {LEASE_KEY: self.token}
+        if self.calls is not None:
+            found[CALLS_KEY] = self.calls
+        return found
 
     def interrupt(self, reason: str) -> None:
         """Cancel the body with ``reason`` (``cancel`` or ``lost``)."""
@@ -382,7 +389,12 @@ class RunExecutor:
         except BaseException:
             await self._release(record.thread_id, token)
             raise
-        execution = Execution(claimed, owner, token, epoch, task=asyncio.current_task())
+        calls = RunCalls(
+            CallLedger(registry.engine), claimed.run_id, claimed.thread_id, claimed.attempts
+        )
+        execution = Execution(
+            claimed, owner, token, epoch, task=asyncio.current_task(), calls=calls
+        )
         self.running[record.run_id] = execution
         beat = asyncio.create_task(self._heartbeat(execution), name=f"lease-{record.run_id}")
         try:

@@ -243,6 +243,11 @@ class GraphSpec(_Strict):
     max_tool_calls: int | None = Field(
         default=None, gt=0, description="Run budget in tool calls (all agents together)."
     )
+    ledger: Literal["full", "hashes"] = Field(
+        default="full",
+        description="What the call ledger keeps of each model call's messages and reply: "
+        "`full`, or `hashes` (no text; such calls cannot be replayed or answered on resume).",
+    )
 
     @field_validator("agents", mode="before")
     @classmethod
@@ -361,6 +366,8 @@ class GraphSpec(_Strict):
         for layer in data["layers"]:
             if layer["synthesizer"].get("min_agreement") is None:
                 layer["synthesizer"].pop("min_agreement", None)
+        if data.get("ledger") == "full":
+            data.pop("ledger")
         for agent in data["agents"]:
             for field_name, unset in _AGENT_DEFAULTS:
                 if agent.get(field_name) == unset:

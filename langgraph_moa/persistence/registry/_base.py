@@ -60,8 +60,11 @@ class _RegistryBase:
     # ------------------------------------------------------------------ setup ---
 
     async def setup(self) -> int:
-        """Apply missing migrations (idempotent, safe to race); return the schema version."""
-        return await migrations.aupgrade(self.engine, "registry")
+        """Apply missing migrations (idempotent, safe to race); return the schema version.
+        The call ledger's table (``moa_calls``) is set up with the registry."""
+        version = await migrations.aupgrade(self.engine, "registry")
+        await migrations.aupgrade(self.engine, "calls")
+        return version
 
     async def schema_version(self) -> int:
         """The applied schema version (0 before :meth:`setup`)."""
