@@ -234,6 +234,9 @@ class RunCalls:
         self.answered = 0
         """Calls answered from the ledger in this execution."""
 
+    def __repr__(self) -> str:  # what a `checkpoints`/`debug` stream shows of the config
+        return f"<call ledger of run {self.run_id}>"
+
     def _next_seq(self, task_id: str, request_hash: str) -> int:
         with self._lock:
             seq = self._seen.get((task_id, request_hash), 0)
