@@ -5,12 +5,13 @@ schedule arithmetic (seconds field, timezones, bad schedules)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from langgraph_moa.persistence.crons import (
+    CronRecord,
     CronStore,
     InvalidScheduleError,
     crons_table,
@@ -57,6 +58,20 @@ async def test_a_tick_is_claimed_once_by_racing_claimers(db_url: str) -> None:
         assert moved.next_run_date == next_tick("* * * * * *", cron.next_run_date)
         # the stale copy cannot claim the same tick again later
         assert not await store.claim(due[0], "late", now=cron.next_run_date)
+        # settled firings older than a day go when a later tick settles
+        await store.fired(cron.cron_id, cron.next_run_date)
+        later = CronRecord(
+            **{**vars(moved), "next_run_date": cron.next_run_date + timedelta(days=2)}
+        )
+        async with engine.begin() as conn:
+            await conn.execute(
+                crons_table.update()
+                .where(crons_table.c.cron_id == cron.cron_id)
+                .values(next_run_date=later.next_run_date)
+            )
+        assert await store.claim(later, "run-later", now=later.next_run_date)
+        await store.fired(cron.cron_id, later.next_run_date)
+        assert [f.run_id for f in await store.firings(cron.cron_id)] == ["run-later"]
         # nor can another tenant see the cron
         assert await store.get("u", cron.cron_id) is None
         assert not await store.delete("u", cron.cron_id)

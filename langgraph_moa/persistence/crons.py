@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -196,6 +196,10 @@ def _record(row: Mapping[Any, Any]) -> CronRecord:
     data["enabled"] = bool(data["enabled"])
     return CronRecord(**data)
 
+
+FIRINGS_KEPT = timedelta(days=1)
+"""How long the settled firings of a cron are kept (a tick's row is what makes it fire
+once; after a day it is only history)."""
 
 _SORTABLE = ("cron_id", "assistant_id", "thread_id", "next_run_date", "end_time", "created_at")
 
@@ -443,12 +447,20 @@ class CronStore:
         return True
 
     async def fired(self, cron_id: str, tick: datetime, state: str = "done") -> None:
-        """Mark the firing ``(cron_id, tick)``: ``done`` (its run exists) or ``skipped``."""
+        """Mark the firing ``(cron_id, tick)``: ``done`` (its run exists) or ``skipped``;
+        the cron's settled firings older than :data:`FIRINGS_KEPT` are deleted."""
         async with self.engine.begin() as conn:
             await conn.execute(
                 firings_table.update()
                 .where(firings_table.c.cron_id == cron_id, firings_table.c.tick == tick)
                 .values(state=state)
+            )
+            await conn.execute(
+                firings_table.delete().where(
+                    firings_table.c.cron_id == cron_id,
+                    firings_table.c.state != "claimed",
+                    firings_table.c.tick < tick - FIRINGS_KEPT,
+                )
             )
 
     async def firings(self, cron_id: str) -> list[CronFiring]:
