@@ -535,6 +535,15 @@ class ProtocolService(RunService):
                 )
             answers[entry["interrupt_id"]] = entry.get("response")
         pending = await self._protocol_interrupts(tenant, thread_id)
+        if not answers.keys() <= pending:
+            # the stream says "interrupted" as the run pauses, a moment before the run has
+            # written the checkpoint that holds the interrupt: let the thread's runs end
+            active = await self.registry.list_runs(
+                thread_id=thread_id, status=list(ACTIVE), limit=100
+            )
+            for run in active:
+                await self.wait_run(run.run_id)
+            pending = await self._protocol_interrupts(tenant, thread_id)
         for interrupt_id in answers:
             if interrupt_id not in pending:
                 raise CommandError(
