@@ -5,6 +5,13 @@
 * ``server``: ``python -m llama_cpp.server`` on 127.0.0.1 through ``ChatOpenAI``
   (``ChatLocalServer``), fixed thread count (a server cannot adapt it per request).
 
+``--layer``: instead, the batched decoding of the in-process runtime: one proposal alone against
+a layer of 3 proposers called at once, with concurrent requests decoded together (the default,
+``MOA_LOCAL_PARALLEL=8``) and one at a time in arrival order (``MOA_LOCAL_PARALLEL=1``, the
+queue of earlier versions), alternating, with the load average of each round. The tasks ask for
+long answers so that every proposal generates ``--max-tokens`` tokens (checked), and the layer's
+ideal is one proposal's time. Writes bench/results/local_layer.json.
+
 Fixed thread counts are the CPUs of the machine (``--threads``). For each configuration:
 start-up (model load / server ready), prompt and generation speed of one streamed call with a
 ~500-token prompt, and MoA rounds: 3 proposers called concurrently (roles and temperatures
@@ -13,6 +20,7 @@ configurations so that load from other processes hits all alike. Prints a table 
 bench/results/local_model.json.
 
     python bench/local_model.py [--rounds 5] [--max-tokens 128] [--threads N] [--out FILE]
+    python bench/local_model.py --layer [--rounds 5] [--max-tokens 128]
 """
 
 from __future__ import annotations
@@ -57,6 +65,111 @@ LONG_PROMPT = AGGREGATE + "\n".join(
     "and why. " * 4
     for i in range(1, 4)
 )
+
+
+LAYER_TASKS = [
+    "Write a long, detailed essay about the history of version control systems.",
+    "Write a long, detailed guide to testing Python code, with many examples.",
+    "Write a long, detailed story about a lighthouse keeper and a storm.",
+]
+LAYER_VARIANTS = {"batched": str(local.DEFAULT_PARALLEL), "queue": "1"}
+
+
+async def layer_round(task: str, max_tokens: int, seed: int) -> dict[str, Any]:
+    """Each proposer alone, one after the other, then the 3 at once (same seeds, same answers)."""
+
+    def proposer(i: int) -> tuple[BaseChatModel, list[Any]]:
+        role, temperature = ROLES[i]
+        model = ChatLocalLlama(temperature=temperature, max_tokens=max_tokens, seed=seed + i)
+        return model, [SystemMessage(role), HumanMessage(task)]
+
+    alone, texts = [], []
+    for i in range(len(ROLES)):
+        model, messages = proposer(i)
+        t0 = time.perf_counter()
+        answer = await model.ainvoke(messages)
+        alone.append(time.perf_counter() - t0)
+        texts.append(answer.content)
+        assert tokens_of(answer) == max_tokens, f"proposal {i} stopped at {tokens_of(answer)}"
+    t0 = time.perf_counter()
+    answers = await asyncio.gather(
+        *(model.ainvoke(messages) for model, messages in map(proposer, range(len(ROLES))))
+    )
+    layer = time.perf_counter() - t0
+    assert [a.content for a in answers] == texts, "the layer answered differently"
+    one = statistics.median(alone)
+    return {
+        "one_proposal_s": one,
+        "alone_s": alone,
+        "layer_s": layer,
+        "layer_over_one": layer / one,
+        "load_avg": os.getloadavg()[0],
+    }
+
+
+async def layer_main(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()[0]
+    rows: dict[str, list[dict[str, Any]]] = {v: [] for v in LAYER_VARIANTS}
+    for r in range(args.rounds):
+        order = list(LAYER_VARIANTS) if r % 2 == 0 else list(LAYER_VARIANTS)[::-1]
+        for variant in order:
+            os.environ["MOA_LOCAL_PARALLEL"] = LAYER_VARIANTS[variant]
+            await make("inprocess", 0.0, 1, 0).ainvoke("warm up")  # (re)load outside the timing
+            task = LAYER_TASKS[r % len(LAYER_TASKS)]
+            row = await layer_round(task, args.max_tokens, 10 * r)
+            rows[variant].append(row)
+            print(
+                f"round {r + 1}/{args.rounds} {variant:<8} one proposal "
+                f"{row['one_proposal_s']:6.2f} s, layer of 3 {row['layer_s']:6.2f} s = "
+                f"{row['layer_over_one']:.2f}x "
+                f"(load average {row['load_avg']:.1f})",
+                flush=True,
+            )
+    os.environ.pop("MOA_LOCAL_PARALLEL", None)
+    local.shutdown_local()
+    summary = {
+        v: {
+            k: statistics.median(x[k] for x in rows[v])
+            for k in ("one_proposal_s", "layer_s", "layer_over_one", "load_avg")
+        }
+        for v in LAYER_VARIANTS
+    }
+    print(f"\n{'variant':<8} {'one s':>7} {'layer s':>8} {'layer/one':>9} {'load':>5}")
+    for v, m in summary.items():
+        print(
+            f"{v:<8} {m['one_proposal_s']:>7.2f} {m['layer_s']:>8.2f} "
+            f"{m['layer_over_one']:>8.2f}x {m['load_avg']:>5.1f}"
+        )
+    ratio = summary["batched"]["layer_over_one"]
+    verdict = (
+        f"a layer of 3 proposers ({args.max_tokens} tokens each) takes {ratio:.2f}x one "
+        f"proposal batched, {summary['queue']['layer_over_one']:.2f}x queued (medians of "
+        f"{args.rounds} rounds); goal <= 1.6x {'met' if ratio <= 1.6 else 'NOT met'}"
+    )
+    print(f"\n{verdict}; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+    out = args.out if args.out != RESULTS else RESULTS.with_name("local_layer.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "local_model --layer",
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "load_avg_before": load_before,
+                    "load_avg_after": os.getloadavg()[0],
+                },
+                "model": local.LOCAL_MODEL_NAME,
+                "max_tokens": args.max_tokens,
+                "rounds": rows,
+                "median": summary,
+                "verdict": verdict,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {out}")
 
 
 CONFIGS = {
@@ -127,10 +240,7 @@ async def speed(runtime: str, max_tokens: int) -> dict[str, float]:
 
 
 def _count(text: str) -> list[int]:
-    worker = local._shared_worker()
-    llm = worker._llm
-    assert llm is not None
-    return list(llm.tokenize(text.encode(), add_bos=False, special=False))
+    return local._shared_worker().tokenize(text)
 
 
 async def moa_round(runtime: str, task: str, max_tokens: int, seed: int) -> dict[str, float]:
@@ -166,7 +276,11 @@ async def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--layer", action="store_true", help="batched vs queued MoA layer only")
     args = ap.parse_args()
+    if args.layer:
+        await layer_main(args)
+        return
     configs = list(CONFIGS)
     load_before = os.getloadavg()[0]
     result: dict[str, Any] = {}

@@ -280,6 +280,84 @@ async def test_concurrent_calls_all_complete(model_installed: None) -> None:
     assert all(str(m.content).strip() for m in batch)
 
 
+BATCH_PROMPTS = (
+    "What is the capital of France? Answer in one sentence.",
+    "Write a Python function that reverses a string.",
+    "Give three tips for writing readable Python code.",
+)
+
+
+def _request(prompt: str, max_tokens: int = 48) -> _llama.GenerationRequest:
+    return _llama.GenerationRequest(
+        messages=(("user", prompt),), temperature=0.0, max_tokens=max_tokens
+    )
+
+
+def _answer(job: _llama.Job) -> _llama.GenerationResult:
+    result = list(job.events())[-1]
+    assert isinstance(result, _llama.GenerationResult)
+    return result
+
+
+@pytest.fixture
+def one_thread(fresh_runtime: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # with 2 threads llama.cpp splits a lone sequence's attention over >= 512 cells between
+    # them, so its last bits depend on the thread count; 1 thread makes them not depend on it
+    monkeypatch.setenv("MOA_LOCAL_THREADS", "1")
+
+
+@pytest.mark.slow
+def test_batched_answers_equal_sequential_answers(one_thread: None) -> None:
+    worker = local._shared_worker()
+    alone = [_answer(worker.submit(_request(p), stream=False, async_=False)) for p in BATCH_PROMPTS]
+    assert worker.max_width == 1
+    jobs = [worker.submit(_request(p), stream=False, async_=False) for p in BATCH_PROMPTS]
+    together = [_answer(job) for job in jobs]
+    assert worker.max_width == 3  # the three decoded in the same steps
+    assert len({r.text for r in alone}) == 3
+    for one, batched in zip(alone, together, strict=True):
+        assert batched == one  # text, prompt and completion tokens, finish reason
+    capped = [worker.submit(_request(p, 5), stream=False, async_=False) for p in BATCH_PROMPTS[1:]]
+    for job, one in zip(capped, alone[1:], strict=True):
+        result = _answer(job)
+        assert (result.completion_tokens, result.finish_reason) == (5, "length")
+        assert result.prompt_tokens == one.prompt_tokens
+        assert one.text.startswith(result.text)
+
+
+@pytest.mark.slow
+async def test_a_layer_of_agents_reports_the_usage_of_each(one_thread: None) -> None:
+    model = ChatLocalLlama(temperature=0.0, max_tokens=24)
+    alone = [await model.ainvoke(p) for p in BATCH_PROMPTS]
+    together = await asyncio.gather(*(model.ainvoke(p) for p in BATCH_PROMPTS))
+    for one, batched in zip(alone, together, strict=True):
+        assert batched.content == one.content
+        assert batched.usage_metadata == one.usage_metadata
+        usage_ok(batched)
+
+
+@pytest.mark.slow
+def test_a_request_joins_a_running_batch(one_thread: None) -> None:
+    worker = local._shared_worker()
+    story = _request("Write a long story about a dragon who learns to cook.", 64)
+    short = _request(BATCH_PROMPTS[0], 16)
+    story_alone = _answer(worker.submit(story, stream=False, async_=False))
+    short_alone = _answer(worker.submit(short, stream=False, async_=False))
+    assert story_alone.completion_tokens == 64
+    running = worker.submit(story, stream=True, async_=False)
+    events = running.events()
+    first = next(events)  # the story is decoding now
+    assert isinstance(first, str)
+    joined = _answer(worker.submit(short, stream=False, async_=False))
+    rest = list(events)
+    result = rest[-1]
+    assert isinstance(result, _llama.GenerationResult)
+    assert worker.max_width == 2  # the short request decoded beside the story
+    assert joined == short_alone
+    assert result == story_alone
+    assert first + "".join(str(e) for e in rest[:-1]) == story_alone.text
+
+
 @pytest.mark.slow
 def test_seeds_vary_per_call_unless_fixed(model_installed: None) -> None:
     # llama-cpp-python reuses one seed for every call unless told otherwise; agents must differ

