@@ -33,7 +33,13 @@ from langgraph_moa.models.local import (
 )
 from tests.conftest import missing
 
-ENV = ("MOA_LOCAL_MODEL", "MOA_LOCAL_RUNTIME", "MOA_LOCAL_THREADS", "MOA_LOCAL_PORT")
+ENV = (
+    "MOA_LOCAL_MODEL",
+    "MOA_LOCAL_RUNTIME",
+    "MOA_LOCAL_THREADS",
+    "MOA_LOCAL_PORT",
+    "MOA_LOCAL_PARALLEL",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -136,7 +142,12 @@ def test_missing_model_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("MOA_LOCAL_RUNTIME", "gpu"), ("MOA_LOCAL_THREADS", "many"), ("MOA_LOCAL_PORT", "70000")],
+    [
+        ("MOA_LOCAL_RUNTIME", "gpu"),
+        ("MOA_LOCAL_THREADS", "many"),
+        ("MOA_LOCAL_PORT", "70000"),
+        ("MOA_LOCAL_PARALLEL", "0"),
+    ],
 )
 def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
@@ -334,6 +345,17 @@ async def test_a_layer_of_agents_reports_the_usage_of_each(one_thread: None) -> 
         assert batched.content == one.content
         assert batched.usage_metadata == one.usage_metadata
         usage_ok(batched)
+
+
+@pytest.mark.slow
+async def test_parallel_1_serves_one_at_a_time(
+    one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOA_LOCAL_PARALLEL", "1")
+    model = ChatLocalLlama(temperature=0.0, max_tokens=12)
+    answers = await asyncio.gather(*(model.ainvoke(p) for p in BATCH_PROMPTS))
+    assert all(str(a.content).strip() for a in answers)
+    assert local._shared_worker().max_width == 1
 
 
 @pytest.mark.slow

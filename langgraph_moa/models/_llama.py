@@ -385,7 +385,8 @@ class LlamaWorker:
         closing = False
         try:
             while not closing or self._active:
-                closing = self._take_jobs(block=not self._active) or closing
+                idle = not self._active and not self._waiting
+                closing = self._take_jobs(block=idle) or closing
                 if closing:
                     for seq in self._active:
                         seq.job.cancel()
