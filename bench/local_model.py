@@ -127,6 +127,10 @@ async def layer_main(args: argparse.Namespace) -> None:
             )
     os.environ.pop("MOA_LOCAL_PARALLEL", None)
     local.shutdown_local()
+    steps = step_costs(5)
+    print("\nCPU ms per decode step, 1 thread (median of 5):")
+    for case, ms in steps.items():
+        print(f"  {case:<20} {ms:6.2f}")
     summary = {
         v: {
             k: statistics.median(x[k] for x in rows[v])
@@ -163,6 +167,7 @@ async def layer_main(args: argparse.Namespace) -> None:
                 "max_tokens": args.max_tokens,
                 "rounds": rows,
                 "median": summary,
+                "cpu_ms_per_step": steps,
                 "verdict": verdict,
             },
             indent=2,
@@ -170,6 +175,40 @@ async def layer_main(args: argparse.Namespace) -> None:
         + "\n"
     )
     print(f"wrote {out}")
+
+
+def step_costs(repeat: int) -> dict[str, float]:
+    """CPU ms of one llama_decode step by sequences decoded and logits computed (1 thread).
+
+    Explains the layer ratio: what a step of 3 sequences costs against a step of 1, split into
+    the transformer (no logits) and the output layer (the logits rows).
+    """
+    import llama_cpp
+
+    os.environ["MOA_LOCAL_PARALLEL"] = str(local.DEFAULT_PARALLEL)
+    os.environ["MOA_LOCAL_THREADS"] = "1"
+    worker = local._shared_worker()
+    worker.tokenize("warm up")  # loads the model
+    ctx, batch = worker._ctx, worker._batch
+    cases = [(1, 0), (1, 1), (3, 0), (3, 3)]
+    times: dict[tuple[int, int], list[float]] = {c: [] for c in cases}
+    for _ in range(repeat):
+        for width, outputs in cases:
+            llama_cpp.llama_memory_clear(ctx.memory, True)
+            start, steps = time.process_time(), 0
+            while time.process_time() - start < 0.5:
+                for i in range(width):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = 100 + i, steps, 1
+                    batch.seq_id[i][0], batch.logits[i] = i, i < outputs
+                batch.n_tokens = width
+                assert llama_cpp.llama_decode(ctx.ctx, batch) == 0
+                steps += 1
+            times[(width, outputs)].append((time.process_time() - start) / steps * 1000)
+    llama_cpp.llama_memory_clear(ctx.memory, True)
+    local.shutdown_local()
+    for name in ("MOA_LOCAL_PARALLEL", "MOA_LOCAL_THREADS"):
+        os.environ.pop(name, None)
+    return {f"width {w}, {o} logits": statistics.median(v) for (w, o), v in times.items()}
 
 
 CONFIGS = {

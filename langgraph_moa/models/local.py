@@ -8,8 +8,9 @@ One model instance serves every agent of the process, and agents differ by promp
 temperature. Two runtimes are available (``MOA_LOCAL_RUNTIME``):
 
 * ``inprocess`` (default): llama.cpp on a worker thread of this process; concurrent requests
-  (the agents of a layer) decode together as sequences of one context, so a layer of 3 takes
-  about one proposal's time plus a little (``bench/local_model.py``).
+  (the agents of a layer) decode together as sequences of one context. On 2 AVX2 cores the
+  model's kernels are compute-bound, so 3 sequences still cost ~2.9x the CPU of one
+  (``bench/local_model.py --layer``).
 * ``server``: ``python -m llama_cpp.server`` on 127.0.0.1, reached through ``ChatOpenAI``;
   it serves requests one at a time in arrival order.
 
