@@ -3,9 +3,9 @@
 ``LlamaWorker`` owns one llama.cpp model and context on a dedicated thread (they are not
 thread-safe) and decodes the requests it has together, as sequences of that context, through
 llama.cpp's batch API: one ``llama_decode`` per step feeds every sequence's next token (what
-that saves depends on the CPU's kernels: little on 2 AVX2 cores, see bench/README.md). Callers on any thread or event loop submit a
-request and read its events (text deltas, then a result or an error) from a queue, so a waiting
-caller never holds a thread of a shared pool.
+that saves depends on the CPU's kernels: little on 2 AVX2 cores, see bench/README.md).
+Callers on any thread or event loop submit a request and read its events (text deltas, then a
+result or an error) from a queue, so a waiting caller never holds a thread of a shared pool.
 
 ``LlamaServer`` runs ``python -m llama_cpp.server`` on 127.0.0.1 as a child process, for the
 ``server`` runtime and for anyone who wants the model behind an OpenAI-compatible URL.
