@@ -18,11 +18,18 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import FakeListChatModel
 from langgraph.config import get_store
 from langgraph.graph import END, START, StateGraph
-from langgraph.store.base import BaseStore, GetOp, InvalidNamespaceError, PutOp, SearchOp
+from langgraph.store.base import (
+    BaseStore,
+    GetOp,
+    InvalidNamespaceError,
+    ListNamespacesOp,
+    PutOp,
+    SearchOp,
+)
 
 from langgraph_moa.persistence import AsyncSQLAlchemySaver
 from langgraph_moa.persistence._store_sql import items, vectors
-from langgraph_moa.persistence.store import AsyncSQLAlchemyStore, SQLAlchemyStore
+from langgraph_moa.persistence.store import AsyncSQLAlchemyStore, SQLAlchemyStore, TenantView
 from langgraph_moa.runtime.api import MoA
 
 
@@ -369,3 +376,47 @@ async def test_moa_compiles_the_store_into_its_graph(sqlite_url: str) -> None:
             assert moa.graph.store is store
         async with MoA(spec, db_url=sqlite_url) as moa:
             assert moa.graph.store is None
+
+
+def test_tenant_views_map_every_operation(sqlite_url: str) -> None:
+    with SQLAlchemyStore.from_url(sqlite_url, ttl={"default_ttl": 60}) as store:
+        a, b = TenantView(store, "a"), TenantView(store, "b")
+        a.put(("memory", "ann"), "food", {"likes": "pizza", "n": 1})
+        a.put(("memory", "bob"), "food", {"likes": "pasta", "n": 2}, ttl=5)
+        a.put(("notes",), "x", {"n": 3})
+        b.put(("memory", "ann"), "food", {"likes": "sushi", "n": 9})
+        # the layout: the tenant's label in front, nothing else
+        assert sorted(i.namespace for i in store.search(())) == [
+            ("~a", "memory", "ann"),
+            ("~a", "memory", "bob"),
+            ("~a", "notes"),
+            ("~b", "memory", "ann"),
+        ]
+        got = a.get(("memory", "ann"), "food")
+        assert got is not None and got.namespace == ("memory", "ann")
+        assert got.value == {"likes": "pizza", "n": 1}
+        assert b.get(("memory", "ann"), "food").value["likes"] == "sushi"  # type: ignore[union-attr]
+        assert b.get(("memory", "bob"), "food") is None
+        found = a.search(("memory",), filter={"n": {"$gte": 2}})
+        assert [(i.namespace, i.value["n"]) for i in found] == [(("memory", "bob"), 2)]
+        assert [i.value["n"] for i in b.search(())] == [9]
+        assert a.list_namespaces() == [("memory", "ann"), ("memory", "bob"), ("notes",)]
+        assert a.list_namespaces(max_depth=1) == [("memory",), ("notes",)]
+        assert a.list_namespaces(prefix=("memory", "*")) == [("memory", "ann"), ("memory", "bob")]
+        assert a.list_namespaces(suffix=("ann",)) == [("memory", "ann")]
+        assert b.list_namespaces(prefix=("notes",)) == []
+        assert b.list_namespaces() == [("memory", "ann")]
+        results = b.batch(
+            [
+                GetOp(("memory", "ann"), "food"),
+                SearchOp(("memory",)),
+                ListNamespacesOp(max_depth=1),
+                PutOp(("memory", "ann"), "food", None),
+            ]
+        )
+        assert results[0].namespace == ("memory", "ann")  # type: ignore[union-attr]
+        assert [i.namespace for i in results[1]] == [("memory", "ann")]  # type: ignore[union-attr]
+        assert results[2:] == [[("memory",)], None]
+        assert b.get(("memory", "ann"), "food") is None
+        assert a.get(("memory", "ann"), "food") is not None
+        assert a.supports_ttl and a.ttl_config == {"default_ttl": 60}

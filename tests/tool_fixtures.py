@@ -42,3 +42,20 @@ def charge(amount: int) -> str:
     while not release.exists():
         time.sleep(0.02)
     return f"charged {amount}"
+
+
+async def remember(fact: str) -> str:
+    """Save a fact in long-term memory (namespace ``("memory",)``, key ``fact``)."""
+    from langgraph.config import get_store
+
+    await get_store().aput(("memory",), "fact", {"text": fact})
+    return f"saved {fact}"
+
+
+async def recall() -> str:
+    """Everything in long-term memory under ``("memory",)``, as ``key=text; ...``."""
+    from langgraph.config import get_store
+
+    items = await get_store().asearch(("memory",), limit=100)
+    found = sorted(f"{i.key}={i.value.get('text')}" for i in items)
+    return "; ".join(found) or "nothing remembered"

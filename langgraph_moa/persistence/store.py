@@ -69,7 +69,7 @@ from langgraph_moa.persistence.engines import (
     release_engine,
 )
 
-__all__ = ["AsyncSQLAlchemyStore", "SQLAlchemyStore"]
+__all__ = ["AsyncSQLAlchemyStore", "SQLAlchemyStore", "TenantView", "tenant_label"]
 
 MAX_SCAN = 10_000
 log = logging.getLogger("langgraph_moa.persistence.store")
@@ -475,3 +475,71 @@ class AsyncSQLAlchemyStore(_Core, AsyncBatchedBaseStore):
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def tenant_label(tenant: str | None) -> str:
+    """The hidden first namespace label of a tenant's items: ``~`` plus its id (``~``
+    alone for an open server)."""
+    return "~" + (tenant or "")
+
+
+class TenantView(BaseStore):
+    """One tenant's items of ``store``: every namespace gets :func:`tenant_label` in
+    front on the way in and loses it on the way out, so the view never reaches another
+    tenant's items (what the server's ``/store`` routes and its runs' graphs use)."""
+
+    def __init__(self, store: BaseStore, tenant: str | None) -> None:
+        self.store = store
+        self.root = tenant_label(tenant)
+        self.supports_ttl = store.supports_ttl
+        self.ttl_config = store.ttl_config
+
+    def _in(self, op: Op) -> Op:
+        root = (self.root,)
+        if isinstance(op, GetOp | PutOp):
+            return op._replace(namespace=root + tuple(op.namespace))
+        if isinstance(op, SearchOp):
+            return op._replace(namespace_prefix=root + tuple(op.namespace_prefix))
+        if isinstance(op, ListNamespacesOp):
+            conditions = [
+                MatchCondition("prefix", root + tuple(c.path)) if c.match_type == "prefix" else c
+                for c in op.match_conditions or ()
+            ]
+            if not any(c.match_type == "prefix" for c in conditions):
+                conditions.insert(0, MatchCondition("prefix", root))
+            depth = None if op.max_depth is None else op.max_depth + 1
+            return op._replace(match_conditions=tuple(conditions), max_depth=depth)
+        raise TypeError(f"unknown store operation {type(op).__name__}")
+
+    def _strip(self, item: Item) -> Item:
+        namespace = item.namespace[1:]
+        if isinstance(item, SearchItem):
+            return SearchItem(
+                namespace, item.key, item.value, item.created_at, item.updated_at, item.score
+            )
+        return Item(
+            value=item.value,
+            key=item.key,
+            namespace=namespace,
+            created_at=item.created_at,
+            updated_at=item.updated_at,
+        )
+
+    def _out(self, result: Result) -> Result:
+        if isinstance(result, Item):
+            return self._strip(result)
+        if isinstance(result, list):
+            stripped: list[Any] = [
+                self._strip(r) if isinstance(r, Item) else tuple(r[1:]) for r in result
+            ]
+            return stripped
+        return result
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        """The inner store's ``batch`` of the tenant's operations."""
+        return [self._out(r) for r in self.store.batch([self._in(op) for op in ops])]
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        """The inner store's ``abatch`` of the tenant's operations."""
+        results = await self.store.abatch([self._in(op) for op in ops])
+        return [self._out(r) for r in results]

@@ -27,6 +27,7 @@ from langgraph_moa.persistence.registry import (
     RunOwnedError,
     RunRecord,
 )
+from langgraph_moa.persistence.store import TenantView
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.runtime.executor import Execution, RunEnd
 from langgraph_moa.server import serde
@@ -154,7 +155,9 @@ class RunExecution(ServerCore):
     async def _stream_run(self, run: RunRecord, lease: Mapping[str, Any], resume: bool) -> RunEnd:
         options = run.options
         assistant = await self._assistant_of_run(run)
-        graph = assistant.graph
+        # the run's agents see the long-term memory of its tenant, as /store shows it
+        memory = TenantView(self.store, run.options.get("tenant"))
+        graph = assistant.graph.copy({"store": memory})
         run_id = run.run_id
         await self._publish(run_id, "metadata", {"run_id": run_id, "attempt": run.attempts})
         config = self._run_config(run)

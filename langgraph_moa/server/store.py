@@ -1,8 +1,10 @@
 """The ``/store`` API's side of long-term memory: request bodies and a per-tenant view.
 
 Every tenant's items live under one extra first namespace label, ``~`` plus the tenant
-id (``~`` alone on an open server), added on the way in and stripped on the way out,
-so a client never sees or names it and cannot reach another tenant's items.
+id (``~`` alone on an open server), added on the way in and stripped on the way out by
+:class:`~langgraph_moa.persistence.store.TenantView`, so a client never sees or names it
+and cannot reach another tenant's items. The tenant's runs get the same view as their
+graph's store, so what a run's agents remember is what ``/store`` shows that tenant.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from langgraph.store.base import Item, SearchItem
+from langgraph.store.base import Item, PutOp, SearchItem
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from langgraph_moa.persistence.store import AsyncSQLAlchemyStore
+from langgraph_moa.persistence.store import AsyncSQLAlchemyStore, TenantView
 from langgraph_moa.server.core import ApiError
 
 __all__ = [
@@ -99,7 +101,7 @@ class NamespaceList(_Body):
 
 def _json(item: Item) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "namespace": list(item.namespace[1:]),
+        "namespace": list(item.namespace),
         "key": item.key,
         "value": item.value,
         "created_at": item.created_at.isoformat(),
@@ -114,17 +116,17 @@ class TenantStore:
     """The items of one tenant in the server's store, as the API returns them."""
 
     def __init__(self, store: AsyncSQLAlchemyStore, tenant: str | None) -> None:
-        self.store = store
-        self.root = "~" + (tenant or "")
+        self.store = TenantView(store, tenant)
 
-    def _ns(self, namespace: Sequence[str]) -> tuple[str, ...]:
-        return (self.root, *namespace)
+    @staticmethod
+    def _ns(namespace: Sequence[str]) -> tuple[str, ...]:
+        return tuple(namespace)
 
     async def put(self, body: StorePut) -> None:
         check_namespace(body.namespace, "namespace")
-        await self.store.aput(
-            self._ns(body.namespace), body.key, body.value, index=body.index, ttl=body.ttl
-        )
+        # an op, not ``aput``: a first label ``langgraph`` is the client's, not LangGraph's root
+        put = PutOp(self._ns(body.namespace), body.key, body.value, body.index, body.ttl)
+        await self.store.abatch([put])
 
     async def get(self, namespace: Sequence[str], key: str, refresh: bool | None) -> Any:
         check_namespace(namespace, "namespace")
@@ -153,10 +155,10 @@ class TenantStore:
             if "." in label:
                 raise ApiError(422, f"`suffix[{i}]` = {label!r}: a label must not contain '.'")
         found = await self.store.alist_namespaces(
-            prefix=self._ns(body.prefix or ()),
+            prefix=self._ns(body.prefix) if body.prefix else None,
             suffix=tuple(body.suffix) if body.suffix else None,
-            max_depth=None if body.max_depth is None else body.max_depth + 1,
+            max_depth=body.max_depth,
             limit=body.limit,
             offset=body.offset,
         )
-        return {"namespaces": [list(ns[1:]) for ns in found]}
+        return {"namespaces": [list(ns) for ns in found]}
