@@ -165,7 +165,7 @@ async def test_wait_headers_and_unknowns(served: Served, srv: ModelServer) -> No
             ("after_seconds", 5),
             ("multitask_strategy", "rollback"),
             ("no_such_field", 1),
-            ("stream_mode", "events"),
+            ("stream_mode", "lifecycle"),
         ]:
             r = await http.post(
                 f"/threads/{tid}/runs",

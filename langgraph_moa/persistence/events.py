@@ -39,12 +39,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from langgraph_moa.persistence import migrations
 from langgraph_moa.persistence.engines import READ_ONLY, get_async_engine, release_async_engine
 
-__all__ = ["CHANNEL", "TERMINAL_EVENTS", "EventLog", "RunEvent", "dumps", "events"]
+__all__ = [
+    "ANY_RUN",
+    "CHANNEL",
+    "TERMINAL_EVENTS",
+    "EventLog",
+    "RunEvent",
+    "dumps",
+    "events",
+    "row_event",
+]
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "moa_run_events"
 """The PostgreSQL notification channel; the payload is the run id."""
+
+ANY_RUN = "*"
+"""Waiters under this key are woken by an event of any run."""
 
 TERMINAL_EVENTS = frozenset({"end"})
 """The event (data ``null``) after which an execution of a run writes nothing more; an
@@ -125,6 +137,13 @@ class RunEvent:
         return self.event in TERMINAL_EVENTS
 
 
+def row_event(row: Any) -> RunEvent:
+    """The :class:`RunEvent` of a selected ``(id, run_id, event, data as text)`` row."""
+    text = row[3]
+    raw = orjson.dumps(text) if isinstance(text, int | float) else str(text).encode()
+    return RunEvent(id=int(row[0]), run_id=row[1], event=row[2], raw=raw)
+
+
 class EventLog:
     """Append, read and follow run events in ``moa_run_events`` (see the module docs)."""
 
@@ -198,7 +217,7 @@ class EventLog:
             await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, run_id)))
 
     def _wake(self, run_id: str) -> None:
-        for waiter in self._waiters.get(run_id, ()):
+        for waiter in (*self._waiters.get(run_id, ()), *self._waiters.get(ANY_RUN, ())):
             waiter.set()
 
     async def append(self, run_id: str, event: str, data: Any) -> int:
@@ -285,19 +304,13 @@ class EventLog:
             events.c.id, events.c.run_id, events.c.event, sa.cast(events.c.data, sa.Text())
         )
 
-    @staticmethod
-    def _event(row: Any) -> RunEvent:
-        text = row[3]
-        raw = orjson.dumps(text) if isinstance(text, int | float) else str(text).encode()
-        return RunEvent(id=int(row[0]), run_id=row[1], event=row[2], raw=raw)
-
     async def read(self, run_id: str, after: int = 0) -> list[RunEvent]:
         """The events of ``run_id`` with an id above ``after``, in order."""
         query = self._select().where(events.c.run_id == run_id, events.c.id > after)
         async with self.engine.connect() as conn:
             await conn.execution_options(**{READ_ONLY: True})
             rows = (await conn.execute(query.order_by(events.c.id))).all()
-        return [self._event(r) for r in rows]
+        return [row_event(r) for r in rows]
 
     async def last(self, run_id: str, event: str | None = None) -> RunEvent | None:
         """The latest event of ``run_id`` (of that ``event`` name, if given)."""
@@ -307,7 +320,7 @@ class EventLog:
         async with self.engine.connect() as conn:
             await conn.execution_options(**{READ_ONLY: True})
             row = (await conn.execute(query.order_by(events.c.id.desc()).limit(1))).first()
-        return None if row is None else self._event(row)
+        return None if row is None else row_event(row)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> None:
         """Return when an event of ``run_id`` may have been appended (a notification, an
@@ -320,6 +333,10 @@ class EventLog:
                 await asyncio.wait_for(waiter.wait(), timeout or self.poll_interval)
         finally:
             self._discard(run_id, waiter)
+
+    async def wait_any(self, timeout: float | None = None) -> None:
+        """Like :meth:`wait`, for an event of any run (e.g. to follow a thread's runs)."""
+        await self.wait(ANY_RUN, timeout)
 
     def _discard(self, run_id: str, waiter: asyncio.Event) -> None:
         waiters = self._waiters.get(run_id)

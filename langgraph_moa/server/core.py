@@ -79,8 +79,10 @@ class ServerOptions:
     """Runs executing at once in this process (the in-process executor)."""
     heartbeat: float = 5.0
     """Seconds between SSE heartbeats and between keep-alive newlines of ``/wait``."""
-    persist_streams: bool = False
-    """Log every run's events (not only resumable ones), e.g. for workers."""
+    persist_streams: bool = True
+    """Log every run's events (not only resumable ones): the thread stream
+    (``GET /threads/{id}/stream``) and its ``Last-Event-ID`` replay read them, and so do
+    runs executed by workers. Off, only ``stream_resumable`` runs are logged."""
     owner_heartbeat: float = 10.0
     """Seconds between heartbeats of thread leases and run owners in the registry, and
     between sweeps for runs whose process is gone."""

@@ -86,12 +86,13 @@ class RunStreams:
         """Log an event without a live channel (e.g. the error of a run that cannot resume)."""
         await self._append(run_id, event, data)
 
-    async def close(self, run_id: str) -> None:
-        """End the stream: subscribers drain what they have and stop."""
+    async def close(self, run_id: str, *, log_end: bool = True) -> None:
+        """End the stream: subscribers drain what they have and stop. ``log_end=False``
+        logs no end marker (the run's events were deleted with its temporary thread)."""
         channel = self._channels.pop(run_id, None)
         if channel is None:
             return
-        if channel.persist:
+        if channel.persist and log_end:
             await self._append(run_id, END.event, END.data)
         for queue in list(channel.subscribers):
             queue.put_nowait(END)

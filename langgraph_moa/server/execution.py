@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -68,8 +68,8 @@ class RunExecution(ServerCore):
             await self.registry.update_run(run_id, status="cancelled", release=True)
         await self._finish(run_id)
 
-    async def _finish(self, run_id: str) -> None:
-        await self.streams.close(run_id)
+    async def _finish(self, run_id: str, *, log_end: bool = True) -> None:
+        await self.streams.close(run_id, log_end=log_end)
         live = self._live.pop(run_id, None)
         if live is not None:
             live.done.set()
@@ -121,10 +121,12 @@ class RunExecution(ServerCore):
             log.warning("%s", exc)
             self._forget(run_id)
             return
+        dropped = False
         if ended is not None and ended.status not in ACTIVE and run.options.get("temporary"):
             with contextlib.suppress(Exception):
                 await self._drop_thread(run.thread_id, run_id)
-        await self._finish(run_id)
+                dropped = True
+        await self._finish(run_id, log_end=not dropped)
 
     def _forget(self, run_id: str) -> None:
         """Stop following a run another process (or the next start) continues."""
@@ -167,22 +169,44 @@ class RunExecution(ServerCore):
         graph_input = await self._input_of(run, graph, config, resume=resume)
         modes: list[str] = list(options.get("stream_mode") or ["values"])
         mapper = StreamMapper(modes, subgraphs=bool(options.get("stream_subgraphs")))
-        stream = graph.astream(
-            graph_input,
-            config,
-            stream_mode=cast(Any, graph_stream_modes(modes)),
-            subgraphs=True,
+        kwargs: dict[str, Any] = {
+            "stream_mode": graph_stream_modes(modes),
+            "subgraphs": True,
             # the protocol's values are the whole state, as the reference's v3 stream
-            output_keys=graph.stream_channels if options.get("protocol") else graph.output_channels,
-            durability=options.get("durability") or "async",
-            interrupt_before=options.get("interrupt_before"),
-            interrupt_after=options.get("interrupt_after"),
-        )
+            "output_keys": (
+                graph.stream_channels if options.get("protocol") else graph.output_channels
+            ),
+            "durability": options.get("durability") or "async",
+            "interrupt_before": options.get("interrupt_before"),
+            "interrupt_after": options.get("interrupt_after"),
+        }
+        if "events" in modes:
+            stream = self._with_events(graph, graph_input, config, run_id, kwargs)
+        else:
+            stream = graph.astream(graph_input, config, **kwargs)
         async for item in stream:
             namespace, mode, chunk = cast(tuple[tuple[str, ...], str, Any], item)
             for event, payload in mapper.map(namespace, mode, chunk):
                 await self._publish(run_id, event, payload)
         return await self._end_of(assistant, run)
+
+    async def _with_events(
+        self,
+        graph: CompiledStateGraph,
+        graph_input: Any,
+        config: RunnableConfig,
+        run_id: str,
+        kwargs: dict[str, Any],
+    ) -> AsyncIterator[Any]:
+        """``graph.astream`` items through ``astream_events`` (v2): the graph's own stream
+        chunks are yielded, every other LangChain event is published as ``events``."""
+        async for event in graph.astream_events(graph_input, config, version="v2", **kwargs):
+            if "langsmith:hidden" in (event.get("tags") or ()):
+                continue
+            if event["event"] == "on_chain_stream" and event["run_id"] == run_id:
+                yield event["data"]["chunk"]
+            else:
+                await self._publish(run_id, "events", event)
 
     @staticmethod
     async def _already_ended(graph: CompiledStateGraph, run: RunRecord) -> bool:

@@ -8,19 +8,61 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+from langgraph_moa.persistence.assistants import AssistantRecord
 from langgraph_moa.persistence.registry import RunRecord
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.runtime.executor import RunRejectedError, admit_run
 from langgraph_moa.server import serde
 from langgraph_moa.server.assistants import merge_config
-from langgraph_moa.server.core import ACTIVE, ApiError, LiveRun, ServerCore, iso, not_found
+from langgraph_moa.server.core import (
+    ACTIVE,
+    ApiError,
+    Assistant,
+    LiveRun,
+    ServerCore,
+    iso,
+    not_found,
+)
 from langgraph_moa.server.events import StreamEvent
 from langgraph_moa.server.schemas import RunCreate, StatelessRunCreate
 from langgraph_moa.server.validation import check_metadata, check_uuid, require_checkpoint
 
-__all__ = ["RESERVED_CONFIGURABLE", "RunService"]
+__all__ = ["PREGEL_PASSED", "RESERVED_CONFIGURABLE", "RunService", "client_configurable"]
 
 RESERVED_CONFIGURABLE = ("thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map")
+PREGEL_PASSED: dict[str, type] = {"__pregel_resuming": bool, "__pregel_resume_map": dict}
+"""LangGraph's own configurable keys a ``RemoteGraph`` node sends when its parent resumes
+(``Command(resume={interrupt_id: value})``), passed on to the graph with their type checked.
+Other ``__pregel_*`` keys it sends (e.g. ``__pregel_durability``) are dropped: the server
+decides them."""
+
+
+def client_configurable(configurable: dict[str, Any]) -> dict[str, Any]:
+    """``config.configurable`` of a run request as the graph gets it: 422 for a key only the
+    server may set (the thread, the checkpoint, other ``__`` keys) or a passed LangGraph key
+    of the wrong type; other ``__pregel_*`` keys left out."""
+    bad = [
+        k
+        for k in configurable
+        if k in RESERVED_CONFIGURABLE or (k.startswith("__") and not k.startswith("__pregel_"))
+    ]
+    if bad:
+        raise ApiError(
+            422,
+            f"config.configurable: {bad} cannot be set by a client; the thread comes "
+            "from the URL and the checkpoint from `checkpoint`/`checkpoint_id`",
+        )
+    out = {}
+    for key, value in configurable.items():
+        kind = PREGEL_PASSED.get(key)
+        if key.startswith("__pregel_") and kind is None:
+            continue
+        if kind is not None and not isinstance(value, kind):
+            raise ApiError(
+                422, f"config.configurable.{key}: must be a {kind.__name__}, got {value!r:.80}"
+            )
+        out[key] = value
+    return out
 
 
 class RunService(ServerCore):
@@ -82,6 +124,31 @@ class RunService(ServerCore):
             thread_id=thread_id, status=statuses, limit=limit, offset=offset
         )
 
+    async def check_run(
+        self, tenant: str | None, body: RunCreate | StatelessRunCreate
+    ) -> tuple[Assistant, AssistantRecord | None, dict[str, Any]]:
+        """The served assistant, the tenant's stored one (if ``assistant_id`` names one) and
+        the config of a run request (a stored assistant's config merged under it), or a 422
+        for what the graph does not have (nodes to interrupt at) or a client may not set."""
+        assistant, stored = await self.resolve_assistant(tenant, body.assistant_id, for_run=True)
+        graph = assistant.graph
+        for field_name in ("interrupt_before", "interrupt_after"):
+            nodes = getattr(body, field_name)
+            if isinstance(nodes, list):
+                unknown = [n for n in nodes if n not in graph.nodes]
+                if unknown:
+                    raise ApiError(
+                        422,
+                        f"{field_name}: unknown node(s) {unknown}; the graph's nodes are "
+                        f"{', '.join(n for n in graph.nodes if n != '__start__')}",
+                    )
+        config = body.config.model_dump(exclude_none=True) if body.config else {}
+        if stored is not None:
+            config = merge_config(stored.config, config)
+        if config.get("configurable"):
+            config["configurable"] = client_configurable(config["configurable"])
+        return assistant, stored, config
+
     async def create_run(
         self,
         tenant: str | None,
@@ -97,30 +164,8 @@ class RunService(ServerCore):
         (taken before the run starts, so nothing is missed) when ``subscribe``. A
         ``protocol`` run is one the thread's ``/stream/events`` streams (see
         ``protocol.py``). A stored assistant's config is merged under the run's."""
-        assistant, stored = await self.resolve_assistant(tenant, body.assistant_id, for_run=True)
-        graph = assistant.graph
+        assistant, stored, config = await self.check_run(tenant, body)
         modes = stream_modes or body.stream_modes
-        for field_name in ("interrupt_before", "interrupt_after"):
-            nodes = getattr(body, field_name)
-            if isinstance(nodes, list):
-                unknown = [n for n in nodes if n not in graph.nodes]
-                if unknown:
-                    raise ApiError(
-                        422,
-                        f"{field_name}: unknown node(s) {unknown}; the graph's nodes are "
-                        f"{', '.join(n for n in graph.nodes if n != '__start__')}",
-                    )
-        config = body.config.model_dump(exclude_none=True) if body.config else {}
-        if stored is not None:
-            config = merge_config(stored.config, config)
-        configurable = config.get("configurable") or {}
-        bad = [k for k in configurable if k in RESERVED_CONFIGURABLE or k.startswith("__")]
-        if bad:
-            raise ApiError(
-                422,
-                f"config.configurable: {bad} cannot be set by a client; the thread comes "
-                "from the URL and the checkpoint from `checkpoint`/`checkpoint_id`",
-            )
         stateless = isinstance(body, StatelessRunCreate)
         options: dict[str, Any] = {
             "server": True,

@@ -16,10 +16,13 @@ from langgraph_moa.server.validation import MAX_INT, metadata_problem
 
 __all__ = [
     "ERROR_RESPONSES",
+    "MAX_BATCH",
+    "STATE_FIELDS",
     "STREAM_MODES",
     "AssistantSearch",
     "CheckpointConfig",
     "CommandModel",
+    "ConfigRef",
     "ErrorBody",
     "HistoryRequest",
     "RunConfig",
@@ -33,10 +36,20 @@ __all__ = [
 ]
 
 StreamModeName = Literal[
-    "values", "updates", "messages", "messages-tuple", "custom", "debug", "tasks", "checkpoints"
+    "values",
+    "updates",
+    "messages",
+    "messages-tuple",
+    "custom",
+    "debug",
+    "tasks",
+    "checkpoints",
+    "events",
 ]
 STREAM_MODES: tuple[str, ...] = StreamModeName.__args__  # type: ignore[attr-defined]
 MAX_LIST = 1000
+MAX_BATCH = 100
+"""Most runs one ``POST /runs/batch`` starts."""
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -291,22 +304,65 @@ class StateUpdate(_Body):
     checkpoint_id: str | None = None
 
 
+STATE_FIELDS = (
+    "values",
+    "next",
+    "tasks",
+    "checkpoint",
+    "metadata",
+    "created_at",
+    "parent_checkpoint",
+    "interrupts",
+    "checkpoint_id",
+    "parent_checkpoint_id",
+)
+"""The fields of a ``ThreadState``; ``select`` takes these and ``values.<key>``."""
+
+
+def _check_state_select(value: list[str] | None) -> list[str] | None:
+    for name in value or ():
+        if name not in STATE_FIELDS and not (name.startswith("values.") and len(name) > 7):
+            raise ValueError(
+                f"select: unknown field {name!r}; use {', '.join(STATE_FIELDS)} or values.<key>"
+            )
+    return value
+
+
+class ConfigRef(_Body):
+    """A checkpoint given as a ``RunnableConfig``: ``{"configurable": {...}}``."""
+
+    configurable: CheckpointConfig
+
+
 class StateAtCheckpoint(_Body):
     """``POST /threads/{thread_id}/state/checkpoint``."""
 
     checkpoint: CheckpointConfig
     subgraphs: bool = False
-    select: list[Name] | None = None
+    select: list[Name] | None = Field(default=None, max_length=MAX_LIST)
+
+    _select = field_validator("select")(_check_state_select)
 
 
 class HistoryRequest(_Body):
-    """``POST /threads/{thread_id}/history``."""
+    """``POST /threads/{thread_id}/history``: ``before`` is a checkpoint id, a checkpoint,
+    or a config holding one (``{"configurable": {"checkpoint_id": ...}}``)."""
 
     limit: int = Field(default=10, ge=1, le=MAX_LIST)
-    before: CheckpointConfig | str | None = None
+    before: CheckpointConfig | ConfigRef | str | None = None
     metadata: Metadata | None = None
     checkpoint: CheckpointConfig | None = None
-    select: list[Name] | None = None
+    select: list[Name] | None = Field(default=None, max_length=MAX_LIST)
+
+    _select = field_validator("select")(_check_state_select)
+
+    @property
+    def before_id(self) -> str | None:
+        """The checkpoint id of ``before``, however it was given."""
+        before = self.before
+        if isinstance(before, ConfigRef):
+            before = before.configurable
+        return before.checkpoint_id if isinstance(before, CheckpointConfig) else before
 
 
 class AssistantSearch(_Body):

@@ -17,6 +17,7 @@ __all__ = [
     "interrupt_json",
     "jsonable",
     "loads",
+    "select_state",
     "snapshot_json",
 ]
 
@@ -119,3 +120,17 @@ def _error_text(error: Any) -> str:
     if isinstance(error, BaseException):
         return f"{type(error).__name__}: {error}"
     return str(error)
+
+
+def select_state(state: dict[str, Any], select: list[str] | None) -> dict[str, Any]:
+    """The fields of a ``ThreadState`` named in ``select`` (``values.<key>`` keeps one key
+    of ``values``); all of it without ``select``."""
+    if not select:
+        return state
+    out = {k: v for k, v in state.items() if k in select}
+    keys = [name[len("values.") :] for name in select if name.startswith("values.")]
+    if keys and "values" not in select:
+        values = state.get("values")
+        if isinstance(values, dict):
+            out["values"] = {k: values[k] for k in keys if k in values}
+    return out

@@ -3,7 +3,8 @@
 The event name is the stream mode (``values``, ``updates``, ``custom``, ``debug``,
 ``tasks``, ``checkpoints``, ``messages`` for ``messages-tuple``); ``messages`` (v1) becomes
 ``messages/metadata``, ``messages/partial`` and ``messages/complete``. With
-``stream_subgraphs`` the name gets a ``|<namespace>`` suffix.
+``stream_subgraphs`` the name gets a ``|<namespace>`` suffix. ``events`` are LangChain's
+``astream_events`` (v2) dicts, one ``events`` event each (see ``execution.py``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ __all__ = ["StreamMapper", "graph_stream_modes"]
 
 def graph_stream_modes(requested: list[str]) -> list[str]:
     """The LangGraph stream modes to ask for: the requested ones, ``messages`` for
-    ``messages-tuple``, plus ``updates`` to see interrupts."""
-    modes = {"messages" if m == "messages-tuple" else m for m in requested}
+    ``messages-tuple``, plus ``updates`` to see interrupts (``events`` is not one: it is
+    ``astream_events``)."""
+    modes = {"messages" if m == "messages-tuple" else m for m in requested if m != "events"}
     modes.add("updates")
     return sorted(modes)
 

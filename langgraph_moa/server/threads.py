@@ -4,7 +4,7 @@ checkpoints (the ``/threads`` paths)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -15,10 +15,15 @@ from langgraph_moa.persistence.registry import ThreadExistsError, ThreadRecord
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.server import serde
 from langgraph_moa.server.core import ACTIVE, ApiError, ServerCore, iso, not_found
+from langgraph_moa.server.events import END, StreamEvent
 from langgraph_moa.server.schemas import HistoryRequest, StateUpdate, ThreadCreate, ThreadSearch
 from langgraph_moa.server.validation import check_metadata, require_checkpoint
 
-__all__ = ["ThreadService"]
+__all__ = ["THREAD_POLL", "ThreadService"]
+
+THREAD_POLL = 1.0
+"""Longest wait, in seconds, before a thread stream looks for new events (on PostgreSQL a
+notification, and in this process an append, wakes it at once)."""
 
 
 class ThreadService(ServerCore):
@@ -128,6 +133,62 @@ class ThreadService(ServerCore):
         if isinstance(checkpointer, BaseCheckpointSaver):
             await checkpointer.adelete_thread(thread_id)
 
+    async def copy_thread(self, tenant: str | None, thread_id: str) -> ThreadRecord:
+        """A new thread (a new UUID, same owner and metadata) with a copy of every
+        checkpoint of ``thread_id`` (one transaction); its runs are not copied."""
+        record = await self.thread(tenant, thread_id)
+        checkpointer = self._graph_of(record).checkpointer
+        if not isinstance(checkpointer, BaseCheckpointSaver):  # pragma: no cover - ours is
+            raise ApiError(422, "this server's checkpointer cannot copy threads")
+        copy_id = str(uuid.uuid4())
+        copy = await self.registry.create_thread(
+            copy_id, metadata=record.metadata, owner=record.owner, spec_name=record.spec_name
+        )
+        try:
+            await checkpointer.acopy_thread(thread_id, copy_id)
+            snapshot = await self._graph_of(copy).aget_state(MoA.config(copy_id))
+        except BaseException:
+            await self.registry.delete_thread(copy_id)
+            await checkpointer.adelete_thread(copy_id)
+            raise
+        if snapshot.next:
+            copy = await self.registry.update_thread(copy_id, status="interrupted")
+        return copy
+
+    async def follow_thread(
+        self, tenant: str | None, thread_id: str, last_event_id: int | None
+    ) -> AsyncIterator[StreamEvent]:
+        """The stream events of every run of the tenant's thread, from now on (after
+        ``last_event_id`` when given: a reconnecting client gets exactly what it missed,
+        across runs), until the thread is deleted or the client goes. The end of a run is
+        ``metadata`` ``{"status": "run_done", "run_id": ...}``. Event ids are the event
+        log's, so only logged runs are seen (every run, unless ``persist_streams`` is off).
+        """
+        await self.thread(tenant, thread_id)
+        return self._follow_thread(thread_id, last_event_id)
+
+    async def _follow_thread(
+        self, thread_id: str, last_event_id: int | None
+    ) -> AsyncIterator[StreamEvent]:
+        after = last_event_id
+        if after is None:
+            after = await self.registry.last_thread_event(thread_id)
+        log = self.streams.event_log
+        while True:
+            rows = await self.registry.thread_events(thread_id, after)
+            for row in rows:
+                after = row.id
+                if row.event == END.event:
+                    done = {"status": "run_done", "run_id": row.run_id}
+                    yield StreamEvent("metadata", serde.dumps(done), row.id)
+                else:
+                    yield StreamEvent(row.event, row.raw, row.id)
+            if rows:
+                continue
+            if await self.registry.get_thread(thread_id) is None:
+                return  # deleted (or a stateless run's thread, dropped at its end)
+            await log.wait_any(THREAD_POLL)
+
     async def get_state(
         self,
         tenant: str | None,
@@ -192,10 +253,9 @@ class ThreadService(ServerCore):
         self, tenant: str | None, thread_id: str, body: HistoryRequest
     ) -> list[dict[str, Any]]:
         record = await self.thread(tenant, thread_id)
-        before = body.before
+        before_id = body.before_id
         before_config = None
-        if before is not None:
-            before_id = before if isinstance(before, str) else before.checkpoint_id
+        if before_id is not None:
             await require_checkpoint(self.checkpointer, thread_id, before_id)
             before_config = self._checkpoint_config(thread_id, {"checkpoint_id": before_id})
         checkpoint = body.checkpoint.model_dump() if body.checkpoint else None
@@ -209,8 +269,5 @@ class ThreadService(ServerCore):
             before=before_config,
             limit=body.limit,
         ):
-            state = serde.snapshot_json(snapshot)
-            if body.select:
-                state = {k: v for k, v in state.items() if k in body.select}
-            states.append(state)
+            states.append(serde.select_state(serde.snapshot_json(snapshot), body.select))
         return states

@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from langgraph_moa.persistence.events import RunEvent, events, row_event
 from langgraph_moa.persistence.registry._records import (
     ACTIVE_STATUSES,
     CANCEL_CHANNEL,
@@ -150,6 +151,34 @@ class RunsMixin(ThreadsMixin):
         async with self._reading() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [self._run_record(r) for r in rows]
+
+    async def thread_events(
+        self, thread_id: str, after: int = 0, *, limit: int = 1000
+    ) -> list[RunEvent]:
+        """Logged stream events of every run of ``thread_id`` with an id above ``after``, in
+        order (at most ``limit``)."""
+        query = (
+            sa.select(
+                events.c.id, events.c.run_id, events.c.event, sa.cast(events.c.data, sa.Text())
+            )
+            .join(runs_table, runs_table.c.run_id == events.c.run_id)
+            .where(runs_table.c.thread_id == thread_id, events.c.id > after)
+            .order_by(events.c.id)
+            .limit(limit)
+        )
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [row_event(r) for r in rows]
+
+    async def last_thread_event(self, thread_id: str) -> int:
+        """The id of the newest logged event of a run of ``thread_id`` (0 if none)."""
+        query = (
+            sa.select(sa.func.max(events.c.id))
+            .join(runs_table, runs_table.c.run_id == events.c.run_id)
+            .where(runs_table.c.thread_id == thread_id)
+        )
+        async with self._reading() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
 
     async def update_run(
         self,

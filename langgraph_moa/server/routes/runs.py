@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 
@@ -13,7 +13,7 @@ from langgraph_moa.server.routes.responses import (
     locations,
     stream_modes,
 )
-from langgraph_moa.server.schemas import RunCreate, StatelessRunCreate
+from langgraph_moa.server.schemas import MAX_BATCH, RunCreate, StatelessRunCreate
 from langgraph_moa.server.service import ACTIVE, ApiError, MoAServer
 from langgraph_moa.server.validation import MAX_INT
 
@@ -146,6 +146,26 @@ def add_run_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf) ->
         if not flag(wait):
             return Response(status_code=202)
         return wait_body(run.run_id, None, "continue", locations(thread_id, run_id, "/join"))
+
+    @router.post("/runs", tags=["stateless-runs"])
+    async def create_stateless(body: StatelessRunCreate, tenant: Tenant) -> JSONResponse:
+        """Start a run on a thread of its own in the background (the thread is deleted
+        once the run ends unless ``on_completion`` is ``keep``)."""
+        run, _ = await server.create_run(tenant, None, body, subscribe=False)
+        headers = {"Content-Location": f"/threads/{run.thread_id}/runs/{run.run_id}"}
+        return JSONResponse(server.run_json(run), headers=headers)
+
+    @router.post("/runs/batch", tags=["stateless-runs"])
+    async def create_batch(
+        body: Annotated[list[StatelessRunCreate], Body(min_length=1, max_length=MAX_BATCH)],
+        tenant: Tenant,
+    ) -> list[dict[str, Any]]:
+        """Start several stateless runs (each on a thread of its own) in the background;
+        the runs in the order given. Every run is checked before any starts."""
+        for item in body:
+            await server.check_run(tenant, item)
+        runs = [(await server.create_run(tenant, None, item, subscribe=False))[0] for item in body]
+        return [server.run_json(run) for run in runs]
 
     @router.post(
         "/runs/stream",

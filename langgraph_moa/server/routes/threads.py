@@ -1,10 +1,12 @@
 """The ``/threads`` paths: threads, their state and history."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from sse_starlette import EventSourceResponse
 
-from langgraph_moa.server.routes.responses import TenantOf, flag
+from langgraph_moa.server import serde
+from langgraph_moa.server.routes.responses import RunResponses, TenantOf, flag
 from langgraph_moa.server.schemas import (
     HistoryRequest,
     StateAtCheckpoint,
@@ -13,14 +15,17 @@ from langgraph_moa.server.schemas import (
     ThreadPatch,
     ThreadSearch,
 )
-from langgraph_moa.server.service import MoAServer
+from langgraph_moa.server.service import ApiError, MoAServer
 
 __all__ = ["add_thread_routes"]
+
+ThreadStreamMode = Literal["run_modes", "lifecycle", "state_update"]
 
 
 def add_thread_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf) -> None:
     """Threads of the caller and their checkpointed state."""
     Tenant = Annotated[str | None, Depends(tenant_of)]
+    responses = RunResponses(server)
 
     @router.post("/threads", tags=["threads"])
     async def create_thread(body: ThreadCreate, tenant: Tenant) -> dict[str, Any]:
@@ -59,6 +64,47 @@ def add_thread_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf)
         await server.delete_thread(tenant, thread_id)
         return Response(status_code=204)
 
+    @router.post("/threads/{thread_id}/copy", tags=["threads"])
+    async def copy_thread(thread_id: str, tenant: Tenant) -> dict[str, Any]:
+        """A new thread with the same metadata and a copy of every checkpoint (not the
+        runs)."""
+        return await server.thread_json(await server.copy_thread(tenant, thread_id))
+
+    @router.get(
+        "/threads/{thread_id}/stream",
+        tags=["threads"],
+        response_class=EventSourceResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def join_thread_stream(
+        thread_id: str,
+        request: Request,
+        tenant: Tenant,
+        stream_mode: Annotated[list[ThreadStreamMode] | None, Query()] = None,
+        stream_modes: Annotated[list[ThreadStreamMode] | None, Query()] = None,
+    ) -> EventSourceResponse:
+        """The events of every run of the thread (SSE, each with its id), from now on or,
+        with ``Last-Event-ID``, from after that event; until the thread is deleted.
+        ``run_modes`` (default): all run events, a run's end as ``metadata``
+        ``{"status": "run_done"}``; ``lifecycle``: only the ``metadata`` events."""
+        last = request.headers.get("last-event-id")
+        last_id = None
+        if last is not None and last.strip():
+            last = last.strip()
+            if not (last.isascii() and last.isdigit() and len(last) < 19):
+                raise ApiError(422, f"Last-Event-ID {last[:40]!r}: not an event id of this server")
+            last_id = int(last)
+        modes = set(stream_mode or []) | set(stream_modes or []) or {"run_modes"}
+        events = await server.follow_thread(tenant, thread_id, last_id)
+        return responses.sse(
+            thread_id,
+            events,
+            True,
+            "continue",
+            {},
+            modes=None if "run_modes" in modes else {"metadata"},
+        )
+
     @router.get("/threads/{thread_id}/state", tags=["threads"])
     async def get_state(thread_id: str, tenant: Tenant, subgraphs: str = "false") -> Any:
         """The thread's current state (``ThreadState``)."""
@@ -77,9 +123,7 @@ def add_thread_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf)
         state = await server.get_state(
             tenant, thread_id, body.checkpoint.model_dump(), subgraphs=body.subgraphs
         )
-        if body.select:
-            state = {k: v for k, v in state.items() if k in body.select}
-        return state
+        return serde.select_state(state, body.select)
 
     @router.post("/threads/{thread_id}/state", tags=["threads"])
     async def update_state(thread_id: str, body: StateUpdate, tenant: Tenant) -> Any:

@@ -1,0 +1,351 @@
+"""The rest of the LangGraph Server API on ``moa serve``, through the official
+``langgraph_sdk`` client and LangGraph's ``RemoteGraph``: stateless and batch runs, thread
+copies, the thread-level stream with ``Last-Event-ID`` replay, ``stream_mode="events"``,
+history ``before``/``select``, and a paused remote subgraph resumed from its parent."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any, TypedDict
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.pregel.remote import RemoteGraph
+from langgraph.types import Command
+from langgraph_sdk import get_client
+from langgraph_sdk.errors import NotFoundError
+
+from langgraph_moa.testing import ModelServer
+from tests.test_server import HeldSynth
+from tests.test_server_support import KEY_A, KEY_B, Served, moa_spec, serve, synthesis, wait_until
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[ModelServer]:
+    with ModelServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def served_module(tmp_path_factory: pytest.TempPathFactory, srv: ModelServer) -> Iterator[Served]:
+    """Assistants ``moa`` and ``moa-approve`` (pauses before its synthesizer), two tenants."""
+    tmp = tmp_path_factory.mktemp("served-api")
+    specs = [moa_spec(srv), moa_spec(srv, name="moa-approve", interrupt_before_synthesis=True)]
+    yield from serve(tmp, specs, f"sqlite:///{tmp / 'moa.sqlite'}", keys=[KEY_A, KEY_B])
+
+
+@pytest.fixture
+def served(served_module: Served, srv: ModelServer) -> Served:
+    srv.reset()
+    return served_module
+
+
+def client(served: Served, key: str = KEY_A) -> Any:
+    return get_client(url=served.url, api_key=key)
+
+
+class Parent(TypedDict, total=False):
+    task: str
+    answer: str
+    before: str
+
+
+async def test_remote_graph_paused_in_a_parent_resumes(served: Served, srv: ModelServer) -> None:
+    """A HITL ``RemoteGraph`` as a node of a local parent graph: it pauses the parent; the
+    parent's resume (keyed by the remote interrupt's id) reaches the remote run, which
+    continues from its checkpoint with the edit and finishes."""
+    remote = RemoteGraph("moa-approve", url=served.url, api_key=KEY_A)
+
+    def before(state: Parent) -> Parent:
+        return {"before": "ran"}
+
+    builder = StateGraph(Parent)
+    builder.add_node("before", before)
+    builder.add_node("remote", remote)
+    builder.add_edge(START, "before")
+    builder.add_edge("before", "remote")
+    builder.add_edge("remote", END)
+    parent = builder.compile(checkpointer=InMemorySaver())
+    thread_id = str(uuid.uuid4())
+    config: Any = {"configurable": {"thread_id": thread_id}}
+
+    paused = await parent.ainvoke({"task": "remote approve"}, config)
+    interrupts = paused["__interrupt__"]
+    assert len(interrupts) == 1 and interrupts[0].value["kind"] == "approve_synthesis"
+    assert srv.calls("synth") == 0
+    remote_state = await client(served).threads.get_state(thread_id)
+    assert remote_state["next"] == ["L1_synthesizer"]
+
+    edit = {"proposals": {"a1": "EDITED through the parent"}}
+    done = await parent.ainvoke(Command(resume={interrupts[0].id: edit}), config)
+    assert done["answer"] == synthesis(srv, "remote approve")
+    assert "EDITED through the parent" in [r.prompt for r in srv.requests if r.model == "synth"][-1]
+    assert srv.calls("p1") == 1 and srv.calls("p2") == 1, "the remote run continued, not restarted"
+    remote_state = await client(served).threads.get_state(thread_id)
+    assert remote_state["next"] == [] and remote_state["values"]["answer"] == done["answer"]
+    assert (await parent.aget_state(config)).next == ()
+
+
+async def test_reserved_configurable_keys_still_refused(served: Served) -> None:
+    thread = await client(served).threads.create()
+    tid = thread["thread_id"]
+    headers = {"x-api-key": KEY_A}
+    async with httpx.AsyncClient(base_url=served.url, headers=headers) as http:
+        for configurable in (
+            {"thread_id": "x"},
+            {"checkpoint_ns": "a"},
+            {"__moa_lease__": "stolen"},
+            {"__anything": 1},
+            {"__pregel_resuming": "yes"},
+            {"__pregel_resume_map": [1]},
+        ):
+            r = await http.post(
+                f"/threads/{tid}/runs",
+                json={"assistant_id": "moa", "input": {}, "config": {"configurable": configurable}},
+            )
+            assert r.status_code == 422, (configurable, r.text)
+            assert next(iter(configurable)) in r.json()["detail"]
+        r = await http.post(
+            f"/threads/{tid}/runs/wait",
+            json={
+                "assistant_id": "moa",
+                "input": {"task": "dropped keys"},
+                "config": {"configurable": {"__pregel_durability": "exit", "user": "u"}},
+            },
+        )
+        assert r.status_code == 200 and r.json()["answer"]
+
+
+def rows_of(db_url: str, thread_id: str, run_ids: list[str]) -> dict[str, int]:
+    """Rows a thread (and its runs) holds in each table."""
+    engine = sa.create_engine(db_url)
+    counts = {}
+    try:
+        with engine.connect() as conn:
+            for table in (
+                "moa_threads",
+                "moa_runs",
+                "moa_checkpoints",
+                "moa_checkpoint_blobs",
+                "moa_checkpoint_writes",
+                "moa_checkpoint_heads",
+            ):
+                counts[table] = conn.execute(
+                    sa.text(f"SELECT count(*) FROM {table} WHERE thread_id = :t"), {"t": thread_id}
+                ).scalar_one()
+            counts["moa_run_events"] = conn.execute(
+                sa.text("SELECT count(*) FROM moa_run_events WHERE run_id IN :r").bindparams(
+                    sa.bindparam("r", expanding=True)
+                ),
+                {"r": run_ids},
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return counts
+
+
+def logged(db_url: str, run_id: str) -> list[tuple[int, str]]:
+    """(id, event) of a run's logged events, its end as the thread stream shows it."""
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT id, event FROM moa_run_events WHERE run_id = :r ORDER BY id"),
+                {"r": run_id},
+            ).all()
+    finally:
+        engine.dispose()
+    return [(int(i), "metadata" if e == "end" else str(e)) for i, e in rows]
+
+
+async def test_stateless_background_and_batch(served: Served, srv: ModelServer) -> None:
+    a = client(served)
+    before = await a.threads.count()
+    held = HeldSynth(srv)
+    try:
+        run = await a.runs.create(None, "moa", input={"task": "background"})
+        assert run["status"] == "pending" and run["thread_id"] and run["kwargs"]["temporary"]
+        await held.wait()
+        assert (await a.runs.get(run["thread_id"], run["run_id"]))["status"] == "running"
+        with pytest.raises(NotFoundError):  # another tenant sees nothing of it
+            await client(served, KEY_B).runs.get(run["thread_id"], run["run_id"])
+    finally:
+        held.release()
+    tid, rid = run["thread_id"], run["run_id"]
+    wait_until(lambda: not any(rows_of(served.db_url, tid, [rid]).values()), "the thread to go")
+    assert srv.calls("synth") == 1
+    assert await a.threads.count() == before
+
+    kept = await a.runs.create_batch(
+        [
+            {"assistant_id": "moa", "input": {"task": "batch one"}, "on_completion": "keep"},
+            {"assistant_id": "moa", "input": {"task": "batch two"}, "on_completion": "keep"},
+        ]
+    )
+    assert len({r["thread_id"] for r in kept}) == 2
+    answers = [(await a.runs.join(r["thread_id"], r["run_id"]))["answer"] for r in kept]
+    assert answers == [synthesis(srv, "batch one"), synthesis(srv, "batch two")]
+    assert await a.threads.count() == before + 2
+    assert await client(served, KEY_B).threads.count() == 0
+    async with httpx.AsyncClient(base_url=served.url, headers={"x-api-key": KEY_A}) as http:
+        bad = [
+            {"assistant_id": "moa", "input": {"task": "never"}},
+            {"assistant_id": "moa", "input": {}, "interrupt_before": ["nope"]},
+        ]
+        r = await http.post("/runs/batch", json=bad)
+        assert r.status_code == 422 and "nope" in r.text
+        r = await http.post("/runs/batch", json=[])
+        assert r.status_code == 422
+    assert await a.threads.count() == before + 2, "a refused batch starts no run"
+    assert not any(r.last_user == "never" for r in srv.requests)
+
+
+async def test_copy_thread(served: Served, srv: ModelServer) -> None:
+    a = client(served)
+    thread = await a.threads.create(metadata={"owner": "ann"})
+    tid = thread["thread_id"]
+    await a.runs.wait(tid, "moa", input={"task": "first turn"})
+    original = await a.threads.get_state(tid)
+    copy = await a.threads.copy(tid)
+    assert copy["thread_id"] != tid and copy["metadata"]["owner"] == "ann"
+    assert copy["status"] == "idle" and copy["values"] == original["values"]
+    copied = await a.threads.get_state(copy["thread_id"])
+    assert copied["values"] == original["values"] and copied["next"] == []
+    assert copied["checkpoint"]["checkpoint_id"] == original["checkpoint"]["checkpoint_id"]
+    assert len(await a.threads.get_history(copy["thread_id"], limit=100)) == len(
+        await a.threads.get_history(tid, limit=100)
+    )
+    assert await a.runs.list(copy["thread_id"]) == []  # runs are not copied
+    # the copy goes on by itself: a second turn there leaves the original as it was
+    more = await a.runs.wait(copy["thread_id"], "moa", input={"task": "second turn"})
+    assert more["answer"] == synthesis(srv, "second turn")
+    assert [m["type"] for m in more["messages"]] == ["human", "ai", "human", "ai"]
+    assert (await a.threads.get_state(tid))["values"] == original["values"]
+    b = client(served, KEY_B)
+    with pytest.raises(NotFoundError):
+        await b.threads.copy(tid)
+    with pytest.raises(NotFoundError):
+        await a.threads.copy(str(uuid.uuid4()))
+    # a paused thread's copy is paused too and can be approved on its own
+    paused = await a.threads.create()
+    await a.runs.wait(paused["thread_id"], "moa-approve", input={"task": "pause me"})
+    paused_copy = await a.threads.copy(paused["thread_id"])
+    assert paused_copy["status"] == "interrupted"
+    done = await a.runs.wait(paused_copy["thread_id"], "moa-approve", command={"resume": True})
+    assert done["answer"] == synthesis(srv, "pause me")
+    assert (await a.threads.get(paused["thread_id"]))["status"] == "interrupted"
+
+
+async def collect_until_done(stream: Any, run_id: str) -> list[Any]:
+    """Parts of a thread stream up to the end of ``run_id`` (bounded: a missing end fails)."""
+
+    async def read() -> list[Any]:
+        parts = []
+        async for part in stream:
+            parts.append(part)
+            if part.event == "metadata" and part.data == {"status": "run_done", "run_id": run_id}:
+                return parts
+        raise AssertionError(f"the thread stream ended before {run_id} did")
+
+    return await asyncio.wait_for(read(), 120)
+
+
+async def test_thread_stream_and_last_event_id_replay(served: Served, srv: ModelServer) -> None:
+    a = client(served)
+    tid = (await a.threads.create())["thread_id"]
+    r1 = await a.runs.create(tid, "moa", input={"task": "one"})
+    await a.runs.join(tid, r1["run_id"])
+
+    stream = await a.threads.join_stream(tid, last_event_id="0")  # from the thread's first event
+    first = await collect_until_done(stream, r1["run_id"])
+    assert [(int(p.id), p.event) for p in first] == logged(served.db_url, r1["run_id"])
+    assert first[0].data == {"run_id": r1["run_id"], "attempt": 1}
+    values = [p.data for p in first if p.event == "values"]
+    assert values[-1]["answer"] == synthesis(srv, "one")
+    r2 = await a.runs.create(tid, "moa", input={"task": "two"})  # followed live
+    second = await collect_until_done(stream, r2["run_id"])
+    assert [(int(p.id), p.event) for p in second] == logged(served.db_url, r2["run_id"])
+    await stream.aclose()
+    last_seen = second[-1].id
+
+    r3 = await a.runs.create(tid, "moa", input={"task": "three"})  # nobody listens
+    assert (await a.runs.join(tid, r3["run_id"]))["answer"] == synthesis(srv, "three")
+    r4 = await a.runs.create(tid, "moa", input={"task": "four"})
+    await a.runs.join(tid, r4["run_id"])
+    missed = await collect_until_done(
+        await a.threads.join_stream(tid, last_event_id=last_seen), r4["run_id"]
+    )
+    expected = logged(served.db_url, r3["run_id"]) + logged(served.db_url, r4["run_id"])
+    assert [(int(p.id), p.event) for p in missed] == expected, "exactly the missed events"
+    assert [p.data["answer"] for p in missed if p.event == "values"][-1] == synthesis(srv, "four")
+
+    lifecycle = await collect_until_done(
+        await a.threads.join_stream(tid, last_event_id="0", stream_mode="lifecycle"), r4["run_id"]
+    )
+    assert {p.event for p in lifecycle} == {"metadata"}
+    assert [p.data.get("run_id") for p in lifecycle] == [
+        r["run_id"] for r in (r1, r1, r2, r2, r3, r3, r4, r4)
+    ]
+    async with httpx.AsyncClient(base_url=served.url, headers={"x-api-key": KEY_B}) as http:
+        r = await http.get(f"/threads/{tid}/stream")
+        assert r.status_code == 404
+        r = await http.get(
+            f"/threads/{tid}/stream", headers={"x-api-key": KEY_A, "Last-Event-ID": "x"}
+        )
+        assert r.status_code == 422
+
+
+async def test_stream_mode_events(served: Served, srv: ModelServer) -> None:
+    a = client(served)
+    tid = (await a.threads.create())["thread_id"]
+    parts = [
+        p
+        async for p in a.runs.stream(
+            tid, "moa", input={"task": "events"}, stream_mode=["events", "values"]
+        )
+    ]
+    assert parts[0].event == "metadata"
+    run_id = parts[0].data["run_id"]
+    kinds = [p.data["event"] for p in parts if p.event == "events"]
+    assert {"on_chain_start", "on_chain_end", "on_chat_model_start", "on_chat_model_end"} <= set(
+        kinds
+    )
+    ends = [p.data for p in parts if p.event == "events" and p.data["event"] == "on_chat_model_end"]
+    replies = [e["data"]["output"]["content"] for e in ends]
+    assert synthesis(srv, "events") in replies
+    assert all(e["metadata"]["thread_id"] == tid for e in ends)
+    roots = [p.data for p in parts if p.event == "events" and p.data["run_id"] == run_id]
+    assert roots and "on_chain_stream" not in {e["event"] for e in roots}  # those are `values`
+    assert [p.data for p in parts if p.event == "values"][-1]["answer"] == synthesis(srv, "events")
+
+
+async def test_history_before_config_and_select(served: Served) -> None:
+    a = client(served)
+    tid = (await a.threads.create())["thread_id"]
+    await a.runs.wait(tid, "moa", input={"task": "history"})
+    history = await a.threads.get_history(tid, limit=100)
+    pivot = history[2]["checkpoint"]
+    by_id = await a.threads.get_history(tid, limit=3, before=pivot["checkpoint_id"])
+    by_checkpoint = await a.threads.get_history(tid, limit=3, before=pivot)
+    by_config: Any = {"configurable": {"checkpoint_id": pivot["checkpoint_id"]}}
+    by_config_state = await a.threads.get_history(tid, limit=3, before=by_config)
+    assert by_id == by_checkpoint == by_config_state == history[3:6]
+    nexts = await a.threads.get_history(tid, limit=100, select=["next"])
+    assert nexts == [{"next": h["next"]} for h in history]
+    answers = await a.threads.get_history(tid, limit=2, select=["values.answer", "checkpoint"])
+    assert answers[0] == {
+        "values": {"answer": history[0]["values"]["answer"]},
+        "checkpoint": history[0]["checkpoint"],
+    }
+    async with httpx.AsyncClient(base_url=served.url, headers={"x-api-key": KEY_A}) as http:
+        r = await http.post(f"/threads/{tid}/history", json={"select": ["nope"]})
+        assert r.status_code == 422 and "nope" in r.text
+        r = await http.post(
+            f"/threads/{tid}/history", json={"before": {"configurable": {"checkpoint_id": "zz"}}}
+        )
+        assert r.status_code == 404
