@@ -13,13 +13,13 @@ from typing import Any, TypedDict
 import httpx
 import pytest
 import sqlalchemy as sa
-from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.pregel.remote import RemoteGraph
 from langgraph.types import Command
 from langgraph_sdk import get_client
 from langgraph_sdk.errors import NotFoundError
 
+from langgraph_moa.persistence import AsyncSQLAlchemySaver
 from langgraph_moa.testing import ModelServer
 from tests.test_server import HeldSynth
 from tests.test_server_support import KEY_A, KEY_B, Served, moa_spec, serve, synthesis, wait_until
@@ -55,7 +55,9 @@ class Parent(TypedDict, total=False):
     before: str
 
 
-async def test_remote_graph_paused_in_a_parent_resumes(served: Served, srv: ModelServer) -> None:
+async def test_remote_graph_paused_in_a_parent_resumes(
+    served: Served, srv: ModelServer, sqlite_url: str
+) -> None:
     """A HITL ``RemoteGraph`` as a node of a local parent graph: it pauses the parent; the
     parent's resume (keyed by the remote interrupt's id) reaches the remote run, which
     continues from its checkpoint with the edit and finishes."""
@@ -70,7 +72,11 @@ async def test_remote_graph_paused_in_a_parent_resumes(served: Served, srv: Mode
     builder.add_edge(START, "before")
     builder.add_edge("before", "remote")
     builder.add_edge("remote", END)
-    parent = builder.compile(checkpointer=InMemorySaver())
+    async with AsyncSQLAlchemySaver.from_url(sqlite_url) as saver:
+        await remote_in_parent(builder.compile(checkpointer=saver), served, srv)
+
+
+async def remote_in_parent(parent: Any, served: Served, srv: ModelServer) -> None:
     thread_id = str(uuid.uuid4())
     config: Any = {"configurable": {"thread_id": thread_id}}
 
@@ -80,10 +86,11 @@ async def test_remote_graph_paused_in_a_parent_resumes(served: Served, srv: Mode
     assert srv.calls("synth") == 0
     remote_state = await client(served).threads.get_state(thread_id)
     assert remote_state["next"] == ["L1_synthesizer"]
+    assert remote_state["interrupts"][0]["id"] == interrupts[0].id
 
     edit = {"proposals": {"a1": "EDITED through the parent"}}
     done = await parent.ainvoke(Command(resume={interrupts[0].id: edit}), config)
-    assert done["answer"] == synthesis(srv, "remote approve")
+    assert done["answer"] == synthesis(srv, "remote approve") and done["before"] == "ran"
     assert "EDITED through the parent" in [r.prompt for r in srv.requests if r.model == "synth"][-1]
     assert srv.calls("p1") == 1 and srv.calls("p2") == 1, "the remote run continued, not restarted"
     remote_state = await client(served).threads.get_state(thread_id)
