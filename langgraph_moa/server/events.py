@@ -1,11 +1,12 @@
 """Run streams: live fan-out of a run's SSE events, over the event log for replay.
 
-Events of runs created with ``stream_resumable`` (or of every run, when the server
-persists all streams, as runs executed by workers in other processes need) are written
-to the event log (:class:`~langgraph_moa.persistence.events.EventLog`, table
-``moa_run_events``) before they are fanned out; the row id is the SSE event id, so a
-client that reconnects with ``Last-Event-ID: n`` gets every event after ``n`` and then
-the live ones. Runs streamed by another process are followed through the log (woken by
+Events of every run (``ServerOptions.persist_streams``, on by default; off, only those of
+runs created with ``stream_resumable``) are written to the event log
+(:class:`~langgraph_moa.persistence.events.EventLog`, table ``moa_run_events``) before they
+are fanned out, by a writer task per run that commits what has accumulated at once (the
+run does not wait for it); the row id is the SSE event id, so a client that reconnects
+with ``Last-Event-ID: n`` gets every event after ``n`` and then the live ones, and a
+thread's stream reads the events of all its runs in order. Runs streamed by another process are followed through the log (woken by
 LISTEN/NOTIFY on PostgreSQL, polled elsewhere).
 """
 
