@@ -6,8 +6,9 @@ runs created with ``stream_resumable``) are written to the event log
 are fanned out, by a writer task per run that commits what has accumulated at once (the
 run does not wait for it); the row id is the SSE event id, so a client that reconnects
 with ``Last-Event-ID: n`` gets every event after ``n`` and then the live ones, and a
-thread's stream reads the events of all its runs in order. Runs streamed by another process are followed through the log (woken by
-LISTEN/NOTIFY on PostgreSQL, polled elsewhere).
+thread's stream reads the events of all its runs in order. Runs streamed by another
+process are followed through the log (woken by LISTEN/NOTIFY on PostgreSQL, polled
+elsewhere).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from langgraph_moa.server.validation import MAX_INT, metadata_problem
 
@@ -25,6 +25,7 @@ __all__ = [
     "ConfigRef",
     "ErrorBody",
     "HistoryRequest",
+    "RunBatch",
     "RunConfig",
     "RunCreate",
     "StateAtCheckpoint",
@@ -228,6 +229,12 @@ class StatelessRunCreate(_RunBase):
         if self.command is not None and self.command.resume is not None:
             raise ValueError("a resume needs a thread: use POST /threads/{thread_id}/runs")
         return self
+
+
+class RunBatch(RootModel[list[StatelessRunCreate]]):
+    """``POST /runs/batch``: 1 to :data:`MAX_BATCH` stateless runs."""
+
+    root: list[StatelessRunCreate] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class ThreadCreate(_Body):

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 
@@ -13,7 +13,7 @@ from langgraph_moa.server.routes.responses import (
     locations,
     stream_modes,
 )
-from langgraph_moa.server.schemas import MAX_BATCH, RunCreate, StatelessRunCreate
+from langgraph_moa.server.schemas import RunBatch, RunCreate, StatelessRunCreate
 from langgraph_moa.server.service import ACTIVE, ApiError, MoAServer
 from langgraph_moa.server.validation import MAX_INT
 
@@ -156,15 +156,14 @@ def add_run_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf) ->
         return JSONResponse(server.run_json(run), headers=headers)
 
     @router.post("/runs/batch", tags=["stateless-runs"])
-    async def create_batch(
-        body: Annotated[list[StatelessRunCreate], Body(min_length=1, max_length=MAX_BATCH)],
-        tenant: Tenant,
-    ) -> list[dict[str, Any]]:
+    async def create_batch(body: RunBatch, tenant: Tenant) -> list[dict[str, Any]]:
         """Start several stateless runs (each on a thread of its own) in the background;
         the runs in the order given. Every run is checked before any starts."""
-        for item in body:
+        for item in body.root:
             await server.check_run(tenant, item)
-        runs = [(await server.create_run(tenant, None, item, subscribe=False))[0] for item in body]
+        runs = [
+            (await server.create_run(tenant, None, item, subscribe=False))[0] for item in body.root
+        ]
         return [server.run_json(run) for run in runs]
 
     @router.post(
