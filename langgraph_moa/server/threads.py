@@ -165,9 +165,9 @@ class ThreadService(ServerCore):
         log's, so only logged runs are seen (every run, unless ``persist_streams`` is off).
         """
         await self.thread(tenant, thread_id)
-        return self._follow_thread(thread_id, last_event_id)
+        return self._thread_events_after(thread_id, last_event_id)
 
-    async def _follow_thread(
+    async def _thread_events_after(
         self, thread_id: str, last_event_id: int | None
     ) -> AsyncIterator[StreamEvent]:
         after = last_event_id
