@@ -229,20 +229,6 @@ class EventLog:
         self._wake(run_id)
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
-    async def append_many(self, run_id: str, items: Sequence[tuple[str, Any]]) -> list[int]:
-        """Store several events of a run in one transaction (one commit, one notification);
-        their ids, in order."""
-        if not items:
-            return []
-        ids = []
-        async with self.engine.begin() as conn:
-            for event, data in items:
-                result = await conn.execute(self._insert, self._row(run_id, event, data))
-                ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
-            await self._notify(conn, run_id)
-        self._wake(run_id)
-        return ids
-
     async def extend(self, run_id: str, items: Sequence[tuple[str, Any]]) -> None:
         """Store several events of a run in one transaction, with one notification."""
         if not items:

@@ -3,12 +3,10 @@
 Events of every run (``ServerOptions.persist_streams``, on by default; off, only those of
 runs created with ``stream_resumable``) are written to the event log
 (:class:`~langgraph_moa.persistence.events.EventLog`, table ``moa_run_events``) before they
-are fanned out, by a writer task per run that commits what has accumulated at once (the
-run does not wait for it); the row id is the SSE event id, so a client that reconnects
-with ``Last-Event-ID: n`` gets every event after ``n`` and then the live ones, and a
-thread's stream reads the events of all its runs in order. Runs streamed by another
-process are followed through the log (woken by LISTEN/NOTIFY on PostgreSQL, polled
-elsewhere).
+are fanned out; the row id is the SSE event id, so a client that reconnects with
+``Last-Event-ID: n`` gets every event after ``n`` and then the live ones, and a thread's
+stream reads the events of all its runs in order. Runs streamed by another process are
+followed through the log (woken by LISTEN/NOTIFY on PostgreSQL, polled elsewhere).
 """
 
 from __future__ import annotations
@@ -46,9 +44,6 @@ class _Channel:
     persist: bool
     seq: int = 0
     subscribers: set[asyncio.Queue[StreamEvent]] = field(default_factory=set)
-    pending: list[tuple[str, bytes]] = field(default_factory=list)
-    writer: asyncio.Task[None] | None = None
-    failed: BaseException | None = None
 
 
 def _item(row: RunEvent) -> StreamEvent:
@@ -77,50 +72,15 @@ class RunStreams:
         return await self.event_log.append(run_id, event, data)
 
     async def publish(self, run_id: str, event: str, data: bytes) -> None:
-        """Send one event to every subscriber. A persisted run's events are logged first,
-        by a writer task that commits what has accumulated in one transaction, so the run
-        never waits for a commit (40 ms on a busy PostgreSQL); a failed write is raised by
-        the next publish or by :meth:`close`."""
+        """Send one event to every subscriber (logging it first if the run persists)."""
         channel = self._channels[run_id]
-        if not channel.persist:
+        if channel.persist:
+            channel.seq = await self._append(run_id, event, data)
+        else:
             channel.seq += 1
-            self._fan_out(channel, StreamEvent(event, data, channel.seq))
-            return
-        if channel.failed is not None:
-            raise channel.failed
-        channel.pending.append((event, data))
-        if channel.writer is None:
-            channel.writer = asyncio.create_task(
-                self._write(run_id, channel), name=f"moa-stream-{run_id}"
-            )
-
-    @staticmethod
-    def _fan_out(channel: _Channel, item: StreamEvent) -> None:
+        item = StreamEvent(event, data, channel.seq)
         for queue in list(channel.subscribers):
             queue.put_nowait(item)
-
-    async def _write(self, run_id: str, channel: _Channel) -> None:
-        try:
-            while channel.pending:
-                batch = channel.pending[:]
-                ids = await self.event_log.append_many(run_id, batch)
-                del channel.pending[: len(batch)]
-                for (event, data), seq in zip(batch, ids, strict=True):
-                    channel.seq = seq
-                    self._fan_out(channel, StreamEvent(event, data, seq))
-        except BaseException as exc:
-            channel.failed = exc
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            channel.writer = None
-
-    async def _flush(self, channel: _Channel) -> None:
-        """Wait until the events published so far are logged and sent."""
-        while channel.writer is not None:
-            await asyncio.shield(channel.writer)
-        if channel.failed is not None:
-            raise channel.failed
 
     async def log(self, run_id: str, event: str, data: bytes) -> None:
         """Log an event without a live channel (e.g. the error of a run that cannot resume)."""
@@ -129,16 +89,13 @@ class RunStreams:
     async def close(self, run_id: str, *, log_end: bool = True) -> None:
         """End the stream: subscribers drain what they have and stop. ``log_end=False``
         logs no end marker (the run's events were deleted with its temporary thread)."""
-        channel = self._channels.get(run_id)
+        channel = self._channels.pop(run_id, None)
         if channel is None:
             return
-        try:
-            await self._flush(channel)
-            if channel.persist and log_end:
-                await self._append(run_id, END.event, END.data)
-        finally:
-            self._channels.pop(run_id, None)
-            self._fan_out(channel, END)
+        if channel.persist and log_end:
+            await self._append(run_id, END.event, END.data)
+        for queue in list(channel.subscribers):
+            queue.put_nowait(END)
 
     def forget(self, run_id: str) -> None:
         """Drop the live channel without ending the stream (another process continues it)."""

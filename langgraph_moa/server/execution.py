@@ -69,12 +69,10 @@ class RunExecution(ServerCore):
         await self._finish(run_id)
 
     async def _finish(self, run_id: str, *, log_end: bool = True) -> None:
-        try:
-            await self.streams.close(run_id, log_end=log_end)
-        finally:
-            live = self._live.pop(run_id, None)
-            if live is not None:
-                live.done.set()
+        await self.streams.close(run_id, log_end=log_end)
+        live = self._live.pop(run_id, None)
+        if live is not None:
+            live.done.set()
 
     async def execute(self, run_id: str, *, resume: bool) -> None:
         """Execute one run to its end through the run executor (thread lease, heartbeat,
