@@ -46,7 +46,10 @@ def check_sqlite_file(url: str) -> None:
 
     import sqlalchemy as sa
 
-    parsed = sa.make_url(url)
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        return  # not a URL: the saver says so in its own words
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return
     if parsed.database.startswith("file:"):
