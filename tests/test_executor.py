@@ -253,12 +253,9 @@ async def test_cancel_notification_reaches_the_run_without_polling(pg_url: str) 
         try:
             task = asyncio.create_task(executor.execute(run, body))
             await started.wait()
-            while True:  # the listener is up once a request made now reaches it
-                await other.request_cancel(run.run_id)
-                done, _ = await asyncio.wait({task}, timeout=0.5)
-                if done:
-                    break
-            ended = task.result()
+            await asyncio.wait_for(executor.cancel_listening.wait(), WAIT)
+            await other.request_cancel(run.run_id)
+            ended = await asyncio.wait_for(task, WAIT)  # a last guard: no poll would end it
         finally:
             listener.cancel()
     assert ended is not None and (ended.status, ended.error) == (
@@ -285,12 +282,12 @@ async def test_a_failing_cancel_callback_does_not_stop_the_listener(pg_url: str)
 
         listener = asyncio.create_task(executor.listen_for_cancels(on_request))
         try:
-            await asyncio.wait_for(executor.cancel_listening.wait(), 30)
+            await asyncio.wait_for(executor.cancel_listening.wait(), WAIT)
             a = await registry.create_run("t", owner=Owner.new())  # held elsewhere: not local
             b = await registry.create_run("u", owner=Owner.new())
             await registry.request_cancel(a.run_id)
             await registry.request_cancel(b.run_id)
-            await asyncio.wait_for(second.wait(), 30)
+            await asyncio.wait_for(second.wait(), WAIT)
         finally:
             listener.cancel()
     assert seen == [a.run_id, b.run_id]

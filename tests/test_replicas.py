@@ -85,7 +85,9 @@ def replicas(tmp_path: Path, srv: ModelServer, store: str) -> Iterator[tuple[Ser
 
 
 def status(served: Served, thread_id: str, run_id: str) -> str:
-    return str(httpx.get(f"{served.url}/threads/{thread_id}/runs/{run_id}").json()["status"])
+    return str(
+        httpx.get(f"{served.url}/threads/{thread_id}/runs/{run_id}", timeout=WAIT).json()["status"]
+    )
 
 
 async def test_second_run_through_the_other_replica_waits_or_is_rejected(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,34 +14,55 @@ from langgraph_sdk import get_client
 from langgraph_sdk.errors import ConflictError, NotFoundError
 
 from langgraph_moa.testing import ModelServer
-from tests.test_server_support import Served, moa_spec, serve, synthesis, wait_until
+from tests.test_server_support import (
+    WAIT,
+    Held,
+    Served,
+    free_port,
+    moa_spec,
+    release_holds,
+    serve,
+    synthesis,
+    until,
+)
 
 
 @pytest.fixture(scope="module")
-def srv() -> Iterator[ModelServer]:
-    with ModelServer() as server:
-        yield server
+def srv_port() -> int:
+    """The port of the module's model server (the module's ``moa serve`` calls it there)."""
+    return free_port()
+
+
+@pytest.fixture
+def srv(srv_port: int) -> Iterator[ModelServer]:
+    """Each test's own scripted model server (rules, counts, held calls), on the module's
+    port: nothing a test scripted or left in flight reaches the next one."""
+    with ModelServer(port=srv_port) as server:
+        try:
+            yield server
+        finally:
+            release_holds()
 
 
 @pytest.fixture(scope="module")
-def served_module(tmp_path_factory: pytest.TempPathFactory, srv: ModelServer) -> Iterator[Served]:
+def served_module(tmp_path_factory: pytest.TempPathFactory, srv_port: int) -> Iterator[Served]:
     """One server for the module: assistants ``moa`` and ``moa-approve`` (which pauses
     before its synthesizer)."""
     tmp = tmp_path_factory.mktemp("served")
-    specs = [moa_spec(srv), moa_spec(srv, name="moa-approve", interrupt_before_synthesis=True)]
+    at = ModelServer(port=srv_port)  # not started: only its URL goes into the specs
+    specs = [moa_spec(at), moa_spec(at, name="moa-approve", interrupt_before_synthesis=True)]
     yield from serve(tmp, specs, f"sqlite:///{tmp / 'moa.sqlite'}")
 
 
 @pytest.fixture
 def served(served_module: Served, srv: ModelServer) -> Served:
-    srv.reset()
     if served_module.proc is None:  # a test stopped it
         served_module.start()
     return served_module
 
 
 def run_status(served: Served, thread_id: str, run_id: str) -> str:
-    r = httpx.get(f"{served.url}/threads/{thread_id}/runs/{run_id}")
+    r = httpx.get(f"{served.url}/threads/{thread_id}/runs/{run_id}", timeout=WAIT)
     return str(r.json()["status"])
 
 
@@ -303,41 +322,13 @@ async def test_failed_run_reports_error(served: Served, srv: ModelServer) -> Non
         await client.runs.wait(thread["thread_id"], "moa", input={"task": "q"})
 
 
-def stall_synth(srv: ModelServer) -> Any:
-    """Make the next synthesizer call hang; returns a wait for that call to arrive."""
-    srv.reset()
-    srv.add_rule(model="synth", fail="stall", stall=120, times=1)
-    before = srv.calls("synth")
-    return lambda: wait_until(lambda: srv.calls("synth") > before, "a synthesizer call")
-
-
-class HeldSynth:
-    """The next synthesizer call waits until :meth:`release` (no timer: the test decides)."""
-
-    def __init__(self, srv: ModelServer) -> None:
-        self.arrived, self.gate = threading.Event(), threading.Event()
-
-        def reply(_: Any) -> str:
-            self.arrived.set()
-            self.gate.wait(300)  # a bound only: released by the test, at the latest at its end
-            return "released"
-
-        srv.add_rule(model="synth", reply=reply, times=1)
-
-    async def wait(self) -> None:
-        assert await asyncio.to_thread(self.arrived.wait, 120), "the synthesizer was not called"
-
-    def release(self) -> None:
-        self.gate.set()
-
-
 async def test_cancel_and_multitask(served: Served, srv: ModelServer) -> None:
-    holds: list[HeldSynth] = []
+    holds: list[Held] = []
 
     async def held_run(task: str, **kwargs: Any) -> Any:
-        holds.append(HeldSynth(srv))
+        holds.append(Held(srv))
         run = await client.runs.create(tid, "moa", input={"task": task}, **kwargs)
-        await holds[-1].wait()
+        await holds[-1].arrived()
         return run
 
     client = get_client(url=served.url)
@@ -368,7 +359,7 @@ async def test_cancel_and_multitask(served: Served, srv: ModelServer) -> None:
     finally:
         for hold in holds:
             hold.release()
-    assert all(h.arrived.is_set() for h in holds)
+    assert all(h.came.is_set() for h in holds)
 
 
 async def test_interrupt_approved_with_command(served: Served, srv: ModelServer) -> None:
@@ -422,7 +413,7 @@ async def test_interrupt_approved_with_update_state(served: Served, srv: ModelSe
 
 
 async def test_reconnect_replays_with_last_event_id(served: Served, srv: ModelServer) -> None:
-    srv.add_rule(model="synth", delay=1.5)
+    held = Held(srv)  # the run stays running until its first events have been read
     client = get_client(url=served.url)
     thread = await client.threads.create()
     tid = thread["thread_id"]
@@ -442,6 +433,7 @@ async def test_reconnect_replays_with_last_event_id(served: Served, srv: ModelSe
     run_id = first[0].data["run_id"]
     assert all(p.id is not None for p in first)
     assert run_status(served, tid, run_id) == "running"
+    held.release()
     rest = [p async for p in client.runs.join_stream(tid, run_id, last_event_id=first[-1].id)]
     ids = [int(p.id) for p in first + rest]
     assert ids == sorted(set(ids)), "events are replayed once each, in order"
@@ -455,18 +447,24 @@ async def test_reconnect_replays_with_last_event_id(served: Served, srv: ModelSe
 
 
 async def test_wait_keeps_connection_alive(served: Served, srv: ModelServer) -> None:
-    srv.add_rule(model="synth", delay=1.6)
+    """While the run works (its synthesizer held), /runs/wait sends only newlines (the
+    server's 0.5 s heartbeat); once released, the answer follows on the same response."""
+    held = Held(srv)
     thread = await get_client(url=served.url).threads.create()
     async with (
-        httpx.AsyncClient(base_url=served.url, timeout=30) as http,
+        httpx.AsyncClient(base_url=served.url, timeout=WAIT) as http,
         http.stream(
             "POST",
             f"/threads/{thread['thread_id']}/runs/wait",
             json={"assistant_id": "moa", "input": {"task": "slow"}},
         ) as response,
     ):
-        chunks = [c async for c in response.aiter_bytes()]
-    body = b"".join(chunks)
+        chunks = response.aiter_bytes()
+        first = await anext(chunks)
+        await held.arrived()
+        assert first and first.strip() == b"", f"a heartbeat before the answer, got {first!r}"
+        held.release()
+        body = first + b"".join([c async for c in chunks])
     assert body.startswith(b"\n"), "newlines are sent while the run works (heartbeat 0.5 s)"
     assert json.loads(body)["answer"] == synthesis(srv, "slow")
 
@@ -489,12 +487,17 @@ async def test_request_limits(served: Served) -> None:
 
 @pytest.mark.slow
 async def test_crash_resumes_running_run(served: Served, srv: ModelServer) -> None:
-    arrived = stall_synth(srv)
+    held = Held(srv)  # never released before the crash: the first synthesizer call is lost
     client = get_client(url=served.url)
     thread = await client.threads.create()
     tid = thread["thread_id"]
     run = await client.runs.create(tid, "moa", input={"task": "survive a crash"})
-    arrived()
+    await held.arrived()
+
+    async def agents_saved() -> bool:  # the synthesizer may start before this is written
+        return bool((await client.threads.get_state(tid))["next"] == ["L1_synthesizer"])
+
+    await until(agents_saved, "the checkpoint of the agents' answers")
     served.kill()  # SIGKILL: the run's owner is gone without a trace
     served.start()
     client = get_client(url=served.url)
@@ -506,11 +509,11 @@ async def test_crash_resumes_running_run(served: Served, srv: ModelServer) -> No
 
 
 async def test_graceful_restart_resumes(served: Served, srv: ModelServer) -> None:
-    arrived = stall_synth(srv)
+    held = Held(srv)  # held through the restart: the new process asks again
     client = get_client(url=served.url)
     thread = await client.threads.create()
     run = await client.runs.create(thread["thread_id"], "moa", input={"task": "restart"})
-    arrived()
+    await held.arrived()
     served.restart()
     values = await get_client(url=served.url).runs.join(thread["thread_id"], run["run_id"])
     assert values["answer"] == synthesis(srv, "restart")
@@ -521,7 +524,6 @@ async def test_on_server_databases(
     database: str, request: pytest.FixtureRequest, tmp_path: Path, srv: ModelServer
 ) -> None:
     """The same service on PostgreSQL and MariaDB: runs, resumable streams, cancel, state."""
-    srv.reset()
     db_url = str(request.getfixturevalue({"postgres": "pg_url", "mysql": "mysql_url"}[database]))
     for served in serve(tmp_path, [moa_spec(srv)], db_url):
         client = get_client(url=served.url)
@@ -530,20 +532,21 @@ async def test_on_server_databases(
         assert (await client.runs.wait(tid, "moa", input={"task": "one"}))["answer"] == synthesis(
             srv, "one"
         )
-        srv.add_rule(model="synth", delay=1.0)
+        held = Held(srv)  # "two" is still running when its stream is left
         stream = client.runs.stream(
             tid, "moa", input={"task": "two"}, stream_mode="updates", stream_resumable=True
         )
         first = [await anext(stream), await anext(stream)]
         await stream.aclose()  # type: ignore[attr-defined]
         run_id = first[0].data["run_id"]
+        held.release()
         rest = [p async for p in client.runs.join_stream(tid, run_id, last_event_id=first[-1].id)]
         assert any(p.event == "updates" and "L1_synthesizer" in p.data for p in rest)
         ids = [int(p.id) for p in first + rest]
         assert ids == sorted(set(ids))
-        arrived = stall_synth(srv)
+        held = Held(srv)
         run = await client.runs.create(tid, "moa", input={"task": "three"})
-        arrived()
+        await held.arrived()
         await client.runs.cancel(tid, run["run_id"], wait=True)
         assert (await client.runs.get(tid, run["run_id"]))["status"] == "interrupted"
         history = await client.threads.get_history(tid, limit=100)
@@ -557,15 +560,16 @@ async def test_disconnect_cancels_when_asked_and_strict_resume(
 ) -> None:
     client = get_client(url=served.url)
     tid = (await client.threads.create())["thread_id"]
-    arrived = stall_synth(srv)
+    held = Held(srv)
     stream = client.runs.stream(
         tid, "moa", input={"task": "bye"}, stream_mode="updates", on_disconnect="cancel"
     )
     first = await anext(stream)
-    arrived()
+    await held.arrived()
     await stream.aclose()  # type: ignore[attr-defined]
     run_id = first.data["run_id"]
-    wait_until(lambda: run_status(served, tid, run_id) == "interrupted", "the run to stop")
+    await client.runs.join(tid, run_id)  # returns when the run has ended
+    assert run_status(served, tid, run_id) == "interrupted"
     # continue (the default): the run outlives its stream
     stream = client.runs.stream(tid, "moa", input={"task": "stay"}, stream_mode="updates")
     first = await anext(stream)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from langgraph_moa.testing import ChatRequest, ModelServer
-from tests.test_server_support import KEY_A, KEY_B, Served, moa_spec, serve
+from tests.test_server_support import KEY_A, KEY_B, WAIT, Served, moa_spec, serve
 
 PAGE = "http://127.0.0.1:5173"
 
@@ -43,6 +43,7 @@ def test_cors_preflight_and_exposed_headers(served: Served) -> None:
             "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": asked,
         },
+        timeout=WAIT,
     )
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == PAGE
@@ -53,6 +54,7 @@ def test_cors_preflight_and_exposed_headers(served: Served) -> None:
     refused = httpx.options(
         f"{served.url}/threads",
         headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+        timeout=WAIT,
     )
     assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
 
@@ -60,6 +62,7 @@ def test_cors_preflight_and_exposed_headers(served: Served) -> None:
         f"{served.url}/threads/{'0' * 8}-0000-4000-8000-{'0' * 12}/runs",
         json={"assistant_id": "moa", "input": {"task": "x"}, "if_not_exists": "create"},
         headers={"Origin": PAGE, "x-api-key": KEY_A},
+        timeout=WAIT,
     )
     assert created.status_code == 200, created.text
     assert created.headers["access-control-allow-origin"] == PAGE
@@ -73,17 +76,21 @@ def test_cors_is_off_unless_origins_are_named(tmp_path: Path, model_server: Mode
         preflight = httpx.options(
             f"{served.url}/threads",
             headers={"Origin": PAGE, "Access-Control-Request-Method": "POST"},
+            timeout=WAIT,
         )
         assert preflight.status_code == 405
         assert "access-control-allow-origin" not in preflight.headers
-        plain = httpx.get(f"{served.url}/info", headers={"Origin": PAGE})
+        plain = httpx.get(f"{served.url}/info", headers={"Origin": PAGE}, timeout=WAIT)
         assert "access-control-allow-origin" not in plain.headers
 
 
 def test_json_body_sent_as_text_plain(served: Served) -> None:
     headers = {"x-api-key": KEY_A, "content-type": "text/plain;charset=UTF-8"}
     thread = httpx.post(
-        f"{served.url}/threads", content=b'{"metadata": {"via": "proxy"}}', headers=headers
+        f"{served.url}/threads",
+        content=b'{"metadata": {"via": "proxy"}}',
+        headers=headers,
+        timeout=WAIT,
     )
     assert thread.status_code == 200, thread.text
     assert thread.json()["metadata"] == {"via": "proxy"}
@@ -94,7 +101,7 @@ def test_json_body_sent_as_text_plain(served: Served) -> None:
     )
     assert done.status_code == 200, done.text
     assert done.json()["answer"].startswith("synth answer")
-    bad = httpx.post(f"{served.url}/threads", content=b"not json", headers=headers)
+    bad = httpx.post(f"{served.url}/threads", content=b"not json", headers=headers, timeout=WAIT)
     assert bad.status_code == 422
 
 
@@ -106,11 +113,11 @@ def _login(served: Served, key: str) -> httpx.Client:
 
 
 def test_dashboard_login_and_tenants(served: Served) -> None:
-    anonymous = httpx.get(f"{served.url}/ui")
+    anonymous = httpx.get(f"{served.url}/ui", timeout=WAIT)
     assert anonymous.status_code == 303 and anonymous.headers["location"] == "/ui/login"
-    wrong = httpx.post(f"{served.url}/ui/login", data={"key": "x" * 20})
+    wrong = httpx.post(f"{served.url}/ui/login", data={"key": "x" * 20}, timeout=WAIT)
     assert wrong.status_code == 401 and "not valid" in wrong.text
-    huge = httpx.post(f"{served.url}/ui/login", data={"key": "x" * 100_000})
+    huge = httpx.post(f"{served.url}/ui/login", data={"key": "x" * 100_000}, timeout=WAIT)
     assert huge.status_code == 413
 
     a, b = _login(served, KEY_A), _login(served, KEY_B)
@@ -178,13 +185,17 @@ def test_dashboard_cancel_resume_and_fork(served: Served, model_server: ModelSer
         "/ui/chat", data={"assistant": "moa", "thread_id": thread_id, "message": "LSM-trees?"}
     )
     assert second.headers["location"] == f"/ui/threads/{thread_id}"
-    runs = httpx.get(f"{served.url}/threads/{thread_id}/runs", headers={"x-api-key": KEY_A}).json()
+    runs = httpx.get(
+        f"{served.url}/threads/{thread_id}/runs", headers={"x-api-key": KEY_A}, timeout=WAIT
+    ).json()
     turn2 = f"/ui/runs/{thread_id}/{runs[0]['run_id']}"
     assert _follow(a, turn2) == "success"
 
     forked = a.post(turn2 + "/fork").headers["location"]
     assert forked.startswith(f"/ui/runs/{thread_id}/") and _follow(a, forked) == "success"
-    state = httpx.get(f"{served.url}/threads/{thread_id}/state", headers={"x-api-key": KEY_A})
+    state = httpx.get(
+        f"{served.url}/threads/{thread_id}/state", headers={"x-api-key": KEY_A}, timeout=WAIT
+    )
     messages = [(m["type"], m["content"]) for m in state.json()["values"]["messages"]]
     # the fork ran turn 2 again from where it started: no third turn
     assert messages == [

@@ -16,7 +16,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.errors import NotFoundError
 
 from langgraph_moa.testing import ModelServer
-from tests.test_server_support import KEY_A, free_port, moa_spec, synthesis
+from tests.test_server_support import KEY_A, WAIT, free_port, moa_spec, synthesis
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -59,7 +59,7 @@ def run_example(tmp_path: Path, name: str, srv: ModelServer, **env: str) -> Iter
 
 async def test_server_app_example(tmp_path: Path, model_server: ModelServer) -> None:
     for url in run_example(tmp_path, "server_app.py", model_server, MOA_API_KEYS=KEY_A):
-        assert httpx.get(f"{url}/threads/search").status_code in (401, 405)
+        assert httpx.get(f"{url}/threads/search", timeout=WAIT).status_code in (401, 405)
         client = get_client(url=url, api_key=KEY_A)
         thread = await client.threads.create()
         values = await client.runs.wait(thread["thread_id"], "helper", input={"task": "hi"})
@@ -69,8 +69,8 @@ async def test_server_app_example(tmp_path: Path, model_server: ModelServer) -> 
 async def test_router_mounted_under_a_prefix(tmp_path: Path, model_server: ModelServer) -> None:
     model_server.add_rule(model="synth", delay=0.5)
     for url in run_example(tmp_path, "mount_router.py", model_server):
-        assert httpx.get(f"{url}/").json()["service"] == "my product"
-        assert httpx.post(f"{url}/moa/threads", json={}).status_code == 401
+        assert httpx.get(f"{url}/", timeout=WAIT).json()["service"] == "my product"
+        assert httpx.post(f"{url}/moa/threads", json={}, timeout=WAIT).status_code == 401
         ann = get_client(
             url=f"{url}/moa", api_key=None, headers={"Authorization": "Bearer token-ann"}
         )
@@ -99,5 +99,5 @@ async def test_router_mounted_under_a_prefix(tmp_path: Path, model_server: Model
         with pytest.raises(NotFoundError):
             await bob.threads.get_state(tid)
         assert await bob.threads.search() == []
-        paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+        paths = httpx.get(f"{url}/openapi.json", timeout=WAIT).json()["paths"]
         assert "/moa/threads/{thread_id}/runs/stream" in paths and "/" in paths

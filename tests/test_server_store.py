@@ -10,7 +10,7 @@ from langgraph_sdk import get_client
 
 from langgraph_moa.persistence.engines import get_engine, release_engine
 from langgraph_moa.testing import ModelServer
-from tests.test_server_support import KEY_A, KEY_B, moa_spec, serve
+from tests.test_server_support import KEY_A, KEY_B, WAIT, moa_spec, serve
 
 
 async def test_store_api_and_tenants(db_url: str, tmp_path: Path) -> None:
@@ -62,21 +62,24 @@ async def test_store_api_and_tenants(db_url: str, tmp_path: Path) -> None:
                 f"{served.url}/store/items",
                 json={"namespace": ["a.b"], "key": "k", "value": {}},
                 headers={"x-api-key": KEY_A},
+                timeout=WAIT,
             )
             assert r.status_code == 422 and "a.b" in r.text
             r = httpx.put(
                 f"{served.url}/store/items",
                 json={"namespace": ["x"], "key": "k", "value": [1], "extra": 1},
                 headers={"x-api-key": KEY_A},
+                timeout=WAIT,
             )
             assert r.status_code == 422 and "value" in r.text and "extra" in r.text
             r = httpx.post(
                 f"{served.url}/store/items/search",
                 json={"namespace_prefix": ["memory"], "filter": {"a') OR 1=1 --": 1}},
                 headers={"x-api-key": KEY_A},
+                timeout=WAIT,
             )
             assert r.status_code == 422 and "Invalid filter key" in r.text
-            r = httpx.post(f"{served.url}/store/namespaces", json={}, headers={})
+            r = httpx.post(f"{served.url}/store/namespaces", json={}, headers={}, timeout=WAIT)
             assert r.status_code == 401
             assert (await a.store.list_namespaces(prefix=["x"]))["namespaces"] == []
 

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 import yaml
 
 from langgraph_moa.testing import ModelServer
+from langgraph_moa.testing.rules import ChatRequest, Reply, default_reply
 
 MOA = str(Path(sys.executable).with_name("moa"))
 KEY_A = "tenant-a-key-0123456789abcdef"
 KEY_B = "tenant-b-key-0123456789abcdef"
+WAIT = 120.0  # the last guard of every wait on an event or a condition
 
 
 def free_port() -> int:
@@ -86,7 +90,7 @@ class Served:
             self.proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, env=env
             )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail(f"moa serve exited with {self.proc.returncode}:\n{self.output()}")
@@ -96,7 +100,7 @@ class Served:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        pytest.fail(f"moa serve did not answer /ok within 60 s:\n{self.output()}")
+        pytest.fail(f"moa serve did not answer /ok within {WAIT:g} s:\n{self.output()}")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
@@ -149,11 +153,48 @@ def synthesis(srv: ModelServer, task: str | None = None) -> str:
     return f"synth answer {sent[-1].digest}"
 
 
-def wait_until(predicate: Any, what: str, timeout: float = 60.0) -> None:
-    """Poll ``predicate()`` (sync) until true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+class Held:
+    """The next call of ``model`` (matching ``prompt``, a regex) waits until :meth:`release`
+    (no timer: the test decides), then gets the default reply; ``await held.arrived()`` waits
+    for the call on an event. :func:`release_holds` (at teardown) releases every hold."""
+
+    open: ClassVar[list[Held]] = []
+
+    def __init__(
+        self, srv: ModelServer, model: str = "synth", *, prompt: str | None = None
+    ) -> None:
+        self.model = model
+        self.came, self.gate = threading.Event(), threading.Event()
+
+        def reply(req: ChatRequest) -> Reply:
+            self.came.set()
+            self.gate.wait(600)  # a bound only: released by the test, at the latest at its end
+            return default_reply(req)  # what an unheld call answers: results stay comparable
+
+        srv.add_rule(model=model, prompt=prompt, reply=reply, times=1)
+        Held.open.append(self)
+
+    async def arrived(self) -> None:
+        """Wait (without blocking the event loop) until the held call has arrived."""
+        came = await asyncio.to_thread(self.came.wait, WAIT)
+        assert came, f"no {self.model} call arrived within {WAIT:g} s"
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def release_holds() -> None:
+    """Release every held call (test teardown, before the model server stops)."""
+    while Held.open:
+        Held.open.pop().release()
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """Poll the async ``check`` until it returns something truthy (async sleeps between);
+    fail naming ``what`` after :data:`WAIT` seconds, a last guard only."""
+    deadline = time.monotonic() + WAIT
+    while not (value := await check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value

@@ -12,7 +12,16 @@ from langgraph_sdk import get_client
 
 from langgraph_moa.persistence.registry import RunRegistry
 from langgraph_moa.testing import ModelServer
-from tests.test_server_support import MOA, Served, moa_spec, serve, synthesis, wait_until
+from tests.test_server_support import (
+    MOA,
+    WAIT,
+    Held,
+    Served,
+    moa_spec,
+    release_holds,
+    serve,
+    synthesis,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -22,15 +31,18 @@ def worker(pg_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     subprocess.run([MOA, "worker", "--db", pg_url, "--setup"], check=True, capture_output=True)
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
-        [MOA, "worker", "--db", pg_url, "--heartbeat", "1", "--stalled-after", "5"],
+        # one worker, never killed here: declared dead only after a long silence, so a
+        # starved but live worker is not taken for dead on a loaded machine
+        [MOA, "worker", "--db", pg_url, "--heartbeat", "1", "--stalled-after", "60"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
         yield proc
     finally:
+        release_holds()
         proc.terminate()
-        proc.wait(timeout=60)
+        proc.wait(timeout=WAIT)
         log.close()
 
 
@@ -60,12 +72,13 @@ async def test_runs_execute_in_workers(
     run_id = parts[0].data["run_id"]
     assert (await client.runs.get(tid, run_id))["status"] == "success"
 
-    model_server.add_rule(model="synth", delay=1.5)
+    held = Held(model_server)  # the run is still going when its stream is left
     stream = client.runs.stream(
         tid, "moa", input={"task": "resumable"}, stream_mode="updates", stream_resumable=True
     )
     first = [await anext(stream), await anext(stream)]
     await stream.aclose()  # type: ignore[attr-defined]
+    held.release()
     rest = [
         p
         async for p in client.runs.join_stream(
@@ -76,10 +89,9 @@ async def test_runs_execute_in_workers(
     ids = [int(p.id) for p in first + rest]
     assert ids == sorted(set(ids))
 
-    model_server.reset()
-    model_server.add_rule(model="synth", fail="stall", stall=60, times=1)
+    held = Held(model_server)
     run = await client.runs.create(tid, "moa", input={"task": "cancel me"})
-    wait_until(lambda: model_server.calls("synth") == 1, "the synthesizer call")
+    await held.arrived()
     # the run in flight is owned by the worker process, not by the server
     async with RunRegistry.from_url(pg_url) as registry:
         record = await registry.get_run(run["run_id"])

@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from langgraph_moa.testing import (
     Rule,
     count_tokens,
 )
+
+WAIT = 60.0  # the bound of raw HTTP calls (httpx's 5 s default is short on a loaded machine)
 
 
 def digest(text: str) -> str:
@@ -76,6 +79,7 @@ def test_usage_sums_and_token_caps(model_server: ModelServer) -> None:
             "messages": [{"role": "user", "content": "x"}],
             "max_completion_tokens": 2,
         },
+        timeout=WAIT,
     ).json()
     assert raw["choices"][0]["message"]["content"] == "one two"
     sums = model_server.stats()["usage"]
@@ -155,7 +159,7 @@ def test_stream_chunks_and_usage(model_server: ModelServer) -> None:
 
 def test_raw_wire_format_matches_openai_types(model_server: ModelServer) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
-    resp = httpx.post(f"{model_server.base_url}/chat/completions", json=body)
+    resp = httpx.post(f"{model_server.base_url}/chat/completions", json=body, timeout=WAIT)
     completion = ChatCompletion.model_validate(resp.json())
     assert completion.object == "chat.completion"
     assert completion.usage is not None and completion.usage.prompt_tokens == 2
@@ -173,7 +177,7 @@ def test_raw_wire_format_matches_openai_types(model_server: ModelServer) -> None
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.total_tokens == completion.usage.total_tokens
     assert all(c.usage is None for c in chunks[:-1])
-    models = httpx.get(f"{model_server.base_url}/models").json()
+    models = httpx.get(f"{model_server.base_url}/models", timeout=WAIT).json()
     assert models["object"] == "list" and models["data"][0]["id"] == "m"
 
 
@@ -187,8 +191,12 @@ async def test_ainvoke_and_astream(model_server: ModelServer) -> None:
 
 
 async def test_concurrent_calls_overlap(model_server: ModelServer) -> None:
-    model_server.set_latency("slow", 0.5)
-    llm = model_server.chat_model("slow")
+    # each call is answered only once all 24 are in: served one after another, they never are
+    everyone = threading.Barrier(24, timeout=WAIT)
+    model_server.add_rule(
+        model="slow", reply=lambda req: (everyone.wait(), f"answer to {req.last_user}")[1], times=24
+    )
+    llm = model_server.chat_model("slow", timeout=WAIT)
     # a burst of connections (more than a small listen backlog would take)
     answers = await asyncio.gather(*(llm.ainvoke(f"question {i}") for i in range(24)))
     assert len({a.content for a in answers}) == 24
@@ -204,13 +212,11 @@ async def test_concurrent_calls_overlap(model_server: ModelServer) -> None:
 
 async def test_delay_holds_the_call_in_flight(model_server: ModelServer) -> None:
     model_server.add_rule(model="held", delay=0.3)
-    task = asyncio.create_task(model_server.chat_model("held").ainvoke("x"))
-    seen_in_flight = False
-    while not task.done():
-        seen_in_flight |= model_server.in_flight("held") == 1
-        await asyncio.sleep(0.01)
-    assert seen_in_flight
-    assert (await task).content.startswith("held answer ")
+    answer = await model_server.chat_model("held").ainvoke("x")
+    assert answer.content.startswith("held answer ")
+    (req,) = model_server.requests  # in flight from its arrival until its answer was sent
+    assert req.finished is not None and req.finished - req.started >= 0.3
+    assert model_server.max_in_flight("held") == 1 and model_server.in_flight("held") == 0
 
 
 def test_429_retry_after_then_success(model_server: ModelServer) -> None:
@@ -218,6 +224,7 @@ def test_429_retry_after_then_success(model_server: ModelServer) -> None:
     raw = httpx.post(
         f"{model_server.base_url}/chat/completions",
         json={"model": "busy", "messages": [{"role": "user", "content": "x"}]},
+        timeout=WAIT,
     )
     assert raw.status_code == 429 and raw.headers["retry-after"] == "0.05"
     assert raw.json()["error"]["type"] == "rate_limit_error"
@@ -336,23 +343,28 @@ def test_script_files(tmp_path: Path) -> None:
 def test_http_introspection_and_remote_scripting(model_server: ModelServer) -> None:
     root = model_server.url
     rules = {"rules": [{"model": "remote", "reply": "scripted remotely"}], "latency": 0}
-    assert httpx.post(f"{root}/_test/rules", json=rules).json() == {"ok": True, "rules": 1}
+    assert httpx.post(f"{root}/_test/rules", json=rules, timeout=WAIT).json() == {
+        "ok": True,
+        "rules": 1,
+    }
     assert model_server.chat_model("remote").invoke("x").content == "scripted remotely"
     model_server.chat_model("other").invoke("x")
-    calls = httpx.get(f"{root}/_test/calls").json()
+    calls = httpx.get(f"{root}/_test/calls", timeout=WAIT).json()
     assert calls["total"] == 2 and calls["calls"] == {"remote": 1, "other": 1}
     assert calls["max_in_flight"] == {"remote": 1, "other": 1}
     assert calls["usage"]["prompt_tokens"] == 2
-    recorded = httpx.get(f"{root}/_test/requests").json()
+    recorded = httpx.get(f"{root}/_test/requests", timeout=WAIT).json()
     assert [r["model"] for r in recorded] == ["remote", "other"]
     assert recorded[0]["status"] == 200 and recorded[0]["messages"][0]["content"] == "x"
-    bad = httpx.post(f"{root}/_test/rules", json=[{"model": "m", "wat": 1}])
+    bad = httpx.post(f"{root}/_test/rules", json=[{"model": "m", "wat": 1}], timeout=WAIT)
     assert bad.status_code == 400 and "unknown key(s) ['wat']" in bad.json()["error"]["message"]
-    assert httpx.post(f"{root}/_test/reset_counts").status_code == 200
+    assert httpx.post(f"{root}/_test/reset_counts", timeout=WAIT).status_code == 200
     assert model_server.calls() == 0 and model_server.rule_count() == 1
-    assert httpx.post(f"{root}/_test/reset").json()["rules"] == 0
-    assert httpx.get(f"{root}/nope").status_code == 404
-    missing = httpx.post(f"{model_server.base_url}/chat/completions", json={"model": "m"})
+    assert httpx.post(f"{root}/_test/reset", timeout=WAIT).json()["rules"] == 0
+    assert httpx.get(f"{root}/nope", timeout=WAIT).status_code == 404
+    missing = httpx.post(
+        f"{model_server.base_url}/chat/completions", json={"model": "m"}, timeout=WAIT
+    )
     assert missing.status_code == 400 and "'messages' is required" in missing.text
 
 

@@ -1,7 +1,8 @@
 """Scale-out with procrastinate: real `moa worker` processes on the machine's PostgreSQL.
 
 The model server lives in the test process; workers reach it over HTTP (the spec's
-base_url). Worker timings are shortened for tests (heartbeat 0.5 s, dead after 2 s).
+base_url). Worker timings are shortened for tests (heartbeat 1 s, dead after 8 s of silence);
+every wait is on an event or a condition, bounded by WAIT as a last guard.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,10 @@ from langgraph_moa.runtime.workers import (
 )
 from langgraph_moa.spec import load_spec
 from langgraph_moa.testing import ModelServer
+from langgraph_moa.testing.rules import default_reply
 from tests.test_workers_support import (
+    REAP_INTERVAL,
+    STALLED_AFTER,
     WAIT,
     Workers,
     calls,
@@ -92,9 +97,12 @@ async def test_killed_worker_run_is_finished_by_the_other_worker(
 async def test_run_longer_than_the_dead_worker_threshold_runs_once(
     model_server: ModelServer, workers: Workers, queue: RunQueue
 ) -> None:
-    """Agents that take 3 s, workers declared dead after 2 s of silence: the live workers
+    """Agents held past the dead-worker threshold (plus two reaper sweeps): the live workers
     keep their runs (heartbeats), so every agent is called once and no run is re-queued."""
-    model_server.set_latency(None, 3.0)
+    gate = threading.Event()
+    model_server.add_rule(
+        model="a[12]", reply=lambda req: default_reply(req) if gate.wait(WAIT) else "late"
+    )
     spec = spec_for(model_server)
     spec["layers"] = spec["layers"][:1]
     spec["layers"][0]["synthesizer"] = "concat"
@@ -102,6 +110,18 @@ async def test_run_longer_than_the_dead_worker_threshold_runs_once(
     workers.start("--concurrency", "1")
     await workers.ready(2)
     runs = [await queue.submit(spec, f"long task {i}") for i in range(2)]
+    try:
+        await until(lambda: model_server.in_flight() >= 4, "both runs to call", workers)
+        held_for = timedelta(seconds=STALLED_AFTER + 2 * REAP_INTERVAL)
+
+        async def held_past_the_threshold() -> bool:
+            records = [await queue.get(sub.run_id) for sub in runs]
+            now = datetime.now(UTC).replace(tzinfo=None)  # the registry's naive UTC times
+            return all(r and r.started_at and now - r.started_at > held_for for r in records)
+
+        await until(held_past_the_threshold, "the runs to outlive the threshold", workers)
+    finally:
+        gate.set()
     for i, sub in enumerate(runs):
         record = await finished(queue, sub.run_id, workers)
         assert record.status == "success", workers.logs()
@@ -307,12 +327,8 @@ async def test_frozen_worker_is_fenced_out_when_it_wakes(
         model="b3", prompt="frozen", reply=lambda r: "b3 late" if gate.wait(WAIT) else "timed out"
     )
     spec = spec_for(model_server)
-    # A frozen worker is told from a live one only by the silence of its heartbeats, so the
-    # threshold must stay well above what a starved but live event loop can lag on a busy
-    # machine (2 s did not): 1 s beats, dead after 8 s. Everything else waits on conditions.
-    timings = ("--heartbeat", "1", "--stalled-after", "8", "--reap-interval", "0.5")
-    first = workers.start(*timings)
-    second = workers.start(*timings)
+    first = workers.start()  # TIMINGS: dead after 8 s of silence
+    second = workers.start()
     await workers.ready(2)
     sub = await queue.submit(spec, "the frozen task")
     await until(lambda: model_server.in_flight("b3") >= 1, "b3 to be called", workers)

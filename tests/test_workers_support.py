@@ -16,9 +16,28 @@ import pytest
 from langgraph_moa.runtime.workers import RunQueue, conninfo_of
 from langgraph_moa.testing import ModelServer
 
-__all__ = ["WAIT", "Workers", "calls", "finished", "queue", "spec_for", "until", "workers"]
+__all__ = [
+    "REAP_INTERVAL",
+    "STALLED_AFTER",
+    "WAIT",
+    "Workers",
+    "calls",
+    "finished",
+    "queue",
+    "spec_for",
+    "until",
+    "workers",
+]
 
 WAIT = 120.0  # bound on waits, so a broken run fails the test instead of hanging it
+# Worker timings of the tests. A worker is declared dead only by the silence of its
+# heartbeats, so the threshold must stay well above what a starved but live worker can lag on
+# a loaded machine (0.5 s beats and death after 2 s did not): 1 s beats, dead after 8 s.
+HEARTBEAT, STALLED_AFTER, REAP_INTERVAL = 1.0, 8.0, 0.5
+TIMINGS = (
+    *("--heartbeat", f"{HEARTBEAT:g}", "--stalled-after", f"{STALLED_AFTER:g}"),
+    *("--reap-interval", f"{REAP_INTERVAL:g}"),
+)
 
 
 def spec_for(srv: ModelServer) -> dict[str, Any]:
@@ -54,7 +73,7 @@ class Workers:
 
     def start(self, *extra: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"worker{len(self.procs)}.log", "wb")  # noqa: SIM115
-        args = ["--heartbeat", "0.5", "--stalled-after", "2", "--reap-interval", "0.5", *extra]
+        args = [*TIMINGS, *extra]
         proc = subprocess.Popen(
             [sys.executable, "-m", "langgraph_moa.cli", "worker", "--db", self.db_url, *args],
             stdout=log,
