@@ -5,13 +5,18 @@ catch. Each target mutates its own files and runs only a fast, focused test sele
     python bench/mutation.py nodes              # one target (make mutate TARGETS=nodes)
     python bench/mutation.py                    # every target: nodes saver executor auth
     python bench/mutation.py nodes --children 2 --json out.json
+    python bench/mutation.py nodes --only 'langgraph_moa.nodes._calls*'  # some mutants
+    python bench/mutation.py saver --rerun      # the survivors again, with the current tests
     python bench/mutation.py --report bench/results/mutation.json   # the table again
 
 Each target runs in a scratch copy of the project (``--workdir``, default
 ``/tmp/moa-mutate/<target>``), so the worktree is never modified. Prints a table:
 target, mutants, killed (incl. timeouts), survived, not covered by the selection, score =
 killed / (mutants - not covered). ``mutmut results`` in the scratch directory lists the
-survivors; ``mutmut show NAME`` shows one.
+survivors; ``mutmut show NAME`` shows one. ``--only GLOB`` limits a run to the mutants whose
+names match (a module or function at a time, on a busy machine); ``--rerun`` keeps the scratch
+copy and its results, copies the current tests in, and judges the survivors again (after
+tests were added). Each run replaces its target's entry in the JSON file, keeping the others.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -45,7 +50,8 @@ TARGETS: dict[str, dict[str, list[str]]] = {
             "not cli and not bench and not sdk and not chat",
         ],
     },
-    # the saver's put / get_tuple / list and their codec
+    # the saver's put / get_tuple / list and their codec (on SQLite: the PostgreSQL-only
+    # statements of put/put_writes are run by the full suite, not here)
     "saver": {
         "mutate": [
             "langgraph_moa/persistence/saver/_hot.py",
@@ -53,10 +59,11 @@ TARGETS: dict[str, dict[str, list[str]]] = {
         ],
         "skip": [],
         "tests": [
+            "tests/test_saver_hot.py",
             "tests/test_checkpointer.py",
             "tests/test_saver_lease.py",
             "-k",
-            "sqlite and not process and not killed and not prune",
+            "(sqlite or driver_shape or vanish) and not process and not killed and not prune",
         ],
     },
     # the one run executor
@@ -78,7 +85,6 @@ COPY = ("langgraph_moa", "tests", "examples", "pyproject.toml", "langgraph.json"
 
 def prepare(target: str, workdir: Path) -> None:
     """A scratch copy of the project with a setup.cfg [mutmut] section for ``target``."""
-    conf = TARGETS[target]
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -88,6 +94,12 @@ def prepare(target: str, workdir: Path) -> None:
             shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, workdir / name)
+    write_config(target, workdir)
+
+
+def write_config(target: str, workdir: Path) -> None:
+    """The setup.cfg [mutmut] section of ``target``: what to mutate, which tests to run."""
+    conf = TARGETS[target]
     lines = [
         "[mutmut]",
         "source_paths = langgraph_moa",
@@ -108,11 +120,50 @@ def prepare(target: str, workdir: Path) -> None:
     (workdir / "setup.cfg").write_text("\n".join(lines) + "\n")
 
 
-def run(target: str, workdir: Path, children: int) -> dict[str, object]:
-    """Run mutmut for ``target`` and count its results."""
-    prepare(target, workdir)
+def run(
+    target: str, workdir: Path, children: int, only: list[str], rerun: bool
+) -> dict[str, object]:
+    """Run mutmut for ``target`` (``only``: mutant name globs; ``rerun``: the survivors of
+    the last run in ``workdir`` again, with the current tests) and count its results."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([MUTMUT, "run", "--max-children", str(children)], cwd=workdir, env=env)
+    names = list(only)
+    before: dict[str, str] = {}
+    if rerun:
+        if not (workdir / "mutants").is_dir():
+            raise SystemExit(f"--rerun: no earlier run of {target} in {workdir}")
+        before = verdicts(workdir, env)
+        names = [n for n, status in before.items() if status in ("survived", "not checked")]
+        shutil.rmtree(workdir / "tests")
+        shutil.copytree(
+            ROOT / "tests", workdir / "tests", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        # A new test selection makes mutmut forget every verdict; the earlier ones stand
+        # (the selection only grows), the survivors are judged again below.
+        write_config(target, workdir)
+    else:
+        prepare(target, workdir)
+    load_before, started = os.getloadavg(), time.monotonic()
+    if names or not rerun:
+        subprocess.run(
+            [MUTMUT, "run", "--max-children", str(children), *names], cwd=workdir, env=env
+        )
+    after = verdicts(workdir, env)
+    merged = {**before, **{n: after[n] for n in names if n in after}} if rerun else after
+    out = summary(merged)
+    out.update(
+        target=target,
+        only=only,
+        rerun=len(names) if rerun else None,
+        seconds=round(time.monotonic() - started),
+        loadavg=[round(x, 1) for x in (*load_before, *os.getloadavg())],
+    )
+    (workdir / "verdicts.json").write_text(json.dumps(merged, indent=1))
+    return out
+
+
+def verdicts(workdir: Path, env: dict[str, str]) -> dict[str, str]:
+    """Mutant name -> mutmut's status, of the run in ``workdir`` (merged with the verdicts
+    an earlier ``--rerun`` kept, if any)."""
     out = subprocess.run(
         [MUTMUT, "results", "--all", "true"],
         cwd=workdir,
@@ -121,21 +172,34 @@ def run(target: str, workdir: Path, children: int) -> dict[str, object]:
         text=True,
         check=True,
     ).stdout
-    statuses = Counter()
+    found: dict[str, str] = {}
+    kept = workdir / "verdicts.json"
+    if kept.exists():
+        found.update(json.loads(kept.read_text()))
+    for line in out.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if "__mutmut_" not in name:
+            continue
+        if status == "not checked":
+            found.setdefault(name, status)  # a kept verdict stands
+        else:
+            found[name] = status
+    return found
+
+
+def summary(by_mutant: dict[str, str]) -> dict[str, object]:
+    """Counts per status, in total and per module, the survivors and the score."""
+    statuses: Counter[str] = Counter()
     by_module: dict[str, Counter[str]] = {}
     survivors = []
-    for line in out.splitlines():
-        m = re.match(r"\s*([\w.]+)__mutmut_\d+: (.+)$", line.strip().replace("ǁ", "."))
-        if not m:
-            continue
-        name, status = m.group(1), m.group(2).strip()
+    for full, status in sorted(by_mutant.items()):
+        name = full.replace("ǁ", ".").split("__mutmut_")[0]
         statuses[status] += 1
         module = ".".join(name.split(".")[:3])
         by_module.setdefault(module, Counter())[status] += 1
         if status == "survived":
-            survivors.append(line.strip().split(":")[0])
+            survivors.append(full)
     return {
-        "target": target,
         "statuses": dict(statuses),
         "by_module": {k: dict(v) for k, v in sorted(by_module.items())},
         "survivors": survivors,
@@ -161,6 +225,10 @@ def main() -> None:
         help="write the results here (default bench/results/mutation.json)",
     )
     parser.add_argument("--report", type=Path, help="print the table of a saved result file")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="GLOB", help="mutant names to run"
+    )
+    parser.add_argument("--rerun", action="store_true", help="judge the last run's survivors again")
     args = parser.parse_args()
     unknown = set(args.targets) - set(TARGETS)
     if unknown:
@@ -169,8 +237,11 @@ def main() -> None:
         results = json.loads(args.report.read_text())
     else:
         targets = args.targets or list(TARGETS)
-        results = [run(t, args.workdir / t, args.children) for t in targets]
-        args.json.write_text(json.dumps(results, indent=2))
+        new = [run(t, args.workdir / t, args.children, args.only, args.rerun) for t in targets]
+        kept = json.loads(args.json.read_text()) if args.json.exists() else []
+        results = [r for r in kept if r["target"] not in targets] + new
+        results.sort(key=lambda r: list(TARGETS).index(r["target"]))
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(
         f"\n{'target / module':44} {'mutants':>8} {'killed':>7} {'survived':>9} "
         f"{'no test':>8} {'not run':>8} {'score':>7}"
