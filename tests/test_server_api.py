@@ -21,27 +21,47 @@ from langgraph_sdk.errors import NotFoundError
 
 from langgraph_moa.persistence import AsyncSQLAlchemySaver
 from langgraph_moa.testing import ModelServer
-from tests.test_server import HeldSynth
-from tests.test_server_support import KEY_A, KEY_B, Served, moa_spec, serve, synthesis, wait_until
+from tests.test_server_support import (
+    KEY_A,
+    KEY_B,
+    Held,
+    Served,
+    free_port,
+    moa_spec,
+    release_holds,
+    serve,
+    synthesis,
+    until,
+)
 
 
 @pytest.fixture(scope="module")
-def srv() -> Iterator[ModelServer]:
-    with ModelServer() as server:
-        yield server
+def srv_port() -> int:
+    """The port of the module's model server (the module's ``moa serve`` calls it there)."""
+    return free_port()
+
+
+@pytest.fixture
+def srv(srv_port: int) -> Iterator[ModelServer]:
+    """Each test's own scripted model server, on the module's port."""
+    with ModelServer(port=srv_port) as server:
+        try:
+            yield server
+        finally:
+            release_holds()
 
 
 @pytest.fixture(scope="module")
-def served_module(tmp_path_factory: pytest.TempPathFactory, srv: ModelServer) -> Iterator[Served]:
+def served_module(tmp_path_factory: pytest.TempPathFactory, srv_port: int) -> Iterator[Served]:
     """Assistants ``moa`` and ``moa-approve`` (pauses before its synthesizer), two tenants."""
     tmp = tmp_path_factory.mktemp("served-api")
-    specs = [moa_spec(srv), moa_spec(srv, name="moa-approve", interrupt_before_synthesis=True)]
+    at = ModelServer(port=srv_port)  # not started: only its URL goes into the specs
+    specs = [moa_spec(at), moa_spec(at, name="moa-approve", interrupt_before_synthesis=True)]
     yield from serve(tmp, specs, f"sqlite:///{tmp / 'moa.sqlite'}", keys=[KEY_A, KEY_B])
 
 
 @pytest.fixture
 def served(served_module: Served, srv: ModelServer) -> Served:
-    srv.reset()
     return served_module
 
 
@@ -173,18 +193,22 @@ def logged(db_url: str, run_id: str) -> list[tuple[int, str]]:
 async def test_stateless_background_and_batch(served: Served, srv: ModelServer) -> None:
     a = client(served)
     before = await a.threads.count()
-    held = HeldSynth(srv)
+    held = Held(srv)
     try:
         run = await a.runs.create(None, "moa", input={"task": "background"})
         assert run["status"] == "pending" and run["thread_id"] and run["kwargs"]["temporary"]
-        await held.wait()
+        await held.arrived()
         assert (await a.runs.get(run["thread_id"], run["run_id"]))["status"] == "running"
         with pytest.raises(NotFoundError):  # another tenant sees nothing of it
             await client(served, KEY_B).runs.get(run["thread_id"], run["run_id"])
     finally:
         held.release()
     tid, rid = run["thread_id"], run["run_id"]
-    wait_until(lambda: not any(rows_of(served.db_url, tid, [rid]).values()), "the thread to go")
+
+    async def gone() -> bool:
+        return not any(rows_of(served.db_url, tid, [rid]).values())
+
+    await until(gone, "the thread to go")
     assert srv.calls("synth") == 1
     assert await a.threads.count() == before
 
