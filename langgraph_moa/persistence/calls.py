@@ -224,13 +224,15 @@ class RunCalls:
 
     :meth:`lookup` gives each call its ``seq`` (the n-th identical request of its task in
     this execution) and the recorded row to answer it with, if any; :meth:`record` appends
-    the calls that went out. Recording failures are logged, never fail the run."""
+    the calls that went out, in the background (the run executor :meth:`flush`-es them before
+    it records the run's end). Recording failures are logged, never fail the run."""
 
     def __init__(self, ledger: CallLedger, run_id: str, thread_id: str, attempt: int = 1) -> None:
         self.ledger, self.run_id, self.thread_id, self.attempt = ledger, run_id, thread_id, attempt
         self._seen: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._earlier: asyncio.Future[set[tuple[str, str]]] | None = None
+        self._pending: set[asyncio.Future[None]] = set()
         self.answered = 0
         """Calls answered from the ledger in this execution."""
 
@@ -243,11 +245,21 @@ class RunCalls:
             self._seen[(task_id, request_hash)] = seq + 1
             return seq
 
+    def prefetch(self) -> None:
+        """Start reading which calls the thread recorded before this execution (in a
+        running event loop), so the run's first call does not wait for that query."""
+        if self._earlier is None and self.attempt > 1:
+            self._earlier = asyncio.ensure_future(self.ledger.keys(self.thread_id))
+            self._earlier.add_done_callback(lambda f: f.cancelled() or f.exception())
+
     async def _recorded_before(self) -> set[tuple[str, str]]:
         """The calls of the thread recorded before this execution's first call (read
-        once: a fresh run costs one query, not one per call)."""
-        if self._earlier is None:  # one query; every caller wakes when it is done
-            self._earlier = asyncio.ensure_future(self.ledger.keys(self.thread_id))
+        once, and only when the run was executed before: its first attempt cannot find
+        any, as each claim of a run counts an attempt)."""
+        if self.attempt <= 1:
+            return set()
+        self.prefetch()  # one query; every caller wakes when it is done
+        assert self._earlier is not None
         return await asyncio.shield(self._earlier)
 
     async def lookup(
@@ -264,15 +276,24 @@ class RunCalls:
         return seq, found.response
 
     async def record(self, **fields: Any) -> None:
-        """Append a call of this run (``CallRow`` fields but run, thread and attempt)."""
+        """Append a call of this run (``CallRow`` fields but run, thread and attempt) in the
+        background: the node goes on at once; :meth:`flush` waits for the writes."""
         row = CallRow(run_id=self.run_id, thread_id=self.thread_id, attempt=self.attempt, **fields)
+        task = asyncio.ensure_future(self._write(row))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _write(self, row: CallRow) -> None:
         try:
-            await asyncio.shield(self.ledger.record(row))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+            await self.ledger.record(row)
+        except Exception:  # a lost row costs a re-sent call on resume, never the run
             import logging
 
             logging.getLogger(__name__).exception(
                 "could not record a model call of run %s (node %s)", self.run_id, row.node
             )
+
+    async def flush(self) -> None:
+        """Wait until every call recorded so far is written."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)

@@ -392,6 +392,7 @@ class RunExecutor:
         calls = RunCalls(
             CallLedger(registry.engine), claimed.run_id, claimed.thread_id, claimed.attempts
         )
+        calls.prefetch()
         execution = Execution(
             claimed, owner, token, epoch, task=asyncio.current_task(), calls=calls
         )
@@ -399,8 +400,22 @@ class RunExecutor:
         beat = asyncio.create_task(self._heartbeat(execution), name=f"lease-{record.run_id}")
         try:
             try:
+
+                async def recorded(execution: Execution) -> Outcome | RunEnd:
+                    try:
+                        return await body(execution)
+                    finally:  # the run's calls are in the ledger before its end is
+                        await asyncio.shield(calls.flush())
+
                 return await self._run(
-                    execution, body, emit, describe_error, on_stop, reraise, usage_so_far, hand_back
+                    execution,
+                    recorded,
+                    emit,
+                    describe_error,
+                    on_stop,
+                    reraise,
+                    usage_so_far,
+                    hand_back,
                 )
             except hand_back:
                 await asyncio.shield(self._hand_back(execution, "pending"))
