@@ -17,9 +17,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -352,6 +352,7 @@ async def v2_run(c: Ctx) -> Any:
     """The commands + events protocol: start a run, await its output."""
     async with c.client.threads.stream(assistant_id="moa") as thread:
         await thread.run.start(input={"task": "v2"})
+        c["v2"] = thread.thread_id
         return await thread.output
 
 
@@ -402,6 +403,30 @@ CRON = "0 0 1 1 *"
 """A schedule that does not fire during the test (New Year's midnight)."""
 
 
+async def until_run_done(stream: Awaitable[AsyncIterator[Any]]) -> AsyncIterator[Any]:
+    """A thread stream's parts up to its first run's end (the stream stays open)."""
+    async for part in await stream:
+        yield part
+        if part.event == "metadata" and part.data.get("status") == "run_done":
+            return
+
+
+JS_UNTIL_RUN_DONE = """(async function* () {
+  for await (const part of client.threads.joinStream(ctx.v2, { lastEventId: "0" })) {
+    yield part;
+    if (part.event === "metadata" && part.data?.status === "run_done") return;
+  } })()"""
+SELECT = "moa applies history's `select` (here: only `next`); the reference ignores it"
+COPY = (
+    "moa answers a copy like GET /threads/{id} (with the copied values and interrupts); the "
+    "reference answers the new thread's row"
+)
+JOIN_STREAM = (
+    "a protocol run (threads.stream) also streams `updates`, `checkpoints` and `tasks`, the "
+    "modes its protocol events are made from (see stream.events.updates)"
+)
+
+
 async def command(c: Ctx, tid: str, body: Any) -> httpx.Response:
     return await c.http.post(f"/threads/{tid}/commands", json=body)
 
@@ -450,7 +475,7 @@ def protocol_events(*methods: str) -> dict[str, list[str]]:
 JS_V2_RUN = """(async () => {
   const t = client.threads.stream({ assistantId: "moa" });
   await t.run.start({ input: { task: "v2 js" } });
-  const values = await t.output; await t.close(); return values; })()"""
+  const values = await t.output; ctx.v2 = t.threadId; await t.close(); return values; })()"""
 JS_V2_RESPOND = """(async () => {
   const t = client.threads.stream({ assistantId: "approve" });
   await t.run.start({ input: { task: "ok? js" } });
@@ -836,6 +861,132 @@ CALLS: list[Call] = [
     Call("crons.count", "js", "client.crons.count()", expect=ok("number")),
     Call("crons.delete", "js", "client.crons.delete(ctx.cron.cron_id)", expect=ok(None)),
     Call("crons.delete.thread", "js", "client.crons.delete(ctx.cron_t.cron_id)", expect=ok(None)),
+    # more of issue #15: stateless runs, batches, copies, the thread stream, history options
+    Call(
+        "runs.create.stateless",
+        "py",
+        lambda c: c.client.runs.create(None, "moa", input={"task": "sc"}),
+        expect=ok(RUN),
+    ),
+    Call(
+        "runs.create_batch",
+        "py",
+        lambda c: c.client.runs.create_batch(
+            [{"assistant_id": "moa", "input": {"task": f"b{i}"}} for i in (1, 2)]
+        ),
+        expect=ok(items(RUN)),
+    ),
+    Call(
+        "threads.copy",
+        "py",
+        lambda c: c.client.threads.copy(c["t"]["thread_id"]),
+        expect=ok(
+            keys(
+                "config",
+                "created_at",
+                "metadata",
+                "state_updated_at",
+                "status",
+                "thread_id",
+                "updated_at",
+            )
+        ),
+        ours=ok(THREAD),
+        why=COPY,
+    ),
+    Call(
+        "runs.stream.events",
+        "py",
+        lambda c: c.client.runs.stream(
+            c["t"]["thread_id"], "moa", input={"task": "e"}, stream_mode="events"
+        ),
+        expect=ok(events("events", "metadata")),
+    ),
+    Call(
+        "threads.get_state.saved",
+        "py",
+        lambda c: c.client.threads.get_state(c["t"]["thread_id"]),
+        save="state",
+        expect=ok(STATE),
+    ),
+    Call(
+        "threads.get_history.before",
+        "py",
+        lambda c: c.client.threads.get_history(
+            c["t"]["thread_id"],
+            limit=1,
+            before=cast(Any, {"configurable": c["state"]["checkpoint"]}),
+        ),
+        expect=ok(items(STATE)),
+    ),
+    Call(
+        "threads.get_history.select",
+        "py",
+        lambda c: c.client.threads.get_history(c["t"]["thread_id"], limit=1, select=["next"]),
+        expect=ok(items(STATE)),
+        ours=ok(items(keys("next"))),
+        why=SELECT,
+    ),
+    Call(
+        "runs.create.stateless",
+        "js",
+        'client.runs.create(null, "moa", { input: { task: "sc" } })',
+        expect=ok(RUN),
+    ),
+    Call(
+        "runs.createBatch",
+        "js",
+        "client.runs.createBatch([1, 2].map((i) => "
+        '({ assistantId: "moa", input: { task: `b${i}` } })))',
+        expect=ok(items(RUN)),
+    ),
+    Call(
+        "threads.copy",
+        "js",
+        "client.threads.copy(ctx.t.thread_id)",
+        expect=ok(
+            keys(
+                "config",
+                "created_at",
+                "metadata",
+                "state_updated_at",
+                "status",
+                "thread_id",
+                "updated_at",
+            )
+        ),
+        ours=ok(THREAD),
+        why=COPY,
+    ),
+    Call(
+        "runs.stream.events",
+        "js",
+        'client.runs.stream(ctx.t.thread_id, "moa", '
+        '{ input: { task: "e" }, streamMode: "events" })',
+        expect=ok(events("events", "metadata")),
+    ),
+    Call(
+        "threads.getState.saved",
+        "js",
+        "client.threads.getState(ctx.t.thread_id)",
+        save="state",
+        expect=ok(STATE),
+    ),
+    Call(
+        "threads.getHistory.before",
+        "js",
+        "client.threads.getHistory(ctx.t.thread_id, { limit: 1, before: "
+        "{ configurable: { checkpoint_id: ctx.state.checkpoint.checkpoint_id } } })",
+        expect=ok(items(STATE)),
+    ),
+    Call(
+        "threads.getHistory.select",
+        "js",
+        'client.threads.getHistory(ctx.t.thread_id, { limit: 1, select: ["next"] })',
+        expect=ok(items(STATE)),
+        ours=ok(items(keys("next"))),
+        why=SELECT,
+    ),
     # the store
     Call(
         "store.put_item",
@@ -903,12 +1054,28 @@ CALLS: list[Call] = [
         v2_run,
         expect=ok(FULL_STATE),
     ),
+    Call(
+        "threads.join_stream",
+        "py",
+        lambda c: until_run_done(c.client.threads.join_stream(c["v2"], last_event_id="0")),
+        expect=ok(events("messages", "metadata", "values")),
+        ours=ok(events("checkpoints", "messages", "metadata", "tasks", "updates", "values")),
+        why=JOIN_STREAM,
+    ),
     Call("threads.stream.respond", "py", v2_respond, expect=ok(keys("answer", "asked"))),
     Call(
         "threads.stream.run",
         "js",
         JS_V2_RUN,
         expect=ok(FULL_STATE),
+    ),
+    Call(
+        "threads.joinStream",
+        "js",
+        JS_UNTIL_RUN_DONE,
+        expect=ok(events("messages", "metadata", "values")),
+        ours=ok(events("checkpoints", "messages", "metadata", "tasks", "updates", "values")),
+        why=JOIN_STREAM,
     ),
     Call("threads.stream.respond", "js", JS_V2_RESPOND, expect=ok(keys("answer", "asked"))),
     Call(
