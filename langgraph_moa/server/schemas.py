@@ -224,6 +224,18 @@ class StatelessRunCreate(_RunBase):
 
     on_completion: Literal["delete", "keep"] = "delete"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _js_batch_alias(cls, data: Any) -> Any:
+        """The JS SDK's ``runs.createBatch`` sends each run's ``assistantId`` beside its
+        ``assistant_id``: the same id twice is taken once."""
+        if isinstance(data, dict) and "assistantId" in data:
+            data = dict(data)
+            alias = data.pop("assistantId")
+            if data.setdefault("assistant_id", alias) != alias:
+                raise ValueError("`assistantId` and `assistant_id` name different assistants")
+        return data
+
     @model_validator(mode="after")
     def _no_resume(self) -> StatelessRunCreate:
         if self.command is not None and self.command.resume is not None:
