@@ -125,6 +125,7 @@ def eval_command(
 
     Every result is stored (--db); rerunning an interrupted evaluation skips what is done."""
     import asyncio
+    import os
 
     from langgraph_moa.eval import ChartUnavailable, DatasetError, EvalSchemaError, load_dataset
     from langgraph_moa.eval.command import (
@@ -140,6 +141,10 @@ def eval_command(
     from langgraph_moa.models import ModelConfigError
     from langgraph_moa.spec import ModelSpec, SpecError, load_spec
 
+    # The embedded model decodes concurrent requests together, and the batch's make-up can
+    # change a seeded answer's low bits: an evaluation decodes one request at a time
+    # (unless MOA_LOCAL_PARALLEL says otherwise), so its table does not depend on timing.
+    os.environ.setdefault("MOA_LOCAL_PARALLEL", "1")
     if chart is not None:
         try:
             require_matplotlib()
