@@ -6,7 +6,8 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
+
+from langgraph_moa.nodes.aggregation import canonical_number
 
 __all__ = [
     "answer_candidates",
@@ -38,16 +39,6 @@ _MARKER = re.compile(
 _EMPHASIS = re.compile(r"\*\*(.+?)\*\*|\\boxed\{(.+?)\}|`([^`\n]+)`")
 
 
-def _canonical_number(token: str) -> str:
-    try:
-        value = Decimal(token)
-    except InvalidOperation:
-        return token
-    if value == value.to_integral_value():
-        return str(value.quantize(Decimal(1)))
-    return format(value.normalize(), "f")
-
-
 def normalize(text: str) -> str:
     """Lower case, words and numbers only, articles dropped, numbers canonical.
 
@@ -62,7 +53,7 @@ def normalize(text: str) -> str:
         if token in _ARTICLES and len(tokens) > 1:  # a lone "A" is a choice's letter
             continue
         token = _NUMBER_WORDS.get(token, token)
-        words.append(_canonical_number(token) if _NUMBER.fullmatch(token) else token)
+        words.append(canonical_number(token) if _NUMBER.fullmatch(token) else token)
     return " ".join(words)
 
 

@@ -10,7 +10,15 @@ from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["Pick", "Vote", "extract_answer", "normalize_answer", "parse_pick", "tally"]
+__all__ = [
+    "Pick",
+    "Vote",
+    "canonical_number",
+    "extract_answer",
+    "normalize_answer",
+    "parse_pick",
+    "tally",
+]
 
 _BOXED = re.compile(r"\\boxed\{([^{}\n]+)\}")
 _MARKER = re.compile(
@@ -79,7 +87,9 @@ def extract_answer(text: str) -> str | None:
     return found.rstrip(".!;, ").strip(_DECORATION) or None
 
 
-def _canonical_number(token: str) -> str:
+def canonical_number(token: str) -> str:
+    """A number token written one way: ``48.0`` and ``48`` give ``48``, ``0.50`` gives
+    ``0.5``; a fraction or anything else is returned as it is."""
     if "/" in token:
         return token
     try:
@@ -113,7 +123,7 @@ def normalize_answer(answer: str) -> str | None:
         return "no"
     numbers = _NUMBER.findall(_THOUSANDS.sub("", text))
     if numbers:
-        return _canonical_number(numbers[-1])
+        return canonical_number(numbers[-1])
     if len(words) == 1 and words[0] in _NUMBER_WORDS:
         return _NUMBER_WORDS[words[0]]
     kept = [w for w in words if w not in _ARTICLES]

@@ -144,6 +144,25 @@ def _key(tenant: str | None) -> str:
     return tenant or ""
 
 
+async def _make_current(
+    conn: AsyncConnection,
+    tenant: str | None,
+    assistant_id: str,
+    data: dict[str, Any],
+    version: int,
+    now: datetime,
+) -> None:
+    """Copy a version's fields into the assistant's current row."""
+    await conn.execute(
+        assistants_table.update()
+        .where(
+            assistants_table.c.tenant == _key(tenant),
+            assistants_table.c.assistant_id == assistant_id,
+        )
+        .values(**data, version=version, updated_at=now)
+    )
+
+
 def _record(row: Mapping[Any, Any], updated_at: datetime | None = None) -> AssistantRecord:
     return AssistantRecord(
         assistant_id=row["assistant_id"],
@@ -299,14 +318,7 @@ class AssistantStore:
                 raise AssistantExistsError(
                     f"Assistant {assistant_id} was updated concurrently; retry"
                 ) from None
-            await conn.execute(
-                assistants_table.update()
-                .where(
-                    assistants_table.c.tenant == _key(tenant),
-                    assistants_table.c.assistant_id == assistant_id,
-                )
-                .values(**data, version=version, updated_at=now)
-            )
+            await _make_current(conn, tenant, assistant_id, data, version, now)
         return _record(
             {
                 **data,
@@ -347,14 +359,7 @@ class AssistantStore:
                 k: found[k]
                 for k in ("graph_id", "config", "context", "metadata", "name", "description")
             }
-            await conn.execute(
-                assistants_table.update()
-                .where(
-                    assistants_table.c.tenant == _key(tenant),
-                    assistants_table.c.assistant_id == assistant_id,
-                )
-                .values(**data, version=version, updated_at=now)
-            )
+            await _make_current(conn, tenant, assistant_id, data, version, now)
         return _record(
             {
                 **data,
