@@ -200,3 +200,17 @@ async def test_server_state_and_dashboard_carry_attribution(served_citing: Serve
     ) in page.text
     assert "no proposal (inferred)" in page.text
     assert '<span class="aggregation">synthesized, 3 claims cited</span>' in page.text
+
+
+def test_a_huge_citation_range_is_no_citation_and_costs_nothing() -> None:
+    """A proposal or tool output can carry ``[1-99999999999]``: it is text, never a list of
+    that many numbers (that took seconds, or all the memory)."""
+    reply = "Paris is big [1-99999999999]. Lyon is not [2-1]. Nice is [1-2]."
+    answer, claims = attribute(reply, ["p1", "p2"], ["paris big", "lyon", "nice"])
+    assert answer == "Paris is big [1-99999999999]. Lyon is not [2-1]. Nice is."
+    assert [(c["text"], c["proposals"], c["inferred"]) for c in claims][2] == (
+        "Nice is.",
+        [1, 2],
+        False,
+    )
+    assert strip_citations(reply, ["p1", "p2"]).startswith("Paris is big [1-99999999999].")

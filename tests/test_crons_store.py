@@ -5,7 +5,7 @@ schedule arithmetic (seconds field, timezones, bad schedules)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -98,5 +98,27 @@ async def test_delete_waits_for_the_run_of_a_claimed_tick(db_url: str) -> None:
         assert await deleting is True
         assert await store.firings(cron.cron_id) == []
         assert not await store.claim(cron, "r2", now=cron.next_run_date)
+    finally:
+        await release_async_engine(engine)
+
+
+async def test_an_ended_cron_is_never_due_again(db_url: str) -> None:
+    """A cron past its ``end_time`` is never claimed, so its tick stays in the past: the
+    scheduler's next wake-up must not count it (it would wake at once, forever)."""
+    engine = get_async_engine(db_url)
+    try:
+        store = CronStore(engine)
+        await store.setup()
+        cron = await store.create(
+            "t",
+            assistant_id="a",
+            schedule="* * * * * *",
+            payload={"input": {}},
+            end_time=datetime.now(UTC) + timedelta(seconds=30),
+        )
+        assert await store.next_due(now=cron.next_run_date) == cron.next_run_date
+        after_end = cron.next_run_date + timedelta(minutes=5)
+        assert await store.due(now=after_end) == []
+        assert await store.next_due(now=after_end) is None
     finally:
         await release_async_engine(engine)

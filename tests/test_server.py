@@ -285,7 +285,8 @@ async def test_stateless_runs(served: Served, srv: ModelServer) -> None:
 
 
 def orphans(db_url: str) -> set[str]:
-    """Thread ids with checkpoint rows (any checkpoint table) but no thread row."""
+    """Thread ids with checkpoint rows (any checkpoint table) or model calls (the call
+    ledger) but no thread row."""
     engine = sa.create_engine(db_url)
     try:
         with engine.connect() as conn:
@@ -296,6 +297,7 @@ def orphans(db_url: str) -> set[str]:
                 "checkpoint_blobs",
                 "checkpoint_writes",
                 "checkpoint_heads",
+                "calls",
             ):
                 held |= set(conn.execute(sa.text(f"SELECT thread_id FROM moa_{table}")).scalars())
     finally:

@@ -124,7 +124,9 @@ def _cited(marker: str, agents: Sequence[str]) -> list[int] | None:
         span = re.fullmatch(r"(\d+)\s*[-\u2013]\s*(\d+)", part)
         if span:
             low, high = int(span.group(1)), int(span.group(2))
-            found = list(range(low, high + 1)) if low <= high else []
+            if not 1 <= low <= high <= len(agents):  # checked first: [1-99999999] is cheap
+                return None
+            found = list(range(low, high + 1))
         elif part.isdigit():
             found = [int(part)]
         else:

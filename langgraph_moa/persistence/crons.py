@@ -405,10 +405,13 @@ class CronStore:
             rows = (await conn.execute(query)).mappings().all()
         return [_record(r) for r in rows]
 
-    async def next_due(self) -> datetime | None:
-        """The earliest next tick of any enabled cron."""
+    async def next_due(self, now: datetime | None = None) -> datetime | None:
+        """The earliest next tick of any enabled cron whose ``end_time`` has not passed
+        (an ended cron is never claimed: its tick would stay due and the scheduler spin)."""
+        now = now or _now()
         query = sa.select(sa.func.min(crons_table.c.next_run_date)).where(
-            crons_table.c.enabled.is_(True)
+            crons_table.c.enabled.is_(True),
+            sa.or_(crons_table.c.end_time.is_(None), crons_table.c.end_time >= now),
         )
         async with self.engine.connect() as conn:
             found = await conn.scalar(query)

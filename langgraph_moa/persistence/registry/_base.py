@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from langgraph_moa.persistence import migrations
+from langgraph_moa.persistence.calls import calls
 from langgraph_moa.persistence.engines import (
     READ_ONLY,
     release_async_engine,
@@ -34,6 +35,7 @@ class _RegistryBase:
         self.engine = engine
         self._owns_engine = owns_engine
         self._event_log = False
+        self._call_ledger = False
 
     async def aclose(self) -> None:
         """Give back the engine if :meth:`from_url` took it."""
@@ -76,6 +78,11 @@ class _RegistryBase:
         if not self._event_log:  # once there, it stays (checked again while missing)
             self._event_log = await conn.run_sync(lambda c: sa.inspect(c).has_table(events.name))
         return self._event_log
+
+    async def _has_call_ledger(self, conn: AsyncConnection) -> bool:
+        if not self._call_ledger:  # set up with the registry; an old store may lack it
+            self._call_ledger = await conn.run_sync(lambda c: sa.inspect(c).has_table(calls.name))
+        return self._call_ledger
 
     # ---------------------------------------------------------------- helpers ---
 

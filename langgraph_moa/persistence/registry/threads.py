@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from langgraph_moa.persistence.calls import calls
 from langgraph_moa.persistence.events import events
 from langgraph_moa.persistence.registry._base import _RegistryBase
 from langgraph_moa.persistence.registry._records import (
@@ -206,9 +207,12 @@ class ThreadsMixin(_RegistryBase):
             return int(await conn.scalar(query) or 0)
 
     async def delete_thread(self, thread_id: str) -> bool:
-        """Delete a thread, its runs and their events in one transaction; False if there
-        was none. (Checkpoints are the checkpointer's: call its ``adelete_thread`` too.)"""
+        """Delete a thread, its runs, their events and model calls in one transaction;
+        False if there was none. (Checkpoints are the checkpointer's: call its
+        ``adelete_thread`` too.)"""
         async with self.engine.begin() as conn:
+            if await self._has_call_ledger(conn):
+                await conn.execute(calls.delete().where(calls.c.thread_id == thread_id))
             if await self._has_event_log(conn):
                 runs = sa.select(runs_table.c.run_id).where(runs_table.c.thread_id == thread_id)
                 await conn.execute(events.delete().where(events.c.run_id.in_(runs)))
