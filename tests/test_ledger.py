@@ -388,3 +388,28 @@ def test_replay_live_synthesizer_calls_only_the_synthesizer(
     assert sent.model == "synth" and sent.system.startswith("Pick the best one.")
     assert result["same"] is False and result["answer"] == f"synth answer {sent.digest}"
     assert result["recorded_answer"] == run["answer"] and result["missing"] == []
+
+
+async def test_an_unreadable_ledger_resends_the_call_and_recovers(pg_url: str) -> None:
+    """On a resume, a ledger that cannot be read (the failover that caused the hand-over)
+    makes the call go out again instead of failing it; once readable, it answers."""
+    from langgraph_moa.persistence.calls import RunCalls
+
+    async with CallLedger.from_url(pg_url) as ledger:
+        row = CallRow(
+            run_id="r", thread_id="t", node="L1_a", kind="agent", task_id="task", seq=0,
+            attempt=1, model="m", params={}, request_hash="h", messages=None,
+            response={"message": {"content": "recorded"}}, usage=None, latency_ms=1.0, retries=0,
+        )  # fmt: skip
+        await ledger.record(row)
+        async with ledger.engine.begin() as conn:
+            await conn.execute(sa.text("ALTER TABLE moa_calls RENAME TO moa_calls_away"))
+        resumed = RunCalls(ledger, "r", "t", attempt=2)
+        assert await resumed.lookup("L1_a", "task", "h") == (0, None)  # sent again
+        async with ledger.engine.begin() as conn:
+            await conn.execute(sa.text("ALTER TABLE moa_calls_away RENAME TO moa_calls"))
+        again = RunCalls(ledger, "r", "t", attempt=2)
+        seq, found = await again.lookup("L1_a", "task", "h")
+        assert seq == 0 and found == {"message": {"content": "recorded"}}
+        # the failed execution asks again too (its failed read is not kept)
+        assert (await resumed.lookup("L1_a", "task", "h"))[0] == 1

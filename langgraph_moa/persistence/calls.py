@@ -27,6 +27,7 @@ async with CallLedger.from_url(db_url) as ledger:      # table set up on enter
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,8 @@ from langgraph_moa.persistence import migrations
 from langgraph_moa.persistence.engines import READ_ONLY, get_async_engine, release_async_engine
 
 __all__ = ["CALLS_KEY", "CallLedger", "CallRow", "RunCalls", "calls"]
+
+log = logging.getLogger(__name__)
 
 CALLS_KEY = "__moa_calls__"
 """``config["configurable"]`` key of the run's call ledger (a :class:`RunCalls`, or a
@@ -267,9 +270,16 @@ class RunCalls:
     ) -> tuple[int, dict[str, Any] | None]:
         """``(seq, response)``: the recorded response of this call, or None to make it."""
         seq = self._next_seq(task_id, request_hash)
-        if not task_id or (task_id, request_hash) not in await self._recorded_before():
+        if not task_id:
             return seq, None
-        found = await self.ledger.find(self.thread_id, task_id, request_hash, seq)
+        try:
+            if (task_id, request_hash) not in await self._recorded_before():
+                return seq, None
+            found = await self.ledger.find(self.thread_id, task_id, request_hash, seq)
+        except Exception:  # an unreadable ledger costs a re-sent call, never the run
+            self._earlier = None  # asked again by the next call
+            log.warning("cannot read the call ledger of run %s", self.run_id, exc_info=True)
+            return seq, None
         if found is None:
             return seq, None
         self.answered += 1
@@ -287,9 +297,7 @@ class RunCalls:
         try:
             await self.ledger.record(row)
         except Exception:  # a lost row costs a re-sent call on resume, never the run
-            import logging
-
-            logging.getLogger(__name__).exception(
+            log.exception(
                 "could not record a model call of run %s (node %s)", self.run_id, row.node
             )
 
