@@ -72,6 +72,11 @@ def thread_endpoints(t: str, r: str, c: str) -> list[tuple[str, str, Any]]:
         ("POST", f"/threads/{t}/runs/{r}/cancel", None),
         ("DELETE", f"/threads/{t}/runs/{r}", None),
         ("POST", f"/threads/{t}/commands", {"id": 1, "method": "run.start", "params": run}),
+        (
+            "POST",
+            f"/threads/{t}/commands",
+            {"id": 2, "method": "input.respond", "params": {"interrupt_id": "i", "response": 1}},
+        ),
         ("POST", f"/threads/{t}/stream/events", {"channels": ["values"]}),
         ("DELETE", f"/threads/{t}", None),
     ]

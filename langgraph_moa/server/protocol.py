@@ -24,6 +24,7 @@ starts and ends, and ``input.requested`` for each interrupt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -79,6 +80,10 @@ COMMANDS = frozenset(
     }
 )
 """The commands the reference serves over HTTP; any other is ``unknown_command``."""
+RESPOND_SETTLE = 30.0
+"""Seconds ``input.respond`` waits for a thread's active runs before an interrupt id it
+does not find is unknown (a pausing run writes its interrupt a moment after it streams it)."""
+
 NEXT_RUN_POLL = 0.25
 """Seconds between looks for a newer run of a followed thread."""
 
@@ -534,22 +539,26 @@ class ProtocolService(RunService):
                     "invalid_argument", "input.respond requires namespace to be a list of strings."
                 )
             answers[entry["interrupt_id"]] = entry.get("response")
+        record = await self.thread(tenant, thread_id)  # another tenant's thread: 404
         pending = await self._protocol_interrupts(tenant, thread_id)
         if not answers.keys() <= pending:
             # the stream says "interrupted" as the run pauses, a moment before the run has
             # written the checkpoint that holds the interrupt: let the thread's runs end
+            # (a bounded wait: an unknown id must not hold the request for a whole run)
             active = await self.registry.list_runs(
                 thread_id=thread_id, status=list(ACTIVE), limit=100
             )
-            for run in active:
-                await self.wait_run(run.run_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(self.wait_run(run.run_id) for run in active)),
+                    RESPOND_SETTLE,
+                )
             pending = await self._protocol_interrupts(tenant, thread_id)
         for interrupt_id in answers:
             if interrupt_id not in pending:
                 raise CommandError(
                     "no_such_interrupt", f"Unknown or already-consumed interrupt: {interrupt_id}"
                 )
-        record = await self.thread(tenant, thread_id)
         assistant_id = record.metadata.get("assistant_id") or record.spec_name
         if not isinstance(assistant_id, str):
             raise CommandError("no_such_run", "No interrupted run is bound to this thread.")
