@@ -139,3 +139,25 @@ async def test_writer_gives_up_after_retry_for(pg_url: str) -> None:
                 emit("updates", {"i": 0})
     finally:
         await log.aclose()
+
+
+async def test_writer_does_not_retry_rows_the_database_refuses(pg_url: str) -> None:
+    """PostgreSQL refuses a NUL in JSON: no retry can store it, so the block raises at once
+    instead of holding the run's later events for ``retry_for``."""
+    log = EventLog.from_url(pg_url)
+    refusals = _Refusals()
+    logging.getLogger("langgraph_moa.persistence.events").addHandler(refusals)
+    try:
+        await log.setup()
+
+        async def write() -> None:
+            async with log.writer("r1", retry_for=3600) as emit:
+                emit("updates", {"text": "bad\x00"})
+
+        with pytest.raises(sa.exc.DBAPIError):
+            await asyncio.wait_for(write(), 60)  # a last guard: without the fix, an hour
+        assert not refusals.seen.is_set()  # never retried
+        assert await log.read("r1") == []
+    finally:
+        logging.getLogger("langgraph_moa.persistence.events").removeHandler(refusals)
+        await log.aclose()

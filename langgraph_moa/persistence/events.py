@@ -249,7 +249,9 @@ class EventLog:
 
         A write the database refuses (connection lost, failover, lock timeout) is retried
         with backoff, the events kept in order in memory, so a blip does not end the run;
-        only when writes have failed for ``retry_for`` seconds does the block raise."""
+        only when writes have failed for ``retry_for`` seconds does the block raise (at
+        once for rows the database refuses as such: integrity or data errors). A
+        connection lost during the commit may store a batch twice."""
         pending: list[tuple[str, Any]] = []
         wake = asyncio.Event()
         closing = False
@@ -265,6 +267,8 @@ class EventLog:
                     try:
                         await self.extend(run_id, batch)
                     except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+                        if isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError):
+                            raise  # the rows themselves are refused: a retry cannot help
                         now = asyncio.get_running_loop().time()
                         failing_since = now if failing_since is None else failing_since
                         if now - failing_since >= retry_for:

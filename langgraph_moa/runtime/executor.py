@@ -621,6 +621,8 @@ async def _to_the_end(step: Awaitable[Any]) -> None:
                 raise
             cancelled = True
     if cancelled:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("cleanup after a cancellation failed", exc_info=task.exception())
         raise asyncio.CancelledError
     task.result()
 
