@@ -125,6 +125,10 @@ async def test_an_interrupt_is_asked_and_answered_by_id(served: Served, srv: Mod
         asked = [e for e in paused if e["method"] == "input.requested"]
         assert paused[-1]["params"]["data"]["event"] == "interrupted" and len(asked) == 1
         request = asked[0]["params"]["data"]
+        # the stream says "interrupted" as the run pauses, a moment before the run has
+        # checkpointed the interrupt: read the state once the run has ended
+        (run,) = (await http.get(f"/threads/{tid}/runs")).json()
+        await http.get(f"/threads/{tid}/runs/{run['run_id']}/join")
         state = (await http.get(f"/threads/{tid}/state")).json()
         assert request["interrupt_id"] == state["interrupts"][0]["id"]
         assert request["payload"]["kind"] == "approve_synthesis"

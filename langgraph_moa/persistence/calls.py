@@ -205,7 +205,11 @@ class CallLedger:
         if (run_id is None) == (thread_id is None):
             raise ValueError("give a run_id or a thread_id (not both)")
         column = calls.c.run_id if run_id is not None else calls.c.thread_id
-        query = sa.select(calls).where(column == (run_id or thread_id)).order_by(calls.c.id)
+        query = (  # rows are written in the background, so ids need not follow the calls
+            sa.select(calls)
+            .where(column == (run_id or thread_id))
+            .order_by(calls.c.created_at, calls.c.id)
+        )
         async with self.engine.connect() as conn:
             await conn.execution_options(**{READ_ONLY: True})
             return [_row(r) for r in (await conn.execute(query)).mappings()]
