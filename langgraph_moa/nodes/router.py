@@ -11,6 +11,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.errors import GraphBubbleUp
 from langgraph.types import Send, interrupt
 from pydantic import BaseModel, Field
 
@@ -177,6 +178,8 @@ async def _ask_model(
     for attempt in range(1, 3):  # ask, then repair once with the error
         try:
             reply = await _call_router(ctx, layer, messages, config, ledger, node, schema)
+        except GraphBubbleUp:  # the budget's interrupt pauses the run (not a failed call)
+            raise
         except Exception as exc:  # the endpoint failed after its retries: no repair
             errors.append(f"attempt {attempt}: {type(exc).__name__}: {exc}")
             break

@@ -1,0 +1,969 @@
+"""The nodes run in-process on fake chat models (tests/nodes_support.py): the exact prompts
+the agent, router and synthesizer nodes send, the proposals, plans, answers, usage, notes,
+aggregation records and attribution they write, their budget interrupts and resumes. Real
+specs and real LangGraph graphs (InMemorySaver), no HTTP: fast enough for the mutation run
+of nodes/ (bench/mutation.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages.utils import count_tokens_approximately
+from langgraph.types import Command
+
+from langgraph_moa.nodes import prompts
+from langgraph_moa.nodes._quorum import LayerGate
+from langgraph_moa.nodes.agent import agent_messages, approved_budget, make_agent_runner
+from langgraph_moa.nodes.budget import Budget, BudgetExceeded, Ledger
+from langgraph_moa.nodes.router import agent_inputs, make_fan_out
+from langgraph_moa.state import AgentInput, Proposal
+from tests.nodes_support import Call, Script, context, graph_of, spec_of, thread, usage
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+async def run(spec: Any, script: Script, task: str = "T", name: str = "t") -> dict[str, Any]:
+    """Run ``task`` to its end (or interrupt); the whole state of the thread."""
+    graph = graph_of(spec, script)
+    await graph.ainvoke({"task": task}, thread(name))
+    return (await graph.aget_state(thread(name))).values
+
+
+def gate(needed: int = 1, ledger: Ledger | None = None, **kwargs: Any) -> LayerGate:
+    return LayerGate(
+        layer=1,
+        needed=needed,
+        grace=kwargs.get("grace"),
+        timeout=kwargs.get("timeout"),
+        ledger=ledger or Ledger(Budget()),
+        run_id="run-1",
+    )
+
+
+def payload(**kw: Any) -> AgentInput:
+    base: dict[str, Any] = {
+        "task": "T",
+        "subtask": "T",
+        "layer": 1,
+        "previous_synthesis": None,
+        "previous_proposals": [],
+    }
+    return AgentInput(**{**base, **kw})  # type: ignore[typeddict-item]
+
+
+def prop(agent: str, content: str, status: str = "ok", subtask: str = "T") -> Proposal:
+    return Proposal(agent=agent, layer=1, subtask=subtask, content=content, status=status)  # type: ignore[typeddict-item]
+
+
+# -- the agent's prompt -----------------------------------------------------------------
+
+
+def test_agent_prompt_default_role_task_and_subtask() -> None:
+    spec = spec_of(["a"])
+    agent = spec.agent("a")
+    msgs = agent_messages(agent, payload())
+    assert [m.type for m in msgs] == ["system", "human"]
+    assert msgs[0].text == prompts.AGENT_SYSTEM.format(name="a", description="")
+    assert msgs[0].text == (
+        "You are a, one expert in a team of agents working on the same task. "
+        "Answer the task you are given directly and concisely."
+    )
+    assert msgs[1].text == "T"
+    # a subtask other than the task: both, labelled
+    msgs = agent_messages(agent, payload(subtask="part one"))
+    assert msgs[1].text == "Task: T\n\nYour part: part one"
+    # no subtask at all: the task
+    assert agent_messages(agent, payload(subtask=""))[1].text == "T"
+
+
+def test_agent_prompt_description_role_and_references() -> None:
+    spec = spec_of(
+        ["a", "b"],
+        agents=[
+            {"name": "a", "model": "a", "description": "  Good at sums.  "},
+            {"name": "b", "model": "b", "role": "You are B."},
+        ],
+    )
+    a, b = spec.agent("a"), spec.agent("b")
+    assert agent_messages(a, payload())[0].text == (
+        "You are a, one expert in a team of agents working on the same task. Good at sums. "
+        "Answer the task you are given directly and concisely."
+    )
+    assert agent_messages(b, payload())[0].text == "You are B."
+    # the previous layer's proposals: numbered as listed, failed ones left out
+    previous = [
+        prop("a", "  first  ", subtask="sub a"),
+        prop("b", "lost", status="failed"),
+        prop("c", "third", subtask=""),
+    ]
+    system = agent_messages(b, payload(previous_proposals=previous))[0].text
+    assert system == (
+        "You are B.\n\n"
+        "Other agents answered in the previous round. Use their work critically: keep what "
+        "is right, fix what is wrong, and add what is missing.\n\n"
+        "1. [a] (subtask: sub a)\nfirst\n\n3. [c]\nthird"
+    )
+    # a previous synthesis replaces them
+    system = agent_messages(b, payload(previous_proposals=previous, previous_synthesis=" S "))[0]
+    assert system.text.endswith("add what is missing.\n\n1. [synthesis]\nS")
+    assert "first" not in system.text
+
+
+def test_agent_prompt_history() -> None:
+    agent = spec_of(["a"]).agent("a")
+    turns = [{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": ""}]
+    msgs = agent_messages(agent, payload(history=turns, history_dropped=2))
+    assert [(m.type, m.text) for m in msgs[1:]] == [
+        ("human", "q1"),
+        ("ai", "a1"),
+        ("human", "q2"),
+        ("human", "T"),
+    ]
+    assert msgs[0].text.endswith(
+        "\n\nThis task is the latest turn of a conversation. The 2 oldest of its 4 earlier "
+        "turns were left out to fit the context window; the most recent ones follow."
+    )
+
+
+# -- one agent's attempt ----------------------------------------------------------------
+
+
+async def test_agent_runner_writes_its_proposal_and_usage() -> None:
+    spec = spec_of(
+        ["a"],
+        models={
+            "a": {
+                "model": "model-a",
+                "base_url": "http://127.0.0.1:9/v1",
+                "input_cost_per_mtok": 2.0,
+                "output_cost_per_mtok": 4.0,
+            }
+        },
+        defaults={"temperature": 0.3, "max_tokens": 99},
+    )
+    script = Script().on("a", "the answer")
+    g = gate()
+    update = await make_agent_runner(context(spec, script), "a", 1)(payload(subtask="sub"), {}, g)
+    proposal = update["proposals"]["1"]["a"]
+    seconds = proposal.pop("seconds")
+    assert isinstance(seconds, float) and 0 <= seconds < 60
+    want_usage = {**usage(), "calls": 1, "cost": (10 * 2.0 + 5 * 4.0) / 1e6}
+    assert proposal == {
+        "agent": "a",
+        "layer": 1,
+        "subtask": "sub",
+        "content": "the answer",
+        "status": "ok",
+        "model": "model-a",
+        "run_id": "run-1",
+        "usage": want_usage,
+    }
+    assert update["usage"] == {"a": want_usage}
+    assert "notes" not in update
+    assert g.answered == 1
+    (call,) = script.calls
+    assert (call.temperature, call.max_tokens, call.seed) == (0.3, 99, None)
+    assert call.human == "Task: T\n\nYour part: sub"
+
+
+async def test_agent_runner_own_settings_seed_and_history_note() -> None:
+    spec = spec_of(
+        ["a"],
+        agents=[{"name": "a", "model": "a", "temperature": 1.1, "max_tokens": 7}],
+        defaults={"seed": 5},
+    )
+    script = Script()
+    turns = [{"question": "q1", "answer": "a1"}]
+    update = await make_agent_runner(context(spec, script), "a", 2)(
+        payload(history=turns, history_dropped=3, layer=2), {}, gate()
+    )
+    (call,) = script.calls
+    assert (call.temperature, call.max_tokens) == (1.1, 7)
+    assert call.seed is not None
+    assert update["notes"] == ["layer 2: a saw 1 of 4 earlier turns (context window)"]
+    assert update["proposals"]["2"]["a"]["subtask"] == "T"
+    assert update["proposals"]["2"]["a"]["layer"] == 2
+
+
+async def test_agent_runner_subtask_defaults_to_the_task() -> None:
+    update = await make_agent_runner(context(spec_of(["a"])), "a", 1)(
+        payload(subtask=""), {}, gate()
+    )
+    assert update["proposals"]["1"]["a"]["subtask"] == "T"
+
+
+async def test_a_failed_call_is_a_failed_proposal() -> None:
+    script = Script().on("a", RuntimeError("model down"))
+    g = gate()
+    update = await make_agent_runner(context(spec_of(["a"]), script), "a", 1)(payload(), {}, g)
+    proposal = update["proposals"]["1"]["a"]
+    assert proposal["status"] == "failed"
+    assert proposal["error"] == "RuntimeError: model down"
+    assert proposal["content"] == ""
+    assert isinstance(proposal["seconds"], float)
+    assert "usage" not in update and "usage" not in proposal
+    assert g.answered == 0
+
+
+async def test_a_cut_call_is_a_missing_proposal_and_budget_errors_pass_through() -> None:
+    ctx = context(spec_of(["a"]))
+    g = gate()
+    g.cut("layer closed")
+    update = await make_agent_runner(ctx, "a", 1)(payload(), {}, g)
+    proposal = update["proposals"]["1"]["a"]
+    assert (proposal["status"], proposal["error"], proposal["content"]) == (
+        "missing",
+        "layer closed",
+        "",
+    )
+    assert "seconds" not in proposal and "usage" not in update
+    tight = gate(ledger=Ledger(Budget(max_total_tokens=5)))
+    with pytest.raises(BudgetExceeded) as err:
+        await make_agent_runner(ctx, "a", 1)(payload(), {}, tight)
+    assert err.value.info["node"] == "L1_a"
+    # an approved budget lets the call go ahead
+    update = await make_agent_runner(ctx, "a", 1)(payload(), {}, tight, Budget())
+    assert update["proposals"]["1"]["a"]["status"] == "ok"
+
+
+def test_approved_budget() -> None:
+    ledger = Ledger(Budget(max_total_tokens=10, max_cost=1.0))
+    assert approved_budget(True, ledger) == Budget()
+    assert approved_budget(None, ledger) == Budget()
+    assert approved_budget({"max_total_tokens": 50}, ledger) == Budget(50, 1.0)
+    assert approved_budget({"budget": {"max_cost": None}}, ledger) == Budget(10, None)
+
+
+# -- the agent node in a graph: budget interrupt, grace period --------------------------
+
+
+async def test_agent_over_budget_pauses_the_run_and_a_larger_budget_resumes_it() -> None:
+    spec = spec_of(["a"], max_total_tokens=20)
+    script = Script().on("synth", "final")
+    graph = graph_of(spec, script)
+    out = await graph.ainvoke({"task": "T"}, thread())
+    (intr,) = out["__interrupt__"]
+    system = prompts.AGENT_SYSTEM.format(name="a", description="")
+    need = count_tokens_approximately([SystemMessage(system), HumanMessage("T")]) + 256
+    assert intr.value == {
+        "kind": "budget",
+        "node": "L1_a",
+        "reason": f"L1_a: token budget: 0 used + up to {need} for this call > "
+        "max_total_tokens 20; resume with a larger budget",
+        "used": {"total_tokens": 0, "cost": 0.0},
+        "next_call": {"total_tokens": need, "cost": 0.0},
+        "budget": {"max_total_tokens": 20, "max_cost": None},
+    }
+    assert script.calls == []
+    out = await graph.ainvoke(Command(resume={"max_total_tokens": 100_000}), thread())
+    assert [c.model for c in script.calls] == ["a"]
+    (intr,) = out["__interrupt__"]  # the synthesizer's call is over the spec's budget too
+    assert intr.value["node"] == "L1_synthesizer"
+    assert intr.value["used"] == {"total_tokens": 15, "cost": 0.0}
+    out = await graph.ainvoke(Command(resume=True), thread())
+    assert out["answer"] == "final"
+    assert [c.model for c in script.calls] == ["a", "synth"]
+
+
+async def test_grace_period_cuts_a_slow_agent_once_the_quorum_answered() -> None:
+    never = asyncio.Event()
+
+    async def hang(call: Call) -> str:
+        await never.wait()
+        return "late"
+
+    spec = spec_of(["a", "b"], layer={"min_proposals": 1, "grace_period": 0.05})
+    script = Script().on("a", "quick").on("b", hang).on("synth", "done")
+    state = await run(spec, script)
+    b = state["proposals"]["1"]["b"]
+    assert (b["status"], b["error"]) == (
+        "missing",
+        "no answer within the grace period of 0.05s after 1 agents answered (quorum 1)",
+    )
+    assert state["answer"] == "done"
+    assert "layer 1: b did not answer in time" in state["notes"]
+    assert script.of("synth")[0].system.endswith(
+        "[1] a\nquick\n\nNote: b did not answer in time. Say in your reply which parts of "
+        "the task may be weaker for that."
+    )
+
+
+async def test_layer_timeout_cuts_every_agent_still_running() -> None:
+    never = asyncio.Event()
+
+    async def hang(call: Call) -> str:
+        await never.wait()
+        return "late"
+
+    spec = spec_of(["a", "b"], layer={"timeout": 0.05})
+    script = Script().on("a", hang).on("b", hang)
+    graph = graph_of(spec, script)
+    with pytest.raises(Exception) as err:
+        await graph.ainvoke({"task": "T"}, thread())
+    assert str(err.value) == (
+        "layer 1: 0 of 2 agents answered, 1 needed (a did not answer in time; b did not answer "
+        "in time); resume the run once the models answer again: it retries the agents that "
+        "did not answer"
+    )
+    state = (await graph.aget_state(thread())).values
+    for agent in ("a", "b"):
+        proposal = state["proposals"]["1"][agent]
+        assert (proposal["status"], proposal["error"]) == (
+            "missing",
+            "no answer within the layer timeout of 0.05s",
+        )
+
+
+# -- the router -------------------------------------------------------------------------
+
+
+def router_spec(**routing: Any) -> Any:
+    return spec_of(
+        ["a", "b"],
+        agents=[
+            {"name": "a", "model": "a", "description": "Sums."},
+            {"name": "b", "model": "b", "role": "You check.", "tools": []},
+        ],
+        layer={"routing": {"mode": "router", "model": "router", **routing}},
+    )
+
+
+ROSTER = "- a: Sums.\n- b: You check."
+
+
+async def test_router_plan_is_asked_with_the_roster_and_fanned_out() -> None:
+    plan = {"plan": [{"agent": "b", "subtask": "check it"}]}
+    script = Script().on("router", json.dumps(plan)).on("synth", "done")
+    state = await run(router_spec(), script)
+    (call,) = script.of("router")
+    assert call.system == prompts.ROUTER_SYSTEM.format(agents=ROSTER)
+    assert call.human == "T" and call.roles == ["system", "human"]
+    assert (call.temperature, call.max_tokens) == (0.0, 512)
+    assert state["plans"] == {"1": [{"agent": "b", "subtask": "check it"}]}
+    assert [c.model for c in script.calls] == ["router", "b", "synth"]
+    assert script.of("b")[0].human == "Task: T\n\nYour part: check it"
+    assert state["usage"]["router_L1"] == {**usage(), "calls": 1, "cost": 0.0}
+    assert state["notes"] == []
+    assert state["layer"] == 1
+
+
+async def test_router_repairs_a_bad_plan_once_with_the_error() -> None:
+    bad = '{"plan": [{"agent": "zed", "subtask": "x"}]}'
+    good = '{"plan": [{"agent": "a", "subtask": "add"}]}'
+    script = Script().on("router", bad, good).on("synth", "done")
+    state = await run(router_spec(prompt="Agents:\n{agents}"), script)
+    first, second = script.of("router")
+    assert first.system == "Agents:\n" + ROSTER
+    error = "plan item 0 names unknown agent 'zed'; use one of ['a', 'b']"
+    assert [(m.type, m.text) for m in second.messages[1:]] == [
+        ("human", "T"),
+        ("ai", bad),
+        ("human", prompts.ROUTER_REPAIR.format(error=error)),
+    ]
+    assert state["plans"]["1"] == [{"agent": "a", "subtask": "add"}]
+    assert state["notes"] == [f"router plan rejected (attempt 1: {error})"]
+    assert state["usage"]["router_L1"]["calls"] == 2
+    assert state["usage"]["router_L1"]["total_tokens"] == 30
+
+
+async def test_router_falls_back_to_broadcast_after_two_bad_plans() -> None:
+    script = Script().on("router", "no plan", '{"plan": []}').on("synth", "done")
+    state = await run(router_spec(), script)
+    assert state["plans"]["1"] == [{"agent": "a", "subtask": "T"}, {"agent": "b", "subtask": "T"}]
+    assert state["notes"] == [
+        "router plan rejected (attempt 1: the reply contains no JSON)",
+        "router plan rejected (attempt 2: the plan is empty)",
+        "layer 1: router fell back to broadcast: every agent got the whole task",
+    ]
+    assert len(script.of("router")) == 2
+    assert state["usage"]["router_L1"]["calls"] == 2
+
+
+async def test_router_endpoint_failure_is_not_repaired() -> None:
+    script = Script().on("router", ConnectionError("refused")).on("synth", "done")
+    state = await run(router_spec(), script)
+    assert len(script.of("router")) == 1
+    assert state["notes"] == [
+        "router plan rejected (attempt 1: ConnectionError: refused)",
+        "layer 1: router fell back to broadcast: every agent got the whole task",
+    ]
+    assert "router_L1" not in state["usage"]
+    assert sorted(c.model for c in script.calls) == ["a", "b", "router", "synth"]
+
+
+async def test_router_structured_output() -> None:
+    plan = {"plan": [{"agent": "a", "subtask": "add"}]}
+    tool_call = AIMessage("", tool_calls=[{"name": "Plan", "args": plan, "id": "c1"}])
+    script = Script().on("router", tool_call).on("synth", "done")
+    state = await run(router_spec(structured_output=True), script)
+    (call,) = script.of("router")
+    assert call.tools == ["Plan"]
+    assert state["plans"]["1"] == [{"agent": "a", "subtask": "add"}]
+    assert state["notes"] == []
+    # a reply that does not match the schema is repaired, then falls back
+    wrong = AIMessage("", tool_calls=[{"name": "Plan", "args": {"plan": 3}, "id": "c2"}])
+    script = Script().on("router", wrong).on("synth", "done")
+    state = await run(router_spec(structured_output=True), script)
+    assert len(script.of("router")) == 2
+    assert state["notes"][0].startswith(
+        "router plan rejected (attempt 1: the reply does not match the plan schema: "
+    )
+    assert state["notes"][-1].endswith(
+        "router fell back to broadcast: every agent got the whole task"
+    )
+
+
+async def test_router_over_budget_pauses_then_resumes() -> None:
+    spec = spec_of(
+        ["a"],
+        layer={"routing": {"mode": "router", "model": "router"}},
+        max_total_tokens=30,
+    )
+    plan = '{"plan": [{"agent": "a", "subtask": "do"}]}'
+    script = Script().on("router", plan).on("synth", "done")
+    graph = graph_of(spec, script)
+    out = await graph.ainvoke({"task": "T"}, thread())
+    (intr,) = out["__interrupt__"]
+    assert intr.value["node"] == "L1_router"
+    assert intr.value["next_call"]["total_tokens"] > 512
+    out = await graph.ainvoke(Command(resume={"max_total_tokens": None}), thread())
+    assert [c.model for c in script.calls] == ["router"]
+    assert out["__interrupt__"][0].value["node"] == "L1_a"  # the spec's budget still holds
+    out = await graph.ainvoke(Command(resume=True), thread())
+    assert out["__interrupt__"][0].value["node"] == "L1_synthesizer"
+    out = await graph.ainvoke(Command(resume=True), thread())
+    assert out["answer"] == "done"
+    assert [c.model for c in script.calls] == ["router", "a", "synth"]
+
+
+async def test_router_function_mode_sync_and_async() -> None:
+    for fn in ("tests.test_nodes_runs:plan_b", "tests.test_nodes_runs:plan_async"):
+        spec = spec_of(["a", "b"], layer={"routing": {"mode": "function", "function": fn}})
+        script = Script().on("synth", "done")
+        state = await run(spec, script, task="Q")
+        assert state["plans"]["1"] == [{"agent": "b", "subtask": "Q for b"}], fn
+        assert [c.model for c in script.calls] == ["b", "synth"]
+
+
+def plan_b(task: str, agents: list[str]) -> list[dict[str, str]]:
+    return [{"agent": agents[-1], "subtask": f"{task} for {agents[-1]}"}]
+
+
+async def plan_async(task: str, agents: list[str]) -> dict[str, Any]:
+    return {"plan": plan_b(task, agents)}
+
+
+class Namespace:
+    not_callable = 3
+
+    @staticmethod
+    def plan(task: str, agents: list[str]) -> list[dict[str, str]]:
+        return plan_b(task, agents)
+
+
+def test_router_function_paths() -> None:
+    from langgraph_moa.nodes.router import _load_function
+
+    assert _load_function("tests.test_nodes_runs:Namespace.plan") is Namespace.plan
+    with pytest.raises(
+        TypeError,
+        match=r"routing function 'tests\.test_nodes_runs:Namespace\.not_callable' is not callable",
+    ):
+        _load_function("tests.test_nodes_runs:Namespace.not_callable")
+
+
+async def test_router_history_is_fitted_with_a_note() -> None:
+    spec = spec_of(
+        ["a"],
+        layer={"routing": {"mode": "router", "model": "router"}},
+        models={
+            "router": {
+                "model": "router",
+                "base_url": "http://127.0.0.1:9/v1",
+                "context_window": 700,
+            }
+        },
+    )
+    plan = '{"plan": [{"agent": "a", "subtask": "do"}]}'
+    script = Script().on("router", plan).on("synth", "done")
+    graph = graph_of(spec, script)
+    long = " ".join(["word"] * 300)
+    await graph.ainvoke({"task": long}, thread())
+    await graph.ainvoke({"task": "second"}, thread())
+    state = (await graph.aget_state(thread())).values
+    second = script.of("router")[1]
+    assert second.roles == ["system", "human"]
+    assert "The 1 oldest of its 1 earlier turns were left out" in second.system
+    assert state["notes"] == ["layer 1: the router saw 0 of 1 earlier turns (context window)"]
+
+
+# -- agent inputs and fan-out -----------------------------------------------------------
+
+
+def test_agent_inputs_of_a_second_layer() -> None:
+    spec = spec_of(["a", "b"], layers=2)
+    ctx = context(spec)
+    first = {"a": prop("a", "A1"), "b": prop("b", "B1")}
+    state: dict[str, Any] = {
+        "task": "T",
+        "plans": {"2": [{"agent": "b", "subtask": "check"}]},
+        "proposals": {"1": first},
+        "syntheses": ["S0", "S1"],
+        "usage": {"a": usage(), "synthesizer_L1": usage(3, 4)},
+    }
+    inputs = agent_inputs(ctx, state, 2)  # type: ignore[arg-type]
+    assert inputs == {
+        "b": {
+            "task": "T",
+            "subtask": "check",
+            "layer": 2,
+            "previous_synthesis": "S1",
+            "previous_proposals": [first["a"], first["b"]],
+            "peers": ["b"],
+            "spent": {"input_tokens": 13, "output_tokens": 9, "total_tokens": 22},
+        }
+    }
+    sends = make_fan_out(ctx, 2)(state)  # type: ignore[arg-type]
+    assert [(s.node, s.arg) for s in sends] == [("L2_b", inputs["b"])]
+    # no syntheses yet, or a first layer closed by vote: the proposals are passed on
+    assert agent_inputs(ctx, {**state, "syntheses": []}, 2)["b"]["previous_synthesis"] is None  # type: ignore[arg-type]
+    voted = spec_of(["a", "b"], layers=2, synth={"mode": "vote"})
+    assert agent_inputs(context(voted), state, 2)["b"]["previous_synthesis"] is None  # type: ignore[arg-type]
+    # a first layer has nothing before it
+    state["plans"]["1"] = [{"agent": "a", "subtask": "T"}]
+    one = agent_inputs(ctx, state, 1)["a"]  # type: ignore[arg-type]
+    assert (one["previous_synthesis"], one["previous_proposals"]) == (None, [])
+
+
+def test_agent_inputs_carry_the_history_that_fits() -> None:
+    spec = spec_of(
+        ["a", "b"],
+        agents=[{"name": "a", "model": "a"}, {"name": "b", "model": "b", "max_tokens": 600}],
+        models={"b": {"model": "b", "base_url": "http://127.0.0.1:9/v1", "context_window": 700}},
+    )
+    long = " ".join(["word"] * 120)
+    messages = [HumanMessage("q1", id="h1"), AIMessage(long), HumanMessage("now", id="h2")]
+    state: dict[str, Any] = {
+        "task": "now",
+        "asked": "h2",
+        "messages": messages,
+        "plans": {"1": [{"agent": "a", "subtask": "now"}, {"agent": "b", "subtask": "now"}]},
+    }
+    inputs = agent_inputs(context(spec), state, 1)  # type: ignore[arg-type]
+    assert inputs["a"]["history"] == [{"question": "q1", "answer": long}]
+    assert inputs["a"]["history_dropped"] == 0
+    assert inputs["b"]["history"] == [] and inputs["b"]["history_dropped"] == 1
+    state["messages"] = [HumanMessage("now", id="h2")]
+    assert "history" not in agent_inputs(context(spec), state, 1)["a"]  # type: ignore[arg-type]
+
+
+# -- the synthesizer --------------------------------------------------------------------
+
+
+def listing(*pairs: tuple[str, str]) -> str:
+    return "\n\n".join(f"[{i}] {a}\n{t}" for i, (a, t) in enumerate(pairs, 1))
+
+
+async def test_synthesize_sends_the_numbered_proposals_and_reads_citations() -> None:
+    script = (
+        Script()
+        .on("a", "Paris is the capital of France.")
+        .on("b", " Paris has 2.1 million people. ")
+        .on("c", "The Seine flows through Paris.")
+        .on("synth", "Paris is the capital [1]. It has 2.1 million people [2, 3]. Rivers.")
+    )
+    state = await run(spec_of(), script, task="About Paris?")
+    (call,) = script.of("synth")
+    proposals = listing(
+        ("a", "Paris is the capital of France."),
+        ("b", "Paris has 2.1 million people."),
+        ("c", "The Seine flows through Paris."),
+    )
+    assert call.system == prompts.SYNTHESIZER_SYSTEM.format(proposals=proposals)
+    assert call.roles == ["system", "human"] and call.human == "About Paris?"
+    assert (call.temperature, call.max_tokens) == (0.2, 256)
+    answer = "Paris is the capital. It has 2.1 million people. Rivers."
+    assert state["answer"] == answer
+    assert state["syntheses"] == [answer]
+    assert state["messages"][-1].text == answer and state["messages"][-1].name == "moa"
+    assert state["aggregation"] == {
+        "1": {
+            "mode": "synthesize",
+            "proposals": ["a", "b", "c"],
+            "decided_by": "synthesizer",
+            "cited": 2,
+        }
+    }
+    assert state["attribution"] == [
+        {"text": "Paris is the capital.", "agents": ["a"], "proposals": [1], "inferred": False},
+        {
+            "text": "It has 2.1 million people.",
+            "agents": ["b", "c"],
+            "proposals": [2, 3],
+            "inferred": False,
+        },
+        {"text": "Rivers.", "agents": [], "proposals": [], "inferred": True},
+    ]
+    assert state["usage"]["synthesizer_L1"] == {**usage(), "calls": 1, "cost": 0.0}
+    assert state["notes"] == []
+
+
+async def test_two_layers_pass_the_synthesis_on_and_only_the_last_answers() -> None:
+    answers = iter(["S1", "S2"])
+    script = Script().on("synth", lambda call: next(answers))
+    state = await run(
+        spec_of(["a", "b"], layers=2, synth={"temperature": 0.9, "max_tokens": 50}), script
+    )
+    assert state["syntheses"] == ["S1", "S2"]
+    assert state["answer"] == "S2"
+    assert [m.text for m in state["messages"]] == ["T", "S2"]
+    second_a = [c for c in script.of("a")][1]
+    assert second_a.system.endswith("add what is missing.\n\n1. [synthesis]\nS1")
+    s1, s2 = script.of("synth")
+    assert (s1.temperature, s1.max_tokens) == (0.9, 50)
+    assert (s2.temperature, s2.max_tokens) == (0.9, 50)
+    assert s2.system.startswith(prompts.SYNTHESIZER_SYSTEM.split("{")[0])
+    assert set(state["aggregation"]) == {"1", "2"}
+    assert set(state["usage"]) == {"a", "b", "synthesizer_L1", "synthesizer_L2"}
+    assert state["usage"]["a"]["calls"] == 2
+
+
+async def test_failed_agents_are_named_to_the_synthesizer_and_in_the_notes() -> None:
+    script = Script().on("a", "fine").on("b", ValueError("bad input")).on("synth", "done")
+    state = await run(spec_of(["a", "b"]), script)
+    (call,) = script.of("synth")
+    assert call.system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals=listing(("a", "fine"))
+    ) + prompts.SYNTHESIZER_GAPS.format(gaps="b failed (ValueError: bad input)")
+    assert state["notes"] == ["layer 1: b failed (ValueError: bad input)"]
+    assert state["aggregation"]["1"]["proposals"] == ["a"]
+
+
+async def test_quorum_error_then_a_resume_retries_the_failed_agents() -> None:
+    spec = spec_of(["a", "b", "c"], layer={"min_proposals": 2})
+    script = (
+        Script()
+        .on("a", "A")
+        .on("b", RuntimeError("b down"), "B again")
+        .on("c", RuntimeError("c down"), "C again")
+        .on("synth", "done")
+    )
+    graph = graph_of(spec, script)
+    with pytest.raises(Exception) as err:
+        await graph.ainvoke({"task": "T"}, thread())
+    assert type(err.value).__name__ == "QuorumError"
+    assert str(err.value) == (
+        "layer 1: 1 of 3 agents answered, 2 needed (b failed (RuntimeError: b down); c failed "
+        "(RuntimeError: c down)); resume the run once the models answer again: it retries "
+        "the agents that did not answer"
+    )
+    assert not script.of("synth")
+    out = await graph.ainvoke(None, thread())
+    assert out["answer"] == "done"
+    assert [c.model for c in script.calls].count("b") == 2
+    assert [c.model for c in script.calls].count("a") == 1
+    (call,) = script.of("synth")
+    assert call.system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals=listing(("a", "A"), ("b", "B again"), ("c", "C again"))
+    )
+    state = (await graph.aget_state(thread())).values
+    assert {a: p["status"] for a, p in state["proposals"]["1"].items()} == {
+        "a": "ok",
+        "b": "ok",
+        "c": "ok",
+    }
+    assert state["proposals"]["1"]["b"]["content"] == "B again"
+    assert state["usage"]["b"] == {**usage(), "calls": 1, "cost": 0.0}
+    assert state["usage"]["a"]["calls"] == 1
+    assert state["notes"] == []
+
+
+async def test_a_resume_that_still_lacks_the_quorum_raises_again() -> None:
+    spec = spec_of(["a", "b"], layer={"min_proposals": 2})
+    script = Script().on("a", "A").on("b", RuntimeError("down")).on("synth", "done")
+    graph = graph_of(spec, script)
+    with pytest.raises(Exception, match="1 of 2 agents answered, 2 needed"):
+        await graph.ainvoke({"task": "T"}, thread())
+    with pytest.raises(Exception, match=r"1 of 2 agents answered, 2 needed \(b failed"):
+        await graph.ainvoke(None, thread())
+    assert [c.model for c in script.calls].count("b") == 2
+
+
+async def test_a_retry_over_budget_pauses_and_resumes() -> None:
+    spec = spec_of(["a", "b"], layer={"min_proposals": 2})
+    script = Script().on("a", "A").on("b", RuntimeError("down"), "B").on("synth", "done")
+    graph = graph_of(spec, script)
+    with pytest.raises(Exception, match="needed"):
+        await graph.ainvoke({"task": "T"}, thread())
+    config = {"configurable": {"thread_id": "t", "budget": {"max_total_tokens": 16}}}
+    out = await graph.ainvoke(None, config)
+    (intr,) = out["__interrupt__"]
+    assert intr.value["node"] == "L1_b"
+    assert intr.value["used"] == {"total_tokens": 15, "cost": 0.0}
+    out = await graph.ainvoke(Command(resume=True), config)
+    assert out["__interrupt__"][0].value["node"] == "L1_synthesizer"
+    out = await graph.ainvoke(Command(resume=True), config)
+    assert out["answer"] == "done"
+    assert out["proposals"]["1"]["b"]["content"] == "B"
+
+
+async def test_vote_majority_answers_without_the_synthesizer() -> None:
+    script = Script().on("a", "4 x 12.\nThe answer is 48.").on("b", "**48**").on("c", "I count 44")
+    state = await run(spec_of(synth={"mode": "vote"}), script)
+    assert not script.of("synth")
+    assert state["answer"] == "4 x 12.\nThe answer is 48."
+    assert state["aggregation"]["1"] == {
+        "mode": "vote",
+        "proposals": ["a", "b", "c"],
+        "answers": {"a": "48", "b": "48", "c": "I count 44"},
+        "votes": {"48": 2, "44": 1},
+        "winner": "48",
+        "agreement": 0.6667,
+        "agent": "a",
+        "decided_by": "vote",
+        "reason": "2 of 3 agents gave '48'",
+    }
+    assert state["notes"] == [
+        "layer 1: vote: '48' x2 (a, b), '44' x1 (c); agreement 67%, the answer is a's proposal"
+    ]
+    assert state["attribution"] == [
+        {"text": "4 x 12.", "agents": ["a"], "proposals": [1], "inferred": False},
+        {"text": "The answer is 48.", "agents": ["a"], "proposals": [1], "inferred": False},
+    ]
+    assert "synthesizer_L1" not in state["usage"]
+
+
+@pytest.mark.parametrize(
+    ("replies", "extra", "why"),
+    [
+        (["yes", "no"], {}, "a tie"),
+        (["", " "], {}, "no answer found"),
+        (["7", "seven", "8"], {"min_agreement": 0.9}, "agreement 67% below 90%"),
+        (["1", "2", "3", "3"], {}, None),
+    ],
+)
+async def test_a_split_vote_is_synthesized_with_a_note(
+    replies: list[str], extra: dict[str, Any], why: str | None
+) -> None:
+    names = [f"p{i}" for i in range(1, len(replies) + 1)]
+    script = Script().on("synth", "decided [1]")
+    for name, reply in zip(names, replies, strict=True):
+        script.on(name, reply)
+    state = await run(spec_of(names, synth={"mode": "vote", **extra}), script)
+    if why is None:  # 2 of 4 is a majority of 50%: enough by default
+        assert state["aggregation"]["1"]["decided_by"] == "vote"
+        assert state["answer"] == "3"
+        return
+    (call,) = script.of("synth")
+    record = state["aggregation"]["1"]
+    from langgraph_moa.nodes.aggregation import tally
+
+    vote = tally(
+        dict(zip(names, replies, strict=True)), min_agreement=extra.get("min_agreement", 0.5)
+    )
+    assert call.system.endswith(prompts.VOTE_SPLIT.format(votes=vote.describe()))
+    assert record["decided_by"] == "synthesizer"
+    assert record["reason"] == f"{why}: the synthesizer decided"
+    assert record["winner"] is None and record["cited"] == 1
+    assert state["notes"] == [f"layer 1: vote: {vote.describe()}; {why}, synthesized"]
+    assert state["answer"] == "decided"
+
+
+async def test_select_takes_the_picked_proposal_as_written() -> None:
+    script = Script().on("a", "Alpha.").on("b", "Beta.").on("synth", "[2]\nclearer")
+    state = await run(spec_of(["a", "b"], synth={"mode": "select"}), script)
+    (call,) = script.of("synth")
+    assert call.system == prompts.SELECT_SYSTEM.format(
+        proposals=listing(("a", "Alpha."), ("b", "Beta."))
+    )
+    assert state["answer"] == "Beta."
+    assert state["aggregation"]["1"] == {
+        "mode": "select",
+        "proposals": ["a", "b"],
+        "decided_by": "select",
+        "choice": 2,
+        "agent": "b",
+        "reason": "clearer",
+    }
+    assert state["notes"] == ["layer 1: select: proposal [2] of b"]
+    assert state["attribution"] == [
+        {"text": "Beta.", "agents": ["b"], "proposals": [2], "inferred": False}
+    ]
+    assert state["usage"]["synthesizer_L1"]["calls"] == 1
+
+
+async def test_select_asks_again_once_then_falls_back_to_the_first() -> None:
+    long = "I cannot decide between these because " + "x" * 80
+    script = Script().on("a", "Alpha.").on("b", "Beta.").on("synth", "hmm", long)
+    state = await run(spec_of(["a", "b"], synth={"mode": "select"}), script)
+    _, again = script.of("synth")
+    assert [(m.type, m.text) for m in again.messages[1:]] == [
+        ("human", "T"),
+        ("ai", "hmm"),
+        ("human", prompts.SELECT_REPAIR.format(numbers="[1], [2]")),
+    ]
+    shown = long[:77] + "..."
+    reason = f"the synthesizer's pick could not be read ({shown!r}); took proposal [1]"
+    assert state["aggregation"]["1"] == {
+        "mode": "select",
+        "proposals": ["a", "b"],
+        "decided_by": "fallback",
+        "choice": None,
+        "agent": "a",
+        "reason": reason,
+    }
+    assert state["notes"] == [f"layer 1: select: {reason} of a"]
+    assert state["answer"] == "Alpha."
+    assert state["attribution"][0]["proposals"] == [1]
+    assert state["usage"]["synthesizer_L1"]["calls"] == 2
+    assert state["usage"]["synthesizer_L1"]["total_tokens"] == 30
+    # a short unreadable reply is shown whole; a repaired pick is taken
+    script = Script().on("a", "Alpha.").on("b", "Beta.").on("synth", "hmm", "no idea")
+    state = await run(spec_of(["a", "b"], synth={"mode": "select"}), script)
+    assert "('no idea')" in state["aggregation"]["1"]["reason"]
+    script = Script().on("a", "Alpha.").on("b", "Beta.").on("synth", "hmm", "[2]")
+    state = await run(spec_of(["a", "b"], synth={"mode": "select"}), script)
+    assert state["answer"] == "Beta." and state["aggregation"]["1"]["choice"] == 2
+
+
+async def test_concat_lists_the_proposals_without_a_call() -> None:
+    script = Script().on("a", "Alpha one. Alpha two.").on("b", "Beta.")
+    state = await run(spec_of(["a", "b"], synth={"mode": "concat"}), script)
+    assert not script.of("synth")
+    assert state["answer"] == "1. [a]\nAlpha one. Alpha two.\n\n2. [b]\nBeta."
+    assert state["aggregation"]["1"] == {
+        "mode": "concat",
+        "proposals": ["a", "b"],
+        "decided_by": "concat",
+    }
+    assert state["attribution"] == [
+        {"text": "Alpha one.", "agents": ["a"], "proposals": [1], "inferred": False},
+        {"text": "Alpha two.", "agents": ["a"], "proposals": [1], "inferred": False},
+        {"text": "Beta.", "agents": ["b"], "proposals": [2], "inferred": False},
+    ]
+    assert "synthesizer_L1" not in state["usage"]
+
+
+async def test_approve_synthesis_interrupt_and_edits() -> None:
+    spec = spec_of(["a", "b"], layer={"interrupt_before_synthesis": True})
+    script = Script().on("a", "Alpha.").on("b", RuntimeError("x")).on("synth", "done")
+    graph = graph_of(spec, script)
+    out = await graph.ainvoke({"task": "T"}, thread())
+    (intr,) = out["__interrupt__"]
+    assert intr.value == {
+        "kind": "approve_synthesis",
+        "layer": 1,
+        "proposals": {"a": "Alpha.", "b": ""},
+    }
+    edits = {"proposals": {"b": "Beta by hand.", "z": 7}}
+    out = await graph.ainvoke(Command(resume=edits), thread())
+    (call,) = script.of("synth")
+    assert call.system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals=listing(("a", "Alpha."), ("b", "Beta by hand."), ("z", "7"))
+    )
+    state = (await graph.aget_state(thread())).values
+    b, z = state["proposals"]["1"]["b"], state["proposals"]["1"]["z"]
+    assert (b["status"], b["content"], b["error"]) == ("ok", "Beta by hand.", "RuntimeError: x")
+    assert z == {"agent": "z", "layer": 1, "subtask": "T", "content": "7", "status": "ok"}
+    assert state["notes"] == []
+    # a plain approval changes nothing
+    for value in (True, {"proposals": "no"}):
+        script = Script().on("a", "Alpha.").on("b", "Beta.").on("synth", "done")
+        graph = graph_of(spec, script)
+        await graph.ainvoke({"task": "T"}, thread())
+        out = await graph.ainvoke(Command(resume=value), thread())
+        assert out["answer"] == "done"
+        assert script.of("synth")[0].system.endswith(listing(("a", "Alpha."), ("b", "Beta.")))
+
+
+async def test_proposals_trimmed_to_the_synthesizers_window() -> None:
+    long = " ".join(["word"] * 600)
+    spec = spec_of(
+        ["a", "b"],
+        models={
+            "synth": {"model": "synth", "base_url": "http://127.0.0.1:9/v1", "context_window": 700}
+        },
+    )
+    script = Script().on("a", long).on("b", "short").on("synth", "done")
+    state = await run(spec, script, task="Q")
+    (call,) = script.of("synth")
+    from langgraph_moa.nodes.synthesizer import PROMPT_MARGIN, fit_proposals
+
+    template = prompts.SYNTHESIZER_SYSTEM
+    tokens = count_tokens_approximately
+    fixed = tokens([HumanMessage(template)]) + tokens([HumanMessage("Q")]) + 12 * 2 + PROMPT_MARGIN
+    fitted, notes = fit_proposals({"a": long, "b": "short"}, 700 - 256 - fixed)
+    assert len(notes) == 1 and notes[0].startswith("proposal of a trimmed from about ")
+    assert call.system == template.format(
+        proposals=listing(("a", fitted["a"]), ("b", "short"))
+    ) + prompts.SYNTHESIZER_GAPS.format(gaps=notes[0])
+    assert state["notes"] == notes
+    # on_overflow: fail stops the run
+    spec = spec_of(
+        ["a", "b"],
+        synth={"on_overflow": "fail"},
+        models={
+            "synth": {"model": "synth", "base_url": "http://127.0.0.1:9/v1", "context_window": 700}
+        },
+    )
+    with pytest.raises(Exception, match="set `on_overflow: trim`"):
+        await run(spec, Script().on("a", long), task="Q")
+
+
+async def test_custom_synthesizer_prompts() -> None:
+    script = Script().on("a", "A.").on("synth", "done")
+    await run(spec_of(["a"], synth={"prompt": "Merge these."}), script)
+    assert script.of("synth")[0].system == "Merge these.\n\n[1] a\nA."
+    script = Script().on("a", "A.").on("synth", "done")
+    await run(spec_of(["a"], synth={"prompt": "Merge: {proposals} now."}), script)
+    assert script.of("synth")[0].system == "Merge: [1] a\nA. now."
+
+
+async def test_synthesizer_sees_the_history_that_fits() -> None:
+    spec = spec_of(
+        ["a"],
+        models={
+            "synth": {"model": "synth", "base_url": "http://127.0.0.1:9/v1", "context_window": 900}
+        },
+    )
+    long = " ".join(["word"] * 400)
+    script = Script().on("a", "A.").on("synth", long, "second answer")
+    graph = graph_of(spec, script)
+    await graph.ainvoke({"task": "first"}, thread())
+    out = await graph.ainvoke({"task": "second"}, thread())
+    assert out["answer"] == "second answer"
+    call = script.of("synth")[1]
+    assert call.roles == ["system", "human"]
+    assert "The 1 oldest of its 1 earlier turns were left out" in call.system
+    state = (await graph.aget_state(thread())).values
+    assert state["notes"] == ["layer 1: the synthesizer saw 0 of 1 earlier turns (context window)"]
+    # with room, the earlier turn is shown
+    script = Script().on("a", "A.").on("synth", "one", "two")
+    graph = graph_of(spec_of(["a"]), script)
+    await graph.ainvoke({"task": "first"}, thread())
+    await graph.ainvoke({"task": "second"}, thread())
+    call = script.of("synth")[1]
+    assert [(m.type, m.text) for m in call.messages[1:]] == [
+        ("human", "first"),
+        ("ai", "one"),
+        ("human", "second"),
+    ]
+
+
+async def test_synthesizer_over_budget_pauses_then_resumes() -> None:
+    script = Script().on("a", "A.").on("synth", "done")
+    spec = spec_of(
+        ["a"], agents=[{"name": "a", "model": "a", "max_tokens": 20}], max_total_tokens=300
+    )
+    graph = graph_of(spec, script)
+    out = await graph.ainvoke({"task": "T"}, thread())
+    (intr,) = out["__interrupt__"]
+    assert intr.value["node"] == "L1_synthesizer"
+    assert intr.value["used"] == {"total_tokens": 15, "cost": 0.0}
+    out = await graph.ainvoke(Command(resume={"max_total_tokens": 10_000}), thread())
+    assert out["answer"] == "done"
+    assert out["usage"]["synthesizer_L1"]["calls"] == 1
