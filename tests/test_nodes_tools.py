@@ -1,0 +1,420 @@
+"""Agents with tools, in-process on fake chat models (tests/nodes_support.py): the tool loop's
+messages, the tools offered and withheld, limits per answer and per run, errors and refusals
+sent back to the model, the stream events, a non-idempotent call in flight at a crash, and
+the tool resolver's tools (names, descriptions, MCP connections). Real LangGraph graphs
+(InMemorySaver), no HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+from langgraph.types import Command
+
+from langgraph_moa.nodes import prompts
+from langgraph_moa.nodes.tools import (
+    PYTHON_DESCRIPTION,
+    AgentTools,
+    ToolResolver,
+    _connection,
+    _reason,
+    mcp_problems,
+)
+from langgraph_moa.spec import McpServerSpec, load_spec
+from tests.nodes_support import Call, Script, graph_of, models, thread, usage
+
+TOOLS: dict[str, Any] = {
+    "add": {"function": "tests.tool_fixtures:add"},
+    "boom": {"function": "tests.tool_fixtures:explode", "description": "Fails."},
+    "shout": {"function": "tests.tool_fixtures:shout", "description": "Louder."},
+    "slow": {"function": "tests.test_nodes_tools:slow", "idempotent": False},
+}
+
+
+def tool_spec(tools: list[str], **agent: Any) -> Any:
+    return load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder", "synth"),
+            "tools": {k: TOOLS[k] for k in TOOLS},
+            "agents": [{"name": "coder", "model": "coder", "tools": tools, **agent}],
+            "layers": [{"agents": ["coder"], "synthesizer": {"model": "synth"}}],
+        }
+    )
+
+
+def calls(*pairs: tuple[str, dict[str, Any]]) -> AIMessage:
+    return AIMessage(
+        "",
+        tool_calls=[{"name": n, "args": a, "id": f"c{i}"} for i, (n, a) in enumerate(pairs, 1)],
+    )
+
+
+def results(call: Call) -> str:
+    """The agent's final answer: the tool results it got, one per line."""
+    return "results: " + " | ".join(m.text for m in call.messages if m.type == "tool")
+
+
+async def run(spec: Any, script: Script) -> dict[str, Any]:
+    graph = graph_of(spec, script)
+    await graph.ainvoke({"task": "do it"}, thread())
+    return (await graph.aget_state(thread())).values
+
+
+async def test_a_tool_call_and_its_result_reach_the_model_and_the_synthesizer() -> None:
+    script = Script().on("coder", calls(("add", {"a": 2, "b": 3})), results).on("synth", "ok")
+    state = await run(tool_spec(["add", "boom"]), script)
+    first, second = script.of("coder")
+    assert (first.tools, first.tool_choice) == (["add", "boom"], None)
+    assert (second.tools, second.tool_choice) == (["add", "boom"], None)
+    assert second.roles == ["system", "human", "ai", "tool"]
+    tool = second.messages[-1]
+    assert isinstance(tool, ToolMessage)
+    assert (tool.text, tool.tool_call_id, tool.name, tool.status) == ("5", "c1", "add", "success")
+    assert isinstance(tool.additional_kwargs["seconds"], float)
+    proposal = state["proposals"]["1"]["coder"]
+    assert proposal["content"] == "results: 5"
+    assert proposal["tools"] == {"add": 1}
+    assert isinstance(proposal["tool_seconds"], float) and proposal["tool_seconds"] >= 0
+    two = {k: 2 * v for k, v in usage().items()}
+    assert proposal["usage"] == {**two, "calls": 2, "cost": 0.0, "tool_calls": 1}
+    assert state["usage"]["coder"] == proposal["usage"]
+    assert script.of("synth")[0].system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals="[1] coder\n(tools used: add)\nresults: 5"
+    )
+    assert state["notes"] == []
+
+
+async def test_unknown_tools_and_errors_go_back_to_the_model() -> None:
+    script = (
+        Script()
+        .on(
+            "coder",
+            calls(("nope", {}), ("boom", {"text": "x"}), ("add", {"a": 1, "b": 1})),
+            results,
+        )
+        .on("synth", "ok")
+    )
+    state = await run(tool_spec(["add", "boom"]), script)
+    said = [m for m in script.of("coder")[1].messages if isinstance(m, ToolMessage)]
+    assert [(m.text, m.status, m.name, m.tool_call_id) for m in said] == [
+        ("error: there is no tool 'nope'; use one of ['add', 'boom']", "error", "nope", "c1"),
+        ("error: RuntimeError: cannot handle 'x'", "error", "boom", "c2"),
+        ("2", "success", "add", "c3"),
+    ]
+    proposal = state["proposals"]["1"]["coder"]
+    assert proposal["tools"] == {"boom": 1, "add": 1}  # the unknown one never ran
+    assert proposal["usage"]["tool_calls"] == 2
+    assert script.of("synth")[0].system.endswith(
+        "(tools used: boom, add)\n" + results(script.of("coder")[1])
+    )
+
+
+async def test_the_last_step_gets_no_tools_and_an_answer_ends_the_loop() -> None:
+    again = calls(("add", {"a": 1, "b": 2}))
+    script = Script().on("coder", again, again, again).on("synth", "ok")
+    state = await run(tool_spec(["add"], max_steps=3), script)
+    coder = script.of("coder")
+    assert [c.tool_choice for c in coder] == [None, None, "none"]
+    assert [c.tools for c in coder] == [["add"]] * 3
+    # the last reply called a tool anyway: its calls are dropped, the loop ends
+    proposal = state["proposals"]["1"]["coder"]
+    assert proposal["content"] == ""
+    assert proposal["tools"] == {"add": 2}
+    assert proposal["usage"]["calls"] == 3
+    # one step: the first call is already the last
+    script = Script().on("coder", "plain").on("synth", "ok")
+    await run(tool_spec(["add"], max_steps=1), script)
+    assert [c.tool_choice for c in script.of("coder")] == ["none"]
+
+
+async def test_max_tool_calls_per_answer_refuses_the_rest() -> None:
+    script = (
+        Script()
+        .on("coder", calls(("add", {"a": 1, "b": 1}), ("add", {"a": 2, "b": 2})), results)
+        .on("synth", "ok")
+    )
+    state = await run(tool_spec(["add"], max_tool_calls=1), script)
+    first, second = script.of("coder")
+    assert [first.tool_choice, second.tool_choice] == [None, "none"]
+    said = [m for m in second.messages if isinstance(m, ToolMessage)]
+    assert [(m.text, m.status) for m in said] == [
+        ("2", "success"),
+        ("not run: the tool-call limit of this answer is reached", "error"),
+    ]
+    assert state["proposals"]["1"]["coder"]["tools"] == {"add": 1}
+    # a limit of 2 with 2 calls: both run, the next call gets no tools
+    script = (
+        Script()
+        .on("coder", calls(("add", {"a": 1, "b": 1}), ("add", {"a": 2, "b": 2})), results)
+        .on("synth", "ok")
+    )
+    state = await run(tool_spec(["add"], max_tool_calls=2), script)
+    assert [c.tool_choice for c in script.of("coder")] == [None, "none"]
+    assert state["proposals"]["1"]["coder"]["content"] == "results: 2 | 4"
+
+
+async def test_the_runs_tool_call_budget_is_shared() -> None:
+    spec = load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder", "synth"),
+            "tools": {"add": TOOLS["add"]},
+            "agents": [{"name": "coder", "model": "coder", "tools": ["add"]}],
+            "layers": [{"agents": ["coder"], "synthesizer": {"model": "synth"}}] * 2,
+            "max_tool_calls": 2,
+        }
+    )
+    three = calls(*[("add", {"a": i, "b": 0}) for i in range(3)])
+    script = Script().on("coder", three, results, "no tools left").on("synth", "ok")
+    state = await run(spec, script)
+    coder = script.of("coder")
+    said = [m.text for m in coder[1].messages if isinstance(m, ToolMessage)]
+    assert said == ["0", "1", "not run: the run's tool-call budget (max_tool_calls 2) is spent"]
+    assert coder[1].tool_choice == "none"
+    # the second layer starts with the budget spent: its first call gets no tools
+    assert coder[2].tool_choice == "none"
+    assert state["usage"]["coder"]["tool_calls"] == 2
+
+
+async def test_tool_events_on_the_custom_stream() -> None:
+    script = (
+        Script()
+        .on("coder", calls(("add", {"a": 2, "b": 3}), ("nope", {})), results)
+        .on("synth", "ok")
+    )
+    graph = graph_of(tool_spec(["add"]), script)
+    events = [
+        e
+        async for e in graph.astream({"task": "t"}, thread(), stream_mode="custom", subgraphs=True)
+    ]
+    seen = [ev for _, ev in events]
+    for ev in seen:
+        assert isinstance(ev.pop("seconds", 0.0), float)
+    base = {"kind": "tool_call", "agent": "coder", "node": "L1_coder"}
+    assert sorted(seen, key=lambda ev: (ev["tool"], ev["status"])) == [
+        {**base, "tool": "add", "call_id": "c1", "status": "running", "args": {"a": 2, "b": 3}},
+        {**base, "tool": "add", "call_id": "c1", "status": "success"},
+        {**base, "tool": "nope", "call_id": "c2", "status": "refused"},
+    ]
+
+
+async def test_unconfined_python_is_noted() -> None:
+    spec = load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder", "synth"),
+            "tools": {"py": {"builtin": "python", "sandbox": "none"}, "add": TOOLS["add"]},
+            "agents": [{"name": "coder", "model": "coder", "tools": ["py", "add"]}],
+            "layers": [{"agents": ["coder"], "synthesizer": {"model": "synth"}}],
+        }
+    )
+    script = Script().on("coder", calls(("py", {"code": "print(6 * 7)"})), results)
+    state = await run(spec, script)
+    assert state["proposals"]["1"]["coder"]["content"] == "results: exit status: 0\nstdout:\n42\n"
+    assert state["notes"] == ["layer 1: coder ran Python without a sandbox (py: sandbox: none)"]
+    script = Script().on("coder", calls(("add", {"a": 1, "b": 1})), results)
+    assert (await run(spec, script))["notes"] == []
+
+
+async def test_a_failing_tool_loop_is_a_failed_proposal() -> None:
+    script = Script().on("coder", RuntimeError("model down")).on("synth", "ok")
+    graph = graph_of(tool_spec(["add"]), script)
+    with pytest.raises(Exception, match="0 of 1 agents answered"):
+        await graph.ainvoke({"task": "t"}, thread())
+    proposal = (await graph.aget_state(thread())).values["proposals"]["1"]["coder"]
+    assert (proposal["status"], proposal["error"]) == ("failed", "RuntimeError: model down")
+    assert isinstance(proposal["seconds"], float)
+
+
+# -- a non-idempotent call in flight at a crash -----------------------------------------
+
+STARTED: asyncio.Event | None = None
+RELEASE: asyncio.Event | None = None
+RAN: list[int] = []
+
+
+async def slow(amount: int) -> str:
+    """Charge a card: records the call, then waits until released."""
+    RAN.append(amount)
+    assert STARTED is not None and RELEASE is not None
+    STARTED.set()
+    await RELEASE.wait()
+    return f"charged {amount}"
+
+
+@pytest.mark.parametrize("decision", [True, False])
+async def test_a_non_idempotent_call_in_flight_asks_before_it_runs_again(decision: bool) -> None:
+    global STARTED, RELEASE
+    STARTED, RELEASE = asyncio.Event(), asyncio.Event()
+    RAN.clear()
+    script = Script().on("coder", calls(("slow", {"amount": 7})), results).on("synth", "ok")
+    graph = graph_of(tool_spec(["slow"]), script)
+    crash = asyncio.ensure_future(graph.ainvoke({"task": "pay"}, thread(), durability="sync"))
+    await STARTED.wait()
+    crash.cancel()  # the process died with the call in flight
+    with pytest.raises(asyncio.CancelledError):
+        await crash
+    RELEASE.set()
+    out = await graph.ainvoke(None, thread())
+    (intr,) = out["__interrupt__"]
+    assert intr.value == {
+        "kind": "tool_call_in_flight",
+        "agent": "coder",
+        "tool": "slow",
+        "args": {"amount": 7},
+        "question": "slow may have run before the run stopped and is not idempotent: run it "
+        "again? (`moa resume THREAD --approve` runs it; a resume value of false skips it)",
+    }
+    assert RAN == [7]
+    out = await graph.ainvoke(Command(resume=decision), thread())
+    proposal = out["proposals"]["1"]["coder"]
+    if decision:
+        assert RAN == [7, 7]
+        assert proposal["content"] == "results: charged 7"
+        assert proposal["tools"] == {"slow": 1}
+    else:
+        assert RAN == [7]
+        assert proposal["content"] == (
+            "results: not run: a person declined to run it again after a crash"
+        )
+        assert proposal["tools"] == {}
+
+
+async def test_a_non_idempotent_call_runs_once_without_a_crash() -> None:
+    global STARTED, RELEASE
+    STARTED, RELEASE = asyncio.Event(), asyncio.Event()
+    RELEASE.set()
+    RAN.clear()
+    script = Script().on("coder", calls(("slow", {"amount": 3})), results).on("synth", "ok")
+    state = await run(tool_spec(["slow"]), script)
+    assert RAN == [3]
+    assert state["proposals"]["1"]["coder"]["content"] == "results: charged 3"
+
+
+# -- the tool resolver ------------------------------------------------------------------
+
+
+async def test_the_resolver_names_and_describes_each_tool() -> None:
+    spec = load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder"),
+            "tools": {
+                **TOOLS,
+                "plus": {"function": "tests.tool_fixtures:add", "description": "Plus."},
+                "py": {"builtin": "python"},
+                "py2": {"builtin": "python", "description": "Mine."},
+                "docs": {"builtin": "search_files", "root": str(Path(__file__).parent)},
+            },
+            "agents": [
+                {
+                    "name": "coder",
+                    "model": "coder",
+                    "tools": ["add", "shout", "plus", "slow", "py", "py2", "docs"],
+                }
+            ],
+            "layers": [{"agents": ["coder"]}],
+        }
+    )
+    resolver = ToolResolver(spec)
+    agent = spec.agent("coder")
+    got = await resolver.for_agent(agent)
+    assert got.names() == ["add", "shout", "plus", "slow", "py", "py2", "docs"]
+    described = {t.name: t.description for t in got.tools}
+    assert described["add"].startswith("Add two integers.")
+    assert described["shout"] == "Louder."
+    assert described["plus"] == "Plus."
+    assert described["py"] == PYTHON_DESCRIPTION
+    assert described["py2"] == "Mine."
+    assert described["docs"] == (
+        "Search the files under tests/ for passages matching a query of keywords; returns the "
+        "best passages with their file and line."
+    )
+    assert got.idempotent == {
+        "add": True,
+        "shout": True,
+        "plus": True,
+        "slow": False,
+        "py": True,
+        "py2": True,
+        "docs": True,
+    }
+    assert await got.tools[0].ainvoke({"a": 4, "b": 5}) == 9
+    assert await got.tools[1].ainvoke({"text": "hi"}) == "HI"
+    # built once per graph
+    again = await resolver.for_agent(agent)
+    assert [id(t) for t in again.tools] == [id(t) for t in got.tools]
+    assert resolver.listing(agent) == "add, shout, plus, slow, py, py2, docs"
+    assert AgentTools([]).names() == []
+
+
+async def test_a_function_that_is_not_callable_is_refused() -> None:
+    from langgraph_moa.spec import GraphSpec
+
+    # (load_spec refuses it first; a spec built without it reaches the resolver's check)
+    spec = GraphSpec.model_validate(
+        {
+            "name": "tooly",
+            "models": models("coder"),
+            "tools": {"bad": {"function": "tests.tool_fixtures:NOT_A_TOOL"}},
+            "agents": [{"name": "coder", "model": "coder", "tools": ["bad"]}],
+            "layers": [{"agents": ["coder"]}],
+        }
+    )
+    with pytest.raises(
+        TypeError, match=r"tools\.bad\.function: 'tests\.tool_fixtures:NOT_A_TOOL' is not callable"
+    ):
+        await ToolResolver(spec).for_agent(spec.agent("coder"))
+
+
+def test_mcp_connections() -> None:
+    assert _connection(McpServerSpec(url="http://h:1/mcp")) == {
+        "transport": "streamable_http",
+        "url": "http://h:1/mcp",
+    }
+    assert _connection(McpServerSpec(url="http://h:1/mcp", headers={"X": "1"})) == {
+        "transport": "streamable_http",
+        "url": "http://h:1/mcp",
+        "headers": {"X": "1"},
+    }
+    assert _connection(McpServerSpec(command="srv")) == {
+        "transport": "stdio",
+        "command": "srv",
+        "args": [],
+    }
+    assert _connection(McpServerSpec(command="srv", args=["-v"], env={"A": "b"}, cwd="/tmp")) == {
+        "transport": "stdio",
+        "command": "srv",
+        "args": ["-v"],
+        "env": {"A": "b"},
+        "cwd": "/tmp",
+    }
+
+
+def test_reasons_unwrap_task_group_errors() -> None:
+    assert _reason(ValueError("bad")) == "ValueError: bad"
+    assert _reason(ValueError()) == "ValueError"
+    group = ExceptionGroup("tasks", [ExceptionGroup("inner", [OSError("refused")])])
+    assert _reason(group) == "OSError: refused"
+
+
+async def test_mcp_problems_name_the_unreachable_server() -> None:
+    spec = load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder"),
+            "tools": {
+                "add": TOOLS["add"],
+                "gone": {"mcp": {"url": "http://127.0.0.1:9/mcp"}},
+            },
+            "agents": [{"name": "coder", "model": "coder", "tools": ["add", "gone.x"]}],
+            "layers": [{"agents": ["coder"]}],
+        }
+    )
+    (problem,) = await mcp_problems(spec, timeout=30)
+    assert problem.startswith("tools.gone.mcp: cannot list the server's tools: ")
+    assert "ConnectError" in problem or "ConnectionError" in problem or "refused" in problem
