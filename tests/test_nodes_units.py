@@ -4,8 +4,12 @@ synthesizer's proposal fitting."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
+from langgraph_moa.nodes import prompts
 from langgraph_moa.nodes.budget import Budget, parse_budget, total_usage, usage_report
 from langgraph_moa.nodes.router import PlanError, _json_in
 from langgraph_moa.nodes.synthesizer import ContextWindowError, fit_proposals
@@ -121,3 +125,786 @@ def test_fit_proposals_water_fills_the_budget() -> None:
         fit_proposals({"a": long}, 50, on_overflow="fail")
     with pytest.raises(ContextWindowError, match="only 20 tokens are left for 2 proposals"):
         fit_proposals({"a": long, "b": long}, 20)
+
+
+# -- one model call: seeds, the ledger's view, recording and answering from it --------
+
+
+def test_call_seed_is_stable_and_depends_on_node_and_messages() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from langgraph_moa.nodes._calls import call_seed
+
+    hi = [HumanMessage("hi")]
+    assert call_seed(None, "L1_a", hi) is None
+    # the same seed in every process and release: a resume samples as the first run did
+    assert call_seed(7, "L1_a", hi) == 427251186
+    assert call_seed(7, "L1_b", hi) == 11845993
+    assert call_seed(0, "L1_a", hi) not in (None, 427251186)
+    assert call_seed(7, "L1_a", [HumanMessage("ho")]) != 427251186
+    called = [AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "1"}])]
+    assert call_seed(7, "L1_a", called) != call_seed(7, "L1_a", [AIMessage("")])
+    assert all(0 <= call_seed(s, "n", hi) < 2**31 for s in range(50))  # type: ignore[operator]
+
+
+def test_seeded_copies_only_models_with_a_seed() -> None:
+    from langchain_core.language_models import GenericFakeChatModel
+
+    from langgraph_moa.nodes._calls import seeded
+    from tests.nodes_support import FakeChat, Script
+
+    model = FakeChat(entry="a", script=Script())
+    assert seeded(model, None) is model
+    copy = seeded(model, 42)
+    assert copy is not model and copy.seed == 42 and model.seed is None  # type: ignore[attr-defined]
+    plain = GenericFakeChatModel(messages=iter([]))
+    assert seeded(plain, 42) is plain
+
+
+def test_canonical_messages() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from pydantic import BaseModel
+
+    from langgraph_moa.nodes._calls import canonical_message
+
+    class Part(BaseModel):
+        x: int
+
+    assert canonical_message(HumanMessage("hi", id="x1")) == {"role": "human", "content": "hi"}
+    assert canonical_message(HumanMessage("hi", name="ann")) == {
+        "role": "human",
+        "content": "hi",
+        "name": "ann",
+    }
+    ai = AIMessage("", tool_calls=[{"name": "f", "args": {"p": Part(x=1)}, "id": "c1"}])
+    assert canonical_message(ai) == {
+        "role": "ai",
+        "content": "",
+        "tool_calls": [{"name": "f", "args": {"p": {"x": 1}}, "id": "c1"}],
+    }
+    assert canonical_message(AIMessage("plain")) == {"role": "ai", "content": "plain"}
+    tool = ToolMessage("5", tool_call_id="c1", status="error")
+    assert canonical_message(tool) == {
+        "role": "tool",
+        "content": "5",
+        "tool_call_id": "c1",
+        "status": "error",
+    }
+    odd = HumanMessage(content=[{"type": "text", "text": "a", "obj": {1: object}}])
+    assert canonical_message(odd)["content"] == [
+        {"type": "text", "text": "a", "obj": {"1": "<class 'object'>"}}
+    ]
+
+
+def test_call_request_is_what_the_model_really_gets() -> None:
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_core.tools import tool
+
+    from langgraph_moa.nodes._calls import call_request, call_seed
+    from langgraph_moa.nodes.router import Plan
+    from tests.nodes_support import context, spec_of
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    msgs = [SystemMessage("s"), HumanMessage("hi")]
+    ctx = context(spec_of(["a"]))
+    req = call_request(ctx, "a", msgs, node="L1_a", temperature=0.5, max_tokens=10)
+    assert (req.node, req.kind, req.model) == ("L1_a", "agent", "a")
+    assert req.messages == [{"role": "system", "content": "s"}, {"role": "human", "content": "hi"}]
+    assert req.params == {"model": "a", "temperature": 0.5, "max_tokens": 10}
+    assert req.hash == "3bf4221ea5e93f90281e7b69bbcc5a539747b7d8d7866564f3dadc74435f4181"
+    spec = spec_of(
+        ["a"],
+        models={
+            "a": {
+                "model": "model-a",
+                "base_url": "http://127.0.0.1:9/v1",
+                "temperature": 0.0,
+                "max_tokens": 77,
+                "kwargs": {"top_p": 0.5},
+            }
+        },
+        defaults={"seed": 3},
+    )
+    ctx = context(spec)
+    req = call_request(
+        ctx, "a", msgs, node="L2_a", temperature=0.5, max_tokens=10, tools=[add], tool_choice="none"
+    )
+    assert req.kind == "tool_step" and req.model == "model-a"
+    assert req.params == {
+        "model": "model-a",
+        "temperature": 0.0,
+        "max_tokens": 77,
+        "kwargs": {"top_p": 0.5},
+        "seed": call_seed(3, "L2_a", msgs),
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "add",
+                    "description": "Add.",
+                    "parameters": {
+                        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                        "required": ["a", "b"],
+                        "type": "object",
+                    },
+                },
+            }
+        ],
+        "tool_choice": "none",
+    }
+    plan = call_request(ctx, "a", msgs, node="L1_router", temperature=0, max_tokens=5, schema=Plan)
+    assert plan.kind == "router" and plan.params["schema"] == Plan.model_json_schema()
+    synth = call_request(ctx, "a", msgs, node="L1_synthesizer", temperature=0, max_tokens=5)
+    assert synth.kind == "synthesizer" and "schema" not in synth.params
+    assert "tools" not in synth.params and "tool_choice" not in synth.params
+    # the hash covers messages and parameters, not the order of keys
+    other = call_request(ctx, "a", msgs[:1], node="L1_synthesizer", temperature=0, max_tokens=5)
+    assert other.hash != synth.hash
+
+
+class Source:
+    """A call ledger in memory (the CallSource protocol): answers from ``recorded``."""
+
+    def __init__(self, recorded: dict[str, Any] | None = None, seq: int = 4) -> None:
+        self.recorded, self.seq = recorded, seq
+        self.lookups: list[tuple[str, str, str]] = []
+        self.rows: list[dict[str, Any]] = []
+
+    async def lookup(self, node: str, task_id: str, request_hash: str) -> tuple[int, Any]:
+        self.lookups.append((node, task_id, request_hash))
+        return self.seq, self.recorded
+
+    async def record(self, **fields: Any) -> None:
+        self.rows.append(fields)
+
+
+async def test_call_model_records_the_call_in_the_ledger() -> None:
+    from langchain_core.messages import HumanMessage
+
+    from langgraph_moa.nodes._calls import CALLS_KEY, call_model, call_request
+    from langgraph_moa.nodes.budget import Ledger
+    from tests.nodes_support import Script, context, spec_of, usage
+
+    spec = spec_of(
+        ["a"],
+        models={
+            "a": {
+                "model": "model-a",
+                "base_url": "http://127.0.0.1:9/v1",
+                "input_cost_per_mtok": 1.0,
+                "output_cost_per_mtok": 2.0,
+            }
+        },
+    )
+    script = Script().on("a", "hello")
+    ctx = context(spec, script)
+    source = Source()
+    ledger = Ledger(Budget())
+    msgs = [HumanMessage("hi")]
+    config: Any = {"configurable": {CALLS_KEY: source}}
+    reply = await call_model(
+        ctx, "a", msgs, config, temperature=0.1, max_tokens=9, ledger=ledger, node="L1_a"
+    )
+    want_usage = {**usage(), "calls": 1, "cost": (10 * 1.0 + 5 * 2.0) / 1e6}
+    assert reply.message.text == "hello" and reply.usage == want_usage
+    assert (ledger.tokens, ledger.cost, ledger.reserved_tokens, ledger.reserved_cost) == (
+        15,
+        want_usage["cost"],
+        0,
+        0.0,
+    )
+    request = call_request(ctx, "a", msgs, node="L1_a", temperature=0.1, max_tokens=9)
+    assert source.lookups == [("L1_a", "", request.hash)]
+    (row,) = source.rows
+    latency = row.pop("latency_ms")
+    assert isinstance(latency, float) and latency >= 0
+    message = row.pop("response")["message"]
+    assert message["type"] == "ai" and message["data"]["content"] == "hello"
+    assert row == {
+        "node": "L1_a",
+        "kind": "agent",
+        "task_id": "",
+        "seq": 4,
+        "model": "model-a",
+        "params": {"model": "model-a", "temperature": 0.1, "max_tokens": 9},
+        "request_hash": request.hash,
+        "messages": [{"role": "human", "content": "hi"}],
+        "usage": want_usage,
+        "retries": 0,
+        "status": "ok",
+        "error": None,
+    }
+
+    # answered from the ledger: no model call, the recorded message and its usage
+    recorded = {"content": "recorded", "usage_metadata": usage(100, 50), "type": "ai"}
+    answered = Source(recorded={"message": {"type": "ai", "data": recorded}})
+    config = {"configurable": {CALLS_KEY: answered}}
+    again = await call_model(
+        ctx, "a", msgs, config, temperature=0.1, max_tokens=9, ledger=ledger, node="L1_a"
+    )
+    assert again.message.text == "recorded"
+    assert again.usage == {**usage(100, 50), "calls": 1, "cost": (100 + 100) / 1e6}
+    assert again.parsed is None and again.parsing_error is None
+    assert answered.rows == [] and len(script.calls) == 1
+    assert ledger.tokens == 15 + 150
+
+
+async def test_call_model_records_errors_and_hashes_only() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from langgraph_moa.nodes._calls import CALLS_KEY, _digest, call_model, canonical_message
+    from langgraph_moa.nodes.budget import Ledger
+    from tests.nodes_support import Script, context, spec_of
+
+    script = Script().on("a", RuntimeError("x" * 3000))
+    ctx = context(spec_of(["a"]), script)
+    source = Source()
+    ledger = Ledger(Budget())
+    config: Any = {"configurable": {CALLS_KEY: source}}
+    with pytest.raises(RuntimeError):
+        await call_model(
+            ctx,
+            "a",
+            [HumanMessage("hi")],
+            config,
+            temperature=0,
+            max_tokens=9,
+            ledger=ledger,
+            node="L1_a",
+        )
+    (row,) = source.rows
+    assert (row["status"], row["response"], row["usage"]) == ("error", None, None)
+    assert row["error"] == ("RuntimeError: " + "x" * 3000)[:2000]
+    assert (ledger.tokens, ledger.reserved_tokens) == (0, 0)
+
+    spec = spec_of(["a"], ledger="hashes")
+    answer = AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "c"}])
+    script = Script().on("a", answer)
+    source = Source()
+    config = {"configurable": {CALLS_KEY: source}}
+    reply = await call_model(
+        context(spec, script),
+        "a",
+        [HumanMessage("hi")],
+        config,
+        temperature=0,
+        max_tokens=9,
+        ledger=Ledger(Budget()),
+        node="L1_a",
+    )
+    (row,) = source.rows
+    human = {"role": "human", "content": "hi"}
+    assert row["messages"] == [{"role": "human", "hash": _digest(human)}]
+    assert row["response"] == {
+        "hash": _digest(canonical_message(reply.message)),
+        "tool_calls": 1,
+    }
+
+
+async def test_call_model_with_a_schema_from_the_ledger() -> None:
+    from langchain_core.messages import HumanMessage
+
+    from langgraph_moa.nodes._calls import CALLS_KEY, call_model
+    from langgraph_moa.nodes.budget import Ledger
+    from langgraph_moa.nodes.router import Plan
+    from tests.nodes_support import context, spec_of
+
+    plan = {"plan": [{"agent": "a", "subtask": "s"}]}
+    message = {"type": "ai", "data": {"content": "", "type": "ai"}}
+    ctx = context(spec_of(["a"]))
+    for recorded, parsed, error in [
+        ({"message": message, "parsed": plan}, Plan.model_validate(plan), None),
+        ({"message": message, "parsed": None, "parsing_error": "bad plan"}, None, "bad plan"),
+    ]:
+        config: Any = {"configurable": {CALLS_KEY: Source(recorded)}}
+        reply = await call_model(
+            ctx,
+            "a",
+            [HumanMessage("hi")],
+            config,
+            temperature=0,
+            max_tokens=9,
+            ledger=Ledger(Budget()),
+            node="L1_router",
+            schema=Plan,
+        )
+        assert reply.parsed == parsed
+        assert (None if reply.parsing_error is None else str(reply.parsing_error)) == error
+        assert reply.usage["total_tokens"] == 0
+
+
+async def test_invocation_and_checkpoint_ids() -> None:
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import START, StateGraph
+    from typing_extensions import TypedDict
+
+    from langgraph_moa.nodes import _calls
+    from langgraph_moa.nodes._calls import checkpoint_id, invocation_id
+
+    # outside a graph: a fresh id each time, no checkpoint
+    one, two = invocation_id({}), invocation_id({})
+    assert one != two and len(one) == 32 and int(one, 16) >= 0
+    assert checkpoint_id() == ""
+
+    class S(TypedDict, total=False):
+        ids: list[str]
+        cps: list[str]
+
+    def node(name: str) -> Any:
+        def run(state: S, config: RunnableConfig) -> dict[str, Any]:
+            return {
+                "ids": [*state.get("ids", []), invocation_id(config), invocation_id(config)],
+                "cps": [*state.get("cps", []), checkpoint_id()],
+            }
+
+        return run
+
+    builder = StateGraph(S)
+    builder.add_node("first", node("first"))
+    builder.add_node("second", node("second"))
+    builder.add_edge(START, "first")
+    builder.add_edge("first", "second")
+    saver = InMemorySaver()
+    graph = builder.compile(checkpointer=saver)
+    config: Any = {"configurable": {"thread_id": "t"}}
+    out = graph.invoke({}, config)
+    assert len(set(out["ids"])) == 1  # one invocation, one id, in every node
+    history = [s.config["configurable"]["checkpoint_id"] for s in graph.get_state_history(config)]
+    # each node runs on the checkpoint before its step: the 2nd and 3rd oldest
+    assert out["cps"] == [history[-2], history[-3]]
+    again = graph.invoke({}, {"configurable": {"thread_id": "u"}})
+    assert set(again["ids"]).isdisjoint(out["ids"])  # another invocation, another id
+    # the newest invocations keep their tokens; the oldest are dropped past the limit
+    _calls._invocations.clear()
+    keep = [object() for _ in range(_calls._MAX_INVOCATIONS)]
+    for obj in keep:
+        _calls._invocations[obj] = "old"
+    third = graph.invoke({}, {"configurable": {"thread_id": "v"}})
+    assert len(set(third["ids"])) == 1
+    assert len(_calls._invocations) == _calls._MAX_INVOCATIONS
+    assert keep[0] not in _calls._invocations and keep[1] in _calls._invocations
+    _calls._invocations.clear()
+
+
+def test_spec_budget() -> None:
+    from langgraph_moa.nodes._calls import spec_budget
+    from tests.nodes_support import context, spec_of
+
+    ctx = context(spec_of(["a"], max_total_tokens=100, max_cost=0.5))
+    assert spec_budget(ctx) == Budget(100, 0.5)
+    assert spec_budget(context(spec_of(["a"]))) == Budget(None, None)
+
+
+# -- the ledger of a run's budget ---------------------------------------------------------
+
+
+async def test_ledger_reserves_refuses_and_settles() -> None:
+    from langgraph_moa.nodes.budget import BudgetExceeded, Ledger, budget_of
+
+    ledger = Ledger(
+        Budget(max_total_tokens=100), {"total_tokens": 10, "cost": 0.5, "tool_calls": 2}
+    )
+    assert (ledger.tokens, ledger.cost, ledger.tool_calls) == (10, 0.5, 2)
+    assert await ledger.reserve(60, 0.0, "n1") == (60, 0.0)
+    assert ledger._overrun(31, 0.0, ledger.budget) == (
+        "token budget: 10 used + 60 reserved + up to 31 for this call > max_total_tokens 100"
+    )
+    assert ledger._overrun(30, 0.0, ledger.budget) is None
+    ledger.settle((60, 0.0), {"total_tokens": 20, "cost": 0.25})
+    assert (ledger.tokens, ledger.cost, ledger.reserved_tokens) == (30, 0.75, 0)
+    with pytest.raises(BudgetExceeded) as err:
+        await ledger.reserve(71, 0.01, "n2")
+    assert err.value.info == {
+        "kind": "budget",
+        "node": "n2",
+        "reason": "n2: token budget: 30 used + up to 71 for this call > max_total_tokens 100; "
+        "resume with a larger budget",
+        "used": {"total_tokens": 30, "cost": 0.75},
+        "next_call": {"total_tokens": 71, "cost": 0.01},
+        "budget": {"max_total_tokens": 100, "max_cost": None},
+    }
+    assert str(err.value) == err.value.info["reason"]
+    # a budget given for one call replaces the ledger's
+    assert await ledger.reserve(71, 0.0, "n2", budget=Budget()) == (71, 0.0)
+    ledger.settle((71, 0.0), None)  # a failed call uses nothing
+    assert (ledger.tokens, ledger.reserved_tokens) == (30, 0)
+
+    costly = Ledger(Budget(max_cost=1.0), {"cost": 0.5})
+    await costly.reserve(0, 0.25, "c")
+    assert costly._overrun(0, 0.3, costly.budget) == (
+        "cost budget: 0.5 spent + 0.25 reserved + up to 0.3 for this call > max_cost 1"
+    )
+    assert Ledger(Budget(max_cost=1.0))._overrun(0, 1.5, Budget(max_cost=1.0)) == (
+        "cost budget: 0 spent + up to 1.5 for this call > max_cost 1"
+    )
+    assert costly._overrun(0, 0.25, costly.budget) is None
+    # tool calls
+    assert costly.take_tool_call(None) and costly.tool_calls == 1
+    assert costly.take_tool_call(2) and costly.tool_calls == 2
+    assert not costly.take_tool_call(2) and costly.tool_calls == 2
+    # the invocation's budget replaces the spec's
+    assert budget_of(None, Budget(5)) == Budget(5)
+    assert budget_of({"configurable": {"budget": {"max_cost": 2}}}, Budget(5)) == Budget(5, 2.0)
+
+
+async def test_ledger_waits_for_calls_in_flight_before_refusing() -> None:
+    from langgraph_moa.nodes.budget import BudgetExceeded, Ledger
+
+    ledger = Ledger(Budget(max_total_tokens=100))
+    first = await ledger.reserve(80, 0.0, "a")
+    waiting = asyncio.ensure_future(ledger.reserve(50, 0.0, "b"))
+    await asyncio.sleep(0)  # let it start waiting
+    assert not waiting.done()
+    ledger.settle(first, {"total_tokens": 30})  # the call used less than it reserved
+    assert await waiting == (50, 0.0)
+    assert (ledger.tokens, ledger.reserved_tokens) == (30, 50)
+    # when what is in flight settles and it still does not fit: refused
+    late = asyncio.ensure_future(ledger.reserve(71, 0.0, "c"))
+    await asyncio.sleep(0)
+    ledger.settle((50, 0.0), {"total_tokens": 50})
+    with pytest.raises(BudgetExceeded, match="c: token budget: 80 used"):
+        await late
+
+
+# -- the layer gate ---------------------------------------------------------------------
+
+
+async def test_layer_gate_quorum_grace_and_cut() -> None:
+    from langgraph_moa.nodes._quorum import Cut, LayerGate, layer_gate
+    from langgraph_moa.nodes.budget import Ledger
+
+    ledger = Ledger(Budget())
+    gate = LayerGate(layer=1, needed=2, grace=0.01, timeout=None, ledger=ledger, run_id="r")
+    assert (gate.layer, gate.needed, gate.grace, gate.run_id) == (1, 2, 0.01, "r")
+    assert gate.ledger is ledger and gate.answered == 0 and gate.reason is None
+    gate.report(False)
+    gate.report(True)
+    assert gate.answered == 1 and not gate._timers
+    gate.report(True)
+    assert gate.answered == 2 and len(gate._timers) == 1
+    never = asyncio.Event()
+    with pytest.raises(
+        Cut,
+        match=r"^no answer within the grace period of 0\.01s after 2 agents "
+        r"answered \(quorum 2\)$",
+    ):
+        await gate.guard(never.wait())
+    assert not gate._calls
+    # once cut, a new call is not started
+    started: list[int] = []
+
+    async def call() -> int:
+        started.append(1)
+        return 1
+
+    with pytest.raises(Cut):
+        await gate.guard(call())
+    assert started == []
+    gate.cut("another reason")
+    assert gate.reason.startswith("no answer within the grace period")  # type: ignore[union-attr]
+    gate.close()
+
+    # a quorum of 0 (or less) starts the grace period at once; no grace, no timer
+    zero = LayerGate(layer=2, needed=-1, grace=0.5, timeout=None, ledger=ledger, run_id="r")
+    assert zero.needed == 0 and len(zero._timers) == 1
+    zero.close()
+    assert zero._timers[0].cancelled()
+    none = LayerGate(layer=2, needed=0, grace=None, timeout=None, ledger=ledger, run_id="r")
+    assert none._timers == []
+    assert await none.guard(call()) == 1
+
+    # a timeout cuts everything still running
+    timed = LayerGate(layer=3, needed=1, grace=None, timeout=0.01, ledger=ledger, run_id="r")
+    with pytest.raises(Cut, match=r"^no answer within the layer timeout of 0\.01s$"):
+        await timed.guard(never.wait())
+    # a cancellation that is not the gate's goes through
+    task = asyncio.ensure_future(none.guard(never.wait()))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    # agents of one layer share a gate; the last to leave closes it
+    kwargs: dict[str, Any] = {
+        "layer": 1,
+        "needed": 1,
+        "grace": 5.0,
+        "timeout": 9.0,
+        "ledger": ledger,
+        "run_id": "r",
+    }
+    from langgraph_moa.nodes import _quorum
+
+    with layer_gate(("k",), **kwargs) as g1:
+        with layer_gate(("k",), **{**kwargs, "needed": 3}) as g2:
+            assert g1 is g2 and g1.needed == 1
+            assert _quorum._gates[("k",)] == (g1, 2)
+        assert _quorum._gates[("k",)] == (g1, 1)
+        assert not g1._timers[0].cancelled()
+        with layer_gate(("other",), **kwargs) as g3:
+            assert g3 is not g1
+    assert ("k",) not in _quorum._gates and ("other",) not in _quorum._gates
+    assert g1._timers[0].cancelled()
+
+
+# -- conversations and prompts ----------------------------------------------------------
+
+
+def test_turns_without_asked_and_history_notes() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    from langgraph_moa.nodes.conversation import (
+        earlier_turns,
+        fitted_history,
+        history_note,
+        with_history,
+    )
+
+    messages = [
+        AIMessage("before any question"),
+        HumanMessage("q1"),
+        AIMessage(""),
+        AIMessage("a1"),
+        AIMessage(""),
+        HumanMessage("q2"),
+    ]
+    assert earlier_turns({"messages": messages}) == [{"question": "q1", "answer": "a1"}]
+    assert earlier_turns({"messages": messages, "asked": "missing"}) == [
+        {"question": "q1", "answer": "a1"}
+    ]
+    assert earlier_turns({"messages": [AIMessage("x")]}) == []
+    assert earlier_turns({}) == []
+    assert history_note(0, 5) == ""
+    assert history_note(2, 5) == prompts.HISTORY_TRIMMED.format(dropped=2, total=5)
+    turns = [{"question": "q", "answer": "a"}]
+    task = [HumanMessage("task")]
+    assert with_history(task, [], 0) is task
+    assert [(m.type, m.text) for m in with_history(task, turns, 1)] == [
+        ("human", "task"),
+        ("system", history_note(1, 2)),
+        ("human", "q"),
+        ("ai", "a"),
+    ]
+    base = [SystemMessage("sys"), HumanMessage("task")]
+    assert [(m.type, m.text) for m in with_history(base, turns)] == [
+        ("system", "sys"),
+        ("human", "q"),
+        ("ai", "a"),
+        ("human", "task"),
+    ]
+    assert with_history(base, [], 3)[0].text == "sys\n\n" + history_note(3, 3)
+    # fitting: the window minus the reply, the prompt and a margin
+    from langgraph_moa.nodes.conversation import HISTORY_MARGIN, tokens_of, turn_messages
+
+    state: Any = {"messages": [HumanMessage("q"), AIMessage("a"), HumanMessage("task")]}
+    need = tokens_of(base) + HISTORY_MARGIN + tokens_of(turn_messages(turns))
+    assert fitted_history(state, base, need + 10, 10) == (turns, 0)
+    assert fitted_history(state, base, need + 9, 10) == ([], 1)
+    assert fitted_history(state, base, 0, 10) == ([], 1)
+    assert fitted_history({"messages": [HumanMessage("task")]}, base, 0, 10) == ([], 0)
+
+
+def test_prompt_pieces() -> None:
+    assert prompts.format_proposal(2, "a", None, "  text \n") == "2. [a]\ntext"
+    assert prompts.format_proposal(1, "a", "sub", "t") == "1. [a] (subtask: sub)\nt"
+    assert prompts.numbered_proposal(3, "b", "\n body ") == "[3] b\nbody"
+    assert prompts.with_tools("answer", None) == "answer"
+    assert prompts.with_tools("answer", {}) == "answer"
+    assert prompts.with_tools("answer", {"add": 1, "py": 3}) == "(tools used: add, py x3)\nanswer"
+
+
+# -- aggregation: final answers, votes, picks ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("so \\boxed{1} then \\boxed{2}", "2"),
+        ("answer: 3\nanswer is 4", "4"),
+        ("The final answer was: 5", "5"),
+        ("answer = 6", "6"),
+        ("answer - 7", "7"),
+        ("- **x**.", "x"),
+        ("> quote", "quote"),
+        ("## head", "head"),
+        ('"quoted";', "quoted"),
+        ("line1\n\nline2  ", "line2"),
+        ("*_*", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(text: str, answer: str | None) -> None:
+    from langgraph_moa.nodes.aggregation import extract_answer
+
+    assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize(
+    ("token", "canonical"),
+    [("48.0", "48"), ("0.50", "0.5"), ("1/2", "1/2"), ("abc", "abc"), ("-3.10", "-3.1"),
+     ("1e3", "1000"), ("0", "0"), ("100", "100")],
+)  # fmt: skip
+def test_canonical_number(token: str, canonical: str) -> None:
+    from langgraph_moa.nodes.aggregation import canonical_number
+
+    assert canonical_number(token) == canonical
+
+
+@pytest.mark.parametrize(
+    ("answer", "key"),
+    [
+        ("(B)", "(b)"), ("b)", "(b)"), ("B. Paris", "(b)"), ("option b", "(b)"),
+        ("choice (c)", "(c)"), ("letter d", "(d)"), ("h", "(h)"), ("i", "i"),
+        ("Yes indeed", "yes"), ("Nope", "no"), ("1,234,567", "1234567"), ("$48", "48"),
+        ("seven", "7"), ("twenty", "20"), ("zero", "0"), ("the", "the"), ("The Dog", "dog"),
+        ("a cat", "cat"), ("...", None), ("x1 and 2", "2"), ("1_000", "1000"), ("12,34", "34"),
+        ("\uff14\uff18", "48"),
+    ],
+)  # fmt: skip
+def test_normalize_answer(answer: str, key: str | None) -> None:
+    from langgraph_moa.nodes.aggregation import normalize_answer
+
+    assert normalize_answer(answer) == key
+
+
+def test_tally_order_ties_and_agreement() -> None:
+    from langgraph_moa.nodes.aggregation import tally
+
+    vote = tally({"a": "1", "b": "2", "c": "2", "d": "1", "e": "3"})
+    assert vote.votes == {"1": 2, "2": 2, "3": 1}  # a tie at the top, in the agents' order
+    assert vote.tie and vote.winner is None and vote.agent is None and vote.agreement == 0.4
+    vote = tally({"a": "9", "b": "7", "c": "7"}, min_agreement=0.67)
+    assert (vote.winner, vote.agent, vote.agreement) == (None, None, 0.6667)
+    vote = tally({"a": "9", "b": "7", "c": "7"}, min_agreement=0.66)
+    assert (vote.winner, vote.agent, vote.tie) == ("7", "b", False)
+    assert vote.answers == {"a": "9", "b": "7", "c": "7"}
+    assert vote.keys == {"a": "9", "b": "7", "c": "7"}
+    empty = tally({})
+    assert (empty.votes, empty.agreement, empty.winner, empty.tie) == ({}, 0.0, None, False)
+    assert empty.describe() == "no answers"
+    silent = tally({"a": "", "b": "  "})
+    assert silent.describe() == "no answer found (a, b)" and silent.agreement == 0.0
+
+
+@pytest.mark.parametrize(
+    ("reply", "choice", "reason"),
+    [
+        ('{"best": 2, "reason": " ok "}', 2, "ok"),
+        ('{"proposal": "[3]"}', 3, ""),
+        ('{"pick": "#1", "reason": null}', 1, ""),
+        ('{"choice": 9, "reason": "x"} [2]', 2, None),
+        ('{"choice": true}', None, None),
+        ('{"choice": "two"}', None, None),
+        ("{not json} [1]", 1, None),
+        ("[ 2 ]\nReason: short", 2, "short"),
+        ("I pick [3]\n", 3, "I pick [3]"),
+        ("Some text\n[2] is best", 2, None),
+        ("The best: 2\nbecause - it is", 2, "it is"),
+        ("Option #3", 3, None),
+        ("3\nWhy: it is", 3, "it is"),
+        ("first line\n2", None, None),
+        ("p1 and p2 both", None, None),
+        ("response 0 then response 2", 2, None),
+    ],
+)
+def test_parse_pick(reply: str, choice: int | None, reason: str | None) -> None:
+    from langgraph_moa.nodes.aggregation import parse_pick
+
+    pick = parse_pick(reply, 3, ["p1", "p2", "p3"])
+    assert (pick.choice, pick.reason) == (choice, reply.strip() if reason is None else reason)
+
+
+def test_parse_pick_without_agent_names() -> None:
+    from langgraph_moa.nodes.aggregation import Pick, parse_pick
+
+    assert parse_pick("[2]", 3) == Pick(2, "[2]")
+    assert parse_pick("p2", 3) == Pick(None, "p2")
+    assert parse_pick("[3]", 2) == Pick(None, "[3]")
+
+
+# -- attribution --------------------------------------------------------------------------
+
+AGENTS = ["p1", "p2", "p3"]
+
+
+@pytest.mark.parametrize(
+    ("text", "stripped", "cited"),
+    [
+        ("Fact [1-2].", "Fact.", [1, 2]),
+        ("Fact [2\u20133]", "Fact", [2, 3]),
+        ("Fact [p2]", "Fact", [2]),
+        ("Fact [p1; 3]", "Fact", [1, 3]),
+        ("Fact [1,1]", "Fact", [1]),
+        ("Fact [ 1 , 2 ]", "Fact", [1, 2]),
+        ("Fact  [1]", "Fact", [1]),
+        ("[1] lead", " lead", [1]),
+        ("Use `a[1]` [2].", "Use `a[1]`.", [2]),
+        ("Fact [4]", "Fact [4]", None),
+        ("Fact [0]", "Fact [0]", None),
+        ("Fact [3-1]", "Fact [3-1]", None),
+        ("Fact[2]", "Fact[2]", None),
+        ("x[1] stays", "x[1] stays", None),
+    ],
+)
+def test_citations(text: str, stripped: str, cited: list[int] | None) -> None:
+    from langgraph_moa.nodes.attribution import attribute, strip_citations
+
+    assert strip_citations(text, AGENTS) == stripped
+    answer, (claim,) = attribute(text, AGENTS, ["", "", ""])
+    assert answer == stripped.strip()
+    assert claim["text"] == stripped.strip()
+    assert claim["proposals"] == (cited or [])
+    assert claim["agents"] == [AGENTS[n - 1] for n in cited or []]
+    assert claim["inferred"] is (cited is None)
+
+
+def test_sentences_claims_and_content_words() -> None:
+    from langgraph_moa.nodes.attribution import _content_words, _sentences, claims_of, copied
+
+    assert _sentences("Pi is 3.14 exactly. Next one! Third? [1] Fourth x.y ok.") == [
+        "Pi is 3.14 exactly.",
+        "Next one!",
+        "Third? [1]",
+        "Fourth x.y ok.",
+    ]
+    assert _sentences('He said "yes." Then [2] left.') == ['He said "yes."', "Then [2] left."]
+    assert claims_of("Intro.\n\n```py\nx = 1. y\n```\n---\nAfter.") == [
+        "Intro.",
+        "```py\nx = 1. y\n```",
+        "After.",
+    ]
+    assert claims_of("~~~\ncode [1]\n~~~") == ["~~~\ncode [1]\n~~~"]
+    assert _content_words("The cat sat on 7 mats and answer is 42 ab which") == {
+        "42", "7", "cat", "mats", "sat"
+    }  # fmt: skip
+    assert copied("One. Two.", [(2, "p2"), (1, "p1")]) == [
+        {"text": "One.", "agents": ["p2", "p1"], "proposals": [2, 1], "inferred": False},
+        {"text": "Two.", "agents": ["p2", "p1"], "proposals": [2, 1], "inferred": False},
+    ]
+
+
+def test_attribution_inferred_from_overlap() -> None:
+    from langgraph_moa.nodes.attribution import attribute, strip_citations
+
+    # half of the claim's content words is enough (2 of 4), less is not (1 of 4)
+    answer, claims = attribute(
+        "cats dogs birds fish", AGENTS, ["cats dogs", "birds", "cats dogs birds"]
+    )
+    assert answer == "cats dogs birds fish"
+    assert claims == [{"text": "cats dogs birds fish", "agents": ["p1", "p3"],
+                       "proposals": [1, 3], "inferred": True}]  # fmt: skip
+    # no content words: no support
+    assert attribute("the and", AGENTS, ["the and"] * 3)[1][0]["agents"] == []
+    # a claim that is only citations is dropped; code blocks are claims, never stripped
+    text = "[1]\nReal claim [2].\n```\nx = [1]\n```"
+    answer, claims = attribute(text, AGENTS, ["", "", ""])
+    assert answer == "Real claim.\n```\nx = [1]\n```"
+    assert [c["text"] for c in claims] == ["Real claim.", "```\nx = [1]\n```"]
+    assert claims[1]["inferred"] is True and claims[1]["agents"] == []
+    assert strip_citations("a [1]\n```\nb [1]\n```\nc [1]", AGENTS) == "a\n```\nb [1]\n```\nc"
+    assert strip_citations("Fact [1].", []) == "Fact [1]."

@@ -214,7 +214,7 @@ def parse_pick(reply: str, count: int, agents: list[str] | None = None) -> Pick:
             value = next(
                 (data[k] for k in ("choice", "best", "proposal", "pick") if k in data), None
             )
-            number = value if isinstance(value, int) else _int(value)
+            number = value if type(value) is int else _int(value)  # not a bool
             if number is not None and 1 <= number <= count:
                 return Pick(number, str(data.get("reason") or "").strip())
     first, _, rest = text.partition("\n")
