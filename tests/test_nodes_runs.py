@@ -967,3 +967,86 @@ async def test_synthesizer_over_budget_pauses_then_resumes() -> None:
     out = await graph.ainvoke(Command(resume={"max_total_tokens": 10_000}), thread())
     assert out["answer"] == "done"
     assert out["usage"]["synthesizer_L1"]["calls"] == 1
+
+
+# -- the synthesizer node on a state of its own -------------------------------------------
+
+
+async def test_synthesizer_without_proposals_names_what_is_missing() -> None:
+    from langgraph_moa.nodes.synthesizer import QuorumError, make_synthesizer_node
+
+    ctx = context(spec_of(["a", "b", "c"]))
+    node = make_synthesizer_node(ctx, 1)
+    assert node.__name__ == "synthesizer_L1"
+    with pytest.raises(QuorumError) as err:
+        await node({"task": "T", "plans": {"1": []}, "proposals": {}}, {})
+    assert str(err.value) == (
+        "layer 1: 0 of 3 agents answered, 1 needed (no proposals); resume the run once the "
+        "models answer again: it retries the agents that did not answer"
+    )
+
+
+async def test_synthesizer_quorum_is_capped_by_the_plan() -> None:
+    from langgraph_moa.nodes.synthesizer import make_synthesizer_node
+
+    script = Script().on("synth", "merged")
+    ctx = context(spec_of(["a", "b", "c"], layer={"min_proposals": 3}), script)
+    state: Any = {
+        "task": "T",
+        "plans": {"1": [{"agent": "a", "subtask": "x"}, {"agent": "b", "subtask": "y"}]},
+        "proposals": {"1": {"a": {**prop("a", "A"), "run_id": "old"},
+                            "b": {**prop("b", "", status="missing"), "error": "late"}}},
+        "syntheses": ["old first layer"],
+    }  # fmt: skip
+    # 1 of 2 planned answered; 2 needed: b (missing in an earlier invocation) is retried
+    script.on("b", "B now")
+    update = await make_synthesizer_node(ctx, 1)(state, {})
+    assert [c.model for c in script.calls] == ["b", "synth"]
+    assert update["proposals"]["1"]["b"]["content"] == "B now"
+    assert update["syntheses"] == ["merged"]
+    assert update["answer"] == "merged"
+    assert update["usage"] == {
+        "b": {**usage(), "calls": 1, "cost": 0.0},
+        "synthesizer_L1": {**usage(), "calls": 1, "cost": 0.0},
+    }
+    assert script.of("synth")[0].system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals=listing(("a", "A"), ("b", "B now"))
+    )
+    # a plan of one: a quorum of one, no retry of the rest
+    script = Script().on("synth", "merged")
+    one: Any = {**state, "plans": {"1": [{"agent": "a", "subtask": "x"}]}}
+    one["proposals"] = {"1": {"a": prop("a", "A")}}
+    update = await make_synthesizer_node(context(spec_of(["a", "b", "c"], layer={
+        "min_proposals": 3}), script), 1)(one, {})  # fmt: skip
+    assert [c.model for c in script.calls] == ["synth"]
+    assert "proposals" not in update and update["notes"] == []
+
+
+async def test_a_first_layer_synthesizer_keeps_earlier_syntheses_and_does_not_answer() -> None:
+    from langgraph_moa.nodes.synthesizer import make_synthesizer_node
+
+    script = Script().on("synth", "second")
+    ctx = context(spec_of(["a"], layers=3), script)
+    state: Any = {
+        "task": "T",
+        "plans": {"2": [{"agent": "a", "subtask": "T"}]},
+        "proposals": {"2": {"a": prop("a", "A")}},
+        "syntheses": ["first", "stale second", "stale third"],
+    }
+    update = await make_synthesizer_node(ctx, 2)(state, {})
+    assert update["syntheses"] == ["first", "second"]
+    assert "answer" not in update and "messages" not in update and "attribution" not in update
+    assert update["aggregation"] == {
+        "2": {"mode": "synthesize", "proposals": ["a"], "decided_by": "synthesizer", "cited": 0}
+    }
+
+
+async def test_agent_with_tools_cut_by_its_gate() -> None:
+    from tests.test_nodes_tools import tool_spec
+
+    g = gate()
+    g.cut("closed")
+    update = await make_agent_runner(context(tool_spec(["add"])), "coder", 1)(payload(), {}, g)
+    proposal = update["proposals"]["1"]["coder"]
+    assert (proposal["status"], proposal["error"]) == ("missing", "closed")
+    assert "usage" not in update
