@@ -372,6 +372,7 @@ class RunExecutor:
         epoch = await self._acquire(record, token, owner, wait)
         if epoch is None:  # cancelled while it waited
             return await registry.get_run(record.run_id)
+        claimed: RunRecord | None = None
         try:
             fresh = await registry.get_run(record.run_id)
             if fresh is None or (fresh.status not in ACTIVE and not resume_ended):
@@ -381,14 +382,13 @@ class RunExecutor:
                 return await self._supersede(record, newer)
             claimed = await registry.claim_run(record.run_id, owner, stale_after=self.stale_after)
         except RunOwnedError:
-            await self._release(record.thread_id, token)
             latest = await registry.get_run(record.run_id)
             if latest is not None and latest.status not in ACTIVE and not resume_ended:
                 return latest  # cancelled between the read and the claim
             raise
-        except BaseException:
-            await self._release(record.thread_id, token)
-            raise
+        finally:
+            if claimed is None:  # not run here: the lease goes back at once, not when stale
+                await self._release(record.thread_id, token)
         calls = RunCalls(
             CallLedger(registry.engine), claimed.run_id, claimed.thread_id, claimed.attempts
         )
@@ -620,6 +620,8 @@ async def _to_the_end(step: Awaitable[Any]) -> None:
             if task.cancelled():
                 raise
             cancelled = True
+        except Exception:  # the step failed (it is done): raised below, or logged
+            pass
     if cancelled:
         if not task.cancelled() and task.exception() is not None:
             log.warning("cleanup after a cancellation failed", exc_info=task.exception())
