@@ -47,7 +47,7 @@ from langgraph_moa.runtime.executor import (
     usage_totals,
 )
 
-WAIT = 60.0  # a bound on waits only
+WAIT = 20.0  # a bound on waits only (each is for sub-second work)
 LOGGER = "langgraph_moa.runtime.executor"
 
 
@@ -56,11 +56,23 @@ class RacingRegistry(RunRegistry):
     between the executor's last read and its claim), against the same database."""
 
     before_claim: Callable[[str], Awaitable[None]] | None = None
+    before_update: Callable[[str, dict[str, Any]], None] | None = None
+    fail_release = False
 
     async def claim_run(self, run_id: str, owner: Owner | None = None, **kw: Any) -> RunRecord:
         if self.before_claim is not None:
             await self.before_claim(run_id)
         return await super().claim_run(run_id, owner, **kw)
+
+    async def update_run(self, run_id: str, **kw: Any) -> RunRecord:
+        if self.before_update is not None:
+            self.before_update(run_id, kw)
+        return await super().update_run(run_id, **kw)
+
+    async def release_lease(self, thread_id: str, token: str) -> bool:
+        if self.fail_release:
+            raise ConnectionError("database is gone")
+        return await super().release_lease(thread_id, token)
 
 
 class CountingRegistry(RunRegistry):
@@ -340,6 +352,8 @@ async def test_executor_defaults_and_the_cancel_poll_bound(registry: RunRegistry
         1.0,
         0.5,
     )
+    assert not ex.cancel_listening.is_set()  # until listen_for_cancels listens
+    assert ex.running == {} and ex._waiting == {}
     assert RunExecutor(registry, heartbeat_interval=2, cancel_poll=5).cancel_poll == 2
     assert RunExecutor(registry, heartbeat_interval=9, cancel_poll=5).cancel_poll == 5
 
@@ -417,14 +431,22 @@ async def test_each_execution_without_an_owner_gets_its_own(registry: RunRegistr
     assert a.token == a_token and b.token == b_token and a.token != b.token
 
 
-def test_execution_without_a_ledger_and_interrupt_reasons() -> None:
+async def test_execution_without_a_ledger_and_interrupt_reasons() -> None:
     now = dt.datetime(2026, 1, 1)
     record = RunRecord("r", "t", "running", now, now)
     ex = Execution(record, Owner.new(), "tok")
     assert ex.configurable() == {LEASE_KEY: "tok"} and ex.epoch == 0 and ex.stop is None
-    ex.interrupt("lost")
+    ex.interrupt("lost")  # no task: nothing to cancel
     ex.interrupt("cancel")
     assert ex.stop == "lost"  # the first reason stands
+    ex.task = asyncio.create_task(asyncio.Event().wait())
+    await asyncio.sleep(0)
+    ex.interrupt("cancel")
+    with pytest.raises(asyncio.CancelledError) as cancelled:
+        await ex.task
+    assert cancelled.value.args == ("run cancel",)
+    ex.interrupt("cancel")  # a task that is done: nothing happens
+    assert ex.task.cancelled()
 
 
 async def test_ended_and_unknown_runs(registry: RunRegistry) -> None:
@@ -465,7 +487,7 @@ async def test_a_run_superseded_while_it_waited_gives_the_lease_back(
     registry: RunRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
     await registry.acquire_lease("t", "other")
-    run = await registry.create_run("t", status="pending")
+    run = await registry.create_run("t", status="pending", queued_by=Owner.new())
     executor = RunExecutor(registry, lease_poll=0.01)
     task = asyncio.create_task(executor.execute(run, never, wait=True))
     await waiting(executor, run.run_id)
@@ -656,6 +678,43 @@ async def test_hand_back_gives_the_run_back_pending(registry: RunRegistry) -> No
     )
     thread = await registry.get_thread("t")
     assert thread is not None and thread.lease_token is None and thread.status == "busy"
+    assert thread.updated_at >= back.updated_at  # the thread follows its run
+
+
+@pytest.mark.parametrize("how", ["on_stop=None", "hand_back"])
+async def test_a_run_taken_over_is_not_handed_back(registry: RunRegistry, how: str) -> None:
+    """Giving a run back is fenced: a run another process took meanwhile stays its own,
+    and the caller still gets its own cancellation or exception."""
+
+    class Later(Exception):
+        pass
+
+    thief = Owner.new()
+    started = asyncio.Event()
+
+    async def body(ex: Execution) -> RunEnd:
+        await registry.update_run(ex.run_id, owner_token=thief.token)
+        if how == "hand_back":
+            raise Later("shutting down")
+        started.set()
+        return await forever(ex)
+
+    run = await registry.create_run("t", status="pending")
+    task = asyncio.create_task(
+        RunExecutor(registry).execute(run, body, on_stop=None, hand_back=(Later,))
+    )
+    if how == "hand_back":
+        with pytest.raises(Later):
+            await asyncio.wait_for(task, WAIT)
+    else:
+        await asyncio.wait_for(started.wait(), WAIT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    kept = await registry.get_run(run.run_id)
+    assert kept is not None and (kept.status, kept.owner_token) == ("running", thief.token)
+    thread = await registry.get_thread("t")
+    assert thread is not None and thread.lease_token is None
 
 
 async def test_a_failed_record_is_an_error_naming_why(
@@ -954,3 +1013,57 @@ async def test_heartbeat_stops_a_run_whose_lease_or_ownership_is_gone(
     thread = await registry.get_thread("t")
     assert thread is not None
     assert thread.lease_token == ("thief" if taken == "lease" else None)
+
+
+@pytest.mark.parametrize("end", ["success", "error", "cancelled"])
+async def test_a_cancel_during_the_record_does_not_cut_it_short(
+    registry: RacingRegistry, end: str
+) -> None:
+    """Once the body has ended, a cancel request (here, arriving while the end is being
+    written) does not reach the caller's task: the end is recorded whole."""
+    run = await registry.create_run("t", status="pending")
+    executor = RunExecutor(registry)
+    started = asyncio.Event()
+    late: list[bool] = []
+
+    def cancel_now(run_id: str, values: dict[str, Any]) -> None:
+        if values.get("owner") is not None and values.get("release"):
+            late.append(executor.cancel_local(run_id))
+
+    registry.before_update = cancel_now
+
+    async def body(_: Execution) -> RunEnd:
+        if end == "error":
+            raise ValueError("failed")
+        if end == "cancelled":
+            started.set()
+            return await forever(_)
+        return RunEnd("success", answer="whole")
+
+    task = asyncio.create_task(executor.execute(run, body))
+    if end == "cancelled":
+        await asyncio.wait_for(started.wait(), WAIT)
+        await executor.cancel(run.run_id)
+    ended = await asyncio.wait_for(task, WAIT)
+    assert late == [True]  # it was still running here, and asked
+    assert ended is not None and ended.status == end and ended.owner_token is None
+    assert ended.answer == ("whole" if end == "success" else None)
+
+
+async def test_a_lease_that_cannot_be_given_back_is_logged(
+    registry: RacingRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry.fail_release = True
+
+    async def body(_: Execution) -> RunEnd:
+        return RunEnd("success", answer="kept")
+
+    run = await registry.create_run("t", status="pending")
+    ended = await RunExecutor(registry).execute(run, body)
+    assert ended is not None and (ended.status, ended.answer) == ("success", "kept")
+    (warning,) = [r for r in caplog.records if r.name == LOGGER]
+    assert (warning.levelname, warning.getMessage()) == (
+        "WARNING",
+        "cannot release the lease of thread t",
+    )
+    assert warning.exc_info is not None and isinstance(warning.exc_info[1], ConnectionError)
