@@ -69,11 +69,19 @@ TARGETS: dict[str, dict[str, list[str]]] = {
             "(sqlite or driver_shape or vanish) and not process and not killed and not prune",
         ],
     },
-    # the one run executor
+    # the one run executor: its pieces, and whole runs through MoA, on SQLite (not the
+    # PostgreSQL-only cancel listener, whose mutants hang its tests until their bound, nor
+    # the `moa cancel` subprocess test: 26 s at load, and what it runs in-process the MoA
+    # cancel test runs too)
     "executor": {
         "mutate": ["langgraph_moa/runtime/executor.py"],
         "skip": [],
-        "tests": ["tests/test_executor.py", "-k", "sqlite or not (postgres or mysql)"],
+        "tests": [
+            "tests/test_executor_units.py",
+            "tests/test_executor.py",
+            "-k",
+            "(sqlite or not (postgres or mysql)) and not command",
+        ],
     },
     # API keys, tenants and request validation of the server
     "auth": {
