@@ -908,3 +908,86 @@ def test_attribution_inferred_from_overlap() -> None:
     assert claims[1]["inferred"] is True and claims[1]["agents"] == []
     assert strip_citations("a [1]\n```\nb [1]\n```\nc [1]", AGENTS) == "a\n```\nb [1]\n```\nc"
     assert strip_citations("Fact [1].", []) == "Fact [1]."
+
+
+def test_fit_proposals_exact_caps_boundaries_and_messages() -> None:
+    long = " ".join(["word"] * 400)  # 504 tokens; "short answer" is 7
+    texts = {"a": "short answer", "b": long}
+    assert fit_proposals(texts, 511) == (texts, [])  # exactly the budget: whole
+    assert fit_proposals(texts, 511, on_overflow="fail") == (texts, [])
+    fitted, notes = fit_proposals(texts, 120)
+    assert fitted == {"a": "short answer", "b": long[: len(long) * 113 // 504].rstrip() + " [...]"}
+    assert notes == ["proposal of b trimmed from about 504 to 113 tokens to fit"]
+    both, notes = fit_proposals({"x": long, "y": long}, 100)
+    assert both["x"] == both["y"] == long[: len(long) * 50 // 504].rstrip() + " [...]"
+    assert notes == [
+        "proposal of x trimmed from about 504 to 50 tokens to fit",
+        "proposal of y trimmed from about 504 to 50 tokens to fit",
+    ]
+    tiny, notes = fit_proposals({"x": long, "y": long}, 32)  # 16 tokens each: still allowed
+    assert notes[0] == "proposal of x trimmed from about 504 to 16 tokens to fit"
+    assert tiny["x"] == long[: len(long) * 16 // 504].rstrip() + " [...]"
+    with pytest.raises(ContextWindowError) as err:
+        fit_proposals({"x": long, "y": long}, 31)
+    assert str(err.value) == (
+        "only 31 tokens are left for 2 proposals in the synthesizer's context window; use a "
+        "model with a larger `context_window` or a shorter task"
+    )
+    with pytest.raises(ContextWindowError) as err:
+        fit_proposals(texts, 50, on_overflow="fail")
+    assert str(err.value) == (
+        "the proposals need about 511 tokens but only 50 are left in the synthesizer's context "
+        "window; use a model with a larger `context_window`, lower the agents' `max_tokens`, or "
+        "set `on_overflow: trim`"
+    )
+
+
+def test_parse_plan_forms_and_exact_errors() -> None:
+    from langgraph_moa.nodes.router import Plan, parse_plan
+
+    agents = ["a", "b"]
+    want = [{"agent": "a", "subtask": "x"}, {"agent": "b", "subtask": "y"}]
+    raw = [{"agent": " a ", "subtask": " x "}, {"agent": "b", "subtask": "y"}]
+    assert parse_plan(raw, agents) == want
+    assert parse_plan({"plan": raw}, agents) == want
+    assert parse_plan(f'Here: {{"plan": {str(raw).replace(chr(39), chr(34))}}}', agents) == want
+    assert parse_plan(Plan.model_validate({"plan": want}), agents) == want
+    # an agent named twice gets one step with both subtasks
+    twice = [{"agent": "a", "subtask": "x"}, {"agent": "b", "subtask": "y"},
+             {"agent": "a", "subtask": "z"}]  # fmt: skip
+    assert parse_plan(twice, agents) == [
+        {"agent": "a", "subtask": "x\nz"},
+        {"agent": "b", "subtask": "y"},
+    ]
+    for bad, message in [
+        ({"plan": "x"}, 'expected {"plan": [{"agent": ..., "subtask": ...}]}'),
+        (5, 'expected {"plan": [{"agent": ..., "subtask": ...}]}'),
+        ([], "the plan is empty"),
+        (["a"], "plan item 0 must be an object with string fields agent and subtask"),
+        ([{"agent": 3}], "plan item 0 must be an object with string fields agent and subtask"),
+        (
+            [{"agent": "c", "subtask": "x"}],
+            "plan item 0 names unknown agent 'c'; use one of ['a', 'b']",
+        ),
+        ([want[0], {"agent": "b", "subtask": " "}], "plan item 1 for 'b' has an empty subtask"),
+        ([{"agent": "b"}], "plan item 0 for 'b' has an empty subtask"),
+    ]:
+        with pytest.raises(PlanError) as err:
+            parse_plan(bad, agents)
+        assert str(err.value) == message, bad
+
+
+def test_parse_budget_exact_message() -> None:
+    with pytest.raises(ValueError) as err:
+        parse_budget("gold=3")
+    assert str(err.value) == (
+        "budget 'gold=3': 'gold=3' is not understood; write tokens=N, cost=X or both, "
+        "e.g. --budget tokens=20000,cost=0.50"
+    )
+    with pytest.raises(ValueError) as err:
+        parse_budget(" , ")
+    assert str(err.value) == "budget ' , ' is empty; write tokens=N, cost=X or both"
+    with pytest.raises(ValueError) as err:
+        parse_budget("$0")
+    assert str(err.value) == "budget '$0': cost must be a positive number, got '0'"
+    assert parse_budget("tokens=none, cost=$1_0.5") == {"max_total_tokens": None, "max_cost": 10.5}
