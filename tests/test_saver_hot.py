@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from langgraph_moa.persistence import SQLAlchemySaver
 from langgraph_moa.persistence import schema as moa_schema
 from langgraph_moa.persistence.saver._codec import INLINE_MAX_BYTES, _load_json
-from langgraph_moa.persistence.schema import ID_MAX
+from langgraph_moa.persistence.schema import CHANNEL_MAX, ID_MAX, THREAD_ID_MAX
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -233,7 +233,9 @@ def test_next_version_counts_up_and_differs_per_fork(saver: SQLAlchemySaver) -> 
     assert saver.get_next_version(first, None).startswith("000000000002.")
     assert saver.get_next_version(7, None).startswith("000000000008.")  # type: ignore[arg-type]
     assert saver.get_next_version(2.0, None).startswith("000000000003.")  # type: ignore[arg-type]
-    assert len({saver.get_next_version(first, None) for _ in range(20)}) == 20
+    later = [saver.get_next_version(first, None) for _ in range(20)]
+    assert len(set(later)) == 20 and all(shape.fullmatch(v) for v in later)
+    assert saver.get_next_version("000000000041.00000000000a", None).startswith("000000000042.")
 
 
 def test_metadata_from_every_driver_shape() -> None:
@@ -243,3 +245,86 @@ def test_metadata_from_every_driver_shape() -> None:
     assert _load_json(memoryview(b'{"a": 4}')) == {"a": 4}
     assert _load_json({"a": 5}) == {"a": 5}
     assert _load_json(None) == {}
+
+
+def test_put_with_several_new_blobs_at_once(saver: SQLAlchemySaver) -> None:
+    """Three new large values in one put (one statement for all of them), then one."""
+    values = {"a": "a" * 500, "b": "b" * 501, "c": "c" * 502, "n": 1}
+    versions = dict.fromkeys(values, "1")
+    first = put(saver, "many", "ns:1", None, values, versions, versions)
+    assert blob_rows(saver, "many") == [("ns:1", "a", "1"), ("ns:1", "b", "1"), ("ns:1", "c", "1")]
+    got = saver.get_tuple(conf("many", "ns:1"))
+    assert got is not None and got.checkpoint["channel_values"] == values
+    changed = {**values, "b": "B" * 600}
+    put(saver, "many", "ns:1", first, changed, {**versions, "b": "2"}, {"b": "2"})
+    assert blob_rows(saver, "many") == [
+        ("ns:1", "a", "1"),
+        ("ns:1", "b", "1"),
+        ("ns:1", "b", "2"),
+        ("ns:1", "c", "1"),
+    ]
+    latest = saver.get_tuple(conf("many", "ns:1"))
+    assert latest is not None and latest.checkpoint["channel_values"] == changed
+    assert latest.parent_config == conf("many", "ns:1", first)
+
+
+def test_key_and_channel_limits_are_refused_by_name(saver: SQLAlchemySaver) -> None:
+    big = "v" * 400
+    longest_channel = "c" * CHANNEL_MAX
+    longest_thread, longest_ns = "t" * THREAD_ID_MAX, "n" * THREAD_ID_MAX
+    values = {longest_channel: big}
+    put(
+        saver,
+        longest_thread,
+        longest_ns,
+        None,
+        values,
+        {longest_channel: "1"},
+        {longest_channel: "1"},
+    )
+    got = saver.get_tuple(conf(longest_thread, longest_ns))
+    assert got is not None and got.checkpoint["channel_values"] == values
+    assert blob_rows(saver, longest_thread) == [(longest_ns, longest_channel, "1")]
+    too_long = "c" * (CHANNEL_MAX + 1)
+    with pytest.raises(ValueError) as err:
+        put(saver, "limits", "", None, {too_long: big}, {too_long: "1"}, {too_long: "1"})
+    assert str(err.value) == f"channel name {too_long[:60]!r}... exceeds {CHANNEL_MAX} chars"
+    # a small value of a long channel is inline: no blob row, no limit of the blobs table
+    put(saver, "limits", "", None, {too_long: 1}, {too_long: "1"}, {too_long: "1"})
+    long_thread = "t" * (THREAD_ID_MAX + 1)
+    thread_error = (
+        f"thread_id is {THREAD_ID_MAX + 1} characters long; the limit is {THREAD_ID_MAX}: "
+        "use a shorter id (e.g. a uuid or a hash of the long one)"
+    )
+    long_ns = "n" * (THREAD_ID_MAX + 1)
+    ns_error = (
+        f"checkpoint_ns {long_ns[:60]!r}... is longer than {THREAD_ID_MAX} characters (the "
+        "subgraphs are nested too deeply to store)"
+    )
+    for thread, ns, expected in ((long_thread, "", thread_error), ("limits", long_ns, ns_error)):
+        with pytest.raises(ValueError) as err:
+            put(saver, thread, ns, None, {"n": 1}, {"n": "1"}, {"n": "1"})
+        assert str(err.value) == expected
+        with pytest.raises(ValueError) as err:
+            saver.put_writes(conf(thread, ns, "0" * 32), [("n", 1)], "task")
+        assert str(err.value) == expected
+    assert saver.get_tuple(conf(long_thread[:-1])) is None  # nothing of them was written
+    assert [t.checkpoint["channel_values"] for t in saver.list(conf("limits", None))] == [
+        {too_long: 1}
+    ]
+
+
+def test_put_writes_stores_the_task_path(saver: SQLAlchemySaver) -> None:
+    cid = put(saver, "paths", "", None, {"n": 1}, {"n": "1"}, {"n": "1"})
+    saver.put_writes(conf("paths", "", cid), [("n", 1)], "task-default")
+    saver.put_writes(conf("paths", "", cid), [("n", 2), ("m", 3)], "task-given", "~p")
+    w = moa_schema.writes
+    with saver._sync_engine.connect() as conn:
+        rows = conn.execute(
+            select(w.c.task_id, w.c.task_path, w.c.idx, w.c.channel).where(w.c.thread_id == "paths")
+        ).all()
+    assert sorted(tuple(r) for r in rows) == [
+        ("task-default", "", 0, "n"),
+        ("task-given", "~p", 0, "n"),
+        ("task-given", "~p", 1, "m"),
+    ]
