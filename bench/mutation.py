@@ -83,11 +83,17 @@ TARGETS: dict[str, dict[str, list[str]]] = {
             "(sqlite or not (postgres or mysql)) and not command",
         ],
     },
-    # API keys, tenants and request validation of the server
+    # API keys, tenants and request validation of the server (the `moa serve` subprocess of
+    # the last two files runs the installed code, not the mutants: the first file drives
+    # the same checks in-process)
     "auth": {
         "mutate": ["langgraph_moa/server/auth.py", "langgraph_moa/server/validation.py"],
         "skip": [],
-        "tests": ["tests/test_server_hostile.py", "tests/test_server_auth.py"],
+        "tests": [
+            "tests/test_server_auth_units.py",
+            "tests/test_server_hostile.py",
+            "tests/test_server_auth.py",
+        ],
     },
 }
 
