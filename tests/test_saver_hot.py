@@ -204,10 +204,10 @@ def test_put_writes_limits_and_empty_writes(saver: SQLAlchemySaver, thread: dict
     w = conf("t", "", thread["c3"])
     saver.put_writes(w, [], "task-none")  # nothing to store
     saver.put_writes(w, [("n", 7)], "t" * ID_MAX)  # the longest id allowed
-    longer = "t" * (ID_MAX + 1)
-    with pytest.raises(ValueError) as err:
-        saver.put_writes(w, [("n", 8)], longer)
-    assert str(err.value) == f"task_id {longer[:80]!r} is longer than {ID_MAX} characters"
+    for longer in ("t" * (ID_MAX + 1), "u" * 100):  # shown cut to 80 characters
+        with pytest.raises(ValueError) as err:
+            saver.put_writes(w, [("n", 8)], longer)
+        assert str(err.value) == f"task_id {longer[:80]!r} is longer than {ID_MAX} characters"
     got = saver.get_tuple(w)
     assert got is not None and got.pending_writes == [("t" * ID_MAX, "n", 7)]
     with saver._sync_engine.connect() as conn:
