@@ -18,7 +18,7 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, str(BENCH / script), *args],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=900,  # a last guard: at load 13 (two suites at once) 240 s was too short
         cwd=BENCH.parent,
     )
     assert done.returncode == 0, done.stderr[-3000:]
