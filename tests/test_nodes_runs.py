@@ -276,7 +276,7 @@ async def test_grace_period_cuts_a_slow_agent_once_the_quorum_answered() -> None
         await never.wait()
         return "late"
 
-    spec = spec_of(["a", "b"], layer={"min_proposals": 1, "grace_period": 0.05})
+    spec = spec_of(["a", "b"], layer={"grace_period": 0.05})  # a quorum of 1 by default
     script = Script().on("a", "quick").on("b", hang).on("synth", "done")
     state = await run(spec, script)
     b = state["proposals"]["1"]["b"]
@@ -744,6 +744,7 @@ async def test_vote_majority_answers_without_the_synthesizer() -> None:
         (["", " "], {}, "no answer found"),
         (["7", "seven", "8"], {"min_agreement": 0.9}, "agreement 67% below 90%"),
         (["1", "2", "3", "3"], {}, None),
+        (["1", "1", "2", "3", "4"], {}, "agreement 40% below 50%"),
     ],
 )
 async def test_a_split_vote_is_synthesized_with_a_note(
@@ -821,10 +822,15 @@ async def test_select_asks_again_once_then_falls_back_to_the_first() -> None:
     assert state["attribution"][0]["proposals"] == [1]
     assert state["usage"]["synthesizer_L1"]["calls"] == 2
     assert state["usage"]["synthesizer_L1"]["total_tokens"] == 30
-    # a short unreadable reply is shown whole; a repaired pick is taken
-    script = Script().on("a", "Alpha.").on("b", "Beta.").on("synth", "hmm", "no idea")
-    state = await run(spec_of(["a", "b"], synth={"mode": "select"}), script)
-    assert "('no idea')" in state["aggregation"]["1"]["reason"]
+    # a short unreadable reply is shown whole (up to 80 characters); a repaired pick is taken
+    for reply, shown in [
+        ("no idea", "no idea"),
+        ("z" * 80, "z" * 80),
+        ("z" * 81, "z" * 77 + "..."),
+    ]:
+        script = Script().on("a", "Alpha.").on("b", "Beta.").on("synth", "hmm", reply)
+        state = await run(spec_of(["a", "b"], synth={"mode": "select"}), script)
+        assert f"({shown!r})" in state["aggregation"]["1"]["reason"]
     script = Script().on("a", "Alpha.").on("b", "Beta.").on("synth", "hmm", "[2]")
     state = await run(spec_of(["a", "b"], synth={"mode": "select"}), script)
     assert state["answer"] == "Beta." and state["aggregation"]["1"]["choice"] == 2
@@ -1050,3 +1056,37 @@ async def test_agent_with_tools_cut_by_its_gate() -> None:
     proposal = update["proposals"]["1"]["coder"]
     assert (proposal["status"], proposal["error"]) == ("missing", "closed")
     assert "usage" not in update
+
+
+async def test_gaps_name_failures_without_a_reason_and_planned_agents_that_never_wrote() -> None:
+    from langgraph_moa.nodes.synthesizer import make_synthesizer_node
+
+    script = Script().on("synth", "merged")
+    ctx = context(spec_of(["a", "b", "c"]), script)
+    state: Any = {
+        "task": "T",
+        "plans": {"1": [{"agent": a, "subtask": "T"} for a in ("a", "b", "c")]},
+        "proposals": {"1": {"a": prop("a", "A"), "b": prop("b", "", status="failed")}},
+    }
+    update = await make_synthesizer_node(ctx, 1)(state, {})
+    assert update["notes"] == ["layer 1: b failed (no reason given)", "layer 1: c did not answer"]
+    assert script.of("synth")[0].system.endswith(
+        prompts.SYNTHESIZER_GAPS.format(gaps="b failed (no reason given); c did not answer")
+    )
+
+
+async def test_a_second_layer_agent_counts_what_the_first_layer_spent() -> None:
+    spec = spec_of(
+        ["a"],
+        layers=2,
+        agents=[{"name": "a", "model": "a", "max_tokens": 20}],
+        synth={"max_tokens": 20},
+        max_total_tokens=400,
+    )
+    script = Script().on("synth", " ".join(["word"] * 300), "final")
+    graph = graph_of(spec, script)
+    out = await graph.ainvoke({"task": "T"}, thread())
+    (intr,) = out["__interrupt__"]
+    assert intr.value["node"] == "L2_a"
+    assert intr.value["used"] == {"total_tokens": 30, "cost": 0.0}
+    assert [c.model for c in script.calls] == ["a", "synth"]
