@@ -15,8 +15,9 @@ target, mutants, killed (incl. timeouts), survived, not covered by the selection
 killed / (mutants - not covered). ``mutmut results`` in the scratch directory lists the
 survivors; ``mutmut show NAME`` shows one. ``--only GLOB`` limits a run to the mutants whose
 names match (a module or function at a time, on a busy machine); ``--rerun`` keeps the scratch
-copy and its results, copies the current tests in, and judges the survivors again (after
-tests were added). Each run replaces its target's entry in the JSON file, keeping the others.
+copy and its results, copies the current tests in, and judges the survivors, the mutants
+not run and those no test reached again (after tests were added; with ``--only``, those of
+them that match). Each run replaces its target's entry in the JSON file, keeping the others.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +54,9 @@ TARGETS: dict[str, dict[str, list[str]]] = {
             "test_nodes_ or extracted_and_normalized or tally_counts or pick_is_read "
             "or citations_are_read or huge_citation or earlier_turns_and_fitting",
         ],
+        # mutmut's default limit is 30x the CPU seconds of the tests that reach the function:
+        # a mutant looping forever in fit_proposals' search held a shared core for minutes
+        "settings": ["timeout_multiplier = 3"],
     },
     # the saver's put / get_tuple / list and their codec (on SQLite: the PostgreSQL-only
     # statements of put/put_writes are run by the full suite, not here)
@@ -133,6 +138,7 @@ def write_config(target: str, workdir: Path) -> None:
         "    no:cacheprovider",
         "    -m",
         "    not slow",
+        *conf.get("settings", []),
     ]
     (workdir / "setup.cfg").write_text("\n".join(lines) + "\n")
 
@@ -151,7 +157,11 @@ def run(
         before = verdicts(workdir, env)
         # "no tests": new tests may reach the function now
         again = ("survived", "not checked", "no tests")
-        names = [n for n, status in before.items() if status in again]
+        names = [
+            n
+            for n, status in before.items()
+            if status in again and (not only or any(fnmatch(n, g) for g in only))
+        ]
         shutil.rmtree(workdir / "tests")
         shutil.copytree(
             ROOT / "tests", workdir / "tests", ignore=shutil.ignore_patterns("__pycache__")
