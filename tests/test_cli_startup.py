@@ -6,9 +6,11 @@ bench/startup.py)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +104,234 @@ def test_lazy_package_exports_all_resolve(package: str) -> None:
     module = importlib.import_module(package)
     missing = [name for name in module.__all__ if getattr(module, name, None) is None]
     assert not missing
+
+
+def test_runs_on_a_set_up_sqlite_store_imports_no_sqlalchemy(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/moa.sqlite"
+    _modules("runs", "--db", db)  # creates the store (through the registry)
+    loaded = _modules("runs", "--db", db, "--limit", "5", "--status", "success")
+    assert not loaded & (HEAVY | {"pydantic", "asyncio", "aiosqlite"})
+
+
+def test_help_imports_no_rich() -> None:
+    # the consoles are made on first use; typer's plain help needs none
+    assert "rich" not in _modules("--help")
+    assert not _modules("runs", "--help") & (HEAVY | {"pydantic", "rich"})
+
+
+# -- `moa runs` without SQLAlchemy: the same records as the registry ---------------------
+
+
+async def _store_with_runs(url: str) -> list[str]:
+    from langgraph_moa.persistence.registry import Owner, RunRegistry
+
+    async with RunRegistry.from_url(url) as reg:
+        await reg.setup()
+        ids = []
+        for i, thread in enumerate(["t1", "t2", "t1", "t3", "t1"]):
+            run = await reg.create_run(
+                thread,
+                spec={"name": f"s{i}", "layers": [{"agents": ["a", "b"]}], "n": 1.5},
+                spec_name=f"s{i}" if i % 2 else None,
+                spec_hash="h" * 64,
+                input=[7, "x", None] if i == 0 else 42 if i == 1 else {"task": f"q{i}"},
+                metadata={"user": "ann", "i": i, "ok": True} if i != 2 else None,
+                options={"stream": ["values"]} if i == 3 else None,
+                owner=Owner.current() if i == 4 else None,
+            )
+            ids.append(run.run_id)
+        await reg.update_run(ids[0], status="success", answer="four", usage={"total_tokens": 12})
+        await reg.update_run(ids[1], status="error", error="boom\nline two", waiting_for=None)
+        await reg.update_run(ids[2], status="interrupted", waiting_for=[{"value": "ok?"}])
+        await reg.update_run(ids[3], status="cancelled", usage={"total_tokens": 0, "cost": 0.25})
+        return ids
+
+
+async def _registry_runs(url: str, **kw: Any) -> list[Any]:
+    from langgraph_moa.persistence.registry import RunRegistry
+
+    async with RunRegistry.from_url(url) as reg:
+        return await reg.list_runs(**kw)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"limit": 2},
+        {"limit": 2, "offset": 1},
+        {"thread_id": "t1"},
+        {"thread_id": "nope"},
+        {"status": "success"},
+        {"status": ["pending", "running", "interrupted"]},
+        {"thread_id": "t1", "status": ["pending", "running"], "limit": 50},
+    ],
+)
+async def test_quick_runs_reads_what_the_registry_reads(
+    tmp_path: Path, query: dict[str, Any]
+) -> None:
+    from langgraph_moa.persistence import quick_runs
+
+    url = f"sqlite:///{tmp_path}/moa.sqlite"
+    await _store_with_runs(url)
+    expected = await _registry_runs(url, **query)
+    got = quick_runs.list_runs(url, **query)
+    assert got is not None
+    assert got == expected
+    assert [r.to_json() for r in got] == [r.to_json() for r in expected]
+    if not query:
+        assert len(got) == 5 and {r.status for r in got} == {
+            "success",
+            "error",
+            "interrupted",
+            "cancelled",
+            "running",
+        }
+        assert any(r.input == 42 for r in got) and any(r.input == [7, "x", None] for r in got)
+
+
+async def test_quick_runs_leaves_other_stores_to_the_registry(tmp_path: Path) -> None:
+    import sqlite3
+
+    from langgraph_moa.persistence import quick_runs
+
+    path = tmp_path / "moa.sqlite"
+    url = f"sqlite:///{path}"
+    assert quick_runs.list_runs(url) is None  # no file yet: the registry creates it
+    assert not path.exists()
+    for other in (
+        "sqlite://",
+        "sqlite:///:memory:",
+        f"sqlite:///{path}?timeout=5",
+        f"sqlite:///file:{path}?mode=ro&uri=true",
+        "postgresql://postgres@127.0.0.1:5432/test",
+        "mysql://root@127.0.0.1:3306/test",
+    ):
+        assert quick_runs.sqlite_path(other) is None, other
+    assert quick_runs.sqlite_path(f"sqlite+aiosqlite:///{path}") == str(path)
+    assert quick_runs.sqlite_path(" sqlite:///rel/moa.sqlite ") == "rel/moa.sqlite"
+    await _store_with_runs(url)
+    assert quick_runs.list_runs(url) is not None
+    with sqlite3.connect(path) as c:  # a store one migration behind: the registry migrates
+        c.execute("DELETE FROM moa_schema_migrations WHERE component = 'registry' AND version = 2")
+    assert quick_runs.list_runs(url) is None
+    with sqlite3.connect(path) as c:  # newer than this code: the registry refuses it
+        c.execute("INSERT INTO moa_schema_migrations VALUES ('registry', 2, 'x', '2026-01-01')")
+        c.execute("INSERT INTO moa_schema_migrations VALUES ('registry', 3, 'y', '2026-01-01')")
+    assert quick_runs.list_runs(url) is None
+
+
+def test_quick_runs_shares_the_registry_schema() -> None:
+    import sqlalchemy as sa
+
+    from langgraph_moa.persistence import migrations, quick_runs
+    from langgraph_moa.persistence.registry import runs_table
+    from langgraph_moa.persistence.run_records import (
+        RUN_JSON_COLUMNS,
+        RUN_TIME_COLUMNS,
+        run_columns,
+    )
+
+    assert {c: migrations.schema_version(c) for c in quick_runs.SCHEMA} == quick_runs.SCHEMA
+    assert [c.name for c in runs_table.columns] == run_columns()
+    assert {c.name for c in runs_table.columns if isinstance(c.type, sa.JSON)} == set(
+        RUN_JSON_COLUMNS
+    )
+    assert {c.name for c in runs_table.columns if isinstance(c.type, sa.DateTime)} == set(
+        RUN_TIME_COLUMNS
+    )
+
+
+def test_runs_output_the_same_either_way(tmp_path: Path) -> None:
+    # the same store listed through the registry (a URL with an option) and without it
+    import asyncio
+
+    path = tmp_path / "moa.sqlite"
+    asyncio.run(_store_with_runs(f"sqlite:///{path}"))
+    env = {**os.environ, "COLUMNS": "200"}
+
+    def moa(*args: str) -> tuple[str, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "langgraph_moa.cli", "runs", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout, done.stderr
+
+    for extra in ([], ["--json"], ["--thread", "t1"], ["--status", "success", "--json"]):
+        quick = moa("--db", f"sqlite:///{path}", *extra)
+        full = moa("--db", f"sqlite:///{path}?timeout=30", *extra)
+        assert quick == full
+        assert quick[0].strip()
+
+
+# -- option values without pydantic: typer's own values ----------------------------------
+
+SAMPLES = [
+    None,
+    "",
+    "x",
+    "0",
+    "1",
+    "-3",
+    "007",
+    "1_000",
+    " 5",
+    "99999999999999999999",
+    "5s",
+    "500ms",
+    "2m",
+    "abc",
+    "examples/specs/team.yaml",
+    "examples",
+    "/nonexistent/x.yaml",
+    0,
+    1,
+    50,
+    30.0,
+    True,
+    False,
+    ("a", "b"),
+    ["examples/specs/team.yaml"],
+    (),
+]
+
+
+def test_quick_values_are_typer_values() -> None:
+    import typer.main
+    from typer._coercion import build_runtime_param
+
+    from langgraph_moa.cli import _values, app
+
+    def outcome(runtime: Any, value: Any, param: Any, ctx: Any) -> Any:
+        try:
+            return ("value", runtime.coerce(value, param=param, ctx=ctx))
+        except Exception as exc:
+            return ("error", type(exc).__name__, str(exc))
+
+    command = typer.main.get_command(app)
+    checked = 0
+
+    def walk(cmd: Any) -> None:
+        nonlocal checked
+        ctx = cmd.make_context(cmd.name, [], resilient_parsing=True) if cmd.params else None
+        for param in cmd.params:
+            convert = _values.quick_converter(param)
+            if convert is None:
+                continue
+            quick = _values._Quick(convert)
+            full = build_runtime_param(param.type_descriptor)
+            for value in SAMPLES:
+                a = outcome(quick, value, param, ctx)
+                b = outcome(full, value, param, ctx)
+                assert a == b, (cmd.name, param.name, value, a, b)
+                checked += 1
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    walk(command)
+    assert checked > 1000

@@ -35,8 +35,14 @@ app.command()(runs.prune)
 
 def main() -> None:
     """Entry point of the ``moa`` script."""
+    import typer.main
+
+    from langgraph_moa.cli import _values
+
     try:
-        app()
+        command = typer.main.get_command(app)
+        _values.install(command)  # option values without pydantic (start-up)
+        command()
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 import typer
@@ -50,6 +49,8 @@ def chat(
             "[dim]Using the embedded local model (SmolLM2-135M): fine for trying things out, "
             "weak at real work (see `moa models`).[/]"
         )
+    import uuid
+
     thread_id = thread or uuid.uuid4().hex
     try:
         asyncio.run(_session(graph_spec, thread_id, db, None if aggregation else spec))

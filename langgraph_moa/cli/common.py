@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
-from rich.console import Console
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from langgraph_moa.spec import GraphSpec
 
 app = typer.Typer(
@@ -31,8 +32,26 @@ app = typer.Typer(
 spec_app = typer.Typer(help="Work with spec files.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(spec_app, name="spec")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
+class _LazyConsole:
+    """A rich ``Console`` made on first use (``moa --help`` prints without one, and
+    importing rich.console is a third of its start-up)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        console = self._console
+        if console is None:
+            from rich.console import Console
+
+            console = self._console = Console(**self._options)
+        return getattr(console, name)
+
+
+out = cast("Console", _LazyConsole(soft_wrap=True))
+err = cast("Console", _LazyConsole(stderr=True, soft_wrap=True))
 
 SpecOpt = Annotated[
     Path | None, typer.Option("--spec", "-s", help="Spec file (YAML, TOML or JSON).")

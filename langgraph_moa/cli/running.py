@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -98,6 +97,8 @@ def run(
             "weak at real work. Point at a real model with --model/--base-url or MOA_MODEL "
             "(see `moa models`).[/]"
         )
+    import uuid
+
     thread = thread or uuid.uuid4().hex
     if not as_json:
         err.print(f"[dim]thread {thread} (if it stops, `moa resume {thread}` continues it)[/]")

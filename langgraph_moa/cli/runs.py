@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -248,8 +247,9 @@ def runs_command(
 
     from rich.table import Table
 
-    from langgraph_moa.persistence.registry import RUN_STATUSES
-    from langgraph_moa.runtime.store import open_registry
+    from langgraph_moa.persistence import quick_runs
+    from langgraph_moa.persistence.run_records import RUN_STATUSES
+    from langgraph_moa.runtime.store import open_registry, resolve_db_url
 
     if status is not None and status not in RUN_STATUSES:
         fail(f"--status {status!r}: use one of {', '.join(RUN_STATUSES)}", 2)
@@ -258,7 +258,10 @@ def runs_command(
         async with open_registry(db) as registry:
             return await registry.list_runs(thread_id=thread, status=status, limit=limit)  # type: ignore[arg-type]
 
-    records = store_call(get())
+    # an SQLite store set up already is read without SQLAlchemy (start-up); else the registry
+    records = quick_runs.list_runs(resolve_db_url(db), thread_id=thread, status=status, limit=limit)
+    if records is None:
+        records = store_call(get())
     if as_json:
         out.print_json(json.dumps([_run_json(r) for r in records], default=str))
         return
@@ -388,6 +391,8 @@ def fork(
     before it, then `moa fork T --checkpoint ID --model M --base-url URL`. THREAD is not
     changed.
     """
+    import uuid
+
     from langgraph_moa.graphs import with_default_model
     from langgraph_moa.runtime.api import afork
     from langgraph_moa.spec import ModelSpec

@@ -38,7 +38,6 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
@@ -47,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from langgraph_moa.persistence._plain import SQLITE_BUSY_TIMEOUT_MS, json_dumps, json_loads
 from langgraph_moa.persistence.errors import DatabaseURLError
 from langgraph_moa.persistence.urls import (
     async_url,
@@ -74,9 +74,6 @@ __all__ = [
     "sync_url",
 ]
 
-SQLITE_BUSY_TIMEOUT_MS = 60_000
-"""How long a SQLite connection waits for another writer before giving up."""
-
 READ_ONLY = "moa_read_only"
 """Execution option of a connection that only reads: on SQLite its transactions do not
 take the write lock (``conn.execution_options(moa_read_only=True)``)."""
@@ -97,17 +94,8 @@ def engine_key(url: str | URL) -> str:
     return u.render_as_string(hide_password=False)
 
 
-def _json_loads(value: Any) -> Any:
-    # SQLite gives a JSON column NUMERIC affinity: a bare number comes back as a number
-    return value if isinstance(value, int | float) else orjson.loads(value)
-
-
-def _json_dumps(obj: Any) -> str:
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
 def _engine_kwargs(u: URL, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
-    kw: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": _json_loads}
+    kw: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": json_loads}
     kw.update(engine_kwargs)
     if backend_of(u) == "sqlite":
         if is_sqlite_memory(u):

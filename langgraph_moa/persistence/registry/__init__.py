@@ -58,63 +58,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from langgraph_moa.persistence.engines import get_async_engine
-from langgraph_moa.persistence.registry._records import (
-    ACTIVE_STATUSES as ACTIVE_STATUSES,
-)
-from langgraph_moa.persistence.registry._records import (
-    CANCEL_CHANNEL as CANCEL_CHANNEL,
-)
-from langgraph_moa.persistence.registry._records import (
-    DEFAULT_STALE_AFTER as DEFAULT_STALE_AFTER,
-)
-from langgraph_moa.persistence.registry._records import (
-    RUN_STATUSES as RUN_STATUSES,
-)
-from langgraph_moa.persistence.registry._records import (
-    THREAD_STATUSES as THREAD_STATUSES,
-)
-from langgraph_moa.persistence.registry._records import (
-    LeaseHeldError as LeaseHeldError,
-)
-from langgraph_moa.persistence.registry._records import (
-    Owner as Owner,
-)
-from langgraph_moa.persistence.registry._records import (
-    OwnershipLostError as OwnershipLostError,
-)
-from langgraph_moa.persistence.registry._records import (
-    RegistryError as RegistryError,
-)
-from langgraph_moa.persistence.registry._records import (
-    RunNotFoundError as RunNotFoundError,
-)
-from langgraph_moa.persistence.registry._records import (
-    RunOwnedError as RunOwnedError,
-)
-from langgraph_moa.persistence.registry._records import (
-    RunRecord as RunRecord,
-)
-from langgraph_moa.persistence.registry._records import (
-    RunStatus as RunStatus,
-)
-from langgraph_moa.persistence.registry._records import (
-    ThreadExistsError as ThreadExistsError,
-)
-from langgraph_moa.persistence.registry._records import (
-    ThreadNotFoundError as ThreadNotFoundError,
-)
-from langgraph_moa.persistence.registry._records import (
-    ThreadRecord as ThreadRecord,
-)
-from langgraph_moa.persistence.registry._records import (
-    ThreadStatus as ThreadStatus,
-)
-from langgraph_moa.persistence.registry._records import (
-    pid_alive as pid_alive,
-)
-from langgraph_moa.persistence.registry._records import (
-    thread_status_for as thread_status_for,
-)
 from langgraph_moa.persistence.registry._tables import (
     _V1_COLUMNS as _V1_COLUMNS,
 )
@@ -132,6 +75,63 @@ from langgraph_moa.persistence.registry._tables import (
 )
 from langgraph_moa.persistence.registry.leases import LeasesMixin
 from langgraph_moa.persistence.registry.runs import RunsMixin
+from langgraph_moa.persistence.run_records import (
+    ACTIVE_STATUSES as ACTIVE_STATUSES,
+)
+from langgraph_moa.persistence.run_records import (
+    CANCEL_CHANNEL as CANCEL_CHANNEL,
+)
+from langgraph_moa.persistence.run_records import (
+    DEFAULT_STALE_AFTER as DEFAULT_STALE_AFTER,
+)
+from langgraph_moa.persistence.run_records import (
+    RUN_STATUSES as RUN_STATUSES,
+)
+from langgraph_moa.persistence.run_records import (
+    THREAD_STATUSES as THREAD_STATUSES,
+)
+from langgraph_moa.persistence.run_records import (
+    LeaseHeldError as LeaseHeldError,
+)
+from langgraph_moa.persistence.run_records import (
+    Owner as Owner,
+)
+from langgraph_moa.persistence.run_records import (
+    OwnershipLostError as OwnershipLostError,
+)
+from langgraph_moa.persistence.run_records import (
+    RegistryError as RegistryError,
+)
+from langgraph_moa.persistence.run_records import (
+    RunNotFoundError as RunNotFoundError,
+)
+from langgraph_moa.persistence.run_records import (
+    RunOwnedError as RunOwnedError,
+)
+from langgraph_moa.persistence.run_records import (
+    RunRecord as RunRecord,
+)
+from langgraph_moa.persistence.run_records import (
+    RunStatus as RunStatus,
+)
+from langgraph_moa.persistence.run_records import (
+    ThreadExistsError as ThreadExistsError,
+)
+from langgraph_moa.persistence.run_records import (
+    ThreadNotFoundError as ThreadNotFoundError,
+)
+from langgraph_moa.persistence.run_records import (
+    ThreadRecord as ThreadRecord,
+)
+from langgraph_moa.persistence.run_records import (
+    ThreadStatus as ThreadStatus,
+)
+from langgraph_moa.persistence.run_records import (
+    pid_alive as pid_alive,
+)
+from langgraph_moa.persistence.run_records import (
+    thread_status_for as thread_status_for,
+)
 
 __all__ = [
     "CANCEL_CHANNEL",

@@ -16,15 +16,15 @@ from langgraph_moa.persistence.engines import (
     release_async_engine,
 )
 from langgraph_moa.persistence.events import events
-from langgraph_moa.persistence.registry._records import (
+from langgraph_moa.persistence.registry._tables import (
+    runs_table,
+    threads_table,
+)
+from langgraph_moa.persistence.run_records import (
     RunRecord,
     ThreadRecord,
     _now,
     thread_status_for,
-)
-from langgraph_moa.persistence.registry._tables import (
-    runs_table,
-    threads_table,
 )
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from langgraph_moa.persistence.registry._records import (
-    _KEY,
-)
+from langgraph_moa.persistence.run_records import _KEY, RUN_JSON_COLUMNS
 
 # ----------------------------------------------------------------------- schema ---
 
@@ -98,5 +96,5 @@ def _migration_2(conn: sa.Connection) -> None:
 # The steps are listed in migrations.STEPS["registry"]: append one there, never edit one.
 
 _RUN_COLUMNS = {c.name for c in runs_table.columns}
-_JSON_RUN = {"spec", "input", "waiting_for", "usage", "metadata", "options"}
+_JSON_RUN = set(RUN_JSON_COLUMNS)
 _UPDATABLE_RUN = _RUN_COLUMNS - {"run_id", "thread_id", "created_at"}

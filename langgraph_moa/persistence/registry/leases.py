@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from langgraph_moa.persistence.registry._records import (
+from langgraph_moa.persistence.registry._tables import (
+    threads_table,
+)
+from langgraph_moa.persistence.registry.threads import ThreadsMixin
+from langgraph_moa.persistence.run_records import (
     DEFAULT_STALE_AFTER,
     LeaseHeldError,
     Owner,
@@ -11,10 +15,6 @@ from langgraph_moa.persistence.registry._records import (
     _describe_lease,
     _now,
 )
-from langgraph_moa.persistence.registry._tables import (
-    threads_table,
-)
-from langgraph_moa.persistence.registry.threads import ThreadsMixin
 
 
 class LeasesMixin(ThreadsMixin):

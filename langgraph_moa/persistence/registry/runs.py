@@ -11,7 +11,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from langgraph_moa.persistence.events import RunEvent, events, row_event
-from langgraph_moa.persistence.registry._records import (
+from langgraph_moa.persistence.registry._tables import (
+    _JSON_RUN,
+    _UPDATABLE_RUN,
+    runs_table,
+)
+from langgraph_moa.persistence.registry.threads import ThreadsMixin
+from langgraph_moa.persistence.run_records import (
     ACTIVE_STATUSES,
     CANCEL_CHANNEL,
     DEFAULT_STALE_AFTER,
@@ -27,12 +33,6 @@ from langgraph_moa.persistence.registry._records import (
     _jsonable,
     _now,
 )
-from langgraph_moa.persistence.registry._tables import (
-    _JSON_RUN,
-    _UPDATABLE_RUN,
-    runs_table,
-)
-from langgraph_moa.persistence.registry.threads import ThreadsMixin
 
 
 class RunsMixin(ThreadsMixin):

@@ -11,7 +11,11 @@ import sqlalchemy as sa
 from langgraph_moa.persistence.calls import calls
 from langgraph_moa.persistence.events import events
 from langgraph_moa.persistence.registry._base import _RegistryBase
-from langgraph_moa.persistence.registry._records import (
+from langgraph_moa.persistence.registry._tables import (
+    runs_table,
+    threads_table,
+)
+from langgraph_moa.persistence.run_records import (
     _KEY,
     _MISSING,
     THREAD_STATUSES,
@@ -22,10 +26,6 @@ from langgraph_moa.persistence.registry._records import (
     _check_status,
     _jsonable,
     _now,
-)
-from langgraph_moa.persistence.registry._tables import (
-    runs_table,
-    threads_table,
 )
 
 

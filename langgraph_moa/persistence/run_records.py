@@ -1,4 +1,5 @@
-"""The registry's records, statuses, owners and errors (no SQL here)."""
+"""The run registry's records, statuses, owners and errors (no SQL here: `moa runs` reads
+SQLite with them without importing SQLAlchemy, see :mod:`.quick_runs`)."""
 
 from __future__ import annotations
 
@@ -259,16 +260,27 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (times in ISO 8601 UTC)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in (
-            "created_at",
-            "updated_at",
-            "heartbeat_at",
-            "started_at",
-            "finished_at",
-            "cancel_requested_at",
-        ):
+        for name in RUN_TIME_COLUMNS:
             out[name] = _iso(out[name])
         return out
+
+
+RUN_JSON_COLUMNS = ("spec", "input", "waiting_for", "usage", "metadata", "options")
+"""The JSON columns of ``moa_runs``."""
+RUN_TIME_COLUMNS = (
+    "created_at",
+    "updated_at",
+    "heartbeat_at",
+    "started_at",
+    "finished_at",
+    "cancel_requested_at",
+)
+"""The time columns of ``moa_runs`` (naive UTC)."""
+
+
+def run_columns() -> list[str]:
+    """The columns of ``moa_runs``: the fields of :class:`RunRecord`, in order."""
+    return [f.name for f in fields(RunRecord)]
 
 
 # ---------------------------------------------------------------------- helpers ---
