@@ -16,6 +16,7 @@ from langchain_core.messages.utils import count_tokens_approximately
 from langgraph.types import Command
 
 from langgraph_moa.nodes import prompts
+from langgraph_moa.nodes._calls import call_seed
 from langgraph_moa.nodes._quorum import LayerGate
 from langgraph_moa.nodes.agent import agent_messages, approved_budget, make_agent_runner
 from langgraph_moa.nodes.budget import Budget, BudgetExceeded, Ledger
@@ -183,7 +184,7 @@ async def test_agent_runner_own_settings_seed_and_history_note() -> None:
     )
     (call,) = script.calls
     assert (call.temperature, call.max_tokens) == (1.1, 7)
-    assert call.seed is not None
+    assert call.seed == call_seed(5, "L2_a", call.messages)
     assert update["notes"] == ["layer 2: a saw 1 of 4 earlier turns (context window)"]
     assert update["proposals"]["2"]["a"]["subtask"] == "T"
     assert update["proposals"]["2"]["a"]["layer"] == 2
@@ -196,10 +197,11 @@ async def test_agent_runner_subtask_defaults_to_the_task() -> None:
     assert update["proposals"]["1"]["a"]["subtask"] == "T"
 
 
-async def test_a_failed_call_is_a_failed_proposal() -> None:
+async def test_a_failed_call_is_a_failed_proposal(caplog: pytest.LogCaptureFixture) -> None:
     script = Script().on("a", RuntimeError("model down"))
     g = gate()
     update = await make_agent_runner(context(spec_of(["a"]), script), "a", 1)(payload(), {}, g)
+    assert "agent a (layer 1) failed: model down" in caplog.messages
     proposal = update["proposals"]["1"]["a"]
     assert proposal["status"] == "failed"
     assert proposal["error"] == "RuntimeError: model down"
@@ -209,11 +211,14 @@ async def test_a_failed_call_is_a_failed_proposal() -> None:
     assert g.answered == 0
 
 
-async def test_a_cut_call_is_a_missing_proposal_and_budget_errors_pass_through() -> None:
+async def test_a_cut_call_is_a_missing_proposal_and_budget_errors_pass_through(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     ctx = context(spec_of(["a"]))
     g = gate()
     g.cut("layer closed")
     update = await make_agent_runner(ctx, "a", 1)(payload(), {}, g)
+    assert "agent a (layer 1) cut: layer closed" in caplog.messages
     proposal = update["proposals"]["1"]["a"]
     assert (proposal["status"], proposal["error"], proposal["content"]) == (
         "missing",
@@ -370,9 +375,15 @@ async def test_router_repairs_a_bad_plan_once_with_the_error() -> None:
     assert state["usage"]["router_L1"]["total_tokens"] == 30
 
 
-async def test_router_falls_back_to_broadcast_after_two_bad_plans() -> None:
+async def test_router_falls_back_to_broadcast_after_two_bad_plans(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     script = Script().on("router", "no plan", '{"plan": []}').on("synth", "done")
     state = await run(router_spec(), script)
+    assert (
+        "router of layer 1 fell back to broadcast: attempt 1: the reply contains no JSON; "
+        "attempt 2: the plan is empty"
+    ) in caplog.messages
     assert state["plans"]["1"] == [{"agent": "a", "subtask": "T"}, {"agent": "b", "subtask": "T"}]
     assert state["notes"] == [
         "router plan rejected (attempt 1: the reply contains no JSON)",
@@ -1090,3 +1101,22 @@ async def test_a_second_layer_agent_counts_what_the_first_layer_spent() -> None:
     assert intr.value["node"] == "L2_a"
     assert intr.value["used"] == {"total_tokens": 30, "cost": 0.0}
     assert [c.model for c in script.calls] == ["a", "synth"]
+
+
+async def test_every_call_of_a_run_is_recorded_with_its_task() -> None:
+    from langgraph_moa.nodes._calls import CALLS_KEY
+    from tests.test_nodes_units import Source
+
+    source = Source(seq=0)
+    script = Script().on("synth", "done")
+    graph = graph_of(spec_of(["a", "b"]), script)
+    await graph.ainvoke({"task": "T"}, {"configurable": {"thread_id": "t", CALLS_KEY: source}})
+    rows = sorted(source.rows, key=lambda r: r["node"])
+    assert [(r["node"], r["kind"], r["model"]) for r in rows] == [
+        ("L1_a", "agent", "a"),
+        ("L1_b", "agent", "b"),
+        ("L1_synthesizer", "synthesizer", "synth"),
+    ]
+    tasks = [r["task_id"] for r in rows]
+    assert all(tasks) and len(set(tasks)) == 3
+    assert sorted((n, t) for n, t, _ in source.lookups) == [(r["node"], r["task_id"]) for r in rows]

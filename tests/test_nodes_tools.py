@@ -418,3 +418,14 @@ async def test_mcp_problems_name_the_unreachable_server() -> None:
     (problem,) = await mcp_problems(spec, timeout=30)
     assert problem.startswith("tools.gone.mcp: cannot list the server's tools: ")
     assert "ConnectError" in problem or "ConnectionError" in problem or "refused" in problem
+
+
+def test_the_router_lists_each_agents_tools() -> None:
+    from langgraph_moa.nodes.router import _roster_line
+    from tests.nodes_support import context
+
+    spec = tool_spec(["add", "boom"], description="Does sums.")
+    assert _roster_line(context(spec), "coder") == "- coder: Does sums. (tools: add, boom)"
+    plain = tool_spec([], role="You add.")
+    assert _roster_line(context(plain), "coder") == "- coder: You add."
+    assert _roster_line(context(tool_spec([])), "coder") == "- coder: coder"

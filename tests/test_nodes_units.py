@@ -352,6 +352,49 @@ async def test_call_model_records_the_call_in_the_ledger() -> None:
     assert answered.rows == [] and len(script.calls) == 1
     assert ledger.tokens == 15 + 150
 
+    # the reservation: the prompt and the reply's maximum (the model entry's own first), priced
+    from langchain_core.messages.utils import count_tokens_approximately
+
+    from langgraph_moa.nodes.budget import BudgetExceeded
+
+    priced = spec_of(
+        ["a"],
+        models={
+            "a": {
+                "model": "model-a",
+                "base_url": "http://127.0.0.1:9/v1",
+                "input_cost_per_mtok": 1.0,
+                "output_cost_per_mtok": 2.0,
+                "max_tokens": 77,
+            }
+        },
+    )
+    prompt = count_tokens_approximately(msgs)
+    for max_tokens, reply_max in [(9, 77)]:
+        with pytest.raises(BudgetExceeded) as err:
+            await call_model(
+                context(priced, script),
+                "a",
+                msgs,
+                {},
+                temperature=0,
+                max_tokens=max_tokens,
+                ledger=Ledger(Budget(max_cost=1e-9)),
+                node="L1_a",
+            )
+        assert err.value.info["next_call"] == {
+            "total_tokens": prompt + reply_max,
+            "cost": (prompt * 1.0 + reply_max * 2.0) / 1e6,
+        }
+    with pytest.raises(BudgetExceeded) as err:
+        await call_model(
+            ctx, "a", msgs, {}, temperature=0, max_tokens=9, ledger=Ledger(Budget(1)), node="n"
+        )
+    assert err.value.info["next_call"] == {
+        "total_tokens": prompt + 9,
+        "cost": (prompt * 1.0 + 9 * 2.0) / 1e6,
+    }
+
 
 async def test_call_model_records_errors_and_hashes_only() -> None:
     from langchain_core.messages import AIMessage, HumanMessage
@@ -746,9 +789,17 @@ def test_extract_answer(text: str, answer: str | None) -> None:
 
 @pytest.mark.parametrize(
     ("token", "canonical"),
-    [("48.0", "48"), ("0.50", "0.5"), ("1/2", "1/2"), ("abc", "abc"), ("-3.10", "-3.1"),
-     ("1e3", "1000"), ("0", "0"), ("100", "100")],
-)  # fmt: skip
+    [
+        ("48.0", "48"),
+        ("0.50", "0.5"),
+        ("1/2", "1/2"),
+        ("abc", "abc"),
+        ("-3.10", "-3.1"),
+        ("1e3", "1000"),
+        ("0", "0"),
+        ("100", "100"),
+    ],
+)
 def test_canonical_number(token: str, canonical: str) -> None:
     from langgraph_moa.nodes.aggregation import canonical_number
 
@@ -758,14 +809,31 @@ def test_canonical_number(token: str, canonical: str) -> None:
 @pytest.mark.parametrize(
     ("answer", "key"),
     [
-        ("(B)", "(b)"), ("b)", "(b)"), ("B. Paris", "(b)"), ("option b", "(b)"),
-        ("choice (c)", "(c)"), ("letter d", "(d)"), ("h", "(h)"), ("i", "i"),
-        ("Yes indeed", "yes"), ("Nope", "no"), ("1,234,567", "1234567"), ("$48", "48"),
-        ("seven", "7"), ("twenty", "20"), ("zero", "0"), ("the", "the"), ("The Dog", "dog"),
-        ("a cat", "cat"), ("...", None), ("x1 and 2", "2"), ("1_000", "1000"), ("12,34", "34"),
+        ("(B)", "(b)"),
+        ("b)", "(b)"),
+        ("B. Paris", "(b)"),
+        ("option b", "(b)"),
+        ("choice (c)", "(c)"),
+        ("letter d", "(d)"),
+        ("h", "(h)"),
+        ("i", "i"),
+        ("Yes indeed", "yes"),
+        ("Nope", "no"),
+        ("1,234,567", "1234567"),
+        ("$48", "48"),
+        ("seven", "7"),
+        ("twenty", "20"),
+        ("zero", "0"),
+        ("the", "the"),
+        ("The Dog", "dog"),
+        ("a cat", "cat"),
+        ("...", None),
+        ("x1 and 2", "2"),
+        ("1_000", "1000"),
+        ("12,34", "34"),
         ("\uff14\uff18", "48"),
     ],
-)  # fmt: skip
+)
 def test_normalize_answer(answer: str, key: str | None) -> None:
     from langgraph_moa.nodes.aggregation import normalize_answer
 
@@ -880,8 +948,12 @@ def test_sentences_claims_and_content_words() -> None:
     ]
     assert claims_of("~~~\ncode [1]\n~~~") == ["~~~\ncode [1]\n~~~"]
     assert _content_words("The cat sat on 7 mats and answer is 42 ab which") == {
-        "42", "7", "cat", "mats", "sat"
-    }  # fmt: skip
+        "42",
+        "7",
+        "cat",
+        "mats",
+        "sat",
+    }
     assert copied("One. Two.", [(2, "p2"), (1, "p1")]) == [
         {"text": "One.", "agents": ["p2", "p1"], "proposals": [2, 1], "inferred": False},
         {"text": "Two.", "agents": ["p2", "p1"], "proposals": [2, 1], "inferred": False},
@@ -896,8 +968,14 @@ def test_attribution_inferred_from_overlap() -> None:
         "cats dogs birds fish", AGENTS, ["cats dogs", "birds", "cats dogs birds"]
     )
     assert answer == "cats dogs birds fish"
-    assert claims == [{"text": "cats dogs birds fish", "agents": ["p1", "p3"],
-                       "proposals": [1, 3], "inferred": True}]  # fmt: skip
+    assert claims == [
+        {
+            "text": "cats dogs birds fish",
+            "agents": ["p1", "p3"],
+            "proposals": [1, 3],
+            "inferred": True,
+        }
+    ]
     # no content words: no support
     assert attribute("the and", AGENTS, ["the and"] * 3)[1][0]["agents"] == []
     # a claim that is only citations is dropped; code blocks are claims, never stripped
@@ -953,8 +1031,11 @@ def test_parse_plan_forms_and_exact_errors() -> None:
     assert parse_plan(f'Here: {{"plan": {str(raw).replace(chr(39), chr(34))}}}', agents) == want
     assert parse_plan(Plan.model_validate({"plan": want}), agents) == want
     # an agent named twice gets one step with both subtasks
-    twice = [{"agent": "a", "subtask": "x"}, {"agent": "b", "subtask": "y"},
-             {"agent": "a", "subtask": "z"}]  # fmt: skip
+    twice = [
+        {"agent": "a", "subtask": "x"},
+        {"agent": "b", "subtask": "y"},
+        {"agent": "a", "subtask": "z"},
+    ]
     assert parse_plan(twice, agents) == [
         {"agent": "a", "subtask": "x\nz"},
         {"agent": "b", "subtask": "y"},
