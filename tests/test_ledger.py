@@ -413,3 +413,56 @@ async def test_an_unreadable_ledger_resends_the_call_and_recovers(pg_url: str) -
         assert seq == 0 and found == {"message": {"content": "recorded"}}
         # the failed execution asks again too (its failed read is not kept)
         assert (await resumed.lookup("L1_a", "task", "h"))[0] == 1
+
+
+async def test_a_ledger_of_version_1_gets_the_request_index(db_url: str) -> None:
+    """Step 2 of the `calls` component indexes request hashes (what `moa eval --reuse`
+    looks calls up by) on a table made before it; `reusable` finds a row by hash and server."""
+    from langgraph_moa.persistence import migrations
+    from langgraph_moa.persistence.calls import calls
+
+    def indexes(conn: sa.Connection) -> set[str]:
+        return {str(i["name"]) for i in sa.inspect(conn).get_indexes("moa_calls")}
+
+    def back_to_1(conn: sa.Connection) -> None:
+        next(i for i in calls.indexes if i.name == "moa_calls_request_idx").drop(conn)
+        conn.execute(
+            migrations.table.delete().where(
+                migrations.table.c.component == "calls", migrations.table.c.version == 2
+            )
+        )
+
+    async with CallLedger.from_url(db_url) as ledger:
+        async with ledger.engine.begin() as conn:
+            assert "moa_calls_request_idx" in await conn.run_sync(indexes)
+            await conn.run_sync(back_to_1)
+            assert "moa_calls_request_idx" not in await conn.run_sync(indexes)
+        for endpoint, answer in ((None, "provider"), ("http://h:1/v1", "server")):
+            await ledger.record(
+                CallRow(
+                    run_id="r",
+                    thread_id="t",
+                    node="L1_a",
+                    kind="agent",
+                    task_id="k",
+                    seq=0,
+                    attempt=1,
+                    model="m",
+                    params={"endpoint": endpoint} if endpoint else {},
+                    request_hash="h" * 64,
+                    messages=[],
+                    response={"message": {"type": "ai", "data": {"content": answer}}},
+                    usage=None,
+                    latency_ms=1.0,
+                    retries=0,
+                )
+            )
+    async with CallLedger.from_url(db_url) as ledger:
+        assert await ledger.setup() == 2
+        async with ledger.engine.connect() as conn:
+            assert "moa_calls_request_idx" in await conn.run_sync(indexes)
+        for endpoint, answer in ((None, "provider"), ("http://h:1/v1", "server")):
+            found = await ledger.reusable("h" * 64, endpoint)
+            assert found is not None and content_of(found) == answer
+        assert await ledger.reusable("h" * 64, "http://elsewhere/v1") is None
+        assert await ledger.reusable("x" * 64) is None

@@ -202,7 +202,7 @@ def test_call_request_is_what_the_model_really_gets() -> None:
 
     from langgraph_moa.nodes._calls import call_request, call_seed
     from langgraph_moa.nodes.router import Plan
-    from tests.nodes_support import context, spec_of
+    from tests.nodes_support import URL, context, spec_of
 
     @tool
     def add(a: int, b: int) -> int:
@@ -216,6 +216,9 @@ def test_call_request_is_what_the_model_really_gets() -> None:
     assert req.messages == [{"role": "system", "content": "s"}, {"role": "human", "content": "hi"}]
     assert req.params == {"model": "a", "temperature": 0.5, "max_tokens": 10}
     assert req.hash == "3bf4221ea5e93f90281e7b69bbcc5a539747b7d8d7866564f3dadc74435f4181"
+    # the server beside the parameters (not hashed); sampled without a seed: not decided
+    assert (req.endpoint, req.deterministic) == (URL, False)
+    assert req.recorded_params == {**req.params, "endpoint": URL}
     spec = spec_of(
         ["a"],
         models={
@@ -234,6 +237,7 @@ def test_call_request_is_what_the_model_really_gets() -> None:
         ctx, "a", msgs, node="L2_a", temperature=0.5, max_tokens=10, tools=[add], tool_choice="none"
     )
     assert req.kind == "tool_step" and req.model == "model-a"
+    assert (req.endpoint, req.deterministic) == ("http://127.0.0.1:9/v1", True)
     assert req.params == {
         "model": "model-a",
         "temperature": 0.0,
@@ -261,6 +265,14 @@ def test_call_request_is_what_the_model_really_gets() -> None:
     synth = call_request(ctx, "a", msgs, node="L1_synthesizer", temperature=0, max_tokens=5)
     assert synth.kind == "synthesizer" and "schema" not in synth.params
     assert "tools" not in synth.params and "tool_choice" not in synth.params
+    seeded = spec_of(["a"], defaults={"seed": 3})
+    sampled = call_request(context(seeded), "a", msgs, node="L1_a", temperature=0.5, max_tokens=1)
+    assert sampled.deterministic and sampled.params["seed"] == call_seed(3, "L1_a", msgs)
+    provider = spec_of(["a"], models={"a": {"model": "anthropic:x"}}, defaults={"seed": 3})
+    unseeded = call_request(
+        context(provider), "a", msgs, node="L1_a", temperature=0.5, max_tokens=1
+    )
+    assert (unseeded.endpoint, unseeded.deterministic) == (None, False)  # takes no seed
     # the hash covers messages and parameters, not the order of keys
     other = call_request(ctx, "a", msgs[:1], node="L1_synthesizer", temperature=0, max_tokens=5)
     assert other.hash != synth.hash
@@ -274,12 +286,20 @@ class Source:
         self.lookups: list[tuple[str, str, str]] = []
         self.rows: list[dict[str, Any]] = []
 
-    async def lookup(self, node: str, task_id: str, request_hash: str) -> tuple[int, Any]:
+        self.finished_calls: list[str] = []
+
+    async def lookup(
+        self, node: str, task_id: str, request_hash: str, *, request: Any = None
+    ) -> tuple[int, Any]:
+        assert request is not None and request.hash == request_hash
         self.lookups.append((node, task_id, request_hash))
         return self.seq, self.recorded
 
     async def record(self, **fields: Any) -> None:
         self.rows.append(fields)
+
+    def finished(self, request: Any) -> None:
+        self.finished_calls.append(request.hash)
 
 
 async def test_call_model_records_the_call_in_the_ledger() -> None:
@@ -330,7 +350,12 @@ async def test_call_model_records_the_call_in_the_ledger() -> None:
         "task_id": "",
         "seq": 4,
         "model": "model-a",
-        "params": {"model": "model-a", "temperature": 0.1, "max_tokens": 9},
+        "params": {
+            "model": "model-a",
+            "temperature": 0.1,
+            "max_tokens": 9,
+            "endpoint": "http://127.0.0.1:9/v1",
+        },
         "request_hash": request.hash,
         "messages": [{"role": "human", "content": "hi"}],
         "usage": want_usage,
@@ -350,6 +375,7 @@ async def test_call_model_records_the_call_in_the_ledger() -> None:
     assert again.usage == {**usage(100, 50), "calls": 1, "cost": (100 + 100) / 1e6}
     assert again.parsed is None and again.parsing_error is None
     assert answered.rows == [] and len(script.calls) == 1
+    assert (source.finished_calls, answered.finished_calls) == ([request.hash], [])
     assert ledger.tokens == 15 + 150
 
     # the reservation: the prompt and the reply's maximum (the model entry's own first), priced
@@ -422,6 +448,7 @@ async def test_call_model_records_errors_and_hashes_only() -> None:
     (row,) = source.rows
     assert (row["status"], row["response"], row["usage"]) == ("error", None, None)
     assert row["error"] == ("RuntimeError: " + "x" * 3000)[:2000]
+    assert len(source.finished_calls) == 1  # told that the failed call is over
     assert (ledger.tokens, ledger.reserved_tokens) == (0, 0)
 
     spec = spec_of(["a"], ledger="hashes")

@@ -205,6 +205,34 @@ class ModelResolver:
             return env.model or "default" if env else "local"
         return spec.model or "default"
 
+    def endpoint(self, name: str | None) -> str | None:
+        """Where entry ``name``'s calls go when its label does not say it: the URL of an
+        OpenAI-compatible server (scheme, host, port and path; no credentials, query or
+        fragment), None for a ``provider:model`` or the embedded model."""
+        spec = self.spec(name)
+        if spec.is_local:
+            spec = _env_default() or spec
+        if not spec.base_url:
+            return None
+        from urllib.parse import urlsplit
+
+        url = urlsplit(spec.base_url)
+        host = url.hostname or ""
+        if url.port is not None:
+            host = f"{host}:{url.port}"
+        return f"{url.scheme}://{host}{url.path.rstrip('/')}"
+
+    def takes_seed(self, name: str | None) -> bool:
+        """Whether entry ``name``'s chat model samples with a ``seed`` it is given: the
+        embedded model and OpenAI-compatible clients do; other providers are not known to."""
+        spec = self.spec(name)
+        if spec.is_local:
+            env = _env_default()
+            if env is None:
+                return True
+            spec = env
+        return bool(spec.base_url) or (spec.model or "").startswith("openai:")
+
     def get(self, name: str | None, *, temperature: float, max_tokens: int) -> BaseChatModel:
         """The chat model for entry ``name`` with these sampling settings."""
         key = (name or self._default, temperature, max_tokens)

@@ -70,13 +70,18 @@ class CallSource(Protocol):
     (:class:`langgraph_moa.persistence.calls.RunCalls`) or a replay."""
 
     async def lookup(
-        self, node: str, task_id: str, request_hash: str
+        self, node: str, task_id: str, request_hash: str, *, request: CallRequest | None = None
     ) -> tuple[int, Mapping[str, Any] | None]:
         """``(seq, response)``: the recorded response to answer with, or None to call."""
         ...
 
     async def record(self, **fields: Any) -> None:
         """Record a call that was made (the ``moa_calls`` columns of one call)."""
+        ...
+
+    def finished(self, request: CallRequest) -> None:
+        """A call :meth:`lookup` left to the caller is over: recorded, or never made (a
+        budget refused it, it was cancelled)."""
         ...
 
 
@@ -138,11 +143,24 @@ class CallRequest:
     model: str
     messages: list[dict[str, Any]]
     params: dict[str, Any]
+    endpoint: str | None = None
+    """The URL of the model's server (``None``: a provider's or the embedded model); kept
+    beside the parameters, outside the hash (a replay may point at a moved server)."""
+    deterministic: bool = False
+    """Whether the same request gets the same reply: greedy decoding (temperature 0), or
+    a seed the model samples with. Only such calls are answered from another run's."""
 
     @property
     def hash(self) -> str:
         """sha256 of the canonical messages and parameters (stable across processes)."""
         return _digest({"messages": self.messages, "params": self.params})
+
+    @property
+    def recorded_params(self) -> dict[str, Any]:
+        """The parameters as the ledger keeps them: with the endpoint, when there is one."""
+        if self.endpoint is None:
+            return self.params
+        return {**self.params, "endpoint": self.endpoint}
 
 
 def call_request(
@@ -183,7 +201,18 @@ def call_request(
         kind = "synthesizer"
     else:
         kind = "tool_step" if tools else "agent"
-    return CallRequest(node, kind, label, [canonical_message(m) for m in messages], params)
+    deterministic = params["temperature"] == 0 or (
+        seed is not None and ctx.models.takes_seed(model_name)
+    )
+    return CallRequest(
+        node,
+        kind,
+        label,
+        [canonical_message(m) for m in messages],
+        params,
+        endpoint=ctx.models.endpoint(model_name),
+        deterministic=deterministic,
+    )
 
 
 def _response(reply: Reply) -> dict[str, Any]:
@@ -269,35 +298,39 @@ async def call_model(
             tool_choice=tool_choice,
         )
         task_id = _task_id()
-        seq, recorded = await source.lookup(node, task_id, request.hash)
-    limiter = ctx.models.limiter(model_name) if recorded is None else None
-    slot: AbstractAsyncContextManager[Any] = limiter.slot() if limiter else nullcontext()
-    made: _Made | None = None
-    async with slot:
-        prompt = count_tokens_approximately(messages)
-        reply_max = spec.max_tokens or max_tokens
-        cost = (prompt * spec.input_cost_per_mtok + reply_max * spec.output_cost_per_mtok) / 1e6
-        reservation = await ledger.reserve(prompt + reply_max, cost, node, budget=budget)
-        usage: Usage | None = None
-        try:
-            if recorded is not None:
-                reply = _from_ledger(recorded, spec, schema)
-                usage = reply.usage
-                return reply
-            model = ctx.models.get(model_name, temperature=temperature, max_tokens=max_tokens)
-            model = seeded(model, call_seed(ctx.spec.defaults.seed, node, messages))
-            call = _invoke(model, messages, config, spec, schema, tools, tool_choice)
-            if source is None:
-                reply = await call
-                usage = reply.usage
-                return reply
-            made = await _Made.of(call)
-            usage = made.reply.usage if made.reply is not None else None
-        finally:
-            ledger.settle(reservation, usage)
-    # recorded once the endpoint's slot is free again
-    assert request is not None and seq is not None and task_id is not None
-    await _record(source, request, task_id, seq, ctx.spec.ledger == "hashes", made)
+        seq, recorded = await source.lookup(node, task_id, request.hash, request=request)
+    try:
+        limiter = ctx.models.limiter(model_name) if recorded is None else None
+        slot: AbstractAsyncContextManager[Any] = limiter.slot() if limiter else nullcontext()
+        made: _Made | None = None
+        async with slot:
+            prompt = count_tokens_approximately(messages)
+            reply_max = spec.max_tokens or max_tokens
+            cost = (prompt * spec.input_cost_per_mtok + reply_max * spec.output_cost_per_mtok) / 1e6
+            reservation = await ledger.reserve(prompt + reply_max, cost, node, budget=budget)
+            usage: Usage | None = None
+            try:
+                if recorded is not None:
+                    reply = _from_ledger(recorded, spec, schema)
+                    usage = reply.usage
+                    return reply
+                model = ctx.models.get(model_name, temperature=temperature, max_tokens=max_tokens)
+                model = seeded(model, call_seed(ctx.spec.defaults.seed, node, messages))
+                call = _invoke(model, messages, config, spec, schema, tools, tool_choice)
+                if source is None:
+                    reply = await call
+                    usage = reply.usage
+                    return reply
+                made = await _Made.of(call)
+                usage = made.reply.usage if made.reply is not None else None
+            finally:
+                ledger.settle(reservation, usage)
+        # recorded once the endpoint's slot is free again
+        assert request is not None and seq is not None and task_id is not None
+        await _record(source, request, task_id, seq, ctx.spec.ledger == "hashes", made)
+    finally:
+        if source is not None and request is not None and recorded is None:
+            source.finished(request)
     if made.reply is None:
         assert made.error is not None
         raise made.error
@@ -366,7 +399,7 @@ async def _record(
         task_id=task_id,
         seq=seq,
         model=request.model,
-        params=request.params,
+        params=request.recorded_params,
         request_hash=request.hash,
         messages=messages,
         response=response,

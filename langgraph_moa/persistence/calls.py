@@ -10,8 +10,9 @@ answers from it instead of sending the call again.
 Columns: ``id`` (ascending), ``run_id``, ``thread_id``, ``node`` (``L1_coder``), ``kind``
 (``agent | tool_step | router | synthesizer``), ``task_id`` (LangGraph's task), ``seq`` (the
 n-th identical request of that task, from 0), ``attempt`` (the run's attempt, as in
-``moa_runs.attempts``), ``model``, ``params`` (JSON: temperature, max_tokens, tools,
-tool_choice, schema...), ``request_hash`` (sha256 of the canonical messages and params),
+``moa_runs.attempts``), ``model``, ``params`` (JSON: temperature, max_tokens, seed,
+tools, tool_choice, schema...; beside them ``endpoint``, the URL of the model's server,
+which the hash leaves out), ``request_hash`` (sha256 of the canonical messages and params),
 ``messages`` (JSON; with ``ledger: hashes`` one hash per message), ``response`` (JSON: the
 reply message, a structured output's parse; with ``ledger: hashes`` its hash only),
 ``usage`` (JSON), ``latency_ms``, ``retries`` (HTTP attempts after the first), ``status``
@@ -83,6 +84,7 @@ calls = sa.Table(
     ),
     sa.Index("moa_calls_task_idx", "thread_id", "task_id", "request_hash"),
     sa.Index("moa_calls_run_idx", "run_id", "id"),
+    sa.Index("moa_calls_request_idx", "request_hash"),
     mysql_engine="InnoDB",
     mariadb_engine="InnoDB",
 )
@@ -187,6 +189,26 @@ class CallLedger:
         by_seq = {r.seq: r for r in reversed(found)}  # the first row of each seq
         return by_seq.get(seq)
 
+    async def reusable(
+        self, request_hash: str, endpoint: str | None = None, *, scan: int = 20
+    ) -> CallRow | None:
+        """The oldest answerable row of any run with this request hash, sent to
+        ``endpoint`` (``params["endpoint"]``; None: no server URL), among the first
+        ``scan`` rows of that hash (what ``moa eval --reuse`` answers an unchanged call
+        with)."""
+        query = (
+            sa.select(calls)
+            .where(calls.c.request_hash == request_hash, calls.c.status == "ok")
+            .order_by(calls.c.id)
+            .limit(scan)
+        )
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
+            rows = [_row(r) for r in (await conn.execute(query)).mappings()]
+        return next(
+            (r for r in rows if r.answerable and r.params.get("endpoint") == endpoint), None
+        )
+
     async def keys(self, thread_id: str) -> set[tuple[str, str]]:
         """The (task id, request hash) of every answerable-looking row of a thread."""
         query = (
@@ -213,6 +235,14 @@ class CallLedger:
         async with self.engine.connect() as conn:
             await conn.execution_options(**{READ_ONLY: True})
             return [_row(r) for r in (await conn.execute(query)).mappings()]
+
+
+def _index_requests(conn: sa.Connection) -> None:
+    """Migration step 2: the index of request hashes (a table made by step 1 of this
+    code has it already)."""
+    index = next(i for i in calls.indexes if i.name == "moa_calls_request_idx")
+    if index.name not in {i["name"] for i in sa.inspect(conn).get_indexes(calls.name)}:
+        index.create(conn)
 
 
 def _row(data: Mapping[Any, Any]) -> CallRow:
@@ -270,7 +300,7 @@ class RunCalls:
         return await asyncio.shield(self._earlier)
 
     async def lookup(
-        self, node: str, task_id: str, request_hash: str
+        self, node: str, task_id: str, request_hash: str, *, request: Any = None
     ) -> tuple[int, dict[str, Any] | None]:
         """``(seq, response)``: the recorded response of this call, or None to make it."""
         seq = self._next_seq(task_id, request_hash)
@@ -304,6 +334,9 @@ class RunCalls:
             log.exception(
                 "could not record a model call of run %s (node %s)", self.run_id, row.node
             )
+
+    def finished(self, request: Any) -> None:
+        """Nothing to do once a call is over (see ``CallSource`` in ``nodes/_calls.py``)."""
 
     async def flush(self) -> None:
         """Wait until every call recorded so far is written."""

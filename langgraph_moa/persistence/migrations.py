@@ -153,6 +153,10 @@ STEPS: dict[str, list[Step]] = {
     ],
     "calls": [
         Step("create moa_calls", _create("langgraph_moa.persistence.calls", "calls")),
+        Step(
+            "index moa_calls by request hash",
+            _call("langgraph_moa.persistence.calls", "_index_requests"),
+        ),
     ],
 }
 """The steps of each component, in order. Components outside ``persistence/`` (the

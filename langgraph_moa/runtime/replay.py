@@ -49,7 +49,7 @@ class ReplayCalls:
         return node in self.live or node.partition("_")[2] in self.live
 
     async def lookup(
-        self, node: str, task_id: str, request_hash: str
+        self, node: str, task_id: str, request_hash: str, *, request: Any = None
     ) -> tuple[int, Mapping[str, Any] | None]:
         if self.is_live(node):
             self.live_calls.append(node)
@@ -76,6 +76,9 @@ class ReplayCalls:
 
     async def record(self, **fields: Any) -> None:
         """Live calls of a replay are not recorded (a replay writes nothing)."""
+
+    def finished(self, request: Any) -> None:
+        """Nothing to do once a live call is over."""
 
 
 def _recorded_error(text: str) -> Exception:
