@@ -3,6 +3,7 @@ the test model server with scripted answers (so the expected scores are known)."
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -488,8 +489,9 @@ def test_cli_eval_resumes_after_sigkill_and_skips_done_items(
 
 
 def test_cli_eval_markdown_and_chart(
-    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("MOA_LOCAL_PARALLEL", raising=False)
     script_answers(model_server)
     dataset = write_items(tmp_path / "d.jsonl", ITEMS)
     chart = tmp_path / "eval.png"
@@ -507,6 +509,8 @@ def test_cli_eval_markdown_and_chart(
     assert "| MoA (trio, synthesize) | 6/6 | 6/6 | 100.0% [61%, 100%] |" in result.stdout
     assert "| single (p1) | 6/6 | 3/6 | 50.0% [19%, 81%] |" in result.stdout
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # an embedded model started by the evaluation would decode one request at a time
+    assert os.environ["MOA_LOCAL_PARALLEL"] == "1"
 
 
 def test_chart_without_matplotlib_fails_with_a_clear_message(
@@ -532,3 +536,217 @@ def test_build_specs_adds_compared_specs_after_the_derived_ones(model_server: Mo
     assert [s.label for s in specs[3:]] == ["team", "team'"]
     assert [s.label for s in build_specs(main, baselines=False)] == ["trio"]
     assert isinstance(specs[0], EvalSpec) and isinstance(load_dataset("basic")[0], EvalItem)
+
+
+# -- reusing unchanged calls (--reuse) -------------------------------------------------------
+
+
+def script_drawn(srv: ModelServer) -> None:
+    """Every model answers one of several texts drawn from the request's seed (the same
+    request, the same draw); the synthesizers' texts say which prompt they were given."""
+
+    def draw(req: ChatRequest) -> str:
+        item = req.prompt.split("Q-", 1)[1].split(":", 1)[0] if "Q-" in req.prompt else "?"
+        right = {i["id"]: str(i["reference"]) for i in ITEMS}
+        return req.sample([right.get(item, "?"), "not sure", f"maybe {right.get(item)}", "1"])
+
+    srv.add_rule(reply=draw)
+
+
+def _eval(*args: str) -> tuple[str, dict[str, Any]]:
+    """``moa eval ARGS --json`` in this process: its Markdown table and its JSON."""
+    from langgraph_moa.cli import app
+
+    out = Path(args[args.index("--json") + 1])
+    result = CliRunner().invoke(app, ["eval", *args, "--markdown"])
+    assert result.exit_code == 0, result.output
+    return result.stdout, json.loads(out.read_text())
+
+
+def _measures(table: str) -> list[list[str]]:
+    """The table's rows without the columns that differ between runs or with --reuse (calls
+    from the ledger, latencies)."""
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ")]
+    return [[*cells[:-5], cells[-5].split(" (")[0], cells[-4], cells[-1]] for cells in rows[1:]]
+
+
+async def _calls_of(db_url: str, run_id: str) -> list[Any]:
+    from langgraph_moa.persistence.calls import CallLedger
+
+    async with CallLedger.from_url(db_url) as ledger:
+        return await ledger.list(run_id=run_id)
+
+
+def test_reuse_with_the_model_server_stopped_gives_the_same_table(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    dataset = write_items(tmp_path / "d.jsonl", ITEMS)
+    with ModelServer() as srv:
+        script_drawn(srv)
+        spec = _spec_file(srv, tmp_path)
+        base = [str(dataset), "--spec", str(spec), "--db", sqlite_url, "--quiet"]
+        table, first = _eval(*base, "--json", str(tmp_path / "1.json"))
+        sent = srv.calls()
+    calls = {s["label"]: s["calls"] for s in first["specs"]}
+    # every call went out, and is in the ledger of the store under the run's id
+    assert first["calls"]["live"] == sent == sum(calls.values()) and sent > 0
+    assert first["calls"]["reused"] == 0 and all(s["calls_reused"] == 0 for s in first["specs"])
+    recorded = asyncio.run(_calls_of(sqlite_url, first["calls"]["run_id"]))
+    assert len(recorded) == sent and {r.status for r in recorded} == {"ok"}
+    assert {r.params["endpoint"] for r in recorded} == {srv.base_url}
+
+    # the server is stopped: a call that went out would fail, and change the table
+    reused_table, again = _eval(*base, "--fresh", "--reuse", "--json", str(tmp_path / "2.json"))
+    assert again["calls"] == {
+        "live": 0,
+        "reused": sent,
+        "sampled_without_seed": 0,
+        "run_id": again["calls"]["run_id"],
+    }
+    assert [(s["calls"], s["calls_reused"]) for s in again["specs"]] == [
+        (n, n) for n in calls.values()
+    ]
+    assert [s["scores"] for s in again["specs"]] == [s["scores"] for s in first["specs"]]
+    assert _measures(reused_table) == _measures(table)
+    assert "calls/item (from the ledger)" in reused_table
+    assert f"| 1.0 ({calls['single (p1)']}/{calls['single (p1)']} reused) |" in reused_table
+    assert all(s["latency_p50_s"] is None for s in again["specs"])  # no model's time to show
+
+    # another store, taking the calls from the first one's ledger
+    other = f"sqlite:///{tmp_path / 'other.sqlite'}"
+    args = [str(dataset), "--spec", str(spec), "--db", other, "--quiet"]
+    from_table, elsewhere = _eval(
+        *args, "--reuse-from", sqlite_url, "--json", str(tmp_path / "3.json")
+    )
+    assert (elsewhere["calls"]["live"], elsewhere["calls"]["reused"]) == (0, sent)
+    assert _measures(from_table) == _measures(table)
+
+
+@pytest.mark.parametrize("change", ["prompt", "model"])
+def test_reuse_sends_only_the_changed_synthesizer_calls(
+    change: str, model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    srv = model_server
+    script_drawn(srv)
+    dataset = write_items(tmp_path / "d.jsonl", ITEMS)
+    data = trio(srv)
+    data["models"]["synth2"] = dict(data["models"]["synth"], model="synth2")
+    spec = tmp_path / "trio.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    base = [str(dataset), "--spec", str(spec), "--db", sqlite_url, "--quiet"]
+    base += ["--aggregation", "synthesize"]
+    _, first = _eval(*base, "--json", str(tmp_path / "1.json"))
+    assert first["calls"]["live"] == srv.calls() == 9 * len(ITEMS)  # 1 + 4 + 4 per item
+    srv.reset_counts()
+
+    if change == "prompt":
+        data["layers"][0]["synthesizer"]["prompt"] = "NEW PROMPT. Combine these.\n\n{proposals}"
+    else:
+        data["layers"][0]["synthesizer"]["model"] = "synth2"
+    spec.write_text(yaml.safe_dump(data))
+    _, second = _eval(*base, "--reuse", "--json", str(tmp_path / "2.json"))
+    sent = list(srv.requests)
+    by_label = {s["label"]: s for s in second["specs"]}
+    if change == "prompt":
+        # the Self-MoA synthesizer takes the prompt (not the model) too: both are asked
+        # again, once per item; the 3 + 3 proposals of each item come from the ledger
+        assert sorted(r.model for r in sent) == ["p1"] * 6 + ["synth"] * 6
+        assert all(r.system.startswith("NEW PROMPT.") for r in sent)
+        again = ["self-MoA (p1 x3)", "MoA (trio, synthesize)"]
+    else:
+        assert [r.model for r in sent] == ["synth2"] * 6
+        again = ["MoA (trio, synthesize)"]
+    assert second["ran"] == len(ITEMS) * len(again)  # the others were taken from the store
+    assert second["calls"]["live"] == len(sent)
+    assert second["calls"]["reused"] == 3 * len(ITEMS) * len(again)
+    for label in again:
+        assert (by_label[label]["calls"], by_label[label]["calls_reused"]) == (24, 18)
+    rows = asyncio.run(_calls_of(sqlite_url, second["calls"]["run_id"]))
+    assert {r.kind for r in rows} == {"synthesizer"} and len(rows) == len(sent)
+
+
+def _sent(srv: ModelServer) -> list[str]:
+    """Each request the server answered, as the JSON of its body (the same body, the same
+    request: model, messages, seed, temperature, max_tokens)."""
+    return [json.dumps(r.body, sort_keys=True) for r in srv.requests]
+
+
+async def _evaluate(
+    url: str,
+    items: list[EvalItem],
+    specs: list[EvalSpec],
+    eval_id: str,
+    *,
+    reuse: bool = False,
+    concurrency: int = 4,
+) -> tuple[EvalReport, dict[tuple[str, str], str | None]]:
+    from langgraph_moa.persistence.calls import CallLedger
+
+    async with EvalStore.from_url(url) as store:
+        report = await run_evaluation(
+            items, specs, store, eval_id=eval_id, concurrency=concurrency,
+            reuse=CallLedger(store.engine) if reuse else None,
+        )  # fmt: skip
+        rows = await store.results(eval_id, "answer")
+    labels = {s.key: s.label for s in specs}
+    return report, {(labels[r.spec], r.item_id): r.answer for r in rows}
+
+
+async def test_reuse_within_an_evaluation_merges_only_identical_seeded_requests(
+    model_server: ModelServer, tmp_path: Path
+) -> None:
+    srv = model_server
+    script_drawn(srv)
+    items = load_dataset(write_items(tmp_path / "d.jsonl", ITEMS))
+    specs = build_specs(load_spec(trio(srv)), seed=3)  # single, self-MoA, MoA x3 closings
+    plain, answers = await _evaluate(f"sqlite:///{tmp_path / 'a.sqlite'}", items, specs, "a")
+    without = _sent(srv)
+    assert len(without) == plain.calls_live == sum(s.calls for s in plain.specs)
+    srv.reset_counts()
+
+    # an empty ledger: nothing to take from earlier runs, but one evaluation asks the same
+    # seeded request several times (the MoA's proposals once per closing, its p1 proposal
+    # is the single model's call): each distinct request goes out once
+    url = f"sqlite:///{tmp_path / 'b.sqlite'}"
+    merged, same = await _evaluate(url, items, specs, "b", reuse=True, concurrency=6)
+    sent = _sent(srv)
+    assert sorted(sent) == sorted(set(without)) and len(without) > len(sent)
+    assert same == answers  # the same answers, the same table
+    assert (merged.calls_live, merged.calls_reused) == (len(sent), len(without) - len(sent))
+    # the three Self-MoA copies have seeds of their own: none is the single model's call
+    first = ITEMS[0]["input"]
+    p1 = [r for r in srv.requests if r.model == "p1" and r.last_user == first]
+    proposals = [r for r in p1 if "responses" not in r.system]
+    assert len(proposals) == 4 and len({r.seed for r in proposals}) == 4
+
+
+async def test_reuse_never_answers_a_call_sampled_without_a_seed_or_sent_elsewhere(
+    model_server: ModelServer, tmp_path: Path
+) -> None:
+    srv = model_server
+    script_drawn(srv)
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    items = load_dataset(write_items(tmp_path / "d.jsonl", ITEMS))
+    unseeded = build_specs(load_spec(trio(srv)), seed=None, aggregations=["synthesize"])
+    first, _ = await _evaluate(url, items, unseeded, "a")
+    srv.reset_counts()
+    again, _ = await _evaluate(url, items, unseeded, "b", reuse=True)
+    # each sample is a new draw: every call went out again
+    assert srv.calls() == first.calls_live == again.calls_live == again.calls_sampled > 0
+    assert again.calls_reused == 0
+
+    # seeded calls of the same model name on another server are not the same calls
+    seeded = build_specs(load_spec(trio(srv)), seed=5, aggregations=["synthesize"])
+    srv.reset_counts()
+    recorded, _ = await _evaluate(url, items, seeded, "c", reuse=True)
+    assert srv.calls() == recorded.calls_live > 0
+    with ModelServer() as other:
+        script_drawn(other)
+        elsewhere = build_specs(load_spec(trio(other)), seed=5, aggregations=["synthesize"])
+        moved, _ = await _evaluate(url, items, elsewhere, "d", reuse=True)
+        assert other.calls() == moved.calls_live == recorded.calls_live
+        assert moved.calls_reused == recorded.calls_reused  # merged within the run only
+    srv.reset_counts()  # on the server that answered them, they are all in the ledger
+    back, _ = await _evaluate(url, items, seeded, "e", reuse=True)
+    assert srv.calls() == back.calls_live == 0
+    assert back.calls_reused == recorded.calls_live + recorded.calls_reused

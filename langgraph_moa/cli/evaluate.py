@@ -84,6 +84,27 @@ def eval_command(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Drop this evaluation's stored results first.")
     ] = False,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            "--reuse",
+            help="Answer unchanged model calls from the call ledger of the store: a call "
+            "whose request (model, server, parameters with temperature and seed, messages) "
+            "was recorded by an earlier run, and whose reply the request decides (seeded or "
+            "temperature 0), is not sent again. Changed calls go to the model and are "
+            "recorded. Results already stored for this evaluation are kept: add --fresh (or "
+            "another --name) to compute them again from the ledger.",
+        ),
+    ] = False,
+    reuse_from: Annotated[
+        str | None,
+        typer.Option(
+            "--reuse-from",
+            metavar="STORE",
+            help="--reuse with the call ledger of this store (a SQLAlchemy URL) instead of "
+            "--db's; the calls sent are still recorded in --db.",
+        ),
+    ] = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-j", min=1, help="Runs at once.")
     ] = 4,
@@ -121,9 +142,13 @@ def eval_command(
     by synthesize, vote and select) side by side (accuracy or win rate with 95% Wilson
     intervals, tokens, cost, latency), and each against the single model on the same items
     (paired difference with a bootstrap 95% interval, exact McNemar p-value). Sampling is
-    seeded (--seed): a rerun gives the same table.
+    seeded (--seed): a rerun gives the same table. The embedded model decodes one request
+    at a time here (MOA_LOCAL_PARALLEL=1 unless set): decoded in a batch, a seeded answer
+    depended on what ran beside it.
 
-    Every result is stored (--db); rerunning an interrupted evaluation skips what is done."""
+    Every result is stored (--db), and every model call in its call ledger (`moa calls`);
+    rerunning an interrupted evaluation skips what is done, and --reuse answers unchanged
+    calls from the ledger (a new synthesizer prompt pays only for the synthesizer)."""
     import asyncio
     import os
 
@@ -145,6 +170,14 @@ def eval_command(
     # change a seeded answer's low bits: an evaluation decodes one request at a time
     # (unless MOA_LOCAL_PARALLEL says otherwise), so its table does not depend on timing.
     os.environ.setdefault("MOA_LOCAL_PARALLEL", "1")
+    if reuse_from is not None:
+        import sqlalchemy as sa
+
+        try:
+            sa.make_url(reuse_from)
+        except sa.exc.ArgumentError:
+            fail(f"--reuse-from {reuse_from!r}: not a database URL (e.g. sqlite:///moa.sqlite)", 2)
+        reuse = True
     if chart is not None:
         try:
             require_matplotlib()
@@ -190,6 +223,8 @@ def eval_command(
         judge=judge_model(main_spec, judge, judge_base_url),
         concurrency=concurrency,
         fresh=fresh,
+        reuse=reuse,
+        reuse_from=reuse_from,
         json_path=json_path,
         chart=chart,
         markdown=markdown,

@@ -6,7 +6,8 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from langgraph_moa.eval.report import markdown_table, rich_table, write_chart
 from langgraph_moa.eval.runner import EvalReport, run_evaluation
 from langgraph_moa.eval.store import EvalStore
 from langgraph_moa.eval.variants import EvalSpec, derive_specs, sampling, with_seed
+from langgraph_moa.persistence.calls import CallLedger
 from langgraph_moa.spec import GraphSpec, ModelSpec
 
 __all__ = ["EvalOptions", "build_specs", "default_eval_id", "execute", "judge_model"]
@@ -103,12 +105,28 @@ class EvalOptions:
     judge: tuple[ModelSpec, str] | None = None
     concurrency: int = 4
     fresh: bool = False
+    reuse: bool = False
+    """Answer unchanged calls from the call ledger (``--reuse``)."""
+    reuse_from: str | None = None
+    """The store whose call ledger answers them (default: :attr:`db`)."""
     json_path: Path | None = None
     chart: Path | None = None
     markdown: bool = False
     quiet: bool = False
     notes: list[str] = field(default_factory=list)
     load_start: list[float] = field(default_factory=lambda: _load())
+
+
+@asynccontextmanager
+async def _reuse_ledger(options: EvalOptions, store: EvalStore) -> AsyncIterator[CallLedger | None]:
+    """The call ledger ``--reuse`` answers from: the eval store's, or ``--reuse-from``'s."""
+    if not options.reuse:
+        yield None
+    elif options.reuse_from is None:
+        yield CallLedger(store.engine)
+    else:
+        async with CallLedger.from_url(options.reuse_from) as ledger:
+            yield ledger
 
 
 def _load() -> list[float]:
@@ -126,7 +144,7 @@ async def execute(options: EvalOptions, out: Console, err: Console) -> EvalRepor
             resolve_model(model_spec, temperature=0.0, max_tokens=512, name="judge"), label
         )
     baseline = options.specs[0] if judge is not None else None
-    async with EvalStore.from_url(options.db) as store:
+    async with EvalStore.from_url(options.db) as store, _reuse_ledger(options, store) as reuse:
         if options.fresh:
             removed = await store.clear(options.eval_id)
             if removed and not options.quiet:
@@ -172,6 +190,7 @@ async def execute(options: EvalOptions, out: Console, err: Console) -> EvalRepor
                 baseline=baseline,
                 concurrency=options.concurrency,
                 progress=advance,
+                reuse=reuse,
             )
     if options.markdown:
         out.print(markdown_table(report), markup=False, highlight=False)
@@ -183,6 +202,17 @@ async def execute(options: EvalOptions, out: Console, err: Console) -> EvalRepor
             f"[dim]{report.ran} results computed, {report.resumed} taken from the store "
             f"(evaluation {report.eval_id}; rerun the same command to resume)[/]"
         )
+        said = f"model calls: {report.calls_live} sent"
+        if options.reuse:
+            said += f", {report.calls_reused} answered from the call ledger (--reuse)"
+            if report.calls_sampled:
+                said += (
+                    f"; {report.calls_sampled} of those sent sample without a seed, so no "
+                    "recorded reply decides them"
+                )
+        if report.calls_live:
+            said += f"; `moa calls {report.calls_run_id}` lists the calls sent"
+        err.print(f"[dim]{said}[/]", highlight=False)
         if report.judge_usage:
             err.print(
                 f"[dim]judge {report.judge}: {report.judge_usage.get('calls', 0)} calls, "

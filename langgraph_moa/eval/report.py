@@ -55,8 +55,15 @@ def _cells(report: EvalReport, s: SpecSummary) -> list[str]:
         cells += _paired(report, s)
     if report.baseline is not None:
         cells.append(win)
-    total = f"{sum(s.latencies):.0f}"
+    total = f"{sum(s.latencies):.0f}" if s.latencies else "-"
+    if _reuses(report):
+        calls += f" ({s.calls_reused}/{s.calls} reused)"
     return [*cells, per_item, calls, f"{s.cost:.4f}", p50, total, str(s.errors)]
+
+
+def _reuses(report: EvalReport) -> bool:
+    """Whether some results took calls from the call ledger (``--reuse``)."""
+    return any(s.calls_reused for s in report.specs)
 
 
 def _headers(report: EvalReport) -> list[str]:
@@ -68,13 +75,16 @@ def _headers(report: EvalReport) -> list[str]:
         ]
     if report.baseline is not None:
         headers.append(f"win rate vs {report.baseline} [95% CI]")
-    return [*headers, "tokens/item", "calls/item", "cost", "p50 s", "total s", "errors"]
+    calls = "calls/item (from the ledger)" if _reuses(report) else "calls/item"
+    return [*headers, "tokens/item", calls, "cost", "p50 s", "total s", "errors"]
 
 
 def rich_table(report: EvalReport) -> Table:
     """The summary as a rich table: accuracy with its Wilson 95% interval; each spec against
     the single model, paired by item (accuracy difference with a paired bootstrap 95%
-    interval, exact McNemar p-value and the discordant counts)."""
+    interval, exact McNemar p-value and the discordant counts). With results whose calls
+    came from the call ledger (``--reuse``), the calls column says how many; latencies are
+    those of the answers whose every call went to a model."""
     table = Table(title=f"evaluation {report.eval_id}", title_justify="left")
     for i, header in enumerate(_headers(report)):
         table.add_column(header, justify="left" if i == 0 else "right")

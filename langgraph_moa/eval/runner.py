@@ -18,6 +18,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 
+from langgraph_moa.eval.calls import EvalCalls
 from langgraph_moa.eval.dataset import EvalItem
 from langgraph_moa.eval.judge import PairwiseJudge
 from langgraph_moa.eval.scoring import exact_match, regex_match, wilson_interval
@@ -25,6 +26,7 @@ from langgraph_moa.eval.stats import PairedComparison, compare_paired
 from langgraph_moa.eval.store import EvalStore, ResultRow
 from langgraph_moa.eval.variants import EvalSpec
 from langgraph_moa.graphs import compile_graph
+from langgraph_moa.persistence.calls import CALLS_KEY, CallLedger
 from langgraph_moa.spec import GraphSpec
 from langgraph_moa.state import Usage, add_usage
 
@@ -66,21 +68,36 @@ def score_answer(item: EvalItem, answer: str) -> tuple[float | None, dict[str, A
 
 
 async def _answer(
-    eval_id: str, espec: EvalSpec, graph: CompiledStateGraph, item: EvalItem
+    eval_id: str,
+    espec: EvalSpec,
+    graph: CompiledStateGraph,
+    item: EvalItem,
+    calls: EvalCalls | None = None,
 ) -> ResultRow:
     t0 = time.perf_counter()
-    config: RunnableConfig = {"configurable": {"thread_id": f"eval-{uuid.uuid4().hex}"}}
+    thread_id = f"eval-{uuid.uuid4().hex}"
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+    source = calls.for_item(thread_id) if calls is not None else None
+    # where its calls are (`moa calls THREAD`), and how many the ledger answered
+    where: dict[str, Any] = {}
+    if source is not None:
+        config["configurable"][CALLS_KEY] = source
+        where["thread_id"] = thread_id
     try:
         values = await graph.ainvoke({"task": item.input}, config)
     except Exception as exc:  # a failed run is a wrong answer, recorded with its reason
         error = f"{type(exc).__name__}: {exc}"
         score = 0.0 if item.scorer != "judge" else None
+        if source is not None and source.reused:
+            where["calls_reused"] = source.reused
         return ResultRow(
             eval_id, "answer", espec.key, item.id, "error", score, None,
-            {"error": error[:2000], "scorer": item.scorer},
+            {"error": error[:2000], "scorer": item.scorer, **where},
             latency_s=time.perf_counter() - t0,
         )  # fmt: skip
     latency = time.perf_counter() - t0
+    if source is not None and source.reused:
+        where["calls_reused"] = source.reused
     usage: Usage = Usage()
     for part in (values.get("usage") or {}).values():
         usage = add_usage(usage, part)
@@ -94,7 +111,7 @@ async def _answer(
         status="ok",
         score=score,
         answer=answer,
-        details=details,
+        details=details | where,
         input_tokens=int(usage.get("input_tokens", 0)),
         output_tokens=int(usage.get("output_tokens", 0)),
         calls=int(usage.get("calls", 0)),
@@ -151,8 +168,11 @@ class SpecSummary:
     win_points: float = 0.0
     tokens: int = 0
     calls: int = 0
+    calls_reused: int = 0
+    """Calls of these results answered from the call ledger (``moa eval --reuse``)."""
     cost: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    """Seconds per answer, of the answers whose every call went to a model."""
     by_category: dict[str, tuple[float, int]] = field(default_factory=dict)
     is_baseline: bool = False
     scores: dict[str, float] = field(default_factory=dict)
@@ -202,6 +222,7 @@ class SpecSummary:
             "tokens": self.tokens,
             "tokens_per_item": r(self.tokens / self.answered, 1) if self.answered else None,
             "calls": self.calls,
+            "calls_reused": self.calls_reused,
             "cost": r(self.cost, 6),
             "latency_p50_s": r(self.latency_p50, 3),
             "latency_total_s": r(sum(self.latencies), 2),
@@ -225,6 +246,14 @@ class EvalReport:
     judge_usage: Usage = field(default_factory=lambda: Usage())
     ran: int = 0
     resumed: int = 0
+    calls_live: int = 0
+    """Model calls this run of the evaluation sent (the ones before a resume not counted)."""
+    calls_reused: int = 0
+    """Model calls this run answered from the call ledger (``reuse``)."""
+    calls_sampled: int = 0
+    """Of :attr:`calls_live`, calls sent with ``reuse`` on because they sample without a seed."""
+    calls_run_id: str | None = None
+    """``run_id`` of the calls this run recorded (``moa calls RUN_ID``)."""
     reference: str | None = None
     """Label of the spec every other one is compared with, paired by item (the single model)."""
     comparisons: dict[str, PairedComparison] = field(default_factory=dict)
@@ -239,6 +268,12 @@ class EvalReport:
             "judge_usage": self.judge_usage,
             "ran": self.ran,
             "resumed": self.resumed,
+            "calls": {
+                "live": self.calls_live,
+                "reused": self.calls_reused,
+                "sampled_without_seed": self.calls_sampled,
+                "run_id": self.calls_run_id,
+            },
             "paired_reference": self.reference,
             "paired": {k: c.to_json() for k, c in self.comparisons.items()},
             "specs": [s.to_json() for s in self.specs],
@@ -274,8 +309,10 @@ def summarize(
             summary.errors += row.status != "ok"
             summary.tokens += row.total_tokens
             summary.calls += row.calls
+            reused = int(row.details.get("calls_reused") or 0)
+            summary.calls_reused += reused
             summary.cost += row.cost
-            if row.latency_s is not None and row.status == "ok":
+            if row.latency_s is not None and row.status == "ok" and not reused:
                 summary.latencies.append(row.latency_s)
             if row.score is not None:
                 summary.closed += 1
@@ -329,9 +366,16 @@ async def run_evaluation(
     baseline: EvalSpec | None = None,
     concurrency: int = 4,
     progress: Progress | None = None,
+    record_calls: bool = True,
+    reuse: CallLedger | None = None,
 ) -> EvalReport:
     """Answer every item with every spec (skipping recorded results), judge the open
-    items against ``baseline``, and return the summary of all recorded results."""
+    items against ``baseline``, and return the summary of all recorded results.
+
+    With ``record_calls`` the model calls of the runs are recorded in the call ledger of
+    ``store``'s database (``moa_calls``); with ``reuse`` (a call ledger, e.g. that one), a
+    call whose request is unchanged and decides its reply is answered from it (see
+    :mod:`langgraph_moa.eval.calls`)."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     keys = [s.key for s in specs]
@@ -348,11 +392,16 @@ async def run_evaluation(
     graphs = {s.key: compile_graph(s.spec) for s in specs}
     slots = asyncio.Semaphore(concurrency)
     ran = 0
+    writer = None
+    if record_calls:
+        writer = CallLedger(store.engine)
+        await writer.setup()
+    calls = EvalCalls(writer, reuse) if writer is not None or reuse is not None else None
 
     async def answer(espec: EvalSpec, item: EvalItem) -> None:
         nonlocal ran
         async with slots:
-            row = await _answer(eval_id, espec, graphs[espec.key], item)
+            row = await _answer(eval_id, espec, graphs[espec.key], item, calls)
         if await store.record(row):
             ran += 1
         done[("answer", espec.key, item.id)] = row
@@ -362,7 +411,11 @@ async def run_evaluation(
     # items outer, specs inner: a partial evaluation covers every spec about equally
     todo = [answer(s, i) for i in items for s in specs if ("answer", s.key, i.id) not in done]
     resumed = len(items) * len(specs) - len(todo)
-    await asyncio.gather(*todo)
+    try:
+        await asyncio.gather(*todo)
+    finally:
+        if calls is not None:
+            await calls.flush()
 
     if judged_items and judge is not None and baseline is not None:
 
@@ -395,4 +448,7 @@ async def run_evaluation(
         judge=judge.label if judge is not None else None,
     )
     report.ran, report.resumed = ran, resumed
+    if calls is not None:
+        report.calls_live, report.calls_reused = calls.live, calls.reused
+        report.calls_sampled, report.calls_run_id = calls.sampled, calls.run_id
     return report
