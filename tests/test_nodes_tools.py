@@ -429,3 +429,44 @@ def test_the_router_lists_each_agents_tools() -> None:
     plain = tool_spec([], role="You add.")
     assert _roster_line(context(plain), "coder") == "- coder: You add."
     assert _roster_line(context(tool_spec([])), "coder") == "- coder: coder"
+
+
+async def test_the_search_tool_searches_the_default_globs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOA_SEARCH_DIR", str(tmp_path / "index"))
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "notes.md").write_text("intro\nthe zebra crossing\n")
+    (root / "data.csv").write_text("zebra,1\n")
+    spec = load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder"),
+            "tools": {"docs": {"builtin": "search_files", "root": str(root)}},
+            "agents": [{"name": "coder", "model": "coder", "tools": ["docs"]}],
+            "layers": [{"agents": ["coder"]}],
+        }
+    )
+    (tool,) = (await ToolResolver(spec).for_agent(spec.agent("coder"))).tools
+    found = await tool.ainvoke({"query": "zebra"})
+    assert "notes.md:" in found and "the zebra crossing" in found
+    assert "data.csv" not in found
+    assert await tool.ainvoke({"query": "giraffe"}) == "no passage under docs/ matches 'giraffe'"
+
+
+async def test_a_structured_reply_is_recorded_with_its_parsed_object() -> None:
+    from langgraph_moa.nodes._calls import CALLS_KEY
+    from tests.test_nodes_runs import router_spec
+    from tests.test_nodes_units import Source
+
+    plan = {"plan": [{"agent": "a", "subtask": "add"}]}
+    call = AIMessage("", tool_calls=[{"name": "Plan", "args": plan, "id": "c1"}])
+    script = Script().on("router", call).on("synth", "done")
+    source = Source(seq=0)
+    graph = graph_of(router_spec(structured_output=True), script)
+    await graph.ainvoke({"task": "T"}, {"configurable": {"thread_id": "t", CALLS_KEY: source}})
+    (row,) = [r for r in source.rows if r["node"] == "L1_router"]
+    assert row["kind"] == "router"
+    assert row["response"]["parsed"] == plan
+    assert row["response"]["parsing_error"] is None

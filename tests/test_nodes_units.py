@@ -895,6 +895,7 @@ def test_tally_order_ties_and_agreement() -> None:
         ('{"choice": 9, "reason": "x"} [2]', 2, None),
         ('{"choice": true}', None, None),
         ('{"choice": "two"}', None, None),
+        ('{"choice": "X2"}', None, None),
         ("{not json} [1]", 1, None),
         ("[ 2 ]\nReason: short", 2, "short"),
         ("I pick [3]\n", 3, "I pick [3]"),
@@ -1099,3 +1100,5 @@ def test_parse_budget_exact_message() -> None:
         parse_budget("$0")
     assert str(err.value) == "budget '$0': cost must be a positive number, got '0'"
     assert parse_budget("tokens=none, cost=$1_0.5") == {"max_total_tokens": None, "max_cost": 10.5}
+    # underscores go, wherever they are (Python's int() alone refuses these)
+    assert parse_budget("tokens=1__000_,cost=_2") == {"max_total_tokens": 1000, "max_cost": 2.0}
