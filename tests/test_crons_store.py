@@ -122,3 +122,49 @@ async def test_an_ended_cron_is_never_due_again(db_url: str) -> None:
         assert await store.next_due(now=after_end) is None
     finally:
         await release_async_engine(engine)
+
+
+async def test_a_stale_clock_never_sets_a_cron_back_to_a_fired_tick(db_url: str) -> None:
+    """A PATCH from a replica whose clock is behind restarts the schedule after the last
+    claimed tick, not at it; and a cron whose next tick fired already (set back by such a
+    PATCH before this fix) is moved past it by the claim instead of failing it forever.
+    The clock is passed in: nothing waits."""
+    engine = get_async_engine(db_url)
+    try:
+        store = CronStore(engine)
+        await store.setup()
+        cron = await store.create("t", assistant_id="a", schedule="* * * * * *", payload={})
+        tick = cron.next_run_date
+        assert await store.claim(cron, "r1", now=tick)
+        await store.fired(cron.cron_id, tick)
+
+        # the other replica's clock is half a second behind the tick that just fired
+        stale = tick - timedelta(milliseconds=500)
+        changed = await store.update("t", cron.cron_id, {"schedule": "* * * * * *"}, now=stale)
+        assert changed is not None
+        assert changed.next_run_date == tick + timedelta(seconds=1)
+        stored = await store.get("t", cron.cron_id)
+        assert stored is not None and stored.next_run_date == tick + timedelta(seconds=1)
+
+        # a cron already set back to a fired tick (what the old PATCH wrote)
+        async with engine.begin() as conn:
+            await conn.execute(
+                crons_table.update()
+                .where(crons_table.c.cron_id == cron.cron_id)
+                .values(next_run_date=tick)
+            )
+        now = tick + timedelta(milliseconds=1500)
+        [stuck] = await store.due(now=now)
+        assert stuck.next_run_date == tick
+        assert not await store.claim(stuck, "r2", now=now)  # someone else's tick...
+        moved = await store.get("t", cron.cron_id)
+        assert moved is not None  # ...and the cron is past it
+        assert moved.next_run_date == tick + timedelta(seconds=2)
+        [due] = await store.due(now=moved.next_run_date)
+        assert await store.claim(due, "r3", now=moved.next_run_date)
+        assert [(f.tick, f.run_id) for f in await store.firings(cron.cron_id)] == [
+            (tick, "r1"),
+            (tick + timedelta(seconds=2), "r3"),
+        ]
+    finally:
+        await release_async_engine(engine)

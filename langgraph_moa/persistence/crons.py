@@ -11,6 +11,11 @@ Any number of processes may run a scheduler over the same database; a tick fires
    same tick, one updates a row and the other none.
 2. The winner creates the run, then marks the firing ``done`` (:meth:`CronStore.fired`).
 
+Clocks of the processes may disagree: a tick that has a firing row is never the next tick
+again (a changed schedule restarts after the last claimed tick if the clock is behind it,
+and a claim that meets an existing firing moves the cron past it instead of failing on
+the same tick forever).
+
 :meth:`CronStore.delete` removes the cron, then waits until no firing of it is still
 ``claimed`` (a run being created), so no run of the cron appears after it returns.
 A process that dies between 1 and 2 loses that tick (at most once, never twice).
@@ -263,11 +268,19 @@ class CronStore:
         return _record(row) if row is not None else None
 
     async def update(
-        self, tenant: str | None, cron_id: str, values: Mapping[str, Any]
+        self,
+        tenant: str | None,
+        cron_id: str,
+        values: Mapping[str, Any],
+        *,
+        now: datetime | None = None,
     ) -> CronRecord | None:
         """Set the columns ``values`` (a changed ``schedule`` or ``timezone`` restarts
-        the ticks from now); None when the tenant has no such cron."""
+        the ticks from now, or from the last claimed tick if this process's clock is
+        behind it: a tick that fired already is never the next one); None when the
+        tenant has no such cron."""
         changes = dict(values)
+        now = now or _now()
         async with self.engine.begin() as conn:
             query = sa.select(crons_table).where(
                 crons_table.c.cron_id == cron_id, crons_table.c.tenant == _key(tenant)
@@ -277,11 +290,10 @@ class CronStore:
             row = (await conn.execute(query)).mappings().first()
             if row is None:
                 return None
-            merged = {**dict(row), **changes, "updated_at": _now()}
+            merged = {**dict(row), **changes, "updated_at": now}
             if "schedule" in changes or "timezone" in changes:
-                merged["next_run_date"] = next_tick(
-                    merged["schedule"], merged["updated_at"], merged["timezone"]
-                )
+                base = max(now, await self._last_claimed(conn, cron_id) or now)
+                merged["next_run_date"] = next_tick(merged["schedule"], base, merged["timezone"])
             await conn.execute(
                 crons_table.update()
                 .where(crons_table.c.cron_id == cron_id)
@@ -417,12 +429,26 @@ class CronStore:
             found = await conn.scalar(query)
         return found if isinstance(found, datetime) else None
 
+    @staticmethod
+    async def _last_claimed(conn: Any, cron_id: str) -> datetime | None:
+        """The latest tick of the cron that has a firing row (claimed, done or skipped)."""
+        found = await conn.scalar(
+            sa.select(sa.func.max(firings_table.c.tick)).where(firings_table.c.cron_id == cron_id)
+        )
+        return found if isinstance(found, datetime) else None
+
     async def claim(self, cron: CronRecord, run_id: str, now: datetime | None = None) -> bool:
         """Claim the tick ``cron.next_run_date`` for ``run_id``: move the cron to its
         next tick after ``now`` and record the firing, in one transaction. False when
-        another process claimed it first (or the cron changed or was deleted)."""
+        another process claimed it first (or the cron changed or was deleted).
+
+        A tick that has a firing row already (the cron's ``next_run_date`` was set back
+        to it, e.g. by a PATCH computed on a clock that is behind) is someone else's: the
+        cron is moved past it and past its last claimed tick, so it is not stuck on a
+        claim that can never succeed."""
         tick = cron.next_run_date
-        upcoming = next_tick(cron.schedule, max(now or _now(), tick), cron.timezone)
+        now = now or _now()
+        upcoming = next_tick(cron.schedule, max(now, tick), cron.timezone)
         try:
             async with self.engine.begin() as conn:
                 moved = await conn.execute(
@@ -446,8 +472,22 @@ class CronStore:
                     )
                 )
         except sa.exc.IntegrityError:  # the tick fired already: the move is rolled back
+            await self._skip_fired(cron, now)
             return False
         return True
+
+    async def _skip_fired(self, cron: CronRecord, now: datetime) -> None:
+        """Move the cron from its tick ``cron.next_run_date``, which fired already, to the
+        first tick after ``now``, the tick and its last claimed tick (unless another
+        process moved it meanwhile)."""
+        tick = cron.next_run_date
+        async with self.engine.begin() as conn:
+            last = await self._last_claimed(conn, cron.cron_id) or tick
+            await conn.execute(
+                crons_table.update()
+                .where(crons_table.c.cron_id == cron.cron_id, crons_table.c.next_run_date == tick)
+                .values(next_run_date=next_tick(cron.schedule, max(now, tick, last), cron.timezone))
+            )
 
     async def fired(self, cron_id: str, tick: datetime, state: str = "done") -> None:
         """Mark the firing ``(cron_id, tick)``: ``done`` (its run exists) or ``skipped``;

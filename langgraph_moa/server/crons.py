@@ -192,10 +192,11 @@ class CronService(AssistantService, RunService):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._cron_wake.wait(), timeout=max(delay, 0.01))
 
-    async def fire_due_crons(self) -> int:
-        """Claim and fire every due tick this process wins; how many it fired."""
+    async def fire_due_crons(self, now: datetime | None = None) -> int:
+        """Claim and fire every due tick this process wins, as of ``now`` (naive UTC;
+        default this process's clock); how many it fired."""
         fired = 0
-        now = datetime.now(UTC).replace(tzinfo=None)
+        now = now or datetime.now(UTC).replace(tzinfo=None)
         for cron in await self.cron_store.due(now):
             run_id = str(uuid.uuid4())
             if not await self.cron_store.claim(cron, run_id, now):
