@@ -24,6 +24,10 @@ from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 from langgraph_moa.persistence.crons import CronStore
 from langgraph_moa.persistence.engines import get_async_engine, release_async_engine
 from langgraph_moa.persistence.registry import RunRegistry
+from langgraph_moa.runtime.api import MoA
+from langgraph_moa.runtime.workers import ProcrastinateExecutor
+from langgraph_moa.server.service import MoAServer
+from langgraph_moa.spec import GraphSpec
 from langgraph_moa.testing import ModelServer
 from tests.test_server_support import KEY_A, KEY_B, Served, moa_spec, serve, synthesis
 from tests.test_workers_support import Workers
@@ -226,3 +230,51 @@ async def test_cron_crud_search_and_tenants(single: Served) -> None:
     for cron in (hourly, on_thread):
         await a.crons.delete(cron["cron_id"])
     assert await a.crons.count() == 0
+
+
+async def test_a_worker_compiles_each_recorded_spec_once(
+    srv: ModelServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two crons of graph ``moa`` recorded with different specs (e.g. made before and after
+    a deploy), fired by a worker's scheduler (no spec files: it serves the recorded ones)
+    for three ticks each: each spec is compiled once, and each run records its cron's spec.
+    The clock is passed to the scheduler: nothing waits for a tick."""
+    compiled: list[str] = []
+    enter = MoA.__aenter__
+
+    async def counting(self: MoA) -> MoA:
+        compiled.append(self.spec.spec_hash())
+        return await enter(self)
+
+    monkeypatch.setattr(MoA, "__aenter__", counting)
+    specs = [
+        GraphSpec.model_validate(moa_spec(srv)),
+        GraphSpec.model_validate(moa_spec(srv, interrupt_before_synthesis=True)),
+    ]
+    assert len({s.spec_hash() for s in specs}) == 2
+    executor = ProcrastinateExecutor(pg_url)
+    async with MoAServer([], db_url=pg_url, executor=executor, role="worker") as server:
+        await executor.start(server)
+        try:
+            crons = [
+                await server.cron_store.create(
+                    None,
+                    assistant_id="moa",
+                    schedule=EVERY_SECOND,
+                    payload={"input": {"task": f"spec {i}"}},
+                    spec=spec.model_dump(mode="json"),
+                )
+                for i, spec in enumerate(specs)
+            ]
+            for _ in range(3):
+                pending = [await server.cron_store.get(None, c.cron_id) for c in crons]
+                now = max(c.next_run_date for c in pending if c is not None)
+                assert await server.fire_due_crons(now=now) == 2
+            for cron, spec in zip(crons, specs, strict=True):
+                firings = await server.cron_store.firings(cron.cron_id)
+                assert [f.state for f in firings] == ["done"] * 3
+                runs = [await server.registry.get_run(f.run_id) for f in firings]
+                assert [r.spec_hash if r else None for r in runs] == [spec.spec_hash()] * 3
+        finally:
+            await executor.aclose()
+    assert sorted(compiled) == sorted(s.spec_hash() for s in specs), compiled

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from langgraph_moa.spec import GraphSpec
 __all__ = [
     "ACTIVE",
     "NAMESPACE_GRAPH",
+    "SPEC_GRAPHS_KEPT",
     "ApiError",
     "Assistant",
     "LiveRun",
@@ -52,6 +54,10 @@ NAMESPACE_GRAPH = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 """Assistant ids are ``uuid5(NAMESPACE_GRAPH, graph_id)``, as in LangGraph Server."""
 
 ACTIVE: tuple[RunStatus, ...] = ("pending", "running")
+
+SPEC_GRAPHS_KEPT = 16
+"""How many graphs compiled from recorded specs (a run's or a cron's spec that is not the
+served one) a process keeps, least recently used dropped first."""
 
 
 class ApiError(Exception):
@@ -183,7 +189,7 @@ class ServerCore:
         self._live: dict[str, LiveRun] = {}
         self._thread_locks: dict[str, asyncio.Lock] = {}
         self._stopping = False
-        self._spec_graphs: dict[str, Assistant] = {}
+        self._spec_graphs: OrderedDict[str, Assistant] = OrderedDict()
         self._run_graphs_stack = AsyncExitStack()
         self.checkpointer: BaseCheckpointSaver[Any] | None = None
         self.runner: Runner
@@ -198,6 +204,26 @@ class ServerCore:
         finally:
             if not lock.locked() and not getattr(lock, "_waiters", None):
                 self._thread_locks.pop(thread_id, None)
+
+    async def graph_of_spec(self, spec: GraphSpec | Mapping[str, Any]) -> Assistant:
+        """The graph of a recorded spec, compiled once per spec hash: the last
+        :data:`SPEC_GRAPHS_KEPT` are kept, so a worker that alternates between specs (crons
+        or runs of different versions of one graph) reuses them instead of compiling one
+        per run. A dropped graph is not closed: a run may still be using it, and it holds
+        nothing but the compiled graph (the checkpointer is the server's)."""
+        graph_spec = spec if isinstance(spec, GraphSpec) else GraphSpec.model_validate(spec)
+        key = graph_spec.spec_hash()
+        found = self._spec_graphs.get(key)
+        if found is not None:
+            self._spec_graphs.move_to_end(key)
+            return found
+        moa = MoA(graph_spec, checkpointer=self.checkpointer)
+        await moa.__aenter__()
+        found = Assistant(graph_spec, moa, datetime.now(UTC).isoformat())
+        self._spec_graphs[key] = found
+        while len(self._spec_graphs) > SPEC_GRAPHS_KEPT:
+            self._spec_graphs.popitem(last=False)
+        return found
 
     def _persist(self, run: RunRecord) -> bool:
         return bool(run.options.get("stream_resumable")) or self.options.persist_streams

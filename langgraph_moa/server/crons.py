@@ -19,9 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from langgraph_moa.persistence.crons import CronRecord, InvalidScheduleError, next_tick
-from langgraph_moa.runtime.api import MoA
 from langgraph_moa.server.assistants import AssistantService
-from langgraph_moa.server.core import ApiError, Assistant, iso
+from langgraph_moa.server.core import ApiError, iso
 from langgraph_moa.server.resource_schemas import (
     CronCount,
     CronCreate,
@@ -227,9 +226,7 @@ class CronService(AssistantService, RunService):
         served = self.assistants.get(spec.name)
         if served is not None and served.spec.spec_hash() == spec.spec_hash():
             return
-        moa = MoA(spec, checkpointer=self.checkpointer)
-        await self._run_graphs_stack.enter_async_context(moa)
-        self.assistants[spec.name] = Assistant(spec, moa, datetime.now(UTC).isoformat())
+        self.assistants[spec.name] = await self.graph_of_spec(spec)  # compiled once per spec
 
     async def _fire(self, cron: CronRecord, run_id: str) -> None:
         """Create the run of one claimed tick (unless the cron was deleted meanwhile)."""

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
@@ -34,7 +33,7 @@ from langgraph_moa.server import serde
 from langgraph_moa.server.core import ACTIVE, Assistant, LiveRun, ServerCore
 from langgraph_moa.server.schemas import CommandModel
 from langgraph_moa.server.streaming import StreamMapper, graph_stream_modes
-from langgraph_moa.spec import GraphSpec, SpecError
+from langgraph_moa.spec import SpecError
 
 __all__ = ["SHOWN_ERRORS", "RunExecution", "UnknownInterruptError"]
 
@@ -235,13 +234,7 @@ class RunExecution(ServerCore):
             return served
         if run.spec is None:
             raise ValueError(f"run {run.run_id} has no recorded spec and its graph is not served")
-        key = run.spec_hash or run.run_id
-        if key not in self._spec_graphs:
-            spec = GraphSpec.model_validate(run.spec)
-            moa = MoA(spec, checkpointer=self.checkpointer)
-            await self._run_graphs_stack.enter_async_context(moa)
-            self._spec_graphs[key] = Assistant(spec, moa, datetime.now(UTC).isoformat())
-        return self._spec_graphs[key]
+        return await self.graph_of_spec(run.spec)
 
     def _run_config(self, run: RunRecord) -> RunnableConfig:
         options = run.options
