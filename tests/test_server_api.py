@@ -20,6 +20,10 @@ from langgraph_sdk import get_client
 from langgraph_sdk.errors import NotFoundError
 
 from langgraph_moa.persistence import AsyncSQLAlchemySaver
+from langgraph_moa.server import serde
+from langgraph_moa.server.schemas import RunCreate, ThreadCreate
+from langgraph_moa.server.service import MoAServer, ServerOptions
+from langgraph_moa.spec import GraphSpec
 from langgraph_moa.testing import ModelServer
 from tests.test_server_support import (
     KEY_A,
@@ -329,6 +333,46 @@ async def test_thread_stream_and_last_event_id_replay(served: Served, srv: Model
             f"/threads/{tid}/stream", headers={"x-api-key": KEY_A, "Last-Event-ID": "x"}
         )
         assert r.status_code == 422
+
+
+async def test_a_thread_stream_ends_when_its_thread_is_deleted(
+    db_url: str, srv: ModelServer
+) -> None:
+    """A thread's stream follows that thread, not its id: when the thread is deleted and
+    created again under the same id, the stream ends and does not carry the new thread's
+    runs (as a stream of a deleted thread ends; the new thread has its own streams). The
+    follower is opened before the delete and read after the new thread's run ended, so
+    what it sends does not depend on timing."""
+    spec = GraphSpec.model_validate(moa_spec(srv))
+    options = ServerOptions(crons=False)
+    async with MoAServer([spec], db_url=db_url, options=options) as server:
+        tid = str(uuid.uuid4())
+
+        async def run(task: str) -> str:
+            body = RunCreate.model_validate({"assistant_id": "moa", "input": {"task": task}})
+            record, _ = await server.create_run("a", tid, body, subscribe=False)
+            await server.wait_run(record.run_id)
+            return record.run_id
+
+        await server.create_thread("a", ThreadCreate(thread_id=tid))
+        old_run = await run("old")
+        following = await server.follow_thread("a", tid, 0)
+        old_events = [e.seq for e in await server.streams.logged(old_run)]
+        seen = [(await anext(following)).seq for _ in old_events]
+        assert seen == old_events
+
+        await server.delete_thread("a", tid)
+        await server.create_thread("a", ThreadCreate(thread_id=tid))
+        new_run = await run("new")
+        assert await server.streams.logged(new_run)  # the new thread's run has events...
+
+        async def rest() -> list[Any]:
+            return [e async for e in following]
+
+        assert await asyncio.wait_for(rest(), 60) == []  # ...and the old stream ends
+        again = await server.follow_thread("a", tid, 0)  # the new thread's own stream
+        assert serde.loads((await anext(again)).data) == {"run_id": new_run, "attempt": 1}
+        await again.aclose()
 
 
 async def test_stream_mode_events(served: Served, srv: ModelServer) -> None:

@@ -280,6 +280,17 @@ class ServerCore:
             raise not_found(thread_id)
         return record
 
+    async def thread_now(self, record: ThreadRecord) -> Literal["same", "deleted", "other"]:
+        """What became of the thread ``record`` was read from: ``same``, ``deleted``, or
+        ``other`` when it was deleted and created again under the same id (a new thread,
+        maybe another tenant's, whose runs are not the old thread's followers' to see)."""
+        now = await self.registry.get_thread(record.thread_id)
+        if now is None:
+            return "deleted"
+        if now.created_at != record.created_at or now.owner != record.owner:
+            return "other"
+        return "same"
+
     def _graph_of(self, record: ThreadRecord) -> CompiledStateGraph:
         assistant = self.assistants.get(record.spec_name or "")
         if assistant is None:  # a new thread: any graph reads the same checkpoints

@@ -156,26 +156,37 @@ class ThreadService(ServerCore):
         return copy
 
     async def follow_thread(
-        self, tenant: str | None, thread_id: str, last_event_id: int | None
+        self,
+        tenant: str | None,
+        thread_id: str,
+        last_event_id: int | None,
     ) -> AsyncIterator[StreamEvent]:
         """The stream events of every run of the tenant's thread, from now on (after
         ``last_event_id`` when given: a reconnecting client gets exactly what it missed,
-        across runs), until the thread is deleted or the client goes. The end of a run is
-        ``metadata`` ``{"status": "run_done", "run_id": ...}``. Event ids are the event
-        log's, so only logged runs are seen (every run, unless ``persist_streams`` is off).
+        across runs), until the thread is deleted (a thread created again under the
+        same id is another thread: the stream ends all the same) or the client goes. The
+        end of a run is ``metadata`` ``{"status": "run_done", "run_id": ...}``. Event ids
+        are the event log's, so only logged runs are seen (every run, unless
+        ``persist_streams`` is off).
         """
-        await self.thread(tenant, thread_id)
-        return self._thread_events_after(thread_id, last_event_id)
+        record = await self.thread(tenant, thread_id)
+        return self._thread_events_after(record, last_event_id)
 
     async def _thread_events_after(
-        self, thread_id: str, last_event_id: int | None
+        self, record: ThreadRecord, last_event_id: int | None
     ) -> AsyncIterator[StreamEvent]:
+        thread_id = record.thread_id
         after = last_event_id
         if after is None:
             after = await self.registry.last_thread_event(thread_id)
         log = self.streams.event_log
         while True:
             rows = await self.registry.thread_events(thread_id, after)
+            # looked at after the rows are read: if the thread was created again before,
+            # they may be the new thread's, and are not sent
+            now = await self.thread_now(record)
+            if now == "other":
+                return
             for row in rows:
                 after = row.id
                 if row.event == END.event:
@@ -183,11 +194,10 @@ class ThreadService(ServerCore):
                     yield StreamEvent("metadata", serde.dumps(done), row.id)
                 else:
                     yield StreamEvent(row.event, row.raw, row.id)
-            if rows:
-                continue
-            if await self.registry.get_thread(thread_id) is None:
-                return  # deleted (or a stateless run's thread, dropped at its end)
-            await log.wait_any(THREAD_POLL)
+            if now == "deleted":
+                return  # (or a stateless run's thread, dropped at its end)
+            if not rows:
+                await log.wait_any(THREAD_POLL)
 
     async def get_state(
         self,
