@@ -6,14 +6,18 @@ the runs started after it opened, an interrupt is answered by id, a failure says
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from langgraph_moa.persistence.registry._tables import runs_table
 from langgraph_moa.testing import ModelServer
 from tests.test_server_support import Served, moa_spec, serve, synthesis
 
@@ -115,6 +119,73 @@ async def test_a_stream_follows_the_runs_started_after_it(served: Served, srv: M
     assert lifecycle == ["running", "completed", "running", "completed"]
     assert {e["method"] for e in seen} == {"lifecycle", "values"}
     assert answer_of(seen) == synthesis(srv, "B")
+
+
+async def test_a_stream_follows_new_runs_after_a_thousand(served: Served, srv: ModelServer) -> None:
+    """A thread with more than a thousand runs: a stream still sees the runs started after
+    it opened (it reads the runs after the last one it saw, not a first page of all)."""
+    tid = str(uuid.uuid4())
+    async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
+        await command(http, tid, "run.start", assistant_id="moa", input={"task": "first"})
+        await collect(http, tid)  # the first run is over
+        now = datetime.now(UTC).replace(tzinfo=None)
+        engine = sa.create_engine(served.db_url)
+        try:
+            with engine.begin() as conn:  # a thousand earlier runs, e.g. of other clients
+                conn.execute(
+                    runs_table.insert(),
+                    [
+                        {
+                            "run_id": str(uuid.uuid4()),
+                            "thread_id": tid,
+                            "status": "success",
+                            "created_at": now,
+                            "updated_at": now,
+                            "attempts": 1,
+                            "options": {},
+                        }
+                        for _ in range(1000)
+                    ],
+                )
+        finally:
+            engine.dispose()
+
+        async def follow() -> list[dict[str, Any]]:
+            seen = []
+            async for event in events(http, tid, ends=2, channels=["lifecycle", "values"]):
+                seen.append(event)
+                data = event["params"]["data"]
+                if event["method"] == "lifecycle" and data["event"] == "completed":
+                    await command(http, tid, "run.start", assistant_id="moa", input={"task": "Z"})
+            return seen
+
+        seen = await asyncio.wait_for(follow(), 120)  # a bound on the wait only
+    lifecycle = [e["params"]["data"]["event"] for e in seen if e["method"] == "lifecycle"]
+    assert lifecycle == ["running", "completed", "running", "completed"]
+    assert answer_of(seen) == synthesis(srv, "Z")
+
+
+async def test_a_stream_ends_when_its_thread_is_deleted(served: Served) -> None:
+    """Deleted, then created again under the same id: the stream of the old thread ends
+    and does not carry the new thread's runs."""
+    tid = str(uuid.uuid4())
+    async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
+        await command(http, tid, "run.start", assistant_id="moa", input={"task": "old"})
+
+        async def follow() -> list[dict[str, Any]]:
+            seen = []
+            async for event in events(http, tid, ends=3, channels=["lifecycle"]):
+                seen.append(event)
+                if event["params"]["data"]["event"] == "completed":
+                    assert (await http.delete(f"/threads/{tid}")).status_code == 204
+                    assert (await http.post("/threads", json={"thread_id": tid})).is_success
+                    await command(http, tid, "run.start", assistant_id="moa", input={"task": "new"})
+            return seen
+
+        seen = await asyncio.wait_for(follow(), 120)  # a bound on the wait only
+        assert [e["params"]["data"]["event"] for e in seen] == ["running", "completed"]
+        again = await collect(http, tid, channels=["lifecycle"])  # the new thread's stream
+        assert [e["params"]["data"]["event"] for e in again] == ["running", "completed"]
 
 
 async def test_an_interrupt_is_asked_and_answered_by_id(served: Served, srv: ModelServer) -> None:

@@ -29,11 +29,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from langgraph_moa.persistence.registry import RunRecord
+from langgraph_moa.persistence.registry import RunRecord, ThreadRecord
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.server import serde
 from langgraph_moa.server.core import ACTIVE, ApiError
@@ -86,6 +87,14 @@ does not find is unknown (a pausing run writes its interrupt a moment after it s
 
 NEXT_RUN_POLL = 0.25
 """Seconds between looks for a newer run of a followed thread."""
+
+RUN_CLOCK_SLACK = timedelta(seconds=30)
+"""How far back a thread's follower looks, before the newest run it has seen, for runs it
+has not seen: a run's ``created_at`` is the clock of the replica that made it, which may
+be behind the one that made the previous run."""
+
+RUNS_PAGE = 100
+"""Runs read per query by a thread's follower."""
 
 
 class ProtocolCommand(BaseModel):
@@ -599,31 +608,56 @@ class ProtocolService(RunService):
         self, tenant: str | None, thread_id: str, wanted: EventFilter
     ) -> AsyncIterator[dict[str, Any]]:
         """The thread's protocol events for ``wanted``, with ``seq``: those of its protocol
-        runs so far, then of the runs that follow, until the caller stops iterating."""
-        await self.thread(tenant, thread_id)  # 404 before the stream starts
-        return self._protocol_thread(thread_id, wanted)
+        runs so far, then of the runs that follow, until the caller stops iterating or the
+        thread is deleted (also when a thread is created again under its id)."""
+        record = await self.thread(tenant, thread_id)  # 404 before the stream starts
+        return self._protocol_thread(record, wanted)
 
     async def _protocol_thread(
-        self, thread_id: str, wanted: EventFilter
+        self, record: ThreadRecord, wanted: EventFilter
     ) -> AsyncIterator[dict[str, Any]]:
         seq = 0
-        done: set[str] = set()
+        seen: dict[str, datetime] = {}  # runs created within RUN_CLOCK_SLACK of the newest
+        newest: datetime | None = None
         while True:
-            runs = await self.registry.list_runs(
-                thread_id=thread_id, limit=1000, newest_first=False
-            )
-            todo = [r for r in runs if r.run_id not in done and r.options.get("protocol")]
+            todo = await self._protocol_new_runs(record.thread_id, seen, newest)
+            if await self.thread_now(record) != "same":
+                return  # the thread was deleted (its runs were, with it)
             if not todo:
-                if not await self.registry.get_thread(thread_id):
-                    return  # the thread was deleted
                 await asyncio.sleep(NEXT_RUN_POLL)
                 continue
             for run in todo:
-                done.add(run.run_id)
+                newest = max(newest or run.created_at, run.created_at)
+                if not run.options.get("protocol"):
+                    continue
                 async for event in self._protocol_run_events(run):
                     seq += 1
                     if wanted.matches(event) and (wanted.since is None or seq > wanted.since):
                         yield {**event, "seq": seq}
+
+    async def _protocol_new_runs(
+        self, thread_id: str, seen: dict[str, datetime], newest: datetime | None
+    ) -> list[RunRecord]:
+        """The thread's runs not in ``seen`` (which they are added to), oldest first: the
+        runs created after ``newest`` less :data:`RUN_CLOCK_SLACK`, read page by page (a
+        thread's older runs are not read again); ``seen`` keeps only that window."""
+        after = None if newest is None else (newest - RUN_CLOCK_SLACK, "")
+        found: list[RunRecord] = []
+        while True:
+            page = await self.registry.thread_runs_after(thread_id, after, limit=RUNS_PAGE)
+            for run in page:
+                if run.run_id not in seen:
+                    seen[run.run_id] = run.created_at
+                    found.append(run)
+            if len(page) < RUNS_PAGE:
+                break
+            after = (page[-1].created_at, page[-1].run_id)
+        latest = max([r.created_at for r in found] + ([newest] if newest else []), default=None)
+        if latest is not None:
+            for run_id, created in list(seen.items()):
+                if created < latest - RUN_CLOCK_SLACK:
+                    del seen[run_id]
+        return found
 
     async def _protocol_run_events(self, run: RunRecord) -> AsyncIterator[dict[str, Any]]:
         translator = RunTranslator(run.run_id, str(run.options.get("graph_id") or "root"))

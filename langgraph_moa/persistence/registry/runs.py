@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -148,6 +148,26 @@ class RunsMixin(ThreadsMixin):
         else:
             query = query.order_by(runs_table.c.created_at.asc(), runs_table.c.run_id.asc())
         query = query.limit(limit).offset(offset)
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [self._run_record(r) for r in rows]
+
+    async def thread_runs_after(
+        self, thread_id: str, after: tuple[datetime, str] | None = None, *, limit: int = 100
+    ) -> list[RunRecord]:
+        """Runs of ``thread_id`` that come after ``after`` (a ``(created_at, run_id)``) in
+        the order ``created_at, run_id``, oldest first, at most ``limit``: a follower pages
+        through new runs without listing the thread's older ones."""
+        query = sa.select(runs_table).where(runs_table.c.thread_id == thread_id)
+        if after is not None:
+            at, run_id = after
+            query = query.where(
+                sa.or_(
+                    runs_table.c.created_at > at,
+                    sa.and_(runs_table.c.created_at == at, runs_table.c.run_id > run_id),
+                )
+            )
+        query = query.order_by(runs_table.c.created_at, runs_table.c.run_id).limit(limit)
         async with self._reading() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [self._run_record(r) for r in rows]
