@@ -375,6 +375,46 @@ async def test_a_thread_stream_ends_when_its_thread_is_deleted(
         await again.aclose()
 
 
+async def test_thread_stream_state_update(served: Served, srv: ModelServer) -> None:
+    """``stream_mode="state_update"``: an event for each update of the thread's state, with
+    the state it wrote (``{"state", "thread_id"}``, as langgraph-api 0.16.7 sends it);
+    ``run_modes`` and ``lifecycle`` streams do not carry it."""
+    a = client(served)
+    tid = (await a.threads.create())["thread_id"]
+    await a.runs.wait(tid, "moa", input={"task": "s"}, interrupt_before=["L1_synthesizer"])
+    update = await a.threads.update_state(tid, {"task": "edited"}, as_node="L1_a1")
+    r2 = await a.runs.create(tid, "moa", input={"task": "after"})
+    await a.runs.join(tid, r2["run_id"])
+
+    updates = await a.threads.join_stream(tid, last_event_id="0", stream_mode="state_update")
+    first = await asyncio.wait_for(anext(updates), 60)
+    await updates.aclose()
+    assert first.event == "state_update"  # what the reference sends: the new ThreadState
+    assert set(first.data) == {"state", "thread_id"} and first.data["thread_id"] == tid
+    state = await a.threads.get_state(tid, checkpoint_id=update["checkpoint"]["checkpoint_id"])
+    assert first.data["state"] == state and state["values"]["task"] == "edited"
+    assert state["checkpoint"]["checkpoint_id"] == update["checkpoint"]["checkpoint_id"]
+    assert state["metadata"]["source"] == "update"
+
+    everything = await collect_until_done(
+        await a.threads.join_stream(tid, last_event_id="0"), r2["run_id"]
+    )
+    assert "state_update" not in {p.event for p in everything}
+    lifecycle = await collect_until_done(
+        await a.threads.join_stream(tid, last_event_id="0", stream_mode="lifecycle"),
+        r2["run_id"],
+    )
+    assert {p.event for p in lifecycle} == {"metadata"}
+    both = await collect_until_done(
+        await a.threads.join_stream(
+            tid, last_event_id="0", stream_mode=["lifecycle", "state_update"]
+        ),
+        r2["run_id"],
+    )
+    assert [p.event for p in both].count("state_update") == 1
+    assert [int(p.id) for p in both] == sorted(int(p.id) for p in both)
+
+
 async def test_stream_mode_events(served: Served, srv: ModelServer) -> None:
     a = client(served)
     tid = (await a.threads.create())["thread_id"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ __all__ = [
     "dumps",
     "events",
     "row_event",
+    "thread_event_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,13 @@ events = sa.Table(
     mysql_engine="InnoDB",
     mariadb_engine="InnoDB",
 )
+
+
+def thread_event_key(thread_id: str) -> str:
+    """The ``run_id`` under which events of a thread itself (not of one of its runs, e.g.
+    ``state_update``) are logged: ``thread:`` and a hash of the id (ids may be longer
+    than the column; a run id is a UUID, so the two never meet)."""
+    return "thread:" + hashlib.sha256(thread_id.encode()).hexdigest()[:57]
 
 
 def _default(obj: Any) -> Any:

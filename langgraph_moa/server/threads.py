@@ -4,13 +4,14 @@ checkpoints (the ``/threads`` paths)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import InvalidUpdateError
 
+from langgraph_moa.persistence.events import thread_event_key
 from langgraph_moa.persistence.registry import ThreadExistsError, ThreadRecord
 from langgraph_moa.runtime.api import MoA
 from langgraph_moa.server import serde
@@ -160,6 +161,7 @@ class ThreadService(ServerCore):
         tenant: str | None,
         thread_id: str,
         last_event_id: int | None,
+        modes: Collection[str] = ("run_modes",),
     ) -> AsyncIterator[StreamEvent]:
         """The stream events of every run of the tenant's thread, from now on (after
         ``last_event_id`` when given: a reconnecting client gets exactly what it missed,
@@ -168,12 +170,17 @@ class ThreadService(ServerCore):
         end of a run is ``metadata`` ``{"status": "run_done", "run_id": ...}``. Event ids
         are the event log's, so only logged runs are seen (every run, unless
         ``persist_streams`` is off).
+
+        ``modes`` (the reference's thread stream modes, any of them): ``run_modes`` every
+        event of the runs; ``lifecycle`` only their ``metadata`` events (a run's start and
+        end); ``state_update`` a ``state_update`` event ``{"state", "thread_id"}`` for each
+        ``POST .../state``, with the state it wrote (:meth:`update_state`).
         """
         record = await self.thread(tenant, thread_id)
-        return self._thread_events_after(record, last_event_id)
+        return self._thread_events_after(record, last_event_id, frozenset(modes))
 
     async def _thread_events_after(
-        self, record: ThreadRecord, last_event_id: int | None
+        self, record: ThreadRecord, last_event_id: int | None, modes: frozenset[str]
     ) -> AsyncIterator[StreamEvent]:
         thread_id = record.thread_id
         after = last_event_id
@@ -189,6 +196,8 @@ class ThreadService(ServerCore):
                 return
             for row in rows:
                 after = row.id
+                if not _thread_wanted(row.event, modes):
+                    continue
                 if row.event == END.event:
                     done = {"status": "run_done", "run_id": row.run_id}
                     yield StreamEvent("metadata", serde.dumps(done), row.id)
@@ -253,11 +262,19 @@ class ThreadService(ServerCore):
                 thread_id, status="interrupted" if snapshot.next else "idle"
             )
         written = serde.checkpoint_of(config)
-        return {
+        answer = {
             "checkpoint": written,
             "checkpoint_id": (written or {}).get("checkpoint_id"),
             "configurable": written,
         }
+        # the thread's followers that asked for state_update hear of it, as from the
+        # reference: {"state": the new ThreadState, "thread_id"} (logged: replayed too)
+        await self.streams.event_log.append(
+            thread_event_key(thread_id),
+            "state_update",
+            {"state": serde.snapshot_json(snapshot), "thread_id": thread_id},
+        )
+        return answer
 
     async def history(
         self, tenant: str | None, thread_id: str, body: HistoryRequest
@@ -281,3 +298,13 @@ class ThreadService(ServerCore):
         ):
             states.append(serde.select_state(serde.snapshot_json(snapshot), body.select))
         return states
+
+
+def _thread_wanted(event: str, modes: frozenset[str]) -> bool:
+    """Whether a thread stream with ``modes`` sends a logged ``event`` (a run's end is
+    logged as ``end`` and sent as ``metadata``)."""
+    if event == "state_update":
+        return "state_update" in modes
+    if "run_modes" in modes:
+        return True
+    return "lifecycle" in modes and event in ("metadata", END.event)

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from langgraph_moa.persistence.events import RunEvent, events, row_event
+from langgraph_moa.persistence.events import RunEvent, events, row_event, thread_event_key
 from langgraph_moa.persistence.registry._tables import (
     _JSON_RUN,
     _UPDATABLE_RUN,
@@ -175,30 +175,42 @@ class RunsMixin(ThreadsMixin):
     async def thread_events(
         self, thread_id: str, after: int = 0, *, limit: int = 1000
     ) -> list[RunEvent]:
-        """Logged stream events of every run of ``thread_id`` with an id above ``after``, in
-        order (at most ``limit``)."""
-        query = (
-            sa.select(
-                events.c.id, events.c.run_id, events.c.event, sa.cast(events.c.data, sa.Text())
-            )
+        """Logged stream events of every run of ``thread_id``, and of the thread itself
+        (:func:`~langgraph_moa.persistence.events.thread_event_key`), with an id above
+        ``after``, in order (at most ``limit``)."""
+        columns = (events.c.id, events.c.run_id, events.c.event, sa.cast(events.c.data, sa.Text()))
+        of_runs = (
+            sa.select(*columns)
             .join(runs_table, runs_table.c.run_id == events.c.run_id)
             .where(runs_table.c.thread_id == thread_id, events.c.id > after)
             .order_by(events.c.id)
             .limit(limit)
         )
+        of_thread = (
+            sa.select(*columns)
+            .where(events.c.run_id == thread_event_key(thread_id), events.c.id > after)
+            .order_by(events.c.id)
+            .limit(limit)
+        )
         async with self._reading() as conn:
-            rows = (await conn.execute(query)).all()
-        return [row_event(r) for r in rows]
+            rows = [*(await conn.execute(of_runs)).all(), *(await conn.execute(of_thread)).all()]
+        rows.sort(key=lambda row: int(row[0]))
+        return [row_event(r) for r in rows[:limit]]
 
     async def last_thread_event(self, thread_id: str) -> int:
-        """The id of the newest logged event of a run of ``thread_id`` (0 if none)."""
-        query = (
+        """The id of the newest logged event of ``thread_id`` or of one of its runs (0 if
+        none)."""
+        of_runs = (
             sa.select(sa.func.max(events.c.id))
             .join(runs_table, runs_table.c.run_id == events.c.run_id)
             .where(runs_table.c.thread_id == thread_id)
         )
+        of_thread = sa.select(sa.func.max(events.c.id)).where(
+            events.c.run_id == thread_event_key(thread_id)
+        )
         async with self._reading() as conn:
-            return int((await conn.execute(query)).scalar() or 0)
+            found = [(await conn.execute(q)).scalar() for q in (of_runs, of_thread)]
+        return max(int(f or 0) for f in found)
 
     async def update_run(
         self,

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from langgraph_moa.persistence.calls import calls
-from langgraph_moa.persistence.events import events
+from langgraph_moa.persistence.events import events, thread_event_key
 from langgraph_moa.persistence.registry._base import _RegistryBase
 from langgraph_moa.persistence.registry._tables import (
     runs_table,
@@ -216,6 +216,9 @@ class ThreadsMixin(_RegistryBase):
             if await self._has_event_log(conn):
                 runs = sa.select(runs_table.c.run_id).where(runs_table.c.thread_id == thread_id)
                 await conn.execute(events.delete().where(events.c.run_id.in_(runs)))
+                await conn.execute(
+                    events.delete().where(events.c.run_id == thread_event_key(thread_id))
+                )
             await conn.execute(runs_table.delete().where(runs_table.c.thread_id == thread_id))
             result = await conn.execute(
                 threads_table.delete().where(threads_table.c.thread_id == thread_id)

@@ -86,7 +86,8 @@ def add_thread_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf)
         """The events of every run of the thread (SSE, each with its id), from now on or,
         with ``Last-Event-ID``, from after that event; until the thread is deleted.
         ``run_modes`` (default): all run events, a run's end as ``metadata``
-        ``{"status": "run_done"}``; ``lifecycle``: only the ``metadata`` events."""
+        ``{"status": "run_done"}``; ``lifecycle``: only the ``metadata`` events;
+        ``state_update``: an event for each update of the thread's state."""
         last = request.headers.get("last-event-id")
         last_id = None
         if last is not None and last.strip():
@@ -95,15 +96,8 @@ def add_thread_routes(router: APIRouter, server: MoAServer, tenant_of: TenantOf)
                 raise ApiError(422, f"Last-Event-ID {last[:40]!r}: not an event id of this server")
             last_id = int(last)
         modes = set(stream_mode or []) | set(stream_modes or []) or {"run_modes"}
-        events = await server.follow_thread(tenant, thread_id, last_id)
-        return responses.sse(
-            thread_id,
-            events,
-            True,
-            "continue",
-            {},
-            modes=None if "run_modes" in modes else {"metadata"},
-        )
+        events = await server.follow_thread(tenant, thread_id, last_id, modes)
+        return responses.sse(thread_id, events, True, "continue", {})
 
     @router.get("/threads/{thread_id}/state", tags=["threads"])
     async def get_state(thread_id: str, tenant: Tenant, subgraphs: str = "false") -> Any:
