@@ -16,8 +16,9 @@ killed / (mutants - not covered). ``mutmut results`` in the scratch directory li
 survivors; ``mutmut show NAME`` shows one. ``--only GLOB`` limits a run to the mutants whose
 names match (a module or function at a time, on a busy machine); ``--rerun`` keeps the scratch
 copy and its results, copies the current tests in, and judges the survivors, the mutants
-not run and those no test reached again (after tests were added; with ``--only``, those of
-them that match). Each run replaces its target's entry in the JSON file, keeping the others.
+not run, those that timed out and those no test reached again (after tests were added;
+with ``--only``, those of them that match). Each run replaces its target's entry in the JSON
+file, keeping the others.
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ TARGETS: dict[str, dict[str, list[str]]] = {
             "test_nodes_ or extracted_and_normalized or tally_counts or pick_is_read "
             "or citations_are_read or huge_citation or earlier_turns_and_fitting",
         ],
-        # mutmut's default limit is 30x the CPU seconds of the tests that reach the function:
-        # a mutant looping forever in fit_proposals' search held a shared core for minutes
-        "settings": ["timeout_multiplier = 3"],
+        # mutmut's default limit is 30x the CPU seconds of the tests that reach the function
+        # plus 1 s: a mutant looping forever in fit_proposals' search held a shared core for
+        # minutes; 6x plus 10 s (pytest's own start in each forked run) is enough for a
+        # mutant that passes (measured: 3x plus 1 s cut passing runs short as "timeouts")
+        "settings": ["timeout_multiplier = 3", "timeout_constant = 10"],
     },
     # the saver's put / get_tuple / list and their codec (on SQLite: the PostgreSQL-only
     # statements of put/put_writes are run by the full suite, not here)
@@ -156,7 +159,7 @@ def run(
             raise SystemExit(f"--rerun: no earlier run of {target} in {workdir}")
         before = verdicts(workdir, env)
         # "no tests": new tests may reach the function now
-        again = ("survived", "not checked", "no tests")
+        again = ("survived", "not checked", "no tests", "timeout")
         names = [
             n
             for n, status in before.items()

@@ -470,3 +470,12 @@ async def test_a_structured_reply_is_recorded_with_its_parsed_object() -> None:
     assert row["kind"] == "router"
     assert row["response"]["parsed"] == plan
     assert row["response"]["parsing_error"] is None
+    # a reply that does not match the schema: no object, the error as text
+    wrong = AIMessage("", tool_calls=[{"name": "Plan", "args": {"plan": 3}, "id": "c2"}])
+    script = Script().on("router", wrong).on("synth", "done")
+    source = Source(seq=0)
+    graph = graph_of(router_spec(structured_output=True), script)
+    await graph.ainvoke({"task": "T"}, {"configurable": {"thread_id": "t", CALLS_KEY: source}})
+    first = next(r for r in source.rows if r["node"] == "L1_router")
+    assert first["response"]["parsed"] is None
+    assert "validation error for Plan" in first["response"]["parsing_error"]

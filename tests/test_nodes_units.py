@@ -320,7 +320,12 @@ async def test_call_model_records_the_call_in_the_ledger() -> None:
             }
         },
     )
-    script = Script().on("a", "hello")
+
+    async def slow_hello(call: Any) -> str:
+        await asyncio.sleep(0.05)  # the latency to measure
+        return "hello"
+
+    script = Script().on("a", slow_hello)
     ctx = context(spec, script)
     source = Source()
     ledger = Ledger(Budget())
@@ -341,7 +346,7 @@ async def test_call_model_records_the_call_in_the_ledger() -> None:
     assert source.lookups == [("L1_a", "", request.hash)]
     (row,) = source.rows
     latency = row.pop("latency_ms")
-    assert isinstance(latency, float) and latency >= 0
+    assert isinstance(latency, float) and 50 <= latency < 60_000
     message = row.pop("response")["message"]
     assert message["type"] == "ai" and message["data"]["content"] == "hello"
     assert row == {
