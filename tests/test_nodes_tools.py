@@ -453,6 +453,19 @@ async def test_the_search_tool_searches_the_default_globs(
     assert "notes.md:" in found and "the zebra crossing" in found
     assert "data.csv" not in found
     assert await tool.ainvoke({"query": "giraffe"}) == "no passage under docs/ matches 'giraffe'"
+    # the spec's globs replace the default ones
+    spec = load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder"),
+            "tools": {"csv": {"builtin": "search_files", "root": str(root), "globs": ["*.csv"]}},
+            "agents": [{"name": "coder", "model": "coder", "tools": ["csv"]}],
+            "layers": [{"agents": ["coder"]}],
+        }
+    )
+    (tool,) = (await ToolResolver(spec).for_agent(spec.agent("coder"))).tools
+    found = await tool.ainvoke({"query": "zebra"})
+    assert "data.csv:" in found and "notes.md" not in found
 
 
 async def test_a_structured_reply_is_recorded_with_its_parsed_object() -> None:
