@@ -180,6 +180,7 @@ async def test_cancel_reaches_a_waiting_run(registry: RunRegistry) -> None:
 
     task = asyncio.create_task(executor.execute(queued, body, wait=True))
     while queued.run_id not in executor._waiting:
+        assert not task.done(), f"the run never waited: {task.result()!r}"
         await asyncio.sleep(0)
     await executor.cancel(queued.run_id)
     ended = await asyncio.wait_for(task, WAIT)

@@ -116,9 +116,10 @@ async def at(registry: RunRegistry, run: RunRecord, seconds: float) -> RunRecord
     return found
 
 
-async def waiting(executor: RunExecutor, run_id: str) -> None:
-    """Until ``run_id`` waits for its thread's lease in ``executor``."""
+async def waiting(executor: RunExecutor, run_id: str, task: asyncio.Task[Any]) -> None:
+    """Until ``run_id`` waits for its thread's lease in ``executor`` (executing in ``task``)."""
     while run_id not in executor._waiting:
+        assert not task.done(), f"the run never waited: {task.result()!r}"
         await asyncio.sleep(0)
 
 
@@ -473,7 +474,7 @@ async def test_a_run_ended_while_it_waited_is_returned_and_the_lease_given_back(
     run = await registry.create_run("t", status="pending")
     executor = RunExecutor(registry, lease_poll=0.01)
     task = asyncio.create_task(executor.execute(run, never, wait=True))
-    await waiting(executor, run.run_id)
+    await waiting(executor, run.run_id, task)
     await registry.update_run(run.run_id, status="error", error="ended elsewhere")
     await registry.release_lease("t", "other")
     ended = await asyncio.wait_for(task, WAIT)
@@ -490,7 +491,7 @@ async def test_a_run_superseded_while_it_waited_gives_the_lease_back(
     run = await registry.create_run("t", status="pending", queued_by=Owner.new())
     executor = RunExecutor(registry, lease_poll=0.01)
     task = asyncio.create_task(executor.execute(run, never, wait=True))
-    await waiting(executor, run.run_id)
+    await waiting(executor, run.run_id, task)
     newer = await registry.create_run("t", status="pending")
     await registry.update_run(newer.run_id, status="error", error="newer failed")
     await registry.release_lease("t", "other")
@@ -861,7 +862,7 @@ async def test_a_queued_run_cancelled_elsewhere_does_not_start(registry: RunRegi
     run = await registry.create_run("t", status="pending", queued_by=Owner.new())
     executor = RunExecutor(registry, lease_poll=0.01)
     task = asyncio.create_task(executor.execute(run, never, wait=True))
-    await waiting(executor, run.run_id)
+    await waiting(executor, run.run_id, task)
     asked = await registry.request_cancel(run.run_id)
     assert asked.status == "pending"
     ended = await asyncio.wait_for(task, WAIT)
@@ -881,7 +882,7 @@ async def test_a_waiting_run_cancelled_here(registry: RunRegistry) -> None:
     run = await registry.create_run("t", status="pending")
     executor = RunExecutor(registry, lease_poll=WAIT)  # woken by the cancel, not a poll
     task = asyncio.create_task(executor.execute(run, never, wait=True))
-    await waiting(executor, run.run_id)
+    await waiting(executor, run.run_id, task)
     assert executor.cancel_local(run.run_id) is True
     ended = await asyncio.wait_for(task, WAIT)
     assert ended is not None and (ended.status, ended.error) == (
@@ -905,7 +906,7 @@ async def test_wait_means_after_the_older_runs_of_the_thread(registry: RunRegist
     later = await at(registry, await registry.create_run("t", status="pending"), 3)
     executor = RunExecutor(registry, lease_poll=0.01)
     task = asyncio.create_task(executor.execute(later, body, wait=True))
-    await waiting(executor, later.run_id)
+    await waiting(executor, later.run_id, task)
     await registry.update_run(older.run_id, status="success")
     ended = await asyncio.wait_for(task, WAIT)
     assert ended is not None and ended.status == "success" and seen == ["pending", "success"]
