@@ -299,6 +299,7 @@ async def test_older_active_and_admit_run(registry: RunRegistry) -> None:
     new = await at(registry, await registry.create_run("t", run_id="r3b", status="pending"), 3)
     await at(registry, await registry.create_run("t", run_id="r3c", status="running"), 3)
     await at(registry, await registry.create_run("t", run_id="r4", status="running"), 4)
+    await at(registry, await registry.create_run("t", run_id="a5", status="running"), 5)
     await at(registry, await registry.create_run("u", run_id="u1", status="running"), 1)
     assert [r.run_id for r in await _older_active(registry, new)] == ["r1", "r2", "r3a"]
     assert await _older_active(registry, r1) == []
@@ -725,6 +726,7 @@ async def test_a_failed_record_is_an_error_naming_why(
         return RunEnd("bogus", answer="a", usage={"calls": 1})
 
     run = await registry.create_run("t", status="pending")
+    await registry.update_run(run.run_id, usage={"calls": 5})  # of an earlier attempt
     ended = await RunExecutor(registry).execute(run, body)
     assert ended is not None
     assert (ended.status, ended.answer, ended.usage, ended.owner_token) == ("error", None, {}, None)
@@ -733,6 +735,27 @@ async def test_a_failed_record_is_an_error_naming_why(
         f"use one of {', '.join(RUN_STATUSES)}"
     )
     assert logged(caplog) == [("ERROR", f"run {run.run_id}: cannot record its end (bogus)")]
+
+
+async def test_a_failed_record_of_a_run_taken_over_records_nothing(
+    registry: RunRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error that replaces a refused end is fenced too."""
+    thief = Owner.new()
+
+    async def body(ex: Execution) -> RunEnd:
+        await registry.update_run(ex.run_id, owner_token=thief.token)
+        return RunEnd("bogus")
+
+    run = await registry.create_run("t", status="pending")
+    assert await RunExecutor(registry).execute(run, body) is None
+    kept = await registry.get_run(run.run_id)
+    assert kept is not None
+    assert (kept.status, kept.error, kept.owner_token) == ("running", None, thief.token)
+    assert logged(caplog) == [
+        ("ERROR", f"run {run.run_id}: cannot record its end (bogus)"),
+        ("ERROR", f"run {run.run_id}: cannot record that its end failed"),
+    ]
 
 
 async def test_a_run_deleted_midway_records_nothing(
@@ -824,7 +847,7 @@ async def test_cancel_of_a_running_run_is_recorded_and_the_caller_goes_on(
     registry: RunRegistry,
 ) -> None:
     run = await registry.create_run("t", status="pending")
-    executor = RunExecutor(registry)
+    executor = RunExecutor(registry, heartbeat_interval=3600, cancel_poll=3600)  # no polls
     started = asyncio.Event()
 
     async def body(_: Execution) -> RunEnd:
