@@ -830,6 +830,7 @@ def test_extract_answer(text: str, answer: str | None) -> None:
         ("1e3", "1000"),
         ("0", "0"),
         ("100", "100"),
+        ("0.00000010", "0.0000001"),
     ],
 )
 def test_canonical_number(token: str, canonical: str) -> None:
@@ -864,6 +865,8 @@ def test_canonical_number(token: str, canonical: str) -> None:
         ("1_000", "1000"),
         ("12,34", "34"),
         ("\uff14\uff18", "48"),
+        ("*B*", "(b)"),
+        ('"Yes"', "yes"),
     ],
 )
 def test_normalize_answer(answer: str, key: str | None) -> None:
