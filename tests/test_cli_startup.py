@@ -335,3 +335,18 @@ def test_quick_values_are_typer_values() -> None:
 
     walk(command)
     assert checked > 1000
+
+
+def test_a_lazy_console_drives_a_live_view() -> None:
+    """rich's Live and Progress enter their console (`with console:`), which a console made
+    on first use must allow (`moa eval` without --quiet failed at the end of its progress)."""
+    import io
+
+    from rich.progress import Progress
+
+    from langgraph_moa.cli.common import _LazyConsole
+
+    lazy = _LazyConsole(file=io.StringIO(), force_terminal=True, width=60)
+    with Progress(console=lazy) as bar:  # type: ignore[arg-type]
+        bar.advance(bar.add_task("items", total=2), 2)
+    assert "items" in lazy.file.getvalue()

@@ -42,12 +42,23 @@ class _LazyConsole:
         self._console: Console | None = None
 
     def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
+
+    def _made(self) -> Console:
         console = self._console
         if console is None:
             from rich.console import Console
 
             console = self._console = Console(**self._options)
-        return getattr(console, name)
+        return console
+
+    # dunders are looked up on the type, not through __getattr__: rich's Live (a progress
+    # view) enters its console with `with console:`
+    def __enter__(self) -> Console:
+        return self._made().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._made().__exit__(*exc)
 
 
 out = cast("Console", _LazyConsole(soft_wrap=True))
