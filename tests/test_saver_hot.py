@@ -1,4 +1,4 @@
-"""The saver's hot path value by value, on SQLite and PostgreSQL: what ``put`` and
+"""The saver's hot path value by value, on SQLite, PostgreSQL and MariaDB: what ``put`` and
 ``put_writes`` store (inline or as a blob, written once per version), and that ``get_tuple``
 and ``list`` give back exactly that: values, metadata, parents, namespaces, pending writes
 in LangGraph's order, with every ``list`` argument. Fast: the mutation run of the saver
@@ -21,12 +21,14 @@ from langgraph_moa.persistence.saver._codec import INLINE_MAX_BYTES, _load_json
 from langgraph_moa.persistence.schema import CHANNEL_MAX, ID_MAX, THREAD_ID_MAX
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
 def saver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLAlchemySaver]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'hot.sqlite'}"
     else:
-        url = str(request.getfixturevalue("pg_url"))
+        url = str(
+            request.getfixturevalue({"postgres": "pg_url", "mysql": "mysql_url"}[request.param])
+        )
     with SQLAlchemySaver.from_url(url) as s:
         s.setup()
         yield s
@@ -327,4 +329,37 @@ def test_put_writes_stores_the_task_path(saver: SQLAlchemySaver) -> None:
         ("task-default", "", 0, "n"),
         ("task-given", "~p", 0, "n"),
         ("task-given", "~p", 1, "m"),
+    ]
+
+
+def head(saver: SQLAlchemySaver, thread: str) -> tuple[str, Any]:
+    h = moa_schema.heads
+    with saver._sync_engine.connect() as conn:
+        row = conn.execute(
+            select(h.c.checkpoint_id, h.c.updated_at).where(h.c.thread_id == thread)
+        ).one()
+    return row[0], row[1]
+
+
+def test_the_head_only_moves_to_a_later_checkpoint(saver: SQLAlchemySaver) -> None:
+    # MySQL creates-or-advances the head in one statement (its assignments in order)
+    older, newer, newest = empty_checkpoint(), empty_checkpoint(), empty_checkpoint()
+    assert older["id"] < newer["id"] < newest["id"]
+    md = {"source": "loop", "step": 0}
+    saver.put(conf("h"), newer, md, {})
+    first = head(saver, "h")
+    assert first[0] == newer["id"]
+    saver.put(conf("h"), older, md, {})  # a late put of an older checkpoint
+    assert head(saver, "h") == first  # neither the id nor its time moved
+    saver.put(conf("h"), newer, md, {})  # the same checkpoint again
+    assert head(saver, "h") == first
+    saver.put(conf("h", "", newer["id"]), newest, md, {})
+    now = head(saver, "h")
+    assert now[0] == newest["id"] and now[1] >= first[1]
+    latest = saver.get_tuple(conf("h"))
+    assert latest is not None and latest.config["configurable"]["checkpoint_id"] == newest["id"]
+    assert [t.config["configurable"]["checkpoint_id"] for t in saver.list(conf("h"))] == [
+        newest["id"],
+        newer["id"],
+        older["id"],
     ]

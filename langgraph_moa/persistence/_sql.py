@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     cast,
     func,
     literal_column,
@@ -143,6 +144,30 @@ class Statements:
     def head_insert(self) -> Prepared:
         """Create the head row (skipped if one exists)."""
         return self.get("head_insert", lambda: self.insert_ignore(heads))
+
+    @cached_property
+    def mysql_head_upsert(self) -> Prepared:
+        """MySQL: create the head row, or move it to its ``checkpoint_id`` if that is a
+        later id, in one statement (:attr:`head_insert` then :attr:`head_advance`). The
+        assignments run in order, so ``updated_at`` still compares the old id."""
+
+        def build() -> Any:
+            ins = mysql.insert(heads)
+            later = heads.c.checkpoint_id < ins.inserted.checkpoint_id
+            return ins.on_duplicate_key_update(
+                [
+                    (
+                        "updated_at",
+                        case((later, ins.inserted.updated_at), else_=heads.c.updated_at),
+                    ),
+                    (
+                        "checkpoint_id",
+                        case((later, ins.inserted.checkpoint_id), else_=heads.c.checkpoint_id),
+                    ),
+                ]
+            )
+
+        return self.get("mysql_head_upsert", build)
 
     @cached_property
     def head_get(self) -> Prepared:

@@ -291,7 +291,7 @@ class Connections(BaseCheckpointSaver[str]):
 
     def _write_one(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(cursor, *args)``, which executes one statement (atomic by itself)."""
-        if self.backend == "postgresql":
+        if self.backend in ("postgresql", "mysql"):  # autocommit: no BEGIN, no COMMIT
             return self._attempt(fn, args, begin=None, read=True)
         return self._write(fn, *args)
 

@@ -24,7 +24,7 @@ from langgraph_moa.persistence.schema import ID_MAX, lease_threads
 from langgraph_moa.persistence.urls import redact
 
 LIST_CHUNK = 100
-_PG_ONE_STATEMENT_MAX = 32  # rows written by one statement on PostgreSQL
+_PG_ONE_STATEMENT_MAX = 32  # rows written by one statement on PostgreSQL (and MySQL writes)
 
 
 class Torn(Exception):
@@ -97,7 +97,9 @@ class HotPath(Codec):
             "checkpoint_id": plan.checkpoint_id,
             "updated_at": plan.now,
         }
-        if self._run(cur, s.head_insert, head_row).rowcount != 1:
+        if self.backend == "mysql":
+            self._run(cur, s.mysql_head_upsert, head_row)  # one round trip, not two
+        elif self._run(cur, s.head_insert, head_row).rowcount != 1:
             values = {
                 "t": plan.thread_id,
                 "ns": plan.checkpoint_ns,
@@ -206,7 +208,11 @@ class HotPath(Codec):
             else:
                 cur.executemany(p.sql, [p.args(r) for r in rows])
 
-        if self.backend == "postgresql" and len(rows) <= _PG_ONE_STATEMENT_MAX:
+        # one statement in autocommit mode (one round trip, not BEGIN/INSERT/COMMIT): any
+        # batch on PostgreSQL, an unfenced one on MySQL (a fenced one locks the lease row)
+        if len(rows) <= _PG_ONE_STATEMENT_MAX and (
+            self.backend == "postgresql" or (self.backend == "mysql" and lease is None)
+        ):
 
             def one(cur: Any) -> bool:
                 values = {f"{k}{i}": v for i, row in enumerate(rows) for k, v in row.items()}
