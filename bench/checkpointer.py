@@ -1,14 +1,18 @@
 """Our SQLAlchemy checkpointer against LangGraph's official savers, on the same work.
 
 SQLite: ``SQLAlchemySaver`` vs ``SqliteSaver`` and ``AsyncSQLAlchemySaver`` vs
-``AsyncSqliteSaver``. PostgreSQL: vs ``PostgresSaver`` / ``AsyncPostgresSaver`` (skipped
-if the server is unreachable). Each saver gets a fresh database per scenario.
+``AsyncSqliteSaver``. PostgreSQL: vs ``PostgresSaver`` / ``AsyncPostgresSaver``.
+MySQL/MariaDB: vs the third-party ``langgraph-checkpoint-mysql`` (``PyMySQLSaver`` /
+``AIOMySQLSaver``; ``pip install langgraph-checkpoint-mysql``, the ``bench`` extra). A server
+that is unreachable (or a saver that is not installed) is skipped, saying why. Each saver gets
+a fresh database per scenario.
 
 Measured, in one process: ``put`` (a chain of checkpoints on one thread, three channels of
 which one changes every tenth step), ``put_writes``, ``get_tuple`` of the latest checkpoint
 on a thread of 10, 1,000 and 10,000 checkpoints, ``get_tuple`` by id, ``list(limit=10)``,
 and whole runs of a 10-node graph (sync ``invoke`` / async ``ainvoke``), plus the bytes the
-database grows by per checkpoint of those runs. ``put``, ``put_writes`` and the graph runs
+database grows by per checkpoint of those runs (MySQL: InnoDB's data + index length after
+``ANALYZE TABLE``, counted in 16 KiB pages, so coarse). ``put``, ``put_writes`` and the graph runs
 are measured for ours twice: plain, and fenced (each write carries a lease token that the
 saver checks against the run registry's ``moa_threads`` in the same transaction). Ratios
 are ours/official for speeds (> 1 is faster) and theirs/ours for bytes (> 1 is smaller).
@@ -17,7 +21,8 @@ all see the same background load. Prints a table; writes bench/results/checkpoin
 
     python bench/checkpointer.py [--big 10000] [--runs 100] [--budget 0.5]
                                  [--pg postgresql://postgres@127.0.0.1:5432/test]
-                                 [--backends sqlite,postgresql] [--out FILE]
+                                 [--mysql mysql://root@127.0.0.1:3306/test]
+                                 [--backends sqlite,postgresql,mysql] [--out FILE]
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from langgraph_moa.persistence.registry import RunRegistry
 
 RESULTS = Path(__file__).parent / "results" / "checkpointer.json"
 PG_ADMIN = os.environ.get("MOA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_ADMIN = os.environ.get("MOA_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
 
 
 class State(TypedDict):
@@ -75,10 +81,17 @@ class Db:
 
     def __init__(self, backend: str, tmpdir: str, pg_admin: str | None) -> None:
         self.backend = backend
-        self.pg_admin = pg_admin
+        self.pg_admin = pg_admin  # the admin URL of the server (PostgreSQL or MySQL)
         if backend == "sqlite":
             self.path = os.path.join(tmpdir, f"{uuid.uuid4().hex}.sqlite")
             self.url = f"sqlite:///{self.path}"
+        elif backend == "mysql":
+            assert pg_admin
+            self.name = f"bench_{uuid.uuid4().hex[:10]}"
+            with mysql_admin(pg_admin) as c:
+                c.cursor().execute(f"CREATE DATABASE `{self.name}` CHARACTER SET utf8mb4")
+            self.dsn = pg_admin.rsplit("/", 1)[0] + "/" + self.name  # the official savers'
+            self.url = self.dsn.replace("mysql://", "mysql+pymysql://", 1) + "?charset=utf8mb4"
         else:
             import psycopg
 
@@ -98,6 +111,28 @@ class Db:
                 free = c.execute("PRAGMA freelist_count").fetchone()[0]
                 page = c.execute("PRAGMA page_size").fetchone()[0]
                 return int((pages - free) * page)
+        if self.backend == "mysql":
+            assert self.pg_admin
+            with mysql_admin(self.pg_admin) as c:
+                cur = c.cursor()
+                total = 0
+                for t in tables:
+                    cur.execute(
+                        "SELECT COUNT(*) FROM information_schema.TABLES "
+                        "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                        (self.name, t),
+                    )
+                    if not cur.fetchone()[0]:
+                        continue
+                    cur.execute(f"ANALYZE TABLE `{self.name}`.`{t}`")
+                    cur.fetchall()
+                    cur.execute(
+                        "SELECT DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES "
+                        "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                        (self.name, t),
+                    )
+                    total += int(cur.fetchone()[0] or 0)
+                return total
         import psycopg
 
         with psycopg.connect(self.dsn, autocommit=True) as c:
@@ -113,11 +148,33 @@ class Db:
             for suffix in ("", "-wal", "-shm"):
                 Path(self.path + suffix).unlink(missing_ok=True)
             return
+        assert self.pg_admin
+        if self.backend == "mysql":
+            with mysql_admin(self.pg_admin) as c:
+                c.cursor().execute(f"DROP DATABASE IF EXISTS `{self.name}`")
+            return
         import psycopg
 
         assert self.pg_admin
         with psycopg.connect(self.pg_admin, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def mysql_admin(url: str) -> Any:
+    """A PyMySQL connection (autocommit) to the server of ``url``."""
+    from urllib.parse import urlsplit
+
+    import pymysql
+
+    u = urlsplit(url)
+    return pymysql.connect(
+        host=u.hostname or "127.0.0.1",
+        port=u.port or 3306,
+        user=u.username or "root",
+        password=u.password or "",
+        autocommit=True,
+        connect_timeout=5,
+    )
 
 
 OURS_TABLES = ["moa_checkpoints", "moa_checkpoint_blobs", "moa_checkpoint_writes"]
@@ -166,6 +223,18 @@ async def open_saver(kind: str, db: Db) -> AsyncIterator[Opened]:
         with PostgresSaver.from_conn_string(db.dsn) as p:
             p.setup()
             yield p, False, None
+    elif kind == "mysql":
+        from langgraph.checkpoint.mysql.pymysql import PyMySQLSaver
+
+        with PyMySQLSaver.from_conn_string(db.dsn) as m:
+            m.setup()
+            yield m, False, None
+    elif kind == "mysql-async":
+        from langgraph.checkpoint.mysql.aio import AIOMySQLSaver
+
+        async with AIOMySQLSaver.from_conn_string(db.dsn) as am:
+            await am.setup()
+            yield am, True, None
     elif kind == "postgres-async":
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
@@ -388,6 +457,8 @@ PAIRS = [
     ("sqlite", "ours-async", "sqlite-async"),
     ("postgresql", "ours", "postgres"),
     ("postgresql", "ours-async", "postgres-async"),
+    ("mysql", "ours", "mysql"),
+    ("mysql", "ours-async", "mysql-async"),
 ]
 
 
@@ -403,51 +474,83 @@ def pg_available(dsn: str | None) -> bool:
         return False
 
 
+def mysql_unavailable(url: str | None) -> str | None:
+    """Why MySQL cannot be measured (None: it can)."""
+    if not url:
+        return "no --mysql URL"
+    try:
+        import langgraph.checkpoint.mysql  # noqa: F401
+    except ImportError:
+        return "langgraph-checkpoint-mysql is not installed (pip install 'langgraph-moa[bench]')"
+    try:
+        mysql_admin(url).close()
+    except Exception as exc:
+        return f"{url} unreachable ({exc})"
+    return None
+
+
+def installed(package: str) -> str:
+    try:
+        return version(package)
+    except Exception:
+        return "not installed"
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=0.5, help="seconds per round of an op")
     ap.add_argument("--big", type=int, default=10_000, help="largest thread, checkpoints")
     ap.add_argument("--runs", type=int, default=100, help="10-node graph runs")
     ap.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin DSN ('' to skip)")
-    ap.add_argument("--backends", default="sqlite,postgresql", help="sqlite,postgresql")
+    ap.add_argument("--mysql", default=MYSQL_ADMIN, help="MySQL/MariaDB admin URL ('' to skip)")
+    ap.add_argument("--backends", default="sqlite,postgresql,mysql", help="sqlite,postgresql,mysql")
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     args = ap.parse_args()
-    pg = args.pg if pg_available(args.pg) else None
+    backends = args.backends.split(",")
+    pg = args.pg if "postgresql" in backends and pg_available(args.pg) else None
+    no_mysql = mysql_unavailable(args.mysql) if "mysql" in backends else "not asked for"
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "env": {
             "python": platform.python_version(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
             **{
-                p: version(p)
+                p: installed(p)
                 for p in (
                     "langgraph",
                     "langgraph-checkpoint",
                     "langgraph-checkpoint-sqlite",
                     "langgraph-checkpoint-postgres",
+                    "langgraph-checkpoint-mysql",
                     "sqlalchemy",
                     "aiosqlite",
                     "psycopg",
+                    "pymysql",
+                    "aiomysql",
                 )
             },
         },
         "load_average": os.getloadavg(),
-        "args": {k: v for k, v in vars(args).items() if k not in ("pg", "out")},
+        "args": {k: v for k, v in vars(args).items() if k not in ("pg", "mysql", "out")},
         "pairs": [],
     }
     rows: list[tuple[str, str, float, float]] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         for backend, ours, official in PAIRS:
-            if backend not in args.backends.split(","):
+            if backend not in backends:
                 continue
             if backend == "postgresql" and pg is None:
                 print(f"skipping PostgreSQL: {args.pg} unreachable", flush=True)
                 continue
+            if backend == "mysql" and no_mysql is not None:
+                print(f"skipping MySQL: {no_mysql}", flush=True)
+                continue
+            admin = args.mysql if backend == "mysql" else pg
             fenced = ours + LEASED
             measured: dict[str, dict[str, float]] = {ours: {}, official: {}, fenced: {}}
             t0 = time.perf_counter()
             for scenario in (bench_ops, bench_graph):
-                dbs = tuple(Db(backend, tmpdir, pg) for _ in range(3))
+                dbs = tuple(Db(backend, tmpdir, admin) for _ in range(3))
                 try:
                     for k, r in (await scenario((ours, official, fenced), dbs, args)).items():
                         measured[k].update(r)
