@@ -58,6 +58,13 @@ class RacingRegistry(RunRegistry):
     before_claim: Callable[[str], Awaitable[None]] | None = None
     before_update: Callable[[str, dict[str, Any]], None] | None = None
     fail_release = False
+    asked_for_cancels: asyncio.Event | None = None
+    """Set when a waiting run looks for cancel requests (it went round its wait loop)."""
+
+    async def cancel_requested(self, run_ids: Any) -> set[str]:
+        if self.asked_for_cancels is not None:
+            self.asked_for_cancels.set()
+        return await super().cancel_requested(run_ids)
 
     async def claim_run(self, run_id: str, owner: Owner | None = None, **kw: Any) -> RunRecord:
         if self.before_claim is not None:
@@ -914,7 +921,7 @@ async def test_a_waiting_run_cancelled_here(registry: RunRegistry) -> None:
     )
 
 
-async def test_wait_means_after_the_older_runs_of_the_thread(registry: RunRegistry) -> None:
+async def test_wait_means_after_the_older_runs_of_the_thread(registry: RacingRegistry) -> None:
     older = await at(registry, await registry.create_run("t", status="pending"), 1)
     run = await at(registry, await registry.create_run("t", status="pending"), 2)
     seen: list[str | None] = []
@@ -928,8 +935,11 @@ async def test_wait_means_after_the_older_runs_of_the_thread(registry: RunRegist
     assert ended is not None and ended.status == "success" and seen == ["pending"]
     later = await at(registry, await registry.create_run("t", status="pending"), 3)
     executor = RunExecutor(registry, lease_poll=0.01)
+    registry.asked_for_cancels = asyncio.Event()
     task = asyncio.create_task(executor.execute(later, body, wait=True))
-    await waiting(executor, later.run_id, task)
+    asked = asyncio.create_task(registry.asked_for_cancels.wait())
+    await asyncio.wait({task, asked}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    assert not task.done() and seen == ["pending"]  # it waits for the older run
     await registry.update_run(older.run_id, status="success")
     ended = await asyncio.wait_for(task, WAIT)
     assert ended is not None and ended.status == "success" and seen == ["pending", "success"]
