@@ -6,6 +6,7 @@ in LangGraph's order, with every ``list`` argument. Fast: the mutation run of th
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from sqlalchemy import func, select
 
 from langgraph_moa.persistence import SQLAlchemySaver
 from langgraph_moa.persistence import schema as moa_schema
-from langgraph_moa.persistence.saver._codec import INLINE_MAX_BYTES, _load_json
+from langgraph_moa.persistence.errors import CheckpointConflictError
+from langgraph_moa.persistence.registry import RunRegistry
+from langgraph_moa.persistence.saver._codec import INLINE_MAX_BYTES, LEASE_CONFIG_KEY, _load_json
 from langgraph_moa.persistence.schema import CHANNEL_MAX, ID_MAX, THREAD_ID_MAX
 
 
@@ -363,3 +366,69 @@ def test_the_head_only_moves_to_a_later_checkpoint(saver: SQLAlchemySaver) -> No
         newer["id"],
         older["id"],
     ]
+
+
+def test_pending_writes_in_langgraphs_order(saver: SQLAlchemySaver) -> None:
+    """Task path first ("" before any other), then task id, then index, whatever the order
+    of the rows in the table."""
+    cid = put(saver, "order", "", None, {"n": 1}, {"n": "1"}, {"n": "1"})
+    w = conf("order", "", cid)
+    saver.put_writes(w, [("x", "a0"), ("y", "a1")], "a", "~p")
+    saver.put_writes(w, [("x", "b0")], "b", "~p")
+    saver.put_writes(w, [("x", "c0")], "c", "A")
+    saver.put_writes(w, [("x", "d0")], "d", "")
+    got = saver.get_tuple(w)
+    assert got is not None
+    assert got.pending_writes == [
+        ("d", "x", "d0"),
+        ("c", "x", "c0"),
+        ("a", "x", "a0"),
+        ("a", "y", "a1"),
+        ("b", "x", "b0"),
+    ]
+
+
+def test_two_new_blobs_in_one_put(saver: SQLAlchemySaver) -> None:
+    values = {"a": "a" * 500, "b": "b" * 500}
+    versions = dict.fromkeys(values, "1")
+    put(saver, "two", "", None, values, versions, versions)
+    assert blob_rows(saver, "two") == [("", "a", "1"), ("", "b", "1")]
+    got = saver.get_tuple(conf("two"))
+    assert got is not None and got.checkpoint["channel_values"] == values
+
+
+def test_a_refused_write_names_its_namespace(saver: SQLAlchemySaver) -> None:
+    """A write whose lease token does not hold is refused naming its thread, namespace,
+    token and the holder; nothing of it is stored."""
+
+    async def hold() -> None:
+        url = saver._sync_engine.url.render_as_string(hide_password=False)
+        async with RunRegistry.from_url(url) as reg:
+            await reg.setup()
+            assert await reg.acquire_lease("fenced", "A")
+
+    asyncio.run(hold())
+    stale = {**conf("fenced", "child:1")["configurable"], LEASE_CONFIG_KEY: "B"}
+    c = empty_checkpoint()
+    c["channel_values"], c["channel_versions"] = {"n": 1}, {"n": "1"}
+    expected = (
+        "thread 'fenced' (namespace 'child:1'): write refused, the thread's lease is held by "
+        "another run (this writer's lease token 'B' is stale); this run no longer owns the "
+        "thread and must stop"
+    )
+    refusals = []
+    with pytest.raises(CheckpointConflictError) as info:
+        saver.put({"configurable": stale}, c, {"source": "loop", "step": 0}, {"n": "1"})
+    refusals.append(info.value)
+    with pytest.raises(CheckpointConflictError) as info:
+        saver.put_writes({"configurable": {**stale, "checkpoint_id": c["id"]}}, [("n", 2)], "t")
+    refusals.append(info.value)
+    for err in refusals:
+        assert str(err) == expected
+        assert (err.thread_id, err.checkpoint_ns, err.token, err.holder) == (
+            "fenced",
+            "child:1",
+            "B",
+            "A",
+        )
+    assert saver.get_tuple(conf("fenced", "child:1")) is None
