@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -432,3 +433,11 @@ def test_a_refused_write_names_its_namespace(saver: SQLAlchemySaver) -> None:
             "A",
         )
     assert saver.get_tuple(conf("fenced", "child:1")) is None
+
+
+def test_metadata_values_json_cannot_hold_are_stored_as_text(saver: SQLAlchemySaver) -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5)
+    put(saver, "md", "", None, {"n": 1}, {"n": "1"}, {"n": "1"}, when=when, name="é")
+    got = saver.get_tuple(conf("md"))
+    assert got is not None
+    assert got.metadata == {"source": "loop", "step": 0, "when": str(when), "name": "é"}
