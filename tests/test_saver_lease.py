@@ -319,3 +319,46 @@ async def test_without_a_token_time_travel_matches_in_memory_saver(
             got = await _time_travel_script(saver)
     assert got == expected
     assert expected[5]["value"] == 111 and expected[8]["value"] == 1013  # the script ran
+
+
+async def test_a_write_cancelled_in_flight_leaves_the_saver_usable(db_url: str) -> None:
+    """PostgreSQL/MySQL: a task cancelled while the saver's statement is in flight (here:
+    waiting for a row lock) must not leave the saver's kept connection mid-protocol (on
+    aiomysql a rollback after the cancel read the cancelled statement's reply, and the next
+    operation on that connection read the rollback's). Afterwards reads and writes are
+    exact."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite: no row lock to wait on")
+    backend = "postgresql" if db_url.startswith("postgres") else "mysql"
+    async with registry_of(db_url) as reg, writer(db_url, "async") as w:
+        await reg.acquire_lease("t", "A")
+        root = await w.put("t", None, "A")
+        engine = create_engine(db_url)
+        try:
+            with engine.connect() as holder, engine.connect() as probe:
+                holder.execute(
+                    sa.text("UPDATE moa_threads SET lease_pid = lease_pid WHERE thread_id = 't'")
+                )
+                task = asyncio.create_task(w.put("t", root, "A"))
+                deadline = time.monotonic() + 60
+                while _lock_waiters(probe, backend) == 0:
+                    assert time.monotonic() < deadline and not task.done(), task
+                    probe.rollback()
+                    await asyncio.sleep(0.01 if backend == "postgresql" else 0.2)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                holder.commit()
+        finally:
+            engine.dispose()
+        for _ in range(3):  # the saver's next operations see exactly what is stored
+            got = await w.saver.aget_tuple(
+                {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+            )
+            assert got is not None and got.checkpoint["id"] == root
+            assert got.checkpoint["channel_values"]["small"] == "A"
+        child = await w.put("t", root, "A")
+        listed = [
+            c.checkpoint["id"] async for c in w.saver.alist({"configurable": {"thread_id": "t"}})
+        ]
+        assert listed == [child, root]

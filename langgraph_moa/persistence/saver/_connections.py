@@ -212,7 +212,17 @@ class Connections(BaseCheckpointSaver[str]):
             yield conn
 
     def _abort(self, raw: PoolProxiedConnection, exc: BaseException, cur: Any) -> bool:
-        """Roll back after ``exc``; whether the connection was lost (then dropped)."""
+        """Roll back after ``exc``; whether the connection was lost (then dropped).
+
+        A cancellation (or any other ``BaseException``) may have cut a statement in
+        flight: the connection is mid-protocol (on aiomysql a rollback would read the cut
+        statement's reply, and the connection would stay one reply behind, with the cut
+        statement's transaction and locks open on the server). It is dropped, which ends
+        that transaction, never rolled back and reused."""
+        if not isinstance(exc, Exception):
+            with suppress(Exception):
+                raw.invalidate()
+            return True
         lost = False
         try:
             lost = bool(
@@ -267,6 +277,8 @@ class Connections(BaseCheckpointSaver[str]):
                     if lost and mine:
                         self._slot.raw = self._slot.cursor = None
                     attempt += 1
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: never retried
                     if attempt >= RETRIES or not (lost or retryable(exc)):
                         if lost and isinstance(exc, DBAPIError | OSError):
                             raise self._unavailable(exc) from exc
