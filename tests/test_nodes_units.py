@@ -887,6 +887,8 @@ def test_tally_order_ties_and_agreement() -> None:
     assert (vote.winner, vote.agent, vote.tie) == ("7", "b", False)
     assert vote.answers == {"a": "9", "b": "7", "c": "7"}
     assert vote.keys == {"a": "9", "b": "7", "c": "7"}
+    one = tally({"a": "5", "b": "5"})
+    assert (one.winner, one.agent, one.tie, one.agreement) == ("5", "a", False, 1.0)
     empty = tally({})
     assert (empty.votes, empty.agreement, empty.winner, empty.tie) == ({}, 0.0, None, False)
     assert empty.describe() == "no answers"
@@ -904,6 +906,10 @@ def test_tally_order_ties_and_agreement() -> None:
         ('{"choice": true}', None, None),
         ('{"choice": "two"}', None, None),
         ('{"choice": "X2"}', None, None),
+        ('{"choice": 2, "meta": {"x": 1}}', 2, ""),
+        ('{"choice": 2}.', 2, ""),
+        ('{"reason": "x"} [2]', 2, None),
+        ("[2]\nfirst reason\nmore", 2, "first reason\nmore"),
         ("{not json} [1]", 1, None),
         ("[ 2 ]\nReason: short", 2, "short"),
         ("I pick [3]\n", 3, "I pick [3]"),
@@ -944,6 +950,7 @@ AGENTS = ["p1", "p2", "p3"]
         ("Fact [p2]", "Fact", [2]),
         ("Fact [p1; 3]", "Fact", [1, 3]),
         ("Fact [1,1]", "Fact", [1]),
+        ("Fact [2-2]", "Fact", [2]),
         ("Fact [ 1 , 2 ]", "Fact", [1, 2]),
         ("Fact  [1]", "Fact", [1]),
         ("[1] lead", " lead", [1]),
