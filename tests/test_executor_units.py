@@ -1101,3 +1101,17 @@ async def test_a_lease_that_cannot_be_given_back_is_logged(
         "cannot release the lease of thread t",
     )
     assert warning.exc_info is not None and isinstance(warning.exc_info[1], ConnectionError)
+
+
+async def test_a_superseded_run_is_ended_without_its_thread_lease(registry: RunRegistry) -> None:
+    """A newer run already ended: the old run is cancelled at once, even while another
+    holder has the thread's lease (it never asks for it)."""
+    await registry.acquire_lease("t", "other")
+    old = await at(registry, await registry.create_run("t", status="pending"), 1)
+    newer = await at(registry, await registry.create_run("t", status="pending"), 2)
+    await registry.update_run(newer.run_id, status="success")
+    ended = await RunExecutor(registry).execute(old, never)
+    assert ended is not None and ended.status == "cancelled"
+    assert ended.error is not None and ended.error.startswith(f"superseded: run {newer.run_id}")
+    thread = await registry.get_thread("t")
+    assert thread is not None and thread.lease_token == "other"
