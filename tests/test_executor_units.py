@@ -1115,3 +1115,17 @@ async def test_a_superseded_run_is_ended_without_its_thread_lease(registry: RunR
     assert ended.error is not None and ended.error.startswith(f"superseded: run {newer.run_id}")
     thread = await registry.get_thread("t")
     assert thread is not None and thread.lease_token == "other"
+
+
+async def test_a_resumed_run_records_its_calls_under_its_attempt(registry: RunRegistry) -> None:
+    attempts: list[tuple[int, int | None]] = []
+
+    async def body(ex: Execution) -> RunEnd:
+        attempts.append((ex.run.attempts, ex.calls.attempt if ex.calls else None))
+        return RunEnd("interrupted")
+
+    run = await registry.create_run("t", status="pending")
+    executor = RunExecutor(registry)
+    await executor.execute(run, body)
+    await executor.execute(run.run_id, body, resume_ended=True)
+    assert attempts == [(1, 1), (2, 2)]
