@@ -750,3 +750,60 @@ async def test_reuse_never_answers_a_call_sampled_without_a_seed_or_sent_elsewhe
     back, _ = await _evaluate(url, items, seeded, "e", reuse=True)
     assert srv.calls() == back.calls_live == 0
     assert back.calls_reused == recorded.calls_live + recorded.calls_reused
+
+
+async def test_reuse_a_call_cancelled_while_reading_the_ledger_leaves_no_one_waiting(
+    tmp_path: Path,
+) -> None:
+    from langchain_core.messages import HumanMessage
+
+    from langgraph_moa.eval.calls import EvalCalls
+    from langgraph_moa.nodes._calls import CALLS_KEY, call_model
+    from langgraph_moa.nodes.budget import Budget, Ledger
+    from langgraph_moa.persistence.calls import CallLedger, CallRow
+    from tests.nodes_support import Script, context, spec_of
+
+    class Gated(CallLedger):
+        """A ledger whose first read waits until the test lets it go (it never does)."""
+
+        reading = asyncio.Event()
+        go = asyncio.Event()
+
+        async def reusable(
+            self, request_hash: str, endpoint: str | None = None, *, scan: int = 20
+        ) -> CallRow | None:
+            if not self.reading.is_set():
+                self.reading.set()
+                await self.go.wait()
+            return await super().reusable(request_hash, endpoint, scan=scan)
+
+    script = Script().on("a", "from the model")
+    ctx = context(spec_of(["a"]), script)
+    async with CallLedger.from_url(f"sqlite:///{tmp_path / 'calls.sqlite'}") as ledger:
+        calls = EvalCalls(ledger, Gated(ledger.engine))
+
+        def ask(thread: str) -> Any:
+            config: Any = {"configurable": {CALLS_KEY: calls.for_item(thread)}}
+            return call_model(
+                ctx, "a", [HumanMessage("Q")], config,
+                temperature=0, max_tokens=9, ledger=Ledger(Budget()), node="L1_a",
+            )  # fmt: skip
+
+        leader = asyncio.ensure_future(ask("eval-1"))
+        await Gated.reading.wait()
+        waiter = asyncio.ensure_future(ask("eval-2"))  # the same request: waits for the leader
+        await asyncio.sleep(0)  # one turn of the loop: it reaches its wait
+        assert not waiter.done() and script.calls == []
+        leader.cancel()  # a layer gate cuts the leader while it reads the ledger
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        # the waiter is woken and makes the call (before the fix it waited forever)
+        reply = await asyncio.wait_for(waiter, 30)
+        assert reply.message.text == "from the model" and len(script.calls) == 1
+        await calls.flush()
+        (row,) = await ledger.list(thread_id="eval-2")
+        assert row.status == "ok" and row.run_id == calls.run_id
+        # a later identical request is answered from the ledger, not waiting on anyone
+        again = await asyncio.wait_for(ask("eval-3"), 30)
+        assert again.message.text == "from the model" and len(script.calls) == 1
+        assert (calls.live, calls.reused) == (1, 1)

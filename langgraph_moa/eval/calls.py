@@ -88,6 +88,10 @@ class EvalCalls:
         except Exception:  # an unreadable ledger costs a call, never the evaluation
             log.warning("cannot read the call ledger to reuse a call", exc_info=True)
             row = None
+        except BaseException:  # cancelled while reading (a layer gate cut the agent):
+            thread.leading.discard(key)  # no call follows, whoever waits makes it
+            self._done(key, None)
+            raise
         if row is None or row.response is None:
             return None
         self._done(key, row.response)
