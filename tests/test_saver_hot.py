@@ -7,6 +7,7 @@ in LangGraph's order, with every ``list`` argument. Fast: the mutation run of th
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -333,6 +334,25 @@ def test_put_writes_stores_the_task_path(saver: SQLAlchemySaver) -> None:
         ("task-default", "", 0, "n"),
         ("task-given", "~p", 0, "n"),
         ("task-given", "~p", 1, "m"),
+    ]
+
+
+def test_put_writes_of_several_big_values_on_mysql(mysql_url: str) -> None:
+    """A task's writes that together exceed MariaDB's max_allowed_packet (16 MB by default)
+    are not sent as one statement: 4 values of 6 MB each are stored and read back."""
+    values = [os.urandom(6 * 1024 * 1024) for _ in range(4)]
+    with SQLAlchemySaver.from_url(mysql_url) as saver:
+        saver.setup()
+        cid = put(saver, "bigw", "", None, {"n": 1}, {"n": "1"}, {"n": "1"})
+        w = conf("bigw", "", cid)
+        saver.put_writes(w, [(f"v{i}", v) for i, v in enumerate(values)], "task-big")
+        saver.put_writes(w, [("small", 1), ("small2", b"x" * 1000)], "task-small")
+        got = saver.get_tuple(w)
+    assert got is not None
+    assert got.pending_writes == [
+        *[("task-big", f"v{i}", v) for i, v in enumerate(values)],
+        ("task-small", "small", 1),
+        ("task-small", "small2", b"x" * 1000),
     ]
 
 

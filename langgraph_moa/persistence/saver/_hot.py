@@ -25,6 +25,10 @@ from langgraph_moa.persistence.urls import redact
 
 LIST_CHUNK = 100
 _PG_ONE_STATEMENT_MAX = 32  # rows written by one statement on PostgreSQL (and MySQL writes)
+# MySQL: value bytes of the writes sent as one statement. PyMySQL sends values inline,
+# escaping at most doubles them, and its executemany keeps a statement to 1,024,000
+# characters; more goes by executemany so no statement outgrows max_allowed_packet.
+_MYSQL_ONE_STATEMENT_BYTES = 512_000
 
 
 class Torn(Exception):
@@ -210,8 +214,14 @@ class HotPath(Codec):
 
         # one statement in autocommit mode (one round trip, not BEGIN/INSERT/COMMIT): any
         # batch on PostgreSQL, an unfenced one on MySQL (a fenced one locks the lease row)
+        # of at most _MYSQL_ONE_STATEMENT_BYTES
         if len(rows) <= _PG_ONE_STATEMENT_MAX and (
-            self.backend == "postgresql" or (self.backend == "mysql" and lease is None)
+            self.backend == "postgresql"
+            or (
+                self.backend == "mysql"
+                and lease is None
+                and sum(len(r["blob"]) for r in rows) <= _MYSQL_ONE_STATEMENT_BYTES
+            )
         ):
 
             def one(cur: Any) -> bool:
