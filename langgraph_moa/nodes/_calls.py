@@ -144,11 +144,13 @@ class CallRequest:
     messages: list[dict[str, Any]]
     params: dict[str, Any]
     endpoint: str | None = None
-    """The URL of the model's server (``None``: a provider's or the embedded model); kept
-    beside the parameters, outside the hash (a replay may point at a moved server)."""
+    """The URL of the model's server, or the embedded model's GGUF file (``None``: a
+    provider's model); kept beside the parameters, outside the hash (a replay may point at a
+    moved server)."""
     deterministic: bool = False
     """Whether the same request gets the same reply: greedy decoding (temperature 0), or
-    a seed the model samples with. Only such calls are answered from another run's."""
+    a seed the model samples with, and not the embedded model decoding in batches. Only
+    such calls are answered from another run's."""
 
     @property
     def hash(self) -> str:
@@ -201,8 +203,8 @@ def call_request(
         kind = "synthesizer"
     else:
         kind = "tool_step" if tools else "agent"
-    deterministic = params["temperature"] == 0 or (
-        seed is not None and ctx.models.takes_seed(model_name)
+    deterministic = ctx.models.repeatable(model_name) and (
+        params["temperature"] == 0 or (seed is not None and ctx.models.takes_seed(model_name))
     )
     return CallRequest(
         node,
