@@ -865,3 +865,32 @@ async def test_reuse_tells_embedded_model_files_apart_and_not_batched_decoding(
     assert not ask().deterministic and not ask(temperature=0).deterministic
     monkeypatch.setenv("MOA_LOCAL_RUNTIME", "server")  # serves one request at a time
     assert ask().deterministic
+
+
+def test_reuse_from_a_store_without_a_call_ledger_is_refused_and_left_as_it_was(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from langgraph_moa.cli import app
+
+    dataset = write_items(tmp_path / "d.jsonl", ITEMS)
+    base = [str(dataset), "--spec", str(_spec_file(model_server, tmp_path)), "--quiet"]
+    base += ["--db", sqlite_url]
+    typo = tmp_path / "tpyo.sqlite"
+    result = CliRunner().invoke(app, ["eval", *base, "--reuse-from", f"sqlite:///{typo}"])
+    assert result.exit_code == 2, result.output
+    said, flat = " ".join(result.output.split()), result.output.replace("\n", "")
+    assert "there is no SQLite file" in said and f"sqlite:///{typo}" in flat
+    assert not typo.exists() and model_server.calls() == 0  # nothing created, nothing paid
+
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (x TEXT)")
+    result = CliRunner().invoke(app, ["eval", *base, "--reuse-from", f"sqlite:///{other}"])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "this store has no call ledger (table moa_calls)" in said
+    with sqlite3.connect(other) as conn:  # not migrated: no table was added
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"notes"} and model_server.calls() == 0

@@ -155,6 +155,7 @@ def eval_command(
     from langgraph_moa.eval import ChartUnavailable, DatasetError, EvalSchemaError, load_dataset
     from langgraph_moa.eval.command import (
         EvalOptions,
+        ReuseSourceError,
         build_specs,
         default_eval_id,
         execute,
@@ -232,5 +233,5 @@ def eval_command(
     )
     try:
         asyncio.run(execute(options, out, err))
-    except (EvalSchemaError, ModelConfigError) as exc:
+    except (EvalSchemaError, ModelConfigError, ReuseSourceError) as exc:
         fail(str(exc), 2)

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -20,10 +21,17 @@ from langgraph_moa.eval.report import markdown_table, rich_table, write_chart
 from langgraph_moa.eval.runner import EvalReport, run_evaluation
 from langgraph_moa.eval.store import EvalStore
 from langgraph_moa.eval.variants import EvalSpec, derive_specs, sampling, with_seed
-from langgraph_moa.persistence.calls import CallLedger
+from langgraph_moa.persistence.calls import CallLedger, calls
 from langgraph_moa.spec import GraphSpec, ModelSpec
 
-__all__ = ["EvalOptions", "build_specs", "default_eval_id", "execute", "judge_model"]
+__all__ = [
+    "EvalOptions",
+    "ReuseSourceError",
+    "build_specs",
+    "default_eval_id",
+    "execute",
+    "judge_model",
+]
 
 
 def build_specs(
@@ -117,16 +125,45 @@ class EvalOptions:
     load_start: list[float] = field(default_factory=lambda: _load())
 
 
+class ReuseSourceError(ValueError):
+    """A ``--reuse-from`` store that has no call ledger to answer from."""
+
+
 @asynccontextmanager
 async def _reuse_ledger(options: EvalOptions, store: EvalStore) -> AsyncIterator[CallLedger | None]:
-    """The call ledger ``--reuse`` answers from: the eval store's, or ``--reuse-from``'s."""
+    """The call ledger ``--reuse`` answers from: the eval store's, or ``--reuse-from``'s
+    (read only: never created nor upgraded; a store without one is a
+    :class:`ReuseSourceError`)."""
     if not options.reuse:
         yield None
-    elif options.reuse_from is None:
+    elif options.reuse_from is None or options.reuse_from == options.db:
         yield CallLedger(store.engine)
     else:
-        async with CallLedger.from_url(options.reuse_from) as ledger:
+        url = sa.make_url(options.reuse_from)
+        shown = url.render_as_string(hide_password=True)
+        path = url.database or ""
+        on_disk = path not in ("", ":memory:") and not path.startswith("file:")
+        if url.get_backend_name() == "sqlite" and on_disk and not Path(path).is_file():
+            raise ReuseSourceError(
+                f"--reuse-from {shown}: there is no SQLite file {path}; give the --db "
+                "of an earlier `moa eval` whose calls to reuse"
+            )
+        ledger = CallLedger.from_url(options.reuse_from)
+        try:
+            try:
+                async with ledger.engine.connect() as conn:
+                    found = await conn.run_sync(lambda c: sa.inspect(c).has_table(calls.name))
+            except (sa.exc.SQLAlchemyError, OSError) as exc:
+                why = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise ReuseSourceError(f"--reuse-from {shown}: cannot read it ({why})") from exc
+            if not found:
+                raise ReuseSourceError(
+                    f"--reuse-from {shown}: this store has no call ledger (table {calls.name}); "
+                    "give the --db of an earlier `moa eval` whose calls to reuse"
+                )
             yield ledger
+        finally:
+            await ledger.aclose()
 
 
 def _load() -> list[float]:
