@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from langgraph.checkpoint.base import empty_checkpoint
 
 from langgraph_moa.persistence import SQLAlchemySaver, schema
-from langgraph_moa.persistence.events import EventLog, events
+from langgraph_moa.persistence.events import EventLog, events, thread_event_key
 from langgraph_moa.persistence.registry import Owner, RunRegistry, runs_table, threads_table
 from langgraph_moa.persistence.retention import parse_duration
 from langgraph_moa.testing import ModelServer
@@ -48,7 +48,8 @@ def _backdate(url: str, days: float = 2) -> None:
 
 
 def _rows(url: str) -> dict[str, set[str]]:
-    """The thread ids found in each moa_* table keyed by thread, and the run ids of events."""
+    """The thread ids found in each moa_* table keyed by thread, and the run ids of events;
+    the run ids and the threads' event keys that exist."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
@@ -62,6 +63,9 @@ def _rows(url: str) -> dict[str, set[str]]:
                     found[name] = {r[0] for r in conn.execute(query)}
             query = sa.text(f"SELECT run_id FROM {runs_table.name}")
             found["run ids"] = {r[0] for r in conn.execute(query)}
+            t = threads_table
+            query = sa.select(t.c.thread_id, t.c.created_at)
+            found["thread keys"] = {thread_event_key(*r) for r in conn.execute(query)}
             return found
     finally:
         engine.dispose()
@@ -70,17 +74,21 @@ def _rows(url: str) -> dict[str, set[str]]:
 def _assert_no_orphans(url: str, threads: set[str]) -> None:
     rows = _rows(url)
     for name, ids in rows.items():
-        if name not in (events.name, "run ids"):
+        if name not in (events.name, "run ids", "thread keys"):
             assert ids <= threads, f"{name} keeps rows of deleted threads {ids - threads}"
-    assert rows[events.name] <= rows["run ids"], "events of deleted runs"
+    alive = rows["run ids"] | rows["thread keys"]
+    assert rows[events.name] <= alive, "events of deleted runs or threads"
     assert rows[threads_table.name] == threads
 
 
 async def _registry_thread(url: str, thread_id: str, status: str) -> None:
-    """A thread with a run in ``status``, a checkpoint and logged events."""
+    """A thread with a run in ``status``, a checkpoint and logged events (of the run, and
+    of the thread itself: a ``state_update``)."""
     async with RunRegistry.from_url(url) as registry, EventLog.from_url(url) as log:
         await registry.setup()
-        await registry.create_thread(thread_id)
+        thread = await registry.create_thread(thread_id)
+        key = thread_event_key(thread_id, thread.created_at)
+        await log.append(key, "state_update", {"state": {}, "thread_id": thread_id})
         run = await registry.create_run(thread_id, owner=Owner.new())
         await registry.update_run(run.run_id, status=status)  # type: ignore[arg-type]
         await log.append(run.run_id, "values", {"step": 1})

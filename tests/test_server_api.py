@@ -20,8 +20,9 @@ from langgraph_sdk import get_client
 from langgraph_sdk.errors import NotFoundError
 
 from langgraph_moa.persistence import AsyncSQLAlchemySaver
+from langgraph_moa.persistence.events import thread_event_key
 from langgraph_moa.server import serde
-from langgraph_moa.server.schemas import RunCreate, ThreadCreate
+from langgraph_moa.server.schemas import RunCreate, StateUpdate, ThreadCreate
 from langgraph_moa.server.service import MoAServer, ServerOptions
 from langgraph_moa.spec import GraphSpec
 from langgraph_moa.testing import ModelServer
@@ -373,6 +374,46 @@ async def test_a_thread_stream_ends_when_its_thread_is_deleted(
         again = await server.follow_thread("a", tid, 0)  # the new thread's own stream
         assert serde.loads((await anext(again)).data) == {"run_id": new_run, "attempt": 1}
         await again.aclose()
+
+
+async def test_a_thread_created_again_does_not_replay_the_old_threads_state_updates(
+    db_url: str, srv: ModelServer
+) -> None:
+    """Tenant a's thread gets a ``state_update``, is deleted (its events with it), and a
+    ``state_update`` of it is logged late (what an update racing the delete wrote); tenant
+    b creates a thread under the same id: its ``state_update`` stream from ``Last-Event-ID``
+    0 carries b's update only (a's rows were logged first: they would come first)."""
+    spec = GraphSpec.model_validate(moa_spec(srv))
+    options = ServerOptions(crons=False)
+    async with MoAServer([spec], db_url=db_url, options=options) as server:
+        tid = str(uuid.uuid4())
+        log = server.streams.event_log
+
+        def update(task: str) -> StateUpdate:
+            return StateUpdate.model_validate({"values": {"task": task}, "as_node": "L1_a1"})
+
+        old = await server.create_thread("a", ThreadCreate(thread_id=tid))
+        await server.update_state("a", tid, update("secret of a"))
+        old_key = thread_event_key(tid, old.created_at)
+        assert [e.data["state"]["values"]["task"] for e in await log.read(old_key)] == [
+            "secret of a"
+        ]
+        await server.delete_thread("a", tid)
+        assert await log.read(old_key) == []  # deleted with the thread
+        late = {"state": {"values": {"task": "late secret of a"}}, "thread_id": tid}
+        await log.append(old_key, "state_update", late)
+
+        new = await server.create_thread("b", ThreadCreate(thread_id=tid))
+        await server.update_state("b", tid, update("of b"))
+        assert thread_event_key(tid, new.created_at) != old_key
+        rows = await server.registry.thread_events(tid, new.created_at, 0)
+        assert [r.data["state"]["values"]["task"] for r in rows] == ["of b"]
+        following = await server.follow_thread("b", tid, 0, ("state_update",))
+        first = await asyncio.wait_for(anext(following), 60)
+        await following.aclose()
+        assert first.event == "state_update"
+        assert serde.loads(first.data)["state"]["values"]["task"] == "of b"
+        assert b"secret" not in first.data
 
 
 async def test_thread_stream_state_update(served: Served, srv: ModelServer) -> None:

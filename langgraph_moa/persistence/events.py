@@ -84,11 +84,17 @@ events = sa.Table(
 )
 
 
-def thread_event_key(thread_id: str) -> str:
+def thread_event_key(thread_id: str, created_at: datetime) -> str:
     """The ``run_id`` under which events of a thread itself (not of one of its runs, e.g.
-    ``state_update``) are logged: ``thread:`` and a hash of the id (ids may be longer
-    than the column; a run id is a UUID, so the two never meet)."""
-    return "thread:" + hashlib.sha256(thread_id.encode()).hexdigest()[:57]
+    ``state_update``) are logged: ``thread:`` and a hash of the id and of the thread's
+    ``created_at`` (ids may be longer than the column; a run id is a UUID, so the two
+    never meet). A thread deleted and created again under the same id (maybe by another
+    tenant) has another key, so it never reads the old thread's events, even one written
+    late, after the delete."""
+    if created_at.tzinfo is not None:  # the same instant, however the row was read
+        created_at = created_at.astimezone(UTC).replace(tzinfo=None)
+    stamp = created_at.isoformat(timespec="microseconds")
+    return "thread:" + hashlib.sha256(f"{thread_id}\n{stamp}".encode()).hexdigest()[:57]
 
 
 def _default(obj: Any) -> Any:

@@ -26,7 +26,7 @@ from sqlalchemy import Connection
 from langgraph_moa.persistence import schema
 from langgraph_moa.persistence.calls import calls
 from langgraph_moa.persistence.engines import get_engine, release_engine
-from langgraph_moa.persistence.events import events
+from langgraph_moa.persistence.events import events, thread_event_key
 from langgraph_moa.persistence.registry import runs_table, threads_table
 from langgraph_moa.persistence.saver import SQLAlchemySaver
 
@@ -185,6 +185,12 @@ class _Store:
             for start in range(0, len(run_ids), 500):
                 part = run_ids[start : start + 500]
                 evs += conn.execute(events.delete().where(events.c.run_id.in_(part))).rowcount
+        if self.events and self.registry:  # the thread's own events (state_update)
+            t = threads_table
+            created = conn.scalar(sa.select(t.c.created_at).where(t.c.thread_id == thread_id))
+            if created is not None:
+                key = thread_event_key(thread_id, created)
+                evs += conn.execute(events.delete().where(events.c.run_id == key)).rowcount
         if self.calls:
             conn.execute(calls.delete().where(calls.c.thread_id == thread_id))
         for table in self.checkpoint_tables:

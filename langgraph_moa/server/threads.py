@@ -3,6 +3,7 @@ checkpoints (the ``/threads`` paths)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
@@ -21,6 +22,8 @@ from langgraph_moa.server.schemas import HistoryRequest, StateUpdate, ThreadCrea
 from langgraph_moa.server.validation import check_metadata, require_checkpoint
 
 __all__ = ["THREAD_POLL", "ThreadService"]
+
+log = logging.getLogger("langgraph_moa.server")
 
 THREAD_POLL = 1.0
 """Longest wait, in seconds, before a thread stream looks for new events (on PostgreSQL a
@@ -185,10 +188,10 @@ class ThreadService(ServerCore):
         thread_id = record.thread_id
         after = last_event_id
         if after is None:
-            after = await self.registry.last_thread_event(thread_id)
+            after = await self.registry.last_thread_event(thread_id, record.created_at)
         log = self.streams.event_log
         while True:
-            rows = await self.registry.thread_events(thread_id, after)
+            rows = await self.registry.thread_events(thread_id, record.created_at, after)
             # looked at after the rows are read: if the thread was created again before,
             # they may be the new thread's, and are not sent
             now = await self.thread_now(record)
@@ -261,20 +264,26 @@ class ThreadService(ServerCore):
             await self.registry.update_thread(
                 thread_id, status="interrupted" if snapshot.next else "idle"
             )
+            # the thread's followers that asked for state_update hear of it, as from the
+            # reference: {"state": the new ThreadState, "thread_id"} (logged: replayed too).
+            # In the lock, so the events are in the order of the checkpoints; under the key
+            # of this thread (its created_at), so a thread created again under the id never
+            # reads it; the state is written: a failed append is logged, not raised.
+            try:
+                if await self.thread_now(record) == "same":
+                    await self.streams.event_log.append(
+                        thread_event_key(thread_id, record.created_at),
+                        "state_update",
+                        {"state": serde.snapshot_json(snapshot), "thread_id": thread_id},
+                    )
+            except Exception:
+                log.exception("thread %s: the state_update event was not logged", thread_id)
         written = serde.checkpoint_of(config)
-        answer = {
+        return {
             "checkpoint": written,
             "checkpoint_id": (written or {}).get("checkpoint_id"),
             "configurable": written,
         }
-        # the thread's followers that asked for state_update hear of it, as from the
-        # reference: {"state": the new ThreadState, "thread_id"} (logged: replayed too)
-        await self.streams.event_log.append(
-            thread_event_key(thread_id),
-            "state_update",
-            {"state": serde.snapshot_json(snapshot), "thread_id": thread_id},
-        )
-        return answer
 
     async def history(
         self, tenant: str | None, thread_id: str, body: HistoryRequest

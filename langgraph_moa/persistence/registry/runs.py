@@ -173,11 +173,11 @@ class RunsMixin(ThreadsMixin):
         return [self._run_record(r) for r in rows]
 
     async def thread_events(
-        self, thread_id: str, after: int = 0, *, limit: int = 1000
+        self, thread_id: str, created_at: datetime, after: int = 0, *, limit: int = 1000
     ) -> list[RunEvent]:
         """Logged stream events of every run of ``thread_id``, and of the thread itself
-        (:func:`~langgraph_moa.persistence.events.thread_event_key`), with an id above
-        ``after``, in order (at most ``limit``)."""
+        (:func:`~langgraph_moa.persistence.events.thread_event_key`: of the thread created
+        at ``created_at``), with an id above ``after``, in order (at most ``limit``)."""
         columns = (events.c.id, events.c.run_id, events.c.event, sa.cast(events.c.data, sa.Text()))
         of_runs = (
             sa.select(*columns)
@@ -188,7 +188,7 @@ class RunsMixin(ThreadsMixin):
         )
         of_thread = (
             sa.select(*columns)
-            .where(events.c.run_id == thread_event_key(thread_id), events.c.id > after)
+            .where(events.c.run_id == thread_event_key(thread_id, created_at), events.c.id > after)
             .order_by(events.c.id)
             .limit(limit)
         )
@@ -197,16 +197,16 @@ class RunsMixin(ThreadsMixin):
         rows.sort(key=lambda row: int(row[0]))
         return [row_event(r) for r in rows[:limit]]
 
-    async def last_thread_event(self, thread_id: str) -> int:
-        """The id of the newest logged event of ``thread_id`` or of one of its runs (0 if
-        none)."""
+    async def last_thread_event(self, thread_id: str, created_at: datetime) -> int:
+        """The id of the newest logged event of ``thread_id`` (created at ``created_at``)
+        or of one of its runs (0 if none)."""
         of_runs = (
             sa.select(sa.func.max(events.c.id))
             .join(runs_table, runs_table.c.run_id == events.c.run_id)
             .where(runs_table.c.thread_id == thread_id)
         )
         of_thread = sa.select(sa.func.max(events.c.id)).where(
-            events.c.run_id == thread_event_key(thread_id)
+            events.c.run_id == thread_event_key(thread_id, created_at)
         )
         async with self._reading() as conn:
             found = [(await conn.execute(q)).scalar() for q in (of_runs, of_thread)]

@@ -216,9 +216,14 @@ class ThreadsMixin(_RegistryBase):
             if await self._has_event_log(conn):
                 runs = sa.select(runs_table.c.run_id).where(runs_table.c.thread_id == thread_id)
                 await conn.execute(events.delete().where(events.c.run_id.in_(runs)))
-                await conn.execute(
-                    events.delete().where(events.c.run_id == thread_event_key(thread_id))
+                created = await conn.scalar(
+                    sa.select(threads_table.c.created_at).where(
+                        threads_table.c.thread_id == thread_id
+                    )
                 )
+                if created is not None:
+                    key = thread_event_key(thread_id, created)
+                    await conn.execute(events.delete().where(events.c.run_id == key))
             await conn.execute(runs_table.delete().where(runs_table.c.thread_id == thread_id))
             result = await conn.execute(
                 threads_table.delete().where(threads_table.c.thread_id == thread_id)
