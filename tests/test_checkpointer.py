@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import warnings
 from datetime import datetime, timedelta
@@ -702,6 +703,41 @@ def test_delete_older_than_and_prune_command(db_url: str) -> None:
         assert saver.get_tuple(cfg("old")) is None
         assert _count(saver, moa_schema.blobs, "old") == 0
         assert len(list(saver.list(cfg("new")))) == 2
+
+
+def test_head_times_keep_sub_second_precision(db_url: str) -> None:
+    """``updated_at`` is a double everywhere: a single-precision FLOAT (what ``sa.Float``
+    made on MySQL/MariaDB) holds an epoch time to 128 s, which told threads 40 s apart as
+    one age and stamped writes minutes off."""
+    with SQLAlchemySaver.from_url(db_url) as saver:
+        before = time.time()
+        _thread(saver, "a", 1)
+        saver.copy_thread("a", "b")
+        after = time.time()
+        _thread(saver, "c", 1)
+        heads = moa_schema.heads
+        with saver.engine.connect() as conn:
+            stamped = dict(conn.execute(select(heads.c.thread_id, heads.c.updated_at)).all())
+        assert before - 1e-3 <= stamped["a"] <= stamped["b"] <= after + 1e-3
+        # two heads 40 s apart inside one 128 s step of float32, an hour ago
+        base = (time.time() - 3600) // 128 * 128
+        with saver.engine.begin() as conn:
+            for thread, at in (
+                ("a", base + 10.25),
+                ("b", base + 50.5),
+                ("c", 1_990_000_000.123456),
+            ):
+                conn.execute(
+                    heads.update().where(heads.c.thread_id == thread).values(updated_at=at)
+                )
+        with saver.engine.connect() as conn:
+            back = dict(conn.execute(select(heads.c.thread_id, heads.c.updated_at)).all())
+        assert abs(back["c"] - 1_990_000_000.123456) < 1e-3
+        assert (back["a"], back["b"]) == (base + 10.25, base + 50.5)
+        # the cutoff falls between them (20 s either side for this test's own run time)
+        assert saver.delete_older_than(timedelta(seconds=time.time() - (base + 30))) == 1
+        assert saver.get_tuple(cfg("a")) is None
+        assert saver.get_tuple(cfg("b")) is not None and saver.get_tuple(cfg("c")) is not None
 
 
 def test_moa_prune_command_line(sqlite_url: str) -> None:

@@ -228,7 +228,7 @@ def test_self_moa_samples_a_model_pinned_to_greedy(model_server: ModelServer) ->
 async def test_store_records_once_and_guards_its_schema_version(db_url: str) -> None:
     row = ResultRow("e1", "answer", "spec@1", "item-1", "ok", 1.0, "48", {"matched": "48"}, 3, 2, 1)
     async with EvalStore.from_url(db_url) as store:
-        assert await store.setup() == 1  # idempotent
+        assert await store.setup() == 2  # idempotent
         assert await store.record(row) is True
         assert await store.record(row) is False  # (eval, kind, spec, item) is recorded once
         (back,) = await store.results("e1")

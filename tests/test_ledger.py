@@ -428,7 +428,7 @@ async def test_a_ledger_of_version_1_gets_the_request_index(db_url: str) -> None
         next(i for i in calls.indexes if i.name == "moa_calls_request_idx").drop(conn)
         conn.execute(
             migrations.table.delete().where(
-                migrations.table.c.component == "calls", migrations.table.c.version == 2
+                migrations.table.c.component == "calls", migrations.table.c.version >= 2
             )
         )
 
@@ -458,7 +458,7 @@ async def test_a_ledger_of_version_1_gets_the_request_index(db_url: str) -> None
                 )
             )
     async with CallLedger.from_url(db_url) as ledger:
-        assert await ledger.setup() == 2
+        assert await ledger.setup() == 3
         async with ledger.engine.connect() as conn:
             assert "moa_calls_request_idx" in await conn.run_sync(indexes)
         for endpoint, answer in ((None, "provider"), ("http://h:1/v1", "server")):

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from langgraph_moa.eval.store import EvalStore, ResultRow
 from langgraph_moa.persistence import AsyncSQLAlchemySaver, SchemaVersionError, migrations
+from langgraph_moa.persistence.calls import CallLedger, CallRow
 from langgraph_moa.persistence.engines import (
     engine_key,
     get_async_engine,
@@ -21,6 +22,7 @@ from langgraph_moa.persistence.engines import (
 )
 from langgraph_moa.persistence.events import EventLog, events
 from langgraph_moa.persistence.registry import RunRegistry
+from langgraph_moa.persistence.store import AsyncSQLAlchemyStore
 from langgraph_moa.testing import ModelServer
 from tests.conftest import PG_ADMIN
 
@@ -249,6 +251,97 @@ async def test_store_of_the_previous_code_is_upgraded_in_place(db_url: str) -> N
     components = {c for c, _ in rows}
     assert {"checkpoints", "registry", "events", "eval"} <= components
     assert ("registry", migrations.schema_version("registry")) in rows
+
+
+_DOUBLES = {
+    "checkpoints": ("moa_checkpoint_heads", ("updated_at",)),
+    "calls": ("moa_calls", ("latency_ms",)),
+    "store": ("moa_store", ("ttl_minutes",)),
+    "eval": ("moa_eval_results", ("score", "cost", "latency_s")),
+}
+"""The columns ``sa.Float`` made single-precision FLOAT on MySQL/MariaDB; the last step
+of each component widens them to DOUBLE."""
+
+
+async def _set_up_with_rows(url: str) -> Any:
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    async with AsyncSQLAlchemySaver.from_url(url) as saver:
+        cfg = {"configurable": {"thread_id": "old", "checkpoint_ns": ""}}
+        stored = await saver.aput(cfg, empty_checkpoint(), {"step": 1}, {})
+    async with CallLedger.from_url(url) as ledger:
+        await ledger.record(
+            CallRow(
+                run_id="r", thread_id="old", node="L1_a", kind="agent", task_id="k", seq=0,
+                attempt=1, model="m", params={}, request_hash="h", messages=None,
+                response=None, usage=None, latency_ms=12.5, retries=0,
+            )
+        )  # fmt: skip
+    async with AsyncSQLAlchemyStore.from_url(url) as store:
+        await store.aput(("ns",), "k", {"v": 1}, ttl=90.0)
+    async with EvalStore.from_url(url) as results:
+        await results.record(ResultRow("e1", "answer", "spec", "i", "ok", 0.5, "42", cost=0.25))
+    return stored
+
+
+async def test_float_columns_of_an_older_store_become_double(db_url: str) -> None:
+    """A store set up before the DOUBLE steps (FLOAT columns on MySQL/MariaDB, the steps
+    not recorded) is migrated by the next setup and keeps its rows; the columns then hold
+    an epoch time to the microsecond (FLOAT: to 128 s)."""
+    stored = await _set_up_with_rows(db_url)
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            mysql = conn.dialect.name in ("mysql", "mariadb")
+            for component, (table, columns) in _DOUBLES.items():
+                version = migrations.schema_version(component)
+                assert "as DOUBLE" in migrations.STEPS[component][-1].name
+                conn.execute(
+                    migrations.table.delete().where(
+                        migrations.table.c.component == component,
+                        migrations.table.c.version == version,
+                    )
+                )
+                nullable = {c["name"]: c["nullable"] for c in sa.inspect(conn).get_columns(table)}
+                for column in columns if mysql else ():
+                    null = "NULL" if nullable[column] else "NOT NULL"
+                    conn.execute(sa.text(f"ALTER TABLE {table} MODIFY {column} FLOAT {null}"))
+            if mysql:
+                kinds = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns("moa_calls")}
+                assert not isinstance(kinds["latency_ms"], sa.Double)  # the old layout
+
+        async with AsyncSQLAlchemySaver.from_url(db_url) as saver:
+            await saver.setup()
+            got = await saver.aget_tuple(stored)
+            assert got is not None and got.metadata["step"] == 1
+        async with CallLedger.from_url(db_url) as ledger:
+            assert await ledger.setup() == migrations.schema_version("calls")
+            assert [c.latency_ms for c in await ledger.list(thread_id="old")] == [12.5]
+        async with AsyncSQLAlchemyStore.from_url(db_url) as store:
+            item = await store.aget(("ns",), "k", refresh_ttl=False)
+            assert item is not None and item.value == {"v": 1}
+        async with EvalStore.from_url(db_url) as results:
+            assert await results.setup() == migrations.schema_version("eval")
+            assert [(r.score, r.cost) for r in await results.results("e1")] == [(0.5, 0.25)]
+
+        at = 1_990_000_000.123456
+        with engine.begin() as conn:
+            found = {
+                (c, v)
+                for c, v in conn.execute(
+                    sa.select(migrations.table.c.component, migrations.table.c.version)
+                )
+            }
+            for component, (table, columns) in _DOUBLES.items():
+                assert (component, migrations.schema_version(component)) in found
+                conn.execute(
+                    sa.text(f"UPDATE {table} SET {', '.join(f'{c} = {at!r}' for c in columns)}")
+                )
+                for column in columns:
+                    back = conn.execute(sa.text(f"SELECT {column} FROM {table}")).scalar_one()
+                    assert abs(back - at) < 1e-3, (table, column, back)
+    finally:
+        engine.dispose()
 
 
 # -- the event log ----------------------------------------------------------------------------

@@ -40,14 +40,14 @@ results_table = sa.Table(
     sa.Column("spec", sa.String(150), primary_key=True),
     sa.Column("item_id", sa.String(100), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("score", sa.Double, nullable=True),
     sa.Column("answer", _Text, nullable=True),
     sa.Column("details", sa.JSON, nullable=True),
     sa.Column("input_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("output_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("calls", sa.Integer, nullable=False, default=0),
-    sa.Column("cost", sa.Float, nullable=False, default=0.0),
-    sa.Column("latency_s", sa.Float, nullable=True),
+    sa.Column("cost", sa.Double, nullable=False, default=0.0),
+    sa.Column("latency_s", sa.Double, nullable=True),
     sa.Column("created_at", _Time, nullable=False),
 )
 
@@ -56,7 +56,18 @@ def _migration_1(conn: sa.Connection) -> None:
     results_table.create(conn, checkfirst=True)
 
 
-migrations.STEPS.setdefault("eval", [migrations.Step("create moa_eval_results", _migration_1)])
+migrations.STEPS.setdefault(
+    "eval",
+    [
+        migrations.Step("create moa_eval_results", _migration_1),
+        migrations.Step(
+            "moa_eval_results.score, cost, latency_s: FLOAT columns as DOUBLE on MySQL/MariaDB",
+            migrations.double_columns(
+                "moa_eval_results", "score", "cost", "latency_s", module="langgraph_moa.eval.store"
+            ),
+        ),
+    ],
+)
 """Ordered schema changes of the ``eval`` component; append a step, never edit one."""
 SCHEMA_VERSION = migrations.schema_version("eval")
 

@@ -63,7 +63,7 @@ items = sa.Table(
     sa.Column("created_at", _ts(), nullable=False),
     sa.Column("updated_at", _ts(), nullable=False),
     sa.Column("expires_at", _ts(), nullable=True),
-    sa.Column("ttl_minutes", sa.Float, nullable=True),
+    sa.Column("ttl_minutes", sa.Double, nullable=True),
     sa.Index("ix_moa_store_expires_at", "expires_at"),
     sa.Index("ix_moa_store_updated_at", "updated_at"),
     **_ARGS,

@@ -41,6 +41,7 @@ __all__ = [
     "add_columns",
     "aupgrade",
     "current_version",
+    "double_columns",
     "schema_version",
     "table",
     "upgrade",
@@ -109,11 +110,7 @@ def add_columns(
     default: the registry's) to an existing table; columns already there are skipped."""
 
     def apply(conn: Connection) -> None:
-        import importlib
-
-        mod = importlib.import_module(module or "langgraph_moa.persistence.registry")
-        tables = [t for t in vars(mod).values() if isinstance(t, sa.Table)]
-        target = next(t for t in tables if t.name == table_name)
+        target = _find_table(module or _REGISTRY, table_name)
         present = {c["name"] for c in sa.inspect(conn).get_columns(table_name)}
         preparer = conn.dialect.identifier_preparer
         for name in columns:
@@ -125,11 +122,48 @@ def add_columns(
     return apply
 
 
+def double_columns(table_name: str, *columns: str, module: str) -> Callable[[Connection], None]:
+    """A step widening ``columns`` of ``table_name`` (a Table of ``module``) from the
+    single-precision ``FLOAT`` that ``sa.Float`` made on MySQL/MariaDB (about 7
+    significant digits) to ``DOUBLE``, as the Table declares them now. A no-op on
+    PostgreSQL (its ``FLOAT`` is double precision) and SQLite (``REAL`` holds doubles),
+    and for a column that is ``DOUBLE`` already."""
+
+    def apply(conn: Connection) -> None:
+        if conn.dialect.name not in ("mysql", "mariadb"):
+            return
+        target = _find_table(module, table_name)
+        found = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns(table_name)}
+        preparer = conn.dialect.identifier_preparer
+        for name in columns:
+            if name not in found or isinstance(found[name], sa.Double):
+                continue
+            ddl = sa.schema.CreateColumn(target.c[name]).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(target)} MODIFY COLUMN {ddl}")
+
+    return apply
+
+
+def _find_table(module: str, name: str) -> sa.Table:
+    import importlib
+
+    tables = [t for t in vars(importlib.import_module(module)).values() if isinstance(t, sa.Table)]
+    return next(t for t in tables if t.name == name)
+
+
+_DOUBLE = "FLOAT columns as DOUBLE on MySQL/MariaDB"
+
 STEPS: dict[str, list[Step]] = {
     "checkpoints": [
         Step(
             "create moa_checkpoints, _blobs, _writes, _heads",
             _call("langgraph_moa.persistence.schema", "_v1"),
+        ),
+        Step(
+            f"moa_checkpoint_heads.updated_at: {_DOUBLE}",
+            double_columns(
+                "moa_checkpoint_heads", "updated_at", module="langgraph_moa.persistence.schema"
+            ),
         ),
     ],
     "registry": [
@@ -156,6 +190,10 @@ STEPS: dict[str, list[Step]] = {
         Step(
             "index moa_calls by request hash",
             _call("langgraph_moa.persistence.calls", "_index_requests"),
+        ),
+        Step(
+            f"moa_calls.latency_ms: {_DOUBLE}",
+            double_columns("moa_calls", "latency_ms", module="langgraph_moa.persistence.calls"),
         ),
     ],
 }

@@ -36,7 +36,7 @@ from langgraph_moa.persistence.run_records import (
 
 __all__ = ["SCHEMA", "list_runs", "sqlite_path"]
 
-SCHEMA = {"registry": 2, "calls": 2}
+SCHEMA = {"registry": 2, "calls": 3}
 """The component versions :meth:`RunRegistry.setup` brings a store to (checked against
 ``migrations.schema_version`` by the tests)."""
 

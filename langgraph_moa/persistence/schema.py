@@ -26,7 +26,7 @@ from sqlalchemy import (
     JSON,
     Column,
     Connection,
-    Float,
+    Double,
     Integer,
     LargeBinary,
     MetaData,
@@ -144,7 +144,7 @@ heads = Table(
     Column("thread_id", _text_key(THREAD_ID_MAX), primary_key=True),
     Column("checkpoint_ns", _text_key(THREAD_ID_MAX), primary_key=True, server_default=""),
     Column("checkpoint_id", _ascii_key(), nullable=False),
-    Column("updated_at", Float, nullable=False),  # unindexed: updates stay HOT on PG
+    Column("updated_at", Double, nullable=False),  # unindexed: updates stay HOT on PG
     **_SMALL_ROWS,
 )
 

@@ -80,7 +80,13 @@ migrations.STEPS.setdefault(
         migrations.Step(
             "create moa_store and moa_store_vectors",
             q.create_tables,
-        )
+        ),
+        migrations.Step(
+            "moa_store.ttl_minutes: FLOAT columns as DOUBLE on MySQL/MariaDB",
+            migrations.double_columns(
+                "moa_store", "ttl_minutes", module="langgraph_moa.persistence._store_sql"
+            ),
+        ),
     ],
 )
 

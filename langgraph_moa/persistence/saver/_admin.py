@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Float,
     and_,
     bindparam,
     delete,
@@ -61,7 +60,7 @@ class Admin(HotPath):
                     if c.name == "thread_id":
                         cols.append(literal(dst, c.type).label(c.name))
                     elif table is heads and c.name == "updated_at":
-                        cols.append(literal(now, Float()).label(c.name))
+                        cols.append(literal(now, c.type).label(c.name))
                     else:
                         cols.append(c)
                 conn.execute(
