@@ -416,6 +416,48 @@ async def test_a_thread_created_again_does_not_replay_the_old_threads_state_upda
         assert b"secret" not in first.data
 
 
+async def test_state_update_is_kept_when_its_event_cannot_be_logged(
+    db_url: str, srv: ModelServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The events table is gone (renamed away) when a thread's state is updated: the update
+    is written and answered all the same, and the lost ``state_update`` event is logged as
+    an error naming the thread; once the table is back, the next update is logged again."""
+    spec = GraphSpec.model_validate(moa_spec(srv))
+    async with MoAServer([spec], db_url=db_url, options=ServerOptions(crons=False)) as server:
+        tid = str(uuid.uuid4())
+        record = await server.create_thread("a", ThreadCreate(thread_id=tid))
+        key = thread_event_key(tid, record.created_at)
+
+        def update(task: str) -> StateUpdate:
+            return StateUpdate.model_validate({"values": {"task": task}, "as_node": "L1_a1"})
+
+        engine = sa.create_engine(db_url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE moa_run_events RENAME TO moa_run_events_away")
+            try:
+                with caplog.at_level("ERROR", logger="langgraph_moa"):
+                    written = await server.update_state("a", tid, update("kept"))
+            finally:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("ALTER TABLE moa_run_events_away RENAME TO moa_run_events")
+        finally:
+            engine.dispose()
+        state = await server.get_state("a", tid)
+        assert state["values"]["task"] == "kept"
+        assert state["checkpoint"]["checkpoint_id"] == written["checkpoint_id"]
+        lost = [r for r in caplog.records if "state_update event was not logged" in r.message]
+        assert [r.getMessage() for r in lost] == [
+            f"thread {tid}: the state_update event was not logged"
+        ]
+        assert await server.streams.event_log.read(key) == []
+
+        await server.update_state("a", tid, update("logged"))
+        assert [
+            e.data["state"]["values"]["task"] for e in await server.streams.event_log.read(key)
+        ] == ["logged"]
+
+
 async def test_thread_stream_state_update(served: Served, srv: ModelServer) -> None:
     """``stream_mode="state_update"``: an event for each update of the thread's state, with
     the state it wrote (``{"state", "thread_id"}``, as langgraph-api 0.16.7 sends it);
