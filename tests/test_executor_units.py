@@ -350,6 +350,32 @@ async def test_newer_ended_is_a_later_run_of_the_thread_in_a_final_status(
         await registry.delete_run(newer.run_id)
 
 
+async def test_newer_ended_breaks_a_same_instant_tie_by_run_id(registry: RunRegistry) -> None:
+    """Two runs created at the same instant: the one with the larger run id is the newer
+    (as for _older_active), so only the smaller one is superseded by it."""
+    a = await at(registry, await registry.create_run("t", run_id="r5a", status="pending"), 5)
+    b = await at(registry, await registry.create_run("t", run_id="r5b", status="success"), 5)
+    c = await at(registry, await registry.create_run("t", run_id="r5c", status="pending"), 5)
+    found = await _newer_ended(registry, a)
+    assert found is not None and found.run_id == "r5b"
+    assert await _newer_ended(registry, c) is None  # r5b is older than r5c
+    assert await _newer_ended(registry, b) is None
+    ended = await RunExecutor(registry).execute(a, never)
+    assert ended is not None and (ended.run_id, ended.status, ended.error) == (
+        "r5a",
+        "cancelled",
+        "superseded: run r5b of the thread, created later, already ended",
+    )
+    ran: list[str] = []
+
+    async def body(ex: Execution) -> RunEnd:
+        ran.append(ex.run_id)
+        return RunEnd("success")
+
+    done = await RunExecutor(registry).execute(c, body)
+    assert ran == ["r5c"] and done is not None and (done.status, done.error) == ("success", None)
+
+
 # -------------------------------------------------------------------- execute ---
 
 

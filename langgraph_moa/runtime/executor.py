@@ -232,6 +232,8 @@ async def _older_active(registry: RunRegistry, run: RunRecord) -> list[RunRecord
 
 
 async def _newer_ended(registry: RunRegistry, run: RunRecord) -> RunRecord | None:
+    """The first ended run of the thread newer than ``run``, in the order of
+    :func:`_older_active`: created later, or at the same instant with a larger run id."""
     c = runs_table.c
     query = (
         sa.select(runs_table)
@@ -239,8 +241,12 @@ async def _newer_ended(registry: RunRegistry, run: RunRecord) -> RunRecord | Non
             c.thread_id == run.thread_id,
             c.run_id != run.run_id,
             c.status.in_(FINAL),
-            c.created_at > run.created_at,
+            sa.or_(
+                c.created_at > run.created_at,
+                sa.and_(c.created_at == run.created_at, c.run_id > run.run_id),
+            ),
         )
+        .order_by(c.created_at.asc(), c.run_id.asc())
         .limit(1)
     )
     async with registry._reading() as conn:
