@@ -139,6 +139,27 @@ async def test_a_stale_token_is_refused_on_put_and_put_writes(db_url: str, flavo
             await w.put("t", child, "B")
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_a_fenced_write_sent_again_is_stored_once(db_url: str, flavour: str) -> None:
+    """A retried fenced ``put_writes`` (its rows there already: MySQL's one-statement
+    insert then affects no row, as when the lease is someone else's) is accepted and
+    changes nothing; a stale token is still refused after it."""
+    async with registry_of(db_url) as reg, writer(db_url, flavour) as w:
+        await reg.acquire_lease("t", "A")
+        root = await w.put("t", None, "A")
+        child = await w.put("t", root, "A")
+        await w.put_writes("t", child, "A")
+        before = rows_of(db_url, "t")
+        assert len(before["moa_checkpoint_writes"]) == 2
+        await w.put_writes("t", child, "A")
+        assert rows_of(db_url, "t") == before
+        await reg.release_lease("t", "A")
+        await reg.acquire_lease("t", "B")
+        with pytest.raises(CheckpointConflictError, match="held by another run"):
+            await w.put_writes("t", child, "A")
+        assert rows_of(db_url, "t") == before
+
+
 async def test_two_writers_race_for_the_first_checkpoint(db_url: str) -> None:
     """Two processes' writers start a new thread at once; only the lease holder's first
     checkpoint is stored, so the thread cannot fork."""

@@ -186,6 +186,39 @@ class Statements:
 
         return self.get("lease_get", build)
 
+    def _lease_held(self, src: Any) -> Any:
+        """MySQL: ``src`` (a SELECT) joined to thread ``t``'s ``moa_threads`` row if its
+        lease token is ``lease``, that row locked until the transaction ends: no rows if
+        the lease is someone else's. An INSERT from it checks the lease in the same round
+        trip (its affected-row count is 0 if the lease did not hold)."""
+        t = lease_threads
+        return (
+            src.select_from(t)
+            .where(t.c.thread_id == _b("t"), t.c.lease_token == _b("lease"))
+            .with_for_update()
+        )
+
+    @cached_property
+    def mysql_head_upsert_leased(self) -> Prepared:
+        """MySQL: :attr:`mysql_head_upsert` if thread ``t``'s lease token is ``lease``
+        (see :meth:`_lease_held`); no row affected if not. Binds t, ns, new, now, lease."""
+
+        def build() -> Any:
+            now = _b("now", heads.c.updated_at.type)
+            src = self._lease_held(select(_b("t"), _b("ns"), _b("new"), now))
+            ins = mysql.insert(heads).from_select(
+                ["thread_id", "checkpoint_ns", "checkpoint_id", "updated_at"], src
+            )
+            later = heads.c.checkpoint_id < _b("new")
+            return ins.on_duplicate_key_update(
+                [  # in order: updated_at compares the old id
+                    ("updated_at", case((later, now), else_=heads.c.updated_at)),
+                    ("checkpoint_id", case((later, _b("new")), else_=heads.c.checkpoint_id)),
+                ]
+            )
+
+        return self.get("mysql_head_upsert_leased", build)
+
     def _lease_cte(self) -> Any:
         """PostgreSQL: one row if thread ``t``'s lease is ``lease`` (the row locked)."""
         t = lease_threads
@@ -530,6 +563,29 @@ class Statements:
             return select(literal_column("1")).select_from(held).add_cte(done.cte("ins"))
 
         return self.get(("writes_leased", n, upsert), build)
+
+    def mysql_writes_leased(self, n: int, upsert: bool) -> Prepared:
+        """MySQL: ``n`` pending writes in one statement (bind names ``<column><i>``, t,
+        lease), inserted only if thread ``t``'s lease token is ``lease`` (see
+        :meth:`_lease_held`). No row affected if not, and also if every row was there
+        already (an INSERT IGNORE of rows written before)."""
+
+        def build() -> Any:
+            rows = union_all(
+                *[
+                    select(*[_typed(f"{c.name}{i}", c).label(c.name) for c in writes.c])
+                    for i in range(n)
+                ]
+            ).subquery("w")
+            src = self._lease_held(select(*rows.c))
+            names = [c.name for c in writes.c]
+            if upsert:
+                ins = mysql.insert(writes).from_select(names, src)
+                cols = ("task_path", "channel", "type", "blob")
+                return ins.on_duplicate_key_update({c: rows.c[c] for c in cols})
+            return mysql.insert(writes).prefix_with("IGNORE").from_select(names, src)
+
+        return self.get(("mysql_writes_leased", n, upsert), build)
 
 
 def _typed(name: str, column: Any) -> Any:

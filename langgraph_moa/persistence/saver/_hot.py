@@ -93,24 +93,31 @@ class HotPath(Codec):
 
     def _put_tx(self, cur: Any, plan: PutPlan) -> None:
         s = self._s
-        if plan.lease is not None:
-            self._check_lease(cur, plan.thread_id, plan.checkpoint_ns, plan.lease)
         head_row = {
             "thread_id": plan.thread_id,
             "checkpoint_ns": plan.checkpoint_ns,
             "checkpoint_id": plan.checkpoint_id,
             "updated_at": plan.now,
         }
-        if self.backend == "mysql":
-            self._run(cur, s.mysql_head_upsert, head_row)  # one round trip, not two
-        elif self._run(cur, s.head_insert, head_row).rowcount != 1:
-            values = {
-                "t": plan.thread_id,
-                "ns": plan.checkpoint_ns,
-                "new": plan.checkpoint_id,
-                "now": plan.now,
-            }
-            self._run(cur, s.head_advance, values)
+        values = {
+            "t": plan.thread_id,
+            "ns": plan.checkpoint_ns,
+            "new": plan.checkpoint_id,
+            "now": plan.now,
+            "lease": plan.lease,
+        }
+        if self.backend == "mysql":  # one round trip for the head (and the lease)
+            if plan.lease is None:
+                self._run(cur, s.mysql_head_upsert, head_row)
+            elif not self._run(cur, s.mysql_head_upsert_leased, values).rowcount:
+                # the lease did not hold: name its holder (or write, had it come back)
+                self._check_lease(cur, plan.thread_id, plan.checkpoint_ns, plan.lease)
+                self._run(cur, s.mysql_head_upsert, head_row)
+        else:
+            if plan.lease is not None:
+                self._check_lease(cur, plan.thread_id, plan.checkpoint_ns, plan.lease)
+            if self._run(cur, s.head_insert, head_row).rowcount != 1:
+                self._run(cur, s.head_advance, values)
         if plan.blob_rows:
             p = s.blob_insert
             if len(plan.blob_rows) == 1:
@@ -212,14 +219,14 @@ class HotPath(Codec):
             else:
                 cur.executemany(p.sql, [p.args(r) for r in rows])
 
-        # one statement in autocommit mode (one round trip, not BEGIN/INSERT/COMMIT): any
-        # batch on PostgreSQL, an unfenced one on MySQL (a fenced one locks the lease row)
-        # of at most _MYSQL_ONE_STATEMENT_BYTES
+        # one statement in autocommit mode (one round trip, not BEGIN/INSERT/COMMIT; a
+        # fenced one checks the lease in it): any batch on PostgreSQL, one of at most
+        # _MYSQL_ONE_STATEMENT_BYTES on MySQL. If the lease did not hold (or, MySQL, every
+        # row was there already), the transaction below checks it and names the holder.
         if len(rows) <= _PG_ONE_STATEMENT_MAX and (
             self.backend == "postgresql"
             or (
                 self.backend == "mysql"
-                and lease is None
                 and sum(len(r["blob"]) for r in rows) <= _MYSQL_ONE_STATEMENT_BYTES
             )
         ):
@@ -231,6 +238,9 @@ class HotPath(Codec):
                     cur.execute(p.sql, p.args(values))
                     return True
                 values.update(t=thread_id, lease=lease)
+                if self.backend == "mysql":
+                    p = self._s.mysql_writes_leased(len(rows), upsert)
+                    return bool(self._run(cur, p, values).rowcount)
                 p = self._s.pg_writes_leased(len(rows), upsert)
                 return self._run(cur, p, values).fetchone() is not None
 
