@@ -406,6 +406,67 @@ async def test_judge_prefers_the_better_answer_in_either_position(
         assert sorted(positions) == [0, 1]
 
 
+async def test_judge_calls_are_ledger_rows_and_reuse_answers_them_with_the_server_stopped(
+    tmp_path: Path,
+) -> None:
+    from langgraph_moa.persistence.calls import CallLedger
+
+    url = f"sqlite:///{tmp_path / 'judged.sqlite'}"
+    items = load_dataset(write_items(tmp_path / "open.jsonl", RUBRIC_ITEMS))
+
+    def judge_reply(req: ChatRequest) -> str:  # the longer response wins, in either position
+        a, b = _responses(req)
+        return "Winner: A" if len(a) > len(b) else "Winner: B" if len(b) > len(a) else "tie"
+
+    async def judged(specs: list[EvalSpec], judge: PairwiseJudge, eval_id: str) -> EvalReport:
+        async with EvalStore.from_url(url) as store:
+            return await run_evaluation(
+                items, specs, store, eval_id=eval_id, judge=judge, baseline=specs[0],
+                reuse=CallLedger(store.engine),
+            )  # fmt: skip
+
+    with ModelServer() as srv:
+        srv.add_rule(model="judge", reply=judge_reply)
+        srv.add_rule(model="synth", reply="a long and careful synthesis")
+        srv.add_rule(model="p1", system="set of responses", reply="self-MoA's synthesis")
+        srv.add_rule(reply="short")
+        spec = load_spec(trio(srv))
+        specs = build_specs(spec, aggregations=["synthesize"])
+        judge = PairwiseJudge(spec.models["judge"], "judge")
+        first = await judged(specs, judge, "first")
+        sent = [r for r in srv.requests if r.model == "judge"]
+    async with EvalStore.from_url(url) as store:
+        verdicts = {(r.spec, r.item_id): r for r in await store.results("first", "judge")}
+    rows = [r for r in await _calls_of(url, first.calls_run_id) if r.kind == "judge"]
+    # every judge call is a row: 2 orders x 3 items x 2 candidates, with its reply
+    assert len(sent) == len(rows) == 12 == first.judge_usage["calls"]
+    assert {(r.node, r.model, r.status, r.params["endpoint"]) for r in rows} == {
+        ("judge", "judge", "ok", srv.base_url)
+    }
+    assert {r.params["temperature"] for r in rows} == {0.0}
+    replies = sorted(r.response["message"]["data"]["content"] for r in rows)  # type: ignore[index]
+    assert replies == sorted(judge_reply(r) for r in sent)
+    for row in verdicts.values():  # each judgment's two calls are on its thread
+        mine = [r for r in rows if r.thread_id == row.details["thread_id"]]
+        assert mine[0].thread_id.startswith("eval-") and len(mine) == 2
+        assert [parse_verdict(r.response["message"]["data"]["content"]) for r in mine] == (  # type: ignore[index]
+            row.details["verdicts"]
+        )
+    moa = next(s for s in first.specs if s.role == "moa")
+    assert moa.win_rate == 1.0  # the longer synthesis wins in both positions
+
+    # the server is stopped: every answer and every verdict comes from the ledger
+    again = await judged(specs, judge, "again")
+    assert (again.calls_live, again.calls_reused) == (0, first.calls_live + first.calls_reused)
+    async with EvalStore.from_url(url) as store:
+        redone = {(r.spec, r.item_id): r for r in await store.results("again", "judge")}
+    assert {k: r.details["verdicts"] for k, r in redone.items()} == {
+        k: r.details["verdicts"] for k, r in verdicts.items()
+    }
+    assert {r.details["calls_reused"] for r in redone.values()} == {2}
+    assert [s.win_rate for s in again.specs] == [s.win_rate for s in first.specs]
+
+
 async def test_a_failed_run_is_a_wrong_answer_with_its_reason(
     model_server: ModelServer, sqlite_url: str, tmp_path: Path
 ) -> None:

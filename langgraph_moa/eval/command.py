@@ -172,14 +172,11 @@ def _load() -> list[float]:
 
 async def execute(options: EvalOptions, out: Console, err: Console) -> EvalReport:
     """Run the evaluation with a progress view, print the table, write JSON and chart."""
-    from langgraph_moa.models import resolve_model
-
     judge = None
     if options.judge is not None and any(i.scorer == "judge" for i in options.items):
         model_spec, label = options.judge
-        judge = PairwiseJudge(
-            resolve_model(model_spec, temperature=0.0, max_tokens=512, name="judge"), label
-        )
+        judge = PairwiseJudge(model_spec, label)
+        judge.model  # noqa: B018 - built now: a missing API key fails before any run
     baseline = options.specs[0] if judge is not None else None
     async with EvalStore.from_url(options.db) as store, _reuse_ledger(options, store) as reuse:
         if options.fresh:

@@ -1,4 +1,8 @@
-"""Pairwise LLM judge (AlpacaEval style), asked in both orders to cancel position bias."""
+"""Pairwise LLM judge (AlpacaEval style), asked in both orders to cancel position bias.
+
+Given an evaluation's call source, the judge's calls are rows of the call ledger like every
+other model call (node and kind ``judge``), and ``moa eval --reuse`` answers an unchanged one
+from it (the judge decodes greedily, temperature 0, unless its model entry sets another)."""
 
 from __future__ import annotations
 
@@ -7,9 +11,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from langgraph_moa.eval.dataset import EvalItem
+from langgraph_moa.models import ModelResolver
+from langgraph_moa.nodes._calls import (
+    CallRequest,
+    CallSource,
+    canonical_message,
+    ledger_call,
+    model_request,
+)
+from langgraph_moa.spec import ModelSpec
 from langgraph_moa.state import Usage, add_usage
 
 __all__ = ["JUDGE_SYSTEM", "Judgment", "PairwiseJudge", "Verdict", "parse_verdict"]
@@ -62,12 +75,50 @@ def _points(verdict: Verdict, candidate_is: Literal["A", "B"]) -> float:
     return 1.0 if verdict == candidate_is else 0.0
 
 
-class PairwiseJudge:
-    """Asks ``model`` which of two answers is better, in both orders."""
+JUDGE_MAX_TOKENS = 512
 
-    def __init__(self, model: BaseChatModel, label: str) -> None:
-        self.model = model
+
+class PairwiseJudge:
+    """Asks ``model`` (a model entry, or a chat model as it is) which of two answers is
+    better, in both orders, at temperature 0.
+
+    A bare chat model's calls are recorded too, but never answered from the ledger: nothing
+    says which server it calls nor whether its replies are repeatable."""
+
+    def __init__(self, model: BaseChatModel | ModelSpec, label: str) -> None:
         self.label = label
+        self._models: ModelResolver | None = None
+        self._model: BaseChatModel | None = None
+        if isinstance(model, ModelSpec):
+            self._models = ModelResolver({"judge": model}, "judge")
+            self.spec = model
+        else:
+            self._model, self.spec = model, ModelSpec()
+
+    @property
+    def model(self) -> BaseChatModel:
+        """The chat model the judge calls (one per event loop for a model entry)."""
+        if self._models is not None:
+            return self._models.get("judge", temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)
+        assert self._model is not None
+        return self._model
+
+    def request(self, messages: list[BaseMessage]) -> CallRequest:
+        """The call ledger's view of one call of the judge."""
+        if self._models is not None:
+            return model_request(
+                self._models,
+                "judge",
+                messages,
+                node="judge",
+                kind="judge",
+                temperature=0.0,
+                max_tokens=JUDGE_MAX_TOKENS,
+            )
+        params = {"model": self.label, "temperature": 0.0, "max_tokens": JUDGE_MAX_TOKENS}
+        return CallRequest(
+            "judge", "judge", self.label, [canonical_message(m) for m in messages], params
+        )
 
     @staticmethod
     def prompt(item: EvalItem, a: str, b: str) -> list[SystemMessage | HumanMessage]:
@@ -83,8 +134,15 @@ class PairwiseJudge:
         )
         return [SystemMessage(JUDGE_SYSTEM), HumanMessage("\n\n".join(parts))]
 
-    async def _ask(self, item: EvalItem, a: str, b: str) -> tuple[Verdict, str, Usage]:
-        reply = await self.model.ainvoke(self.prompt(item, a, b))
+    async def _ask(
+        self, item: EvalItem, a: str, b: str, calls: CallSource | None
+    ) -> tuple[Verdict, str, Usage]:
+        messages: list[BaseMessage] = list(self.prompt(item, a, b))
+        if calls is None:
+            reply = await self.model.ainvoke(messages)
+        else:
+            made = await ledger_call(calls, self.request(messages), self.model, messages, self.spec)
+            reply = made.message
         assert isinstance(reply, AIMessage)
         meta = reply.usage_metadata
         usage = Usage(
@@ -95,9 +153,12 @@ class PairwiseJudge:
         )
         return parse_verdict(reply.text), reply.text, usage
 
-    async def compare(self, item: EvalItem, candidate: str, baseline: str) -> Judgment:
-        """Judge ``candidate`` against ``baseline`` with each in position A once."""
-        first, reply1, usage1 = await self._ask(item, candidate, baseline)
-        second, reply2, usage2 = await self._ask(item, baseline, candidate)
+    async def compare(
+        self, item: EvalItem, candidate: str, baseline: str, calls: CallSource | None = None
+    ) -> Judgment:
+        """Judge ``candidate`` against ``baseline`` with each in position A once (the calls
+        recorded in, and answered from, ``calls`` when given)."""
+        first, reply1, usage1 = await self._ask(item, candidate, baseline, calls)
+        second, reply2, usage2 = await self._ask(item, baseline, candidate, calls)
         score = (_points(first, "A") + _points(second, "B")) / 2
         return Judgment([first, second], score, [reply1, reply2], add_usage(usage1, usage2))

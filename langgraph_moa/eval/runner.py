@@ -127,6 +127,7 @@ async def _judge(
     candidate: ResultRow,
     baseline: ResultRow,
     baseline_spec: EvalSpec,
+    calls: EvalCalls | None = None,
 ) -> ResultRow:
     details: dict[str, Any] = {"baseline": baseline_spec.key, "judge": judge.label}
     if candidate.status != "ok" or baseline.status != "ok":
@@ -135,8 +136,14 @@ async def _judge(
         details["note"] = "a run failed; scored without the judge"
         return ResultRow(eval_id, "judge", candidate.spec, item.id, "ok", score, None, details)
     t0 = time.perf_counter()
-    judgment = await judge.compare(item, candidate.answer or "", baseline.answer or "")
+    # its calls are on a thread of their own, like those of each (spec, item) run
+    source = calls.for_item(f"eval-{uuid.uuid4().hex}") if calls is not None else None
+    judgment = await judge.compare(item, candidate.answer or "", baseline.answer or "", source)
     details |= {"verdicts": judgment.verdicts, "replies": [r[-500:] for r in judgment.replies]}
+    if source is not None:
+        details["thread_id"] = source.thread_id
+        if source.reused:
+            details["calls_reused"] = source.reused
     return ResultRow(
         eval_id=eval_id,
         kind="judge",
@@ -424,7 +431,7 @@ async def run_evaluation(
             candidate = done[("answer", espec.key, item.id)]
             base = done[("answer", baseline.key, item.id)]
             async with slots:
-                row = await _judge(eval_id, judge, item, candidate, base, baseline)
+                row = await _judge(eval_id, judge, item, candidate, base, baseline, calls)
             if await store.record(row):
                 ran += 1
             if progress is not None:
@@ -437,7 +444,11 @@ async def run_evaluation(
             if s.key != baseline.key and ("judge", s.key, i.id) not in done
         ]
         resumed += len(judged_items) * (len(specs) - 1) - len(pairs)
-        await asyncio.gather(*pairs)
+        try:
+            await asyncio.gather(*pairs)
+        finally:
+            if calls is not None:
+                await calls.flush()
 
     report = summarize(
         eval_id,

@@ -28,6 +28,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
+from langgraph_moa.models import ModelResolver
 from langgraph_moa.models.limits import counting_attempts
 from langgraph_moa.nodes._context import NodeContext, usage_of
 from langgraph_moa.nodes.budget import Budget, Ledger
@@ -45,6 +46,8 @@ __all__ = [
     "call_seed",
     "canonical_message",
     "invocation_id",
+    "ledger_call",
+    "model_request",
     "seeded",
     "spec_budget",
 ]
@@ -178,10 +181,41 @@ def call_request(
     tool_choice: str | None = None,
 ) -> CallRequest:
     """The ledger's view of a call (the settings the model really gets)."""
+    return model_request(
+        ctx.models,
+        model_name,
+        messages,
+        node=node,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        seed=call_seed(ctx.spec.defaults.seed, node, messages),
+        schema=schema,
+        tools=tools,
+        tool_choice=tool_choice,
+    )
+
+
+def model_request(
+    models: ModelResolver,
+    model_name: str | None,
+    messages: list[BaseMessage],
+    *,
+    node: str,
+    temperature: float,
+    max_tokens: int,
+    seed: int | None = None,
+    kind: str | None = None,
+    schema: type[BaseModel] | None = None,
+    tools: Sequence[BaseTool] = (),
+    tool_choice: str | None = None,
+) -> CallRequest:
+    """The ledger's view of a call of model entry ``model_name`` of ``models`` sampled with
+    ``seed``; ``kind`` defaults to what the node's name says (router, synthesizer, agent or
+    tool step)."""
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
-    spec = ctx.models.spec(model_name)
-    label = ctx.models.label(model_name)
+    spec = models.spec(model_name)
+    label = models.label(model_name)
     params: dict[str, Any] = {
         "model": label,
         "temperature": spec.temperature if spec.temperature is not None else temperature,
@@ -189,7 +223,6 @@ def call_request(
     }
     if spec.kwargs:
         params["kwargs"] = _jsonable(spec.kwargs)
-    seed = call_seed(ctx.spec.defaults.seed, node, messages)
     if seed is not None:
         params["seed"] = seed
     if tools:
@@ -197,14 +230,14 @@ def call_request(
         params["tool_choice"] = tool_choice
     if schema is not None:
         params["schema"] = schema.model_json_schema()
-    if node.endswith("_router"):
+    if kind is None and node.endswith("_router"):
         kind = "router"
-    elif node.endswith("_synthesizer"):
+    elif kind is None and node.endswith("_synthesizer"):
         kind = "synthesizer"
-    else:
+    elif kind is None:
         kind = "tool_step" if tools else "agent"
-    deterministic = ctx.models.repeatable(model_name) and (
-        params["temperature"] == 0 or (seed is not None and ctx.models.takes_seed(model_name))
+    deterministic = models.repeatable(model_name) and (
+        params["temperature"] == 0 or (seed is not None and models.takes_seed(model_name))
     )
     return CallRequest(
         node,
@@ -212,7 +245,7 @@ def call_request(
         label,
         [canonical_message(m) for m in messages],
         params,
-        endpoint=ctx.models.endpoint(model_name),
+        endpoint=models.endpoint(model_name),
         deterministic=deterministic,
     )
 
@@ -411,6 +444,29 @@ async def _record(
         status="ok" if made.error is None else "error",
         error=None if error is None else error[:2000],
     )
+
+
+async def ledger_call(
+    source: CallSource,
+    request: CallRequest,
+    model: BaseChatModel,
+    messages: list[BaseMessage],
+    spec: ModelSpec,
+) -> Reply:
+    """Call ``model`` outside a graph (no task, no budget) through a call source: answered
+    from it when it has the reply, else made and recorded there (its error too)."""
+    seq, recorded = await source.lookup(request.node, "", request.hash, request=request)
+    if recorded is not None:
+        return _from_ledger(recorded, spec, None)
+    try:
+        made = await _Made.of(_invoke(model, messages, {}, spec, None, (), None))
+        await _record(source, request, "", seq, False, made)
+    finally:
+        source.finished(request)
+    if made.reply is None:
+        assert made.error is not None
+        raise made.error
+    return made.reply
 
 
 _invocations: OrderedDict[object, str] = OrderedDict()
