@@ -144,3 +144,55 @@ def test_bare_number_is_refused_on_the_command_line(sqlite_url: str) -> None:
     proc = moa("prune", "--db", sqlite_url, "--older-than", "0.5", check=False)
     assert proc.returncode == 1
     assert "'0.5' has no unit" in proc.stderr and "d (days)" in proc.stderr
+
+
+def _eval_calls(url: str) -> dict[str, int]:
+    """Rows of the call ledger per run id."""
+    from langgraph_moa.persistence.calls import calls
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(calls.c.run_id, sa.func.count()).group_by(calls.c.run_id)
+            return {run: n for run, n in conn.execute(query)}
+    finally:
+        engine.dispose()
+
+
+def test_prune_eval_deletes_old_evaluation_calls_only(
+    db_url: str, model_server: ModelServer, tmp_path: Path
+) -> None:
+    from langgraph_moa.persistence.calls import calls
+
+    srv = model_server
+    spec = write_spec(tmp_path / "plain.json", durable_spec(srv))
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text('{"id": "a", "input": "6 x 8?", "reference": "48"}\n')
+
+    def evaluate(name: str) -> str:
+        out = tmp_path / f"{name}.json"
+        moa("eval", str(dataset), "-s", str(spec), "--db", db_url, "--name", name,
+            "--no-baselines", "--quiet", "--json", str(out))  # fmt: skip
+        return str(json.loads(out.read_text())["calls"]["run_id"])
+
+    old, new = evaluate("old"), evaluate("new")
+    moa("run", "Plan a trip", "-s", str(spec), "--db", db_url, "-t", "eval-mine")
+    before = _eval_calls(db_url)
+    (mine,) = set(before) - {old, new}
+    assert old.startswith("eval-") and before[old] == before[new] == before[mine] > 0
+    past = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2)
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:  # the old evaluation and the stored thread's calls
+            conn.execute(calls.update().where(calls.c.run_id != new).values(created_at=past))
+    finally:
+        engine.dispose()
+
+    assert _prune(db_url)["eval_calls_deleted"] == 0  # not asked: every call stays
+    assert _eval_calls(db_url) == before
+    report = _prune(db_url, "--eval")
+    assert report["eval_calls_deleted"] == before[old] and report["threads_deleted"] == 0
+    assert _eval_calls(db_url) == {new: before[new], mine: before[mine]}
+
+    proc = moa("prune", "--db", db_url, "--eval", check=False)
+    assert proc.returncode == 1 and "--eval deletes the evaluation calls" in proc.stderr

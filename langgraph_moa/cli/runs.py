@@ -444,6 +444,14 @@ def prune(
             "--force", help="Also delete idle threads that are paused, pending or running."
         ),
     ] = False,
+    eval_calls: Annotated[
+        bool,
+        typer.Option(
+            "--eval",
+            help="Also delete the model calls `moa eval` recorded before --older-than "
+            "(what `moa eval --reuse` answers from; its results stay).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Apply retention to the store: delete idle threads whole, trim long ones."""
@@ -451,9 +459,15 @@ def prune(
     from langgraph_moa.persistence.retention import prune_command
     from langgraph_moa.runtime.store import resolve_db_url
 
+    if eval_calls and older_than is None:
+        fail("--eval deletes the evaluation calls recorded before --older-than: give it too")
     try:
         report = prune_command(
-            resolve_db_url(db), keep_last=keep_last, older_than=older_than, force=force
+            resolve_db_url(db),
+            keep_last=keep_last,
+            older_than=older_than,
+            force=force,
+            eval_calls=eval_calls,
         )
     except (ValueError, PersistenceError) as exc:
         problem = store_problem(exc)  # None for a bad --older-than / --keep-last
@@ -467,6 +481,7 @@ def prune(
     out.print(
         f"deleted {report.threads_deleted} idle thread(s) ({report.runs_deleted} run(s), "
         f"{report.events_deleted} event(s)) and {report.checkpoints_deleted} old checkpoint(s)"
+        + (f", {report.eval_calls_deleted} evaluation call(s)" if eval_calls else "")
     )
     if report.skipped:
         out.print(

@@ -10,6 +10,12 @@ with the thread's rows locked, so a thread that wakes up meanwhile is kept.
 
 ``keep_last``: then keep only the newest ``keep_last`` checkpoints of each namespace of
 every remaining thread (the latest always stays).
+
+``eval_calls`` (with ``older_than``): also delete the model calls ``moa eval`` recorded
+that long ago: rows of the call ledger whose run and thread ids start with ``eval-`` and
+whose thread is no stored thread (no head, no registry row). They belong to no thread, so
+the thread pruning above never reaches them; they are what ``moa eval --reuse`` answers
+from, so they go only when asked. Evaluation results (``moa_eval_results``) stay.
 """
 
 from __future__ import annotations
@@ -30,7 +36,13 @@ from langgraph_moa.persistence.events import events, thread_event_key
 from langgraph_moa.persistence.registry import runs_table, threads_table
 from langgraph_moa.persistence.saver import SQLAlchemySaver
 
-__all__ = ["PruneReport", "parse_duration", "prune_command", "prune_threads"]
+__all__ = [
+    "PruneReport",
+    "parse_duration",
+    "prune_command",
+    "prune_eval_calls",
+    "prune_threads",
+]
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
@@ -70,6 +82,7 @@ class PruneReport:
     runs_deleted: int = 0
     events_deleted: int = 0
     skipped: list[str] = field(default_factory=list)
+    eval_calls_deleted: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,8 +94,14 @@ def prune_command(
     older_than: str | timedelta | None = None,
     *,
     force: bool = False,
+    eval_calls: bool = False,
 ) -> PruneReport:
     """Apply retention to the store at ``db_url`` (see the module docs)."""
+    if eval_calls and older_than is None:
+        raise ValueError(
+            "--eval deletes evaluation calls older than --older-than: give it (e.g. 30d; "
+            "0s: all of them)"
+        )
     if keep_last is None and older_than is None:
         raise ValueError(
             "nothing to do: give keep_last (--keep-last, e.g. 20) and/or older_than "
@@ -98,6 +117,9 @@ def prune_command(
         saver.setup()
         if age is not None:
             report = prune_threads(saver.engine, age, force=force)
+        if age is not None and eval_calls:
+            removed = prune_eval_calls(saver.engine, age)
+            report = PruneReport(**{**report.as_dict(), "eval_calls_deleted": removed})
         if keep_last is not None:
             trimmed = saver.prune_to_last(None, keep=keep_last)
             report = PruneReport(**{**report.as_dict(), "checkpoints_deleted": trimmed})
@@ -129,6 +151,27 @@ def prune_threads(engine: sa.Engine | str, age: timedelta, *, force: bool = Fals
             runs += outcome[0]
             evs += outcome[1]
     return PruneReport(deleted, 0, runs, evs, sorted(skipped))
+
+
+def prune_eval_calls(engine: sa.Engine, age: timedelta) -> int:
+    """Delete the call-ledger rows of ``moa eval`` recorded ``age`` ago or more (see the
+    module docs); returns how many."""
+    with engine.connect() as conn:
+        present = set(sa.inspect(conn).get_table_names())
+    if calls.name not in present:
+        return 0
+    cutoff = datetime.now(UTC).replace(tzinfo=None) - age
+    query = calls.delete().where(
+        calls.c.run_id.startswith("eval-", autoescape=True),
+        calls.c.thread_id.startswith("eval-", autoescape=True),
+        calls.c.created_at < cutoff,
+    )
+    for table in (threads_table, schema.heads):  # a stored thread named eval-… keeps its calls
+        if table.name in present:
+            stored = sa.select(table.c.thread_id).where(table.c.thread_id == calls.c.thread_id)
+            query = query.where(~stored.exists())
+    with engine.begin() as conn:
+        return int(conn.execute(query).rowcount)
 
 
 class _Store:
