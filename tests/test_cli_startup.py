@@ -72,7 +72,7 @@ def test_command_help_imports_no_framework(command: str) -> None:
 def test_spec_validate_imports_no_langgraph() -> None:
     loaded = _modules("spec", "validate", "examples/specs/team.yaml")
     assert "pydantic" in loaded  # it did validate the spec
-    assert not loaded & HEAVY
+    assert not loaded & (HEAVY | {"rich"})  # its one plain line needs no rich
 
 
 def test_runs_reads_the_registry_without_langgraph(tmp_path: Path) -> None:
@@ -350,3 +350,60 @@ def test_a_lazy_console_drives_a_live_view() -> None:
     with Progress(console=lazy) as bar:  # type: ignore[arg-type]
         bar.advance(bar.add_task("items", total=2), 2)
     assert "items" in lazy.file.getvalue()
+
+
+PLAIN = [
+    "",
+    "a",
+    "trailing   ",
+    "  lead",
+    "x" * 300,
+    "word " * 60,
+    "a\nb\n\nc",
+    "é ü 中文 字符 " * 20,
+    "examples/specs/team.yaml: ok · team: 4 agents, 2 layers [a, b] -> [c]",
+    "{'a': 1, 'b': [1, 2]} None True 0x1f 3.14 https://x.y/z",
+    "[bold]x[/] [link]",
+    "a :smile: b",
+    "a:b:c",
+    "tab\there",
+    "cr\rx",
+    "bell\x07",
+]
+
+
+@pytest.mark.parametrize("stderr", [False, True])
+def test_plain_lines_are_what_rich_writes(
+    stderr: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consoles write plain text to a pipe without rich: byte for byte what rich writes
+    there (no colours, long lines whole), and leave to rich what it would change."""
+    import io
+
+    from rich.console import Console
+
+    from langgraph_moa.cli.common import _LazyConsole
+
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS"):
+        monkeypatch.delenv(name, raising=False)
+    skipped = 0
+    for text in PLAIN:
+        for markup in (False, True):
+            for highlight in (False, True):
+                expected = io.StringIO()
+                Console(file=expected, soft_wrap=True).print(
+                    text, markup=markup, highlight=highlight
+                )
+                lazy = _LazyConsole(stderr=stderr, soft_wrap=True)
+                lazy.print(text, markup=markup, highlight=highlight)
+                captured = capsys.readouterr()
+                assert (captured.err if stderr else captured.out) == expected.getvalue(), text
+                assert not (captured.out if stderr else captured.err)
+                skipped += lazy._console is None
+    assert skipped >= 2 * (len(PLAIN) - 6)  # most plain lines did skip rich
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich would colour them: rich writes them
+    lazy = _LazyConsole(stderr=stderr, soft_wrap=True)
+    lazy.print("4 agents", markup=False)
+    captured = capsys.readouterr()
+    assert lazy._console is not None
+    assert "\x1b[" in (captured.err if stderr else captured.out)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
@@ -33,9 +35,18 @@ spec_app = typer.Typer(help="Work with spec files.", no_args_is_help=True, rich_
 app.add_typer(spec_app, name="spec")
 
 
+_RICH_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS")
+_RICH_TEXT = re.compile(r"[\t\a\b\v\f\r]|:\S*:")  # tabs, control codes, :emoji: codes
+
+
 class _LazyConsole:
     """A rich ``Console`` made on first use (``moa --help`` prints without one, and
-    importing rich.console is a third of its start-up)."""
+    importing rich.console is a third of its start-up).
+
+    A line of plain text to a file or pipe (not a terminal) is written as it is, without
+    rich: what rich would write there too (no colours, and a soft-wrapped line is not cut).
+    Anything rich would change (markup, tabs, control codes, emoji codes, a terminal, a
+    forced colour mode, an encoding other than UTF-8) goes through rich."""
 
     def __init__(self, **options: Any) -> None:
         self._options = options
@@ -43,6 +54,39 @@ class _LazyConsole:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._made(), name)
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        """rich's ``Console.print``; plain text to a file or pipe skips rich."""
+        stream = self._plain_stream(objects, options)
+        if stream is None:
+            self._made().print(*objects, **options)
+        else:
+            stream.write(objects[0] + "\n")
+            stream.flush()  # as rich does after each print
+
+    def _plain_stream(self, objects: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """The stream to write ``objects`` to without rich, or None when rich must do it."""
+        if self._console is not None or set(self._options) - {"stderr", "soft_wrap"}:
+            return None
+        if not self._options.get("soft_wrap") or set(options) - {"markup", "highlight"}:
+            return None
+        if len(objects) != 1 or type(objects[0]) is not str:
+            return None
+        text = objects[0]
+        if (options.get("markup", True) and "[" in text) or _RICH_TEXT.search(text):
+            return None
+        if any(os.environ.get(name) is not None for name in _RICH_ENV):
+            return None
+        if "IPython" in sys.modules or "idlelib" in sys.modules:
+            return None
+        stream = sys.stderr if self._options.get("stderr") else sys.stdout
+        try:
+            if stream is None or stream.isatty():
+                return None
+        except ValueError:  # closed
+            return None
+        encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "")
+        return stream if encoding == "utf8" else None
 
     def _made(self) -> Console:
         console = self._console
