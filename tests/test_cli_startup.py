@@ -75,6 +75,20 @@ def test_spec_validate_imports_no_langgraph() -> None:
     assert not loaded & (HEAVY | {"rich"})  # its one plain line needs no rich
 
 
+def test_models_imports_no_langchain() -> None:
+    # the embedded model's settings and the default model come from the environment
+    loaded = _modules("models")
+    assert "pydantic" in loaded  # it did read the preset
+    assert not loaded & HEAVY
+
+
+def test_graph_imports_no_store() -> None:
+    # drawing a graph builds it with LangGraph, but needs no store or server
+    loaded = _modules("graph", "--preset", "layered")
+    assert "langgraph" in loaded  # it did build the graph
+    assert not loaded & {"sqlalchemy", "fastapi", "procrastinate", "llama_cpp", "openai"}
+
+
 def test_runs_reads_the_registry_without_langgraph(tmp_path: Path) -> None:
     loaded = _modules("runs", "--db", f"sqlite:///{tmp_path}/moa.sqlite")
     assert "sqlalchemy" in loaded  # it did open the store
@@ -96,7 +110,15 @@ def test_calls_reads_the_ledger_without_langgraph(tmp_path: Path) -> None:
     assert not set(report["modules"]) & (HEAVY - {"sqlalchemy"})
 
 
-@pytest.mark.parametrize("package", ["langgraph_moa.persistence", "langgraph_moa.runtime"])
+@pytest.mark.parametrize(
+    "package",
+    [
+        "langgraph_moa.persistence",
+        "langgraph_moa.runtime",
+        "langgraph_moa.graphs",
+        "langgraph_moa.models",
+    ],
+)
 def test_lazy_package_exports_all_resolve(package: str) -> None:
     # the packages import their exports on first use: every name in __all__ must resolve
     import importlib

@@ -78,7 +78,7 @@ def models(
     preset_name: PresetOpt = None,
 ) -> None:
     """List the models a spec uses, the embedded model, and how to use a real endpoint."""
-    from langgraph_moa.models import describe_default
+    from langgraph_moa.models.settings import describe_default, describe_local
 
     graph_spec = resolve_spec(spec, preset_name)
     out.print(f"[bold]{graph_spec.name}[/]: models without an entry use {describe_default()}")
@@ -86,8 +86,6 @@ def models(
         where = model_spec.base_url or "init_chat_model"
         out.print(f"  {name}: {model_spec.model or 'local'} ({where})", markup=False)
     try:
-        from langgraph_moa.models.local import describe_local
-
         info = describe_local()
     except ImportError:
         info = {"installed": False}

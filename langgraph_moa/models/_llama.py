@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
-
 from langgraph_moa.models._local_base import (
     INSTALL_COMMAND,
     LOCAL_MODEL_NAME,
@@ -768,6 +766,8 @@ class LlamaServer:
             )
             self.port = port
             deadline = start + self.settings.startup_timeout
+            import httpx  # only here: the embedded model's settings load without it
+
             with httpx.Client(timeout=2.0) as client:
                 while True:
                     if self._proc.poll() is not None:

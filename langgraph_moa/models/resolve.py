@@ -36,6 +36,7 @@ from langgraph_moa.models.limits import (
     on_request,
     rate_limiter,
 )
+from langgraph_moa.models.settings import _env_default, describe_default
 from langgraph_moa.spec import ModelSpec
 
 __all__ = [
@@ -54,27 +55,6 @@ DEFAULT_TIMEOUT = 120.0
 
 class ModelConfigError(ValueError):
     """A model entry that cannot be turned into a chat model."""
-
-
-def _env_default() -> ModelSpec | None:
-    model = os.environ.get("MOA_MODEL")
-    base_url = os.environ.get("MOA_BASE_URL")
-    if not model and not base_url:
-        return None
-    return ModelSpec(
-        model=model or "default",
-        base_url=base_url,
-        api_key_env="MOA_API_KEY" if os.environ.get("MOA_API_KEY") else None,
-    )
-
-
-def describe_default() -> str:
-    """Say in one line which model a spec without models uses."""
-    env = _env_default()
-    if env is None:
-        return "the embedded local model (no MOA_MODEL / MOA_BASE_URL set)"
-    where = f" at {env.base_url}" if env.base_url else ""
-    return f"{env.model}{where} (from MOA_MODEL / MOA_BASE_URL)"
 
 
 def resolve_model(

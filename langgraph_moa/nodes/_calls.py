@@ -32,7 +32,7 @@ from langgraph_moa.models import ModelResolver
 from langgraph_moa.models.limits import counting_attempts
 from langgraph_moa.nodes._context import NodeContext, usage_of
 from langgraph_moa.nodes.budget import Budget, Ledger
-from langgraph_moa.persistence.calls import CALLS_KEY
+from langgraph_moa.persistence.keys import CALLS_KEY
 from langgraph_moa.spec import ModelSpec
 from langgraph_moa.state import Usage
 

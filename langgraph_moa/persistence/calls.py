@@ -41,14 +41,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from langgraph_moa.persistence import migrations
 from langgraph_moa.persistence.engines import READ_ONLY, get_async_engine, release_async_engine
+from langgraph_moa.persistence.keys import CALLS_KEY
 
 __all__ = ["CALLS_KEY", "CallLedger", "CallRow", "RunCalls", "calls"]
 
 log = logging.getLogger(__name__)
 
-CALLS_KEY = "__moa_calls__"
-"""``config["configurable"]`` key of the run's call ledger (a :class:`RunCalls`, or a
-replay's source of answers), read by every model call of the graph."""
 
 metadata = sa.MetaData()
 calls = sa.Table(
