@@ -49,6 +49,8 @@ def commands(db: str) -> dict[str, list[str]]:
         "moa --help": [*moa(), "--help"],
         "moa runs": [*moa(), "runs", "--db", db],
         "moa spec validate": [*moa(), "spec", "validate", SPEC],
+        "moa run --help": [*moa(), "run", "--help"],
+        "moa serve --help": [*moa(), "serve", "--help"],
         "moa models": [*moa(), "models"],
         "moa graph": [*moa(), "graph", "--preset", "layered"],
     }

@@ -46,6 +46,7 @@ from langgraph_moa.models._llama import (
     LlamaServer,
     LlamaWorker,
 )
+from langgraph_moa.models._llama import LocalSettings as LocalSettings
 from langgraph_moa.models._local_base import (
     INSTALL_COMMAND,
     LOCAL_CONTEXT_WINDOW,
@@ -53,10 +54,14 @@ from langgraph_moa.models._local_base import (
     LocalModelUnavailable,
     LocalPromptTooLong,
 )
+from langgraph_moa.models._local_base import LOCAL_MODEL_FILE as LOCAL_MODEL_FILE
+from langgraph_moa.models._local_base import LOCAL_MODEL_PACKAGE as LOCAL_MODEL_PACKAGE
 from langgraph_moa.models._text_tools import TextToolCalling, decode_reply, encode_messages
 from langgraph_moa.models.settings import DEFAULT_PARALLEL as DEFAULT_PARALLEL
 from langgraph_moa.models.settings import DEFAULT_RUNTIME as DEFAULT_RUNTIME
 from langgraph_moa.models.settings import ENDPOINT_HINT as ENDPOINT_HINT
+from langgraph_moa.models.settings import RUNTIMES as RUNTIMES
+from langgraph_moa.models.settings import _env_int as _env_int
 from langgraph_moa.models.settings import (
     _runtime_installed,
     _runtime_kind,
