@@ -181,7 +181,8 @@ def step_costs(repeat: int) -> dict[str, float]:
     """CPU ms of one llama_decode step by sequences decoded and logits computed (1 thread).
 
     Explains the layer ratio: what a step of 3 sequences costs against a step of 1, split into
-    the transformer (no logits) and the output layer (the logits rows).
+    the transformer (no logits) and the output layer (the logits rows; 2 to 4 rows take
+    llama.cpp's llamafile kernel instead of the one-row dot product).
     """
     import llama_cpp
 
@@ -190,7 +191,7 @@ def step_costs(repeat: int) -> dict[str, float]:
     worker = local._shared_worker()
     worker.tokenize("warm up")  # loads the model
     ctx, batch = worker._ctx, worker._batch
-    cases = [(1, 0), (1, 1), (3, 0), (3, 3)]
+    cases = [(1, 0), (1, 1), (2, 2), (3, 0), (3, 1), (3, 3), (4, 4)]
     times: dict[tuple[int, int], list[float]] = {c: [] for c in cases}
     for _ in range(repeat):
         for width, outputs in cases:
