@@ -5,7 +5,8 @@ Each level runs in a fresh child process (so its peak memory is its own): it com
 (``langgraph-moa``) or hand-written in raw LangGraph + ``ChatOpenAI`` (``raw-langgraph``, the
 graph of bench/overhead.py) - starts N runs at once with ``asyncio.gather`` and reports runs/s,
 p50/p99 run latency, CPU seconds per run (the child's user + system time over the runs) and
-the process's peak RSS, with the memory the runs added per run. At every level the
+the process's peak RSS, with the memory the runs added per run; also the cores the child kept
+busy (CPU over wall time) and the test model server's CPU per run. At every level the
 implementations alternate (``--rounds`` > 1 flips their order each round) so that both see the
 same background load; the ratio columns compare each row with the raw row of its level.
 The test model server runs in another process with a fixed latency per call. Prints a table
@@ -23,6 +24,7 @@ import argparse
 import asyncio
 import cProfile
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -48,6 +50,15 @@ from overhead import (
 )
 
 from langgraph_moa.graphs import compile_graph
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -106,6 +117,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
         "p50_s": round(statistics.median(lat), 3),
         "p99_s": round(p99, 3),
         "cpu_ms_per_run": round(cpu / args.child * 1000, 1),
+        "cores_used": round(cpu / wall, 2),  # 1.0: one core busy the whole time
         "rss_before_mb": round(base_rss),
         "peak_rss_mb": round(peak),
         "kib_per_run": round(max(0.0, peak - base_rss) * 1024 / args.child),
@@ -170,12 +182,16 @@ def main(argv: list[str] | None = None) -> int:
                 got: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
                 for r in range(args.rounds):
                     for impl in impls if r % 2 == 0 else impls[::-1]:
+                        srv_cpu = cpu_seconds(srv.proc.pid)
                         row, error = run_child(args, srv.base_url, store, level, impl)
                         if row is None:
                             skipped.append(f"{store} x{level} {impl}: {error}")
                             unavailable = "ImportError" in error
                             continue
                         row["load_1min"] = load_average().split()[0]
+                        # the model server shares the cores: its CPU per run (warm-up included)
+                        srv_cpu = cpu_seconds(srv.proc.pid) - srv_cpu
+                        row["server_cpu_ms_per_run"] = round(srv_cpu / (level + 1) * 1000, 1)
                         samples.append(row)
                         got[impl].append(row)
                     if unavailable:
@@ -201,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             ("p99_s", "p99 s", 7),
             ("cpu_ms_per_run", "CPU ms/run", 10),
             ("vs_raw_cpu", "x raw", 6),
+            ("cores_used", "cores", 5),
+            ("server_cpu_ms_per_run", "server ms/run", 13),
             ("peak_rss_mb", "peak MiB", 8),
             ("kib_per_run", "KiB/run", 7),
         ],

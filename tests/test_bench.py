@@ -59,6 +59,10 @@ def test_concurrency_bench_runs(tmp_path: Path) -> None:
     ]
     assert all(r["peak_rss_mb"] >= r["rss_before_mb"] > 0 for r in report["rows"])
     assert all(r["cpu_ms_per_run"] > 0 for r in report["rows"])
+    for r in report["rows"]:  # cores kept busy = CPU over wall time
+        busy = r["cpu_ms_per_run"] * r["runs"] / 1000 / r["wall_s"]
+        assert r["cores_used"] == pytest.approx(busy, rel=0.25, abs=0.02)
+        assert r["server_cpu_ms_per_run"] >= 0
     # each row is compared with the raw row of its level
     assert {r["vs_raw_runs_per_s"] for r in report["rows"] if r["impl"] == "raw-langgraph"} == {1.0}
     assert "runs/s" in done.stdout and "x raw" in done.stdout
