@@ -160,6 +160,41 @@ async def test_a_fenced_write_sent_again_is_stored_once(db_url: str, flavour: st
         assert rows_of(db_url, "t") == before
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_a_token_equal_only_under_a_collation_is_refused(db_url: str, flavour: str) -> None:
+    """Tokens are compared byte for byte on every database: MySQL's default collation
+    would take ``"TOK"`` and ``"tok "`` for ``"Tok"``. A leased put moves the head's
+    ``updated_at`` forward (MySQL's upsert assigns it before the new checkpoint id)."""
+    async with registry_of(db_url) as reg, writer(db_url, flavour) as w:
+        await reg.acquire_lease("tc", "Tok")
+        root = await w.put("tc", None, "Tok")
+        before = rows_of(db_url, "tc")
+        with pytest.raises(CheckpointConflictError, match="held by another run"):
+            await w.put("tc", root, "TOK")
+        with pytest.raises(CheckpointConflictError, match="held by another run"):
+            await w.put_writes("tc", root, "tok ")
+        assert rows_of(db_url, "tc") == before
+
+        engine = sa.create_engine(db_url)
+        try:
+            with engine.begin() as conn:  # the head looks an hour old
+                conn.exec_driver_sql(
+                    "UPDATE moa_checkpoint_heads SET updated_at = updated_at - 3600"
+                    " WHERE thread_id = 'tc'"
+                )
+            start = time.time()
+            child = await w.put("tc", root, "Tok")
+            with engine.connect() as conn:
+                head = conn.exec_driver_sql(
+                    "SELECT checkpoint_id, updated_at FROM moa_checkpoint_heads"
+                    " WHERE thread_id = 'tc'"
+                ).one()
+        finally:
+            engine.dispose()
+        assert head[0] == child
+        assert start - 0.001 <= head[1] <= time.time() + 0.001
+
+
 async def test_two_writers_race_for_the_first_checkpoint(db_url: str) -> None:
     """Two processes' writers start a new thread at once; only the lease holder's first
     checkpoint is stored, so the thread cannot fork."""

@@ -190,11 +190,14 @@ class Statements:
         """MySQL: ``src`` (a SELECT) joined to thread ``t``'s ``moa_threads`` row if its
         lease token is ``lease``, that row locked until the transaction ends: no rows if
         the lease is someone else's. An INSERT from it checks the lease in the same round
-        trip (its affected-row count is 0 if the lease did not hold)."""
+        trip (its affected-row count is 0 if the lease did not hold). The token is
+        compared as bytes: the column's collation would equate ``"tok"``, ``"TOK"`` and
+        ``"tok "``, which the other databases (and :meth:`lease_get`'s check) tell apart."""
         t = lease_threads
+        token = cast(t.c.lease_token, mysql.BINARY())
         return (
             src.select_from(t)
-            .where(t.c.thread_id == _b("t"), t.c.lease_token == _b("lease"))
+            .where(t.c.thread_id == _b("t"), token == _b("lease"))
             .with_for_update()
         )
 
