@@ -180,19 +180,24 @@ def test_prune_eval_deletes_old_evaluation_calls_only(
     before = _eval_calls(db_url)
     (mine,) = set(before) - {old, new}
     assert old.startswith("eval-") and before[old] == before[new] == before[mine] > 0
+    before_mine = before[mine]
     past = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2)
     engine = sa.create_engine(db_url)
     try:
         with engine.begin() as conn:  # the old evaluation and the stored thread's calls
             conn.execute(calls.update().where(calls.c.run_id != new).values(created_at=past))
+            # the stored thread's run id looks like an evaluation's too: only the thread
+            # being stored keeps its calls
+            conn.execute(calls.update().where(calls.c.run_id == mine).values(run_id="eval-x"))
     finally:
         engine.dispose()
 
     assert _prune(db_url)["eval_calls_deleted"] == 0  # not asked: every call stays
-    assert _eval_calls(db_url) == before
+    stored = {r: n for r, n in before.items() if r != mine} | {"eval-x": before_mine}
+    assert _eval_calls(db_url) == stored
     report = _prune(db_url, "--eval")
     assert report["eval_calls_deleted"] == before[old] and report["threads_deleted"] == 0
-    assert _eval_calls(db_url) == {new: before[new], mine: before[mine]}
+    assert _eval_calls(db_url) == {new: before[new], "eval-x": before_mine}
 
     proc = moa("prune", "--db", db_url, "--eval", check=False)
     assert proc.returncode == 1 and "--eval deletes the evaluation calls" in proc.stderr
