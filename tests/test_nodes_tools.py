@@ -352,6 +352,48 @@ async def test_the_resolver_names_and_describes_each_tool() -> None:
     assert AgentTools([]).names() == []
 
 
+LIMITS_PROBE = """
+import os, resource
+cpu, memory = resource.getrlimit(resource.RLIMIT_CPU)[0], resource.getrlimit(resource.RLIMIT_AS)[0]
+print(os.getcwd() == "/tmp/work", cpu, memory // 2**20)
+print("x" * 9000)
+"""
+
+
+async def test_the_python_tool_runs_with_its_limits_or_the_defaults() -> None:
+    """The tool's limits reach the sandbox: CPU seconds = timeout + 1, memory, output
+    kept; 20 s, 512 MB and 8000 bytes when unset; ``sandbox: none`` runs outside bwrap."""
+    spec = load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder"),
+            "tools": {
+                "py": {"builtin": "python", "sandbox": "none"},
+                "small": {
+                    "builtin": "python",
+                    "sandbox": "none",
+                    "timeout": 5,
+                    "memory_mb": 256,
+                    "max_output": 300,
+                },
+            },
+            "agents": [{"name": "coder", "model": "coder", "tools": ["py", "small"]}],
+            "layers": [{"agents": ["coder"]}],
+        }
+    )
+    py, small = (await ToolResolver(spec).for_agent(spec.agent("coder"))).tools
+    first = "False 21 512\n"
+    assert await py.ainvoke({"code": LIMITS_PROBE}) == (
+        f"exit status: 0\nstdout:\n{first}{'x' * (8000 - len(first))}\n"
+        f"[output truncated: {len(first) + 9001} bytes, the first 8000 shown]"
+    )
+    first = "False 6 256\n"
+    assert await small.ainvoke({"code": LIMITS_PROBE}) == (
+        f"exit status: 0\nstdout:\n{first}{'x' * (300 - len(first))}\n"
+        f"[output truncated: {len(first) + 9001} bytes, the first 300 shown]"
+    )
+
+
 async def test_a_function_that_is_not_callable_is_refused() -> None:
     from langgraph_moa.spec import GraphSpec
 

@@ -112,6 +112,21 @@ def test_router_reads_json_wherever_the_model_put_it() -> None:
         _json_in("Plan: {a: 1}")
 
 
+def test_router_json_fences_brackets_and_the_no_json_error() -> None:
+    """A fence wins over braces in the prose around it (its ``json`` tag is no part of the
+    value); outside a fence, from the first opening to the last closing bracket."""
+    assert _json_in('Use {x}.\n```json\n{"a": 1}\n```\nThen [y].') == {"a": 1}
+    assert _json_in('```json\n"hello"\n```') == "hello"
+    assert _json_in('{"a": 1} is the plan') == {"a": 1}
+    assert _json_in("Plan: [[1, 2]] end") == [[1, 2]]
+    assert _json_in('Plan: [{"a": [1]}] end') == [{"a": [1]}]
+    assert _json_in('Plan: {"a": 1}.') == {"a": 1}
+    for reply in ("no plan here", "ab}", "oops ]"):
+        with pytest.raises(PlanError) as error:
+            _json_in(reply)
+        assert str(error.value) == "the reply contains no JSON"
+
+
 def test_fit_proposals_water_fills_the_budget() -> None:
     short, long = "short answer", " ".join(["word"] * 400)
     same, notes = fit_proposals({"a": short, "b": long}, 10_000)
