@@ -288,6 +288,11 @@ def test_call_request_is_what_the_model_really_gets() -> None:
         context(provider), "a", msgs, node="L1_a", temperature=0.5, max_tokens=1
     )
     assert (unseeded.endpoint, unseeded.deterministic) == (None, False)  # takes no seed
+    for temperature, repeatable in ((0, True), (1, False)):  # without a seed: at 0 only
+        call = call_request(
+            context(provider), "a", msgs, node="L1_a", temperature=temperature, max_tokens=1
+        )
+        assert call.deterministic is repeatable
     # the hash covers messages and parameters, not the order of keys
     other = call_request(ctx, "a", msgs[:1], node="L1_synthesizer", temperature=0, max_tokens=5)
     assert other.hash != synth.hash
@@ -826,6 +831,10 @@ def test_prompt_pieces() -> None:
         ("line1\n\nline2  ", "line2"),
         ("*_*", None),
         ("", None),
+        ("answer: __42__", "42"),  # underlines dropped, not replaced
+        ("answer: the __big__ one", "the big one"),  # inside too
+        ("answer: 'Paris.'", "Paris"),  # decoration, then punctuation, then decoration
+        ("answer: Malcolm X", "Malcolm X"),  # only punctuation is cut at the end
     ],
 )
 def test_extract_answer(text: str, answer: str | None) -> None:
@@ -1132,3 +1141,21 @@ def test_parse_budget_exact_message() -> None:
     assert parse_budget("tokens=none, cost=$1_0.5") == {"max_total_tokens": None, "max_cost": 10.5}
     # underscores go, wherever they are (Python's int() alone refuses these)
     assert parse_budget("tokens=1__000_,cost=_2") == {"max_total_tokens": 1000, "max_cost": 2.0}
+
+
+def test_jsonable_dumps_pydantic_objects_in_json_mode_and_the_rest_as_text() -> None:
+    from decimal import Decimal
+
+    import pydantic
+
+    from langgraph_moa.nodes._calls import _jsonable
+
+    class Price(pydantic.BaseModel):
+        amount: Decimal
+
+    class Plain:
+        def __repr__(self) -> str:
+            return "<plain>"
+
+    got = _jsonable({"p": Price(amount=Decimal("1.50")), "o": Plain(), "t": Price, 1: (2,)})
+    assert got == {"p": {"amount": "1.50"}, "o": "<plain>", "t": repr(Price), "1": [2]}
