@@ -230,6 +230,20 @@ async def test_a_failing_tool_loop_is_a_failed_proposal() -> None:
     assert isinstance(proposal["seconds"], float)
 
 
+async def test_a_non_idempotent_tool_runs_once_in_a_graph_without_a_checkpointer() -> None:
+    """No checkpointer: nothing can have started before, the call simply runs."""
+    from langgraph_moa.graphs import compile_graph
+    from tests.nodes_support import FakeModels
+
+    spec = tool_spec(["add"])
+    spec.tools["add"] = spec.tools["add"].model_copy(update={"idempotent": False})
+    script = Script().on("coder", calls(("add", {"a": 2, "b": 3})), results).on("synth", "ok")
+    graph = compile_graph(spec, checkpointer=None, models=FakeModels(spec, script))
+    state = await graph.ainvoke({"task": "t"})
+    assert state["proposals"]["1"]["coder"]["content"] == "results: 5"
+    assert state["answer"] == "ok"
+
+
 # -- a non-idempotent call in flight at a crash -----------------------------------------
 
 STARTED: asyncio.Event | None = None
