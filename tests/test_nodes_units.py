@@ -1159,3 +1159,11 @@ def test_jsonable_dumps_pydantic_objects_in_json_mode_and_the_rest_as_text() -> 
 
     got = _jsonable({"p": Price(amount=Decimal("1.50")), "o": Plain(), "t": Price, 1: (2,)})
     assert got == {"p": {"amount": "1.50"}, "o": "<plain>", "t": repr(Price), "1": [2]}
+
+
+def test_a_tool_result_as_text() -> None:
+    from langgraph_moa.nodes.toolloop import _text
+
+    assert _text("as is") == "as is"
+    assert _text([{"type": "text", "text": "a"}, {"type": "image"}, 7]) == "a\n\n7"
+    assert _text({"n": 1}) == "{'n': 1}"
