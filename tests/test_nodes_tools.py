@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import StructuredTool, ToolException
 from langgraph.types import Command
 
 from langgraph_moa.nodes import prompts
@@ -548,3 +549,369 @@ async def test_a_structured_reply_is_recorded_with_its_parsed_object() -> None:
     first = next(r for r in source.rows if r["node"] == "L1_router")
     assert first["response"]["parsed"] is None
     assert "validation error for Plan" in first["response"]["parsing_error"]
+
+
+# -- exact seconds, errors a tool reports itself, calls without an id ----------------------
+
+
+class Clock:
+    """The tool loop's clock in these tests (``toolloop.time``): it moves only when a tool
+    takes time, so every ``seconds`` the loop reports is exact."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+CLOCK = Clock()
+
+
+async def take(seconds: float) -> str:
+    """Take ``seconds`` on the test clock."""
+    CLOCK.now += seconds
+    return f"took {seconds}"
+
+
+async def take_and_fail(seconds: float) -> str:
+    """Take ``seconds`` on the test clock, then fail."""
+    CLOCK.now += seconds
+    raise ValueError(f"gave up after {seconds}")
+
+
+async def _refuse(text: str) -> str:
+    CLOCK.now += 0.25
+    raise ToolException(f"will not {text}")
+
+
+# a tool that reports its error itself: a ToolMessage with status "error", no exception
+REFUSE = StructuredTool.from_function(
+    coroutine=_refuse, name="refuse", description="Refuses.", handle_tool_error=True
+)
+
+CLOCKED: dict[str, Any] = {
+    "take": {"function": "tests.test_nodes_tools:take"},
+    "take_and_fail": {"function": "tests.test_nodes_tools:take_and_fail"},
+    "refuse": {"function": "tests.test_nodes_tools:REFUSE"},
+    "add": TOOLS["add"],
+}
+
+
+def clocked_spec(**agent: Any) -> Any:
+    return load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder", "synth"),
+            "tools": CLOCKED,
+            "agents": [{"name": "coder", "model": "coder", "tools": list(CLOCKED), **agent}],
+            "layers": [{"agents": ["coder"], "synthesizer": {"model": "synth"}}],
+        }
+    )
+
+
+def one(name: str, args: dict[str, Any], call_id: str | None) -> AIMessage:
+    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": call_id}])
+
+
+async def test_tool_seconds_errors_and_calls_without_an_id_are_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One call per step (the clock is shared): each tool message, stream event and the
+    proposal carry the seconds the call took, rounded to ms; refused calls take 0.0."""
+    from langgraph_moa.nodes import toolloop
+
+    monkeypatch.setattr(toolloop, "time", CLOCK)
+    no_id = AIMessage(
+        "",
+        tool_calls=[
+            {"name": "add", "args": {"a": 2, "b": 3}, "id": None},
+            {"name": "nope", "args": {}, "id": "n1"},
+        ],
+    )
+    script = (
+        Script()
+        .on(
+            "coder",
+            one("take", {"seconds": 1.23456}, "t1"),
+            one("take_and_fail", {"seconds": 0.5}, "f1"),
+            one("refuse", {"text": "x"}, "r1"),
+            no_id,
+            results,
+        )
+        .on("synth", "ok")
+    )
+    graph = graph_of(clocked_spec(), script)
+    events = [
+        ev
+        async for _, ev in graph.astream(
+            {"task": "t"}, thread(), stream_mode="custom", subgraphs=True
+        )
+    ]
+    said = [m for m in script.of("coder")[-1].messages if isinstance(m, ToolMessage)]
+    assert [
+        (m.text, m.status, m.name, m.tool_call_id, m.additional_kwargs) for m in said
+    ] == [
+        ("took 1.23456", "success", "take", "t1", {"seconds": 1.235}),
+        ("error: ValueError: gave up after 0.5", "error", "take_and_fail", "f1", {"seconds": 0.5}),
+        ("will not x", "error", "refuse", "r1", {"seconds": 0.25}),
+        ("5", "success", "add", "", {"seconds": 0.0}),  # no id: the tool's raw value
+        ("error: there is no tool 'nope'; use one of ['take', 'take_and_fail', 'refuse', 'add']",
+         "error", "nope", "n1", {}),
+    ]  # fmt: skip
+    base = {"kind": "tool_call", "agent": "coder", "node": "L1_coder"}
+    done = [{k: ev[k] for k in ("tool", "call_id", "status", "seconds")} for ev in events
+            if ev["status"] != "running"]  # fmt: skip
+    assert sorted(done, key=lambda ev: ev["tool"]) == [
+        {"tool": "add", "call_id": "", "status": "success", "seconds": 0.0},
+        {"tool": "nope", "call_id": "n1", "status": "refused", "seconds": 0.0},
+        {"tool": "refuse", "call_id": "r1", "status": "error", "seconds": 0.25},
+        {"tool": "take", "call_id": "t1", "status": "success", "seconds": 1.235},
+        {"tool": "take_and_fail", "call_id": "f1", "status": "error", "seconds": 0.5},
+    ]
+    assert all(ev.items() >= base.items() for ev in events)
+    running = [ev for ev in events if ev["status"] == "running"]
+    assert [(ev["tool"], ev["args"], "seconds" in ev) for ev in running] == [
+        ("take", {"seconds": 1.23456}, False),
+        ("take_and_fail", {"seconds": 0.5}, False),
+        ("refuse", {"text": "x"}, False),
+        ("add", {"a": 2, "b": 3}, False),
+    ]
+    proposal = (await graph.aget_state(thread())).values["proposals"]["1"]["coder"]
+    assert proposal["tool_seconds"] == 1.985
+    assert proposal["tools"] == {"take": 1, "take_and_fail": 1, "refuse": 1, "add": 1}
+    assert proposal["usage"]["tool_calls"] == 4
+    assert proposal["content"] == results(script.of("coder")[-1])
+
+
+async def test_only_a_non_idempotent_call_writes_a_started_record() -> None:
+    """The 'started' record is a pending write of the non-idempotent call's own task in the
+    checkpointer; an idempotent call writes none."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from langgraph_moa.nodes.toolloop import STARTED as MARK
+
+    global STARTED, RELEASE
+    STARTED, RELEASE = asyncio.Event(), asyncio.Event()
+    RELEASE.set()
+    RAN.clear()
+    script = (
+        Script()
+        .on("coder", calls(("add", {"a": 1, "b": 2}), ("slow", {"amount": 4})), results)
+        .on("synth", "ok")
+    )
+    saver = InMemorySaver()
+    graph = graph_of(tool_spec(["add", "slow"]), script, checkpointer=saver)
+    await graph.ainvoke({"task": "t"}, thread())
+    assert (await graph.aget_state(thread())).values["proposals"]["1"]["coder"]["content"] == (
+        "results: 3 | charged 4"
+    )
+    marks = [
+        (t.config["configurable"]["checkpoint_ns"], task, value)
+        async for t in saver.alist(thread())
+        for task, channel, value in t.pending_writes or []
+        if channel == MARK
+    ]
+    assert len(marks) == 1
+    ns, task, value = marks[0]
+    assert ns.startswith("L1_coder:") and "|" not in ns  # the tool loop's own checkpoint
+    assert task.endswith(":started") and value is True
+
+
+async def test_the_loops_calls_in_the_ledger_and_the_models_settings() -> None:
+    from langgraph_moa.nodes._calls import CALLS_KEY
+    from tests.test_nodes_units import Source
+
+    source = Source(seq=0)
+    script = Script().on("coder", calls(("add", {"a": 1, "b": 2})), results).on("synth", "ok")
+    spec = tool_spec(["add"], temperature=0.3, max_tokens=77, max_steps=2)
+    graph = graph_of(spec, script)
+    await graph.ainvoke({"task": "t"}, {"configurable": {"thread_id": "t", CALLS_KEY: source}})
+    rows = [r for r in source.rows if r["node"] == "L1_coder"]
+    assert [(r["kind"], r["model"], r["status"]) for r in rows] == [
+        ("tool_step", "coder", "ok")
+    ] * 2
+    assert [
+        {k: r["params"][k] for k in ("temperature", "max_tokens", "tool_choice")} for r in rows
+    ] == [
+        {"temperature": 0.3, "max_tokens": 77, "tool_choice": None},
+        {"temperature": 0.3, "max_tokens": 77, "tool_choice": "none"},
+    ]
+    assert [t["function"]["name"] for t in rows[0]["params"]["tools"]] == ["add"]
+    assert [m["role"] for m in rows[1]["messages"]] == ["system", "human", "ai", "tool"]
+    assert rows[1]["messages"][-1]["content"] == "3"
+    assert [(c.temperature, c.max_tokens) for c in script.of("coder")] == [(0.3, 77)] * 2
+
+
+async def test_a_tool_agent_over_budget_resumes_with_the_approved_budget() -> None:
+    """The budget a resume approves holds for every model call of the loop, not only the
+    first; the spec's budget still holds for the synthesizer."""
+    spec = load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder", "synth"),
+            "tools": {"add": TOOLS["add"]},
+            "agents": [{"name": "coder", "model": "coder", "tools": ["add"]}],
+            "layers": [{"agents": ["coder"], "synthesizer": {"model": "synth"}}],
+            "max_total_tokens": 20,
+        }
+    )
+    script = Script().on("coder", calls(("add", {"a": 1, "b": 2})), results).on("synth", "ok")
+    graph = graph_of(spec, script)
+    out = await graph.ainvoke({"task": "t"}, thread())
+    (intr,) = out["__interrupt__"]
+    assert (intr.value["node"], intr.value["used"]) == (
+        "L1_coder",
+        {"total_tokens": 0, "cost": 0.0},
+    )
+    assert script.calls == []
+    out = await graph.ainvoke(Command(resume=True), thread())
+    assert [c.model for c in script.calls] == ["coder", "coder"]
+    (intr,) = out["__interrupt__"]
+    assert (intr.value["node"], intr.value["used"]) == (
+        "L1_synthesizer",
+        {"total_tokens": 30, "cost": 0.0},
+    )
+    out = await graph.ainvoke(Command(resume=True), thread())
+    assert out["answer"] == "ok"
+    assert out["proposals"]["1"]["coder"]["content"] == "results: 3"
+
+
+async def test_the_loop_outside_a_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Called outside a graph (no stream to write to, no checkpointer): the loop's result."""
+    from langchain_core.messages import HumanMessage
+
+    from langgraph_moa.nodes import toolloop
+    from langgraph_moa.nodes.budget import Budget, Ledger
+    from tests.nodes_support import context
+
+    monkeypatch.setattr(toolloop, "time", CLOCK)
+    spec = clocked_spec()
+    script = Script().on("coder", one("take", {"seconds": 0.0125}, "t1"), results)
+    ctx = context(spec, script)
+    loop = toolloop.ToolLoop(
+        ctx, spec.agent("coder"), ctx.tools, node="L1_coder", temperature=0.0, max_tokens=64
+    )
+    ledger = Ledger(Budget())
+    got = await loop.ainvoke([HumanMessage("go")], {}, ledger)
+    two = {k: 2 * v for k, v in usage().items()}
+    assert got == toolloop.LoopResult(
+        text="results: took 0.0125",
+        usage={**two, "calls": 2, "cost": 0.0, "tool_calls": 1},
+        tools={"take": 1},
+        tool_seconds=0.013,
+    )
+    assert (ledger.tokens, ledger.tool_calls) == (30, 1)
+    # an answer without tools: nothing used, no seconds
+    script = Script().on("coder", "plain")
+    ctx = context(spec, script)
+    loop = toolloop.ToolLoop(
+        ctx, spec.agent("coder"), ctx.tools, node="L1_coder", temperature=0.0, max_tokens=64
+    )
+    got = await loop.ainvoke([HumanMessage("go")], {}, Ledger(Budget()))
+    assert got == toolloop.LoopResult(
+        text="plain", usage={**usage(), "calls": 1, "cost": 0.0, "tool_calls": 0}, tools={}
+    )
+    assert got.tool_seconds == 0.0 and isinstance(got.tool_seconds, float)
+
+
+async def test_the_per_answer_limit_counts_the_calls_of_earlier_steps() -> None:
+    script = (
+        Script()
+        .on(
+            "coder",
+            calls(("add", {"a": 1, "b": 1})),
+            calls(("add", {"a": 2, "b": 2}), ("add", {"a": 3, "b": 3})),
+            results,
+        )
+        .on("synth", "ok")
+    )
+    state = await run(tool_spec(["add"], max_tool_calls=2), script)
+    coder = script.of("coder")
+    assert [c.tool_choice for c in coder] == [None, None, "none"]
+    said = [(m.text, m.status) for m in coder[2].messages if isinstance(m, ToolMessage)]
+    assert said == [
+        ("2", "success"),
+        ("4", "success"),
+        ("not run: the tool-call limit of this answer is reached", "error"),
+    ]
+    assert state["proposals"]["1"]["coder"]["tools"] == {"add": 2}
+
+
+async def test_a_call_in_flight_is_found_when_the_moa_graph_is_a_subgraph() -> None:
+    """The MoA graph as a node of a parent graph: the started record is looked up in the
+    tool loop's own checkpoint namespace (three levels deep), so the resume still asks."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import START, StateGraph
+
+    from langgraph_moa.graphs import compile_graph
+    from langgraph_moa.state import MoAState
+    from tests.nodes_support import FakeModels
+
+    global STARTED, RELEASE
+    STARTED, RELEASE = asyncio.Event(), asyncio.Event()
+    RAN.clear()
+    spec = tool_spec(["slow"])
+    script = Script().on("coder", calls(("slow", {"amount": 9})), results).on("synth", "ok")
+    moa = compile_graph(spec, checkpointer=None, models=FakeModels(spec, script))
+    builder = StateGraph(MoAState)
+    builder.add_node("moa", moa)
+    builder.add_edge(START, "moa")
+    parent = builder.compile(checkpointer=InMemorySaver())
+    crash = asyncio.ensure_future(parent.ainvoke({"task": "pay"}, thread(), durability="sync"))
+    await STARTED.wait()
+    crash.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await crash
+    RELEASE.set()
+    out = await parent.ainvoke(None, thread())
+    (intr,) = out["__interrupt__"]
+    assert (intr.value["kind"], intr.value["tool"], intr.value["args"]) == (
+        "tool_call_in_flight",
+        "slow",
+        {"amount": 9},
+    )
+    assert RAN == [9]
+    out = await parent.ainvoke(Command(resume=False), thread())
+    assert RAN == [9]
+    assert out["proposals"]["1"]["coder"]["content"] == (
+        "results: not run: a person declined to run it again after a crash"
+    )
+
+
+def test_the_loops_shape_and_unconfined_python() -> None:
+    """The loop's graph as LangGraph draws it (model -> tool -> model, or the end; the path
+    map changes no run, only the drawing), its name in traces, and which of its tools are
+    Python without a sandbox."""
+    from langgraph_moa.nodes.toolloop import ToolLoop
+    from tests.nodes_support import context
+
+    spec = load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder"),
+            "tools": {
+                "free": {"builtin": "python", "sandbox": "none"},
+                "boxed": {"builtin": "python"},
+                "add": TOOLS["add"],
+                "srv": {"mcp": {"url": "http://127.0.0.1:9/mcp"}},
+            },
+            "agents": [
+                {"name": "coder", "model": "coder", "tools": ["free", "boxed", "add", "srv.x"]}
+            ],
+            "layers": [{"agents": ["coder"]}],
+        }
+    )
+    ctx = context(spec)
+    loop = ToolLoop(
+        ctx, spec.agent("coder"), ctx.tools, node="L2_coder", temperature=0.0, max_tokens=64
+    )
+    assert loop.unconfined == {"free"}
+    assert loop.graph.name == "L2_coder_tools"
+    drawn = loop.graph.get_graph()
+    assert sorted((e.source, e.target, e.conditional) for e in drawn.edges) == [
+        ("__start__", "model", False),
+        ("model", "__end__", True),
+        ("model", "tool", True),
+        ("tool", "model", False),
+    ]
