@@ -451,6 +451,47 @@ async def test_router_over_budget_pauses_then_resumes() -> None:
     assert [c.model for c in script.calls] == ["router", "a", "synth"]
 
 
+async def test_a_second_layer_router_counts_what_the_first_layer_spent() -> None:
+    """The router of layer 2 reserves its call on top of layer 1's usage (3 calls, 45
+    tokens): a budget its call alone fits pauses the run there."""
+    system = prompts.ROUTER_SYSTEM.format(agents="- a: a")
+    need = count_tokens_approximately([SystemMessage(system), HumanMessage("T")]) + 512
+    spec = spec_of(
+        ["a"],
+        layers=2,
+        layer={"routing": {"mode": "router", "model": "router"}},
+        max_total_tokens=need + 20,
+    )
+    plan = '{"plan": [{"agent": "a", "subtask": "do"}]}'
+    script = Script().on("router", plan).on("synth", "done")
+    graph = graph_of(spec, script)
+    out = await graph.ainvoke({"task": "T"}, thread())
+    (intr,) = out["__interrupt__"]
+    assert intr.value == {
+        "kind": "budget",
+        "node": "L2_router",
+        "reason": f"L2_router: token budget: 45 used + up to {need} for this call > "
+        f"max_total_tokens {need + 20}; resume with a larger budget",
+        "used": {"total_tokens": 45, "cost": 0.0},
+        "next_call": {"total_tokens": need, "cost": 0.0},
+        "budget": {"max_total_tokens": need + 20, "max_cost": None},
+    }
+    assert [c.model for c in script.calls] == ["router", "a", "synth"]
+
+
+async def test_the_router_takes_the_invocations_budget() -> None:
+    """A budget in ``configurable`` replaces the spec's (none here) for the router too."""
+    plan = '{"plan": [{"agent": "a", "subtask": "do"}]}'
+    script = Script().on("router", plan).on("synth", "done")
+    graph = graph_of(router_spec(), script)
+    config = {"configurable": {"thread_id": "t", "budget": {"max_total_tokens": 100}}}
+    out = await graph.ainvoke({"task": "T"}, config)
+    (intr,) = out["__interrupt__"]
+    assert intr.value["node"] == "L1_router"
+    assert intr.value["budget"] == {"max_total_tokens": 100, "max_cost": None}
+    assert script.calls == []
+
+
 async def test_router_function_mode_sync_and_async() -> None:
     for fn in ("tests.test_nodes_runs:plan_b", "tests.test_nodes_runs:plan_async"):
         spec = spec_of(["a", "b"], layer={"routing": {"mode": "function", "function": fn}})

@@ -915,3 +915,84 @@ def test_the_loops_shape_and_unconfined_python() -> None:
         ("model", "tool", True),
         ("tool", "model", False),
     ]
+
+
+# -- MCP servers: the tools they list, a mute one, the missing extra ----------------------
+
+WORDS_SERVER = '''
+from mcp.server.fastmcp import FastMCP
+
+server = FastMCP("words")
+
+
+@server.tool()
+def reverse(text: str) -> str:
+    """Reverse a text."""
+    return text[::-1]
+
+
+@server.tool()
+def count(text: str) -> int:
+    """Count the words of a text."""
+    return len(text.split())
+
+
+server.run()
+'''
+
+
+def mcp_spec(tools: dict[str, Any], refs: list[str]) -> Any:
+    return load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder"),
+            "tools": tools,
+            "agents": [{"name": "coder", "model": "coder", "tools": refs}],
+            "layers": [{"agents": ["coder"]}],
+        }
+    )
+
+
+async def test_mcp_problems_name_the_tools_a_server_lacks(tmp_path: Path) -> None:
+    """A real MCP stdio server: the refs it lacks (a tool name may contain dots), not the
+    ones it has, nor refs of other tools."""
+    import sys
+
+    server = tmp_path / "words.py"
+    server.write_text(WORDS_SERVER)
+    spec = mcp_spec(
+        {"words": {"mcp": {"command": sys.executable, "args": [str(server)]}}, "add": TOOLS["add"]},
+        ["add", "words.reverse", "words.shout", "words.count.all", "words.count"],
+    )
+    assert await mcp_problems(spec, timeout=30) == [
+        "agents.0.tools.2: MCP server 'words' has no tool 'shout' (it has: ['count', 'reverse'])",
+        "agents.0.tools.3: MCP server 'words' has no tool 'count.all' "
+        "(it has: ['count', 'reverse'])",
+    ]
+
+
+async def test_mcp_problems_give_up_on_a_mute_server_after_the_timeout() -> None:
+    """A server that never answers: the listing is given up after ``timeout`` (the outer
+    bound only guards the test)."""
+    import sys
+
+    mute = {"command": sys.executable, "args": ["-c", "import sys; sys.stdin.read()"]}
+    spec = mcp_spec({"mute": {"mcp": mute}}, ["mute.x"])
+    problems = await asyncio.wait_for(mcp_problems(spec, timeout=0.2), 60)
+    assert problems == ["tools.mute.mcp: cannot list the server's tools: TimeoutError"]
+
+
+async def test_mcp_tools_without_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from langgraph_moa.nodes.tools import _mcp_tools
+
+    monkeypatch.setitem(sys.modules, "langchain_mcp_adapters.client", None)  # not installed
+    message = "MCP tools need the `tools` extra: pip install 'langgraph-moa[tools]'"
+    with pytest.raises(ImportError) as caught:
+        await _mcp_tools("srv", McpServerSpec(command="srv"))
+    assert str(caught.value) == message
+    spec = mcp_spec({"srv": {"mcp": {"command": "srv"}}}, ["srv.x"])
+    assert await mcp_problems(spec) == [
+        f"tools.srv.mcp: cannot list the server's tools: ImportError: {message}"
+    ]
