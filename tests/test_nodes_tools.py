@@ -7,6 +7,7 @@ the tool resolver's tools (names, descriptions, MCP connections). Real LangGraph
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -941,6 +942,17 @@ server.run()
 '''
 
 
+@pytest.fixture
+def server_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The stdio servers' stderr goes to a file: ``mcp`` binds ``sys.stderr`` as a default
+    when first imported, a stream that is closed by then in mutmut's forked test runs."""
+    from mcp.client import stdio
+
+    with (tmp_path / "server-stderr.log").open("w") as log:
+        monkeypatch.setattr(stdio.stdio_client.__wrapped__, "__defaults__", (log,))
+        yield
+
+
 def mcp_spec(tools: dict[str, Any], refs: list[str]) -> Any:
     return load_spec(
         {
@@ -953,6 +965,7 @@ def mcp_spec(tools: dict[str, Any], refs: list[str]) -> Any:
     )
 
 
+@pytest.mark.usefixtures("server_stderr")
 async def test_mcp_problems_name_the_tools_a_server_lacks(tmp_path: Path) -> None:
     """A real MCP stdio server: the refs it lacks (a tool name may contain dots), not the
     ones it has, nor refs of other tools."""
@@ -971,6 +984,7 @@ async def test_mcp_problems_name_the_tools_a_server_lacks(tmp_path: Path) -> Non
     ]
 
 
+@pytest.mark.usefixtures("server_stderr")
 async def test_mcp_problems_give_up_on_a_mute_server_after_the_timeout() -> None:
     """A server that never answers: the listing is given up after ``timeout`` (the outer
     bound only guards the test)."""
