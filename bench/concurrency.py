@@ -1,4 +1,4 @@
-"""Concurrency: 1, 10, 100 and 1,000 runs at once in one process, ours against raw LangGraph.
+"""Concurrency: 1, 10, 100 and 1,000 runs at once, ours against raw LangGraph.
 
 Each level runs in a fresh child process (so its peak memory is its own): it compiles the
 ``layered`` preset (3 proposers x 2 layers, 7 model calls per run) once - with the engine
@@ -6,7 +6,11 @@ Each level runs in a fresh child process (so its peak memory is its own): it com
 graph of bench/overhead.py) - starts N runs at once with ``asyncio.gather`` and reports runs/s,
 p50/p99 run latency, CPU seconds per run (the child's user + system time over the runs) and
 the process's peak RSS, with the memory the runs added per run; also the cores the child kept
-busy (CPU over wall time) and the test model server's CPU per run. At every level the
+busy (CPU over wall time) and the test model server's CPU per run. ``--procs N`` splits a
+level's runs over N such children (each with its own graph and store), which warm up, then
+start together on the parent's go (a line on their stdin): runs/s is all runs over the wall
+time from the go to the last child's end, CPU and peak memory are the children's sums, p50/p99
+are over all runs. At every level the
 implementations alternate (``--rounds`` > 1 flips their order each round) so that both see the
 same background load; the ratio columns compare each row with the raw row of its level.
 The test model server runs in another process with a fixed latency per call. Prints a table
@@ -14,6 +18,7 @@ and writes bench/results/concurrency.json.
 
     python bench/concurrency.py [--levels 1,10,100,1000] [--latency 0.2] [--stores memory,sqlite]
                                [--db-levels 1,10,100] [--impls langgraph-moa,raw-langgraph]
+                               [--procs 1] [--rounds 1]
     python bench/concurrency.py --stores memory --levels 1000 --impls langgraph-moa \
                                --profile /tmp/moa.prof      # cProfile of the runs
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import os
@@ -33,7 +39,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from overhead import (
     PG_ADMIN,
@@ -70,7 +76,8 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 
 async def child(args: argparse.Namespace) -> dict[str, Any]:
-    """One level: N runs at once against ``args.base_url``; returns the row."""
+    """One child's share of a level: ``args.child`` runs at once against ``args.base_url``,
+    started on the parent's go; returns their latencies, CPU seconds, end time and memory."""
     if args.http == "httpx":  # our models on the OpenAI client's httpx transport instead
         import openai
 
@@ -93,34 +100,24 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
 
             await one(-1)  # warm up: imports, HTTP connection, first checkpoint
             base_rss = rss_mb()
+            print("ready", flush=True)
+            if not sys.stdin.readline():  # the go: every child of the level starts now
+                raise SystemExit("no go: another child of the level failed")
             profiler = cProfile.Profile() if args.profile else None
-            cpu0, t0 = time.process_time(), time.perf_counter()
+            cpu0 = time.process_time()
             if profiler is not None:
                 profiler.enable()
             latencies = await asyncio.gather(*(one(i) for i in range(args.child)))
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(args.profile)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    lat = sorted(latencies)
-    p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
-    peak = rss_mb("VmHWM")
+            end, cpu = time.time(), time.process_time() - cpu0
     return {
-        "graph": args.graph,
-        "impl": args.impl,
-        "http": args.http if args.impl == "langgraph-moa" else "httpx",
-        "store": STORE_LABELS[args.store],
-        "runs": args.child,
-        "wall_s": round(wall, 2),
-        "runs_per_s": round(args.child / wall, 1),
-        "ideal_run_s": round(critical_calls(spec) * args.latency, 2),
-        "p50_s": round(statistics.median(lat), 3),
-        "p99_s": round(p99, 3),
-        "cpu_ms_per_run": round(cpu / args.child * 1000, 1),
-        "cores_used": round(cpu / wall, 2),  # 1.0: one core busy the whole time
-        "rss_before_mb": round(base_rss),
-        "peak_rss_mb": round(peak),
-        "kib_per_run": round(max(0.0, peak - base_rss) * 1024 / args.child),
+        "latencies": latencies,
+        "cpu_s": cpu,
+        "end": end,
+        "rss_before_mb": base_rss,
+        "peak_rss_mb": rss_mb("VmHWM"),
     }
 
 
@@ -148,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--rounds", type=int, default=1, help="children per level and impl (median kept)"
     )
+    ap.add_argument(
+        "--procs", type=int, default=1, help="child processes a level's runs are split over"
+    )
     ap.add_argument("--profile", help="cProfile the runs of each child into this file")
     ap.add_argument(
         "--http",
@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(impls) - {"langgraph-moa", "raw-langgraph"}
     if unknown:
         ap.error(f"--impls: unknown {', '.join(sorted(unknown))}")
+    if args.procs < 1:
+        ap.error("--procs: at least 1")
 
     samples: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r in range(args.rounds):
                     for impl in impls if r % 2 == 0 else impls[::-1]:
                         srv_cpu = cpu_seconds(srv.proc.pid)
-                        row, error = run_child(args, srv.base_url, store, level, impl)
+                        row, error = run_level(args, srv.base_url, store, level, impl)
                         if row is None:
                             skipped.append(f"{store} x{level} {impl}: {error}")
                             unavailable = "ImportError" in error
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                         row["load_1min"] = load_average().split()[0]
                         # the model server shares the cores: its CPU per run (warm-up included)
                         srv_cpu = cpu_seconds(srv.proc.pid) - srv_cpu
-                        row["server_cpu_ms_per_run"] = round(srv_cpu / (level + 1) * 1000, 1)
+                        n_runs = level + row["procs"]  # a warm-up run per child
+                        row["server_cpu_ms_per_run"] = round(srv_cpu / n_runs * 1000, 1)
                         samples.append(row)
                         got[impl].append(row)
                     if unavailable:
@@ -200,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                 if unavailable:
                     break  # the store is not available here; skip its other levels
     cap = f", at most {args.max_in_flight} calls in flight (ours)" if args.max_in_flight else ""
+    where = "one process" if args.procs == 1 else f"{args.procs} processes"
     print(
-        f"concurrent runs of '{args.graph}' in one process, {args.latency * 1000:.0f} ms per "
+        f"concurrent runs of '{args.graph}' in {where}, {args.latency * 1000:.0f} ms per "
         f"call{cap}; median of {args.rounds} round(s), implementations alternating"
     )
     print_table(
@@ -209,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             ("store", "store", 18),
             ("impl", "impl", 14),
+            *([("procs", "procs", 5)] if args.procs > 1 else []),
             ("runs", "runs", 5),
             ("wall_s", "wall s", 7),
             ("runs_per_s", "runs/s", 7),
@@ -242,28 +247,89 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_child(
+def run_level(
     args: argparse.Namespace, base_url: str, store: str, level: int, impl: str
 ) -> tuple[dict[str, Any] | None, str]:
-    """One level of one implementation in a fresh process: its row, or why it failed."""
-    profile = [] if not args.profile else ["--profile", f"{args.profile}.{impl}.{store}.{level}"]
-    cap = ["--max-in-flight", str(args.max_in_flight)] if args.max_in_flight else []
-    cap += ["--http", args.http]
-    done = subprocess.run(
-        [
-            *(sys.executable, __file__, "--child", str(level), "--base-url", base_url),
-            *("--store", store, "--impl", impl, "--graph", args.graph),
-            *("--latency", str(args.latency), "--pg-admin", args.pg_admin),
-            *cap,
-            *profile,
+    """One level of one implementation, its runs split over ``args.procs`` fresh processes
+    that warm up, then start together: the level's row, or why it failed."""
+    shares = [level // args.procs + (k < level % args.procs) for k in range(args.procs)]
+    children: list[tuple[subprocess.Popen[str], IO[str], IO[str], IO[str]]] = []
+    with contextlib.ExitStack() as stack:
+
+        @stack.callback
+        def stop() -> None:  # children still running when the level ends early
+            for proc, *_ in children:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+        for k, n in enumerate(n for n in shares if n):
+            profile = f"{args.profile}.{impl}.{store}.{level}"
+            profile += f".{k}" if args.procs > 1 else ""
+            errors = stack.enter_context(tempfile.TemporaryFile("w+"))
+            cmd = [
+                *(sys.executable, __file__, "--child", str(n), "--base-url", base_url),
+                *("--store", store, "--impl", impl, "--graph", args.graph),
+                *("--latency", str(args.latency), "--pg-admin", args.pg_admin),
+                *(("--max-in-flight", str(args.max_in_flight)) if args.max_in_flight else ()),
+                *("--http", args.http),
+                *(("--profile", profile) if args.profile else ()),
+            ]
+            pipe = subprocess.PIPE
+            proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=errors, text=True)
+            assert proc.stdin is not None and proc.stdout is not None
+            children.append((proc, proc.stdin, proc.stdout, errors))
+        # a child that is not ready has failed: the others get no go (EOF) and stop
+        ready = [out.readline().strip() == "ready" for _, _, out, _ in children]
+        go = time.time()
+        for _, stdin, _, _ in children:
+            if all(ready):
+                stdin.write("go\n")
+            stdin.close()
+        outs = [out.read() for _, _, out, _ in children]
+        failed = [
+            (r, errors)
+            for (proc, _, _, errors), out, r in zip(children, outs, ready, strict=True)
+            if proc.wait() != 0 or not out.strip()
+        ]
+        if failed:
+            why = min(failed, key=lambda f: f[0])[1]  # one that was not ready, if any
+            why.seek(0)
+            return None, (why.read().strip().splitlines() or ["no output"])[-1]
+    parts = [json.loads(out.strip().splitlines()[-1]) for out in outs]
+    wall = max(p["end"] for p in parts) - go
+    cpu = sum(p["cpu_s"] for p in parts)
+    lat = sorted(x for p in parts for x in p["latencies"])
+    runs = len(lat)  # the children's runs, added up
+    p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
+    base, peak = (sum(p[k] for p in parts) for k in ("rss_before_mb", "peak_rss_mb"))
+    return {
+        "graph": args.graph,
+        "impl": impl,
+        "http": args.http if impl == "langgraph-moa" else "httpx",
+        "store": STORE_LABELS[store],
+        "procs": len(parts),
+        "runs": runs,
+        "wall_s": round(wall, 2),
+        "runs_per_s": round(runs / wall, 1),
+        "ideal_run_s": round(critical_calls(bench_spec(args.graph, base_url)) * args.latency, 2),
+        "p50_s": round(statistics.median(lat), 3),
+        "p99_s": round(p99, 3),
+        "cpu_ms_per_run": round(cpu / runs * 1000, 1),
+        "cores_used": round(cpu / wall, 2),  # 1.0: one core busy the whole time
+        "rss_before_mb": round(base),
+        "peak_rss_mb": round(peak),
+        "kib_per_run": round(max(0.0, peak - base) * 1024 / runs),
+        "per_proc": [  # each child: its runs, CPU, peak memory, wall time from the go
+            {
+                "runs": len(p["latencies"]),
+                "cpu_s": round(p["cpu_s"], 2),
+                "peak_rss_mb": round(p["peak_rss_mb"]),
+                "wall_s": round(p["end"] - go, 2),
+            }
+            for p in parts
         ],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        return None, (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return json.loads(done.stdout.strip().splitlines()[-1]), ""
+    }, ""
 
 
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

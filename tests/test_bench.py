@@ -68,6 +68,32 @@ def test_concurrency_bench_runs(tmp_path: Path) -> None:
     assert "runs/s" in done.stdout and "x raw" in done.stdout
 
 
+@pytest.mark.slow
+def test_concurrency_bench_splits_a_level_over_processes(tmp_path: Path) -> None:
+    out = tmp_path / "concurrency.json"
+    done = _bench(
+        "concurrency.py", "--levels", "5", "--latency", "0.01", "--stores", "memory",
+        "--procs", "2", "--out", str(out),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert [(r["impl"], r["procs"], r["runs"]) for r in report["rows"]] == [
+        ("langgraph-moa", 2, 5),
+        ("raw-langgraph", 2, 5),
+    ]
+    for r in report["rows"]:  # the figures of the two children add up
+        parts = r["per_proc"]
+        assert sorted(p["runs"] for p in parts) == [2, 3]
+        assert r["cpu_ms_per_run"] * 5 / 1000 == pytest.approx(
+            sum(p["cpu_s"] for p in parts), abs=0.02
+        )
+        assert r["peak_rss_mb"] == pytest.approx(sum(p["peak_rss_mb"] for p in parts), abs=2)
+        assert all(0 < p["peak_rss_mb"] < r["peak_rss_mb"] for p in parts)
+        assert r["wall_s"] == max(p["wall_s"] for p in parts)  # go to the last child's end
+        assert r["runs_per_s"] == pytest.approx(5 / r["wall_s"], rel=0.1)
+        assert 0 < r["p50_s"] <= r["p99_s"] <= r["wall_s"]
+    assert "procs" in done.stdout and "2 processes" in done.stdout
+
+
 def test_startup_bench_runs(tmp_path: Path) -> None:
     out = tmp_path / "startup.json"
     done = _bench(
