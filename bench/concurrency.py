@@ -104,7 +104,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
             if not sys.stdin.readline():  # the go: every child of the level starts now
                 raise SystemExit("no go: another child of the level failed")
             profiler = cProfile.Profile() if args.profile else None
-            cpu0 = time.process_time()
+            cpu0, loop0 = time.process_time(), time.thread_time()
             if profiler is not None:
                 profiler.enable()
             latencies = await asyncio.gather(*(one(i) for i in range(args.child)))
@@ -112,9 +112,11 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
                 profiler.disable()
                 profiler.dump_stats(args.profile)
             end, cpu = time.time(), time.process_time() - cpu0
+            loop_cpu = time.thread_time() - loop0
     return {
         "latencies": latencies,
         "cpu_s": cpu,
+        "loop_cpu_s": loop_cpu,
         "end": end,
         "rss_before_mb": base_rss,
         "peak_rss_mb": rss_mb("VmHWM"),
@@ -317,6 +319,8 @@ def run_level(
         "p99_s": round(p99, 3),
         "cpu_ms_per_run": round(cpu / runs * 1000, 1),
         "cores_used": round(cpu / wall, 2),  # 1.0: one core busy the whole time
+        # of which the event loop's thread (the rest: DB driver and executor threads)
+        "loop_cpu_ms_per_run": round(sum(p["loop_cpu_s"] for p in parts) / runs * 1000, 1),
         "rss_before_mb": round(base),
         "peak_rss_mb": round(peak),
         "kib_per_run": round(max(0.0, peak - base) * 1024 / runs),
