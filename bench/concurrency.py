@@ -150,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--procs", type=int, default=1, help="child processes a level's runs are split over"
     )
-    ap.add_argument("--profile", help="cProfile the runs of each child into this file")
+    ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="cProfile each child's runs into FILE.IMPL.STORE.LEVEL (.K: child K of --procs)",
+    )
     ap.add_argument(
         "--http",
         choices=["aiohttp", "httpx"],
