@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -111,7 +112,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(args.profile)
-            end, cpu = time.time(), time.process_time() - cpu0
+            end, cpu = time.monotonic(), time.process_time() - cpu0
             loop_cpu = time.thread_time() - loop0
     return {
         "latencies": latencies,
@@ -285,9 +286,12 @@ def run_level(
             proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=errors, text=True)
             assert proc.stdin is not None and proc.stdout is not None
             children.append((proc, proc.stdin, proc.stdout, errors))
+        guard = threading.Timer(1800, stop)  # a hung child (stuck run, lock) ends the level
+        guard.start()
+        stack.callback(guard.cancel)
         # a child that is not ready has failed: the others get no go (EOF) and stop
-        ready = [out.readline().strip() == "ready" for _, _, out, _ in children]
-        go = time.time()
+        ready = [_ready(out) for _, _, out, _ in children]
+        go = time.monotonic()
         for _, stdin, _, _ in children:
             if all(ready):
                 stdin.write("go\n")
@@ -316,7 +320,7 @@ def run_level(
         "store": STORE_LABELS[store],
         "procs": len(parts),
         "runs": runs,
-        "wall_s": round(wall, 2),
+        "wall_s": round(wall, 3),  # as p99_s: the slowest run ends just before the wall
         "runs_per_s": round(runs / wall, 1),
         "ideal_run_s": round(critical_calls(bench_spec(args.graph, base_url)) * args.latency, 2),
         "p50_s": round(statistics.median(lat), 3),
@@ -333,11 +337,16 @@ def run_level(
                 "runs": len(p["latencies"]),
                 "cpu_s": round(p["cpu_s"], 2),
                 "peak_rss_mb": round(p["peak_rss_mb"]),
-                "wall_s": round(p["end"] - go, 2),
+                "wall_s": round(p["end"] - go, 3),
             }
             for p in parts
         ],
     }, ""
+
+
+def _ready(out: IO[str]) -> bool:
+    """Read a child's stdout up to its ``ready`` line; False at EOF (the child failed)."""
+    return any(line.strip() == "ready" for line in out)
 
 
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = str(Path(sys.executable).with_name("mutmut"))
 
 TARGETS: dict[str, dict[str, list[str]]] = {
-    # the nodes: unit tests and in-process runs on fake chat models (no HTTP, no database,
-    # no subprocess: a few seconds per mutant), plus the pure tests of aggregation,
-    # attribution and conversation from their HTTP test files
+    # the nodes: unit tests and in-process runs on fake chat models (no HTTP, no database;
+    # two tests start an MCP stdio server: a few seconds per mutant), plus the pure tests of
+    # aggregation, attribution and conversation from their HTTP test files
     "nodes": {
         "mutate": ["langgraph_moa/nodes/*.py"],
         "skip": ["langgraph_moa/nodes/sandbox.py", "langgraph_moa/nodes/filesearch.py"],

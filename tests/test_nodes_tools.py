@@ -948,8 +948,10 @@ def server_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     when first imported, a stream that is closed by then in mutmut's forked test runs."""
     from mcp.client import stdio
 
+    client = stdio.stdio_client.__wrapped__
+    assert len(client.__defaults__) == 1, "mcp's stdio_client(server, errlog=...) changed"
     with (tmp_path / "server-stderr.log").open("w") as log:
-        monkeypatch.setattr(stdio.stdio_client.__wrapped__, "__defaults__", (log,))
+        monkeypatch.setattr(client, "__defaults__", (log,))
         yield
 
 
