@@ -418,3 +418,42 @@ async def test_a_write_cancelled_in_flight_leaves_the_saver_usable(db_url: str) 
             c.checkpoint["id"] async for c in w.saver.alist({"configurable": {"thread_id": "t"}})
         ]
         assert listed == [child, root]
+
+
+@pytest.mark.parametrize("multi", [True, False])
+async def test_mysql_put_with_and_without_multi_statements(db_url: str, multi: bool) -> None:
+    """MySQL: a put is one request (BEGIN, head, blobs, checkpoint) and its COMMIT when the
+    connection may send several statements at once (our engines), else one statement per
+    round trip; both store the same rows, and both refuse a stale token, storing nothing."""
+    if not db_url.startswith("mysql"):
+        pytest.skip("MySQL/MariaDB only")
+    from pymysql.constants import CLIENT
+
+    flags = CLIENT.FOUND_ROWS | (CLIENT.MULTI_STATEMENTS if multi else 0)
+    engine = create_engine(db_url, connect_args={"client_flag": flags})
+    try:
+        async with registry_of(db_url) as reg:
+            with SQLAlchemySaver(engine) as saver:
+                w = Writer(saver, "sync")
+                await reg.acquire_lease("m", "A")
+                root = await w.put("m", None, "A")
+                assert saver._multi_statements is multi
+                child = await w.put("m", root, "A")
+                plain = await w.put("m", child, None)
+                again = await w.put("m", root, "A")  # a fork: the head stays at the latest
+                stored = rows_of(db_url, "m")
+                assert [r[2] for r in stored["moa_checkpoints"]] == sorted(
+                    [root, child, plain, again]
+                )
+                assert [r[2] for r in stored["moa_checkpoint_heads"]] == [max(plain, again)]
+                assert len(stored["moa_checkpoint_blobs"]) == 4  # "big" of each put
+                latest = await w.call("get_tuple", cfg("m"))
+                assert latest.checkpoint["id"] == max(plain, again)
+                await reg.release_lease("m", "A")
+                await reg.acquire_lease("m", "B")
+                with pytest.raises(CheckpointConflictError) as info:
+                    await w.put("m", child, "A")
+                assert info.value.holder == "B"
+                assert rows_of(db_url, "m") == stored
+    finally:
+        engine.dispose()

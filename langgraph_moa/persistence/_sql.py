@@ -222,6 +222,71 @@ class Statements:
 
         return self.get("mysql_head_upsert_leased", build)
 
+    def mysql_put(self, n_blobs: int, lease: bool) -> Prepared:
+        """MySQL: ``put`` but its COMMIT as one multi-statement request, ``BEGIN; <head
+        upsert>; [<blobs>;] <checkpoint upsert>`` (two round trips with the COMMIT instead
+        of five). The connection needs ``CLIENT_MULTI_STATEMENTS`` (aiomysql always sets
+        it; our PyMySQL engines too). Binds: the head's t, ns, new, now (and lease), the
+        checkpoint row's columns, and bc/bv/bt/bb<i> per blob.
+
+        With ``lease`` the head comes from :attr:`mysql_head_upsert_leased`, which locks
+        thread ``t``'s ``moa_threads`` row until the transaction ends and affects no row
+        if the lease is not ``lease``'s: the caller then rolls back instead of committing.
+        The COMMIT stays a request of its own, so a put cancelled in flight (its
+        connection dropped) is rolled back by the server, never committed."""
+        key = ("mysql_put", n_blobs, lease)
+        prepared = self._cache.get(key)
+        if prepared is not None:
+            return prepared
+        parts = [self.mysql_head_upsert_leased if lease else self._mysql_head_values]
+        if n_blobs:
+            rows = [self._blob_binds(i) for i in range(n_blobs)]
+            build = lambda: mysql.insert(blobs).prefix_with("IGNORE").values(rows)  # noqa: E731
+            parts.append(self.get(("mysql_blobs", n_blobs), build))
+        parts.append(self.checkpoint_upsert)
+        names: list[str] = []
+        fixed: dict[str, Any] = {}
+        for part in parts:  # positional (aiomysql) or named (PyMySQL) parameters
+            names.extend(part.names or ())
+            fixed.update(part.fixed)
+        sql = "; ".join(["BEGIN", *(part.sql for part in parts)])
+        positional = parts[0].names is not None
+        prepared = self._cache[key] = Prepared(sql, tuple(names) if positional else None, fixed)
+        return prepared
+
+    @cached_property
+    def _mysql_head_values(self) -> Prepared:
+        """:attr:`mysql_head_upsert` with the binds of :attr:`mysql_head_upsert_leased`."""
+
+        def build() -> Any:
+            ins = mysql.insert(heads).values(
+                thread_id=_b("t"),
+                checkpoint_ns=_b("ns"),
+                checkpoint_id=_b("new"),
+                updated_at=_b("now", heads.c.updated_at.type),
+            )
+            new, now = ins.inserted.checkpoint_id, ins.inserted.updated_at
+            later = heads.c.checkpoint_id < new
+            return ins.on_duplicate_key_update(
+                [  # in order: updated_at compares the old id
+                    ("updated_at", case((later, now), else_=heads.c.updated_at)),
+                    ("checkpoint_id", case((later, new), else_=heads.c.checkpoint_id)),
+                ]
+            )
+
+        return self.get("mysql_head_values", build)
+
+    @staticmethod
+    def _blob_binds(i: int) -> dict[str, Any]:
+        return {
+            "thread_id": _b("t"),
+            "checkpoint_ns": _b("ns"),
+            "channel": _b(f"bc{i}"),
+            "version": _b(f"bv{i}"),
+            "type": _b(f"bt{i}"),
+            "blob": bindparam(f"bb{i}", type_=LargeBinary()),
+        }
+
     def _lease_cte(self) -> Any:
         """PostgreSQL: one row if thread ``t``'s lease is ``lease`` (the row locked)."""
         t = lease_threads

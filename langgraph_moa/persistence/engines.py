@@ -17,7 +17,8 @@ an async engine is private to its caller.)
 Engines are set up once for every component: SQLite files in WAL mode with a busy
 timeout, ``synchronous=NORMAL`` and ``BEGIN IMMEDIATE`` transactions (several processes
 can write one file); PostgreSQL through psycopg 3; MySQL/MariaDB through PyMySQL and
-aiomysql; JSON columns encoded with orjson. An in-memory SQLite URL is one database per
+aiomysql, both allowing several statements per request (aiomysql always does); JSON
+columns encoded with orjson. An in-memory SQLite URL is one database per
 engine, so every call gets its own.
 
 Lifetime: each ``get_*`` counts a holder; ``release_engine``/``release_async_engine``
@@ -105,6 +106,15 @@ def _engine_kwargs(u: URL, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
         else:
             kw.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
     else:
+        if u.get_driver_name() == "pymysql":
+            # several statements per request, as aiomysql always allows: a saver's put
+            # is one request and its COMMIT. FOUND_ROWS: SQLAlchemy's own flag, which a
+            # client_flag given here would otherwise replace.
+            from pymysql.constants import CLIENT
+
+            kw.setdefault("connect_args", {}).setdefault(
+                "client_flag", CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS
+            )
         kw.setdefault("pool_recycle", 1800)
         if "poolclass" not in kw:
             kw.setdefault("pool_size", POOL_SIZE)

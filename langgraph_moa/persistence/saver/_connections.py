@@ -30,6 +30,7 @@ from langgraph_moa.persistence.urls import is_sqlite_memory, redact
 T = TypeVar("T")
 
 RETRIES = 6
+CLIENT_MULTI_STATEMENTS = 1 << 16  # MySQL's capability flag (PyMySQL, aiomysql)
 
 
 def retryable(exc: BaseException) -> bool:
@@ -109,6 +110,7 @@ class Connections(BaseCheckpointSaver[str]):
         self._cache: OrderedDict[tuple[str, str, str, str], bool] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._lease_checked = False  # moa_threads has the lease column (checked once)
+        self._multi_statements: bool | None = None  # MySQL: known once a connection opened
 
     def _ensure_ready(self) -> None:
         raise NotImplementedError  # schema.Schema
@@ -142,6 +144,10 @@ class Connections(BaseCheckpointSaver[str]):
         except (DBAPIError, OSError) as exc:
             raise self._unavailable(exc) from exc
         self._set_autocommit(raw, True)
+        if self.backend == "mysql" and self._multi_statements is None:
+            # PyMySQL/aiomysql: whether one request may carry several statements
+            flags = getattr(raw.driver_connection, "client_flag", 0)
+            self._multi_statements = bool(flags & CLIENT_MULTI_STATEMENTS)
         return raw
 
     def _set_autocommit(self, raw: PoolProxiedConnection, on: bool) -> None:

@@ -147,6 +147,36 @@ class HotPath(Codec):
         p = self._s.pg_put(len(plan.blob_rows), plan.lease is not None)
         return self._run(cur, p, values).fetchone() is not None
 
+    def _put_mysql_tx(self, cur: Any, plan: PutPlan) -> bool:
+        """``put`` in one request before the COMMIT (:meth:`Statements.mysql_put`); False
+        if the writer's lease token did not hold (rolled back: nothing written), or if
+        the connection cannot send several statements at once (nothing sent)."""
+        if not self._multi_statements:
+            return False
+        values: dict[str, Any] = {
+            **plan.checkpoint_row,
+            "t": plan.thread_id,
+            "ns": plan.checkpoint_ns,
+            "new": plan.checkpoint_id,
+            "now": plan.now,
+            "lease": plan.lease,
+        }
+        for i, row in enumerate(plan.blob_rows):
+            values[f"bc{i}"] = row["channel"]
+            values[f"bv{i}"] = row["version"]
+            values[f"bt{i}"] = row["type"]
+            values[f"bb{i}"] = row["blob"]
+        p = self._s.mysql_put(len(plan.blob_rows), plan.lease is not None)
+        cur.execute(p.sql, p.args(values))  # reads BEGIN's result
+        cur.nextset()
+        head = int(cur.rowcount)  # 0 only if the lease did not hold
+        for _ in range(2 if plan.blob_rows else 1):  # [blobs,] checkpoint
+            cur.nextset()  # reads its result; an error (nothing after it ran) raises here
+        if head > 0 or plan.lease is None:
+            return True  # committed by the caller
+        cur.execute("ROLLBACK")
+        return False
+
     def _put_sync(
         self,
         config: RunnableConfig,
@@ -157,13 +187,19 @@ class HotPath(Codec):
         plan = self._plan_put(config, checkpoint, metadata, new_versions)
         if plan.lease is not None:
             self._lease_table_ready()
-        # PostgreSQL: one statement; if the lease did not hold, the transaction below
-        # checks it again and names the holder (or writes, had the lease come back)
-        if not (
-            self.backend == "postgresql"
-            and len(plan.blob_rows) <= _PG_ONE_STATEMENT_MAX
-            and self._write_one(self._put_pg_tx, plan)
-        ):
+        # PostgreSQL: one statement, MySQL: one request and its COMMIT; if the lease did
+        # not hold, the transaction below checks it again and names the holder (or
+        # writes, had the lease come back)
+        one = len(plan.blob_rows) <= _PG_ONE_STATEMENT_MAX and (
+            (self.backend == "postgresql" and self._write_one(self._put_pg_tx, plan))
+            or (
+                self.backend == "mysql"
+                and self._multi_statements is not False
+                and sum(len(r["blob"]) for r in plan.blob_rows) <= _MYSQL_ONE_STATEMENT_BYTES
+                and self._attempt(self._put_mysql_tx, (plan,), begin=None, read=False)
+            )
+        )
+        if not one:
             self._write(self._put_tx, plan)
         self._cache_put(plan.cache)
         return {
