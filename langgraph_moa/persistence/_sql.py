@@ -225,9 +225,10 @@ class Statements:
     def mysql_put(self, n_blobs: int, lease: bool) -> Prepared:
         """MySQL: ``put`` but its COMMIT as one multi-statement request, ``BEGIN; <head
         upsert>; [<blobs>;] <checkpoint upsert>`` (two round trips with the COMMIT instead
-        of five). The connection needs ``CLIENT_MULTI_STATEMENTS`` (aiomysql always sets
-        it; our PyMySQL engines too). Binds: the head's t, ns, new, now (and lease), the
-        checkpoint row's columns, and bc/bv/bt/bb<i> per blob.
+        of four or five, one per statement). The connection needs
+        ``CLIENT_MULTI_STATEMENTS`` (aiomysql always sets it; our PyMySQL engines too).
+        Binds: the head's t, ns, new, now (and lease), the checkpoint row's columns, and
+        bc/bv/bt/bb<i> per blob.
 
         With ``lease`` the head comes from :attr:`mysql_head_upsert_leased`, which locks
         thread ``t``'s ``moa_threads`` row until the transaction ends and affects no row
