@@ -421,27 +421,55 @@ async def test_a_write_cancelled_in_flight_leaves_the_saver_usable(db_url: str) 
 
 
 @pytest.mark.parametrize("multi", [True, False])
-async def test_mysql_put_with_and_without_multi_statements(db_url: str, multi: bool) -> None:
+async def test_mysql_put_with_and_without_multi_statements(mysql_url: str, multi: bool) -> None:
     """MySQL: a put is one request (BEGIN, head, blobs, checkpoint) and its COMMIT when the
     connection may send several statements at once (our engines), else one statement per
     round trip; both store the same rows, and both refuse a stale token, storing nothing."""
-    if not db_url.startswith("mysql"):
-        pytest.skip("MySQL/MariaDB only")
-    from pymysql.constants import CLIENT
+    import pymysql
+    from pymysql.constants import CLIENT, COMMAND
 
+    sent: list[str] = []  # the requests (COM_QUERY) the saver's connections send
+
+    class Counting(pymysql.connections.Connection):
+        def _execute_command(self, command: int, sql: Any) -> None:
+            if command == COMMAND.COM_QUERY:
+                sent.append(sql if isinstance(sql, str) else bytes(sql).decode(errors="replace"))
+            super()._execute_command(command, sql)
+
+    u = sa.engine.make_url(mysql_url)
     flags = CLIENT.FOUND_ROWS | (CLIENT.MULTI_STATEMENTS if multi else 0)
-    engine = create_engine(db_url, connect_args={"client_flag": flags})
+    engine = create_engine(
+        mysql_url,
+        creator=lambda: Counting(
+            host=u.host,
+            port=u.port,
+            user=u.username,
+            database=u.database,
+            charset="utf8mb4",
+            client_flag=flags,
+        ),
+    )
     try:
-        async with registry_of(db_url) as reg:
+        async with registry_of(mysql_url) as reg:
             with SQLAlchemySaver(engine) as saver:
                 w = Writer(saver, "sync")
                 await reg.acquire_lease("m", "A")
                 root = await w.put("m", None, "A")
                 assert saver._multi_statements is multi
+                sent.clear()
                 child = await w.put("m", root, "A")
+                fenced_requests, sent[:] = list(sent), []
                 plain = await w.put("m", child, None)
+                plain_requests = list(sent)
+                for requests in (fenced_requests, plain_requests):
+                    if multi:  # BEGIN; head; blob; checkpoint -- then COMMIT
+                        assert len(requests) == 2, requests
+                        assert requests[0].startswith("BEGIN; INSERT") and requests[1] == "COMMIT"
+                    else:
+                        assert len(requests) == 5, requests  # BEGIN, head, blob, checkpoint, COMMIT
+                        assert not any(";" in r.rstrip(";") for r in requests)
                 again = await w.put("m", root, "A")  # a fork: the head stays at the latest
-                stored = rows_of(db_url, "m")
+                stored = rows_of(mysql_url, "m")
                 assert [r[2] for r in stored["moa_checkpoints"]] == sorted(
                     [root, child, plain, again]
                 )
@@ -454,6 +482,6 @@ async def test_mysql_put_with_and_without_multi_statements(db_url: str, multi: b
                 with pytest.raises(CheckpointConflictError) as info:
                     await w.put("m", child, "A")
                 assert info.value.holder == "B"
-                assert rows_of(db_url, "m") == stored
+                assert rows_of(mysql_url, "m") == stored
     finally:
         engine.dispose()
