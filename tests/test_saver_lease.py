@@ -485,3 +485,28 @@ async def test_mysql_put_with_and_without_multi_statements(mysql_url: str, multi
                 assert rows_of(mysql_url, "m") == stored
     finally:
         engine.dispose()
+
+
+async def test_our_pymysql_engines_allow_several_statements(mysql_url: str) -> None:
+    """Our PyMySQL engines add CLIENT_MULTI_STATEMENTS and FOUND_ROWS to the flags asked
+    for in the URL; a client_flag in the caller's connect_args is theirs, and their dict
+    is left as it was."""
+    from pymysql.constants import CLIENT
+
+    def flags(engine: sa.Engine) -> int:
+        raw = engine.raw_connection()
+        try:
+            return int(raw.driver_connection.client_flag)  # type: ignore[union-attr]
+        finally:
+            raw.close()
+            engine.dispose()
+
+    url = f"{mysql_url}&client_flag={CLIENT.IGNORE_SPACE}"
+    got = flags(create_engine(url))
+    wanted = CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS | CLIENT.IGNORE_SPACE
+    assert got & wanted == wanted
+    mine = {"connect_timeout": 5}
+    got = flags(create_engine(mysql_url, connect_args=mine))
+    assert got & (CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS) and mine == {"connect_timeout": 5}
+    got = flags(create_engine(mysql_url, connect_args={"client_flag": CLIENT.FOUND_ROWS}))
+    assert not got & CLIENT.MULTI_STATEMENTS

@@ -108,13 +108,15 @@ def _engine_kwargs(u: URL, engine_kwargs: dict[str, Any]) -> dict[str, Any]:
     else:
         if u.get_driver_name() == "pymysql":
             # several statements per request, as aiomysql always allows: a saver's put
-            # is one request and its COMMIT. FOUND_ROWS: SQLAlchemy's own flag, which a
-            # client_flag given here would otherwise replace.
+            # is one request and its COMMIT. FOUND_ROWS: SQLAlchemy's own flag, and the
+            # URL's ?client_flag=, which a client_flag given here would otherwise replace;
+            # one in the caller's connect_args is theirs (their dict is not changed).
             from pymysql.constants import CLIENT
 
-            kw.setdefault("connect_args", {}).setdefault(
-                "client_flag", CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS
-            )
+            connect_args = kw["connect_args"] = dict(kw.get("connect_args") or {})
+            if "client_flag" not in connect_args:
+                asked = int(str(u.query.get("client_flag", 0)))
+                connect_args["client_flag"] = asked | CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS
         kw.setdefault("pool_recycle", 1800)
         if "poolclass" not in kw:
             kw.setdefault("pool_size", POOL_SIZE)
