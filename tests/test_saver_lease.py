@@ -50,7 +50,7 @@ class Writer:
             return await getattr(self.saver, "a" + name)(*args)
         return await asyncio.to_thread(getattr(self.saver, name), *args)
 
-    async def put(self, thread: str, parent: str | None, lease: str | None) -> str:
+    async def put(self, thread: str, parent: str | None, lease: str | None, **metadata: Any) -> str:
         conf: dict[str, Any] = {"thread_id": thread, "checkpoint_ns": ""}
         if parent:
             conf["checkpoint_id"] = parent
@@ -62,7 +62,7 @@ class Writer:
             "small": self.saver.get_next_version(None, None),
             "big": self.saver.get_next_version(None, None),
         }
-        md: Any = {"source": "loop", "step": 0}
+        md: Any = {"source": "loop", "step": 0, **metadata}
         out = await self.call("put", {"configurable": conf}, c, md, dict(c["channel_versions"]))
         return str(out["configurable"]["checkpoint_id"])
 
@@ -468,15 +468,24 @@ async def test_mysql_put_with_and_without_multi_statements(mysql_url: str, multi
                     else:
                         assert len(requests) == 5, requests  # BEGIN, head, blob, checkpoint, COMMIT
                         assert not any(";" in r.rstrip(";") for r in requests)
+                # over 512,000 bytes of values (300,000 characters, 600,000 bytes in UTF-8):
+                # one statement per round trip, so that no request outgrows max_allowed_packet
+                sent.clear()
+                wide = await w.put("m", plain, "A", note="é" * 300_000)
+                assert len(sent) == 5, [r[:40] for r in sent]
+                got = await w.call(
+                    "get_tuple", {"configurable": {"thread_id": "m", "checkpoint_id": wide}}
+                )
+                assert got.metadata["note"] == "é" * 300_000
                 again = await w.put("m", root, "A")  # a fork: the head stays at the latest
                 stored = rows_of(mysql_url, "m")
                 assert [r[2] for r in stored["moa_checkpoints"]] == sorted(
-                    [root, child, plain, again]
+                    [root, child, plain, wide, again]
                 )
-                assert [r[2] for r in stored["moa_checkpoint_heads"]] == [max(plain, again)]
-                assert len(stored["moa_checkpoint_blobs"]) == 4  # "big" of each put
+                assert [r[2] for r in stored["moa_checkpoint_heads"]] == [max(wide, again)]
+                assert len(stored["moa_checkpoint_blobs"]) == 5  # "big" of each put
                 latest = await w.call("get_tuple", cfg("m"))
-                assert latest.checkpoint["id"] == max(plain, again)
+                assert latest.checkpoint["id"] == max(wide, again)
                 await reg.release_lease("m", "A")
                 await reg.acquire_lease("m", "B")
                 with pytest.raises(CheckpointConflictError) as info:

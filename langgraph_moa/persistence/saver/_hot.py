@@ -25,9 +25,10 @@ from langgraph_moa.persistence.urls import redact
 
 LIST_CHUNK = 100
 _PG_ONE_STATEMENT_MAX = 32  # rows written by one statement on PostgreSQL (and MySQL writes)
-# MySQL: value bytes of the writes sent as one statement. PyMySQL sends values inline,
-# escaping at most doubles them, and its executemany keeps a statement to 1,024,000
-# characters; more goes by executemany so no statement outgrows max_allowed_packet.
+# MySQL: value bytes of the writes sent as one statement, and of a put's blobs, checkpoint
+# and metadata sent as one request. PyMySQL sends values inline, escaping at most doubles
+# them, and its executemany keeps a statement to 1,024,000 characters; more goes by
+# separate statements so that no request outgrows max_allowed_packet.
 _MYSQL_ONE_STATEMENT_BYTES = 512_000
 
 
@@ -195,7 +196,7 @@ class HotPath(Codec):
             or (
                 self.backend == "mysql"
                 and self._multi_statements is not False
-                and sum(len(r["blob"]) for r in plan.blob_rows) <= _MYSQL_ONE_STATEMENT_BYTES
+                and _put_bytes(plan) <= _MYSQL_ONE_STATEMENT_BYTES
                 and self._attempt(self._put_mysql_tx, (plan,), begin=None, read=False)
             )
         )
@@ -414,3 +415,10 @@ class HotPath(Codec):
         else:
             n = int(str(current).split(".", 1)[0])
         return f"{n + 1:012d}.{random.getrandbits(48):012x}"
+
+
+def _put_bytes(plan: PutPlan) -> int:
+    """Value bytes a put sends: its blobs, checkpoint document and metadata."""
+    row = plan.checkpoint_row
+    blobs = sum(len(r["blob"]) for r in plan.blob_rows)
+    return blobs + len(row["checkpoint"]) + len(row["metadata"].encode())
