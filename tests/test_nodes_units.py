@@ -724,6 +724,16 @@ async def test_layer_gate_quorum_grace_and_cut() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
 
+    # the agent's own task cancelled while its layer is cut: a cancellation, not a Cut
+    cut_too = LayerGate(layer=4, needed=1, grace=None, timeout=None, ledger=ledger, run_id="r")
+    task = asyncio.ensure_future(cut_too.guard(never.wait()))
+    await asyncio.sleep(0)
+    cut_too.cut("layer cut")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cut_too.reason == "layer cut"
+
     # agents of one layer share a gate; the last to leave closes it
     kwargs: dict[str, Any] = {
         "layer": 1,
@@ -811,6 +821,38 @@ def test_prompt_pieces() -> None:
     assert prompts.with_tools("answer", None) == "answer"
     assert prompts.with_tools("answer", {}) == "answer"
     assert prompts.with_tools("answer", {"add": 1, "py": 3}) == "(tools used: add, py x3)\nanswer"
+    assert prompts.with_tools("a", {"add": 2}) == "(tools used: add x2)\na"  # 2 is counted
+
+
+def test_usage_of_takes_the_reported_total_or_sums_in_and_out() -> None:
+    from langchain_core.messages import AIMessage
+
+    from langgraph_moa.nodes._context import usage_of
+    from langgraph_moa.spec.model import ModelSpec
+
+    spec = ModelSpec(model="fake:x", input_cost_per_mtok=2.0, output_cost_per_mtok=10.0)
+    # a provider's total may count more than input + output (reasoning, cache): it is kept
+    reported = AIMessage(
+        "x", usage_metadata={"input_tokens": 3, "output_tokens": 2, "total_tokens": 9}
+    )
+    assert usage_of(reported, spec) == {
+        "input_tokens": 3,
+        "output_tokens": 2,
+        "total_tokens": 9,
+        "calls": 1,
+        "cost": (3 * 2.0 + 2 * 10.0) / 1e6,
+    }
+    # no total reported: input + output
+    partial = AIMessage("x")
+    partial.usage_metadata = {"input_tokens": 7, "output_tokens": 4}  # type: ignore[typeddict-item]
+    assert usage_of(partial, spec)["total_tokens"] == 11
+    assert usage_of(AIMessage("x"), spec) == {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "total_tokens": 0,
+        "calls": 1,
+        "cost": 0.0,
+    }
 
 
 # -- aggregation: final answers, votes, picks ---------------------------------------------
