@@ -96,6 +96,9 @@ def test_budget_replaced_and_to_config() -> None:
         base.replaced({"max_total_tokens": True})
     with pytest.raises(ValueError, match="max_cost must be positive, got 0"):
         base.replaced({"max_cost": 0})
+    with pytest.raises(ValueError, match="max_total_tokens must be a positive integer, got 0"):
+        base.replaced({"max_total_tokens": 0})
+    assert base.replaced({"max_total_tokens": 1}) == Budget(max_total_tokens=1, max_cost=1.0)
     with pytest.raises(TypeError, match="must be a mapping"):
         base.replaced(5)  # type: ignore[arg-type]
 
@@ -628,6 +631,14 @@ async def test_ledger_reserves_refuses_and_settles() -> None:
     assert await ledger.reserve(71, 0.0, "n2", budget=Budget()) == (71, 0.0)
     ledger.settle((71, 0.0), None)  # a failed call uses nothing
     assert (ledger.tokens, ledger.reserved_tokens) == (30, 0)
+    # reservations in flight add up
+    both = Ledger(Budget())
+    await both.reserve(10, 0.25, "a")
+    await both.reserve(5, 0.5, "b")
+    assert (both.reserved_tokens, both.reserved_cost) == (15, 0.75)
+    # a usage without totals counts as nothing
+    ledger.settle(await ledger.reserve(5, 0.0, "n3"), {"calls": 1})
+    assert (ledger.tokens, ledger.cost, ledger.reserved_tokens) == (30, 0.75, 0)
 
     costly = Ledger(Budget(max_cost=1.0), {"cost": 0.5})
     await costly.reserve(0, 0.25, "c")
