@@ -450,6 +450,66 @@ async def test_call_model_records_the_call_in_the_ledger() -> None:
     }
 
 
+async def test_ledger_call_records_answers_from_the_ledger_and_records_errors() -> None:
+    from langchain_core.messages import HumanMessage
+
+    from langgraph_moa.nodes._calls import ledger_call, model_request
+    from tests.nodes_support import Script, context, spec_of, usage
+
+    script = Script().on("a", "hello", RuntimeError("boom"))
+    ctx = context(spec_of(["a"]), script)
+    msgs = [HumanMessage("judge this")]
+    request = model_request(
+        ctx.models, "a", msgs, node="judge", temperature=0, max_tokens=9, kind="judge"
+    )
+    model = ctx.models.get("a", temperature=0, max_tokens=9)
+    spec = ctx.models.spec("a")
+    source = Source(seq=7)
+    reply = await ledger_call(source, request, model, msgs, spec)
+    assert reply.message.text == "hello" and reply.usage == {**usage(), "calls": 1, "cost": 0.0}
+    assert source.lookups == [("judge", "", request.hash)]
+    (row,) = source.rows
+    assert isinstance(row.pop("latency_ms"), float)
+    assert row.pop("response")["message"]["data"]["content"] == "hello"
+    assert row == {
+        "node": "judge",
+        "kind": "judge",
+        "task_id": "",
+        "seq": 7,
+        "model": request.model,
+        "params": request.recorded_params,
+        "request_hash": request.hash,
+        "messages": [{"role": "human", "content": "judge this"}],  # whole, not hashed
+        "usage": {**usage(), "calls": 1, "cost": 0.0},
+        "retries": 0,
+        "status": "ok",
+        "error": None,
+    }
+    assert source.finished_calls == [request.hash]
+    assert [c.human for c in script.calls] == ["judge this"]
+
+    # a recorded reply answers: no call, nothing recorded, nothing to finish
+    recorded = {"content": "recorded", "usage_metadata": usage(3, 2), "type": "ai"}
+    answered = Source(recorded={"message": {"type": "ai", "data": recorded}})
+    again = await ledger_call(answered, request, model, msgs, spec)
+    assert again.message.text == "recorded" and again.usage["total_tokens"] == 5
+    assert again.parsed is None and again.parsing_error is None
+    assert (answered.rows, answered.finished_calls, len(script.calls)) == ([], [], 1)
+
+    # a failed call is recorded with its error, finished, and raised
+    failing = Source()
+    with pytest.raises(RuntimeError, match=r"^boom$"):
+        await ledger_call(failing, request, model, msgs, spec)
+    (row,) = failing.rows
+    assert (row["status"], row["error"], row["response"], row["usage"]) == (
+        "error",
+        "RuntimeError: boom",
+        None,
+        None,
+    )
+    assert failing.finished_calls == [request.hash]
+
+
 async def test_call_model_records_errors_and_hashes_only() -> None:
     from langchain_core.messages import AIMessage, HumanMessage
 
