@@ -510,6 +510,36 @@ async def test_ledger_call_records_answers_from_the_ledger_and_records_errors() 
     assert failing.finished_calls == [request.hash]
 
 
+async def test_a_made_call_has_its_latency_in_ms_and_its_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from langchain_core.messages import AIMessage
+
+    from langgraph_moa.models.limits import on_request
+    from langgraph_moa.nodes import _calls
+
+    ticks = iter([10.0, 10.0123456, 20.0, 20.5])  # a scripted clock of _calls only
+    monkeypatch.setattr(_calls, "time", SimpleNamespace(monotonic=lambda: next(ticks)))
+    reply = _calls.Reply(AIMessage("ok"), {"calls": 1})
+
+    async def three_requests() -> _calls.Reply:
+        for _ in range(3):  # the first attempt and two client-side retries
+            await on_request(None)
+        return reply
+
+    made = await _calls._Made.of(three_requests())
+    assert (made.reply, made.error, made.latency_ms, made.retries) == (reply, None, 12.346, 2)
+
+    async def fails() -> _calls.Reply:
+        raise ValueError("no")
+
+    failed = await _calls._Made.of(fails())
+    assert failed.reply is None and isinstance(failed.error, ValueError)
+    assert (failed.latency_ms, failed.retries) == (500.0, 0)
+
+
 async def test_call_model_records_errors_and_hashes_only() -> None:
     from langchain_core.messages import AIMessage, HumanMessage
 
