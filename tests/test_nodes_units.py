@@ -540,6 +540,35 @@ async def test_a_made_call_has_its_latency_in_ms_and_its_retries(
     assert (failed.latency_ms, failed.retries) == (500.0, 0)
 
 
+def test_invocation_ids_are_kept_for_the_newest_invocations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from collections import OrderedDict
+    from types import SimpleNamespace
+
+    import langgraph.runtime
+
+    from langgraph_moa.nodes import _calls
+
+    monkeypatch.setattr(_calls, "_invocations", OrderedDict())
+    monkeypatch.setattr(_calls, "_MAX_INVOCATIONS", 2)
+    now: list[object] = []
+    monkeypatch.setattr(langgraph.runtime, "get_runtime", lambda: SimpleNamespace(control=now[-1]))
+    c1, c2, c3 = object(), object(), object()
+    ids = {}
+    for control in (c1, c2):
+        now.append(control)
+        ids[control] = _calls.invocation_id({})
+    assert len(set(ids.values())) == 2 and list(_calls._invocations) == [c1, c2]  # 2 kept
+    now.append(c1)
+    assert _calls.invocation_id({}) == ids[c1]
+    now.append(c3)  # a third: the oldest goes
+    ids[c3] = _calls.invocation_id({})
+    assert list(_calls._invocations) == [c2, c3]
+    now.append(c2)
+    assert _calls.invocation_id({}) == ids[c2]
+
+
 async def test_call_model_records_errors_and_hashes_only() -> None:
     from langchain_core.messages import AIMessage, HumanMessage
 
