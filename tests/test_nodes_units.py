@@ -359,6 +359,7 @@ async def test_call_model_records_the_call_in_the_ledger() -> None:
     )
     want_usage = {**usage(), "calls": 1, "cost": (10 * 1.0 + 5 * 2.0) / 1e6}
     assert reply.message.text == "hello" and reply.usage == want_usage
+    assert (script.calls[0].tools, script.calls[0].tool_choice) == (None, None)  # none offered
     assert (ledger.tokens, ledger.cost, ledger.reserved_tokens, ledger.reserved_cost) == (
         15,
         want_usage["cost"],
