@@ -163,6 +163,10 @@ def test_call_seed_is_stable_and_depends_on_node_and_messages() -> None:
     called = [AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "1"}])]
     assert call_seed(7, "L1_a", called) != call_seed(7, "L1_a", [AIMessage("")])
     assert all(0 <= call_seed(s, "n", hi) < 2**31 for s in range(50))  # type: ignore[operator]
+    # the key order of a tool call's arguments does not change the seed
+    xy = [AIMessage("", tool_calls=[{"name": "f", "args": {"x": 1, "y": 2}, "id": "1"}])]
+    yx = [AIMessage("", tool_calls=[{"name": "f", "args": {"y": 2, "x": 1}, "id": "1"}])]
+    assert call_seed(7, "L1_a", xy) == call_seed(7, "L1_a", yx)
 
 
 def test_seeded_copies_only_models_with_a_seed() -> None:
@@ -623,10 +627,62 @@ async def test_call_model_records_errors_and_hashes_only() -> None:
     }
 
 
-async def test_call_model_with_a_schema_from_the_ledger() -> None:
+async def test_call_model_waits_for_its_endpoint_slot_unless_answered_from_the_ledger() -> None:
     from langchain_core.messages import HumanMessage
 
     from langgraph_moa.nodes._calls import CALLS_KEY, call_model
+    from langgraph_moa.nodes.budget import Ledger
+    from tests.nodes_support import URL, Script, context, spec_of, usage
+
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(call: Any) -> str:
+        entered.set()
+        await release.wait()
+        return "first"
+
+    script = Script().on("a", held, "second")
+    one_slot = {"model": "one-slot-endpoint", "base_url": URL, "max_concurrency": 1}
+    ctx = context(spec_of(["a"], models={"a": one_slot}), script)
+    limiter = ctx.models.limiter("a")
+    assert limiter is not None and limiter.limit == 1
+
+    def call(text: str, config: Any) -> Any:
+        return asyncio.ensure_future(
+            call_model(
+                ctx,
+                "a",
+                [HumanMessage(text)],
+                config,
+                temperature=0,
+                max_tokens=9,
+                ledger=Ledger(Budget()),
+                node="L1_a",
+            )
+        )
+
+    first = call("1", {})
+    await entered.wait()
+    second = call("2", {})
+    recorded = {"content": "recorded", "usage_metadata": usage(), "type": "ai"}
+    answered = call(
+        "3", {"configurable": {CALLS_KEY: Source({"message": {"type": "ai", "data": recorded}})}}
+    )
+    for _ in range(50):  # let both run as far as they can
+        await asyncio.sleep(0)
+    # the second waits for the endpoint's one slot; a reply from the ledger does not
+    assert [c.human for c in script.calls] == ["1"] and not second.done()
+    assert answered.done() and answered.result().message.text == "recorded"
+    assert limiter.in_use == 1
+    release.set()
+    assert (await first).message.text == "first" and (await second).message.text == "second"
+    assert [c.human for c in script.calls] == ["1", "2"] and limiter.in_use == 0
+
+
+async def test_call_model_with_a_schema_from_the_ledger() -> None:
+    from langchain_core.messages import HumanMessage
+
+    from langgraph_moa.nodes._calls import CALLS_KEY, call_model, call_request
     from langgraph_moa.nodes.budget import Ledger
     from langgraph_moa.nodes.router import Plan
     from tests.nodes_support import context, spec_of
@@ -652,6 +708,17 @@ async def test_call_model_with_a_schema_from_the_ledger() -> None:
         )
         assert reply.parsed == parsed
         assert (None if reply.parsing_error is None else str(reply.parsing_error)) == error
+        # the ledger is asked with the hash of the structured request (the schema in it)
+        structured = call_request(
+            ctx,
+            "a",
+            [HumanMessage("hi")],
+            node="L1_router",
+            temperature=0,
+            max_tokens=9,
+            schema=Plan,
+        )
+        assert config["configurable"][CALLS_KEY].lookups[0][2] == structured.hash
         assert reply.usage["total_tokens"] == 0
 
 
