@@ -368,6 +368,29 @@ async def test_the_resolver_names_and_describes_each_tool() -> None:
     assert AgentTools([]).names() == []
 
 
+async def test_a_function_tool_takes_its_key_as_name_and_raises_its_tool_errors() -> None:
+    """A LangChain tool under another key is renamed to the key (its own description kept);
+    a function's ToolException is raised (the tool loop reports it), not turned into a reply."""
+    spec = load_spec(
+        {
+            "name": "tooly",
+            "models": models("coder"),
+            "tools": {
+                "yell": {"function": "tests.tool_fixtures:shout"},
+                "deny": {"function": "tests.tool_fixtures:deny"},
+            },
+            "agents": [{"name": "coder", "model": "coder", "tools": ["yell", "deny"]}],
+            "layers": [{"agents": ["coder"]}],
+        }
+    )
+    got = await ToolResolver(spec).for_agent(spec.agent("coder"))
+    assert got.names() == ["yell", "deny"]
+    assert got.tools[0].description == "Upper-case a text."
+    assert await got.tools[0].ainvoke({"text": "hi"}) == "HI"
+    with pytest.raises(ToolException, match=r"^will not x$"):
+        await got.tools[1].ainvoke({"text": "x"})
+
+
 LIMITS_PROBE = """
 import os, resource
 cpu, memory = resource.getrlimit(resource.RLIMIT_CPU)[0], resource.getrlimit(resource.RLIMIT_AS)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from langchain_core.tools import tool
+from langchain_core.tools import ToolException, tool
 
 
 def add(a: int, b: int) -> int:
@@ -26,6 +26,11 @@ def explode(text: str) -> str:
 def shout(text: str) -> str:
     """Upper-case a text."""
     return text.upper()
+
+
+def deny(text: str) -> str:
+    """Refuses with a tool error."""
+    raise ToolException(f"will not {text}")
 
 
 NOT_A_TOOL = 42
