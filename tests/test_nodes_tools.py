@@ -1010,6 +1010,34 @@ async def test_mcp_problems_name_the_tools_a_server_lacks(tmp_path: Path) -> Non
 
 
 @pytest.mark.usefixtures("server_stderr")
+async def test_the_resolver_gives_an_agent_the_mcp_tools_it_names(tmp_path: Path) -> None:
+    """A real MCP stdio server: ``words.count`` is one tool, ``words`` all of them (each
+    once, named ``words_<tool>``); the server is listed once per graph."""
+    import sys
+
+    server = tmp_path / "words.py"
+    server.write_text(WORDS_SERVER)
+    tools = {
+        "words": {"mcp": {"command": sys.executable, "args": [str(server)]}},
+        "add": TOOLS["add"],
+    }
+    spec = mcp_spec(tools, ["words.count", "add", "words"])
+    resolver = ToolResolver(spec)
+    got = await resolver.for_agent(spec.agent("coder"))
+    assert got.names() == ["words_count", "add", "words_reverse"]
+    assert got.idempotent == {"words_count": True, "add": True, "words_reverse": True}
+    assert sorted(resolver._mcp["words"]) == ["words_count", "words_reverse"]
+    result = await got.tools[2].ainvoke({"text": "abc"})
+    assert [(part["type"], part["text"]) for part in result] == [("text", "cba")]
+    again = await resolver.for_agent(spec.agent("coder"))
+    assert [id(t) for t in again.tools] == [id(t) for t in got.tools]
+    lacking = mcp_spec(tools, ["words.shout"])
+    with pytest.raises(LookupError) as err:
+        await ToolResolver(lacking).for_agent(lacking.agent("coder"))
+    assert str(err.value) == "MCP server 'words' has no tool 'shout' (it has: ['count', 'reverse'])"
+
+
+@pytest.mark.usefixtures("server_stderr")
 async def test_mcp_problems_give_up_on_a_mute_server_after_the_timeout() -> None:
     """A server that never answers: the listing is given up after ``timeout`` (the outer
     bound only guards the test)."""
