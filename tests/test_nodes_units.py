@@ -1254,6 +1254,13 @@ def test_sentences_claims_and_content_words() -> None:
         "After.",
     ]
     assert claims_of("~~~\ncode [1]\n~~~") == ["~~~\ncode [1]\n~~~"]
+    assert claims_of("A.\n```\nx\n```\nB.\n~~~\ny\n~~~\nC.") == [
+        "A.",
+        "```\nx\n```",
+        "B.",
+        "~~~\ny\n~~~",
+        "C.",
+    ]
     assert _content_words("The cat sat on 7 mats and answer is 42 ab which") == {
         "42",
         "7",
@@ -1293,6 +1300,11 @@ def test_attribution_inferred_from_overlap() -> None:
     assert claims[1]["inferred"] is True and claims[1]["agents"] == []
     assert strip_citations("a [1]\n```\nb [1]\n```\nc [1]", AGENTS) == "a\n```\nb [1]\n```\nc"
     assert strip_citations("Fact [1].", []) == "Fact [1]."
+    # names that begin or end with the letter X are cited by name too
+    assert strip_citations("Fact [Xa; bX].", ["Xa", "bX"]) == "Fact."
+    # a claim left with no word once its citation is gone is dropped
+    answer, claims = attribute("Fact [1]. ?! [2]", AGENTS, ["", "", ""])
+    assert [(c["text"], c["proposals"]) for c in claims] == [("Fact.", [1])]
 
 
 def test_fit_proposals_exact_caps_boundaries_and_messages() -> None:
