@@ -451,6 +451,43 @@ async def test_router_over_budget_pauses_then_resumes() -> None:
     assert [c.model for c in script.calls] == ["router", "a", "synth"]
 
 
+async def test_a_router_resumed_over_budget_keeps_the_budget_and_the_schema_it_was_given() -> None:
+    """A resume value's budget is the one the router's call gets again (still too small: no
+    call, broadcast); resumed with room, the call still asks for the plan schema."""
+    plan = {"plan": [{"agent": "a", "subtask": "add"}]}
+    tool_call = AIMessage("", tool_calls=[{"name": "Plan", "args": plan, "id": "c1"}])
+    for structured in (False, True):
+        spec = spec_of(
+            ["a", "b"],
+            layer={
+                "routing": {"mode": "router", "model": "router", "structured_output": structured}
+            },
+            max_total_tokens=30,
+        )
+        script = Script().on("router", tool_call).on("synth", "done")
+        graph = graph_of(spec, script)
+        out = await graph.ainvoke({"task": "T"}, thread())
+        assert out["__interrupt__"][0].value["node"] == "L1_router"
+        if not structured:
+            out = await graph.ainvoke(Command(resume={"max_total_tokens": 31}), thread())
+            assert script.calls == []
+            notes = (await graph.aget_state(thread())).values["notes"]
+            assert notes[0].startswith(
+                "router plan rejected (attempt 1: BudgetExceeded: L1_router: token budget: 0 used"
+            )
+            assert notes[0].endswith("> max_total_tokens 31; resume with a larger budget)")
+            assert (
+                notes[-1]
+                == "layer 1: router fell back to broadcast: every agent got the whole task"
+            )
+            continue
+        out = await graph.ainvoke(Command(resume={"max_total_tokens": None}), thread())
+        assert [c.tools for c in script.of("router")] == [["Plan"]]
+        values = (await graph.aget_state(thread())).values
+        assert values["plans"]["1"] == [{"agent": "a", "subtask": "add"}]
+        assert values.get("notes", []) == []
+
+
 async def test_a_second_layer_router_counts_what_the_first_layer_spent() -> None:
     """The router of layer 2 reserves its call on top of layer 1's usage (3 calls, 45
     tokens): a budget its call alone fits pauses the run there."""
@@ -585,6 +622,13 @@ def test_agent_inputs_of_a_second_layer() -> None:
     assert agent_inputs(ctx, {**state, "syntheses": []}, 2)["b"]["previous_synthesis"] is None  # type: ignore[arg-type]
     voted = spec_of(["a", "b"], layers=2, synth={"mode": "vote"})
     assert agent_inputs(context(voted), state, 2)["b"]["previous_synthesis"] is None  # type: ignore[arg-type]
+    # the mode of the layer before is what counts, not that of another layer
+    synthesized_then_voted = spec.model_copy(update={"layers": [spec.layers[0], voted.layers[1]]})
+    inputs = agent_inputs(context(synthesized_then_voted), state, 2)  # type: ignore[arg-type]
+    assert inputs["b"]["previous_synthesis"] == "S1"
+    voted_then_synthesized = spec.model_copy(update={"layers": [voted.layers[0], spec.layers[1]]})
+    inputs = agent_inputs(context(voted_then_synthesized), state, 2)  # type: ignore[arg-type]
+    assert inputs["b"]["previous_synthesis"] is None
     # a first layer has nothing before it
     state["plans"]["1"] = [{"agent": "a", "subtask": "T"}]
     one = agent_inputs(ctx, state, 1)["a"]  # type: ignore[arg-type]
