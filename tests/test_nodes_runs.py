@@ -488,6 +488,25 @@ async def test_a_router_resumed_over_budget_keeps_the_budget_and_the_schema_it_w
         assert values.get("notes", []) == []
 
 
+async def test_each_layer_broadcasts_the_whole_task_to_its_own_agents() -> None:
+    spec = spec_of(["a", "b"], layers=2)
+    spec = spec.model_copy(
+        update={
+            "layers": [
+                spec.layers[0].model_copy(update={"agents": ["a"]}),
+                spec.layers[1].model_copy(update={"agents": ["b"]}),
+            ]
+        }
+    )
+    script = Script().on("synth", "S")
+    state = await run(spec, script, task="Q")
+    assert state["plans"] == {
+        "1": [{"agent": "a", "subtask": "Q"}],
+        "2": [{"agent": "b", "subtask": "Q"}],
+    }
+    assert [c.model for c in script.calls] == ["a", "synth", "b", "synth"]
+
+
 async def test_a_second_layer_router_counts_what_the_first_layer_spent() -> None:
     """The router of layer 2 reserves its call on top of layer 1's usage (3 calls, 45
     tokens): a budget its call alone fits pauses the run there."""
