@@ -643,9 +643,10 @@ async def test_tool_seconds_errors_and_calls_without_an_id_are_exact(
 ) -> None:
     """One call per step (the clock is shared): each tool message, stream event and the
     proposal carry the seconds the call took, rounded to ms; refused calls take 0.0."""
-    from langgraph_moa.nodes import toolloop
+    from langgraph_moa.nodes import agent, toolloop
 
     monkeypatch.setattr(toolloop, "time", CLOCK)
+    monkeypatch.setattr(agent, "time", CLOCK)  # the proposal's seconds too
     no_id = AIMessage(
         "",
         tool_calls=[
@@ -703,9 +704,40 @@ async def test_tool_seconds_errors_and_calls_without_an_id_are_exact(
     ]
     proposal = (await graph.aget_state(thread())).values["proposals"]["1"]["coder"]
     assert proposal["tool_seconds"] == 1.985
+    assert proposal["seconds"] == 1.985  # the model calls take no time on this clock
     assert proposal["tools"] == {"take": 1, "take_and_fail": 1, "refuse": 1, "add": 1}
     assert proposal["usage"]["tool_calls"] == 4
     assert proposal["content"] == results(script.of("coder")[-1])
+
+
+async def test_a_failed_tool_agent_reports_its_seconds_and_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from langgraph_moa.nodes import agent, toolloop
+    from langgraph_moa.nodes.synthesizer import QuorumError
+
+    monkeypatch.setattr(toolloop, "time", CLOCK)
+    monkeypatch.setattr(agent, "time", CLOCK)
+    script = (
+        Script()
+        .on("coder", one("take", {"seconds": 0.12345}, "t1"), RuntimeError("model down"))
+        .on("synth", "done")
+    )
+    graph = graph_of(clocked_spec(), script)
+    with (
+        caplog.at_level(logging.WARNING, logger="langgraph_moa.nodes.agent"),
+        pytest.raises(QuorumError, match="coder failed"),  # the only agent of the layer
+    ):
+        await graph.ainvoke({"task": "T"}, thread())
+    proposal = (await graph.aget_state(thread())).values["proposals"]["1"]["coder"]
+    assert (proposal["status"], proposal["error"], proposal["seconds"]) == (
+        "failed",
+        "RuntimeError: model down",
+        0.123,
+    )
+    assert "agent coder (layer 1) failed: model down" in caplog.messages
 
 
 async def test_only_a_non_idempotent_call_writes_a_started_record() -> None:
