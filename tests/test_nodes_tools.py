@@ -740,6 +740,24 @@ async def test_a_failed_tool_agent_reports_its_seconds_and_is_logged(
     assert "agent coder (layer 1) failed: model down" in caplog.messages
 
 
+async def test_a_tool_agent_reports_to_its_layer_gate() -> None:
+    """An answer counts toward the layer's quorum, a failure does not."""
+    from langgraph_moa.nodes._quorum import LayerGate
+    from langgraph_moa.nodes.agent import make_agent_runner
+    from langgraph_moa.nodes.budget import Budget, Ledger
+    from tests.nodes_support import context
+
+    for answer, status, answered in [("fine", "ok", 1), (RuntimeError("down"), "failed", 0)]:
+        script = Script().on("coder", answer)
+        gate = LayerGate(
+            layer=1, needed=1, grace=None, timeout=None, ledger=Ledger(Budget()), run_id="r"
+        )
+        run = make_agent_runner(context(clocked_spec(), script), "coder", 1)
+        update = await run({"task": "T", "layer": 1}, {}, gate)
+        assert update["proposals"]["1"]["coder"]["status"] == status
+        assert gate.answered == answered
+
+
 async def test_only_a_non_idempotent_call_writes_a_started_record() -> None:
     """The 'started' record is a pending write of the non-idempotent call's own task in the
     checkpointer; an idempotent call writes none."""
