@@ -548,6 +548,18 @@ async def test_the_router_takes_the_invocations_budget() -> None:
     assert script.calls == []
 
 
+async def test_the_agents_take_the_invocations_budget() -> None:
+    """A budget in ``configurable`` replaces the spec's (none here) for the agents too."""
+    script = Script().on("synth", "done")
+    graph = graph_of(spec_of(["a"]), script)
+    config = {"configurable": {"thread_id": "t", "budget": {"max_total_tokens": 10}}}
+    out = await graph.ainvoke({"task": "T"}, config)
+    (intr,) = out["__interrupt__"]
+    assert intr.value["node"] == "L1_a"
+    assert intr.value["budget"] == {"max_total_tokens": 10, "max_cost": None}
+    assert script.calls == []
+
+
 async def test_router_function_mode_sync_and_async() -> None:
     for fn in ("tests.test_nodes_runs:plan_b", "tests.test_nodes_runs:plan_async"):
         spec = spec_of(["a", "b"], layer={"routing": {"mode": "function", "function": fn}})
