@@ -220,6 +220,14 @@ async def test_unconfined_python_is_noted() -> None:
     assert state["notes"] == ["layer 1: coder ran Python without a sandbox (py: sandbox: none)"]
     script = Script().on("coder", calls(("add", {"a": 1, "b": 1})), results)
     assert (await run(spec, script))["notes"] == []
+    two = spec.model_copy(update={"tools": {**spec.tools, "py2": spec.tools["py"]}})
+    two.agents[0] = two.agents[0].model_copy(update={"tools": ["py", "py2", "add"]})
+    script = Script().on(
+        "coder", calls(("py", {"code": "print(1)"}), ("py2", {"code": "print(2)"})), results
+    )
+    assert (await run(two, script))["notes"] == [
+        "layer 1: coder ran Python without a sandbox (py, py2: sandbox: none)"
+    ]
 
 
 async def test_a_failing_tool_loop_is_a_failed_proposal() -> None:
