@@ -560,6 +560,18 @@ async def test_the_agents_take_the_invocations_budget() -> None:
     assert script.calls == []
 
 
+async def test_an_agent_resumed_over_budget_gets_the_resumes_budget() -> None:
+    """A resume value's budget is the one the agent's call gets again: still too small, the
+    call is refused (and the run fails with it); no model call is made."""
+    script = Script().on("synth", "done")
+    graph = graph_of(spec_of(["a"], max_total_tokens=10), script)
+    out = await graph.ainvoke({"task": "T"}, thread())
+    assert out["__interrupt__"][0].value["node"] == "L1_a"
+    with pytest.raises(BudgetExceeded, match=r"> max_total_tokens 11; resume with a larger"):
+        await graph.ainvoke(Command(resume={"max_total_tokens": 11}), thread())
+    assert script.calls == []
+
+
 async def test_router_function_mode_sync_and_async() -> None:
     for fn in ("tests.test_nodes_runs:plan_b", "tests.test_nodes_runs:plan_async"):
         spec = spec_of(["a", "b"], layer={"routing": {"mode": "function", "function": fn}})
