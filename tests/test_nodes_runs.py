@@ -572,6 +572,30 @@ async def test_an_agent_resumed_over_budget_gets_the_resumes_budget() -> None:
     assert script.calls == []
 
 
+async def test_concurrent_runs_do_not_share_a_layer_gate() -> None:
+    """Two runs whose agents are in flight at once: each agent joins its own run's gate
+    (its proposal carries its own run's id)."""
+    both = asyncio.Event()
+    arrived: list[str] = []
+
+    async def meet(call: Call) -> str:
+        arrived.append(call.human)
+        if len(arrived) == 2:
+            both.set()
+        await both.wait()
+        return f"answer to {call.human}"
+
+    script = Script().on("a", meet).on("synth", "done")
+    graph = graph_of(spec_of(["a"]), script)
+    await asyncio.gather(
+        graph.ainvoke({"task": "T1"}, thread("one")), graph.ainvoke({"task": "T2"}, thread("two"))
+    )
+    one = (await graph.aget_state(thread("one"))).values["proposals"]["1"]["a"]
+    two = (await graph.aget_state(thread("two"))).values["proposals"]["1"]["a"]
+    assert (one["content"], two["content"]) == ("answer to T1", "answer to T2")
+    assert one["run_id"] != two["run_id"]
+
+
 async def test_router_function_mode_sync_and_async() -> None:
     for fn in ("tests.test_nodes_runs:plan_b", "tests.test_nodes_runs:plan_async"):
         spec = spec_of(["a", "b"], layer={"routing": {"mode": "function", "function": fn}})
