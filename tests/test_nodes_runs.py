@@ -197,8 +197,21 @@ async def test_agent_runner_subtask_defaults_to_the_task() -> None:
     assert update["proposals"]["1"]["a"]["subtask"] == "T"
 
 
-async def test_a_failed_call_is_a_failed_proposal(caplog: pytest.LogCaptureFixture) -> None:
-    script = Script().on("a", RuntimeError("model down"))
+async def test_a_failed_call_is_a_failed_proposal(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from langgraph_moa.nodes import agent
+
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(agent, "time", SimpleNamespace(monotonic=lambda: clock.now))
+
+    def fail(call: Call) -> str:
+        clock.now += 0.12345  # the failed call took this long on the agent's clock
+        raise RuntimeError("model down")
+
+    script = Script().on("a", fail)
     g = gate()
     update = await make_agent_runner(context(spec_of(["a"]), script), "a", 1)(payload(), {}, g)
     assert "agent a (layer 1) failed: model down" in caplog.messages
@@ -206,7 +219,7 @@ async def test_a_failed_call_is_a_failed_proposal(caplog: pytest.LogCaptureFixtu
     assert proposal["status"] == "failed"
     assert proposal["error"] == "RuntimeError: model down"
     assert proposal["content"] == ""
-    assert isinstance(proposal["seconds"], float)
+    assert proposal["seconds"] == 0.123
     assert "usage" not in update and "usage" not in proposal
     assert g.answered == 0
 
