@@ -133,7 +133,20 @@ def test_agent_prompt_history() -> None:
 # -- one agent's attempt ----------------------------------------------------------------
 
 
-async def test_agent_runner_writes_its_proposal_and_usage() -> None:
+async def test_agent_runner_writes_its_proposal_and_usage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from langgraph_moa.nodes import agent
+
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(agent, "time", SimpleNamespace(monotonic=lambda: clock.now))
+
+    def answer(call: Call) -> str:
+        clock.now += 0.45678  # the call took this long on the agent's clock
+        return "the answer"
+
     spec = spec_of(
         ["a"],
         models={
@@ -146,12 +159,11 @@ async def test_agent_runner_writes_its_proposal_and_usage() -> None:
         },
         defaults={"temperature": 0.3, "max_tokens": 99},
     )
-    script = Script().on("a", "the answer")
+    script = Script().on("a", answer)
     g = gate()
     update = await make_agent_runner(context(spec, script), "a", 1)(payload(subtask="sub"), {}, g)
     proposal = update["proposals"]["1"]["a"]
-    seconds = proposal.pop("seconds")
-    assert isinstance(seconds, float) and 0 <= seconds < 60
+    assert proposal.pop("seconds") == 0.457
     want_usage = {**usage(), "calls": 1, "cost": (10 * 2.0 + 5 * 4.0) / 1e6}
     assert proposal == {
         "agent": "a",
