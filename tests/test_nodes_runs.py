@@ -322,6 +322,24 @@ async def test_grace_period_cuts_a_slow_agent_once_the_quorum_answered() -> None
     )
 
 
+async def test_each_layers_agents_take_that_layers_grace_period() -> None:
+    never = asyncio.Event()
+
+    async def hang(call: Call) -> str:
+        await never.wait()
+        return "late"
+
+    spec = spec_of(["a", "b"], layers=2, layer={"grace_period": 0.05})
+    second = spec.layers[1].model_copy(update={"grace_period": 0.07})
+    spec = spec.model_copy(update={"layers": [spec.layers[0], second]})
+    script = Script().on("a", "quick").on("b", hang).on("synth", "done")
+    state = await run(spec, script)
+    assert [state["proposals"][layer]["b"]["error"] for layer in ("1", "2")] == [
+        "no answer within the grace period of 0.05s after 1 agents answered (quorum 1)",
+        "no answer within the grace period of 0.07s after 1 agents answered (quorum 1)",
+    ]
+
+
 async def test_layer_timeout_cuts_every_agent_still_running() -> None:
     never = asyncio.Event()
 
