@@ -748,8 +748,10 @@ async def test_a_failed_tool_agent_reports_its_seconds_and_is_logged(
     assert "agent coder (layer 1) failed: model down" in caplog.messages
 
 
-async def test_a_tool_agent_reports_to_its_layer_gate() -> None:
+async def test_a_tool_agent_reports_to_its_layer_gate(caplog: pytest.LogCaptureFixture) -> None:
     """An answer counts toward the layer's quorum, a failure does not."""
+    import logging
+
     from langgraph_moa.nodes._quorum import LayerGate
     from langgraph_moa.nodes.agent import make_agent_runner
     from langgraph_moa.nodes.budget import Budget, Ledger
@@ -764,6 +766,17 @@ async def test_a_tool_agent_reports_to_its_layer_gate() -> None:
         update = await run({"task": "T", "layer": 1}, {}, gate)
         assert update["proposals"]["1"]["coder"]["status"] == status
         assert gate.answered == answered
+    # a layer already cut: a missing proposal, logged
+    gate = LayerGate(
+        layer=1, needed=1, grace=None, timeout=None, ledger=Ledger(Budget()), run_id="r"
+    )
+    gate.cut("layer closed")
+    run = make_agent_runner(context(clocked_spec(), Script()), "coder", 1)
+    with caplog.at_level(logging.WARNING, logger="langgraph_moa.nodes.agent"):
+        update = await run({"task": "T", "layer": 1}, {}, gate)
+    proposal = update["proposals"]["1"]["coder"]
+    assert (proposal["status"], proposal["error"]) == ("missing", "layer closed")
+    assert "agent coder (layer 1) cut: layer closed" in caplog.messages
 
 
 async def test_only_a_non_idempotent_call_writes_a_started_record() -> None:
