@@ -1307,6 +1307,26 @@ def test_attribution_inferred_from_overlap() -> None:
     assert [(c["text"], c["proposals"]) for c in claims] == [("Fact.", [1])]
 
 
+def test_fit_proposals_finds_the_largest_cap_that_fits_for_every_budget() -> None:
+    from langgraph_moa.nodes.synthesizer import MIN_PROPOSAL_TOKENS, _tokens
+
+    texts = {"a": " ".join(["word"] * 60), "b": " ".join(["word"] * 200), "c": "short one"}
+    sizes = {n: _tokens(t) for n, t in texts.items()}
+    for budget in range(MIN_PROPOSAL_TOKENS * 3, sum(sizes.values())):
+        cap = max(
+            c
+            for c in range(MIN_PROPOSAL_TOKENS, max(sizes.values()) + 1)
+            if sum(min(s, c) for s in sizes.values()) <= budget
+        )
+        fitted, notes = fit_proposals(texts, budget)
+        assert notes == [
+            f"proposal of {n} trimmed from about {sizes[n]} to {cap} tokens to fit"
+            for n in texts
+            if sizes[n] > cap
+        ], budget
+        assert all(fitted[n] == texts[n] for n in texts if sizes[n] <= cap), budget
+
+
 def test_fit_proposals_exact_caps_boundaries_and_messages() -> None:
     long = " ".join(["word"] * 400)  # 504 tokens; "short answer" is 7
     texts = {"a": "short answer", "b": long}
