@@ -550,6 +550,18 @@ async def test_each_layer_broadcasts_the_whole_task_to_its_own_agents() -> None:
     assert [c.model for c in script.calls] == ["a", "synth", "b", "synth"]
 
 
+async def test_each_layer_is_closed_by_its_own_synthesizer() -> None:
+    spec = spec_of(["a"], layers=2)
+    concat = spec.layers[0].model_copy(
+        update={"synthesizer": spec.layers[0].synthesizer.model_copy(update={"mode": "concat"})}
+    )
+    spec = spec.model_copy(update={"layers": [concat, spec.layers[1]]})
+    script = Script().on("a", "A").on("synth", "S")
+    state = await run(spec, script)
+    assert [c.model for c in script.calls] == ["a", "a", "synth"]  # layer 1 concatenates
+    assert state["answer"] == "S"
+
+
 async def test_a_second_layer_router_counts_what_the_first_layer_spent() -> None:
     """The router of layer 2 reserves its call on top of layer 1's usage (3 calls, 45
     tokens): a budget its call alone fits pauses the run there."""

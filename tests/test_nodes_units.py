@@ -1325,6 +1325,10 @@ def test_fit_proposals_finds_the_largest_cap_that_fits_for_every_budget() -> Non
             if sizes[n] > cap
         ], budget
         assert all(fitted[n] == texts[n] for n in texts if sizes[n] <= cap), budget
+        for n in texts:  # a trimmed one: a prefix, no blank before the marker
+            if sizes[n] > cap:
+                kept = fitted[n].removesuffix(" [...]")
+                assert texts[n].startswith(kept) and kept == kept.rstrip(), budget
 
 
 def test_fit_proposals_exact_caps_boundaries_and_messages() -> None:
