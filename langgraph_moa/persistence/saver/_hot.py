@@ -140,11 +140,7 @@ class HotPath(Codec):
             "metadata": plan.checkpoint_row["metadata"],
             "lease": plan.lease,
         }
-        for i, row in enumerate(plan.blob_rows):
-            values[f"bc{i}"] = row["channel"]
-            values[f"bv{i}"] = row["version"]
-            values[f"bt{i}"] = row["type"]
-            values[f"bb{i}"] = row["blob"]
+        values.update(_blob_values(plan))
         p = self._s.pg_put(len(plan.blob_rows), plan.lease is not None)
         return self._run(cur, p, values).fetchone() is not None
 
@@ -162,11 +158,7 @@ class HotPath(Codec):
             "now": plan.now,
             "lease": plan.lease,
         }
-        for i, row in enumerate(plan.blob_rows):
-            values[f"bc{i}"] = row["channel"]
-            values[f"bv{i}"] = row["version"]
-            values[f"bt{i}"] = row["type"]
-            values[f"bb{i}"] = row["blob"]
+        values.update(_blob_values(plan))
         p = self._s.mysql_put(len(plan.blob_rows), plan.lease is not None)
         cur.execute(p.sql, p.args(values))  # reads BEGIN's result
         cur.nextset()
@@ -422,3 +414,14 @@ def _put_bytes(plan: PutPlan) -> int:
     row = plan.checkpoint_row
     blobs = sum(len(r["blob"]) for r in plan.blob_rows)
     return blobs + len(row["checkpoint"]) + len(row["metadata"].encode())
+
+
+def _blob_values(plan: PutPlan) -> dict[str, Any]:
+    """The blob rows of a put as the numbered parameters of a one-statement put."""
+    values: dict[str, Any] = {}
+    for i, row in enumerate(plan.blob_rows):
+        values[f"bc{i}"] = row["channel"]
+        values[f"bv{i}"] = row["version"]
+        values[f"bt{i}"] = row["type"]
+        values[f"bb{i}"] = row["blob"]
+    return values
