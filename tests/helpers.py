@@ -1,10 +1,32 @@
-"""Spec builders shared by tests: every model points at the test model server."""
+"""Spec builders (every model points at the test model server) and an MCP server for tests."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from langgraph_moa.testing import ModelServer
+
+# a stdio MCP server with two tools (as examples/mcp_words.py), written to a file by tests
+MCP_WORDS_SERVER = '''
+from mcp.server.fastmcp import FastMCP
+
+server = FastMCP("words")
+
+
+@server.tool()
+def reverse(text: str) -> str:
+    """Reverse a text."""
+    return text[::-1]
+
+
+@server.tool()
+def count(text: str) -> int:
+    """Count the words of a text."""
+    return len(text.split())
+
+
+server.run()
+'''
 
 
 def served_models(srv: ModelServer, *names: str, **settings: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from langgraph_moa.nodes.tools import (
     mcp_problems,
 )
 from langgraph_moa.spec import McpServerSpec, load_spec
+from tests.helpers import MCP_WORDS_SERVER
 from tests.nodes_support import Call, Script, graph_of, models, thread, usage
 
 TOOLS: dict[str, Any] = {
@@ -1014,27 +1015,6 @@ def test_the_loops_shape_and_unconfined_python() -> None:
 
 # -- MCP servers: the tools they list, a mute one, the missing extra ----------------------
 
-WORDS_SERVER = '''
-from mcp.server.fastmcp import FastMCP
-
-server = FastMCP("words")
-
-
-@server.tool()
-def reverse(text: str) -> str:
-    """Reverse a text."""
-    return text[::-1]
-
-
-@server.tool()
-def count(text: str) -> int:
-    """Count the words of a text."""
-    return len(text.split())
-
-
-server.run()
-'''
-
 
 @pytest.fixture
 def server_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
@@ -1068,7 +1048,7 @@ async def test_mcp_problems_name_the_tools_a_server_lacks(tmp_path: Path) -> Non
     import sys
 
     server = tmp_path / "words.py"
-    server.write_text(WORDS_SERVER)
+    server.write_text(MCP_WORDS_SERVER)
     spec = mcp_spec(
         {"words": {"mcp": {"command": sys.executable, "args": [str(server)]}}, "add": TOOLS["add"]},
         ["add", "words.reverse", "words.shout", "words.count.all", "words.count"],
@@ -1087,7 +1067,7 @@ async def test_the_resolver_gives_an_agent_the_mcp_tools_it_names(tmp_path: Path
     import sys
 
     server = tmp_path / "words.py"
-    server.write_text(WORDS_SERVER)
+    server.write_text(MCP_WORDS_SERVER)
     tools = {
         "words": {"mcp": {"command": sys.executable, "args": [str(server)]}},
         "add": TOOLS["add"],

@@ -17,28 +17,7 @@ from langgraph_moa.graphs import compile_graph
 from langgraph_moa.nodes.tools import mcp_problems
 from langgraph_moa.spec import SpecError, load_spec
 from langgraph_moa.testing import ChatRequest, ModelServer
-from tests.helpers import served_models
-
-MCP_SERVER = '''
-from mcp.server.fastmcp import FastMCP
-
-server = FastMCP("words")
-
-
-@server.tool()
-def reverse(text: str) -> str:
-    """Reverse a text."""
-    return text[::-1]
-
-
-@server.tool()
-def count(text: str) -> int:
-    """Count the words of a text."""
-    return len(text.split())
-
-
-server.run()
-'''
+from tests.helpers import MCP_WORDS_SERVER, served_models
 
 
 def spec_of(srv: ModelServer, tools: dict[str, Any], agent_tools: list[str]) -> dict[str, Any]:
@@ -134,7 +113,7 @@ def test_tool_entries_are_checked(tool: dict[str, Any], message: str) -> None:
 
 async def test_check_tools_contacts_mcp_servers(tmp_path: Path) -> None:
     server = tmp_path / "words.py"
-    server.write_text(MCP_SERVER)
+    server.write_text(MCP_WORDS_SERVER)
     spec = load_spec(
         {
             "tools": {
@@ -237,7 +216,7 @@ async def test_mcp_stdio_tools_reach_the_synthesizer(
 ) -> None:
     srv = model_server
     server = tmp_path / "words.py"
-    server.write_text(MCP_SERVER)
+    server.write_text(MCP_WORDS_SERVER)
     calls = [
         {"name": "words_reverse", "arguments": {"text": "stressed"}},
         {"name": "words_count", "arguments": {"text": "a b c"}},
@@ -258,7 +237,7 @@ async def test_mcp_stdio_tools_reach_the_synthesizer(
 async def test_mcp_filter_offers_one_tool(model_server: ModelServer, tmp_path: Path) -> None:
     srv = model_server
     server = tmp_path / "words.py"
-    server.write_text(MCP_SERVER)
+    server.write_text(MCP_WORDS_SERVER)
     tools = {"words": {"mcp": {"command": sys.executable, "args": [str(server)]}}}
     await run(spec_of(srv, tools, ["words.count"]))
     first = next(r for r in srv.requests if r.model == "coder")
@@ -283,7 +262,7 @@ def test_spec_validate_check_tools_names_the_lines(tmp_path: Path) -> None:
     from tests.durable_helpers import moa
 
     server = tmp_path / "words.py"
-    server.write_text(MCP_SERVER)
+    server.write_text(MCP_WORDS_SERVER)
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         "tools:\n"
@@ -464,7 +443,7 @@ def mcp_http(tmp_path: Path) -> Iterator[str]:
         port = probe.getsockname()[1]
     server = tmp_path / "words_http.py"
     server.write_text(
-        MCP_SERVER.replace(
+        MCP_WORDS_SERVER.replace(
             'FastMCP("words")', f'FastMCP("words", host="127.0.0.1", port={port})'
         ).replace("server.run()", 'server.run(transport="streamable-http")')
     )
