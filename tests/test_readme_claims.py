@@ -85,6 +85,7 @@ def test_moa_run_and_moa_models_use_moa_model_env(
     requests = model_server.requests
     assert {r.model for r in requests} == {"scripted"} and len(requests) == 7
     assert result["answer"] == f"scripted answer {requests[-1].digest}"
+    assert "Unclosed" not in done.stderr  # the HTTP clients close with the run's event loop
 
 
 def test_moa_models_without_env_names_the_embedded_model_and_the_way_out() -> None:

@@ -295,6 +295,27 @@ async def test_models_of_one_endpoint_share_one_http_client(model_server: ModelS
     assert ModelResolver({}).limiter(None) is None  # the embedded model queues its own calls
 
 
+def test_an_event_loops_http_clients_close_with_it(model_server: ModelServer) -> None:
+    """``asyncio.run`` closes the clients its loop opened (no aiohttp session or socket is
+    left for the garbage collector to warn about); the next loop gets new ones."""
+    from langgraph_moa.spec import ModelSpec
+
+    resolver = ModelResolver({"w": ModelSpec(model="w", base_url=model_server.base_url)})
+
+    async def call() -> Any:
+        model = resolver.get("w", temperature=0.0, max_tokens=16)
+        reply = await model.ainvoke("hi")
+        client = model.http_async_client  # type: ignore[attr-defined]
+        assert reply.content and not client.is_closed
+        return client
+
+    first = asyncio.run(call())
+    assert first.is_closed
+    second = asyncio.run(call())
+    assert second is not first and second.is_closed
+    assert model_server.calls("w") == 2
+
+
 async def test_concurrency_cap_is_shared_by_runs_and_event_loops(
     model_server: ModelServer, tmp_path: Path
 ) -> None:

@@ -16,14 +16,16 @@ default :data:`DEFAULT_TIMEOUT` seconds) go to the provider client, which retrie
 :data:`~langgraph_moa.models.limits.DEFAULT_MAX_CONCURRENCY`), both shared process-wide per
 endpoint. The models of an OpenAI-compatible endpoint share one HTTP client per event loop,
 on the OpenAI SDK's aiohttp transport (less CPU per call than its httpx one under load), its
-connection pool as large as that limit.
+connection pool as large as that limit; ``asyncio.run`` closes them with the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import weakref
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -124,6 +126,21 @@ def resolve_model(
 _http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], Any]] = (
     weakref.WeakKeyDictionary()
 )
+_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _close_at_shutdown(clients: dict[tuple[str, int], Any]) -> AsyncGenerator[None, None]:
+    """Suspended for the event loop's life: ``asyncio.run`` (any loop that runs
+    ``shutdown_asyncgens()``) closes it, and so the loop's HTTP clients, before closing the
+    loop, so that no connection or aiohttp session is left open at exit."""
+    try:
+        yield
+    finally:
+        for client in clients.values():
+            await client.aclose()
+        clients.clear()
 
 
 def _http_client(spec: ModelSpec) -> Any:
@@ -143,7 +160,12 @@ def _http_client(spec: ModelSpec) -> Any:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return _new_http_client(limits)
-    clients = _http_clients.setdefault(loop, {})
+    clients = _http_clients.get(loop)
+    if clients is None:
+        clients = _http_clients[loop] = {}
+        closer = _closers[loop] = _close_at_shutdown(clients)
+        with contextlib.suppress(StopIteration):  # run it to its `yield`, here and now:
+            closer.__anext__().send(None)  # the loop tracks it from its first step on
     key = (spec.base_url or "openai", limit)
     if key not in clients:
         clients[key] = _new_http_client(limits)
