@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,34 +75,35 @@ def start(
 
 
 def outcome(xml: Path, rc: int) -> dict[str, Any]:
-    """Counts from a JUnit XML report (and the failing tests' ids)."""
-    if not xml.exists():
+    """Counts per test case from a JUnit XML report (a case with a failure or an error,
+    in its call or its teardown, counts once, as failed or as an error), and the ids of
+    those cases; an absent or truncated report counts as one error."""
+    try:
+        cases = list(ET.parse(xml).getroot().iter("testcase"))
+    except (OSError, ET.ParseError) as exc:
         return {
             "rc": rc,
             "passed": 0,
             "failed": 0,
             "errors": 1,
             "skipped": 0,
-            "failures": ["no report"],
+            "failures": [str(exc)],
         }
-    suite = ET.parse(xml).getroot().find("testsuite")
-    assert suite is not None
-    failures = [
-        f"{case.get('classname')}::{case.get('name')}"
-        for case in suite.iter("testcase")
-        if case.find("failure") is not None or case.find("error") is not None
-    ]
-    tests, failed, errors, skipped = (
-        int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")
-    )
-    return {
-        "rc": rc,
-        "passed": tests - failed - errors - skipped,
-        "failed": failed,
-        "errors": errors,
-        "skipped": skipped,
-        "failures": failures,
-    }
+    counts = dict.fromkeys(("passed", "failed", "errors", "skipped"), 0)
+    failures = []
+    for case in cases:
+        kind = next(
+            (
+                k
+                for tag, k in (("failure", "failed"), ("error", "errors"), ("skipped", "skipped"))
+                if case.find(tag) is not None
+            ),
+            "passed",
+        )
+        counts[kind] += 1
+        if kind in ("failed", "errors"):
+            failures.append(f"{case.get('classname')}::{case.get('name')}")
+    return {"rc": rc, **counts, "failures": list(dict.fromkeys(failures))}
 
 
 COLUMNS = ("round", "copy", "rc", "passed", "failed", "errors", "skipped", "seconds", "loadavg")
@@ -122,8 +124,14 @@ def run_round(
     waiters = [threading.Thread(target=reap, args=(c.name, p)) for c, p, _ in running]
     for waiter in waiters:
         waiter.start()
-    for waiter in waiters:
-        waiter.join()
+    try:
+        for waiter in waiters:
+            waiter.join()
+    finally:  # interrupted: stop the copies before their worktrees go
+        for _, proc, _ in running:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
     rows = []
     for copy, proc, xml in running:
         seconds, load = ended[copy.name]
@@ -146,6 +154,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=RESULTS / "suite_load.json")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed on to pytest")
     opts = parser.parse_args()
+    if opts.copies < 1 or opts.rounds < 1:
+        parser.error("--copies and --rounds must be at least 1")
     scratch = Path(tempfile.mkdtemp(prefix="moa-suite-load-"))
     copies = [scratch / f"copy{i + 1}" for i in range(opts.copies)]
     rows: list[dict[str, Any]] = []
@@ -154,8 +164,12 @@ def main() -> None:
         print(f"commit {commit}, {opts.copies} copies, {opts.rounds} rounds; logs: {scratch}")
         for rnd in range(1, opts.rounds + 1):
             rows += run_round(rnd, copies, scratch, opts.pytest_args)
-            if opts.stop_on_failure and any(r["rc"] for r in rows):
-                break
+            if any(r["rc"] for r in rows if r["round"] == rnd):
+                if opts.stop_on_failure:
+                    break
+            else:  # keep the logs and reports, not the green round's temporary files
+                for tmp in scratch.glob(f"tmp-*-r{rnd}"):
+                    shutil.rmtree(tmp, ignore_errors=True)
     finally:
         for copy in copies:
             subprocess.run(

@@ -4,11 +4,13 @@ retries, timeouts, quorum with grace, in-flight and rate limits, usage, budgets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -297,16 +299,20 @@ async def test_models_of_one_endpoint_share_one_http_client(model_server: ModelS
 
 def test_an_event_loops_http_clients_close_with_it(model_server: ModelServer) -> None:
     """``asyncio.run`` closes the clients its loop opened (no aiohttp session or socket is
-    left for the garbage collector to warn about); the next loop gets new ones."""
+    left for the garbage collector to warn about) and drops the loop's cached models, so
+    that nothing keeps the closed loop alive; the next loop gets new clients."""
     from langgraph_moa.spec import ModelSpec
 
     resolver = ModelResolver({"w": ModelSpec(model="w", base_url=model_server.base_url)})
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
 
     async def call() -> Any:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
         model = resolver.get("w", temperature=0.0, max_tokens=16)
         reply = await model.ainvoke("hi")
         client = model.http_async_client  # type: ignore[attr-defined]
         assert reply.content and not client.is_closed
+        assert resolver.get("w", temperature=0.0, max_tokens=16) is model
         return client
 
     first = asyncio.run(call())
@@ -314,6 +320,9 @@ def test_an_event_loops_http_clients_close_with_it(model_server: ModelServer) ->
     second = asyncio.run(call())
     assert second is not first and second.is_closed
     assert model_server.calls("w") == 2
+    del first, second  # a closed aiohttp session still refers to its loop
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None] and not resolver._by_loop
 
 
 async def test_concurrency_cap_is_shared_by_runs_and_event_loops(

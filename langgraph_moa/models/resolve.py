@@ -16,13 +16,14 @@ default :data:`DEFAULT_TIMEOUT` seconds) go to the provider client, which retrie
 :data:`~langgraph_moa.models.limits.DEFAULT_MAX_CONCURRENCY`), both shared process-wide per
 endpoint. The models of an OpenAI-compatible endpoint share one HTTP client per event loop,
 on the OpenAI SDK's aiohttp transport (less CPU per call than its httpx one under load), its
-connection pool as large as that limit; ``asyncio.run`` closes them with the loop.
+connection pool as large as that limit, closed when the loop shuts down (``asyncio.run``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import weakref
 from collections.abc import AsyncGenerator
@@ -40,6 +41,8 @@ from langgraph_moa.models.limits import (
 )
 from langgraph_moa.models.settings import _env_default, describe_default
 from langgraph_moa.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CONTEXT_WINDOW",
@@ -123,24 +126,54 @@ def resolve_model(
         raise ModelConfigError(f"model {name!r} ({spec.model}): {exc}") from None
 
 
-_http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], Any]] = (
-    weakref.WeakKeyDictionary()
-)
-_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = (
+class _LoopScope:
+    """What this module keeps for one event loop: its HTTP clients, and the resolvers whose
+    models use them. All of it is closed and dropped when the loop shuts down."""
+
+    def __init__(self) -> None:
+        self.clients: dict[tuple[str, int], Any] = {}
+        self.resolvers: weakref.WeakSet[ModelResolver] = weakref.WeakSet()
+        self.closer = self._close_at_shutdown()
+        # ``__anext__()`` calls the running loop's first-iteration hook, which adds the
+        # generator to the loop's (weak) set of async generators, and ``send(None)`` runs it
+        # to its ``yield`` (raising StopIteration): the loop's ``shutdown_asyncgens()`` will
+        # close it. ``_scopes`` keeps it alive until then.
+        with contextlib.suppress(StopIteration):
+            self.closer.__anext__().send(None)
+
+    async def _close_at_shutdown(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            loop = asyncio.get_running_loop()
+            _scopes.pop(loop, None)
+            for resolver in list(self.resolvers):
+                resolver._by_loop.pop(loop, None)
+            clients, self.clients = list(self.clients.values()), {}
+            for client in clients:
+                try:
+                    await client.aclose()
+                except Exception as exc:  # close the others anyway
+                    log.warning("closing an HTTP client at the event loop's shutdown: %r", exc)
+
+
+_scopes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopScope] = (
     weakref.WeakKeyDictionary()
 )
 
 
-async def _close_at_shutdown(clients: dict[tuple[str, int], Any]) -> AsyncGenerator[None, None]:
-    """Suspended for the event loop's life: ``asyncio.run`` (any loop that runs
-    ``shutdown_asyncgens()``) closes it, and so the loop's HTTP clients, before closing the
-    loop, so that no connection or aiohttp session is left open at exit."""
+def _loop_scope() -> _LoopScope | None:
+    """The running event loop's scope (None without a running loop). A loop that runs
+    ``shutdown_asyncgens()`` before it closes (``asyncio.run``, ``asyncio.Runner``, uvicorn,
+    pytest-asyncio) closes its HTTP clients then; one closed without it leaves them open."""
     try:
-        yield
-    finally:
-        for client in clients.values():
-            await client.aclose()
-        clients.clear()
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    scope = _scopes.get(loop)
+    if scope is None:
+        scope = _scopes[loop] = _LoopScope()
+    return scope
 
 
 def _http_client(spec: ModelSpec) -> Any:
@@ -156,20 +189,13 @@ def _http_client(spec: ModelSpec) -> Any:
 
     limit = max_concurrency(spec) or DEFAULT_MAX_CONCURRENCY
     limits = httpx2.Limits(max_connections=limit, max_keepalive_connections=limit)
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+    scope = _loop_scope()
+    if scope is None:
         return _new_http_client(limits)
-    clients = _http_clients.get(loop)
-    if clients is None:
-        clients = _http_clients[loop] = {}
-        closer = _closers[loop] = _close_at_shutdown(clients)
-        with contextlib.suppress(StopIteration):  # run it to its `yield`, here and now:
-            closer.__anext__().send(None)  # the loop tracks it from its first step on
     key = (spec.base_url or "openai", limit)
-    if key not in clients:
-        clients[key] = _new_http_client(limits)
-    return clients[key]
+    if key not in scope.clients:
+        scope.clients[key] = _new_http_client(limits)
+    return scope.clients[key]
 
 
 def _new_http_client(limits: Any) -> Any:
@@ -254,10 +280,12 @@ class ModelResolver:
     def get(self, name: str | None, *, temperature: float, max_tokens: int) -> BaseChatModel:
         """The chat model for entry ``name`` with these sampling settings."""
         key = (name or self._default, temperature, max_tokens)
-        try:
-            cache = self._by_loop.setdefault(asyncio.get_running_loop(), {})
-        except RuntimeError:  # no running loop: a synchronous caller
+        scope = _loop_scope()
+        if scope is None:  # no running loop: a synchronous caller
             cache = self._cache
+        else:
+            cache = self._by_loop.setdefault(asyncio.get_running_loop(), {})
+            scope.resolvers.add(self)
         if key not in cache:
             cache[key] = resolve_model(
                 self.spec(name), temperature=temperature, max_tokens=max_tokens, name=str(key[0])
