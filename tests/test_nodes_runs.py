@@ -895,6 +895,10 @@ async def test_quorum_error_then_a_resume_retries_the_failed_agents() -> None:
         "c": "ok",
     }
     assert state["proposals"]["1"]["b"]["content"] == "B again"
+    # the retried proposals carry the resume's invocation, a's the first one's
+    first, again = (state["proposals"]["1"][x]["run_id"] for x in ("a", "b"))
+    assert state["proposals"]["1"]["c"]["run_id"] == again
+    assert len(first) == len(again) == 32 and first != again
     assert state["usage"]["b"] == {**usage(), "calls": 1, "cost": 0.0}
     assert state["usage"]["a"]["calls"] == 1
     assert state["notes"] == []
@@ -923,10 +927,121 @@ async def test_a_retry_over_budget_pauses_and_resumes() -> None:
     assert intr.value["node"] == "L1_b"
     assert intr.value["used"] == {"total_tokens": 15, "cost": 0.0}
     out = await graph.ainvoke(Command(resume=True), config)
-    assert out["__interrupt__"][0].value["node"] == "L1_synthesizer"
+    (intr,) = out["__interrupt__"]
+    assert intr.value["node"] == "L1_synthesizer"
+    assert intr.value["used"] == {"total_tokens": 30, "cost": 0.0}  # a's call and b's retry
     out = await graph.ainvoke(Command(resume=True), config)
     assert out["answer"] == "done"
     assert out["proposals"]["1"]["b"]["content"] == "B"
+
+
+async def test_a_retry_pauses_the_agents_over_budget_and_the_others_keep_their_answers() -> None:
+    agents = [{"name": "a", "model": "a"}, {"name": "b", "model": "b", "max_tokens": 20}]
+    spec = spec_of(
+        ["a", "b", "c"], agents=[*agents, {"name": "c", "model": "c"}], layer={"min_proposals": 3}
+    )
+    script = (
+        Script()
+        .on("a", "A")
+        .on("b", RuntimeError("b down"), "B again")
+        .on("c", RuntimeError("c down"), "C again")
+        .on("synth", "done")
+    )
+    graph = graph_of(spec, script)
+    with pytest.raises(Exception, match="1 of 3 agents answered, 3 needed"):
+        await graph.ainvoke({"task": "T"}, thread())
+    config = {"configurable": {"thread_id": "t", "budget": {"max_total_tokens": 200}}}
+    # b (up to 20 tokens out) fits; c (up to 256) does not once b has spent its 15
+    out = await graph.ainvoke(None, config)
+    (intr,) = out["__interrupt__"]
+    system = prompts.AGENT_SYSTEM.format(name="c", description="")
+    need = count_tokens_approximately([SystemMessage(system), HumanMessage("T")]) + 256
+    assert intr.value == {
+        "kind": "budget",
+        "node": "L1_c",
+        "reason": f"L1_c: token budget: 30 used + up to {need} for this call > "
+        "max_total_tokens 200; resume with a larger budget",
+        "used": {"total_tokens": 30, "cost": 0.0},
+        "next_call": {"total_tokens": need, "cost": 0.0},
+        "budget": {"max_total_tokens": 200, "max_cost": None},
+    }
+    out = await graph.ainvoke(Command(resume={"max_total_tokens": 10_000}), config)
+    (intr,) = out["__interrupt__"]  # the synthesizer counts a's call and both retries
+    assert (intr.value["node"], intr.value["used"]) == (
+        "L1_synthesizer",
+        {"total_tokens": 45, "cost": 0.0},
+    )
+    out = await graph.ainvoke(Command(resume=True), config)
+    assert out["answer"] == "done"
+    assert {a: p["content"] for a, p in out["proposals"]["1"].items()} == {
+        "a": "A",
+        "b": "B again",
+        "c": "C again",
+    }
+    assert {a: u["calls"] for a, u in out["usage"].items()} == {
+        "a": 1,
+        "b": 1,
+        "c": 1,
+        "synthesizer_L1": 1,
+    }
+    (call,) = script.of("synth")
+    assert call.system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals=listing(("a", "A"), ("b", "B again"), ("c", "C again"))
+    )
+
+
+async def test_a_resumes_retry_waits_for_the_missing_part_of_the_quorum_then_its_grace() -> None:
+    never = asyncio.Event()
+
+    async def hang(call: Call) -> str:
+        await never.wait()
+        return "late"
+
+    spec = spec_of(["a", "b", "c"], layer={"min_proposals": 2, "grace_period": 0.05})
+    script = (
+        Script()
+        .on("a", "A")
+        .on("b", RuntimeError("b down"), "B again")
+        .on("c", RuntimeError("c down"), hang)
+        .on("synth", "done")
+    )
+    graph = graph_of(spec, script)
+    with pytest.raises(Exception, match="1 of 3 agents answered, 2 needed"):
+        await graph.ainvoke({"task": "T"}, thread())
+    # a answered before: the retry of b and c needs 1 more, then c gets the grace period
+    out = await asyncio.wait_for(graph.ainvoke(None, thread()), 60)  # a last guard only
+    c = out["proposals"]["1"]["c"]
+    assert (c["status"], c["error"]) == (
+        "missing",
+        "no answer within the grace period of 0.05s after 1 agents answered (quorum 1)",
+    )
+    assert out["answer"] == "done"
+    state = (await graph.aget_state(thread())).values
+    assert state["notes"] == ["layer 1: c did not answer in time"]
+    assert script.of("synth")[0].system.startswith(
+        prompts.SYNTHESIZER_SYSTEM.format(proposals=listing(("a", "A"), ("b", "B again")))
+    )
+
+
+async def test_a_resumes_retry_is_cut_by_the_layer_timeout() -> None:
+    never = asyncio.Event()
+
+    async def hang(call: Call) -> str:
+        await never.wait()
+        return "late"
+
+    spec = spec_of(["a", "b"], layer={"min_proposals": 2, "timeout": 0.05})
+    script = Script().on("a", "A").on("b", RuntimeError("b down"), hang).on("synth", "done")
+    graph = graph_of(spec, script)
+    with pytest.raises(Exception, match="1 of 2 agents answered, 2 needed"):
+        await graph.ainvoke({"task": "T"}, thread())
+    with pytest.raises(Exception) as err:
+        await asyncio.wait_for(graph.ainvoke(None, thread()), 60)  # a last guard only
+    assert str(err.value) == (
+        "layer 1: 1 of 2 agents answered, 2 needed (b did not answer in time); resume the run "
+        "once the models answer again: it retries the agents that did not answer"
+    )
+    assert [c.model for c in script.calls] == ["a", "b", "b"]
 
 
 async def test_vote_majority_answers_without_the_synthesizer() -> None:
@@ -1054,6 +1169,30 @@ async def test_select_asks_again_once_then_falls_back_to_the_first() -> None:
     assert state["answer"] == "Beta." and state["aggregation"]["1"]["choice"] == 2
 
 
+async def test_select_reads_a_pick_that_names_the_agent() -> None:
+    spec = spec_of(["ann", "bob"], synth={"mode": "select"})
+    script = Script().on("ann", "Ann's.").on("bob", "Bob's.").on("synth", "bob wrote it best")
+    state = await run(spec, script)
+    assert len(script.of("synth")) == 1  # read at once, no second question
+    assert state["answer"] == "Bob's."
+    assert state["aggregation"]["1"] == {
+        "mode": "select",
+        "proposals": ["ann", "bob"],
+        "decided_by": "select",
+        "choice": 2,
+        "agent": "bob",
+        "reason": "bob wrote it best",
+    }
+    assert state["usage"]["synthesizer_L1"]["calls"] == 1
+    # a name in the reply to the second question is read too
+    script = Script().on("ann", "Ann's.").on("bob", "Bob's.").on("synth", "hmm", "bob's, then")
+    state = await run(spec, script)
+    assert len(script.of("synth")) == 2
+    assert state["answer"] == "Bob's."
+    assert (state["aggregation"]["1"]["choice"], state["aggregation"]["1"]["agent"]) == (2, "bob")
+    assert state["notes"] == ["layer 1: select: proposal [2] of bob"]
+
+
 async def test_concat_lists_the_proposals_without_a_call() -> None:
     script = Script().on("a", "Alpha one. Alpha two.").on("b", "Beta.")
     state = await run(spec_of(["a", "b"], synth={"mode": "concat"}), script)
@@ -1102,6 +1241,34 @@ async def test_approve_synthesis_interrupt_and_edits() -> None:
         out = await graph.ainvoke(Command(resume=value), thread())
         assert out["answer"] == "done"
         assert script.of("synth")[0].system.endswith(listing(("a", "Alpha."), ("b", "Beta.")))
+
+
+async def test_a_reviewers_edits_and_a_retry_in_one_step_are_both_written() -> None:
+    spec = spec_of(["a", "b", "c"], layer={"min_proposals": 2, "interrupt_before_synthesis": True})
+    script = (
+        Script()
+        .on("a", "A")
+        .on("b", RuntimeError("b down"), "B again")
+        .on("c", RuntimeError("c down"), "C again")
+        .on("synth", "done")
+    )
+    graph = graph_of(spec, script)
+    out = await graph.ainvoke({"task": "T"}, thread())
+    (intr,) = out["__interrupt__"]
+    assert intr.value["proposals"] == {"a": "A", "b": "", "c": ""}
+    # the resume edits a; 1 of 2 needed answered: b and c are retried in the same step
+    out = await graph.ainvoke(Command(resume={"proposals": {"a": "A by hand"}}), thread())
+    assert out["answer"] == "done"
+    assert [c.model for c in script.calls].count("b") == 2
+    assert {a: (p["status"], p["content"]) for a, p in out["proposals"]["1"].items()} == {
+        "a": ("ok", "A by hand"),
+        "b": ("ok", "B again"),
+        "c": ("ok", "C again"),
+    }
+    (call,) = script.of("synth")
+    assert call.system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals=listing(("a", "A by hand"), ("b", "B again"), ("c", "C again"))
+    )
 
 
 async def test_proposals_trimmed_to_the_synthesizers_window() -> None:
