@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.messages.utils import count_tokens_approximately
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from langgraph_moa.nodes import prompts
@@ -1030,11 +1031,15 @@ async def test_a_resumes_retry_is_cut_by_the_layer_timeout() -> None:
         await never.wait()
         return "late"
 
-    spec = spec_of(["a", "b"], layer={"min_proposals": 2, "timeout": 0.05})
+    # the first invocation has no timeout (a's answer must not race it on a busy machine);
+    # the resume runs the same thread with a spec that has one
+    saver = InMemorySaver()
     script = Script().on("a", "A").on("b", RuntimeError("b down"), hang).on("synth", "done")
-    graph = graph_of(spec, script)
+    first = graph_of(spec_of(["a", "b"], layer={"min_proposals": 2}), script, saver)
     with pytest.raises(Exception, match="1 of 2 agents answered, 2 needed"):
-        await graph.ainvoke({"task": "T"}, thread())
+        await first.ainvoke({"task": "T"}, thread())
+    spec = spec_of(["a", "b"], layer={"min_proposals": 2, "timeout": 0.05})
+    graph = graph_of(spec, script, saver)
     with pytest.raises(Exception) as err:
         await asyncio.wait_for(graph.ainvoke(None, thread()), 60)  # a last guard only
     assert str(err.value) == (
