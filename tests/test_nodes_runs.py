@@ -64,6 +64,19 @@ def prop(agent: str, content: str, status: str = "ok", subtask: str = "T") -> Pr
 # -- the agent's prompt -----------------------------------------------------------------
 
 
+def budget_stop(node: str, used: int, need: int, limit: int) -> dict[str, Any]:
+    """The interrupt of a call by ``node`` that ``limit`` tokens cannot take."""
+    return {
+        "kind": "budget",
+        "node": node,
+        "reason": f"{node}: token budget: {used} used + up to {need} for this call > "
+        f"max_total_tokens {limit}; resume with a larger budget",
+        "used": {"total_tokens": used, "cost": 0.0},
+        "next_call": {"total_tokens": need, "cost": 0.0},
+        "budget": {"max_total_tokens": limit, "max_cost": None},
+    }
+
+
 def test_agent_prompt_default_role_task_and_subtask() -> None:
     spec = spec_of(["a"])
     agent = spec.agent("a")
@@ -280,15 +293,7 @@ async def test_agent_over_budget_pauses_the_run_and_a_larger_budget_resumes_it()
     (intr,) = out["__interrupt__"]
     system = prompts.AGENT_SYSTEM.format(name="a", description="")
     need = count_tokens_approximately([SystemMessage(system), HumanMessage("T")]) + 256
-    assert intr.value == {
-        "kind": "budget",
-        "node": "L1_a",
-        "reason": f"L1_a: token budget: 0 used + up to {need} for this call > "
-        "max_total_tokens 20; resume with a larger budget",
-        "used": {"total_tokens": 0, "cost": 0.0},
-        "next_call": {"total_tokens": need, "cost": 0.0},
-        "budget": {"max_total_tokens": 20, "max_cost": None},
-    }
+    assert intr.value == budget_stop("L1_a", 0, need, 20)
     assert script.calls == []
     out = await graph.ainvoke(Command(resume={"max_total_tokens": 100_000}), thread())
     assert [c.model for c in script.calls] == ["a"]
@@ -579,15 +584,7 @@ async def test_a_second_layer_router_counts_what_the_first_layer_spent() -> None
     graph = graph_of(spec, script)
     out = await graph.ainvoke({"task": "T"}, thread())
     (intr,) = out["__interrupt__"]
-    assert intr.value == {
-        "kind": "budget",
-        "node": "L2_router",
-        "reason": f"L2_router: token budget: 45 used + up to {need} for this call > "
-        f"max_total_tokens {need + 20}; resume with a larger budget",
-        "used": {"total_tokens": 45, "cost": 0.0},
-        "next_call": {"total_tokens": need, "cost": 0.0},
-        "budget": {"max_total_tokens": need + 20, "max_cost": None},
-    }
+    assert intr.value == budget_stop("L2_router", 45, need, need + 20)
     assert [c.model for c in script.calls] == ["router", "a", "synth"]
 
 
@@ -957,15 +954,7 @@ async def test_a_retry_pauses_the_agents_over_budget_and_the_others_keep_their_a
     (intr,) = out["__interrupt__"]
     system = prompts.AGENT_SYSTEM.format(name="c", description="")
     need = count_tokens_approximately([SystemMessage(system), HumanMessage("T")]) + 256
-    assert intr.value == {
-        "kind": "budget",
-        "node": "L1_c",
-        "reason": f"L1_c: token budget: 30 used + up to {need} for this call > "
-        "max_total_tokens 200; resume with a larger budget",
-        "used": {"total_tokens": 30, "cost": 0.0},
-        "next_call": {"total_tokens": need, "cost": 0.0},
-        "budget": {"max_total_tokens": 200, "max_cost": None},
-    }
+    assert intr.value == budget_stop("L1_c", 30, need, 200)
     out = await graph.ainvoke(Command(resume={"max_total_tokens": 10_000}), config)
     (intr,) = out["__interrupt__"]  # the synthesizer counts a's call and both retries
     assert (intr.value["node"], intr.value["used"]) == (
