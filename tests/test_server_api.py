@@ -432,15 +432,21 @@ async def test_state_update_is_kept_when_its_event_cannot_be_logged(
             return StateUpdate.model_validate({"values": {"task": task}, "as_node": "L1_a1"})
 
         engine = sa.create_engine(db_url)
-        try:
+
+        def rename(old: str, new: str) -> None:
             with engine.begin() as conn:
-                conn.exec_driver_sql("ALTER TABLE moa_run_events RENAME TO moa_run_events_away")
+                conn.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")
+
+        # In a thread: the server's own tasks (the event pruner) may hold the table in a
+        # transaction that needs this event loop to finish; blocking the loop here would
+        # deadlock ("database is locked" on SQLite, a lock wait on PostgreSQL and MariaDB).
+        try:
+            await asyncio.to_thread(rename, "moa_run_events", "moa_run_events_away")
             try:
                 with caplog.at_level("ERROR", logger="langgraph_moa"):
                     written = await server.update_state("a", tid, update("kept"))
             finally:
-                with engine.begin() as conn:
-                    conn.exec_driver_sql("ALTER TABLE moa_run_events_away RENAME TO moa_run_events")
+                await asyncio.to_thread(rename, "moa_run_events_away", "moa_run_events")
         finally:
             engine.dispose()
         state = await server.get_state("a", tid)
