@@ -7,7 +7,8 @@ too, ``MOA_REQUIRE_SERVICES=1`` as in CI (a missing database fails, never skips)
 ``--basetemp`` and its own JS SDK cache. The copies of a round start together and load the
 machine for each other; the next round starts when all have ended. Prints a table (one row
 per copy and round: passed, failed, errors, skipped, wall time, load average at the end),
-the number of passing rounds in a row, and writes bench/results/suite_load.json.
+the number of passing rounds in a row, and writes bench/results/suite_load.json (with the
+first line of each failure's message).
 
     python bench/suite_load.py [--copies 2] [--rounds 3] [--stop-on-failure] [-- PYTEST ARGS]
 """
@@ -77,7 +78,8 @@ def start(
 def outcome(xml: Path, rc: int) -> dict[str, Any]:
     """Counts per test case from a JUnit XML report (a case with a failure or an error,
     in its call or its teardown, counts once, as failed or as an error), and the ids of
-    those cases; an absent or truncated report counts as one error."""
+    those cases with the first line of each one's message; an absent or truncated report
+    counts as one error."""
     try:
         cases = list(ET.parse(xml).getroot().iter("testcase"))
     except (OSError, ET.ParseError) as exc:
@@ -88,22 +90,24 @@ def outcome(xml: Path, rc: int) -> dict[str, Any]:
             "errors": 1,
             "skipped": 0,
             "failures": [str(exc)],
+            "reasons": {},
         }
     counts = dict.fromkeys(("passed", "failed", "errors", "skipped"), 0)
-    failures = []
+    reasons: dict[str, str] = {}
     for case in cases:
-        kind = next(
+        kind, found = next(
             (
-                k
+                (k, el)
                 for tag, k in (("failure", "failed"), ("error", "errors"), ("skipped", "skipped"))
-                if case.find(tag) is not None
+                if (el := case.find(tag)) is not None
             ),
-            "passed",
+            ("passed", None),
         )
         counts[kind] += 1
-        if kind in ("failed", "errors"):
-            failures.append(f"{case.get('classname')}::{case.get('name')}")
-    return {"rc": rc, **counts, "failures": list(dict.fromkeys(failures))}
+        if found is not None and kind in ("failed", "errors"):
+            first_line = (found.get("message") or "").partition("\n")[0]
+            reasons.setdefault(f"{case.get('classname')}::{case.get('name')}", first_line[:300])
+    return {"rc": rc, **counts, "failures": list(reasons), "reasons": reasons}
 
 
 COLUMNS = ("round", "copy", "rc", "passed", "failed", "errors", "skipped", "seconds", "loadavg")
