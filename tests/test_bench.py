@@ -104,3 +104,38 @@ def test_startup_bench_runs(tmp_path: Path) -> None:
     assert [r["command"] for r in report["rows"]] == ["moa --help", "moa runs", "moa spec validate"]
     assert all(r["median_s"] > 0 and r["peak_rss_mb"] > 0 for r in report["rows"])
     assert "moa spec validate" in done.stdout and report["load_average"]["before"]
+
+
+@pytest.mark.slow
+def test_suite_load_counts_each_copy_and_round(tmp_path: Path) -> None:
+    """Two copies of a small selection at once, twice: a test failing in every copy makes
+    every round red (its reason kept); the same copies without it are green in a row."""
+    failing = tmp_path / "test_outside.py"
+    failing.write_text("def test_wrong():\n    assert 1 + 1 == 3, 'the sum is off'\n")
+    one = "tests/test_eval_stats.py::test_mcnemar_rejects_negative_counts"
+    red, green = tmp_path / "red.json", tmp_path / "green.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "suite_load.py"), "--copies", "2", "--rounds", "2",
+         "--json", str(red), "--", one, str(failing)],
+        capture_output=True, text=True, timeout=900, cwd=BENCH.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(red.read_text())
+    assert [(r["round"], r["copy"]) for r in report["rows"]] == [
+        (1, "copy1"), (1, "copy2"), (2, "copy1"), (2, "copy2")
+    ]  # fmt: skip
+    assert {(r["rc"], r["passed"], r["failed"], r["errors"]) for r in report["rows"]} == {
+        (1, 1, 1, 0)
+    }
+    # (a file outside the copy has no class name in the JUnit report)
+    assert [list(r["reasons"].items()) for r in report["rows"]] == [
+        [("::test_wrong", "AssertionError: the sum is off")]
+    ] * 4
+    assert report["green_in_a_row"] == 0 and report["copies"] == 2
+
+    done = _bench(
+        "suite_load.py", "--copies", "2", "--rounds", "2", "--json", str(green), "--", one
+    )
+    report = json.loads(green.read_text())
+    assert [(r["rc"], r["passed"], r["failed"]) for r in report["rows"]] == [(0, 1, 0)] * 4
+    assert report["green_in_a_row"] == 2 and "green in a row at the end: 2 of 2" in done.stdout
