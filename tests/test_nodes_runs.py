@@ -1237,32 +1237,160 @@ async def test_approve_synthesis_interrupt_and_edits() -> None:
         assert script.of("synth")[0].system.endswith(listing(("a", "Alpha."), ("b", "Beta.")))
 
 
-async def test_a_reviewers_edits_and_a_retry_in_one_step_are_both_written() -> None:
-    spec = spec_of(["a", "b", "c"], layer={"min_proposals": 2, "interrupt_before_synthesis": True})
-    script = (
+def review_script() -> Script:
+    """a answers; b and c fail, then answer when retried, then differently (never asked)."""
+    return (
         Script()
         .on("a", "A")
-        .on("b", RuntimeError("b down"), "B again")
-        .on("c", RuntimeError("c down"), "C again")
+        .on("b", RuntimeError("b down"), "B again", "B third")
+        .on("c", RuntimeError("c down"), "C again", "C third")
         .on("synth", "done")
     )
+
+
+async def test_a_reviewed_layer_below_quorum_is_retried_before_the_reviewer_sees_it() -> None:
+    spec = spec_of(["a", "b", "c"], layer={"min_proposals": 2, "interrupt_before_synthesis": True})
+    script = review_script()
     graph = graph_of(spec, script)
-    out = await graph.ainvoke({"task": "T"}, thread())
+    # below quorum: the same error as without review, and nothing shown to the reviewer
+    with pytest.raises(Exception) as err:
+        await graph.ainvoke({"task": "T"}, thread())
+    assert type(err.value).__name__ == "QuorumError"
+    assert str(err.value) == (
+        "layer 1: 1 of 3 agents answered, 2 needed (b failed (RuntimeError: b down); c failed "
+        "(RuntimeError: c down)); resume the run once the models answer again: it retries "
+        "the agents that did not answer"
+    )
+    assert (await graph.aget_state(thread())).interrupts == ()
+    assert [c.model for c in script.calls] == ["a", "b", "c"]
+    # the resume retries b and c, then asks the reviewer, showing their new proposals
+    out = await graph.ainvoke(None, thread())
     (intr,) = out["__interrupt__"]
-    assert intr.value["proposals"] == {"a": "A", "b": "", "c": ""}
-    # the resume edits a; 1 of 2 needed answered: b and c are retried in the same step
-    out = await graph.ainvoke(Command(resume={"proposals": {"a": "A by hand"}}), thread())
+    assert intr.value == {
+        "kind": "approve_synthesis",
+        "layer": 1,
+        "proposals": {"a": "A", "b": "B again", "c": "C again"},
+    }
+    assert sorted(c.model for c in script.calls) == ["a", "b", "b", "c", "c"]
+    # the approval synthesizes exactly what was shown: b and c are not called again
+    out = await graph.ainvoke(Command(resume=True), thread())
     assert out["answer"] == "done"
-    assert [c.model for c in script.calls].count("b") == 2
+    assert sorted(c.model for c in script.calls) == ["a", "b", "b", "c", "c", "synth"]
+    (call,) = script.of("synth")
+    assert call.system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals=listing(("a", "A"), ("b", "B again"), ("c", "C again"))
+    )
+    state = (await graph.aget_state(thread())).values
+    assert {a: (p["status"], p["content"]) for a, p in state["proposals"]["1"].items()} == {
+        "a": ("ok", "A"),
+        "b": ("ok", "B again"),
+        "c": ("ok", "C again"),
+    }
+    # the retries were made in the resume before the approval, and counted once
+    first, again = (state["proposals"]["1"][x]["run_id"] for x in ("a", "b"))
+    assert state["proposals"]["1"]["c"]["run_id"] == again and first != again
+    assert {a: u["calls"] for a, u in state["usage"].items()} == {
+        "a": 1,
+        "b": 1,
+        "c": 1,
+        "synthesizer_L1": 1,
+    }
+    assert state["usage"]["b"] == {**usage(), "calls": 1, "cost": 0.0}
+    assert state["notes"] == []
+
+
+async def test_a_reviewers_edits_apply_on_top_of_the_retried_proposals() -> None:
+    spec = spec_of(["a", "b", "c"], layer={"min_proposals": 2, "interrupt_before_synthesis": True})
+    script = review_script()
+    graph = graph_of(spec, script)
+    with pytest.raises(Exception, match="1 of 3 agents answered, 2 needed"):
+        await graph.ainvoke({"task": "T"}, thread())
+    out = await graph.ainvoke(None, thread())
+    (intr,) = out["__interrupt__"]
+    assert intr.value["proposals"] == {"a": "A", "b": "B again", "c": "C again"}
+    # the reviewer replaces a's proposal and b's retried one; c's retried one is kept
+    edits = {"proposals": {"a": "A by hand", "b": "B by hand"}}
+    out = await graph.ainvoke(Command(resume=edits), thread())
+    assert out["answer"] == "done"
+    assert sorted(c.model for c in script.calls) == ["a", "b", "b", "c", "c", "synth"]
     assert {a: (p["status"], p["content"]) for a, p in out["proposals"]["1"].items()} == {
         "a": ("ok", "A by hand"),
-        "b": ("ok", "B again"),
+        "b": ("ok", "B by hand"),
         "c": ("ok", "C again"),
     }
     (call,) = script.of("synth")
     assert call.system == prompts.SYNTHESIZER_SYSTEM.format(
-        proposals=listing(("a", "A by hand"), ("b", "B again"), ("c", "C again"))
+        proposals=listing(("a", "A by hand"), ("b", "B by hand"), ("c", "C again"))
     )
+    assert {a: u["calls"] for a, u in out["usage"].items()} == {
+        "a": 1,
+        "b": 1,
+        "c": 1,
+        "synthesizer_L1": 1,
+    }
+
+
+async def test_a_reviewed_layers_retry_short_of_quorum_raises_and_is_retried_again() -> None:
+    spec = spec_of(["a", "b"], layer={"min_proposals": 2, "interrupt_before_synthesis": True})
+    script = (
+        Script()
+        .on("a", "A")
+        .on("b", RuntimeError("down"), RuntimeError("still down"), "B", "B fourth")
+        .on("synth", "done")
+    )
+    graph = graph_of(spec, script)
+    with pytest.raises(Exception, match=r"1 of 2 agents answered, 2 needed \(b failed"):
+        await graph.ainvoke({"task": "T"}, thread())
+    # the retry fails too: the same error, still nothing shown to the reviewer
+    with pytest.raises(Exception) as err:
+        await graph.ainvoke(None, thread())
+    assert str(err.value).startswith(
+        "layer 1: 1 of 2 agents answered, 2 needed (b failed (RuntimeError: still down))"
+    )
+    assert (await graph.aget_state(thread())).interrupts == ()
+    # the next resume retries b again (the failed retry was not kept), then asks
+    out = await graph.ainvoke(None, thread())
+    (intr,) = out["__interrupt__"]
+    assert intr.value["proposals"] == {"a": "A", "b": "B"}
+    out = await graph.ainvoke(Command(resume=True), thread())
+    assert out["answer"] == "done"
+    assert [c.model for c in script.calls].count("b") == 3
+    assert script.of("synth")[0].system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals=listing(("a", "A"), ("b", "B"))
+    )
+
+
+async def test_a_reviewed_layers_retry_over_budget_pauses_then_the_reviewer_sees_it() -> None:
+    spec = spec_of(["a", "b"], layer={"min_proposals": 2, "interrupt_before_synthesis": True})
+    script = Script().on("a", "A").on("b", RuntimeError("down"), "B", "B third")
+    script.on("synth", "done")
+    graph = graph_of(spec, script)
+    with pytest.raises(Exception, match="needed"):
+        await graph.ainvoke({"task": "T"}, thread())
+    config = {"configurable": {"thread_id": "t", "budget": {"max_total_tokens": 16}}}
+    out = await graph.ainvoke(None, config)
+    (intr,) = out["__interrupt__"]
+    assert (intr.value["node"], intr.value["used"]) == ("L1_b", {"total_tokens": 15, "cost": 0.0})
+    out = await graph.ainvoke(Command(resume=True), config)  # b's retry may go ahead
+    (intr,) = out["__interrupt__"]
+    assert intr.value == {
+        "kind": "approve_synthesis",
+        "layer": 1,
+        "proposals": {"a": "A", "b": "B"},
+    }
+    out = await graph.ainvoke(Command(resume=True), config)  # the reviewer approves
+    (intr,) = out["__interrupt__"]  # the synthesizer counts a's call and b's retry
+    assert (intr.value["node"], intr.value["used"]) == (
+        "L1_synthesizer",
+        {"total_tokens": 30, "cost": 0.0},
+    )
+    out = await graph.ainvoke(Command(resume=True), config)
+    assert out["answer"] == "done"
+    assert [c.model for c in script.calls] == ["a", "b", "b", "synth"]
+    assert script.of("synth")[0].system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals=listing(("a", "A"), ("b", "B"))
+    )
+    assert {a: u["calls"] for a, u in out["usage"].items()} == {"a": 1, "b": 1, "synthesizer_L1": 1}
 
 
 async def test_proposals_trimmed_to_the_synthesizers_window() -> None:

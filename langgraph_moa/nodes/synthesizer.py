@@ -9,6 +9,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.runnables import RunnableConfig
+from langgraph.func import task
 from langgraph.types import interrupt
 
 from langgraph_moa.nodes import prompts
@@ -116,7 +117,27 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         plan = state.get("plans", {}).get(str(layer_index), [])
         written = state.get("proposals", {}).get(str(layer_index), {})
         update: dict[str, Any] = {}
-        if layer.interrupt_before_synthesis:
+        quorum = min(layer.min_proposals or 1, len(plan) or len(layer.agents))
+        spent = total_usage(state.get("usage"))
+        short = quorum - sum(p["status"] == "ok" for p in written.values())
+        if short > 0:  # a resume retries what failed in an earlier invocation
+            run_id = invocation_id(config)
+            stale = _stale(plan, written, run_id)
+            if stale and layer.interrupt_before_synthesis:
+                retried = await _retry_for_review(
+                    state, plan, written, stale, quorum, config, run_id
+                )
+            elif stale:
+                retried = await _retry_stale(state, stale, short, config, run_id)
+            else:
+                retried = {}
+            if retried:
+                written = {**written, **retried["proposals"]}
+                update["proposals"] = {str(layer_index): retried["proposals"]}
+                update["usage"] = retried["usage"]
+                spent = add_usage(spent, total_usage(retried["usage"]))
+        _check_quorum(written, plan, quorum)
+        if layer.interrupt_before_synthesis:  # the reviewer sees what is synthesized
             decision = interrupt(
                 {
                     "kind": "approve_synthesis",
@@ -136,38 +157,14 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
                         status="ok",
                     )
                     written[agent] = {**base, "content": content, "status": "ok"}
-                update["proposals"] = {str(layer_index): {a: written[a] for a in edits}}
-        quorum = min(layer.min_proposals or 1, len(plan) or len(layer.agents))
-        spent = total_usage(state.get("usage"))
-        ok = {a: p for a, p in written.items() if p["status"] == "ok"}
-        if len(ok) < quorum:  # a resume retries what failed in an earlier invocation
-            retried = await _retry_stale(state, written, quorum - len(ok), config)
-            if retried:
-                written = {**written, **retried["proposals"]}
                 update["proposals"] = {
                     str(layer_index): {
                         **update.get("proposals", {}).get(str(layer_index), {}),
-                        **retried["proposals"],
+                        **{a: written[a] for a in edits},
                     }
                 }
-                update["usage"] = retried["usage"]
-                spent = add_usage(spent, total_usage(retried["usage"]))
-                ok = {a: p for a, p in written.items() if p["status"] == "ok"}
-        gaps = [
-            f"{a} failed ({p.get('error') or 'no reason given'})"
-            for a, p in written.items()
-            if p["status"] == "failed"
-        ]
-        gaps += [f"{s['agent']} did not answer" for s in plan if s["agent"] not in written]
-        gaps += [
-            f"{a} did not answer in time" for a, p in written.items() if p["status"] == "missing"
-        ]
-        if len(ok) < quorum:
-            raise QuorumError(
-                f"layer {layer_index}: {len(ok)} of {len(plan) or len(layer.agents)} agents "
-                f"answered, {quorum} needed ({'; '.join(gaps) or 'no proposals'}); resume the "
-                "run once the models answer again: it retries the agents that did not answer"
-            )
+        ok = {a: p for a, p in written.items() if p["status"] == "ok"}
+        gaps = _gaps(written, plan)
         texts = {a: prompts.with_tools(p["content"], p.get("tools")) for a, p in ok.items()}
         ledger = Ledger(budget_of(config, spec_budget(ctx)), spent)
         outcome = await _aggregate(state, ok, texts, gaps, config, ledger)
@@ -300,20 +297,50 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         body = ok[agent]["content"]
         return _Outcome(body, notes, usage, record, copied(body, [(number, agent)]))
 
-    async def _retry_stale(
-        state: MoAState, written: dict[str, Proposal], needed: int, config: RunnableConfig
+    def _check_quorum(written: dict[str, Proposal], plan: list[Any], quorum: int) -> None:
+        """Raise :class:`QuorumError` when fewer than ``quorum`` proposals are ok."""
+        ok = sum(p["status"] == "ok" for p in written.values())
+        if ok < quorum:
+            gaps = _gaps(written, plan)
+            raise QuorumError(
+                f"layer {layer_index}: {ok} of {len(plan) or len(layer.agents)} agents "
+                f"answered, {quorum} needed ({'; '.join(gaps) or 'no proposals'}); resume the "
+                "run once the models answer again: it retries the agents that did not answer"
+            )
+
+    async def _retry_for_review(
+        state: MoAState,
+        plan: list[Any],
+        written: dict[str, Proposal],
+        stale: list[str],
+        quorum: int,
+        config: RunnableConfig,
+        run_id: str,
     ) -> dict[str, Any]:
-        """Run again, under the layer's gate, the planned agents whose proposal failed or
-        went missing in an earlier invocation (the run is being resumed)."""
-        run_id = invocation_id(config)
-        planned = [s["agent"] for s in state.get("plans", {}).get(str(layer_index), [])]
-        stale = [
-            a
-            for a in planned
-            if (p := written.get(a)) is None or (p["status"] != "ok" and p.get("run_id") != run_id)
-        ]
-        if not stale:
-            return {}
+        """:func:`_retry_stale` as a LangGraph task, for a layer a person reviews.
+
+        The node runs again from its top when the reviewer resumes; the task's result is in
+        the checkpoint by then, so the proposals synthesized are the ones the reviewer saw,
+        with no call sent again. (The call ledger would answer those calls too, but only
+        under the run executor and when it keeps text; a ``Command`` looping back to this
+        node would also fire its edge to the next layer.) A retry still short of the quorum
+        raises inside the task, so nothing is kept and the next resume retries again.
+        """
+        needed = quorum - sum(p["status"] == "ok" for p in written.values())
+
+        async def retry() -> dict[str, Any]:
+            retried = await _retry_stale(state, stale, needed, config, run_id)
+            _check_quorum({**written, **retried["proposals"]}, plan, quorum)
+            return retried
+
+        retry.__name__ = f"{node}_retry"  # the task's name in streams
+        return await task(retry)()
+
+    async def _retry_stale(
+        state: MoAState, stale: list[str], needed: int, config: RunnableConfig, run_id: str
+    ) -> dict[str, Any]:
+        """Run again, under the layer's gate, the ``stale`` agents (see :func:`_stale`):
+        the run is being resumed."""
         inputs = agent_inputs(ctx, state, layer_index)
         ledger = Ledger(budget_of(config, spec_budget(ctx)), total_usage(state.get("usage")))
         gate = LayerGate(
@@ -413,3 +440,26 @@ def _edits(decision: Any) -> dict[str, str]:
     if isinstance(decision, dict) and isinstance(decision.get("proposals"), dict):
         return {str(k): str(v) for k, v in decision["proposals"].items()}
     return {}
+
+
+def _stale(plan: list[Any], written: dict[str, Proposal], run_id: str) -> list[str]:
+    """The planned agents whose proposal failed or went missing in an earlier invocation
+    than ``run_id`` (or was never written)."""
+    return [
+        a
+        for a in (s["agent"] for s in plan)
+        if (p := written.get(a)) is None or (p["status"] != "ok" and p.get("run_id") != run_id)
+    ]
+
+
+def _gaps(written: dict[str, Proposal], plan: list[Any]) -> list[str]:
+    """What the layer lacks: failed agents (with the reason), planned agents that never
+    wrote, agents cut for time."""
+    gaps = [
+        f"{a} failed ({p.get('error') or 'no reason given'})"
+        for a, p in written.items()
+        if p["status"] == "failed"
+    ]
+    gaps += [f"{s['agent']} did not answer" for s in plan if s["agent"] not in written]
+    gaps += [f"{a} did not answer in time" for a, p in written.items() if p["status"] == "missing"]
+    return gaps
