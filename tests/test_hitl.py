@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from langgraph.types import Command
 
+from langgraph_moa.nodes import QuorumError
 from langgraph_moa.persistence.registry import RunRegistry
 from langgraph_moa.runtime import MoA
 from langgraph_moa.runtime.runs import RunError
@@ -123,6 +124,43 @@ async def test_resume_values_through_the_python_api(
         done2 = await app.ainvoke(thread_id="p2", resume=Command(resume={"approved": True}))
         assert done2.status == "success"
     assert "] a2\nEdited in code." in synth_prompts(srv)[0]
+
+
+@pytest.mark.parametrize("ledger", ["full", "hashes"])
+async def test_a_layer_below_quorum_is_retried_before_the_review(
+    model_server: ModelServer, db_url: str, ledger: str
+) -> None:
+    # with `ledger: hashes` no reply is kept to answer a call again: the proposal the
+    # reviewer saw comes from the checkpointed retry
+    srv = model_server
+    spec = {**paused_spec(srv), "ledger": ledger}
+    spec["layers"] = [{**spec["layers"][0], "min_proposals": 4}]
+    srv.add_rule(model="m2", fail=500, times=1)
+    srv.add_rule(model="m2", reply="a2, retried", times=1)
+    srv.add_rule(model="m2", reply="a2, asked a third time")
+    async with MoA(spec, db_url=db_url) as app:
+        with pytest.raises(QuorumError, match=r"layer 1: 3 of 4 agents answered, 4 needed"):
+            await app.ainvoke("Plan a trip", thread_id="q1")
+        assert app.registry is not None
+        record = await app.registry.latest_run("q1")
+        assert record is not None and record.status == "error" and not record.waiting_for
+        assert counts(srv) == {"m1": 1, "m2": 1, "m3": 1, "m4": 1, "synth": 0}
+
+        # the resume retries a2, then the reviewer is shown its new proposal
+        paused = await app.ainvoke(thread_id="q1")
+        assert paused.status == "interrupted"
+        (asked,) = paused.interrupts
+        assert asked["kind"] == "approve_synthesis" and sorted(asked["proposals"]) == list(AGENTS)
+        assert asked["proposals"]["a2"] == "a2, retried"
+        assert counts(srv) == {"m1": 1, "m2": 2, "m3": 1, "m4": 1, "synth": 0}
+
+        done = await app.ainvoke(thread_id="q1", resume=True)
+    assert done.status == "success" and done.answer == synthesis(srv)
+    assert counts(srv) == {"m1": 1, "m2": 2, "m3": 1, "m4": 1, "synth": 1}
+    assert done.values["proposals"]["1"]["a2"]["content"] == "a2, retried"
+    (sent,) = synth_prompts(srv)
+    for agent, content in asked["proposals"].items():  # exactly what the reviewer saw
+        assert f"] {agent}\n{content}\n" in sent + "\n"
 
 
 @pytest.mark.slow
