@@ -99,7 +99,12 @@ class _Outcome:
 
 
 def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
-    """An async node that closes layer ``layer_index`` (1-based)."""
+    """An async node that closes layer ``layer_index`` (1-based).
+
+    Below the layer's quorum it retries, on a resume, the agents that failed in an earlier
+    invocation, and raises :class:`QuorumError` if still short. With
+    ``interrupt_before_synthesis`` it then asks a person to approve (or edit) the proposals
+    it is about to synthesize, retried ones included."""
     layer: LayerSpec = ctx.spec.layers[layer_index - 1]
     synth = layer.synthesizer
     is_last = layer_index == len(ctx.spec.layers)

@@ -187,7 +187,10 @@ class LayerSpec(_Strict):
     routing: RouterSpec = Field(default_factory=RouterSpec)
     synthesizer: SynthesizerSpec = Field(default_factory=SynthesizerSpec)
     interrupt_before_synthesis: bool = Field(
-        default=False, description="Pause for a person before the synthesizer runs."
+        default=False,
+        description="Pause for a person before the synthesizer runs, showing the proposals it "
+        "will merge (a layer below quorum fails first, and is shown once a resume's retries "
+        "reach it).",
     )
     min_proposals: int | None = Field(
         default=None, gt=0, description="Quorum: proposals needed for the layer to succeed."
