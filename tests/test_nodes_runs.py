@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.messages.utils import count_tokens_approximately
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, StateGraph
 from langgraph.types import Command
 
 from langgraph_moa.nodes import prompts
@@ -22,7 +24,7 @@ from langgraph_moa.nodes._quorum import LayerGate
 from langgraph_moa.nodes.agent import agent_messages, approved_budget, make_agent_runner
 from langgraph_moa.nodes.budget import Budget, BudgetExceeded, Ledger
 from langgraph_moa.nodes.router import agent_inputs, make_fan_out
-from langgraph_moa.state import AgentInput, Proposal
+from langgraph_moa.state import AgentInput, MoAState, Proposal
 from tests.nodes_support import Call, Script, context, graph_of, spec_of, thread, usage
 
 # -- helpers -----------------------------------------------------------------------------
@@ -914,8 +916,11 @@ async def test_a_resume_that_still_lacks_the_quorum_raises_again() -> None:
 
 
 async def test_a_retry_over_budget_pauses_and_resumes() -> None:
+    """The synthesizer's budget pause after a retry: its resume synthesizes the retried
+    proposal (the retry is checkpointed), without asking b again."""
     spec = spec_of(["a", "b"], layer={"min_proposals": 2})
-    script = Script().on("a", "A").on("b", RuntimeError("down"), "B").on("synth", "done")
+    script = Script().on("a", "A").on("b", RuntimeError("down"), "B", "B, third call")
+    script.on("synth", "done")
     graph = graph_of(spec, script)
     with pytest.raises(Exception, match="needed"):
         await graph.ainvoke({"task": "T"}, thread())
@@ -931,6 +936,10 @@ async def test_a_retry_over_budget_pauses_and_resumes() -> None:
     out = await graph.ainvoke(Command(resume=True), config)
     assert out["answer"] == "done"
     assert out["proposals"]["1"]["b"]["content"] == "B"
+    assert [c.model for c in script.calls] == ["a", "b", "b", "synth"]
+    assert script.of("synth")[0].system == prompts.SYNTHESIZER_SYSTEM.format(
+        proposals=listing(("a", "A"), ("b", "B"))
+    )
 
 
 async def test_a_retry_pauses_the_agents_over_budget_and_the_others_keep_their_answers() -> None:
@@ -1499,6 +1508,19 @@ async def test_synthesizer_without_proposals_names_what_is_missing() -> None:
     )
 
 
+async def in_a_graph(node: Any, state: Any) -> dict[str, Any]:
+    """The update ``node`` returns for ``state`` when it runs as a graph's node."""
+    returned: dict[str, Any] = {}
+
+    async def call(_: Any, config: RunnableConfig) -> dict[str, Any]:
+        returned.update(await node(state, config))
+        return {}
+
+    graph = StateGraph(MoAState).add_node("node", call).add_edge(START, "node").compile()
+    await graph.ainvoke({"task": state["task"]})
+    return returned
+
+
 async def test_synthesizer_quorum_is_capped_by_the_plan() -> None:
     from langgraph_moa.nodes.synthesizer import make_synthesizer_node
 
@@ -1511,9 +1533,10 @@ async def test_synthesizer_quorum_is_capped_by_the_plan() -> None:
                             "b": {**prop("b", "", status="missing"), "error": "late"}}},
         "syntheses": ["old first layer"],
     }  # fmt: skip
-    # 1 of 2 planned answered; 2 needed: b (missing in an earlier invocation) is retried
+    # 1 of 2 planned answered; 2 needed: b (missing in an earlier invocation) is retried (in
+    # a LangGraph task, so in a graph)
     script.on("b", "B now")
-    update = await make_synthesizer_node(ctx, 1)(state, {})
+    update = await in_a_graph(make_synthesizer_node(ctx, 1), state)
     assert [c.model for c in script.calls] == ["b", "synth"]
     assert update["proposals"]["1"]["b"]["content"] == "B now"
     assert update["syntheses"] == ["merged"]

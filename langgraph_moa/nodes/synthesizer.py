@@ -128,14 +128,9 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         if short > 0:  # a resume retries what failed in an earlier invocation
             run_id = invocation_id(config)
             stale = _stale(plan, written, run_id)
-            if stale and layer.interrupt_before_synthesis:
-                retried = await _retry_for_review(
-                    state, plan, written, stale, quorum, config, run_id
-                )
-            elif stale:
-                retried = await _retry_stale(state, stale, short, config, run_id)
-            else:
-                retried = {}
+            retried = (
+                await _retry(state, plan, written, stale, quorum, config, run_id) if stale else {}
+            )
             if retried:
                 written = {**written, **retried["proposals"]}
                 update["proposals"] = {str(layer_index): retried["proposals"]}
@@ -313,7 +308,7 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
                 "run once the models answer again: it retries the agents that did not answer"
             )
 
-    async def _retry_for_review(
+    async def _retry(
         state: MoAState,
         plan: list[Any],
         written: dict[str, Proposal],
@@ -322,14 +317,15 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         config: RunnableConfig,
         run_id: str,
     ) -> dict[str, Any]:
-        """:func:`_retry_stale` as a LangGraph task, for a layer a person reviews.
+        """:func:`_retry_stale` as a LangGraph task, whose result is checkpointed.
 
-        The node runs again from its top when the reviewer resumes; the task's result is in
-        the checkpoint by then, so the proposals synthesized are the ones the reviewer saw,
-        with no call sent again. (The call ledger would answer those calls too, but only
-        under the run executor and when it keeps text; a ``Command`` looping back to this
-        node would also fire its edge to the next layer.) A retry still short of the quorum
-        raises inside the task, so nothing is kept and the next resume retries again.
+        The node runs again from its top when it is resumed after an interrupt (the
+        reviewer's of ``interrupt_before_synthesis``, or a budget pause); the task's result
+        is in the checkpoint by then, so the proposals synthesized are the ones the reviewer
+        saw, with no call sent again. (The call ledger would answer those calls too, but
+        only under the run executor and when it keeps text; a ``Command`` looping back to
+        this node would also fire its edge to the next layer.) A retry still short of the
+        quorum raises inside the task, so nothing is kept and the next resume retries again.
         """
         needed = quorum - sum(p["status"] == "ok" for p in written.values())
 
