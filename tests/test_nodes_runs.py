@@ -880,8 +880,15 @@ async def test_quorum_error_then_a_resume_retries_the_failed_agents() -> None:
         "the agents that did not answer"
     )
     assert not script.of("synth")
-    out = await graph.ainvoke(None, thread())
+    updates = [u async for u in graph.astream(None, thread(), stream_mode="updates")]
+    out = (await graph.aget_state(thread())).values
     assert out["answer"] == "done"
+    # the retry streams as a state update under a name no node can have
+    assert [next(iter(u)) for u in updates] == ["L1_synthesizer.retry", "L1_synthesizer"]
+    assert updates[0]["L1_synthesizer.retry"] == {
+        "proposals": {"1": {a: out["proposals"]["1"][a] for a in ("b", "c")}},
+        "usage": {a: out["usage"][a] for a in ("b", "c")},
+    }
     assert [c.model for c in script.calls].count("b") == 2
     assert [c.model for c in script.calls].count("a") == 1
     (call,) = script.of("synth")
@@ -1537,6 +1544,10 @@ async def test_synthesizer_quorum_is_capped_by_the_plan() -> None:
     # a LangGraph task, so in a graph)
     script.on("b", "B now")
     update = await in_a_graph(make_synthesizer_node(ctx, 1), state)
+    again = Script().on("synth", "merged").on("b", "B now")  # called directly: the same
+    direct = await make_synthesizer_node(context(ctx.spec, again), 1)(state, {})
+    assert [c.model for c in again.calls] == ["b", "synth"] and direct["answer"] == "merged"
+    assert direct["proposals"]["1"]["b"]["content"] == "B now"
     assert [c.model for c in script.calls] == ["b", "synth"]
     assert update["proposals"]["1"]["b"]["content"] == "B now"
     assert update["syntheses"] == ["merged"]

@@ -437,9 +437,10 @@ async def test_state_update_is_kept_when_its_event_cannot_be_logged(
             with engine.begin() as conn:
                 conn.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")
 
-        # In a thread: the server's own tasks (the event pruner) may hold the table in a
-        # transaction that needs this event loop to finish; blocking the loop here would
-        # deadlock ("database is locked" on SQLite, a lock wait on PostgreSQL and MariaDB).
+        # In a thread: the server's own tasks (the event pruner at start-up) may be inside a
+        # transaction that needs this event loop to commit (on SQLite any write transaction
+        # holds the database's lock); blocking the loop here deadlocks ("database is locked"
+        # on SQLite, a lock wait until the test's timeout on PostgreSQL and MariaDB).
         try:
             await asyncio.to_thread(rename, "moa_run_events", "moa_run_events_away")
             try:

@@ -9,6 +9,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.runnables import RunnableConfig
+from langgraph.config import get_config
 from langgraph.func import task
 from langgraph.types import interrupt
 
@@ -132,9 +133,8 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
                 await _retry(state, plan, written, stale, quorum, config, run_id) if stale else {}
             )
             if retried:
-                written = {**written, **retried["proposals"]}
-                update["proposals"] = {str(layer_index): retried["proposals"]}
-                update["usage"] = retried["usage"]
+                update.update(retried)
+                written = {**written, **retried["proposals"][str(layer_index)]}
                 spent = add_usage(spent, total_usage(retried["usage"]))
         _check_quorum(written, plan, quorum)
         if layer.interrupt_before_synthesis:  # the reviewer sees what is synthesized
@@ -326,15 +326,24 @@ def make_synthesizer_node(ctx: NodeContext, layer_index: int) -> Any:
         only under the run executor and when it keeps text; a ``Command`` looping back to
         this node would also fire its edge to the next layer.) A retry still short of the
         quorum raises inside the task, so nothing is kept and the next resume retries again.
+        Its result is shaped as a state update (``proposals`` by layer, ``usage``), as the
+        ``updates`` stream shows it; called outside a graph, it is a plain call.
         """
         needed = quorum - sum(p["status"] == "ok" for p in written.values())
 
         async def retry() -> dict[str, Any]:
             retried = await _retry_stale(state, stale, needed, config, run_id)
             _check_quorum({**written, **retried["proposals"]}, plan, quorum)
-            return retried
+            return {
+                "proposals": {str(layer_index): retried["proposals"]},
+                "usage": retried["usage"],
+            }
 
-        retry.__name__ = f"{node}_retry"  # the task's name in streams
+        retry.__name__ = f"{node}.retry"  # its name in streams: no node's name has a dot
+        try:
+            get_config()
+        except RuntimeError:  # not in a graph: nothing to checkpoint the result in
+            return await retry()
         return await task(retry)()
 
     async def _retry_stale(
