@@ -878,11 +878,15 @@ async def test_quorum_error_then_a_resume_retries_the_failed_agents() -> None:
         .on("synth", "done")
     )
     graph = graph_of(spec, script)
+    started: list[str] = []
     with pytest.raises(Exception) as err:
-        await graph.ainvoke({"task": "T"}, thread())
+        async for task in graph.astream({"task": "T"}, thread(), stream_mode="tasks"):
+            started.append(task["name"])
     assert type(err.value).__name__ == "QuorumError"
     assert str(err.value) == B_AND_C_DOWN
     assert not script.of("synth")
+    # the first invocation retries nothing (its failures are its own)
+    assert "L1_synthesizer" in started and "L1_synthesizer.retry" not in started
     updates = [u async for u in graph.astream(None, thread(), stream_mode="updates")]
     out = (await graph.aget_state(thread())).values
     assert out["answer"] == "done"
@@ -933,7 +937,7 @@ async def test_a_retry_over_budget_pauses_and_resumes(review: bool) -> None:
     layer = {"min_proposals": 2, "interrupt_before_synthesis": review}
     script = Script().on("a", "A").on("b", RuntimeError("down"), "B", "B, third call")
     script.on("synth", "done")
-    graph = graph_of(spec_of(["a", "b"], layer=layer), script)
+    graph = graph_of(spec_of(["a", "b"], layer=layer, defaults={"seed": 5}), script)
     with pytest.raises(Exception, match="needed"):
         await graph.ainvoke({"task": "T"}, thread())
     config = {"configurable": {"thread_id": "t", "budget": {"max_total_tokens": 16}}}
@@ -962,6 +966,8 @@ async def test_a_retry_over_budget_pauses_and_resumes(review: bool) -> None:
         proposals=listing(("a", "A"), ("b", "B"))
     )
     assert {a: u["calls"] for a, u in out["usage"].items()} == {"a": 1, "b": 1, "synthesizer_L1": 1}
+    (synth,) = script.of("synth")  # the call after the pause is still the synthesizer's
+    assert synth.seed == call_seed(5, "L1_synthesizer", synth.messages)
 
 
 async def test_a_retry_pauses_the_agents_over_budget_and_the_others_keep_their_answers() -> None:
