@@ -484,6 +484,32 @@ async def test_execution_without_a_ledger_and_interrupt_reasons() -> None:
     assert ex.task.cancelled()
 
 
+async def test_a_second_interrupt_does_not_cut_the_bodys_cleanup_short() -> None:
+    now = dt.datetime(2026, 1, 1)
+    ex = Execution(RunRecord("r", "t", "running", now, now), Owner.new(), "tok")
+    stopping, flush, flushed = asyncio.Event(), asyncio.Event(), []
+
+    async def body() -> None:  # as LangGraph's loop: on cancel, wait for its writes
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopping.set()
+            await flush.wait()
+            flushed.append("checkpoint")
+            raise
+
+    ex.task = asyncio.create_task(body())
+    await asyncio.sleep(0)
+    ex.interrupt("cancel")  # this process's cancel
+    await stopping.wait()
+    ex.interrupt("cancel")  # the heartbeat's poll sees the same request
+    ex.interrupt("lost")
+    flush.set()
+    with pytest.raises(asyncio.CancelledError):
+        await ex.task
+    assert flushed == ["checkpoint"] and ex.stop == "cancel"
+
+
 async def test_ended_and_unknown_runs(registry: RunRegistry) -> None:
     run = await registry.create_run("t", status="pending")
     await registry.update_run(run.run_id, status="error", error="before")

@@ -5,6 +5,7 @@ tenant scoping and same-origin forms."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,6 +207,56 @@ def test_dashboard_cancel_resume_and_fork(served: Served, model_server: ModelSer
     ]
     chat = a.get(f"/ui/threads/{thread_id}").text
     assert chat.count('class="msg human"') == 2 and chat.count('class="msg ai"') == 2
+
+
+def _page_once(client: httpx.Client, url: str, text: str) -> str:
+    """The page at ``url`` once it contains ``text`` (asked again until then, up to WAIT)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        page = client.get(url).text
+        if text in page or time.monotonic() > deadline:
+            return page
+        time.sleep(0.05)
+
+
+def test_run_page_shows_an_answer_written_before_its_step_is_saved(
+    served: Served, model_server: ModelServer
+) -> None:
+    """a1 answered while a2 still works: the step's checkpoint waits for the whole layer,
+    so a1's proposal is only a pending write of its task. The page shows it, before and
+    after a cancel."""
+    release, held = threading.Event(), threading.Event()
+
+    def hold(req: ChatRequest) -> str:
+        held.set()
+        release.wait(60)
+        return "p2's late answer"
+
+    model_server.add_rule(model="p1", reply="p1 says B-trees are shallow")
+    model_server.add_rule(model="p2", reply=hold, times=1)
+    a = _login(served, KEY_A)
+    run_page = a.post("/ui/new", data={"assistant": "moa", "task": "B-trees?"}).headers["location"]
+    assert held.wait(60)
+    done = 'data-agent="a1" data-state="done"'
+    page = _page_once(a, run_page, done)
+    assert done in page and "p1 says B-trees are shallow" in page
+    assert 'data-agent="a2" data-state="running"' in page
+    assert a.post(run_page + "/cancel").status_code == 303
+    assert _follow(a, run_page) == "cancelled"
+    release.set()
+    page = a.get(run_page).text
+    assert done in page and "p1 says B-trees are shallow" in page
+    assert 'data-agent="a2" data-state="stopped"' in page and 'id="resume"' in page
+
+    resumed = a.post(run_page + "/resume").headers["location"]
+    assert _follow(a, resumed) == "success"
+    assert model_server.calls("p1") == 1  # a1's answer was kept
+    # the cancelled run's page now shows its own last checkpoint (not the thread's latest,
+    # and not live), where a1's proposal is still a pending write of its task
+    page = a.get(run_page).text
+    assert done in page and "p1 says B-trees are shallow" in page
+    page = a.get(resumed).text
+    assert 'data-agent="a2" data-state="done"' in page and done in page
 
 
 def test_run_page_shows_plan_failures_and_notes(served: Served, model_server: ModelServer) -> None:

@@ -177,10 +177,12 @@ class Execution:
         return found
 
     def interrupt(self, reason: str) -> None:
-        """Cancel the body with ``reason`` (``cancel`` or ``lost``)."""
+        """Cancel the body with ``reason`` (``cancel`` or ``lost``), once: a second cancel
+        (the heartbeat seeing the request this process acted on) would cut short the body's
+        own cleanup, such as LangGraph waiting for its last checkpoint writes."""
         if self.stop is None:
             self.stop = reason
-        if self.task is not None and not self.task.done():
+        if self.task is not None and not self.task.done() and not self.task.cancelling():
             self.task.cancel(f"run {reason}")
 
 

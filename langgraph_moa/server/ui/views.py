@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -148,6 +149,19 @@ class RunView:
         return self.status in ("interrupted", "cancelled", "error") and not self.interrupts
 
 
+_CANCELLED = repr(asyncio.CancelledError())
+
+
+def _written(task: Any, layer: int, agent: str) -> Mapping[str, Any] | None:
+    """The proposal a pending task already wrote (a run's own last checkpoint read from
+    the history shows its step's finished tasks as results, not in the values)."""
+    result = getattr(task, "result", None)
+    if not isinstance(result, Mapping):
+        return None
+    proposal = ((result.get("proposals") or {}).get(str(layer)) or {}).get(agent)
+    return proposal if isinstance(proposal, Mapping) else None
+
+
 def _cell(agent: str, proposal: Mapping[str, Any] | None, task: Any, active: bool) -> Cell:
     if proposal is not None:
         state = {"ok": "done", "failed": "failed", "missing": "missing"}.get(
@@ -165,9 +179,10 @@ def _cell(agent: str, proposal: Mapping[str, Any] | None, task: Any, active: boo
             seconds=proposal.get("seconds"),
         )
     if task is not None:
-        failed = bool(getattr(task, "error", None))
-        if failed:
-            return Cell(agent=agent, state="failed", error=str(task.error))
+        error = getattr(task, "error", None)
+        # a cancelled task's error comes back from the store as its repr: it stopped
+        if error and not isinstance(error, asyncio.CancelledError) and str(error) != _CANCELLED:
+            return Cell(agent=agent, state="failed", error=str(error))
         return Cell(agent=agent, state="running" if active else "stopped")
     return Cell(agent=agent, state="waiting")
 
@@ -195,7 +210,9 @@ def run_view(
         planned = {s["agent"] for s in plan} if plan is not None else None
         cells = []
         for agent in layer.agents:
-            cell = _cell(agent, written.get(agent), pending.get(f"L{n}_{agent}"), active)
+            task = pending.get(f"L{n}_{agent}")
+            proposal = written.get(agent) or (_written(task, n, agent) if task else None)
+            cell = _cell(agent, proposal, task, active)
             if planned is not None and agent not in planned and cell.state == "waiting":
                 cell.state = "skipped"
             cells.append(cell)
