@@ -26,7 +26,7 @@ from langgraph_sdk.errors import ConflictError
 from langgraph_moa.persistence.registry import RunRegistry
 from langgraph_moa.testing import ModelServer
 from tests.durable_helpers import moa
-from tests.test_server_support import Served, moa_spec
+from tests.test_server_support import Served, moa_spec, synthesis
 from tests.test_workers_support import Workers
 
 pytestmark = pytest.mark.slow
@@ -71,8 +71,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, srv: ModelServer, store: str) -> Iterator[tuple[Served, Served]]:
-    specs = [moa_spec(srv)]
+def layer() -> dict[str, Any]:
+    """Extra keys of the replicas' one layer (a test parametrizes ``layer`` to change it)."""
+    return {}
+
+
+@pytest.fixture
+def replicas(
+    tmp_path: Path, srv: ModelServer, store: str, layer: dict[str, Any]
+) -> Iterator[tuple[Served, Served]]:
+    specs = [moa_spec(srv, **layer)]
     a = Served(tmp_path, specs, store, extra=TIMINGS).start()
     b = Served(tmp_path, specs, store, extra=TIMINGS)
     try:
@@ -182,6 +190,57 @@ async def test_killed_replica_run_is_finished_by_the_other(
     ca = get_client(url=a.url)
     assert (await ca.threads.get_state(tid))["values"]["answer"] == new_values["answer"]
     assert srv.calls("synth") == 3
+
+
+REVIEWED_QUORUM = {"interrupt_before_synthesis": True, "min_proposals": 2}
+
+
+@pytest.mark.parametrize("layer", [REVIEWED_QUORUM], ids=["reviewed-quorum"])
+async def test_reviewed_quorum_retry_across_replicas(
+    replicas: tuple[Served, Served], srv: ModelServer
+) -> None:
+    """A layer short of its quorum errs on A; the resume through B retries the failed agent
+    before the review; the approval through A synthesizes what the reviewer saw, with the
+    retry's checkpointed result (the agent is not asked a third time)."""
+    a, b = replicas
+    srv.add_rule(model="p2", fail=500, times=1)
+    srv.add_rule(model="p2", reply="a2, retried", times=1)
+    srv.add_rule(model="p2", reply="a2, asked a third time")
+    ca, cb = get_client(url=a.url), get_client(url=b.url)
+    tid = (await ca.threads.create())["thread_id"]
+
+    failed = await ca.runs.wait(tid, "moa", input={"task": "Plan a trip"}, raise_error=False)
+    assert failed["__error__"]["error"] == "QuorumError", a.output()
+    assert "layer 1: 1 of 2 agents answered, 2 needed" in failed["__error__"]["message"]
+    (errored,) = await cb.runs.list(tid)
+    assert errored["status"] == "error"
+    assert (await cb.threads.get(tid))["status"] == "error"
+    assert (srv.calls("p1"), srv.calls("p2"), srv.calls("synth")) == (1, 1, 0)
+
+    # the resume through B retries a2, then the reviewer is shown its new proposal
+    paused = await cb.runs.wait(tid, "moa", input=None)
+    (shown,) = paused["__interrupt__"]
+    asked = shown["value"]
+    assert asked["kind"] == "approve_synthesis" and sorted(asked["proposals"]) == ["a1", "a2"]
+    assert asked["proposals"]["a2"] == "a2, retried"
+    state = await ca.threads.get_state(tid)
+    assert state["next"] == ["L1_synthesizer"]
+    assert [i["id"] for i in state["interrupts"]] == [shown["id"]]
+    assert (await ca.threads.get(tid))["status"] == "interrupted"
+    assert (srv.calls("p1"), srv.calls("p2"), srv.calls("synth")) == (1, 2, 0)
+
+    done = await ca.runs.wait(tid, "moa", command={"resume": True})
+    assert done["answer"] == synthesis(srv), a.output() + b.output()
+    assert (srv.calls("p1"), srv.calls("p2"), srv.calls("synth")) == (1, 2, 1)
+    assert done["proposals"]["1"]["a2"]["content"] == "a2, retried"
+    (sent,) = [r.system for r in srv.requests if r.model == "synth"]
+    for agent, content in asked["proposals"].items():  # exactly what the reviewer saw
+        assert f"] {agent}\n{content}\n" in sent + "\n"
+    values = (await cb.threads.get_state(tid))["values"]
+    assert values["proposals"]["1"]["a2"]["content"] == "a2, retried"
+    assert values["answer"] == done["answer"]
+    assert [r["status"] for r in await ca.runs.list(tid)] == ["success", "interrupted", "error"]
+    assert (await cb.threads.get(tid))["status"] == "idle"
 
 
 @pytest.mark.postgres
