@@ -41,6 +41,7 @@ from langgraph_moa.eval import (
     write_chart,
 )
 from langgraph_moa.eval.command import build_specs
+from langgraph_moa.eval.dataset import parse_shard, select_items, shard_items
 from langgraph_moa.eval.runner import EvalReport, SpecSummary
 from langgraph_moa.graphs import preset
 from langgraph_moa.spec import load_spec
@@ -547,6 +548,67 @@ def test_cli_eval_resumes_after_sigkill_and_skips_done_items(
     result = json.loads((tmp_path / "r.json").read_text())
     assert [(s["correct"], s["answered"]) for s in result["specs"]] == [(3, 6), (4, 6), (6, 6)]
     assert "single (p1)" in second.stdout and "66.7% [30%, 90%]" in second.stdout
+
+
+@pytest.mark.slow
+def test_cli_eval_shards_on_one_store_give_the_whole_table(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Two processes with --shard 1/2 and 2/2 at once on one SQLite store: each answers its
+    own items only, and the command without --shard then prints the whole table from the
+    store, as one process computing it all does."""
+    script_answers(model_server)
+    dataset = write_items(tmp_path / "d.jsonl", ITEMS)
+    spec = _spec_file(model_server, tmp_path)
+    args = [
+        sys.executable, "-m", "langgraph_moa.cli", "eval", str(dataset), "--spec", str(spec),
+        "--aggregation", "synthesize", "--markdown",
+    ]  # fmt: skip
+    shards = [
+        subprocess.Popen(
+            [*args, "--db", sqlite_url, "--shard", f"{k}/2", "--json", str(tmp_path / f"{k}.json")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (1, 2)
+    ]
+    for shard in shards:
+        _, stderr = shard.communicate(timeout=240)
+        assert shard.returncode == 0, stderr
+    answered = [json.loads((tmp_path / f"{k}.json").read_text()) for k in (1, 2)]
+    ids = [i.id for i in select_items(load_dataset(str(dataset)), None)]  # the run's order
+    for k, part in enumerate(answered):
+        assert part["dataset_items"] == 3
+        assert {i for s in part["specs"] for i in s["scores"]} == set(ids[k::2])
+    assert model_server.calls() == sum(CALLS_PER_ITEM.values()) * len(ITEMS)  # each item once
+
+    model_server.reset_counts()
+    merged = subprocess.run(
+        [*args, "--db", sqlite_url], capture_output=True, text=True, timeout=240
+    )
+    assert merged.returncode == 0, merged.stderr
+    assert model_server.calls() == 0
+    assert f"0 results computed, {len(ITEMS) * 3} taken from the store" in (
+        merged.stderr.replace("\n", " ")
+    )
+    other = f"sqlite:///{tmp_path / 'one.sqlite'}"
+    whole = subprocess.run([*args, "--db", other], capture_output=True, text=True, timeout=240)
+    assert whole.returncode == 0, whole.stderr
+    assert _measures(merged.stdout) == _measures(whole.stdout)
+    assert "| single (p1) | 6/6 | 3/6 |" in merged.stdout
+
+
+def test_shard_items_partition_the_selection() -> None:
+    items = select_items(load_dataset("basic"), 40)
+    shares = [shard_items(items, (k, 3)) for k in (1, 2, 3)]
+    assert [len(s) for s in shares] == [14, 13, 13]
+    assert sorted(i.id for s in shares for i in s) == sorted(i.id for i in items)
+    assert shares[1] == [items[1], items[4], *items[7::3]] and shard_items(items, None) == items
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("3/2", "0/2", "2", "a/b", "1/0", ""):
+        with pytest.raises(ValueError, match="use K/N with 1 <= K <= N"):
+            parse_shard(bad)
 
 
 def test_cli_eval_markdown_and_chart(

@@ -184,7 +184,9 @@ def test_limit_is_a_fixed_even_subset_and_grows_by_adding_items() -> None:
     assert [i.category for i in twelve[:6]] == sorted(Counter(i.category for i in items))
     forty = select_items(items, 40)
     assert len(forty) == 40 and forty[:12] == twelve  # a longer run starts with these
-    assert select_items(items, None) == items and select_items(items, 10_000) == items
+    whole = select_items(items, None)  # every item, in the same order: a whole run stopped
+    assert whole[:40] == forty and select_items(items, 10_000) == whole  # early did these first
+    assert sorted(i.id for i in whole) == sorted(i.id for i in items) and len(whole) == 207
 
 
 # -- seeded sampling ---------------------------------------------------------------------------

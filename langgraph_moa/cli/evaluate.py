@@ -117,6 +117,16 @@ def eval_command(
             "adds items, so results of a smaller N are reused).",
         ),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="K/N",
+            help="Only the K-th of N shares of the items (every N-th from the K-th): N "
+            "processes (or machines) with K = 1..N on the same --db compute the evaluation "
+            "together; then the command without --shard prints the whole table from the store.",
+        ),
+    ] = None,
     seed: Annotated[
         int,
         typer.Option(
@@ -161,7 +171,7 @@ def eval_command(
         execute,
         judge_model,
     )
-    from langgraph_moa.eval.dataset import select_items
+    from langgraph_moa.eval.dataset import parse_shard, select_items, shard_items
     from langgraph_moa.eval.report import require_matplotlib
     from langgraph_moa.graphs import with_default_model
     from langgraph_moa.models import ModelConfigError
@@ -189,7 +199,10 @@ def eval_command(
     except DatasetError as exc:
         fail(str(exc), 2)
     eval_id = name or default_eval_id(dataset, items)
-    items = select_items(items, limit)
+    try:
+        items = shard_items(select_items(items, limit), parse_shard(shard) if shard else None)
+    except ValueError as exc:
+        fail(str(exc), 2)
     main_spec = resolve_spec(spec, preset_name, model, base_url)
     modes = ("synthesize", "vote", "select")
     if bad := [m for m in aggregation or () if m not in modes]:

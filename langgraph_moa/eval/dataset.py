@@ -17,7 +17,8 @@ One JSON object per line::
   ``python: EXPR`` (the reference is what the expression gives), ``python program: ...``
   (what the snippet prints), ``definition: ...`` and ``fact: ... (a public reference)``.
 
-:func:`select_items` picks the deterministic subset ``moa eval --limit N`` runs.
+:func:`select_items` picks the deterministic subset ``moa eval --limit N`` runs, and
+:func:`shard_items` the share of it one of several processes runs (``--shard K/N``).
 """
 
 from __future__ import annotations
@@ -172,10 +173,11 @@ def select_items(items: list[EvalItem], limit: int | None) -> list[EvalItem]:
 
     The same ``limit`` always gives the same items, and a larger ``limit`` gives a superset
     whose first items are the smaller one's (so a quick run's results are reused by a
-    longer one, and a longer run stopped early has finished a smaller one's items first).
+    longer one, and a longer run stopped early has finished a smaller one's items first);
+    no ``limit`` gives every item, in that order too.
     """
-    if limit is None or limit >= len(items):
-        return list(items)
+    if limit is None or limit > len(items):
+        limit = len(items)
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     groups: dict[str, list[EvalItem]] = {}
@@ -188,3 +190,25 @@ def select_items(items: list[EvalItem], limit: int | None) -> list[EvalItem]:
             if queue and len(chosen) < limit:
                 chosen.append(queue.pop(0))
     return chosen
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` as ``(K, N)``, with 1 <= K <= N."""
+    k, slash, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = (0, 0)
+    if not slash or not 1 <= shard[0] <= shard[1]:
+        raise ValueError(f"--shard {text!r}: use K/N with 1 <= K <= N, e.g. 1/2 and 2/2")
+    return shard
+
+
+def shard_items(items: list[EvalItem], shard: tuple[int, int] | None) -> list[EvalItem]:
+    """The ``K``-th of ``N`` shares of ``items``: every ``N``-th item from the ``K``-th, in
+    their order. ``N`` processes on one store, ``K`` = 1..N, compute an evaluation
+    together; the shares are disjoint and cover every item."""
+    if shard is None:
+        return list(items)
+    k, n = shard
+    return items[k - 1 :: n]
