@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import operator
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
+from langgraph.graph import START, StateGraph
 
+from langgraph_moa.persistence import LEASE_CONFIG_KEY, AsyncSQLAlchemySaver
 from langgraph_moa.persistence.calls import CALLS_KEY, CallLedger
 from langgraph_moa.persistence.errors import CheckpointConflictError
 from langgraph_moa.persistence.registry import (
@@ -508,6 +511,75 @@ async def test_a_second_interrupt_does_not_cut_the_bodys_cleanup_short() -> None
     with pytest.raises(asyncio.CancelledError):
         await ex.task
     assert flushed == ["checkpoint"] and ex.stop == "cancel"
+
+
+class Layer(TypedDict, total=False):
+    proposals: Annotated[dict[str, str], operator.or_]
+
+
+class HeldWrites(AsyncSQLAlchemySaver):
+    """The real saver; a1's writes wait for ``release`` (a slow disk), so LangGraph's loop,
+    once cancelled, is waiting for them on its way out."""
+
+    writing: asyncio.Event
+    release: asyncio.Event
+
+    async def aput_writes(
+        self, config: Any, writes: Any, task_id: str, task_path: str = ""
+    ) -> None:
+        if any(channel == "proposals" and "a1" in value for channel, value in writes):
+            self.writing.set()
+            await self.release.wait()
+        await super().aput_writes(config, writes, task_id, task_path)
+
+
+async def test_a_repeated_cancel_keeps_the_writes_of_the_finished_agent(
+    registry: RunRegistry, sqlite_url: str
+) -> None:
+    """a1 answered while a2 works; the run is cancelled here and the same request is seen
+    again (the heartbeat, NOTIFY, the server's keeper) while LangGraph's loop waits for
+    a1's writes: that wait is not cut short (a second cancel would be forwarded to the
+    loop's exit task), so the run is recorded cancelled with a1's answer stored."""
+    a2_stopped = asyncio.Event()
+
+    async def a1(_: Layer) -> Layer:
+        return {"proposals": {"a1": "B-trees are shallow"}}
+
+    async def a2(_: Layer) -> Layer:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            a2_stopped.set()
+        return {}
+
+    builder = StateGraph(Layer)
+    builder.add_node("a1", a1)
+    builder.add_node("a2", a2)
+    builder.add_edge(START, "a1")
+    builder.add_edge(START, "a2")
+    async with HeldWrites.from_url(sqlite_url) as saver:
+        saver.writing, saver.release = asyncio.Event(), asyncio.Event()
+        graph = builder.compile(checkpointer=saver)
+        executor = RunExecutor(registry, heartbeat_interval=3600, cancel_poll=3600)  # no polls
+        run = await registry.create_run("t", status="pending")
+
+        async def body(execution: Execution) -> RunEnd:
+            config: Any = {"configurable": {"thread_id": "t", LEASE_CONFIG_KEY: execution.token}}
+            async for _ in graph.astream({"proposals": {}}, config, durability="async"):
+                pass
+            raise AssertionError("not reached")
+
+        task = asyncio.create_task(executor.execute(run, body))
+        await asyncio.wait_for(saver.writing.wait(), WAIT)
+        await executor.cancel(run.run_id)
+        await asyncio.wait_for(a2_stopped.wait(), WAIT)  # the loop is on its way out
+        assert executor.cancel_local(run.run_id)  # the same request, seen again
+        assert task.cancelling() == 1  # not passed on to the loop's wait for a1's writes
+        saver.release.set()
+        ended = await asyncio.wait_for(task, WAIT)
+        assert ended is not None and ended.status == "cancelled"
+        state = await graph.aget_state({"configurable": {"thread_id": "t"}})
+        assert state.values["proposals"] == {"a1": "B-trees are shallow"}
 
 
 async def test_ended_and_unknown_runs(registry: RunRegistry) -> None:
