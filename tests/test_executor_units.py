@@ -10,6 +10,7 @@ database; the heartbeat is run with short polls and counted, never waited on by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import operator
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -511,6 +512,87 @@ async def test_a_second_interrupt_does_not_cut_the_bodys_cleanup_short() -> None
     with pytest.raises(asyncio.CancelledError):
         await ex.task
     assert flushed == ["checkpoint"] and ex.stop == "cancel"
+
+
+async def test_a_run_after_a_lost_lease_in_the_same_task_can_be_cancelled(
+    registry: RunRegistry,
+) -> None:
+    """``MoA.ainvoke`` again in the caller's task after a LeaseLostError: the lost run's
+    cancellation is not left on the task, and the next run still stops on request."""
+    executor = RunExecutor(registry, heartbeat_interval=3600, cancel_poll=3600)  # no polls
+    first = await registry.create_run("t1", status="pending")
+    second = await registry.create_run("t2", status="pending")
+    started = {first.run_id: asyncio.Event(), second.run_id: asyncio.Event()}
+    stops: list[tuple[Any, ...]] = []
+
+    async def body(execution: Execution) -> RunEnd:
+        started[execution.run_id].set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as exc:
+            stops.append(exc.args)  # the executor's, not a timeout's
+            raise
+        raise AssertionError("not reached")
+
+    async def caller() -> tuple[int, RunRecord | None]:
+        with pytest.raises(LeaseLostError):
+            await executor.execute(first, body)
+        current = asyncio.current_task()
+        assert current is not None
+        left = current.cancelling()
+        return left, await executor.execute(second, body)
+
+    task = asyncio.create_task(caller())
+    await asyncio.wait_for(started[first.run_id].wait(), WAIT)
+    executor.running[first.run_id].interrupt("lost")  # what the heartbeat does
+    await asyncio.wait_for(started[second.run_id].wait(), WAIT)
+    await executor.cancel(second.run_id)
+    left, ended = await asyncio.wait_for(task, WAIT)
+    assert left == 0 and stops == [("run lost",), ("run cancel",)]
+    assert ended is not None and (ended.status, ended.error) == (
+        "cancelled",
+        "cancelled on request",
+    )
+
+
+async def test_a_cancel_the_caller_swallowed_before_the_run_is_not_the_runs(
+    registry: RunRegistry,
+) -> None:
+    """A caller's task that caught a cancellation without ``uncancel()`` (its count stays
+    1) still runs runs that stop on request."""
+    executor = RunExecutor(registry, heartbeat_interval=3600, cancel_poll=3600)  # no polls
+    run = await registry.create_run("t", status="pending")
+    started = asyncio.Event()
+
+    stops: list[tuple[Any, ...]] = []
+
+    async def body(_: Execution) -> RunEnd:
+        started.set()
+        try:
+            return await forever(_)
+        except asyncio.CancelledError as exc:
+            stops.append(exc.args)  # the executor's, not a timeout's
+            raise
+
+    async def caller() -> tuple[int, RunRecord | None]:
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)  # swallowed: cancelling() stays 1
+        assert current.cancelling() == 1
+        ended = await executor.execute(run, body)
+        return current.cancelling(), ended
+
+    task = asyncio.create_task(caller())
+    await asyncio.wait_for(started.wait(), WAIT)
+    await executor.cancel(run.run_id)
+    left, ended = await asyncio.wait_for(task, WAIT)
+    assert left == 1 and stops == [("run cancel",)]  # the caller's own count, as it was
+    assert ended is not None and (ended.status, ended.error) == (
+        "cancelled",
+        "cancelled on request",
+    )
 
 
 class Layer(TypedDict, total=False):

@@ -159,6 +159,15 @@ class Execution:
     task: asyncio.Task[Any] | None = field(default=None, repr=False)
     calls: RunCalls | None = field(default=None, repr=False)
     """The run's call ledger for this execution (every model call is recorded there)."""
+    cancelled: bool = field(default=False, init=False, repr=False)
+    """This execution cancelled ``task`` (once; the cancellation is ours to take back)."""
+    _cancels_before: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # cancellations of the caller's task requested before this run (an earlier run of
+        # the same task that lost its lease, a caller that swallowed one) are not this run's
+        if self.task is not None:
+            self._cancels_before = self.task.cancelling()
 
     @property
     def run_id(self) -> str:
@@ -182,8 +191,11 @@ class Execution:
         own cleanup, such as LangGraph waiting for its last checkpoint writes."""
         if self.stop is None:
             self.stop = reason
-        if self.task is not None and not self.task.done() and not self.task.cancelling():
-            self.task.cancel(f"run {reason}")
+        task = self.task
+        if task is None or task.done() or task.cancelling() > self._cancels_before:
+            return  # ended, or already being cancelled (by us, or by the caller: a shutdown)
+        self.cancelled = True
+        task.cancel(f"run {reason}")
 
 
 async def admit_run(
@@ -464,6 +476,8 @@ class RunExecutor:
             execution.task = None  # ended: a late cancel request must not hit the recording
         except asyncio.CancelledError:
             if execution.stop == "lost":
+                if task is not None and execution.cancelled:
+                    task.uncancel()  # our cancel: the caller gets LeaseLostError instead
                 raise LeaseLostError(
                     f"run {execution.run_id}: another process took thread "
                     f"{execution.thread_id} (this one was taken for dead); it stopped"
