@@ -4,8 +4,8 @@ tenant scoping and same-origin forms."""
 
 from __future__ import annotations
 
+import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,14 +209,16 @@ def test_dashboard_cancel_resume_and_fork(served: Served, model_server: ModelSer
     assert chat.count('class="msg human"') == 2 and chat.count('class="msg ai"') == 2
 
 
-def _page_once(client: httpx.Client, url: str, text: str) -> str:
-    """The page at ``url`` once it contains ``text`` (asked again until then, up to WAIT)."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        page = client.get(url).text
-        if text in page or time.monotonic() > deadline:
-            return page
-        time.sleep(0.05)
+def _view_with(client: httpx.Client, run_page: str, text: str) -> str:
+    """The run's live view (the ``view`` events its page streams as the run changes), from
+    the first one that contains ``text``."""
+    with client.stream("GET", run_page + "/live") as live:
+        for line in live.iter_lines():
+            if line.startswith("data: {"):
+                html = str(json.loads(line.removeprefix("data: "))["html"])
+                if text in html:
+                    return html
+    raise AssertionError(f"the run's view never showed {text!r}")
 
 
 def test_run_page_shows_an_answer_written_before_its_step_is_saved(
@@ -238,7 +240,7 @@ def test_run_page_shows_an_answer_written_before_its_step_is_saved(
     run_page = a.post("/ui/new", data={"assistant": "moa", "task": "B-trees?"}).headers["location"]
     assert held.wait(60)
     done = 'data-agent="a1" data-state="done"'
-    page = _page_once(a, run_page, done)
+    page = _view_with(a, run_page, done)
     assert done in page and "p1 says B-trees are shallow" in page
     assert 'data-agent="a2" data-state="running"' in page
     assert a.post(run_page + "/cancel").status_code == 303
