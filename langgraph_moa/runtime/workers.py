@@ -54,7 +54,7 @@ from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Status
 
 from langgraph_moa.persistence.events import EventLog, RunEvent
-from langgraph_moa.persistence.registry import RunRecord, RunRegistry
+from langgraph_moa.persistence.registry import RunNotFoundError, RunRecord, RunRegistry
 from langgraph_moa.runtime.api import MoA, RunResult
 from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
 from langgraph_moa.runtime.worker_reaper import Reaper, _Heartbeat
@@ -474,12 +474,19 @@ class _Queue:
             return None
 
     async def _cancel_job(self, run_id: str) -> str | None:
-        """Cancel a queued job or ask its worker to abort it: the job's status before."""
+        """Cancel a queued job; the job's status before (``doing``: a worker has it).
+
+        A job a worker has is not aborted: the run's executor there sees the cancel request
+        in the registry (made first by the caller) and cancels the run once, so LangGraph
+        still stores its last writes; procrastinate's abort would cancel the job's task a
+        second time, cutting that short."""
         for job in await self.app.job_manager.list_jobs_async(queueing_lock=run_id):
-            if job.status in (Status.TODO.value, Status.DOING.value):
+            if job.status == Status.TODO.value:
                 assert job.id is not None
-                if await self.app.job_manager.cancel_job_by_id_async(job.id, abort=True):
+                if await self.app.job_manager.cancel_job_by_id_async(job.id):
                     return job.status
+            if job.status in (Status.TODO.value, Status.DOING.value):
+                return Status.DOING.value  # running, or taken by a worker since the listing
         return None
 
 
@@ -562,6 +569,8 @@ class RunQueue(_Queue):
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a queued run, or ask its worker to stop it; False when it is over."""
+        with contextlib.suppress(RunNotFoundError):
+            await self.registry.request_cancel(run_id)
         before = await self._cancel_job(run_id)
         if before == Status.TODO.value:
             await self.registry.update_run(run_id, status="cancelled", release=True)
@@ -573,8 +582,8 @@ class ProcrastinateExecutor(_Queue):
     """The HTTP server's ``RunExecutor`` backed by workers (``moa serve --workers``).
 
     ``submit`` queues a job that a ``moa worker`` executes with the server's own run handler
-    (``SERVER_HANDLER``), ``cancel`` aborts it; events reach the server through
-    ``moa_run_events``. Stopping the server leaves the runs to the workers.
+    (``SERVER_HANDLER``), ``cancel`` drops a queued job (a worker's run sees the registry's
+    cancel request); events reach the server through ``moa_run_events``. Stopping the server leaves the runs to the workers.
     """
 
     def __init__(

@@ -7,7 +7,7 @@ wait for the earlier ones: ``multitask_strategy="enqueue"``; across processes th
 lease in the registry orders them; a run taken over from a dead process skips both queues,
 as newer runs of its thread wait for it). An executor backed by
 workers in other processes implements the same protocol: ``submit`` defers a job for the
-run, ``cancel`` aborts it; the workers execute :meth:`RunHandler.execute` there.
+run, ``cancel`` drops it while queued; the workers execute :meth:`RunHandler.execute` there.
 """
 
 from __future__ import annotations
