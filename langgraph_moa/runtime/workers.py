@@ -583,7 +583,8 @@ class ProcrastinateExecutor(_Queue):
 
     ``submit`` queues a job that a ``moa worker`` executes with the server's own run handler
     (``SERVER_HANDLER``), ``cancel`` drops a queued job (a worker's run sees the registry's
-    cancel request); events reach the server through ``moa_run_events``. Stopping the server leaves the runs to the workers.
+    cancel request); events reach the server through ``moa_run_events``. Stopping the
+    server leaves the runs to the workers.
     """
 
     def __init__(
