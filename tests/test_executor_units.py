@@ -774,6 +774,28 @@ async def test_a_run_ended_between_the_last_read_and_the_claim(
     assert thread is not None and thread.lease_token is None
 
 
+async def test_a_queued_run_cancelled_just_before_its_claim_is_not_run(
+    registry: RacingRegistry,
+) -> None:
+    """A cancel request for a queued run nobody holds (``moa cancel``, ``RunQueue.cancel``)
+    ends it at once; landing between the executor's last read and its claim, the claim must
+    not take the ended run back (clearing its cancel): the body never runs."""
+    run = await registry.create_run("t", status="pending")
+
+    async def cancel(run_id: str) -> None:
+        await registry.request_cancel(run_id)
+
+    registry.before_claim = cancel
+    ended = await RunExecutor(registry).execute(run, never)
+    assert ended is not None and (ended.status, ended.error) == (
+        "cancelled",
+        "cancelled before it started",
+    )
+    assert ended.owner_token is None and ended.attempts == 0
+    thread = await registry.get_thread("t")
+    assert thread is not None and thread.lease_token is None
+
+
 async def test_a_run_deleted_before_its_claim_gives_the_lease_back(
     registry: RacingRegistry,
 ) -> None:

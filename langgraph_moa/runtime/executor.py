@@ -400,7 +400,9 @@ class RunExecutor:
             newer = await _newer_ended(registry, record)
             if newer is not None:
                 return await self._supersede(record, newer)
-            claimed = await registry.claim_run(record.run_id, owner, stale_after=self.stale_after)
+            claimed = await registry.claim_run(
+                record.run_id, owner, stale_after=self.stale_after, resume_ended=resume_ended
+            )
         except RunOwnedError:
             latest = await registry.get_run(record.run_id)
             if latest is not None and latest.status not in ACTIVE and not resume_ended:

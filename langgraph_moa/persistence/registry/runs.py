@@ -277,18 +277,23 @@ class RunsMixin(ThreadsMixin):
         stale_after: float = DEFAULT_STALE_AFTER,
         status: RunStatus = "running",
         count_attempt: bool = True,
+        resume_ended: bool = True,
     ) -> RunRecord:
         """Take a run for ``owner`` (this process by default) atomically.
 
         Succeeds when the run is free, already ``owner``'s, or its owner is gone;
         raises :class:`RunOwnedError` naming the live owner otherwise, and
         :class:`RunNotFoundError` for an unknown id. Sets ``status`` (``running``),
-        the heartbeat, ``started_at``, and adds one attempt.
+        the heartbeat, ``started_at``, and adds one attempt. ``resume_ended=False``: an
+        ended run is not taken (:class:`RunOwnedError`), say one a cancel request ended
+        since the caller read it, which taking it would clear.
         """
         owner = owner or Owner.current()
         run = await self.get_run(run_id)
         if run is None:
             raise RunNotFoundError(f"no run {run_id!r}")
+        if not resume_ended and run.status not in ACTIVE_STATUSES:
+            raise RunOwnedError(run, f"run {run_id} is {run.status} already; not taking it")
         if run.owner_token not in (None, owner.token) and not run.owner_gone(
             stale_after=stale_after
         ):
