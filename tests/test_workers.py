@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from langgraph_moa.graphs import compile_graph
+from langgraph_moa.persistence.registry import Owner
+from langgraph_moa.runtime.executor import RunExecutor
 from langgraph_moa.runtime.store import open_checkpointer
 from langgraph_moa.runtime.workers import (
     RunQueue,
@@ -30,6 +32,7 @@ from langgraph_moa.spec import load_spec
 from langgraph_moa.testing import ModelServer
 from langgraph_moa.testing.rules import default_reply
 from tests.test_workers_support import (
+    HEARTBEAT,
     REAP_INTERVAL,
     STALLED_AFTER,
     WAIT,
@@ -315,6 +318,68 @@ async def test_cancel_a_running_run(
     assert record.error == "cancelled on request"  # by the run's executor, not an abort
     after = await queue.submit(spec, "next one")
     assert (await finished(queue, after.run_id, workers)).status == "success"
+
+
+async def test_a_run_cancelled_in_the_queue_ends_when_a_worker_takes_its_job(
+    model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """`moa cancel` of a queued run (a registry request: the run nobody holds ends at once,
+    its job stays queued; as when RunQueue.cancel's request beats it to a worker): the worker
+    taking the job runs nothing and logs the run's end, so its followers return. Fails
+    without the ``end`` of MoARunHandler's early return (``queue.wait`` never returns)."""
+    sub = await queue.submit(spec_for(model_server), "cancelled in the queue")
+    cancelled = await RunExecutor(queue.registry).cancel(sub.run_id)
+    assert (cancelled.status, cancelled.error) == ("cancelled", "cancelled before it started")
+    workers.start()
+    await workers.ready(1)
+    record = await finished(queue, sub.run_id, workers)
+    assert (record.status, record.attempts) == ("cancelled", 0)
+    assert [e.event for e in await queue.events.read(sub.run_id)] == ["end"]
+    assert calls(model_server, "cancelled in the queue") == {}
+
+
+async def test_a_run_cancelled_while_its_job_waits_to_retry_is_not_run(
+    model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """Another process holds the thread: the worker retries the job (RunBusy). A cancel made
+    meanwhile ends the run; the retried job (attempt 2, which may resume an ended run) must
+    not take it back once the thread is free. Fails with the retry resuming every ended
+    run (the run then answers: status success, six calls)."""
+    workers.start()
+    await workers.ready(1)
+    thread_id, token = "held-elsewhere", "lease-of-another-process"
+    await queue.registry.acquire_lease(thread_id, token, owner=Owner.new())
+
+    async def hold() -> None:  # the holder is alive: its lease stays fresh
+        while await queue.registry.renew_lease(thread_id, token):
+            await asyncio.sleep(HEARTBEAT)
+
+    holder = asyncio.create_task(hold())
+    try:
+        sub = await queue.submit(spec_for(model_server), "busy thread", thread_id=thread_id)
+
+        async def retrying() -> bool:
+            jobs = await queue.app.job_manager.list_jobs_async(queueing_lock=sub.run_id)
+            return any(j.status == "todo" and j.attempts >= 1 for j in jobs)
+
+        await until(retrying, "the job to be retried (RunBusy)", workers)
+        cancelled = await RunExecutor(queue.registry).cancel(sub.run_id)
+        assert cancelled.status == "cancelled"
+    finally:
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
+        await queue.registry.release_lease(thread_id, token)
+    record = await finished(queue, sub.run_id, workers)
+    assert (record.status, record.error) == ("cancelled", "cancelled before it started")
+    assert calls(model_server, "busy thread") == {}
+
+    async def job_done() -> bool:
+        jobs = await queue.app.job_manager.list_jobs_async(queueing_lock=sub.run_id)
+        return not any(j.status in ("todo", "doing") for j in jobs)
+
+    await until(job_done, "the retried job to end", workers)
+    again = await queue.get(sub.run_id)
+    assert again is not None and (again.status, again.attempts) == ("cancelled", 0)
 
 
 async def test_frozen_worker_is_fenced_out_when_it_wakes(

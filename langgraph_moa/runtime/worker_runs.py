@@ -112,8 +112,13 @@ class MoARunHandler:
         if run is None:
             log.error("queued run %s is not in the registry; dropping it", run_id)
             return
-        if run.status in FINAL and not resume:
+        if run.status == "cancelled" or (run.status in FINAL and not resume):
+            # a cancel request ends a queued run nobody holds (`moa cancel`, RunQueue.cancel
+            # racing this worker for the job): its followers still wait for an end, and a
+            # retried job (attempt > 1) must not take a cancelled run back
             log.info("run %s is already %s; nothing to do", run_id, run.status)
+            if await self.events.last(run_id, "end") is None:
+                await self.events.append(run_id, "end", None)
             return
         if run.spec is None:
             await self._fail(run_id, None, ValueError("the run has no spec in the registry"))
