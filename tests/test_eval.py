@@ -599,6 +599,45 @@ def test_cli_eval_shards_on_one_store_give_the_whole_table(
     assert "| single (p1) | 6/6 | 3/6 |" in merged.stdout
 
 
+def test_fresh_in_a_shard_drops_that_shards_results_only(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    """--fresh with --shard 2/2 computes shard 2's items again and keeps shard 1's results
+    (the shards share the evaluation). Fails with --fresh clearing the whole evaluation:
+    shard 1's rows are gone, and the command without --shard pays for them again."""
+    script_answers(model_server)
+    dataset = write_items(tmp_path / "d.jsonl", ITEMS)
+    spec = _spec_file(model_server, tmp_path)
+    base = [str(dataset), "--spec", str(spec), "--db", sqlite_url, "-a", "synthesize", "-q"]
+    _, one = _eval(*base, "--shard", "1/2", "--json", str(tmp_path / "1.json"))
+    _, two = _eval(*base, "--shard", "2/2", "--json", str(tmp_path / "2.json"))
+    assert (one["shard"], two["shard"], one["ran"], two["ran"]) == ([1, 2], [2, 2], 9, 9)
+    assert len(_answer_rows(sqlite_url)) == 18
+
+    model_server.reset_counts()
+    _, again = _eval(*base, "--shard", "2/2", "--fresh", "--json", str(tmp_path / "3.json"))
+    assert (again["ran"], again["resumed"]) == (9, 0)
+    assert model_server.calls() == sum(CALLS_PER_ITEM.values()) * 3  # shard 2's items only
+    model_server.reset_counts()
+    _, whole = _eval(*base, "--json", str(tmp_path / "4.json"))
+    assert (whole["ran"], whole["resumed"], whole["shard"]) == (0, 18, None)
+    assert model_server.calls() == 0
+
+
+def test_a_shard_without_items_says_so(
+    model_server: ModelServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    from langgraph_moa.cli import app
+
+    dataset = write_items(tmp_path / "d.jsonl", ITEMS)
+    spec = _spec_file(model_server, tmp_path)
+    args = [str(dataset), "--spec", str(spec), "--db", sqlite_url, "--limit", "1", "-q"]
+    result = CliRunner().invoke(app, ["eval", *args, "--shard", "2/2"])
+    assert result.exit_code == 0, result.output
+    assert "--shard 2/2: this share has no items" in result.stderr
+    assert model_server.calls() == 0
+
+
 def test_shard_items_partition_the_selection() -> None:
     items = select_items(load_dataset("basic"), 40)
     shares = [shard_items(items, (k, 3)) for k in (1, 2, 3)]

@@ -82,7 +82,12 @@ def eval_command(
         typer.Option("--name", help="Evaluation id (default: dataset name + hash of its items)."),
     ] = None,
     fresh: Annotated[
-        bool, typer.Option("--fresh", help="Drop this evaluation's stored results first.")
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Drop this evaluation's stored results first (with --shard, those of the "
+            "shard's items only).",
+        ),
     ] = False,
     reuse: Annotated[
         bool,
@@ -200,9 +205,12 @@ def eval_command(
         fail(str(exc), 2)
     eval_id = name or default_eval_id(dataset, items)
     try:
-        items = shard_items(select_items(items, limit), parse_shard(shard) if shard else None)
+        share = parse_shard(shard) if shard else None
+        items = shard_items(select_items(items, limit), share)
     except ValueError as exc:
         fail(str(exc), 2)
+    if share is not None and not items:
+        err.print(f"[dim]--shard {shard}: this share has no items (more shards than items)[/]")
     main_spec = resolve_spec(spec, preset_name, model, base_url)
     modes = ("synthesize", "vote", "select")
     if bad := [m for m in aggregation or () if m not in modes]:
@@ -237,6 +245,7 @@ def eval_command(
         judge=judge_model(main_spec, judge, judge_base_url),
         concurrency=concurrency,
         fresh=fresh,
+        shard=share,
         reuse=reuse,
         reuse_from=reuse_from,
         json_path=json_path,

@@ -113,6 +113,8 @@ class EvalOptions:
     judge: tuple[ModelSpec, str] | None = None
     concurrency: int = 4
     fresh: bool = False
+    shard: tuple[int, int] | None = None
+    """``--shard K/N``: ``items`` are that share; ``fresh`` drops their results only."""
     reuse: bool = False
     """Answer unchanged calls from the call ledger (``--reuse``)."""
     reuse_from: str | None = None
@@ -179,8 +181,9 @@ async def execute(options: EvalOptions, out: Console, err: Console) -> EvalRepor
         judge.model  # noqa: B018 - built now: a missing API key fails before any run
     baseline = options.specs[0] if judge is not None else None
     async with EvalStore.from_url(options.db) as store, _reuse_ledger(options, store) as reuse:
-        if options.fresh:
-            removed = await store.clear(options.eval_id)
+        if options.fresh:  # a shard's only: the other shards share the evaluation
+            mine = [i.id for i in options.items] if options.shard else None
+            removed = await store.clear(options.eval_id, mine)
             if removed and not options.quiet:
                 err.print(
                     f"[dim]--fresh: dropped {removed} earlier results of {options.eval_id}[/]"
@@ -257,6 +260,7 @@ async def execute(options: EvalOptions, out: Console, err: Console) -> EvalRepor
             "command": ["moa", *sys.argv[1:]],
             "machine": machine(),
             "dataset_items": len(options.items),
+            "shard": list(options.shard) if options.shard else None,
             "specs_used": {
                 s.label: s.spec.model_dump(mode="json", exclude_unset=True) for s in options.specs
             },

@@ -12,6 +12,7 @@ of this code is refused instead of misread.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -163,10 +164,12 @@ class EvalStore:
             rows = (await conn.execute(query.order_by(t.c.created_at))).mappings().all()
         return [ResultRow(**{**row, "details": row["details"] or {}}) for row in rows]
 
-    async def clear(self, eval_id: str) -> int:
-        """Delete every row of ``eval_id``; return how many."""
+    async def clear(self, eval_id: str, item_ids: Sequence[str] | None = None) -> int:
+        """Delete every row of ``eval_id`` (of ``item_ids`` only, when given); return how
+        many."""
+        query = results_table.delete().where(results_table.c.eval_id == eval_id)
+        if item_ids is not None:
+            query = query.where(results_table.c.item_id.in_(list(item_ids)))
         async with self.engine.begin() as conn:
-            done = await conn.execute(
-                results_table.delete().where(results_table.c.eval_id == eval_id)
-            )
+            done = await conn.execute(query)
         return int(done.rowcount or 0)
