@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -639,11 +640,25 @@ def test_a_shard_without_items_says_so(
 
 
 def test_shard_items_partition_the_selection() -> None:
-    items = select_items(load_dataset("basic"), 40)
+    """Shares are disjoint, cover the items, keep their order, and split every category
+    within one item (the basic dataset has 6 categories: every 2nd or 3rd item of the even
+    order would give each share whole categories). An item's share does not depend on
+    --limit."""
+    dataset = load_dataset("basic")
+    items = select_items(dataset, 40)
     shares = [shard_items(items, (k, 3)) for k in (1, 2, 3)]
     assert [len(s) for s in shares] == [14, 13, 13]
     assert sorted(i.id for s in shares for i in s) == sorted(i.id for i in items)
-    assert shares[1] == [items[1], items[4], *items[7::3]] and shard_items(items, None) == items
+    assert (
+        all(s == [i for i in items if i in s] for s in shares) and shard_items(items, None) == items
+    )
+    categories = sorted({i.category for i in items})
+    for n in (2, 3):
+        split = [Counter(i.category for i in shard_items(items, (k, n))) for k in range(1, n + 1)]
+        for c in categories:
+            assert max(s[c] for s in split) - min(s[c] for s in split) <= 1, (n, c, split)
+    whole = {i.id: k for k in (1, 2, 3) for i in shard_items(select_items(dataset, None), (k, 3))}
+    assert all(whole[i.id] == k for k, s in enumerate(shares, 1) for i in s)
     assert parse_shard("2/3") == (2, 3)
     for bad in ("3/2", "0/2", "2", "a/b", "1/0", ""):
         with pytest.raises(ValueError, match="use K/N with 1 <= K <= N"):

@@ -127,7 +127,7 @@ def eval_command(
         typer.Option(
             "--shard",
             metavar="K/N",
-            help="Only the K-th of N shares of the items (every N-th from the K-th): N "
+            help="Only the K-th of N shares of the items (each category dealt out evenly): N "
             "processes (or machines) with K = 1..N on the same --db compute the evaluation "
             "together; then the command without --shard prints the whole table from the store.",
         ),

@@ -205,10 +205,21 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard_items(items: list[EvalItem], shard: tuple[int, int] | None) -> list[EvalItem]:
-    """The ``K``-th of ``N`` shares of ``items``: every ``N``-th item from the ``K``-th, in
-    their order. ``N`` processes on one store, ``K`` = 1..N, compute an evaluation
-    together; the shares are disjoint and cover every item."""
+    """The ``K``-th of ``N`` shares of ``items``, in their order: each category is dealt
+    out in turn (its ``j``-th item goes to share ``(j + c) % N``, ``c`` the category's
+    rank), so every share covers the categories evenly. ``N`` processes on one store,
+    ``K`` = 1..N, compute an evaluation together; the shares are disjoint and cover every
+    item. (Every ``N``-th item of :func:`select_items`' order would give each share whole
+    categories when ``N`` divides their number.)"""
     if shard is None:
         return list(items)
     k, n = shard
-    return items[k - 1 :: n]
+    rank = {c: r for r, c in enumerate(sorted({i.category or "" for i in items}))}
+    dealt: dict[str, int] = {}
+    chosen: list[EvalItem] = []
+    for item in items:
+        category = item.category or ""
+        j = dealt[category] = dealt.get(category, -1) + 1
+        if (j + rank[category]) % n == k - 1:
+            chosen.append(item)
+    return chosen
