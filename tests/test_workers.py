@@ -241,6 +241,8 @@ def test_worker_configuration_errors(tmp_path: Path) -> None:
         WorkerSettings(heartbeat_interval=5, stalled_after=6)
     with pytest.raises(WorkerConfigError, match="--concurrency"):
         WorkerSettings(concurrency=0)
+    with pytest.raises(WorkerConfigError, match="cancel_poll must be positive, got 0"):
+        WorkerSettings(cancel_poll=0)
     done = subprocess.run(
         [sys.executable, "-m", "langgraph_moa.cli", "worker", "--db", f"sqlite:///{tmp_path}/x"],
         capture_output=True,
@@ -318,6 +320,22 @@ async def test_cancel_a_running_run(
     assert record.error == "cancelled on request"  # by the run's executor, not an abort
     after = await queue.submit(spec, "next one")
     assert (await finished(queue, after.run_id, workers)).status == "success"
+
+
+async def test_a_worker_acts_on_a_cancel_as_it_is_made(
+    model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """The worker's LISTEN connection passes a cancel request on at once: with the run's
+    own registry poll an hour apart, the run still ends cancelled well within the wait."""
+    model_server.add_rule(model="a1", prompt="stop me now", delay=600)
+    hour = ("--heartbeat", "3600", "--stalled-after", "7200", "--cancel-poll", "3600")
+    workers.start("--concurrency", "1", *hour)
+    await workers.ready(1)
+    doomed = await queue.submit(spec_for(model_server), "stop me now")
+    await until(lambda: model_server.in_flight("a1") >= 1, "the run to start", workers)
+    assert await queue.cancel(doomed.run_id)
+    record = await finished(queue, doomed.run_id, workers)
+    assert (record.status, record.error) == ("cancelled", "cancelled on request"), workers.logs()
 
 
 async def test_a_run_cancelled_in_the_queue_ends_when_a_worker_takes_its_job(

@@ -50,6 +50,16 @@ def worker(
             help="Time between dead-worker checks.",
         ),
     ] = 10.0,
+    cancel_poll: Annotated[
+        float,
+        typer.Option(
+            "--cancel-poll",
+            parser=positive_seconds,
+            metavar="DURATION",
+            help="Time between a run's checks for a cancel request, in case a notification "
+            "is missed (a cancel is seen at once otherwise; at most --heartbeat).",
+        ),
+    ] = 1.0,
     grace: Annotated[
         float,
         typer.Option(
@@ -97,6 +107,7 @@ def worker(
             reap_interval=reap_interval,
             shutdown_grace=grace,
             max_attempts=max_attempts,
+            cancel_poll=cancel_poll,
             crons=not no_crons,
         )
         workers.conninfo_of(db)

@@ -66,6 +66,7 @@ class MoARunHandler:
         *,
         heartbeat_interval: float = 10.0,
         stale_after: float = 60.0,
+        cancel_poll: float = 1.0,
         draining: Callable[[], bool] = lambda: False,
         worker_name: str | None = None,
     ) -> None:
@@ -77,7 +78,10 @@ class MoARunHandler:
         self.draining = draining
         self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
         self.executor = RunExecutor(
-            registry, heartbeat_interval=heartbeat_interval, stale_after=stale_after
+            registry,
+            heartbeat_interval=heartbeat_interval,
+            stale_after=stale_after,
+            cancel_poll=cancel_poll,
         )
         self._graphs: OrderedDict[str, MoA] = OrderedDict()
 
@@ -94,6 +98,10 @@ class MoARunHandler:
         while len(self._graphs) > 32:
             self._graphs.popitem(last=False)
         return moa
+
+    def cancel_local(self, run_id: str) -> bool:
+        """Stop ``run_id`` at once if this worker runs it; False otherwise."""
+        return self.executor.cancel_local(run_id)
 
     async def dequeued(self, run_id: str) -> None:
         """The run was cancelled before a worker took it."""

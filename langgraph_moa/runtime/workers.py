@@ -20,6 +20,9 @@ checkpoints and the registry: a deployment has one stateful service.
   The next worker continues the run from its last checkpoint. Liveness is judged by
   heartbeats, never by how long a run has taken, so a long run on a live worker is not
   handed out again. A PostgreSQL advisory lock lets one reaper act at a time.
+* Cancel: ``RunQueue.cancel`` drops a queued job; for a running one, the worker's LISTEN
+  connection (``NOTIFY moa_run_cancel``) stops the run at once, and the run's own poll of
+  the registry (``cancel_poll``) catches a missed notification.
 * SIGTERM drains: the worker takes no new job; each of its runs stops at its next
   checkpoint and goes back to the queue for another worker. After ``shutdown_grace``
   seconds, runs still going are cancelled (the agents that finished keep their
@@ -98,7 +101,8 @@ log = logging.getLogger(__name__)
 
 SERVER_HANDLER = "langgraph_moa.server.worker:open_run_handler"
 """``module:function`` the workers call for runs the HTTP server queued: an async context
-manager factory ``open_run_handler(db_url) -> RunHandler`` (see :class:`RunHandler`)."""
+manager factory ``open_run_handler(db_url, settings) -> RunHandler`` (see
+:class:`RunHandler`), its runs heartbeating on the worker's settings."""
 
 SERVER_CRONS = "langgraph_moa.server.worker:run_cron_scheduler"
 """``module:function`` of the cron scheduler a worker runs: ``run_cron_scheduler(db_url)``,
@@ -113,6 +117,10 @@ class RunHandler(Protocol):
     async def execute(self, run_id: str, *, resume: bool) -> None: ...
 
     async def dequeued(self, run_id: str) -> None: ...
+
+    def cancel_local(self, run_id: str) -> bool:
+        """Stop ``run_id`` at once if this handler runs it here; False otherwise."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,9 @@ class WorkerSettings:
     poll_interval: float = 2.0
     """Seconds between polls for jobs when no notification came (runs handed back at a
     shutdown are found this way)."""
+    cancel_poll: float = 1.0
+    """Seconds between a running run's checks for a cancel request, should the worker's
+    LISTEN connection miss its notification (at most ``heartbeat_interval``)."""
     crons: bool = True
     """Fire due crons from this worker (``SERVER_CRONS``); each tick fires once across all
     workers and servers."""
@@ -142,7 +153,7 @@ class WorkerSettings:
             raise WorkerConfigError(f"--concurrency must be 1 or more, got {self.concurrency}")
         if not self.queues or any(not q for q in self.queues):
             raise WorkerConfigError("--queues: give one or more non-empty queue names")
-        for name in ("heartbeat_interval", "reap_interval", "poll_interval"):
+        for name in ("heartbeat_interval", "reap_interval", "poll_interval", "cancel_poll"):
             if getattr(self, name) <= 0:
                 raise WorkerConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.stalled_after < 2 * self.heartbeat_interval:
@@ -259,10 +270,24 @@ class WorkerRuntime:
             self.events,
             heartbeat_interval=self.settings.heartbeat_interval,
             stale_after=self.settings.stalled_after,
+            cancel_poll=self.settings.cancel_poll,
             draining=lambda: self.draining,
             worker_name=self.settings.worker_name,
         )
         return self
+
+    async def listen_for_cancels(self) -> None:
+        """Stop this worker's runs as soon as a cancel request is made (``NOTIFY``), not at
+        their next poll; one LISTEN connection serves every handler. Runs until cancelled."""
+        moa = self._handlers["moa"]
+        assert isinstance(moa, MoARunHandler)
+
+        async def elsewhere(run_id: str) -> None:  # not a run of the moa handler
+            for handler in list(self._handlers.values()):
+                if handler is not moa and handler.cancel_local(run_id):
+                    return
+
+        await moa.executor.listen_for_cancels(elsewhere)
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -281,7 +306,8 @@ class WorkerRuntime:
                     f"langgraph-moa[server] on the workers): {exc}"
                 ) from exc
             db_url = resolve_db_url(self.settings.db_url)
-            self._handlers[kind] = await self._stack.enter_async_context(factory(db_url))
+            opened = factory(db_url, self.settings)
+            self._handlers[kind] = await self._stack.enter_async_context(opened)
         return self._handlers[kind]
 
     async def execute(self, context: procrastinate.JobContext, job: Mapping[str, Any]) -> str:
@@ -366,6 +392,7 @@ async def serve(
         try:
             running = asyncio.create_task(worker.run(), name="procrastinate-worker")
             reaper = asyncio.create_task(Reaper(app, events, registry, settings).run_forever())
+            cancels = asyncio.create_task(runtime.listen_for_cancels(), name="moa-cancels")
             crons = asyncio.create_task(_fire_crons(db_url)) if settings.crons else None
             loop = asyncio.get_running_loop()
 
@@ -397,10 +424,10 @@ async def serve(
             finally:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
-                reaper.cancel()
-                if crons is not None:
-                    crons.cancel()
-                await asyncio.gather(reaper, *([crons] if crons else []), return_exceptions=True)
+                background = [reaper, cancels, *([crons] if crons else [])]
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
         finally:
             beat.stopped.set()
             await asyncio.to_thread(beat.join)
@@ -476,8 +503,9 @@ class _Queue:
     async def _cancel_job(self, run_id: str) -> str | None:
         """Cancel a queued job; the job's status before (``doing``: a worker has it).
 
-        A job a worker has is not aborted: the run's executor there sees the cancel request
-        in the registry (made first by the caller) and cancels the run once, so LangGraph
+        A job a worker has is not aborted: the worker sees the cancel request (made first
+        by the caller; its NOTIFY at once, the registry at the run's next poll) and its
+        executor cancels the run once, so LangGraph
         still stores its last writes; procrastinate's abort would cancel the job's task a
         second time, cutting that short."""
         for job in await self.app.job_manager.list_jobs_async(queueing_lock=run_id):

@@ -300,6 +300,10 @@ class ServerCore:
     async def _cancel(self, run: RunRecord, action: str) -> None:
         await self._cancel_id(run.run_id, action)
 
+    def cancel_local(self, run_id: str) -> bool:
+        """Stop ``run_id`` at once if this process runs it; False otherwise."""
+        return self.runner.cancel_local(run_id)
+
     async def _cancel_id(self, run_id: str, action: str = "interrupt") -> None:
         """Cancel a run wherever it is: a request in the registry that the process holding
         it sees within ``cancel_poll`` seconds; here at once."""

@@ -32,6 +32,10 @@ class RunHandler(Protocol):
     async def dequeued(self, run_id: str) -> None:
         """``run_id`` was cancelled before it started: record that."""
 
+    def cancel_local(self, run_id: str) -> bool:
+        """Stop ``run_id`` at once if it runs in this process; False otherwise."""
+        ...
+
 
 class RunExecutor(Protocol):
     """Runs the runs the server accepted."""

@@ -13,16 +13,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from langgraph_moa.server.service import MoAServer, ServerOptions
+
+if TYPE_CHECKING:
+    from langgraph_moa.runtime.workers import WorkerSettings
 
 __all__ = ["open_run_handler", "run_cron_scheduler"]
 
 
 @asynccontextmanager
-async def open_run_handler(db_url: str) -> AsyncIterator[MoAServer]:
-    """A run handler (``execute``, ``dequeued``) on the store ``db_url``."""
-    async with MoAServer([], db_url=db_url, options=ServerOptions(), role="worker") as handler:
+async def open_run_handler(db_url: str, settings: WorkerSettings) -> AsyncIterator[MoAServer]:
+    """A run handler (``execute``, ``dequeued``, ``cancel_local``) on the store ``db_url``,
+    whose runs heartbeat and poll for cancel requests on the worker's ``settings``."""
+    options = ServerOptions(
+        owner_heartbeat=settings.heartbeat_interval,
+        stale_after=settings.stalled_after,
+        cancel_poll=settings.cancel_poll,
+    )
+    async with MoAServer([], db_url=db_url, options=options, role="worker") as handler:
         yield handler
 
 
