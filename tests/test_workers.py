@@ -16,6 +16,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from langgraph_moa.graphs import compile_graph
@@ -204,6 +205,23 @@ async def test_cancel_a_queued_run(pg_url: str, model_server: ModelServer, queue
     assert await queue.cancel(sub.run_id)
     record = await queue.wait(sub.run_id)
     assert record.status == "cancelled"
+    assert not await queue.cancel(sub.run_id)
+
+
+async def test_cancel_a_queued_run_whose_job_is_gone(
+    pg_url: str, model_server: ModelServer, queue: RunQueue
+) -> None:
+    """A queued run whose job was lost (deleted by hand, say) is ended by the cancel
+    request itself: ``cancel`` says it cancelled it, and its followers get their end."""
+    sub = await queue.submit(spec_for(model_server), "job gone", queue="nobody-listens")
+    async with await psycopg.AsyncConnection.connect(conninfo_of(pg_url), autocommit=True) as db:
+        deleted = await db.execute(
+            "DELETE FROM procrastinate_jobs WHERE queueing_lock = %s", (sub.run_id,)
+        )
+        assert deleted.rowcount == 1
+    assert await queue.cancel(sub.run_id)
+    record = await asyncio.wait_for(queue.wait(sub.run_id), WAIT)
+    assert (record.status, record.error) == ("cancelled", "cancelled before it started")
     assert not await queue.cancel(sub.run_id)
 
 

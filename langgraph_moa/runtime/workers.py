@@ -57,7 +57,12 @@ from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Status
 
 from langgraph_moa.persistence.events import EventLog, RunEvent
-from langgraph_moa.persistence.registry import RunNotFoundError, RunRecord, RunRegistry
+from langgraph_moa.persistence.registry import (
+    ACTIVE_STATUSES,
+    RunNotFoundError,
+    RunRecord,
+    RunRegistry,
+)
 from langgraph_moa.runtime.api import MoA, RunResult
 from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
 from langgraph_moa.runtime.worker_reaper import Reaper, _Heartbeat
@@ -597,13 +602,18 @@ class RunQueue(_Queue):
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel a queued run, or ask its worker to stop it; False when it is over."""
+        ended_here = False  # a queued run nobody holds, ended by the request itself
         with contextlib.suppress(RunNotFoundError):
-            await self.registry.request_cancel(run_id)
+            earlier = await self.registry.get_run(run_id)
+            run = await self.registry.request_cancel(run_id)
+            active = earlier is not None and earlier.status in ACTIVE_STATUSES
+            ended_here = active and run.status == "cancelled"
         before = await self._cancel_job(run_id)
-        if before == Status.TODO.value:
+        if before == Status.TODO.value or (before is None and ended_here):
+            # no worker will see the run (its job is dropped, or was lost): end it here
             await self.registry.update_run(run_id, status="cancelled", release=True)
             await self.events.append(run_id, "end", None)
-        return before is not None
+        return before is not None or ended_here
 
 
 class ProcrastinateExecutor(_Queue):
