@@ -753,40 +753,35 @@ async def test_a_run_ended_between_the_last_read_and_the_claim(
     registry: RacingRegistry, resume_ended: bool
 ) -> None:
     """The live process that owns the run ends it just before the claim: the executor
-    returns the ended run, or re-raises when it was asked to resume an ended run."""
+    returns the ended run, even when asked to resume an ended run (it was active when
+    read, so it is not one to resume)."""
     run = await registry.create_run("t", owner=Owner.new())
 
     async def end_it(run_id: str) -> None:
         await registry.update_run(run_id, status="cancelled", error="cancelled elsewhere")
 
     registry.before_claim = end_it
-    executor = RunExecutor(registry)
-    if resume_ended:
-        with pytest.raises(RunOwnedError):
-            await executor.execute(run, never, resume_ended=True)
-    else:
-        ended = await executor.execute(run, never)
-        assert ended is not None and (ended.status, ended.error) == (
-            "cancelled",
-            "cancelled elsewhere",
-        )
+    ended = await RunExecutor(registry).execute(run, never, resume_ended=resume_ended)
+    assert ended is not None and (ended.status, ended.error) == ("cancelled", "cancelled elsewhere")
     thread = await registry.get_thread("t")
     assert thread is not None and thread.lease_token is None
 
 
+@pytest.mark.parametrize("resume_ended", [False, True])
 async def test_a_queued_run_cancelled_just_before_its_claim_is_not_run(
-    registry: RacingRegistry,
+    registry: RacingRegistry, resume_ended: bool
 ) -> None:
     """A cancel request for a queued run nobody holds (``moa cancel``, ``RunQueue.cancel``)
     ends it at once; landing between the executor's last read and its claim, the claim must
-    not take the ended run back (clearing its cancel): the body never runs."""
+    not take the ended run back (clearing its cancel): the body never runs. So too for a
+    worker's retried job (``resume_ended``): the run it read was active, not one to resume."""
     run = await registry.create_run("t", status="pending")
 
     async def cancel(run_id: str) -> None:
         await registry.request_cancel(run_id)
 
     registry.before_claim = cancel
-    ended = await RunExecutor(registry).execute(run, never)
+    ended = await RunExecutor(registry).execute(run, never, resume_ended=resume_ended)
     assert ended is not None and (ended.status, ended.error) == (
         "cancelled",
         "cancelled before it started",
@@ -794,6 +789,32 @@ async def test_a_queued_run_cancelled_just_before_its_claim_is_not_run(
     assert ended.owner_token is None and ended.attempts == 0
     thread = await registry.get_thread("t")
     assert thread is not None and thread.lease_token is None
+
+
+async def test_a_cancel_notified_before_the_run_is_registered_here_is_not_lost(
+    registry: RacingRegistry,
+) -> None:
+    """With a LISTEN connection (``cancel_listening``) and polls an hour apart, a request
+    made between the claim and the run's entry in ``running`` (its notification found
+    nothing to stop) is still seen: the heartbeat looks once as the run starts."""
+    owner = Owner.new()
+    run = await registry.create_run("t", status="pending", queued_by=owner)
+
+    async def cancel(run_id: str) -> None:
+        asked = await registry.request_cancel(run_id)
+        assert asked.status == "pending" and asked.cancel_requested_at is not None
+
+    registry.before_claim = cancel
+    executor = RunExecutor(registry, heartbeat_interval=3600, cancel_poll=3600)
+    executor.cancel_listening.set()
+
+    async def hold(_: Execution) -> RunEnd:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    ended = await asyncio.wait_for(executor.execute(run, hold, owner=owner), 60)
+    assert ended is not None
+    assert (ended.status, ended.error) == ("cancelled", "cancelled on request")
 
 
 async def test_a_run_deleted_before_its_claim_gives_the_lease_back(

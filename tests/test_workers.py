@@ -20,15 +20,19 @@ import psycopg
 import pytest
 
 from langgraph_moa.graphs import compile_graph
-from langgraph_moa.persistence.registry import Owner
+from langgraph_moa.persistence.events import EventLog
+from langgraph_moa.persistence.registry import Owner, RunRegistry
 from langgraph_moa.runtime.executor import RunExecutor
 from langgraph_moa.runtime.store import open_checkpointer
 from langgraph_moa.runtime.workers import (
     RunQueue,
     WorkerConfigError,
+    WorkerRuntime,
     WorkerSettings,
     conninfo_of,
+    setup,
 )
+from langgraph_moa.server.service import MoAServer
 from langgraph_moa.spec import load_spec
 from langgraph_moa.testing import ModelServer
 from langgraph_moa.testing.rules import default_reply
@@ -354,6 +358,44 @@ async def test_a_worker_acts_on_a_cancel_as_it_is_made(
     assert await queue.cancel(doomed.run_id)
     record = await finished(queue, doomed.run_id, workers)
     assert (record.status, record.error) == ("cancelled", "cancelled on request"), workers.logs()
+
+
+async def test_one_listener_passes_cancels_to_each_handler_of_a_worker(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's one LISTEN connection hands a request for a run its moa handler does not
+    hold to the HTTP server's handler opened in the worker; both poll on ``cancel_poll``."""
+    settings = WorkerSettings(
+        db_url=pg_url, heartbeat_interval=5, stalled_after=20, cancel_poll=0.25
+    )
+    await setup(pg_url)
+    async with EventLog.from_url(pg_url) as events, RunRegistry.from_url(pg_url) as registry:
+        runtime = await WorkerRuntime(settings, events, registry).__aenter__()
+        listener: asyncio.Task[None] | None = None
+        try:
+            server = await runtime.handler("server")
+            assert isinstance(server, MoAServer)
+            assert runtime._moa().executor.cancel_poll == server.runner.cancel_poll == 0.25
+            asked: list[str] = []
+            seen = asyncio.Event()
+
+            def cancel_local(run_id: str) -> bool:
+                asked.append(run_id)
+                seen.set()
+                return True
+
+            monkeypatch.setattr(server, "cancel_local", cancel_local)
+            listener = asyncio.create_task(runtime.listen_for_cancels())
+            await asyncio.wait_for(runtime.cancel_listening.wait(), WAIT)
+            run = await registry.create_run("listened", status="pending", queued_by=Owner.new())
+            await registry.request_cancel(run.run_id)
+            await asyncio.wait_for(seen.wait(), WAIT)
+            assert asked == [run.run_id]
+        finally:
+            if listener is not None:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+            await runtime.__aexit__(None, None, None)
 
 
 async def test_a_run_cancelled_in_the_queue_ends_when_a_worker_takes_its_job(

@@ -57,7 +57,7 @@ def worker(
             parser=positive_seconds,
             metavar="DURATION",
             help="Time between a run's checks for a cancel request, in case a notification "
-            "is missed (a cancel is seen at once otherwise; at most --heartbeat).",
+            "is missed (a cancel is seen at once otherwise); capped at --heartbeat.",
         ),
     ] = 1.0,
     grace: Annotated[

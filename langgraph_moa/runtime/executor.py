@@ -79,6 +79,9 @@ USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens", "calls", "cost")
 
 EventSink = Callable[[str, Any], Awaitable[None]]
 MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10}
+"""TCP keepalives of the LISTEN connection: a silently dropped one fails within about a
+minute and is opened again, instead of waiting for notifications forever."""
 
 
 class LeaseLostError(OwnershipLostError):
@@ -294,7 +297,8 @@ class RunExecutor:
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Cancel ``run_id`` wherever it runs or waits: a request in the database that the
-        holding process sees at its next poll, and at once when it is this one."""
+        holding process sees at its next poll, or at once while it listens (PostgreSQL),
+        and at once when it is this one."""
         run = await self.registry.request_cancel(run_id)
         self.cancel_local(run_id)
         return run
@@ -320,9 +324,10 @@ class RunExecutor:
         if self.registry.dialect != "postgresql":
             return
         import psycopg
+        from psycopg.conninfo import make_conninfo
 
         url = self.registry.engine.url.set(drivername="postgresql")
-        conninfo = url.render_as_string(hide_password=False)
+        conninfo = make_conninfo(url.render_as_string(hide_password=False), **KEEPALIVE)
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
@@ -385,6 +390,9 @@ class RunExecutor:
             raise RunNotFoundError(f"no run {run!r}")
         if record.status not in ACTIVE and not resume_ended:
             return record
+        # a run that was still active when read and has ended since (a cancel request
+        # ending it in the queue) is not one to resume: leave it ended
+        resume_ended = resume_ended and record.status not in ACTIVE
         newer = await _newer_ended(registry, record)
         if newer is not None:
             return await self._supersede(record, newer)
@@ -611,9 +619,15 @@ class RunExecutor:
         or a cancel is requested."""
         registry, run_id = self.registry, execution.run_id
         since_beat = 0.0
+        # a notification that came between the claim and the run's entry in `running`
+        # found nothing to stop: look once now rather than at the first poll
+        look_now = self.cancel_listening.is_set()
         while True:
-            await asyncio.sleep(self.cancel_poll)
-            since_beat += self.cancel_poll
+            if look_now:
+                look_now = False
+            else:
+                await asyncio.sleep(self.cancel_poll)
+                since_beat += self.cancel_poll
             try:
                 if await registry.cancel_requested([run_id]):
                     execution.interrupt("cancel")

@@ -57,12 +57,7 @@ from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Status
 
 from langgraph_moa.persistence.events import EventLog, RunEvent
-from langgraph_moa.persistence.registry import (
-    ACTIVE_STATUSES,
-    RunNotFoundError,
-    RunRecord,
-    RunRegistry,
-)
+from langgraph_moa.persistence.registry import RunNotFoundError, RunRecord, RunRegistry
 from langgraph_moa.runtime.api import MoA, RunResult
 from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
 from langgraph_moa.runtime.worker_reaper import Reaper, _Heartbeat
@@ -281,11 +276,20 @@ class WorkerRuntime:
         )
         return self
 
+    @property
+    def cancel_listening(self) -> asyncio.Event:
+        """Set while :meth:`listen_for_cancels` has its LISTEN connection."""
+        return self._moa().executor.cancel_listening
+
+    def _moa(self) -> MoARunHandler:
+        moa = self._handlers["moa"]
+        assert isinstance(moa, MoARunHandler)
+        return moa
+
     async def listen_for_cancels(self) -> None:
         """Stop this worker's runs as soon as a cancel request is made (``NOTIFY``), not at
         their next poll; one LISTEN connection serves every handler. Runs until cancelled."""
-        moa = self._handlers["moa"]
-        assert isinstance(moa, MoARunHandler)
+        moa = self._moa()
 
         async def elsewhere(run_id: str) -> None:  # not a run of the moa handler
             for handler in list(self._handlers.values()):
@@ -395,9 +399,12 @@ async def serve(
         beat = _Heartbeat(conninfo, settings.heartbeat_interval, lambda: worker.worker_id)
         beat.start()
         try:
+            cancels = asyncio.create_task(runtime.listen_for_cancels(), name="moa-cancels")
+            with contextlib.suppress(TimeoutError):  # if it cannot connect, the polls see them
+                listening = runtime.cancel_listening.wait()
+                await asyncio.wait_for(listening, settings.heartbeat_interval)
             running = asyncio.create_task(worker.run(), name="procrastinate-worker")
             reaper = asyncio.create_task(Reaper(app, events, registry, settings).run_forever())
-            cancels = asyncio.create_task(runtime.listen_for_cancels(), name="moa-cancels")
             crons = asyncio.create_task(_fire_crons(db_url)) if settings.crons else None
             loop = asyncio.get_running_loop()
 
@@ -606,12 +613,14 @@ class RunQueue(_Queue):
         with contextlib.suppress(RunNotFoundError):
             earlier = await self.registry.get_run(run_id)
             run = await self.registry.request_cancel(run_id)
-            active = earlier is not None and earlier.status in ACTIVE_STATUSES
-            ended_here = active and run.status == "cancelled"
+            queued = earlier is not None and earlier.status == "pending"
+            ended_here = queued and run.status == "cancelled"
         before = await self._cancel_job(run_id)
-        if before == Status.TODO.value or (before is None and ended_here):
-            # no worker will see the run (its job is dropped, or was lost): end it here
+        if before == Status.TODO.value:  # dropped from the queue: no worker will end it
             await self.registry.update_run(run_id, status="cancelled", release=True)
+            await self.events.append(run_id, "end", None)
+        elif before is None and ended_here and await self.events.last(run_id, "end") is None:
+            # its job was lost (or a worker took it and saw the cancel, ending it too)
             await self.events.append(run_id, "end", None)
         return before is not None or ended_here
 

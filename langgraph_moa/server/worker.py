@@ -25,11 +25,16 @@ __all__ = ["open_run_handler", "run_cron_scheduler"]
 
 @asynccontextmanager
 async def open_run_handler(db_url: str, settings: WorkerSettings) -> AsyncIterator[MoAServer]:
-    """A run handler (``execute``, ``dequeued``, ``cancel_local``) on the store ``db_url``,
-    whose runs heartbeat and poll for cancel requests on the worker's ``settings``."""
+    """A run handler (``execute``, ``dequeued``, ``cancel_local``) on the store ``db_url``.
+
+    Its runs poll for cancel requests every ``settings.cancel_poll`` seconds. They beat at
+    least as often as ``moa serve``'s and take a thread's lease as stale no sooner than it
+    would, so a replica on the same database never takes a live worker's run for dead,
+    nor the other way round."""
+    defaults = ServerOptions()
     options = ServerOptions(
-        owner_heartbeat=settings.heartbeat_interval,
-        stale_after=settings.stalled_after,
+        owner_heartbeat=min(settings.heartbeat_interval, defaults.owner_heartbeat),
+        stale_after=max(settings.stalled_after, defaults.stale_after),
         cancel_poll=settings.cancel_poll,
     )
     async with MoAServer([], db_url=db_url, options=options, role="worker") as handler:
