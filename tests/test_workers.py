@@ -13,8 +13,10 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -24,6 +26,7 @@ from langgraph_moa.persistence.events import EventLog
 from langgraph_moa.persistence.registry import Owner, RunRegistry
 from langgraph_moa.runtime.executor import RunExecutor
 from langgraph_moa.runtime.store import open_checkpointer
+from langgraph_moa.runtime.worker_runs import RunBusy
 from langgraph_moa.runtime.workers import (
     RunQueue,
     WorkerConfigError,
@@ -212,20 +215,25 @@ async def test_cancel_a_queued_run(pg_url: str, model_server: ModelServer, queue
     assert not await queue.cancel(sub.run_id)
 
 
+@pytest.mark.parametrize("end_logged", [False, True])
 async def test_cancel_a_queued_run_whose_job_is_gone(
-    pg_url: str, model_server: ModelServer, queue: RunQueue
+    pg_url: str, model_server: ModelServer, queue: RunQueue, end_logged: bool
 ) -> None:
     """A queued run whose job was lost (deleted by hand, say) is ended by the cancel
-    request itself: ``cancel`` says it cancelled it, and its followers get their end."""
+    request itself: ``cancel`` says it cancelled it, and its followers get one end, also
+    when one is logged already (a worker that took the job and saw the cancel)."""
     sub = await queue.submit(spec_for(model_server), "job gone", queue="nobody-listens")
     async with await psycopg.AsyncConnection.connect(conninfo_of(pg_url), autocommit=True) as db:
         deleted = await db.execute(
             "DELETE FROM procrastinate_jobs WHERE queueing_lock = %s", (sub.run_id,)
         )
         assert deleted.rowcount == 1
+    if end_logged:
+        await queue.events.append(sub.run_id, "end", None)
     assert await queue.cancel(sub.run_id)
     record = await asyncio.wait_for(queue.wait(sub.run_id), WAIT)
     assert (record.status, record.error) == ("cancelled", "cancelled before it started")
+    assert [e.event for e in await queue.events.read(sub.run_id)].count("end") == 1
     assert not await queue.cancel(sub.run_id)
 
 
@@ -364,9 +372,11 @@ async def test_one_listener_passes_cancels_to_each_handler_of_a_worker(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker's one LISTEN connection hands a request for a run its moa handler does not
-    hold to the HTTP server's handler opened in the worker; both poll on ``cancel_poll``."""
+    hold to the HTTP server's handler opened in the worker, whose runs also look for a
+    missed request as they start; both poll on ``cancel_poll``, and the server's runs beat
+    no slower than ``moa serve``'s default (10 s)."""
     settings = WorkerSettings(
-        db_url=pg_url, heartbeat_interval=5, stalled_after=20, cancel_poll=0.25
+        db_url=pg_url, heartbeat_interval=30, stalled_after=90, cancel_poll=0.25
     )
     await setup(pg_url)
     async with EventLog.from_url(pg_url) as events, RunRegistry.from_url(pg_url) as registry:
@@ -375,7 +385,10 @@ async def test_one_listener_passes_cancels_to_each_handler_of_a_worker(
         try:
             server = await runtime.handler("server")
             assert isinstance(server, MoAServer)
-            assert runtime._moa().executor.cancel_poll == server.runner.cancel_poll == 0.25
+            moa = runtime._moa().executor
+            assert (moa.heartbeat_interval, moa.cancel_poll) == (30, 0.25)
+            assert (server.runner.heartbeat_interval, server.runner.cancel_poll) == (10, 0.25)
+            assert server.runner.cancel_listening is runtime.cancel_listening
             asked: list[str] = []
             seen = asyncio.Event()
 
@@ -384,7 +397,7 @@ async def test_one_listener_passes_cancels_to_each_handler_of_a_worker(
                 seen.set()
                 return True
 
-            monkeypatch.setattr(server, "cancel_local", cancel_local)
+            monkeypatch.setattr(server.runner, "cancel_local", cancel_local)
             listener = asyncio.create_task(runtime.listen_for_cancels())
             await asyncio.wait_for(runtime.cancel_listening.wait(), WAIT)
             run = await registry.create_run("listened", status="pending", queued_by=Owner.new())
@@ -395,6 +408,30 @@ async def test_one_listener_passes_cancels_to_each_handler_of_a_worker(
             if listener is not None:
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)
+            await runtime.__aexit__(None, None, None)
+
+
+async def test_a_server_run_on_a_thread_another_host_holds_is_retried(pg_url: str) -> None:
+    """A run the HTTP server queued, whose thread's lease a live process on another host
+    still holds (say a dead worker's, not yet stale when its job was queued again): the
+    job raises RunBusy, which procrastinate retries, rather than ending with the run left
+    ``pending`` and no job to run it."""
+    await setup(pg_url)
+    async with EventLog.from_url(pg_url) as events, RunRegistry.from_url(pg_url) as registry:
+        runtime = await WorkerRuntime(WorkerSettings(db_url=pg_url), events, registry).__aenter__()
+        try:
+            thread_id = f"held-{uuid.uuid4().hex}"
+            elsewhere = Owner(host="another-host", pid=4242, token=uuid.uuid4().hex)
+            await registry.acquire_lease(thread_id, "its-token", owner=elsewhere)
+            run = await registry.create_run(thread_id, status="pending")
+            context = SimpleNamespace(job=SimpleNamespace(attempts=1))
+            job = {"run_id": run.run_id, "thread_id": thread_id, "handler": "server"}
+            with pytest.raises(RunBusy, match="another-host"):
+                await runtime.execute(context, job)  # type: ignore[arg-type]
+            after = await registry.get_run(run.run_id)
+            assert after is not None and (after.status, after.owner_token) == ("pending", None)
+            assert await events.last(run.run_id, "end") is None
+        finally:
             await runtime.__aexit__(None, None, None)
 
 

@@ -79,7 +79,12 @@ USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens", "calls", "cost")
 
 EventSink = Callable[[str, Any], Awaitable[None]]
 MultitaskStrategy = Literal["reject", "interrupt", "rollback", "enqueue"]
-KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10}
+KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 """TCP keepalives of the LISTEN connection: a silently dropped one fails within about a
 minute and is opened again, instead of waiting for notifications forever."""
 
@@ -368,7 +373,8 @@ class RunExecutor:
         ``wait``: wait for the thread's lease and for older active runs (``enqueue``);
         otherwise a busy thread raises :class:`~langgraph_moa.persistence.registry.
         LeaseHeldError`. ``resume_ended``: the run may have ended before (a resumed pause,
-        error or cancel); otherwise an ended run is left alone (returns it). ``emit``
+        error or cancel); otherwise an ended run is left alone (returns it). A run still
+        active when read and ended since (a cancel) is left alone either way. ``emit``
         receives an ``error`` event (``{"error", "message"}``) when the body fails;
         ``describe_error`` names an exception for it (default: type and message).
         ``on_stop``: the status recorded when the caller cancels the task (Ctrl-C), or a

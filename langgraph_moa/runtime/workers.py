@@ -57,8 +57,15 @@ from procrastinate.job_context import AbortReason
 from procrastinate.jobs import Status
 
 from langgraph_moa.persistence.events import EventLog, RunEvent
-from langgraph_moa.persistence.registry import RunNotFoundError, RunRecord, RunRegistry
+from langgraph_moa.persistence.registry import (
+    LeaseHeldError,
+    RunNotFoundError,
+    RunOwnedError,
+    RunRecord,
+    RunRegistry,
+)
 from langgraph_moa.runtime.api import MoA, RunResult
+from langgraph_moa.runtime.executor import RunExecutor
 from langgraph_moa.runtime.store import open_checkpointer, resolve_db_url
 from langgraph_moa.runtime.worker_reaper import Reaper, _Heartbeat
 from langgraph_moa.runtime.worker_runs import (
@@ -316,7 +323,11 @@ class WorkerRuntime:
                 ) from exc
             db_url = resolve_db_url(self.settings.db_url)
             opened = factory(db_url, self.settings)
-            self._handlers[kind] = await self._stack.enter_async_context(opened)
+            handler = await self._stack.enter_async_context(opened)
+            runner = getattr(handler, "runner", None)
+            if isinstance(runner, RunExecutor):  # its runs hear this worker's listener too
+                runner.cancel_listening = self.cancel_listening
+            self._handlers[kind] = handler
         return self._handlers[kind]
 
     async def execute(self, context: procrastinate.JobContext, job: Mapping[str, Any]) -> str:
@@ -331,7 +342,10 @@ class WorkerRuntime:
             if isinstance(handler, MoARunHandler):
                 await handler.execute(run_id, resume=resume, attempt=attempt)
             else:
-                await handler.execute(run_id, resume=resume)
+                try:
+                    await handler.execute(run_id, resume=resume)
+                except (RunOwnedError, LeaseHeldError) as exc:  # a live process has it
+                    raise RunBusy(str(exc)) from None
         except RunTakenOver as exc:
             # The reaper gave this job to another worker while this process was frozen. Do
             # not let procrastinate finish the job under the other worker's feet (that
@@ -398,8 +412,8 @@ async def serve(
         )
         beat = _Heartbeat(conninfo, settings.heartbeat_interval, lambda: worker.worker_id)
         beat.start()
+        cancels = asyncio.create_task(runtime.listen_for_cancels(), name="moa-cancels")
         try:
-            cancels = asyncio.create_task(runtime.listen_for_cancels(), name="moa-cancels")
             with contextlib.suppress(TimeoutError):  # if it cannot connect, the polls see them
                 listening = runtime.cancel_listening.wait()
                 await asyncio.wait_for(listening, settings.heartbeat_interval)
@@ -441,6 +455,7 @@ async def serve(
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
         finally:
+            cancels.cancel()  # already done when the worker ran
             beat.stopped.set()
             await asyncio.to_thread(beat.join)
             await runtime.__aexit__(None, None, None)

@@ -306,8 +306,8 @@ class ServerCore:
 
     async def _cancel_id(self, run_id: str, action: str = "interrupt") -> None:
         """Cancel a run wherever it is: a request in the registry that the process holding
-        it sees at once on PostgreSQL (``NOTIFY``), else within its ``cancel_poll``
-        seconds; here at once."""
+        it sees at once when it listens (``moa serve`` or ``moa worker`` on PostgreSQL),
+        else within its ``cancel_poll`` seconds; here at once."""
         live = self._live.get(run_id)
         if live is not None:
             live.cancel_action = action

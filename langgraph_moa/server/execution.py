@@ -115,6 +115,9 @@ class RunExecution(ServerCore):
                 self._forget(run_id)
                 return
         except (RunOwnedError, LeaseHeldError) as exc:
+            if self.role == "worker":  # the worker queues the job again (RunBusy)
+                self._forget(run_id)
+                raise
             log.info("run %s is not run here: %s", run_id, exc)
         except OwnershipLostError as exc:
             log.warning("%s", exc)

@@ -27,14 +27,12 @@ __all__ = ["open_run_handler", "run_cron_scheduler"]
 async def open_run_handler(db_url: str, settings: WorkerSettings) -> AsyncIterator[MoAServer]:
     """A run handler (``execute``, ``dequeued``, ``cancel_local``) on the store ``db_url``.
 
-    Its runs poll for cancel requests every ``settings.cancel_poll`` seconds. They beat at
-    least as often as ``moa serve``'s and take a thread's lease as stale no sooner than it
-    would, so a replica on the same database never takes a live worker's run for dead,
-    nor the other way round."""
+    Its runs poll for cancel requests every ``settings.cancel_poll`` seconds and beat at
+    least as often as ``moa serve``'s do by default, so a replica with the default
+    ``--stale-after`` never takes a live worker's run for dead."""
     defaults = ServerOptions()
     options = ServerOptions(
         owner_heartbeat=min(settings.heartbeat_interval, defaults.owner_heartbeat),
-        stale_after=max(settings.stalled_after, defaults.stale_after),
         cancel_poll=settings.cancel_poll,
     )
     async with MoAServer([], db_url=db_url, options=options, role="worker") as handler:
