@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import psycopg
 import pytest
@@ -24,7 +25,7 @@ import pytest
 from langgraph_moa.graphs import compile_graph
 from langgraph_moa.persistence.events import EventLog
 from langgraph_moa.persistence.registry import Owner, RunRegistry
-from langgraph_moa.runtime.executor import RunExecutor
+from langgraph_moa.runtime.executor import LeaseLostError, RunExecutor
 from langgraph_moa.runtime.store import open_checkpointer
 from langgraph_moa.runtime.worker_runs import RunBusy
 from langgraph_moa.runtime.workers import (
@@ -383,8 +384,9 @@ async def test_one_listener_passes_cancels_to_each_handler_of_a_worker(
         runtime = await WorkerRuntime(settings, events, registry).__aenter__()
         listener: asyncio.Task[None] | None = None
         try:
-            server = await runtime.handler("server")
-            assert isinstance(server, MoAServer)
+            opened = await asyncio.gather(*(runtime.handler("server") for _ in range(3)))
+            server = opened[0]  # concurrent first jobs open one handler
+            assert isinstance(server, MoAServer) and opened == [server] * 3
             moa = runtime._moa().executor
             assert (moa.heartbeat_interval, moa.cancel_poll) == (30, 0.25)
             assert (server.runner.heartbeat_interval, server.runner.cancel_poll) == (10, 0.25)
@@ -431,6 +433,37 @@ async def test_a_server_run_on_a_thread_another_host_holds_is_retried(pg_url: st
             after = await registry.get_run(run.run_id)
             assert after is not None and (after.status, after.owner_token) == ("pending", None)
             assert await events.last(run.run_id, "end") is None
+        finally:
+            await runtime.__aexit__(None, None, None)
+
+
+async def test_a_server_job_ends_its_run_once_and_lets_a_takeover_finish(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP server's handler in a worker: a run cancelled before its job ran gets the
+    end its followers wait for (once); a run whose lease another worker took over raises,
+    so the worker waits for that one (RunTakenOver) instead of finishing the job under it."""
+    await setup(pg_url)
+    async with EventLog.from_url(pg_url) as events, RunRegistry.from_url(pg_url) as registry:
+        runtime = await WorkerRuntime(WorkerSettings(db_url=pg_url), events, registry).__aenter__()
+        try:
+            server = await runtime.handler("server")
+            ended = await registry.create_run(f"ended-{uuid.uuid4().hex}", status="pending")
+            await registry.request_cancel(ended.run_id)  # nobody holds it: it ends here
+            for _ in range(2):
+                await server.execute(ended.run_id, resume=True)
+            assert [e.event for e in await events.read(ended.run_id)] == ["end"]
+
+            async def taken_over(*args: Any, **kwargs: Any) -> None:
+                raise LeaseLostError("another worker took the thread")
+
+            assert isinstance(server, MoAServer)
+            monkeypatch.setattr(server.runner, "execute", taken_over)
+            lost = await registry.create_run(f"lost-{uuid.uuid4().hex}", status="pending")
+            with pytest.raises(LeaseLostError):
+                await server.execute(lost.run_id, resume=False)
+            assert lost.run_id not in server._live
+            assert await events.last(lost.run_id, "end") is None
         finally:
             await runtime.__aexit__(None, None, None)
 

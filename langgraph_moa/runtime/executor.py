@@ -85,8 +85,8 @@ KEEPALIVE = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
-"""TCP keepalives of the LISTEN connection: a silently dropped one fails within about a
-minute and is opened again, instead of waiting for notifications forever."""
+"""TCP keepalives of the LISTEN connection, unless the URL sets them: a silently dropped
+one fails within about a minute and is opened again, instead of waiting forever."""
 
 
 class LeaseLostError(OwnershipLostError):
@@ -329,10 +329,12 @@ class RunExecutor:
         if self.registry.dialect != "postgresql":
             return
         import psycopg
-        from psycopg.conninfo import make_conninfo
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         url = self.registry.engine.url.set(drivername="postgresql")
-        conninfo = make_conninfo(url.render_as_string(hide_password=False), **KEEPALIVE)
+        given = url.render_as_string(hide_password=False)
+        keepalive = {k: v for k, v in KEEPALIVE.items() if k not in conninfo_to_dict(given)}
+        conninfo = make_conninfo(given, **keepalive)
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:

@@ -59,6 +59,7 @@ from procrastinate.jobs import Status
 from langgraph_moa.persistence.events import EventLog, RunEvent
 from langgraph_moa.persistence.registry import (
     LeaseHeldError,
+    OwnershipLostError,
     RunNotFoundError,
     RunOwnedError,
     RunRecord,
@@ -266,6 +267,7 @@ class WorkerRuntime:
     draining: bool = False
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _handlers: dict[str, RunHandler] = field(default_factory=dict)
+    _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def __aenter__(self) -> WorkerRuntime:
         await asyncio.to_thread(_warm_up)
@@ -310,6 +312,10 @@ class WorkerRuntime:
 
     async def handler(self, kind: str) -> RunHandler:
         """The handler of ``kind`` (``moa``, or ``server`` opened on first use)."""
+        async with self._opening:  # concurrent first jobs open it once
+            return await self._handler(kind)
+
+    async def _handler(self, kind: str) -> RunHandler:
         if kind not in self._handlers:
             if kind != "server":
                 raise ValueError(f"unknown run handler {kind!r}; this worker knows moa, server")
@@ -346,6 +352,8 @@ class WorkerRuntime:
                     await handler.execute(run_id, resume=resume)
                 except (RunOwnedError, LeaseHeldError) as exc:  # a live process has it
                     raise RunBusy(str(exc)) from None
+                except OwnershipLostError as exc:  # the lease went to another worker
+                    raise RunTakenOver(f"run {run_id} was taken over: {exc}") from None
         except RunTakenOver as exc:
             # The reaper gave this job to another worker while this process was frozen. Do
             # not let procrastinate finish the job under the other worker's feet (that
@@ -456,6 +464,7 @@ async def serve(
                 await asyncio.gather(*background, return_exceptions=True)
         finally:
             cancels.cancel()  # already done when the worker ran
+            await asyncio.gather(cancels, return_exceptions=True)
             beat.stopped.set()
             await asyncio.to_thread(beat.join)
             await runtime.__aexit__(None, None, None)

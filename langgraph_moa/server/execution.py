@@ -80,6 +80,10 @@ class RunExecution(ServerCore):
         live = self._live.setdefault(run_id, LiveRun())
         run = await self.registry.get_run(run_id)
         if run is None or run.status not in ACTIVE:
+            # in a worker, a run ended before its job ran (a cancel): followers need an end
+            unended = run is not None and self.role == "worker" and not self.streams.is_open(run_id)
+            if unended and await self.streams.event_log.last(run_id, "end") is None:
+                self.streams.open(run_id, persist=True)
             await self._finish(run_id)  # cancelled or deleted while it waited
             return
         if not self.streams.is_open(run_id):
@@ -122,6 +126,8 @@ class RunExecution(ServerCore):
         except OwnershipLostError as exc:
             log.warning("%s", exc)
             self._forget(run_id)
+            if self.role == "worker":  # the worker waits for the one that took it over
+                raise
             return
         dropped = False
         if ended is not None and ended.status not in ACTIVE and run.options.get("temporary"):

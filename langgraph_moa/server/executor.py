@@ -27,7 +27,8 @@ class RunHandler(Protocol):
     """What an executor calls."""
 
     async def execute(self, run_id: str, *, resume: bool) -> None:
-        """Run ``run_id`` to its end and record its status (never raises)."""
+        """Run ``run_id`` to its end and record its status. Never raises in the server; in
+        a worker, raises what the worker acts on (a busy or lost run, a cancellation)."""
 
     async def dequeued(self, run_id: str) -> None:
         """``run_id`` was cancelled before it started: record that."""
