@@ -28,6 +28,7 @@ from langgraph_moa.spec import ModelSpec
 
 __all__ = [
     "ENDPOINT_HINT",
+    "default_local_threads",
     "describe_default",
     "describe_local",
     "local_decodes_alone",
@@ -141,9 +142,15 @@ def _runtime_kind() -> str:
     return kind
 
 
-def _settings() -> LocalSettings:
+def default_local_threads() -> int:
+    """The embedded model's threads when ``MOA_LOCAL_THREADS`` is not set: the usable CPUs,
+    at most 8 (the tuner then chooses between 1 and that many from timings)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = _env_int("MOA_LOCAL_THREADS", min(8, cpus or 1), 1, 256)
+    return min(8, cpus or 1)
+
+
+def _settings() -> LocalSettings:
+    threads = _env_int("MOA_LOCAL_THREADS", default_local_threads(), 1, 256)
     port = _env_int("MOA_LOCAL_PORT", 0, 0, 65535)
     parallel = _env_int("MOA_LOCAL_PARALLEL", DEFAULT_PARALLEL, 1, 64)
     return LocalSettings(
