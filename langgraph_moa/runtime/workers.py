@@ -151,7 +151,7 @@ class WorkerSettings:
     shutdown are found this way)."""
     cancel_poll: float = 1.0
     """Seconds between a running run's checks for a cancel request, should the worker's
-    LISTEN connection miss its notification (at most ``heartbeat_interval``)."""
+    LISTEN connection miss its notification (capped at ``heartbeat_interval``)."""
     crons: bool = True
     """Fire due crons from this worker (``SERVER_CRONS``); each tick fires once across all
     workers and servers."""
