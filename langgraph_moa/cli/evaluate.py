@@ -158,9 +158,10 @@ def eval_command(
     intervals, tokens, cost, latency), and each against the single model on the same items
     (paired difference with a bootstrap 95% interval, exact McNemar p-value). Sampling is
     seeded (--seed): a rerun gives the same table. The embedded model decodes one request
-    at a time here, on a fixed number of threads (MOA_LOCAL_PARALLEL=1 and MOA_LOCAL_THREADS
-    = the CPUs, at most 8, unless set): a seeded answer depended on what was decoded beside
-    it, and on the thread count the tuner picked from timings.
+    at a time here, on one thread (MOA_LOCAL_PARALLEL=1 and MOA_LOCAL_THREADS=1, unless set):
+    a seeded answer depended on what was decoded beside it and on the thread count, so the
+    table does not depend on timing or on the number of CPUs. Use --shard K/N in N processes
+    (one per core) for speed.
 
     Every result is stored (--db), and every model call in its call ledger (`moa calls`);
     rerunning an interrupted evaluation skips what is done, and --reuse answers unchanged
@@ -181,16 +182,16 @@ def eval_command(
     from langgraph_moa.eval.report import require_matplotlib
     from langgraph_moa.graphs import with_default_model
     from langgraph_moa.models import ModelConfigError
-    from langgraph_moa.models.settings import default_local_threads
     from langgraph_moa.spec import ModelSpec, SpecError, load_spec
 
     # The embedded model decodes concurrent requests together, and the batch's make-up can
     # change a seeded answer's low bits: an evaluation decodes one request at a time
     # (unless MOA_LOCAL_PARALLEL says otherwise), so its table does not depend on timing.
-    # So do the threads a step runs on, which the tuner picks from timings: an evaluation
-    # keeps their number fixed (unless MOA_LOCAL_THREADS says otherwise).
+    # So does the number of threads a step runs on: an evaluation decodes on one thread
+    # (unless MOA_LOCAL_THREADS says otherwise), which turns the tuner off and makes the
+    # table the same on any number of CPUs; --shard K/N uses the other cores.
     os.environ.setdefault("MOA_LOCAL_PARALLEL", "1")
-    os.environ.setdefault("MOA_LOCAL_THREADS", str(default_local_threads()))
+    os.environ.setdefault("MOA_LOCAL_THREADS", "1")
     if reuse_from is not None:
         import sqlalchemy as sa
 
