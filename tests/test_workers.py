@@ -530,6 +530,50 @@ async def test_a_run_cancelled_while_its_job_waits_to_retry_is_not_run(
     assert again is not None and (again.status, again.attempts) == ("cancelled", 0)
 
 
+async def test_waits_for_a_busy_thread_do_not_count_as_attempts(
+    model_server: ModelServer, workers: Workers, queue: RunQueue
+) -> None:
+    """--max-attempts 2: the job waits for a thread another process holds (RunBusy retries
+    raise its procrastinate attempts), then runs, and its worker is SIGKILLed. The run was
+    started once, so the reaper re-queues it and the other worker finishes it. Fails with
+    the reaper counting the job's attempts (the run then ends "started 2 times ... giving
+    up")."""
+    model_server.add_rule(model="a1", prompt="busy, then killed", delay=600, times=1)
+    first, second = workers.start("--max-attempts", "2"), workers.start("--max-attempts", "2")
+    await workers.ready(2)
+    thread_id, token = "held-then-free", "lease-of-another-process"
+    await queue.registry.acquire_lease(thread_id, token, owner=Owner.new())
+
+    async def hold() -> None:
+        while await queue.registry.renew_lease(thread_id, token):
+            await asyncio.sleep(HEARTBEAT)
+
+    holder = asyncio.create_task(hold())
+    try:
+        sub = await queue.submit(spec_for(model_server), "busy, then killed", thread_id=thread_id)
+
+        async def retried_twice() -> bool:
+            jobs = await queue.app.job_manager.list_jobs_async(queueing_lock=sub.run_id)
+            return any(j.attempts >= 2 for j in jobs)
+
+        await until(retried_twice, "the job to wait for the thread twice (RunBusy)", workers)
+    finally:
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
+        await queue.registry.release_lease(thread_id, token)
+    await until(lambda: model_server.in_flight("a1") >= 1, "a1 to be called", workers)
+    run = await queue.get(sub.run_id)
+    assert run is not None and run.attempts == 1 and run.owner_pid is not None
+    victim = first if first.pid == run.owner_pid else second
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+    record = await finished(queue, sub.run_id, workers)
+    assert (record.status, record.error) == ("success", None), workers.logs()
+    assert record.attempts == 2
+    assert calls(model_server, "busy, then killed")["a1"] == 2
+
+
 async def test_frozen_worker_is_fenced_out_when_it_wakes(
     pg_url: str, model_server: ModelServer, workers: Workers, queue: RunQueue
 ) -> None:

@@ -69,7 +69,13 @@ def worker(
         ),
     ] = 30.0,
     max_attempts: Annotated[
-        int, typer.Option("--max-attempts", min=1, help="Queue a run at most this many times.")
+        int,
+        typer.Option(
+            "--max-attempts",
+            min=1,
+            help="Fail, not re-queue, a run whose worker dies once it has been started this "
+            "many times (waits for a busy thread do not count).",
+        ),
     ] = 5,
     setup: Annotated[
         bool, typer.Option("--setup", help="Create the queue and run tables, then exit.")

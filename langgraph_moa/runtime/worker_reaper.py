@@ -71,10 +71,11 @@ class Reaper:
             assert job.id is not None
             run_id = str(job.task_kwargs.get("run_id"))
             try:
-                if job.attempts + 1 >= self.settings.max_attempts:
+                claims = await self._claims(run_id, job)
+                if claims >= self.settings.max_attempts:
                     await manager.finish_job_by_id_async(job.id, Status.FAILED, delete_job=False)
                     message = (
-                        f"the run was queued {job.attempts + 1} times and its worker died; "
+                        f"the run was started {claims} times and its worker died; "
                         "giving up (see the worker logs)"
                     )
                     await self.registry.update_run(
@@ -97,6 +98,13 @@ class Reaper:
                 continue
             done.append(job.id)
         return done
+
+    async def _claims(self, run_id: str, job: procrastinate.jobs.Job) -> int:
+        """How many times a worker started the run: the registry's claims, not the job's
+        procrastinate attempts, which also count the short waits of a busy thread
+        (:class:`RunBusy`) and hand-backs before the run started."""
+        run = await self.registry.get_run(run_id)
+        return run.attempts if run is not None else job.attempts + 1
 
     @staticmethod
     async def _wake_workers(conn: psycopg.AsyncConnection[Any], queue: str, job_id: int) -> None:

@@ -145,7 +145,8 @@ class WorkerSettings:
     reap_interval: float = 10.0
     shutdown_grace: float = 30.0
     max_attempts: int = 5
-    """A run queued this many times (dead workers, shutdowns) is failed, not re-queued."""
+    """A run whose worker dies when it has been started this many times (by any worker,
+    shutdowns included) is failed, not re-queued; waits for a busy thread do not count."""
     poll_interval: float = 2.0
     """Seconds between polls for jobs when no notification came (runs handed back at a
     shutdown are found this way)."""
