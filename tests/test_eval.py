@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -549,6 +550,8 @@ def test_cli_eval_resumes_after_sigkill_and_skips_done_items(
     result = json.loads((tmp_path / "r.json").read_text())
     assert [(s["correct"], s["answered"]) for s in result["specs"]] == [(3, 6), (4, 6), (6, 6)]
     assert "single (p1)" in second.stdout and "66.7% [30%, 90%]" in second.stdout
+    # the embedded model as the evaluation would decode it: one thread, whatever the CPUs
+    assert re.fullmatch(r"local:.+\.gguf:\d+:threads=1", result["machine"]["local_model"])
 
 
 @pytest.mark.slow
@@ -1014,18 +1017,32 @@ async def test_reuse_tells_embedded_model_files_apart_and_not_batched_decoding(
         msgs = [HumanMessage("hi")]
         return call_request(ctx, "a", msgs, node="L1_a", temperature=temperature, max_tokens=5)
 
-    monkeypatch.setenv("MOA_LOCAL_PARALLEL", "1")  # as `moa eval` sets it
+    monkeypatch.setenv("MOA_LOCAL_PARALLEL", "1")  # as `moa eval` sets them
+    monkeypatch.setenv("MOA_LOCAL_THREADS", "1")
     monkeypatch.setenv("MOA_LOCAL_MODEL", str(small))
     first = ask()
     assert (first.model, first.endpoint, first.deterministic) == (
         "local",
-        "local:small.gguf:10",
+        "local:small.gguf:10:threads=1",
         True,
     )
-    assert first.recorded_params == {**first.params, "endpoint": "local:small.gguf:10"}
+    assert first.recorded_params == {**first.params, "endpoint": first.endpoint}
     monkeypatch.setenv("MOA_LOCAL_MODEL", str(other))
     moved = ask()  # the same request (hash) to another model file: not the same call
-    assert (moved.hash, moved.endpoint) == (first.hash, "local:other.gguf:20")
+    assert (moved.hash, moved.endpoint) == (first.hash, "local:other.gguf:20:threads=1")
+    monkeypatch.setenv("MOA_LOCAL_MODEL", str(small))
+    monkeypatch.setenv("MOA_LOCAL_THREADS", "2")  # nor on another number of threads
+    two = ask()
+    assert (two.hash, two.endpoint) == (first.hash, "local:small.gguf:10:threads=2")
+    # the tuner picks the threads from timings (more than one CPU, MOA_LOCAL_THREADS unset):
+    # the reply is not decided by the request, and the identity names no thread count
+    monkeypatch.delenv("MOA_LOCAL_THREADS")
+    monkeypatch.setattr("langgraph_moa.models.settings.default_local_threads", lambda: 4)
+    tuned = ask()
+    assert (tuned.endpoint, tuned.deterministic) == ("local:small.gguf:10", False)
+    monkeypatch.setattr("langgraph_moa.models.settings.default_local_threads", lambda: 1)
+    assert ask().deterministic  # one CPU: one thread, nothing to tune
+    monkeypatch.setenv("MOA_LOCAL_THREADS", "1")
 
     async with CallLedger.from_url(f"sqlite:///{tmp_path / 'calls.sqlite'}") as ledger:
         writer = EvalCalls(ledger)
@@ -1038,6 +1055,8 @@ async def test_reuse_tells_embedded_model_files_apart_and_not_batched_decoding(
         await writer.flush()
         item = EvalCalls(None, ledger).for_item("eval-2")
         assert await item.lookup("L1_a", "", moved.hash, request=moved) == (0, None)
+        threads = EvalCalls(None, ledger).for_item("eval-3")
+        assert await threads.lookup("L1_a", "", two.hash, request=two) == (0, None)
         _, reply = await item.lookup("L1_a", "", first.hash, request=first)
         assert reply is not None and reply["message"]["data"]["content"] == "small says"
 

@@ -3,11 +3,12 @@ store (``moa_calls``), and with ``moa eval --reuse`` unchanged calls answered fr
 
 A call is unchanged when its request is: the request hash (model, parameters with the
 temperature and the call's seed, the canonical messages, tools, schema) and the server it
-goes to (``params["endpoint"]``; the embedded model's GGUF file). Thread and run ids play no
-part, so the calls of any earlier run of any spec can answer. Only calls whose reply the
-request decides are answered so
+goes to (``params["endpoint"]``; the embedded model's GGUF file and thread count). Thread
+and run ids play no part, so the calls of any earlier run of any spec can answer. Only calls
+whose reply the request decides are answered so
 (:attr:`~langgraph_moa.nodes._calls.CallRequest.deterministic`: temperature 0, or a seed the
-model samples with; not the embedded model decoding in batches, ``MOA_LOCAL_PARALLEL`` > 1);
+model samples with; not the embedded model decoding in batches, ``MOA_LOCAL_PARALLEL`` > 1,
+or on the threads its tuner picks, ``MOA_LOCAL_THREADS`` unset);
 a sampled call without a seed always goes to the model, so N draws of
 one prompt stay N draws. Within one evaluation, identical deterministic requests go out once:
 the MoA closed by synthesize, vote and select asks its proposers the same seeded requests, and

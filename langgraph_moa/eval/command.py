@@ -21,6 +21,7 @@ from langgraph_moa.eval.report import markdown_table, rich_table, write_chart
 from langgraph_moa.eval.runner import EvalReport, run_evaluation
 from langgraph_moa.eval.store import EvalStore
 from langgraph_moa.eval.variants import EvalSpec, derive_specs, sampling, with_seed
+from langgraph_moa.models.settings import local_model_identity
 from langgraph_moa.persistence.calls import CallLedger, calls
 from langgraph_moa.spec import GraphSpec, ModelSpec
 
@@ -80,7 +81,8 @@ def judge_model(main: GraphSpec, judge: str | None, base_url: str | None) -> tup
 
 
 def machine() -> dict[str, str | int | None]:
-    """Where the numbers came from: CPU, cores, Python, OS."""
+    """Where the numbers came from: CPU, cores, Python, OS, and the embedded model as this
+    process decodes it (``local:<file>:<size>:threads=N``, as the call ledger names it)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -94,6 +96,7 @@ def machine() -> dict[str, str | int | None]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
+        "local_model": local_model_identity(),
     }
 
 

@@ -16,9 +16,10 @@ temperature. Two runtimes are available (``MOA_LOCAL_RUNTIME``):
 
 Environment: ``MOA_LOCAL_MODEL`` (another GGUF chat model file), ``MOA_LOCAL_RUNTIME``,
 ``MOA_LOCAL_THREADS`` (a fixed thread count; default: the CPUs this process may use, at most 8,
-and in-process 1 thread while other processes keep the CPUs busy), ``MOA_LOCAL_PORT`` (server
-runtime; default: a free port), ``MOA_LOCAL_PARALLEL`` (in-process: requests decoded at once,
-1 to 64, default 8; 1 serves them one at a time in arrival order).
+and in-process 1 thread while other processes keep the CPUs busy; ``moa eval``: 1),
+``MOA_LOCAL_PORT`` (server runtime; default: a free port), ``MOA_LOCAL_PARALLEL``
+(in-process: requests decoded at once, 1 to 64, default 8; 1 serves them one at a time in
+arrival order).
 """
 
 from __future__ import annotations

@@ -236,8 +236,8 @@ class ModelResolver:
     def endpoint(self, name: str | None) -> str | None:
         """Where entry ``name``'s calls go when its label does not say it: the URL of an
         OpenAI-compatible server (scheme, host, port and path; no credentials, query or
-        fragment), the embedded model's GGUF file (``local:<file name>:<size>``), None for a
-        ``provider:model``."""
+        fragment), the embedded model's GGUF file (``local:<file name>:<size>``, with
+        ``:threads=N`` when fixed), None for a ``provider:model``."""
         spec = self.spec(name)
         if spec.is_local:
             env = _env_default()
@@ -270,7 +270,8 @@ class ModelResolver:
     def repeatable(self, name: str | None) -> bool:
         """Whether entry ``name`` gives a request the reply its sampling settings decide,
         whatever runs beside it: not the embedded model decoding requests in a batch
-        (``MOA_LOCAL_PARALLEL`` > 1, in-process), where the batch changes the reply."""
+        (``MOA_LOCAL_PARALLEL`` > 1, in-process), where the batch changes the reply, or on
+        the threads its tuner picks from timings (``MOA_LOCAL_THREADS`` unset)."""
         if not self.spec(name).is_local or _env_default() is not None:
             return True
         from langgraph_moa.models.local import local_decodes_alone

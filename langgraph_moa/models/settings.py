@@ -32,6 +32,7 @@ __all__ = [
     "describe_default",
     "describe_local",
     "local_decodes_alone",
+    "local_fixed_threads",
     "local_model_identity",
     "local_model_path",
 ]
@@ -96,23 +97,41 @@ def local_model_path() -> Path:
 
 def local_model_identity() -> str | None:
     """The embedded model as the call ledger tells models apart: ``local:<GGUF file
-    name>:<size in bytes>`` (None when it is not installed)."""
+    name>:<size in bytes>``, with ``:threads=N`` when it decodes on a fixed number of threads
+    (the count changes a reply's low bits); None when it is not installed."""
     try:
         path = local_model_path()
-        return f"local:{path.name}:{path.stat().st_size}"
+        identity = f"local:{path.name}:{path.stat().st_size}"
     except (LocalModelUnavailable, OSError):
         return None
+    threads = local_fixed_threads()
+    return identity if threads is None else f"{identity}:threads={threads}"
+
+
+def local_fixed_threads() -> int | None:
+    """The embedded model's thread count when it is fixed (``MOA_LOCAL_THREADS``, the
+    ``server`` runtime, or one CPU); None when the in-process tuner picks it from timings."""
+    try:
+        threads = _env_int("MOA_LOCAL_THREADS", default_local_threads(), 1, 256)
+        if os.environ.get("MOA_LOCAL_THREADS") or _runtime_kind() == "server" or threads == 1:
+            return threads
+    except ValueError:
+        pass
+    return None
 
 
 def local_decodes_alone() -> bool:
-    """Whether the embedded model decodes one request at a time (the ``server`` runtime, or
-    ``MOA_LOCAL_PARALLEL=1``): decoded in a batch, a reply depends on what ran beside it."""
+    """Whether the embedded model gives a seeded request the same reply every time: it
+    decodes one request at a time (the ``server`` runtime, or ``MOA_LOCAL_PARALLEL=1``) on
+    a fixed number of threads. Decoded in a batch, a reply depends on what ran beside it,
+    and on the threads the tuner picked."""
     try:
         if _runtime_kind() == "server":
             return True
-        return _env_int("MOA_LOCAL_PARALLEL", DEFAULT_PARALLEL, 1, 64) == 1
+        alone = _env_int("MOA_LOCAL_PARALLEL", DEFAULT_PARALLEL, 1, 64) == 1
     except ValueError:
         return False
+    return alone and local_fixed_threads() is not None
 
 
 def _runtime_installed() -> bool:

@@ -152,8 +152,8 @@ class CallRequest:
     moved server)."""
     deterministic: bool = False
     """Whether the same request gets the same reply: greedy decoding (temperature 0), or
-    a seed the model samples with, and not the embedded model decoding in batches. Only
-    such calls are answered from another run's."""
+    a seed the model samples with, and not the embedded model decoding in batches or on the
+    threads its tuner picks. Only such calls are answered from another run's."""
 
     @property
     def hash(self) -> str:
