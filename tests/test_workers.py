@@ -536,8 +536,8 @@ async def test_waits_for_a_busy_thread_do_not_count_as_attempts(
     """--max-attempts 2: the job waits for a thread another process holds (RunBusy retries
     raise its procrastinate attempts), then runs, and its worker is SIGKILLed. The run was
     started once, so the reaper re-queues it and the other worker finishes it. Fails with
-    the reaper counting the job's attempts (the run then ends "started 2 times ... giving
-    up")."""
+    the reaper counting the job's attempts (the run then ends in an error: "queued 3 times
+    and its worker died; giving up")."""
     model_server.add_rule(model="a1", prompt="busy, then killed", delay=600, times=1)
     first, second = workers.start("--max-attempts", "2"), workers.start("--max-attempts", "2")
     await workers.ready(2)
@@ -564,7 +564,7 @@ async def test_waits_for_a_busy_thread_do_not_count_as_attempts(
     await until(lambda: model_server.in_flight("a1") >= 1, "a1 to be called", workers)
     run = await queue.get(sub.run_id)
     assert run is not None and run.attempts == 1 and run.owner_pid is not None
-    victim = first if first.pid == run.owner_pid else second
+    victim = next(p for p in (first, second) if p.pid == run.owner_pid)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
 
@@ -572,6 +572,8 @@ async def test_waits_for_a_busy_thread_do_not_count_as_attempts(
     assert (record.status, record.error) == ("success", None), workers.logs()
     assert record.attempts == 2
     assert calls(model_server, "busy, then killed")["a1"] == 2
+    starts = [e.data for e in await queue.events.read(sub.run_id) if e.event == "metadata"]
+    assert [s["attempt"] for s in starts] == [1, 2]  # its starts, not the busy waits
 
 
 async def test_frozen_worker_is_fenced_out_when_it_wakes(

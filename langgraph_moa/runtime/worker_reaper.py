@@ -102,7 +102,9 @@ class Reaper:
     async def _claims(self, run_id: str, job: procrastinate.jobs.Job) -> int:
         """How many times a worker started the run: the registry's claims, not the job's
         procrastinate attempts, which also count the short waits of a busy thread
-        (:class:`RunBusy`) and hand-backs before the run started."""
+        (:class:`RunBusy`) and hand-backs before the run started. A run no worker started
+        is re-queued whatever its job's count: workers that die before they claim it are
+        not the run's fault."""
         run = await self.registry.get_run(run_id)
         return run.attempts if run is not None else job.attempts + 1
 

@@ -108,7 +108,7 @@ class MoARunHandler:
         await self.registry.update_run(run_id, status="cancelled", release=True)
         await self.events.append(run_id, "end", None)
 
-    async def execute(self, run_id: str, *, resume: bool = False, attempt: int = 1) -> None:
+    async def execute(self, run_id: str, *, resume: bool = False) -> None:
         """Run ``run_id`` to its end, an interrupt, or an error, and record that.
 
         Raises :class:`RunHandedBack` when the worker drains, :class:`RunBusy` when the
@@ -136,7 +136,13 @@ class MoARunHandler:
         async def body(execution: Execution) -> Any:
             moa = await self.moa_for(spec, options.get("interrupt_after"))
             await self._run(
-                run_id, run.thread_id, spec, run.input, options, attempt, execution.configurable()
+                run_id,
+                run.thread_id,
+                spec,
+                run.input,
+                options,
+                execution.run.attempts,  # the times a worker started it, with this one
+                execution.configurable(),
             )
             return await moa.aresult(run.thread_id, run_id)
 

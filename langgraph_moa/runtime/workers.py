@@ -340,21 +340,18 @@ class WorkerRuntime:
     async def execute(self, context: procrastinate.JobContext, job: Mapping[str, Any]) -> str:
         """Run one job; returns the run's registry status."""
         run_id = str(job["run_id"])
-        attempt = context.job.attempts + 1
         if self.draining:
             raise RunHandedBack("the worker is shutting down")
         handler = await self.handler(str(job.get("handler", "moa")))
-        resume = bool(job.get("resume")) or attempt > 1
+        # a retried job (busy thread, hand-back, dead worker) may resume where it stopped
+        resume = bool(job.get("resume")) or context.job.attempts > 0
         try:
-            if isinstance(handler, MoARunHandler):
-                await handler.execute(run_id, resume=resume, attempt=attempt)
-            else:
-                try:
-                    await handler.execute(run_id, resume=resume)
-                except (RunOwnedError, LeaseHeldError) as exc:  # a live process has it
-                    raise RunBusy(str(exc)) from None
-                except OwnershipLostError as exc:  # the lease went to another worker
-                    raise RunTakenOver(f"run {run_id} was taken over: {exc}") from None
+            try:
+                await handler.execute(run_id, resume=resume)
+            except (RunOwnedError, LeaseHeldError) as exc:  # a live process has it
+                raise RunBusy(str(exc)) from None
+            except OwnershipLostError as exc:  # the lease went to another worker
+                raise RunTakenOver(f"run {run_id} was taken over: {exc}") from None
         except RunTakenOver as exc:
             # The reaper gave this job to another worker while this process was frozen. Do
             # not let procrastinate finish the job under the other worker's feet (that
