@@ -1065,6 +1065,8 @@ async def test_reuse_tells_embedded_model_files_apart_and_not_batched_decoding(
     assert not ask().deterministic and not ask(temperature=0).deterministic
     monkeypatch.setenv("MOA_LOCAL_RUNTIME", "server")  # serves one request at a time
     assert ask().deterministic
+    monkeypatch.setenv("MOA_LOCAL_THREADS", "many")  # no thread count to name it by
+    assert (ask().endpoint, ask().deterministic) == ("local:small.gguf:10", False)
 
 
 def test_reuse_from_a_store_without_a_call_ledger_is_refused_and_left_as_it_was(

@@ -82,7 +82,8 @@ def judge_model(main: GraphSpec, judge: str | None, base_url: str | None) -> tup
 
 def machine() -> dict[str, str | int | None]:
     """Where the numbers came from: CPU, cores, Python, OS, and the embedded model as this
-    process decodes it (``local:<file>:<size>:threads=N``, as the call ledger names it)."""
+    process would decode it (``local:<file>:<size>:threads=N``, as the call ledger names it;
+    the shards that answered the items ran with their own environment)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -248,7 +249,8 @@ async def execute(options: EvalOptions, out: Console, err: Console) -> EvalRepor
             if report.calls_sampled:
                 said += (
                     f"; {report.calls_sampled} of those sent sample without a seed (or on "
-                    "the embedded model in a batch), so no recorded reply decides them"
+                    "the embedded model in a batch or on its tuner's threads), so no "
+                    "recorded reply decides them"
                 )
         if report.calls_live:
             said += f"; `moa calls {report.calls_run_id}` lists the calls sent"

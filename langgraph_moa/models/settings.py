@@ -127,7 +127,7 @@ def local_decodes_alone() -> bool:
     and on the threads the tuner picked."""
     try:
         if _runtime_kind() == "server":
-            return True
+            return local_fixed_threads() is not None
         alone = _env_int("MOA_LOCAL_PARALLEL", DEFAULT_PARALLEL, 1, 64) == 1
     except ValueError:
         return False
