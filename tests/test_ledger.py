@@ -466,3 +466,7 @@ async def test_a_ledger_of_version_1_gets_the_request_index(db_url: str) -> None
             assert found is not None and content_of(found) == answer
         assert await ledger.reusable("h" * 64, "http://elsewhere/v1") is None
         assert await ledger.reusable("x" * 64) is None
+        # read a row at a time: the server's row, past the first page, is still found
+        found = await ledger.reusable("h" * 64, "http://h:1/v1", scan=1)
+        assert found is not None and content_of(found) == "server"
+        assert await ledger.reusable("h" * 64, "http://elsewhere/v1", scan=1) is None

@@ -191,21 +191,29 @@ class CallLedger:
         self, request_hash: str, endpoint: str | None = None, *, scan: int = 20
     ) -> CallRow | None:
         """The oldest answerable row of any run with this request hash, sent to
-        ``endpoint`` (``params["endpoint"]``; None: no server URL), among the first
-        ``scan`` rows of that hash (what ``moa eval --reuse`` answers an unchanged call
-        with)."""
-        query = (
-            sa.select(calls)
-            .where(calls.c.request_hash == request_hash, calls.c.status == "ok")
-            .order_by(calls.c.id)
-            .limit(scan)
-        )
+        ``endpoint`` (``params["endpoint"]``; None: no server URL): what ``moa eval
+        --reuse`` answers an unchanged call with. Rows are read ``scan`` at a time."""
+        after = 0
         async with self.engine.connect() as conn:
             await conn.execution_options(**{READ_ONLY: True})
-            rows = [_row(r) for r in (await conn.execute(query)).mappings()]
-        return next(
-            (r for r in rows if r.answerable and r.params.get("endpoint") == endpoint), None
-        )
+            while True:
+                query = (
+                    sa.select(calls)
+                    .where(
+                        calls.c.request_hash == request_hash,
+                        calls.c.status == "ok",
+                        calls.c.id > after,
+                    )
+                    .order_by(calls.c.id)
+                    .limit(scan)
+                )
+                rows = [_row(r) for r in (await conn.execute(query)).mappings()]
+                for row in rows:
+                    if row.answerable and row.params.get("endpoint") == endpoint:
+                        return row
+                if len(rows) < scan or rows[-1].id is None:
+                    return None
+                after = rows[-1].id
 
     async def keys(self, thread_id: str) -> set[tuple[str, str]]:
         """The (task id, request hash) of every answerable-looking row of a thread."""
