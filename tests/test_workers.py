@@ -8,12 +8,14 @@ every wait is on an event or a condition, bounded by WAIT as a last guard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -486,6 +488,25 @@ async def test_a_run_cancelled_in_the_queue_ends_when_a_worker_takes_its_job(
     assert calls(model_server, "cancelled in the queue") == {}
 
 
+@contextlib.asynccontextmanager
+async def held_elsewhere(queue: RunQueue, thread_id: str) -> AsyncIterator[None]:
+    """The thread's lease held by another live process (kept fresh) until the block ends."""
+    token = "lease-of-another-process"
+    await queue.registry.acquire_lease(thread_id, token, owner=Owner.new())
+
+    async def hold() -> None:  # the holder is alive: its lease stays fresh
+        while await queue.registry.renew_lease(thread_id, token):
+            await asyncio.sleep(HEARTBEAT)
+
+    holder = asyncio.create_task(hold())
+    try:
+        yield
+    finally:
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
+        await queue.registry.release_lease(thread_id, token)
+
+
 async def test_a_run_cancelled_while_its_job_waits_to_retry_is_not_run(
     model_server: ModelServer, workers: Workers, queue: RunQueue
 ) -> None:
@@ -495,15 +516,8 @@ async def test_a_run_cancelled_while_its_job_waits_to_retry_is_not_run(
     run (the run then answers: status success, six calls)."""
     workers.start()
     await workers.ready(1)
-    thread_id, token = "held-elsewhere", "lease-of-another-process"
-    await queue.registry.acquire_lease(thread_id, token, owner=Owner.new())
-
-    async def hold() -> None:  # the holder is alive: its lease stays fresh
-        while await queue.registry.renew_lease(thread_id, token):
-            await asyncio.sleep(HEARTBEAT)
-
-    holder = asyncio.create_task(hold())
-    try:
+    thread_id = "held-elsewhere"
+    async with held_elsewhere(queue, thread_id):
         sub = await queue.submit(spec_for(model_server), "busy thread", thread_id=thread_id)
 
         async def retrying() -> bool:
@@ -513,10 +527,6 @@ async def test_a_run_cancelled_while_its_job_waits_to_retry_is_not_run(
         await until(retrying, "the job to be retried (RunBusy)", workers)
         cancelled = await RunExecutor(queue.registry).cancel(sub.run_id)
         assert cancelled.status == "cancelled"
-    finally:
-        holder.cancel()
-        await asyncio.gather(holder, return_exceptions=True)
-        await queue.registry.release_lease(thread_id, token)
     record = await finished(queue, sub.run_id, workers)
     assert (record.status, record.error) == ("cancelled", "cancelled before it started")
     assert calls(model_server, "busy thread") == {}
@@ -541,15 +551,8 @@ async def test_waits_for_a_busy_thread_do_not_count_as_attempts(
     model_server.add_rule(model="a1", prompt="busy, then killed", delay=600, times=1)
     first, second = workers.start("--max-attempts", "2"), workers.start("--max-attempts", "2")
     await workers.ready(2)
-    thread_id, token = "held-then-free", "lease-of-another-process"
-    await queue.registry.acquire_lease(thread_id, token, owner=Owner.new())
-
-    async def hold() -> None:
-        while await queue.registry.renew_lease(thread_id, token):
-            await asyncio.sleep(HEARTBEAT)
-
-    holder = asyncio.create_task(hold())
-    try:
+    thread_id = "held-then-free"
+    async with held_elsewhere(queue, thread_id):
         sub = await queue.submit(spec_for(model_server), "busy, then killed", thread_id=thread_id)
 
         async def retried_twice() -> bool:
@@ -557,10 +560,6 @@ async def test_waits_for_a_busy_thread_do_not_count_as_attempts(
             return any(j.attempts >= 2 for j in jobs)
 
         await until(retried_twice, "the job to wait for the thread twice (RunBusy)", workers)
-    finally:
-        holder.cancel()
-        await asyncio.gather(holder, return_exceptions=True)
-        await queue.registry.release_lease(thread_id, token)
     await until(lambda: model_server.in_flight("a1") >= 1, "a1 to be called", workers)
     run = await queue.get(sub.run_id)
     assert run is not None and run.attempts == 1 and run.owner_pid is not None
